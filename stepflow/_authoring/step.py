@@ -1,0 +1,413 @@
+"""The ``@step`` decorator and the frozen spec it attaches to a function.
+
+A decorated step stays the very same function: calling it runs the body with no cache, store or
+tracking. Everything stepflow needs is read once, at decoration time, from the signature and
+type hints, and kept on ``func.spec``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import re
+import sys
+import typing
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypeVar, get_args, get_origin
+
+import attrs
+
+from stepflow._authoring.markers import REFERENCE_MARKERS, Dataset, Model, _ParamMarker
+from stepflow._sentinels import MISSING
+from stepflow.errors import StepDeclarationError
+
+__all__ = ["Port", "Resources", "StepOptions", "StepRef", "StepSpec", "is_step", "step"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@attrs.frozen
+class Port:
+    """One input or output of a step."""
+
+    #: the parameter or output name; edges join ports of equal names
+    name: str
+    #: the type, with ``Param``/``Annotated`` wrappers removed (``Any`` when unannotated)
+    annotation: Any = Any
+    #: the parameter's default value, or ``MISSING``
+    default: Any = MISSING
+    #: declared with ``Param[T]`` or ``Secret[T]``
+    is_param: bool = False
+    #: declared with ``Secret[T]``: the value is never displayed
+    secret: bool = False
+    #: a ``Dataset``/``Model`` reference marker, when there is one
+    reference: Dataset | Model | None = None
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not MISSING
+
+
+@attrs.frozen
+class Resources:
+    """What a step needs from its backend; backends decide how to honour it."""
+
+    cpus: float | None = None
+    memory: str | None = None
+    gpus: int | None = None
+
+
+@attrs.frozen
+class StepOptions:
+    """The options given to ``@step(...)``."""
+
+    backend: str | None = None
+    retries: int = 0
+    #: seconds before the first retry; doubles on each further retry
+    retry_delay: float = 0.5
+    #: seconds, or ``None`` for no limit
+    timeout: float | None = None
+    cache: bool = True
+    resources: Resources = Resources()
+    env: Mapping[str, Any] = attrs.field(factory=dict)
+    tags: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class StepRef:
+    """Where a worker process finds the step: import ``module`` and look up ``qualname``."""
+
+    module: str
+    qualname: str
+    #: the source file, used when ``module`` cannot be imported by name in the worker
+    file: str | None = None
+
+
+@attrs.frozen(eq=False)
+class StepSpec:
+    """Everything stepflow knows about a step; found on ``func.spec``."""
+
+    name: str
+    func: Callable[..., Any] = attrs.field(repr=False)
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    #: ``"single"``, ``"multiple"`` (a tuple of named outputs) or ``"none"``
+    output_kind: str
+    options: StepOptions
+    ref: StepRef
+
+    def input(self, name: str) -> Port:
+        for port in self.inputs:
+            if port.name == name:
+                return port
+        raise KeyError(name)
+
+
+def is_step(obj: object) -> bool:
+    """True when ``obj`` was decorated with ``@step``."""
+    return isinstance(getattr(obj, "spec", None), StepSpec)
+
+
+def step(
+    func: F | None = None,
+    *,
+    name: str | None = None,
+    backend: str | None = None,
+    retries: int = 0,
+    retry_delay: float | str | datetime.timedelta = 0.5,
+    timeout: float | str | datetime.timedelta | None = None,
+    cache: bool = True,
+    resources: Resources | Mapping[str, Any] | None = None,
+    env: Mapping[str, Any] | None = None,
+    tags: typing.Iterable[str] = (),
+) -> Any:
+    """Declare a function as a pipeline step; use as ``@step`` or ``@step(...)``.
+
+    The function's parameters are its inputs (outputs of other steps, pipeline parameters or
+    registry references) and its return annotation names its outputs. The function is returned
+    unchanged apart from a ``spec`` attribute, so it can still be called directly.
+
+    :param name: the step's name (default: the function's name); also the default output name.
+    :param backend: a named backend to run on (``[tool.stepflow.backends.NAME]``).
+    :param retries: how many times to retry a failed attempt, with exponential backoff.
+    :param retry_delay: the wait before the first retry (seconds, ``"2s"`` or a timedelta).
+    :param timeout: stop the step after this long (seconds, ``"30m"`` or a timedelta).
+    :param cache: ``False`` always reruns the step.
+    :param resources: ``Resources(cpus=, memory=, gpus=)`` or a dict of those keys.
+    :param env: the environment to run in, e.g. ``{"image": ..., "requirements": [...]}``.
+    :param tags: free-form labels.
+    """
+    if func is not None and not callable(func):
+        # ``@step("load")`` passes the name where the function should be.
+        raise StepDeclarationError(
+            f"@step got {func!r} as its first argument; options are keywords only: "
+            f"write @step(name={func!r}) instead"
+        )
+    options = _make_options(
+        name=name,
+        backend=backend,
+        retries=retries,
+        retry_delay=retry_delay,
+        timeout=timeout,
+        cache=cache,
+        resources=resources,
+        env=env,
+        tags=tags,
+    )
+
+    def decorate(fn: F) -> F:
+        fn.spec = _make_spec(fn, name, options)  # type: ignore[attr-defined]
+        return fn
+
+    return decorate(func) if func is not None else decorate
+
+
+# --- options -------------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: float | str | datetime.timedelta, what: str) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"1h30m"`` or a ``timedelta``."""
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise StepDeclarationError(f"{what} must be a duration, got {value!r}")
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        pos, seconds = 0, 0.0
+        for match in _DURATION_RE.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            try:
+                seconds = float(text)
+            except ValueError:
+                raise StepDeclarationError(
+                    f"{what}={value!r} is not a duration; write seconds (90) or a string "
+                    f"such as '90s', '30m', '1h30m'"
+                ) from None
+    else:
+        raise StepDeclarationError(f"{what} must be a duration, got {type(value).__name__}")
+    if seconds < 0:
+        raise StepDeclarationError(f"{what} must not be negative, got {value!r}")
+    return seconds
+
+
+def _make_options(
+    *,
+    name: str | None,
+    backend: str | None,
+    retries: int,
+    retry_delay: float | str | datetime.timedelta,
+    timeout: float | str | datetime.timedelta | None,
+    cache: bool,
+    resources: Resources | Mapping[str, Any] | None,
+    env: Mapping[str, Any] | None,
+    tags: typing.Iterable[str],
+) -> StepOptions:
+    if name is not None and (not isinstance(name, str) or not _NAME_RE.match(name)):
+        raise StepDeclarationError(
+            f"@step(name={name!r}): a step name must be a Python identifier such as 'load_data'"
+        )
+    if backend is not None and (not isinstance(backend, str) or not backend):
+        raise StepDeclarationError(f"@step(backend={backend!r}): give a backend name string")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise StepDeclarationError(f"@step(retries={retries!r}): give a whole number >= 0")
+    if not isinstance(cache, bool):
+        raise StepDeclarationError(f"@step(cache={cache!r}): give True or False")
+    if resources is None:
+        res = Resources()
+    elif isinstance(resources, Resources):
+        res = resources
+    elif isinstance(resources, Mapping):
+        unknown = set(resources) - {"cpus", "memory", "gpus"}
+        if unknown:
+            raise StepDeclarationError(
+                f"@step(resources=...): unknown key(s) {sorted(unknown)}; use cpus, memory and gpus"
+            )
+        res = Resources(**resources)
+    else:
+        raise StepDeclarationError("@step(resources=...) takes Resources(...) or a dict")
+    if isinstance(tags, str):
+        tags = (tags,)
+    return StepOptions(
+        backend=backend,
+        retries=retries,
+        retry_delay=parse_duration(retry_delay, "retry_delay"),
+        timeout=None if timeout is None else parse_duration(timeout, "timeout"),
+        cache=cache,
+        resources=res,
+        env=dict(env or {}),
+        tags=tuple(tags),
+    )
+
+
+# --- signature → ports ---------------------------------------------------------------------
+
+
+def _make_spec(fn: Callable[..., Any], name: str | None, options: StepOptions) -> StepSpec:
+    if not (inspect.isfunction(fn) or inspect.ismethod(fn)):
+        raise StepDeclarationError(
+            f"@step decorates plain functions; got {type(fn).__name__} {fn!r}"
+        )
+    if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
+        raise StepDeclarationError(
+            f"step {fn.__name__!r}: async and generator functions are not supported; "
+            f"return the value instead"
+        )
+    step_name = name or fn.__name__
+    hints = _type_hints(fn)
+    inputs = []
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+            raise StepDeclarationError(
+                f"step {step_name!r}: parameter {param.name!r} is "
+                f"{param.kind.description}; every input needs a name, so use ordinary "
+                f"parameters",
+                step=step_name,
+                parameter=param.name,
+            )
+        inputs.append(_input_port(step_name, param, hints.get(param.name, Any)))
+    outputs, kind = _output_ports(step_name, hints.get("return", inspect.Signature.empty))
+    ref = StepRef(
+        module=fn.__module__,
+        qualname=fn.__qualname__,
+        file=getattr(sys.modules.get(fn.__module__), "__file__", None),
+    )
+    return StepSpec(
+        name=step_name,
+        func=fn,
+        inputs=tuple(inputs),
+        outputs=outputs,
+        output_kind=kind,
+        options=options,
+        ref=ref,
+    )
+
+
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception:
+        # An annotation that cannot be evaluated (a name imported only under TYPE_CHECKING)
+        # must not make the step unusable: evaluate each one alone and keep the text of the
+        # ones that fail; the type checker treats text as "cannot decide".
+        hints: dict[str, Any] = {}
+        globalns = getattr(fn, "__globals__", {})
+        for key, value in inspect.get_annotations(fn).items():
+            if isinstance(value, str):
+                try:
+                    value = eval(value, globalns)  # noqa: S307 - annotations are the user's code
+                except Exception:  # noqa: S110 - keep the text; see above
+                    value = value
+            hints[key] = value
+        return hints
+
+
+def _input_port(step_name: str, param: inspect.Parameter, hint: Any) -> Port:
+    annotation, metadata = _strip_annotated(hint)
+    is_param = secret = False
+    reference: Dataset | Model | None = None
+    for item in metadata:
+        if isinstance(item, _ParamMarker):
+            is_param, secret = True, item.secret
+        elif isinstance(item, REFERENCE_MARKERS):
+            reference = item
+    default = MISSING if param.default is inspect.Parameter.empty else param.default
+    if reference is not None and is_param:
+        raise StepDeclarationError(
+            f"step {step_name!r}: parameter {param.name!r} is both a Param and a "
+            f"{type(reference).__name__} reference; keep one",
+            step=step_name,
+            parameter=param.name,
+        )
+    return Port(
+        name=param.name,
+        annotation=annotation,
+        default=default,
+        is_param=is_param,
+        secret=secret,
+        reference=reference,
+    )
+
+
+def _strip_annotated(hint: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``Annotated[T, a, b]`` → ``(T, (a, b))``; nested ``Annotated`` flattens."""
+    metadata: tuple[Any, ...] = ()
+    while get_origin(hint) is Annotated:
+        hint, *extra = get_args(hint)
+        metadata += tuple(extra)
+    if hint is inspect.Parameter.empty:
+        hint = Any
+    return hint, metadata
+
+
+def _output_name(metadata: tuple[Any, ...]) -> str | None:
+    for item in metadata:
+        if isinstance(item, str):
+            return item
+    return None
+
+
+def _output_ports(step_name: str, hint: Any) -> tuple[tuple[Port, ...], str]:
+    if hint is inspect.Signature.empty:
+        return (Port(step_name, Any),), "single"
+    if hint is None or hint is type(None):
+        return (), "none"
+    base, metadata = _strip_annotated(hint)
+    name = _output_name(metadata)
+    if name is not None:
+        _check_output_name(step_name, name)
+        return (Port(name, base),), "single"
+    if get_origin(base) is tuple:
+        elements = get_args(base)
+        named = [_output_name(_strip_annotated(e)[1]) for e in elements]
+        if any(n is not None for n in named):
+            if Ellipsis in elements or any(n is None for n in named):
+                raise StepDeclarationError(
+                    f"step {step_name!r}: some elements of its tuple return annotation are "
+                    f"named and some are not; name every one, e.g. "
+                    f'-> tuple[Annotated[A, "a"], Annotated[B, "b"]]',
+                    step=step_name,
+                )
+            ports = []
+            for element, out_name in zip(elements, named, strict=True):
+                assert out_name is not None
+                _check_output_name(step_name, out_name)
+                ports.append(Port(out_name, _strip_annotated(element)[0]))
+            _check_unique(step_name, [p.name for p in ports])
+            return tuple(ports), "multiple"
+    if isinstance(base, type) and issubclass(base, tuple) and hasattr(base, "_fields"):
+        # A NamedTuple return: each field is an output.
+        field_types = typing.get_type_hints(base)
+        ports = [Port(f, field_types.get(f, Any)) for f in base._fields]
+        return tuple(ports), "multiple"
+    return (Port(step_name, base),), "single"
+
+
+def _check_output_name(step_name: str, name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise StepDeclarationError(
+            f"step {step_name!r}: output name {name!r} is not a Python identifier; consumers "
+            f"name it as a parameter, so use something like 'clean_data'",
+            step=step_name,
+        )
+
+
+def _check_unique(step_name: str, names: list[str]) -> None:
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise StepDeclarationError(
+                f"step {step_name!r} declares output {n!r} twice; give each output its own name",
+                step=step_name,
+            )
+        seen.add(n)

@@ -1,0 +1,124 @@
+"""Configuration: ``[tool.stepflow]`` in ``pyproject.toml``, then ``STEPFLOW_*`` variables,
+then explicit arguments (the command line)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from stepflow.errors import UsageError
+
+__all__ = ["Config", "find_pyproject", "load_config"]
+
+_KNOWN_KEYS = {"home", "default_backend", "backends", "plugins", "workers"}
+
+
+@attrs.frozen
+class Config:
+    """The merged configuration of one invocation."""
+
+    #: the folder of the project's ``pyproject.toml`` (or the working folder)
+    rootdir: Path
+    #: the stepflow home: object store, indexes, run records
+    home: Path
+    default_backend: str = "local"
+    #: backend name → options, each with ``plugin`` naming the backend kind
+    backends: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    plugins: tuple[str, ...] = ()
+    workers: int = 1
+    pyproject: Path | None = None
+    #: the whole ``[tool.stepflow]`` table, for plugins' own keys
+    settings: Mapping[str, Any] = attrs.field(factory=dict)
+    #: parsed command-line options, for plugins that added some
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def find_pyproject(start: Path) -> Path | None:
+    """The nearest ``pyproject.toml`` at or above ``start``."""
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(
+    start: Path | None = None,
+    *,
+    home: str | os.PathLike[str] | None = None,
+    default_backend: str | None = None,
+    plugins: tuple[str, ...] = (),
+    workers: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Merge ``[tool.stepflow]``, ``STEPFLOW_*`` variables and the arguments, in that order."""
+    environ = os.environ if environ is None else environ
+    start = Path.cwd() if start is None else Path(start)
+    pyproject = find_pyproject(start.resolve())
+    table: dict[str, Any] = {}
+    if pyproject is not None:
+        try:
+            with open(pyproject, "rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{pyproject} is not valid TOML: {exc}") from exc
+        table = data.get("tool", {}).get("stepflow", {})
+        if not isinstance(table, dict):
+            raise UsageError(f"{pyproject}: [tool.stepflow] must be a table")
+    rootdir = pyproject.parent if pyproject is not None else start.resolve()
+    where = f"{pyproject} [tool.stepflow]" if pyproject else "[tool.stepflow]"
+
+    home_value = home or environ.get("STEPFLOW_HOME") or table.get("home", ".stepflow")
+    home_path = Path(os.path.expanduser(str(home_value)))
+    if not home_path.is_absolute():
+        # Relative to the project for the config file; relative to the caller otherwise.
+        base = rootdir if not (home or environ.get("STEPFLOW_HOME")) else Path.cwd()
+        home_path = base / home_path
+
+    backend = (
+        default_backend
+        or environ.get("STEPFLOW_DEFAULT_BACKEND")
+        or table.get("default_backend", "local")
+    )
+    backends = table.get("backends", {})
+    if not isinstance(backends, dict) or not all(isinstance(v, dict) for v in backends.values()):
+        raise UsageError(f"{where}: backends must be tables, [tool.stepflow.backends.NAME]")
+    for name, opts in backends.items():
+        if "plugin" not in opts:
+            raise UsageError(
+                f"{where}: backend {name!r} has no 'plugin' key; add plugin = \"KIND\" "
+                f"(see `stepflow plugins` for the kinds installed)"
+            )
+
+    config_plugins = table.get("plugins", [])
+    if isinstance(config_plugins, str) or not isinstance(config_plugins, list):
+        raise UsageError(f"{where}: plugins must be a list of module names")
+    env_plugins = [p for p in environ.get("STEPFLOW_PLUGINS", "").split(",") if p.strip()]
+    all_plugins = tuple(dict.fromkeys([*config_plugins, *env_plugins, *plugins]))
+
+    if workers is None:
+        raw = environ.get("STEPFLOW_WORKERS") or table.get("workers", 1)
+        try:
+            workers = int(raw)
+        except (TypeError, ValueError):
+            raise UsageError(f"workers must be a whole number, got {raw!r}") from None
+    if workers < 1:
+        raise UsageError(f"workers must be at least 1, got {workers}")
+
+    return Config(
+        rootdir=rootdir,
+        home=home_path,
+        default_backend=str(backend),
+        backends={k: dict(v) for k, v in backends.items()},
+        plugins=all_plugins,
+        workers=workers,
+        pyproject=pyproject,
+        settings=table,
+        options=dict(options or {}),
+    )

@@ -1,0 +1,74 @@
+"""The built-in backends: ``local`` (in-process, or worker processes when parallel) and
+``process`` (always a worker process).
+
+They register through ``stepflow_backend_types`` like any third-party backend.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from stepflow._authoring.step import StepSpec
+from stepflow._execution.backend import Backend, BackendContext
+from stepflow._execution.pool import WorkerPool
+from stepflow._execution.task import Task, TaskResult
+from stepflow.errors import BackendUnavailableError
+from stepflow.hookspecs import hookimpl
+
+
+class ProcessBackend(Backend):
+    """Runs each task in a pool of ``python -m stepflow.worker`` processes.
+
+    Options: ``workers`` (pool size; default the run's ``workers``).
+    """
+
+    kind = "process"
+
+    def __init__(self, name: str, options: Mapping[str, Any], context: BackendContext) -> None:
+        super().__init__(name, options, context)
+        size = self.options.get("workers", context.workers)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise BackendUnavailableError(
+                f"backend {name!r}: option workers={size!r} must be a whole number >= 1"
+            )
+        self._size = size
+        self._pool: WorkerPool | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pool(self) -> WorkerPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = WorkerPool(self._size)
+            return self._pool
+
+    def execute(self, task: Task, *, timeout: float | None) -> TaskResult:
+        return self.pool.execute(task, timeout)
+
+    def cancel(self) -> None:
+        if self._pool is not None:
+            self._pool.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+class LocalBackend(ProcessBackend):
+    """The default: in this process when the run is sequential, worker processes otherwise.
+
+    A step with a ``timeout`` always runs in a worker process, because only a process can be
+    stopped for sure when the step does not return.
+    """
+
+    kind = "local"
+
+    def runs_inline(self, spec: StepSpec) -> bool:
+        return self.context.workers == 1 and spec.options.timeout is None
+
+
+@hookimpl
+def stepflow_backend_types() -> dict[str, type[Backend]]:
+    return {"local": LocalBackend, "process": ProcessBackend}

@@ -1,0 +1,207 @@
+"""A pool of ``python -m stepflow.worker --serve`` processes.
+
+Each worker runs in its own process group, so a timeout or a cancel can kill the step and
+everything it started, and so the terminal's Ctrl-C reaches only the run loop, which then
+stops the workers itself.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+from stepflow._execution.task import Task, TaskError, TaskResult
+
+__all__ = ["WorkerPool", "WorkerProcess"]
+
+_HEADER_SIZE = 8
+
+
+class WorkerProcess:
+    """One long-lived worker process speaking the framed protocol on its stdin/stdout."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        self.argv = list(argv)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def execute(self, task: Task, timeout: float | None) -> TaskResult:
+        """Send ``task`` and wait for its result; kill the worker if ``timeout`` passes."""
+        assert self.proc.stdin is not None
+        data = pickle.dumps(task, protocol=5)
+        try:
+            self.proc.stdin.write(len(data).to_bytes(_HEADER_SIZE, "big") + data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return self._lost(task)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            header = self._read(_HEADER_SIZE, deadline)
+            if header is None:
+                return self._timed_out(task, timeout)
+            body = self._read(int.from_bytes(header, "big"), None)
+        except EOFError:
+            return self._lost(task)
+        assert body is not None
+        return pickle.loads(body)  # noqa: S301 - our own worker
+
+    def _read(self, n: int, deadline: float | None) -> bytes | None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        chunks: list[bytes] = []
+        while n:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                    return None
+            chunk = os.read(fd, min(n, 1 << 20))
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def _timed_out(self, task: Task, timeout: float | None) -> TaskResult:
+        self.kill()
+        return TaskResult(
+            task.step,
+            task.attempt,
+            error=TaskError(
+                exc_type="stepflow.errors.StepTimeoutError",
+                message=f"step {task.step!r} ran past its timeout of {timeout:g}s and its "
+                f"process was killed",
+                traceback="",
+                timed_out=True,
+            ),
+            duration=float(timeout or 0),
+        )
+
+    def _lost(self, task: Task) -> TaskResult:
+        code = self.proc.wait()
+        how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        return TaskResult(
+            task.step,
+            task.attempt,
+            error=TaskError(
+                exc_type="stepflow.errors.BackendError",
+                message=f"the worker process running step {task.step!r} {how} before it "
+                f"answered (out of memory, os._exit() or a crash in native code?)",
+                traceback="",
+                internal=True,
+            ),
+        )
+
+    def kill(self) -> None:
+        """Kill the worker's whole process group."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """Ask the worker to finish (stdin closed), then make sure it is gone."""
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+
+def worker_env() -> dict[str, str]:
+    """The environment for a worker: ours, with our import path so it finds user modules."""
+    env = dict(os.environ)
+    paths = [os.getcwd() if p == "" else p for p in sys.path]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    return env
+
+
+class WorkerPool:
+    """Up to ``size`` worker processes, started on demand and reused between tasks."""
+
+    def __init__(self, size: int, argv: Sequence[str] | None = None) -> None:
+        self.size = size
+        self.argv = list(argv or [sys.executable, "-m", "stepflow.worker", "--serve"])
+        self._idle: list[WorkerProcess] = []
+        self._busy: set[WorkerProcess] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._env = worker_env()
+
+    def execute(self, task: Task, timeout: float | None) -> TaskResult:
+        worker = self._acquire()
+        try:
+            result = worker.execute(task, timeout)
+        finally:
+            self._release(worker)
+        return result
+
+    def _acquire(self) -> WorkerProcess:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("worker pool is closed")
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.alive:
+                    self._busy.add(worker)
+                    return worker
+            worker = WorkerProcess(self.argv, self._env)
+            self._busy.add(worker)
+            return worker
+
+    def _release(self, worker: WorkerProcess) -> None:
+        with self._lock:
+            self._busy.discard(worker)
+            if worker.alive and not self._closed and len(self._idle) < self.size:
+                self._idle.append(worker)
+                return
+        worker.close() if worker.alive else worker.kill()
+
+    def cancel(self) -> None:
+        """Kill every worker, busy ones included; their tasks come back as lost."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._busy) + self._idle
+            self._idle = []
+        for worker in workers:
+            worker.kill()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            busy = list(self._busy)
+        for worker in idle:
+            worker.close()
+        for worker in busy:
+            worker.kill()

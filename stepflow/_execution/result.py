@@ -1,0 +1,153 @@
+"""What a run returns: ``RunResult``, a report per step, and the step states."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import attrs
+
+from stepflow._sentinels import MISSING
+from stepflow.errors import StepFailedError
+
+__all__ = ["RunInfo", "RunResult", "StepReport", "StepState"]
+
+
+class StepState(enum.StrEnum):
+    """The final state of a step in a run."""
+
+    #: the step's function ran and succeeded
+    RAN = "ran"
+    #: a stored result was reused instead of running
+    REUSED = "reused"
+    #: the step raised, timed out or its worker was lost, on every attempt
+    FAILED = "failed"
+    #: the step did not run: an upstream step failed, or the run stopped first
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen
+class StepReport:
+    """How one step went."""
+
+    name: str
+    state: StepState
+    #: seconds spent in the final attempt (0 for skipped steps)
+    duration: float = 0.0
+    attempts: int = 0
+    backend: str = ""
+    #: the error of the final attempt, for failed steps
+    error: StepFailedError | None = None
+    #: for skipped steps, why
+    reason: str = ""
+    outputs: tuple[str, ...] = ()
+
+
+@attrs.frozen(eq=False)
+class RunInfo:
+    """The run being executed, as plugins see it."""
+
+    run_id: str
+    pipeline: str
+    #: the steps the run will execute, in order
+    steps: tuple[str, ...]
+    #: parameter values, secrets masked
+    params: Mapping[str, Any]
+    workers: int
+    fail_fast: bool
+
+
+class _Output:
+    """An output's value, loaded at most once and only when asked for."""
+
+    def __init__(self, loader: Callable[[], Any]) -> None:
+        self._loader = loader
+        self._value: Any = MISSING
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._value is MISSING:
+                self._value = self._loader()
+                self._loader = lambda: None
+            return self._value
+
+
+class RunResult(Mapping[str, Any]):
+    """The outcome of ``Pipeline.run``: outputs by name, and a report per step.
+
+    ``result["predictions"]`` loads that output (lazily, once). ``result.steps[name].state``
+    is ``ran``, ``reused``, ``failed`` or ``skipped``.
+    """
+
+    def __init__(
+        self,
+        *,
+        info: RunInfo,
+        steps: Mapping[str, StepReport],
+        outputs: Mapping[str, Callable[[], Any]],
+        duration: float,
+        interrupted: bool = False,
+    ) -> None:
+        self.run_id = info.run_id
+        self.pipeline = info.pipeline
+        self.params = dict(info.params)
+        self.steps: Mapping[str, StepReport] = dict(steps)
+        self.duration = duration
+        self.interrupted = interrupted
+        self._outputs = {name: _Output(loader) for name, loader in outputs.items()}
+        self._producers = {out: s.name for s in self.steps.values() for out in s.outputs}
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._outputs[name].get()
+        except KeyError:
+            raise KeyError(self._why_missing(name)) from None
+
+    def _why_missing(self, name: str) -> str:
+        producer = self._producers.get(name)
+        if producer is not None:
+            report = self.steps[producer]
+            return f"output {name!r} was not produced: step {producer!r} {report.state}"
+        available = ", ".join(sorted(self._outputs)) or "none"
+        return f"no output named {name!r} in this run; available: {available}"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._outputs)
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    @property
+    def ok(self) -> bool:
+        """True when no step failed and the run was not interrupted."""
+        return not self.interrupted and not self.failed
+
+    @property
+    def failed(self) -> list[str]:
+        return [n for n, r in self.steps.items() if r.state is StepState.FAILED]
+
+    def count(self, state: StepState | str) -> int:
+        return sum(1 for r in self.steps.values() if r.state == state)
+
+    def summary(self) -> str:
+        """``"5 ran, 3 reused, 1 failed, 1 skipped in 2.31s"`` (zero counts left out)."""
+        parts = [f"{self.count(s)} {s.value}" for s in StepState if self.count(s)]
+        text = ", ".join(parts) or "no steps"
+        if self.interrupted:
+            text += " (interrupted)"
+        return f"{text} in {self.duration:.2f}s"
+
+    def raise_for_failures(self) -> None:
+        """Raise the first failed step's ``StepFailedError`` (for scripts and tests)."""
+        for report in self.steps.values():
+            if report.error is not None:
+                raise report.error
+
+    def __repr__(self) -> str:
+        return f"<RunResult {self.pipeline!r} {self.run_id}: {self.summary()}>"

@@ -1,0 +1,75 @@
+"""What travels between the run loop and a worker: ``Task`` in, ``TaskResult`` out.
+
+Both are plain frozen values that pickle, so any transport (a pipe, a container, SSH, a
+cluster) can carry them; see ``python -m stepflow.worker``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from stepflow._authoring.step import StepRef
+
+__all__ = ["ArtifactRef", "Task", "TaskError", "TaskResult"]
+
+
+@attrs.frozen
+class ArtifactRef:
+    """A stored output: its key in the datastore and how it was serialized."""
+
+    key: str
+    serializer: str
+    size: int
+
+
+@attrs.frozen
+class Task:
+    """One attempt at one step."""
+
+    run_id: str
+    step: str
+    attempt: int
+    ref: StepRef
+    #: input parameter name → stored artifact
+    inputs: Mapping[str, ArtifactRef]
+    #: parameter name → value (pipeline parameters of this step)
+    params: Mapping[str, Any]
+    #: the datastore's ``uri`` and the plugin name that opens it
+    store_uri: str
+    store_kind: str = "local"
+    #: ``sys.path`` entries the worker needs to import the step's module
+    sys_path: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class TaskError:
+    """A step's exception, in a form that survives any transport."""
+
+    exc_type: str
+    message: str
+    #: the formatted traceback, cut to the user's frames
+    traceback: str
+    #: the whole traceback, stepflow's frames included (``--full-trace``)
+    full_traceback: str = ""
+    #: ``True`` when stepflow stopped the step because it ran past its timeout
+    timed_out: bool = False
+    #: ``True`` when stepflow itself (not the step) failed: a lost worker, a bad store
+    internal: bool = False
+
+
+@attrs.frozen
+class TaskResult:
+    """The outcome of a ``Task``: output references, or an error."""
+
+    step: str
+    attempt: int
+    outputs: Mapping[str, ArtifactRef] = attrs.field(factory=dict)
+    error: TaskError | None = None
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

@@ -1,0 +1,65 @@
+"""The one plugin manager: hook specs, built-in plugins, entry points and ``-p`` modules."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+import pluggy
+
+from stepflow import hookspecs
+from stepflow.errors import PluginError
+
+__all__ = ["BUILTIN_PLUGINS", "make_plugin_manager"]
+
+#: loaded first, through the same hooks third-party plugins use
+BUILTIN_PLUGINS = ("stepflow._execution.local",)
+
+
+def make_plugin_manager(
+    plugins: Iterable[str] = (), *, entrypoints: bool = True, builtins: bool = True
+) -> pluggy.PluginManager:
+    """Create the plugin manager.
+
+    :param plugins: module names (``-p`` and ``[tool.stepflow] plugins``); ``no:NAME``
+        blocks a plugin, as in pytest.
+    :param entrypoints: load the ``stepflow`` entry-point group.
+    """
+    pm = pluggy.PluginManager("stepflow")
+    pm.add_hookspecs(hookspecs)
+    wanted = []
+    for name in plugins:
+        name = name.strip()
+        if name.startswith("no:"):
+            pm.set_blocked(name[3:])
+        elif name:
+            wanted.append(name)
+    if builtins:
+        for name in BUILTIN_PLUGINS:
+            if not pm.is_blocked(name):
+                pm.register(importlib.import_module(name), name=name)
+    if entrypoints:
+        try:
+            pm.load_setuptools_entrypoints("stepflow")
+        except Exception as exc:
+            raise PluginError(
+                f"a plugin of the 'stepflow' entry-point group failed to load: "
+                f"{type(exc).__name__}: {exc}; uninstall it or block it with -p no:NAME"
+            ) from exc
+    for name in wanted:
+        if pm.is_blocked(name) or pm.has_plugin(name):
+            continue
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise PluginError(
+                f"plugin {name!r} could not be imported: {exc}; check the module name given "
+                f"to -p or in [tool.stepflow] plugins",
+                plugin=name,
+            ) from exc
+        pm.register(module, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"{exc}", plugin=getattr(exc.plugin, "__name__", None)) from exc
+    return pm

@@ -1,0 +1,288 @@
+"""The ``stepflow`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pluggy
+
+__all__ = ["ExitCode", "main"]
+
+
+class ExitCode(enum.IntEnum):
+    """What ``stepflow`` exits with."""
+
+    #: every step ran or was reused
+    OK = 0
+    #: at least one step failed (or was skipped because of a failure)
+    STEP_FAILED = 1
+    #: bad command line, target, parameter or pipeline definition; nothing ran
+    USAGE_ERROR = 2
+    #: stopped by Ctrl-C; what finished is kept
+    INTERRUPTED = 130
+
+
+def _plugin_args(argv: Sequence[str]) -> list[str]:
+    """``-p NAME`` values, read before argparse so plugins can add options."""
+    names = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "-p":
+            value = next(it, None)
+            if value is not None:
+                names.append(value)
+        elif arg.startswith("-p") and len(arg) > 2:
+            names.append(arg[2:].lstrip("="))
+    return names
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-p",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="load a plugin module (repeatable); -p no:NAME blocks one",
+    )
+    parser.add_argument("--home", help="the stepflow home folder (default: .stepflow)")
+
+
+def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stepflow",
+        description="Run machine-learning pipelines made of plain Python functions.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a pipeline", description="Run a pipeline.")
+    run.add_argument(
+        "target", metavar="TARGET", help="module:pipeline, file.py:pipeline, or a module"
+    )
+    run.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a pipeline parameter, parsed by its type (repeatable)",
+    )
+    run.add_argument(
+        "--target",
+        dest="targets",
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="run only this step (or output) and what it needs (repeatable)",
+    )
+    run.add_argument("--workers", type=int, metavar="N", help="run up to N steps at once")
+    run.add_argument(
+        "--regenerate",
+        nargs="*",
+        metavar="STEP",
+        help="recompute the named steps (all if none) even if stored results exist",
+    )
+    run.add_argument(
+        "--backend",
+        dest="backends",
+        action="append",
+        default=[],
+        metavar="STEP=NAME",
+        help="run STEP on backend NAME (repeatable)",
+    )
+    run.add_argument(
+        "-x", "--exitfirst", action="store_true", help="stop at the first failing step"
+    )
+    run.add_argument(
+        "--full-trace", action="store_true", help="do not cut stepflow's frames from tracebacks"
+    )
+    run.add_argument("-v", "--verbose", action="count", default=0, help="say more")
+    _add_common(run)
+
+    show = sub.add_parser("show", help="show a pipeline's steps and graph")
+    show.add_argument("target", metavar="TARGET")
+    show.add_argument("--format", choices=["text", "dot", "mermaid", "json"], default="text")
+    _add_common(show)
+
+    plugins = sub.add_parser("plugins", help="list the plugins loaded and what they provide")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(plugins)
+
+    if pm is not None:
+        for name, subparser in sub.choices.items():
+            pm.hook.stepflow_addoption(parser=subparser, command=name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``stepflow`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        # The fast path: no plugins needed to print the top-level help.
+        build_parser().parse_args(argv or ["--help"])
+        return ExitCode.OK
+    from stepflow.errors import StepflowError
+
+    try:
+        return _main(argv)
+    except StepflowError as exc:
+        print(f"stepflow: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR
+    except KeyboardInterrupt:
+        print("\nstepflow: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
+    from stepflow._config import load_config
+    from stepflow._pluginmanager import make_plugin_manager
+
+    if argv == ["--version"]:
+        import stepflow
+
+        print(f"stepflow {stepflow.__version__}")
+        return ExitCode.OK
+    config = load_config(plugins=tuple(_plugin_args(argv)))
+    pm = make_plugin_manager(config.plugins)
+    parser = build_parser(pm)
+    args = parser.parse_args(argv)
+    if args.version:
+        import stepflow
+
+        print(f"stepflow {stepflow.__version__}")
+        return ExitCode.OK
+    if args.command is None:
+        parser.print_help()
+        return ExitCode.USAGE_ERROR
+    config = load_config(
+        home=args.home,
+        plugins=tuple(config.plugins),
+        workers=getattr(args, "workers", None),
+        options=vars(args),
+    )
+    pm.hook.stepflow_configure(config=config)
+    try:
+        if args.command == "run":
+            return _cmd_run(args, config, pm)
+        if args.command == "show":
+            return _cmd_show(args)
+        if args.command == "plugins":
+            return _cmd_plugins(args, pm)
+        raise AssertionError(args.command)
+    finally:
+        pm.hook.stepflow_unconfigure(config=config)
+
+
+def _load(target: str) -> Any:
+    from stepflow._surfaces.target import load_target
+    from stepflow.errors import StepflowError, TargetNotFoundError
+
+    try:
+        return load_target(target)
+    except StepflowError:
+        raise
+    except Exception as exc:
+        # The user's module raised while importing: show its traceback, cut to user code.
+        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        body = "".join(line for line in tb if "importlib._bootstrap" not in line)
+        raise TargetNotFoundError(
+            f"importing {target!r} raised {type(exc).__name__}:\n{body.rstrip()}"
+        ) from exc
+
+
+def _split_pairs(values: list[str], flag: str) -> dict[str, str]:
+    from stepflow._authoring.parse import split_assignment
+    from stepflow.errors import UsageError
+
+    pairs = {}
+    for text in values:
+        try:
+            key, value = split_assignment(text)
+        except ValueError:
+            raise UsageError(f"{flag} {text!r}: write {flag} NAME=VALUE") from None
+        pairs[key] = value
+    return pairs
+
+
+def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
+    from stepflow._authoring.parse import parse_value, split_assignment
+    from stepflow._planning.plan import _unknown_message
+    from stepflow._surfaces.reporter import TerminalReporter
+    from stepflow.errors import UsageError
+
+    pipeline = _load(args.target)
+    params: dict[str, Any] = {}
+    for text in args.params:
+        name, raw = split_assignment(text)
+        if name not in pipeline.params:
+            raise UsageError(_unknown_message("parameter", name, list(pipeline.params)))
+        params[name] = parse_value(name, raw, pipeline.params[name].annotation)
+    backends = _split_pairs(args.backends, "--backend")
+    regenerate: Any = None
+    if args.regenerate is not None:
+        regenerate = args.regenerate or True
+    reporter = TerminalReporter(full_trace=args.full_trace, verbosity=args.verbose)
+    pm.register(reporter, name="terminalreporter")
+    result = pipeline.run(
+        params,
+        targets=args.targets or None,
+        workers=config.workers,
+        fail_fast=args.exitfirst,
+        regenerate=regenerate,
+        backends=backends,
+        config=config,
+        plugin_manager=pm,
+    )
+    if result.interrupted:
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK if result.ok else ExitCode.STEP_FAILED
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from stepflow._surfaces.show import render
+
+    sys.stdout.write(render(_load(args.target), args.format))
+    return ExitCode.OK
+
+
+def _cmd_plugins(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
+    rows = []
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        backends: list[str] = []
+        impl = getattr(plugin, "stepflow_backend_types", None)
+        if impl is not None:
+            backends = sorted(impl() or {})
+        hooks = sorted(
+            h.name for h in (pm.get_hookcallers(plugin) or []) if h.name.startswith("stepflow_")
+        )
+        dist = dists.get(id(plugin))
+        rows.append(
+            {
+                "name": name,
+                "module": getattr(plugin, "__name__", type(plugin).__name__),
+                "distribution": f"{dist.project_name} {dist.version}" if dist else None,
+                "backends": backends,
+                "hooks": hooks,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return ExitCode.OK
+    for row in rows:
+        origin = f" ({row['distribution']})" if row["distribution"] else ""
+        print(f"{row['name']}{origin}")
+        if row["backends"]:
+            print(f"  backends: {', '.join(row['backends'])}")
+        print(f"  hooks: {', '.join(row['hooks'])}")
+    return ExitCode.OK

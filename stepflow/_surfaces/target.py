@@ -1,0 +1,71 @@
+"""Resolve ``stepflow run TARGET`` to a ``Pipeline``.
+
+TARGET forms: ``package.module:pipeline``, ``path/to/file.py:pipeline``, or a module or file
+alone (every step in it). Published names (``NAME[@VERSION]``) arrive with publishing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+from stepflow._authoring.loader import import_module_or_path, looks_like_path
+from stepflow._authoring.step import is_step
+from stepflow._planning.pipeline import Pipeline
+from stepflow.errors import TargetNotFoundError
+
+__all__ = ["load_target"]
+
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def load_target(text: str) -> Pipeline:
+    """Import what ``text`` names and return its pipeline."""
+    text = text.strip()
+    if not text:
+        raise TargetNotFoundError("empty TARGET; give module:pipeline or path/to/file.py")
+    module_part, sep, attr = text.rpartition(":") if ":" in text[2:] else (text, "", "")
+    if _DRIVE.match(text) and not sep:
+        module_part, attr = text, ""
+    if not module_part:
+        raise TargetNotFoundError(f"TARGET {text!r} has no module before ':'")
+    if not _exists(module_part):
+        raise TargetNotFoundError(
+            f"TARGET {text!r}: no module or file named {module_part!r}; use "
+            f"package.module:pipeline, path/to/file.py:pipeline, or a module alone "
+            f"(publishing named pipelines is not available yet)"
+        )
+    module = import_module_or_path(module_part)
+    if not attr:
+        return Pipeline.from_module(module)
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        found = sorted(n for n, v in vars(module).items() if isinstance(v, Pipeline))
+        hint = f"pipelines in it: {', '.join(found)}" if found else "it defines no Pipeline"
+        raise TargetNotFoundError(
+            f"module {module.__name__!r} has no attribute {attr!r}; {hint}"
+        ) from None
+    if isinstance(obj, Pipeline):
+        return obj
+    if is_step(obj):
+        return Pipeline(attr, [obj])
+    if isinstance(obj, list | tuple) and obj and all(is_step(s) for s in obj):
+        return Pipeline(attr, list(obj))
+    raise TargetNotFoundError(
+        f"{text!r} is a {type(obj).__name__}, not a Pipeline, a step or a list of steps"
+    )
+
+
+def _exists(module_part: str) -> bool:
+    if looks_like_path(module_part):
+        return Path(module_part).is_file()
+    import sys
+
+    if str(Path.cwd()) not in sys.path and "" not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.util.find_spec(module_part) is not None
+    except (ImportError, ValueError):
+        return False

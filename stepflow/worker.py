@@ -1,0 +1,176 @@
+"""Execute step tasks: ``python -m stepflow.worker``.
+
+Every backend except the in-process one runs steps through this module, so a new backend is
+only transport. Two modes:
+
+``python -m stepflow.worker --serve``
+    Read framed tasks from stdin and write framed results to stdout until stdin closes.
+    A frame is an 8-byte big-endian length followed by a pickle. The step's own prints go to
+    stderr so they cannot corrupt the protocol.
+
+``python -m stepflow.worker TASK_FILE RESULT_FILE``
+    Run the pickled task in ``TASK_FILE`` and write the pickled result to ``RESULT_FILE``
+    (for transports that move files more easily than pipes).
+
+In Python, ``execute_task(task)`` does the work of one task in the current process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pickle
+import struct
+import sys
+import time
+from typing import Any, BinaryIO
+
+from stepflow._authoring.step import StepRef, StepSpec
+from stepflow._execution.invoke import StepRaised, invoke, task_error
+from stepflow._execution.task import ArtifactRef, Task, TaskResult
+from stepflow._storage.datastore import Datastore, LocalDatastore
+from stepflow._storage.serializers import CloudpickleSerializer, Serializer
+
+__all__ = ["execute_task", "main", "read_frame", "write_frame"]
+
+_HEADER = struct.Struct(">Q")
+_SERIALIZERS: dict[str, Serializer] = {"cloudpickle": CloudpickleSerializer()}
+
+
+def write_frame(stream: BinaryIO, obj: Any) -> None:
+    """Write one pickled object, length-prefixed."""
+    data = pickle.dumps(obj, protocol=5)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def read_frame(stream: BinaryIO) -> Any:
+    """Read one frame; raise ``EOFError`` when the stream ends cleanly before a frame."""
+    header = _read_exact(stream, _HEADER.size)
+    (length,) = _HEADER.unpack(header)
+    return pickle.loads(_read_exact(stream, length))  # noqa: S301 - our own parent process
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = stream.read(n)
+        if not chunk:
+            raise EOFError("stream closed")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def load_step(ref: StepRef) -> StepSpec:
+    """Import the step named by ``ref`` in this process."""
+    module = sys.modules.get(ref.module)
+    if module is None:
+        try:
+            module = importlib.import_module(ref.module)
+        except ImportError:
+            if not ref.file:
+                raise
+            spec = importlib.util.spec_from_file_location(ref.module, ref.file)
+            if spec is None or spec.loader is None:
+                raise
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[ref.module] = module
+            spec.loader.exec_module(module)
+    obj: Any = module
+    for part in ref.qualname.split("."):
+        obj = getattr(obj, part)
+    return obj.spec
+
+
+def open_store(kind: str, uri: str) -> Datastore:
+    """The datastore a task names."""
+    if kind == "local":
+        return LocalDatastore(uri)
+    raise ValueError(f"unknown datastore kind {kind!r}")
+
+
+def load_artifact(store: Datastore, ref: ArtifactRef) -> Any:
+    return _SERIALIZERS[ref.serializer].loads(store.get(ref.key))
+
+
+def store_value(store: Datastore, value: Any) -> ArtifactRef:
+    serializer = next(s for s in _SERIALIZERS.values() if s.can_dump(value))
+    data = serializer.dumps(value)
+    return ArtifactRef(key=store.put(data), serializer=serializer.name, size=len(data))
+
+
+def execute_task(task: Task) -> TaskResult:
+    """Load inputs, run the step, store its outputs; never raises for a step's own error."""
+    start = time.perf_counter()
+    for entry in reversed(task.sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    try:
+        spec = load_step(task.ref)
+        store = open_store(task.store_kind, task.store_uri)
+        kwargs = {name: load_artifact(store, ref) for name, ref in task.inputs.items()}
+        kwargs.update(task.params)
+    except Exception as exc:
+        error = task_error(exc, cut=None)
+        error = type(error)(
+            exc_type=error.exc_type,
+            message=f"the worker could not prepare step {task.step!r}: {error.message}",
+            traceback=error.full_traceback,
+            full_traceback=error.full_traceback,
+            internal=True,
+        )
+        return TaskResult(task.step, task.attempt, error=error, duration=_since(start))
+    try:
+        values = invoke(spec, kwargs)
+    except StepRaised as raised:
+        return TaskResult(task.step, task.attempt, error=raised.error, duration=_since(start))
+    try:
+        outputs = {name: store_value(store, value) for name, value in values.items()}
+    except Exception as exc:
+        error = task_error(exc, cut=None)
+        return TaskResult(task.step, task.attempt, error=error, duration=_since(start))
+    return TaskResult(task.step, task.attempt, outputs=outputs, duration=_since(start))
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """Answer framed tasks until stdin closes."""
+    while True:
+        try:
+            task = read_frame(stdin)
+        except EOFError:
+            return
+        write_frame(stdout, execute_task(task))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--serve"]:
+        # Keep the protocol on a private copy of fd 1, and send the step's prints (fd 1) to
+        # stderr, so that a print() in user code can never corrupt a frame.
+        proto = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        serve(sys.stdin.buffer, proto)
+        return 0
+    if len(argv) == 2:
+        with open(argv[0], "rb") as fh:
+            task = pickle.load(fh)  # noqa: S301 - written by our own parent
+        result = execute_task(task)
+        with open(argv[1], "wb") as fh:
+            pickle.dump(result, fh, protocol=5)
+        return 0
+    print(
+        "usage: python -m stepflow.worker --serve | python -m stepflow.worker TASK RESULT",
+        file=sys.stderr,
+    )
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
