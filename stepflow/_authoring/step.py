@@ -7,6 +7,7 @@ type hints, and kept on ``func.spec``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
 import re
@@ -304,10 +305,8 @@ def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
         globalns = getattr(fn, "__globals__", {})
         for key, value in inspect.get_annotations(fn).items():
             if isinstance(value, str):
-                try:
+                with contextlib.suppress(Exception):
                     value = eval(value, globalns)  # noqa: S307 - annotations are the user's code
-                except Exception:  # noqa: S110 - keep the text; see above
-                    value = value
             hints[key] = value
         return hints
 
