@@ -48,21 +48,28 @@ _BOOL_TEXT = {
     "0": False,
 }
 
-# Sequence-like origins and what a parsed value becomes. ``None``: keep the given list/tuple
-# (a Python value) or make a list (text), since an abstract origin cannot be instantiated.
-_ORDERED: dict[object, type | None] = {
+# Collection origins and the type a value for them is built as. Abstract origins cannot be
+# instantiated; for them a Python value keeps its own type when it is one of _KEEP's.
+_ORDERED: dict[object, type] = {
     list: list,
     tuple: tuple,
-    abc.Sequence: None,
+    abc.Sequence: list,
     abc.MutableSequence: list,
-    abc.Collection: None,
-    abc.Iterable: None,
+    abc.Collection: list,
+    abc.Iterable: list,
 }
-_UNORDERED: dict[object, type | None] = {
+_UNORDERED: dict[object, type] = {
     set: set,
     frozenset: frozenset,
-    abc.Set: None,
+    abc.Set: frozenset,
     abc.MutableSet: set,
+}
+_ANY_COLLECTION = (list, tuple, set, frozenset)
+_KEEP: dict[object, tuple[type, ...]] = {
+    abc.Sequence: (list, tuple),
+    abc.Collection: _ANY_COLLECTION,
+    abc.Iterable: _ANY_COLLECTION,
+    abc.Set: (set, frozenset),
 }
 _MAPPINGS = frozenset({dict, abc.Mapping, abc.MutableMapping})
 
@@ -114,12 +121,17 @@ def split_assignment(text: str) -> tuple[str, str]:
     key = key.strip()
     if not sep:
         if key.isidentifier():
-            fix = f"write it as --param NAME=VALUE, e.g. --param {key}=VALUE"
-            problem = f"--param {_show(text)} has no value"
-        else:
-            fix = "write it as --param NAME=VALUE, e.g. --param n=20"
-            problem = f"--param {_show(text)} is not NAME=VALUE"
-        raise ParameterParseError(f"{problem}; {fix}", parameter=key or None, value=text)
+            # Most likely the value was forgotten: show the name the user meant.
+            message = (
+                f"--param {_show(text)} has no value; "
+                f"write it as --param NAME=VALUE, e.g. --param {key}=VALUE"
+            )
+            raise ParameterParseError(message, parameter=key, value=text)
+        message = (
+            f"--param {_show(text)} is not NAME=VALUE; "
+            "write it as --param NAME=VALUE, e.g. --param n=20"
+        )
+        raise ParameterParseError(message, value=text)
     if not key:
         raise ParameterParseError(
             f"--param {_show(text)} has no name before '='; "
@@ -144,11 +156,10 @@ def parse_value(name: str, text: str, annotation: object, *, secret: bool = Fals
     True
     >>> parse_value("every", "1h30m", datetime.timedelta)
     datetime.timedelta(seconds=5400)
-    >>> parse_value("n", "ten", int)
+    >>> parse_value("n", "ten", int)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    stepflow.errors.ParameterParseError: parameter 'n' expects int, got 'ten'; pass a whole \
-number such as --param n=20
+    stepflow.errors.ParameterParseError: parameter 'n' expects int, got 'ten'; pass a whole ...
 
     :raises ParameterParseError: the text is not a valid value of ``annotation``.
     """
@@ -176,11 +187,10 @@ def check_value(name: str, value: object, annotation: object, *, secret: bool = 
     20
     >>> check_value("ns", (1, 2), list[int])
     [1, 2]
-    >>> check_value("n", True, int)
+    >>> check_value("n", True, int)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    stepflow.errors.ParameterParseError: parameter 'n' expects int, got bool True; a bool is \
-not accepted as a number; pass a whole number such as 20
+    stepflow.errors.ParameterParseError: parameter 'n' expects int, got bool True; a bool is ...
 
     :raises ParameterParseError: the value does not fit ``annotation``.
     """
@@ -188,7 +198,10 @@ not accepted as a number; pass a whole number such as 20
         return _check(value, annotation, strict=False)
     except _Invalid as exc:
         kind = type(value).__name__
-        got = f"a secret value of type {kind}" if secret else f"{kind} {_show(value)}"
+        if secret:
+            got = f"a secret value of type {kind}"
+        else:
+            got = "None" if value is None else f"{kind} {_show(value)}"
         fix = _python_fix(annotation)
         raise _error(name, got, exc.reason, fix, value, annotation, secret) from None
 
@@ -288,22 +301,29 @@ def _describe(annotation: object) -> _Desc:
         example = tuple(d.examples[0] if d.examples else "..." for d in descs)
         items = ", ".join(d.text for d in descs)
         return _Desc(f"{len(args)} comma-separated items ({items})", (example,))
-    if container in _ORDERED or container in _UNORDERED:
-        item = _describe(args[0] if args else Any)
-        kind = _UNORDERED.get(container) or _ORDERED.get(container) or list
-        example = kind(item.examples[:2]) if item.examples else ()
-        text = f"a JSON array or comma-separated items, each {item.text}"
+    kind = _container_kind(container)
+    if kind == "items":
+        item_tp = _unwrap(args[0] if args else Any)
+        item = _describe(item_tp)
+        build = _ORDERED.get(container) or _UNORDERED[container]
+        try:
+            example = build(item.examples[:2]) if item.examples else ()
+        except TypeError:  # a set of lists cannot exist, so there is no example of it
+            example = ()
+        if _container_kind(get_origin(item_tp) or item_tp) is not None:
+            # Items that are collections themselves can only be written as JSON.
+            text = f"a JSON array of {_type_name(item_tp)} values"
+        else:
+            text = f"a JSON array or comma-separated items, each {item.text}"
         return _Desc(text, (example,) if example else ())
-    if container in _MAPPINGS:
-        key, val = (
-            (_describe(args[0]), _describe(args[1]))
-            if len(args) == 2
-            else (_describe(str), _describe(Any))
-        )
+    if kind == "mapping":
+        key_tp, val_tp = args if len(args) == 2 else (str, Any)
+        key, val = _describe(key_tp), _describe(val_tp)
         text = f"a JSON object of {key.text} to {val.text}"
-        if key.examples and val.examples:
+        try:
             return _Desc(text, ({key.examples[0]: val.examples[0]},))
-        return _Desc(text)
+        except (IndexError, TypeError):  # no example of the key or value, or an unhashable key
+            return _Desc(text)
     if not isinstance(tp, type):
         return _Desc(f"a value of type {_type_name(tp)}")
     return _describe_class(tp)
@@ -407,6 +427,8 @@ def _python_text(value: object) -> str:
     # A path is accepted as a str, and "'data/a.csv'" reads better than "PosixPath(...)".
     if isinstance(value, pathlib.PurePath):
         return repr(str(value))
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__qualname__}.{value.name}"
     return repr(value)
 
 
@@ -423,9 +445,8 @@ def _duration_text(value: datetime.timedelta) -> str:
 
 
 def _show(value: object, limit: int = _SHOW_LIMIT) -> str:
-    """``repr(value)``, cut to about ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``repr(value)``, cut to at most ``limit`` characters."""
+    return _cut(repr(value), limit)
 
 
 def _exc_text(exc: BaseException) -> str:
@@ -470,6 +491,18 @@ def _unwrap(annotation: object) -> object:
             return tp
 
 
+def _container_kind(container: object) -> str | None:
+    """``"items"`` for list-, tuple- and set-like origins, ``"mapping"`` for dict-like ones."""
+    # Only classes can be collection origins; an odd annotation may not even be hashable.
+    if not isinstance(container, type):
+        return None
+    if container in _ORDERED or container in _UNORDERED:
+        return "items"
+    if container in _MAPPINGS:
+        return "mapping"
+    return None
+
+
 def _is_union(tp: object) -> bool:
     origin = get_origin(tp)
     return origin is Union or origin is types.UnionType
@@ -505,9 +538,10 @@ def _parse(text: str, annotation: object) -> object:
     if origin is Literal:
         return _parse_literal(text, get_args(tp))
     container = origin if origin is not None else tp
-    if container in _ORDERED or container in _UNORDERED:
+    kind = _container_kind(container)
+    if kind == "items":
         return _parse_collection(text, tp, container)
-    if container in _MAPPINGS:
+    if kind == "mapping":
         return _parse_mapping(text, get_args(tp))
     if isinstance(container, type):
         return _parse_class(text, container)
@@ -562,9 +596,9 @@ def _parse_collection(text: str, tp: object, container: object) -> object:
             raise _Invalid(f"invalid JSON: {exc}") from None
         if not isinstance(raw, list):  # '[1] 2' and such never parse, but be explicit
             raise _Invalid("expected a JSON array")
-        return _collect(raw, tp, container, from_text=False, keep=None)
+        return _collect(raw, tp, container, from_text=False)
     parts: list[object] = [] if not stripped else [p.strip() for p in stripped.split(",")]
-    return _collect(parts, tp, container, from_text=True, keep=None)
+    return _collect(parts, tp, container, from_text=True)
 
 
 def _collect(
@@ -573,7 +607,7 @@ def _collect(
     container: object,
     *,
     from_text: bool,
-    keep: type | None,
+    keep: type | None = None,
     strict: bool = False,
 ) -> object:
     """Convert each item for ``tp``'s item types and build the container ``tp`` names.
@@ -601,7 +635,7 @@ def _collect(
         except _Invalid as exc:
             where = f"item {index + 1} of {len(items)}, {_show(item, _ITEM_SHOW_LIMIT)},"
             raise _Invalid(_nested(where, item_tp, exc)) from None
-    result_type = _ORDERED.get(container) or _UNORDERED.get(container) or keep or list
+    result_type = keep or _ORDERED.get(container) or _UNORDERED[container]
     try:
         return result_type(converted)
     except TypeError as exc:  # a set of lists: unhashable items
@@ -703,8 +737,11 @@ _SIMPLE_PARSERS: dict[type, abc.Callable[[str], object]] = {
 
 def _parse_duration(text: str) -> datetime.timedelta:
     body = text.strip().lower().replace(" ", "")
-    sign = -1.0 if body.startswith("-") else 1.0
-    body = body.lstrip("+-") if body[:1] in ("+", "-") else body
+    sign = 1.0
+    if body[:1] in ("+", "-"):
+        sign, body = (-1.0 if body[0] == "-" else 1.0), body[1:]
+    if body[:1] in ("+", "-"):
+        raise _Invalid()  # '--5': float() would take the second sign
     seconds: float
     try:
         seconds = float(body)
@@ -789,16 +826,21 @@ def _check_unwrapped(value: object, tp: object, *, strict: bool) -> object:
                 return choice
         raise _Invalid()
     container = origin if origin is not None else tp
-    if container in _ORDERED or container in _UNORDERED:
+    kind = _container_kind(container)
+    if kind == "items":
         return _check_collection(value, tp, container, strict=strict)
-    if container in _MAPPINGS:
+    if kind == "mapping":
         if not isinstance(value, abc.Mapping) or isinstance(value, str):
             raise _Invalid()
         if strict and not isinstance(value, typing.cast(type, container)):
             raise _Invalid()
         converted = _convert_mapping(value, get_args(tp), keys_are_text=False, strict=strict)
-        if isinstance(value, dict) and _same_items(value.items(), converted.items()):
-            return value
+        if (
+            isinstance(value, dict)
+            and _same_items(value, converted)
+            and _same_items(value.values(), converted.values())
+        ):
+            return value  # nothing changed: hand back the caller's own object
         return converted
     if not isinstance(container, type):
         return value  # an annotation we cannot check at run time (Callable[..] and the like)
@@ -825,43 +867,34 @@ def _check_union(value: object, members: tuple[object, ...], *, strict: bool) ->
 
 
 def _check_collection(value: object, tp: object, container: object, *, strict: bool) -> object:
-    if isinstance(value, (str, bytes)) or not isinstance(value, abc.Iterable):
+    # Text and mappings are iterable too, but never a collection of items here.
+    if isinstance(value, (str, bytes, abc.Mapping)) or not isinstance(value, abc.Iterable):
         raise _Invalid()
-    ordered = container in _ORDERED
-    if strict:
-        if not isinstance(value, typing.cast(type, container)):
-            raise _Invalid()
-    elif container in (abc.Collection, abc.Iterable):
-        if not isinstance(value, (list, tuple, set, frozenset)):
-            raise _Invalid()
-    elif ordered:
-        # A set has no order: accepting it for a list would make the value depend on hashing.
-        if not isinstance(value, (list, tuple)) and not (
-            container is abc.Sequence and isinstance(value, abc.Sequence)
-        ):
-            raise _Invalid()
-    elif not isinstance(value, (list, tuple, set, frozenset)):
+    exact = isinstance(value, typing.cast(type, container))
+    if container in (abc.Collection, abc.Iterable):
+        # Not any iterable: a generator would be used up, a dict would give only its keys.
+        accepted = isinstance(value, _ANY_COLLECTION)
+    elif strict:
+        accepted = exact
+    elif container in _ORDERED:
+        # Not a set: its order depends on hashing, so the list would differ from run to run.
+        accepted = exact or isinstance(value, (list, tuple))
+    else:
+        accepted = exact or isinstance(value, _ANY_COLLECTION)
+    if not accepted:
         raise _Invalid()
     items = list(typing.cast(abc.Iterable[object], value))
-    keep = type(value) if type(value) in (list, tuple, set, frozenset) else None
+    keep = type(value) if type(value) in _KEEP.get(container, ()) else None
     result = _collect(items, tp, container, from_text=False, keep=keep, strict=strict)
-    if isinstance(result, type(value)) and _same_items(items, typing.cast(abc.Iterable, result)):
+    if type(result) is type(value) and _same_items(items, typing.cast(abc.Iterable, result)):
         return value  # nothing changed: hand back the caller's own object
     return result
 
 
 def _same_items(before: abc.Iterable[object], after: abc.Iterable[object]) -> bool:
-    # Identity, not equality: 1 and 1.0 are equal but the declared type is float.
-    before, after = list(before), list(after)
-    return len(before) == len(after) and all(
-        _identical(a, b) for a, b in zip(before, after, strict=True)
-    )
-
-
-def _identical(a: object, b: object) -> bool:
-    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == 2 == len(b):
-        return a[0] is b[0] and a[1] is b[1]  # dict items
-    return a is b
+    # Identity, not equality: 1 == 1.0, but a float parameter must get the float.
+    first, second = list(before), list(after)
+    return len(first) == len(second) and all(a is b for a, b in zip(first, second, strict=True))
 
 
 def _check_class(value: object, cls: type, *, strict: bool) -> object:

@@ -158,11 +158,24 @@ def step(
         tags=tags,
     )
 
-    def decorate(fn: F) -> F:
-        fn.spec = _make_spec(fn, name, options)  # type: ignore[attr-defined]
+    def decorate(fn: F, localns: dict[str, Any] | None = None) -> F:
+        if localns is None:
+            # Called as ``@step(...)(fn)``: the defining scope is our caller's.
+            localns = _caller_locals(2)
+        fn.spec = _make_spec(fn, name, options, localns)  # type: ignore[attr-defined]
         return fn
 
-    return decorate(func) if func is not None else decorate
+    return decorate(func, _caller_locals(2)) if func is not None else decorate
+
+
+def _caller_locals(depth: int) -> dict[str, Any]:
+    """The local names where a step is defined, to resolve string annotations of steps
+    defined inside functions (``from __future__ import annotations`` in a test, say)."""
+    try:
+        frame = sys._getframe(depth)
+    except ValueError:
+        return {}
+    return dict(frame.f_locals) if frame.f_code.co_name != "<module>" else {}
 
 
 # --- options -------------------------------------------------------------------------------
@@ -254,7 +267,9 @@ def _make_options(
 # --- signature → ports ---------------------------------------------------------------------
 
 
-def _make_spec(fn: Callable[..., Any], name: str | None, options: StepOptions) -> StepSpec:
+def _make_spec(
+    fn: Callable[..., Any], name: str | None, options: StepOptions, localns: dict[str, Any]
+) -> StepSpec:
     if not (inspect.isfunction(fn) or inspect.ismethod(fn)):
         raise StepDeclarationError(
             f"@step decorates plain functions; got {type(fn).__name__} {fn!r}"
@@ -265,7 +280,7 @@ def _make_spec(fn: Callable[..., Any], name: str | None, options: StepOptions) -
             f"return the value instead"
         )
     step_name = name or fn.__name__
-    hints = _type_hints(fn)
+    hints = _type_hints(fn, localns)
     inputs = []
     for param in inspect.signature(fn).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
@@ -294,9 +309,9 @@ def _make_spec(fn: Callable[..., Any], name: str | None, options: StepOptions) -
     )
 
 
-def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+def _type_hints(fn: Callable[..., Any], localns: dict[str, Any]) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(fn, include_extras=True)
+        return typing.get_type_hints(fn, localns=localns or None, include_extras=True)
     except Exception:
         # An annotation that cannot be evaluated (a name imported only under TYPE_CHECKING)
         # must not make the step unusable: evaluate each one alone and keep the text of the
@@ -306,7 +321,7 @@ def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
         for key, value in inspect.get_annotations(fn).items():
             if isinstance(value, str):
                 with contextlib.suppress(Exception):
-                    value = eval(value, globalns)  # noqa: S307 - annotations are the user's code
+                    value = eval(value, globalns, localns)  # noqa: S307 - the user's code
             hints[key] = value
         return hints
 

@@ -92,6 +92,7 @@ class RunResult(Mapping[str, Any]):
         steps: Mapping[str, StepReport],
         outputs: Mapping[str, Callable[[], Any]],
         duration: float,
+        producers: Mapping[str, str] | None = None,
         interrupted: bool = False,
     ) -> None:
         self.run_id = info.run_id
@@ -101,7 +102,8 @@ class RunResult(Mapping[str, Any]):
         self.duration = duration
         self.interrupted = interrupted
         self._outputs = {name: _Output(loader) for name, loader in outputs.items()}
-        self._producers = {out: s.name for s in self.steps.values() for out in s.outputs}
+        #: output name → the step that makes it (whether or not it succeeded)
+        self._producers = dict(producers or {})
 
     def __getitem__(self, name: str) -> Any:
         try:

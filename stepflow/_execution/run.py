@@ -168,6 +168,7 @@ class _Runner:
             steps={n: self.reports[n] for n in self.plan.steps},
             outputs=outputs,
             duration=time.perf_counter() - start,
+            producers={o: s for o, s in self.dag.producers.items() if s in self.reports},
             interrupted=interrupted,
         )
         self.pm.hook.stepflow_run_finish(run=self.info, result=result)

@@ -1,0 +1,412 @@
+"""Framework overhead benchmarks for the budgets in DESIGN.md section 6.
+
+Run from the repository root::
+
+    python benchmarks/bench_overhead.py          # median of 5 repeats per figure
+    python benchmarks/bench_overhead.py --quick  # median of 3, for a quick look
+
+It measures stepflow against plain Python in the same process (or a fresh process, for the
+start-up figures) and prints one table. It only measures: nothing here passes or fails, and
+no test asserts these timings (DESIGN.md section 6: budgets are checked by ``benchmarks/``).
+
+The pipelines are generated as module files in a temporary folder, because steps are wired by
+parameter name and a 100-step chain or a 10,000-step graph is easiest to write as code.
+Fresh processes run with a bytecode cache (``PYTHONPYCACHEPREFIX`` in a temporary folder) as a
+normal install would; when the environment sets ``PYTHONDONTWRITEBYTECODE`` the start-up figures
+are also given without it, since then every start recompiles stepflow's own modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+CHAIN = 100
+FANOUT = 200
+PLAN_STEPS = 10_000
+PLAN_WIDTH = 100
+SLEEPERS = 200
+SLEEP_S = 0.1
+SLEEP_WORKERS = 8
+
+# --- generated pipelines ------------------------------------------------------------------
+
+
+def chain_source(n: int, *, decorated: bool = True) -> str:
+    """``s0 -> s1 -> ... -> s{n-1}``; each step adds one to its input."""
+    deco = "@step\n" if decorated else ""
+    lines = ["from stepflow import step\n"] if decorated else []
+    lines.append(f"{deco}def s0() -> int:\n    return 0\n")
+    for i in range(1, n):
+        lines.append(f"{deco}def s{i}(s{i - 1}: int) -> int:\n    return s{i - 1} + 1\n")
+    body = "\n".join(f"    v{i} = s{i}({f'v{i - 1}' if i else ''})" for i in range(n))
+    lines.append(f"def plain() -> int:\n{body}\n    return v{n - 1}\n")
+    lines.append('if __name__ == "__main__":\n    plain()\n')
+    return "\n".join(lines)
+
+
+def fanout_source(n: int) -> str:
+    """One ``source`` step read by ``n`` independent consumers ``c0 .. c{n-1}``."""
+    lines = ["from stepflow import step\n", "@step\ndef source() -> int:\n    return 1\n"]
+    for i in range(n):
+        lines.append(f"@step\ndef c{i}(source: int) -> int:\n    return source + {i}\n")
+    calls = "\n".join(f"    v{i} = c{i}(src)" for i in range(n))
+    values = ", ".join(f"v{i}" for i in range(n))
+    lines.append(f"def plain() -> tuple[int, ...]:\n    src = source()\n{calls}\n")
+    lines[-1] += f"    return ({values},)\n"
+    return "\n".join(lines)
+
+
+def layered_source(n: int, width: int) -> str:
+    """``n`` steps in layers of ``width``; each step reads two steps of the layer before."""
+    lines = ["from stepflow import step\n"]
+    for k in range(n):
+        layer, j = divmod(k, width)
+        if layer == 0:
+            lines.append(f"@step\ndef n{k}() -> int:\n    return {k}\n")
+            continue
+        a = k - width
+        b = (layer - 1) * width + (j + 1) % width
+        lines.append(f"@step\ndef n{k}(n{a}: int, n{b}: int) -> int:\n    return n{a} + n{b}\n")
+    return "\n".join(lines)
+
+
+def sleepers_source(n: int, seconds: float) -> str:
+    """``n`` independent steps that each sleep ``seconds``."""
+    lines = ["import time\n", "from stepflow import step\n"]
+    for i in range(n):
+        lines.append(f"@step\ndef z{i}() -> int:\n    time.sleep({seconds})\n    return {i}\n")
+    lines.append(f"def z(i: int) -> int:\n    time.sleep({seconds})\n    return i\n")
+    return "\n".join(lines)
+
+
+# --- timing helpers -----------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any], repeats: int, *, number: int = 1) -> list[float]:
+    """Seconds per call of ``fn``, one figure per repeat (each the mean of ``number`` calls)."""
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        out.append((time.perf_counter() - start) / number)
+    return out
+
+
+def timed_fast(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Like ``timed`` for calls of a few microseconds: loop enough that a repeat takes ~50 ms."""
+    number = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        if time.perf_counter() - start > 0.05:
+            break
+        number *= 4
+    return timed(fn, repeats, number=number)
+
+
+def timed_process(
+    argv: Sequence[str], repeats: int, *, env: Mapping[str, str], cwd: Path
+) -> list[float]:
+    """Wall seconds of a fresh process, one figure per repeat, after one untimed warm-up."""
+
+    def once() -> None:
+        proc = subprocess.run(
+            list(argv), cwd=cwd, env=dict(env), capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise SystemExit(
+                f"benchmark command failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr}"
+            )
+
+    once()
+    return timed(once, repeats)
+
+
+def ensure_ok(result: Any, what: str) -> Any:
+    # A failed run would time an error path; stop rather than print a meaningless figure.
+    if not result.ok:
+        raise SystemExit(f"{what}: the pipeline run failed\n{result.summary()}")
+    return result
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+class Row:
+    def __init__(
+        self,
+        name: str,
+        stepflow: str,
+        plain: str = "-",
+        ratio: str = "-",
+        budget: str = "-",
+        verdict: str = "-",
+    ) -> None:
+        self.cells = (name, stepflow, plain, ratio, budget, verdict)
+
+
+def verdict(value: float, budget: float) -> str:
+    return "within" if value <= budget else "over"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def sec(seconds: float) -> str:
+    return f"{seconds:.3f} s"
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("benchmark", "stepflow", "plain/peer", "ratio or per-step", "budget", "verdict")
+    widths = [max(len(r[i]) for r in [header, *(row.cells for row in rows)]) for i in range(6)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        cells = zip(row.cells, widths, strict=True)
+        print("| " + " | ".join(c.ljust(w) for c, w in cells) + " |")
+
+
+def machine() -> str:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor() or "unknown"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load = "n/a"
+    import stepflow
+
+    return (
+        f"cpu: {model}; cores: {os.cpu_count()} ({usable} usable); load average: {load}\n"
+        f"python: {platform.python_implementation()} {platform.python_version()} on "
+        f"{platform.platform()}; stepflow {stepflow.__version__}"
+    )
+
+
+# --- the benchmarks -----------------------------------------------------------------------
+
+
+def import_generated(folder: Path, name: str, source: str) -> ModuleType:
+    (folder / f"{name}.py").write_text(source)
+    return importlib.import_module(name)
+
+
+def per_step_rows(label: str, module: ModuleType, steps: int, repeats: int) -> list[Row]:
+    from stepflow import Pipeline
+
+    pipe = Pipeline.from_module(module)
+    ensure_ok(pipe.run(workers=1), label)  # warm-up: the first run imports the run machinery
+    flow = statistics.median(timed(lambda: ensure_ok(pipe.run(workers=1), label), repeats))
+    plain = statistics.median(timed_fast(module.plain, repeats))
+    per_step = (flow - plain) / steps
+    return [
+        Row(
+            f"{label}: pipeline.run(workers=1), per step",
+            ms(flow),
+            ms(plain),
+            f"+{per_step * 1e3:.3f} ms/step",
+            "0.5 ms/step (aim 0.2)",
+            verdict(per_step, 0.5e-3),
+        )
+    ]
+
+
+def fixed_cost_row(folder: Path, repeats: int) -> Row:
+    """A 1-step pipeline: what every run pays before and after its steps."""
+    from stepflow import Pipeline
+
+    module = import_generated(folder, "bench_one", chain_source(1))
+    pipe = Pipeline.from_module(module)
+    ensure_ok(pipe.run(workers=1), "1-step pipeline")
+    flow = statistics.median(timed(lambda: pipe.run(workers=1), repeats))
+    plain = statistics.median(timed_fast(module.plain, repeats))
+    return Row("fixed cost of one run (1-step pipeline)", ms(flow), ms(plain))
+
+
+def build_row(label: str, module: ModuleType, repeats: int) -> Row:
+    from stepflow import Pipeline
+
+    build = statistics.median(timed(lambda: Pipeline.from_module(module), repeats))
+    return Row(f"{label}: Pipeline.from_module (info)", ms(build))
+
+
+def plan_rows(repeats: int) -> list[Row]:
+    from stepflow import Pipeline
+
+    source = layered_source(PLAN_STEPS, PLAN_WIDTH)
+    start = time.perf_counter()
+    code = compile(source, "<bench_plan10k>", "exec")
+    compile_s = time.perf_counter() - start
+
+    def define() -> list[Any]:
+        namespace: dict[str, Any] = {"__name__": "bench_plan10k"}
+        exec(code, namespace)
+        return [namespace[f"n{k}"] for k in range(PLAN_STEPS)]
+
+    decorate = statistics.median(timed(define, repeats))
+    steps = define()
+
+    def build_and_plan() -> None:
+        Pipeline("plan10k", steps).plan()
+
+    planned = statistics.median(timed(build_and_plan, repeats))
+    return [
+        Row(
+            f"{PLAN_STEPS:,}-step DAG: Pipeline(...) + .plan()",
+            sec(planned),
+            "-",
+            f"{planned / PLAN_STEPS * 1e6:.0f} us/step",
+            "1 s",
+            verdict(planned, 1.0),
+        ),
+        Row(
+            f"{PLAN_STEPS:,}-step DAG: @step on every function (info)",
+            sec(decorate),
+            f"compile {sec(compile_s)}",
+            f"{decorate / PLAN_STEPS * 1e6:.0f} us/step",
+        ),
+    ]
+
+
+def sleepers_rows(folder: Path, repeats: int) -> list[Row]:
+    from stepflow import Pipeline
+
+    module = import_generated(folder, "bench_sleep", sleepers_source(SLEEPERS, SLEEP_S))
+    pipe = Pipeline.from_module(module)
+    flow = statistics.median(
+        timed(lambda: ensure_ok(pipe.run(workers=SLEEP_WORKERS), "sleepers"), repeats)
+    )
+
+    def pool() -> None:
+        with concurrent.futures.ProcessPoolExecutor(SLEEP_WORKERS) as executor:
+            list(executor.map(module.z, range(SLEEPERS)))
+
+    peer = statistics.median(timed(pool, repeats))
+    ideal = SLEEPERS * SLEEP_S / SLEEP_WORKERS
+    return [
+        Row(
+            f"{SLEEPERS} x {SLEEP_S} s sleeps, workers={SLEEP_WORKERS}",
+            sec(flow),
+            f"{sec(peer)} ProcessPool",
+            f"{flow / ideal:.2f}x ideal {ideal:.1f} s",
+            "3.5 s",
+            verdict(flow, 3.5),
+        )
+    ]
+
+
+def process_rows(folder: Path, repeats: int, *, env: Mapping[str, str], tag: str) -> list[Row]:
+    exe = Path(sys.executable)
+    script = exe.parent / "stepflow"
+    if not script.exists():
+        # Not every install puts the console script next to the interpreter.
+        found = shutil.which("stepflow")
+        if found is None:
+            raise SystemExit("the `stepflow` console script is not installed; pip install -e .")
+        script = Path(found)
+    floor = statistics.median(timed_process([str(exe), "-c", "pass"], repeats, env=env, cwd=folder))
+    helped = statistics.median(timed_process([str(script), "--help"], repeats, env=env, cwd=folder))
+    ran = statistics.median(
+        timed_process([str(script), "run", "bench_chain.py"], repeats, env=env, cwd=folder)
+    )
+    plain = statistics.median(
+        timed_process([str(exe), "plain_chain.py"], repeats, env=env, cwd=folder)
+    )
+    return [
+        Row(
+            f"`stepflow --help`, fresh process{tag}",
+            sec(helped),
+            f"{sec(floor)} python -c pass",
+            f"{helped / floor:.2f}x",
+            "0.15 s",
+            verdict(helped, 0.15),
+        ),
+        Row(
+            f"`stepflow run` {CHAIN}-step chain, fresh process{tag}",
+            sec(ran),
+            f"{sec(plain)} python plain.py",
+            f"+{(ran - plain) * 1e3:.0f} ms",
+            "0.3 s",
+            verdict(ran, 0.3),
+        ),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="median of 3 repeats, not 5")
+    args = parser.parse_args(argv)
+    repeats = 3 if args.quick else 5
+
+    with tempfile.TemporaryDirectory(prefix="stepflow-bench-") as tmp:
+        root = Path(tmp)
+        folder = root / "modules"
+        folder.mkdir()
+        home = root / "home"
+        # In-process runs and worker processes both read STEPFLOW_HOME.
+        os.environ["STEPFLOW_HOME"] = str(home)
+        sys.path.insert(0, str(folder))
+        importlib.invalidate_caches()
+
+        original_env = dict(os.environ)
+        cached_env = dict(os.environ)
+        cached_env.pop("PYTHONDONTWRITEBYTECODE", None)
+        cached_env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
+        # Worker processes of the workers=8 run inherit this, so they start from bytecode too.
+        os.environ.clear()
+        os.environ.update(cached_env)
+
+        print(machine())
+        print(f"repeats: median of {repeats}\n", flush=True)
+
+        rows: list[Row] = []
+        chain = import_generated(folder, "bench_chain", chain_source(CHAIN))
+        (folder / "plain_chain.py").write_text(chain_source(CHAIN, decorated=False))
+        fanout = import_generated(folder, "bench_fanout", fanout_source(FANOUT))
+
+        rows += per_step_rows(f"{CHAIN}-step chain", chain, CHAIN, repeats)
+        rows += per_step_rows(f"{FANOUT}-wide fan-out", fanout, FANOUT + 1, repeats)
+        rows.append(fixed_cost_row(folder, repeats))
+        rows.append(build_row(f"{CHAIN}-step chain", chain, repeats))
+        rows += plan_rows(repeats)
+        rows += process_rows(folder, repeats, env=cached_env, tag="")
+        if original_env.get("PYTHONDONTWRITEBYTECODE"):
+            rows += process_rows(
+                folder, repeats, env=original_env, tag=" (PYTHONDONTWRITEBYTECODE set)"
+            )
+        rows += sleepers_rows(folder, repeats)
+        rows.append(Row("fully cached rerun, per step", "n/a: no cache yet", budget="0.1 ms"))
+
+        print_table(rows)
+        print(
+            "\nper step = (stepflow - plain) / steps, so it includes the fixed cost of a run;"
+            "\nbudgets: DESIGN.md section 6 (caching and run records are not built yet)."
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
