@@ -181,7 +181,7 @@ def _main(argv: list[str]) -> int:
         pm.hook.stepflow_unconfigure(config=config)
 
 
-def _load(target: str) -> Any:
+def _load(target: str) -> tuple[Any, list[str]]:
     from stepflow._surfaces.target import load_target
     from stepflow.errors import StepflowError, TargetNotFoundError
 
@@ -218,7 +218,7 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
     from stepflow._surfaces.reporter import TerminalReporter
     from stepflow.errors import UsageError
 
-    pipeline = _load(args.target)
+    pipeline, default_targets = _load(args.target)
     params: dict[str, Any] = {}
     for text in args.params:
         name, raw = split_assignment(text)
@@ -233,7 +233,7 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
     pm.register(reporter, name="terminalreporter")
     result = pipeline.run(
         params,
-        targets=args.targets or None,
+        targets=args.targets or default_targets or None,
         workers=config.workers,
         fail_fast=args.exitfirst,
         regenerate=regenerate,
@@ -249,7 +249,7 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
 def _cmd_show(args: argparse.Namespace) -> int:
     from stepflow._surfaces.show import render
 
-    sys.stdout.write(render(_load(args.target), args.format))
+    sys.stdout.write(render(_load(args.target)[0], args.format))
     return ExitCode.OK
 
 

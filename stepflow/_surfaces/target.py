@@ -20,8 +20,12 @@ __all__ = ["load_target"]
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
-def load_target(text: str) -> Pipeline:
-    """Import what ``text`` names and return its pipeline."""
+def load_target(text: str) -> tuple[Pipeline, list[str]]:
+    """Import what ``text`` names; return its pipeline and the steps it targets.
+
+    ``module:step`` means every step of the module, targeting that step (and so running
+    only what it needs); the other forms target everything (an empty list).
+    """
     text = text.strip()
     if not text:
         raise TargetNotFoundError("empty TARGET; give module:pipeline or path/to/file.py")
@@ -38,7 +42,7 @@ def load_target(text: str) -> Pipeline:
         )
     module = import_module_or_path(module_part)
     if not attr:
-        return Pipeline.from_module(module)
+        return Pipeline.from_module(module), []
     try:
         obj = getattr(module, attr)
     except AttributeError:
@@ -48,11 +52,11 @@ def load_target(text: str) -> Pipeline:
             f"module {module.__name__!r} has no attribute {attr!r}; {hint}"
         ) from None
     if isinstance(obj, Pipeline):
-        return obj
+        return obj, []
     if is_step(obj):
-        return Pipeline(attr, [obj])
+        return Pipeline.from_module(module), [obj.spec.name]
     if isinstance(obj, list | tuple) and obj and all(is_step(s) for s in obj):
-        return Pipeline(attr, list(obj))
+        return Pipeline(attr, list(obj)), []
     raise TargetNotFoundError(
         f"{text!r} is a {type(obj).__name__}, not a Pipeline, a step or a list of steps"
     )

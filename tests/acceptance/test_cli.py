@@ -1,0 +1,342 @@
+"""The ``stepflow`` command line, black-box through ``stepflow_runner``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+FLOW = """
+from typing import Annotated
+from stepflow import Param, Pipeline, step
+
+@step
+def numbers(n: int = 3) -> list[int]:
+    return list(range(n))
+
+@step
+def total(numbers: list[int]) -> int:
+    return sum(numbers)
+
+@step
+def stats(numbers: list[int]) -> tuple[Annotated[int, "lo"], Annotated[int, "hi"]]:
+    return min(numbers), max(numbers)
+
+@step
+def report(total: int, lo: int, hi: int, label: Param[str] = "sum") -> str:
+    print(f"REPORT {label}={total} [{lo},{hi}]")
+    return f"{label}={total}"
+
+pipe = Pipeline("demo", [numbers, total, stats, report])
+"""
+
+FAILING = """
+from stepflow import Pipeline, step
+
+def helper(x):
+    raise ValueError(f"cannot use {x}")
+
+@step
+def root() -> int:
+    return 1
+
+@step
+def bad(root: int) -> int:
+    return helper(root)
+
+@step
+def after_bad(bad: int) -> int:
+    return bad
+
+@step
+def good(root: int) -> int:
+    return root
+
+pipe = Pipeline("failing", [root, bad, after_bad, good])
+"""
+
+
+class TestRun:
+    def test_report_and_summary(self, stepflow_runner):
+        """A run prints a line per step and the pytest-like summary; exit code 0."""
+        stepflow_runner.makepyfile(flow=FLOW)
+        out = stepflow_runner.run("run", "flow.py:pipe")
+        assert out.ret == 0, out.stderr
+        out.fnmatch_lines(
+            [
+                "*stepflow run demo*",
+                "run *: 4 steps",
+                "numbers *ran*",
+                "total *ran*",
+                "stats *ran*",
+                "REPORT sum=3 [[]0,2[]]",
+                "report *ran*",
+                "*= 4 ran in *s =*",
+            ]
+        )
+
+    def test_params_parsed_by_type(self, stepflow_runner):
+        """``--param`` values are parsed by the parameter's annotation."""
+        stepflow_runner.makepyfile(flow=FLOW)
+        out = stepflow_runner.run("run", "flow.py:pipe", "--param", "n=5", "--param", "label=s")
+        assert out.ret == 0, out.stderr
+        out.fnmatch_lines(["REPORT s=10 [[]0,4[]]"])
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--param", "n=ten"], "parameter 'n' expects int, got 'ten'*"),
+            (["--param", "lable=x"], "unknown parameter 'lable'; did you mean 'label'?"),
+            (["--param", "n"], "*NAME=VALUE*"),
+            (["--target", "nope"], "unknown step or output 'nope'*"),
+            (["--backend", "total=gpu"], "*no backend named 'gpu'*"),
+        ],
+    )
+    def test_usage_errors_exit_2(self, stepflow_runner, args, message):
+        """Bad flags are usage errors: exit 2, a message on stderr, nothing runs."""
+        stepflow_runner.makepyfile(flow=FLOW)
+        out = stepflow_runner.run("run", "flow.py:pipe", *args)
+        assert out.ret == 2
+        out.fnmatch_lines([f"stepflow: error: {message}"], stream="stderr")
+        assert "REPORT" not in out.stdout
+
+    def test_target(self, stepflow_runner):
+        """``--target`` runs only what the step needs."""
+        stepflow_runner.makepyfile(flow=FLOW)
+        out = stepflow_runner.run("run", "flow.py:pipe", "--target", "total")
+        assert out.ret == 0
+        out.fnmatch_lines(["numbers *ran*", "total *ran*", "*2 ran in*"])
+        assert "stats" not in out.stdout
+
+    def test_failure_report(self, stepflow_runner):
+        """A failure exits 1, skips dependants, and shows the traceback cut to user code."""
+        stepflow_runner.makepyfile(flow=FAILING)
+        out = stepflow_runner.run("run", "flow.py:pipe")
+        assert out.ret == 1
+        out.fnmatch_lines(
+            [
+                "root *ran*",
+                "bad *failed*ValueError: cannot use 1",
+                "after_bad *skipped*(upstream step 'bad' failed)",
+                "good *ran*",
+                "*FAILURES*",
+                "*_ bad _*",
+                "Traceback (most recent call last):",
+                '  File "*flow.py", line *, in bad',
+                '  File "*flow.py", line *, in helper',
+                "ValueError: cannot use 1",
+                "*= 2 ran, 1 failed, 1 skipped in *",
+            ]
+        )
+        assert "stepflow/_execution" not in out.stdout
+
+    def test_full_trace(self, stepflow_runner):
+        """``--full-trace`` keeps stepflow's frames."""
+        stepflow_runner.makepyfile(flow=FAILING)
+        out = stepflow_runner.run("run", "flow.py:pipe", "--full-trace")
+        assert "invoke.py" in out.stdout
+
+    def test_exitfirst(self, stepflow_runner):
+        """``-x`` stops at the first failure."""
+        stepflow_runner.makepyfile(flow=FAILING)
+        out = stepflow_runner.run("run", "flow.py:pipe", "-x")
+        assert out.ret == 1
+        out.fnmatch_lines(["good *skipped*(the run stopped early)"])
+
+    def test_workers(self, stepflow_runner):
+        """``--workers`` runs steps in worker processes with the same report."""
+        stepflow_runner.makepyfile(flow=FAILING)
+        out = stepflow_runner.run("run", "flow.py:pipe", "--workers", "2")
+        assert out.ret == 1
+        out.fnmatch_lines(["run *: 4 steps, 2 workers", "*2 ran, 1 failed, 1 skipped in*"])
+        assert "in helper" in out.stdout
+
+    def test_backend_override(self, stepflow_runner):
+        """``--backend STEP=process`` moves one step into a worker process."""
+        stepflow_runner.makepyfile(
+            flow="""
+            import os
+            from stepflow import step
+
+            @step
+            def where() -> int:
+                print("PID", os.getpid(), "PARENT", os.getppid())
+                return 0
+            """
+        )
+        out = stepflow_runner.run("run", "flow.py", "--backend", "where=process")
+        assert out.ret == 0, out.stderr
+        line = next(x for x in out.stderr.splitlines() if x.startswith("PID"))
+        _, pid, _, parent = line.split()
+        assert pid != parent  # printed from a worker, whose parent is the CLI process
+
+    @pytest.mark.parametrize(
+        "target", ["flow.py", "flow", "flow:pipe", "flow.py:pipe", "flow.py:total"]
+    )
+    def test_target_forms(self, stepflow_runner, target):
+        """Files and modules, with or without an attribute, all load."""
+        stepflow_runner.makepyfile(flow=FLOW)
+        out = stepflow_runner.run("run", target)
+        assert out.ret == 0, out.stderr
+        out.fnmatch_lines(["*ran in*"])
+
+    def test_module_in_package(self, stepflow_runner):
+        """``package.module:pipeline`` imports through the package."""
+        stepflow_runner.makepyfile(**{"pkg/__init__": "", "pkg/flows": FLOW})
+        out = stepflow_runner.run("run", "pkg.flows:pipe")
+        assert out.ret == 0, out.stderr
+        out.fnmatch_lines(["*4 ran in*"])
+
+    @pytest.mark.parametrize(
+        ("target", "message"),
+        [
+            ("missing.py:pipe", "*no module or file named 'missing.py'*"),
+            ("flow.py:nope", "*has no attribute 'nope'; pipelines in it: pipe*"),
+            ("no.such.module:pipe", "*no module or file named 'no.such.module'*"),
+        ],
+    )
+    def test_bad_targets(self, stepflow_runner, target, message):
+        """Targets that name nothing are usage errors with a hint."""
+        stepflow_runner.makepyfile(flow=FLOW)
+        out = stepflow_runner.run("run", target)
+        assert out.ret == 2
+        out.fnmatch_lines([message], stream="stderr")
+
+    def test_definition_error_exit_2(self, stepflow_runner):
+        """A pipeline that cannot be built is exit 2 with the definition error."""
+        stepflow_runner.makepyfile(
+            flow="""
+            from stepflow import Pipeline, step
+
+            @step
+            def houses() -> int:
+                return 1
+
+            @step
+            def count(housse: int) -> int:
+                return housse
+
+            pipe = Pipeline("p", [houses, count])
+            """
+        )
+        out = stepflow_runner.run("run", "flow.py:pipe")
+        assert out.ret == 2
+        out.fnmatch_lines(
+            ["stepflow: error: step 'count' parameter 'housse' *", "did you mean 'houses'?"],
+            stream="stderr",
+        )
+
+    def test_import_error_in_user_code(self, stepflow_runner):
+        """A module that raises on import shows its traceback and exits 2."""
+        stepflow_runner.makepyfile(flow="import json\nx = json.loads('{')\n")
+        out = stepflow_runner.run("run", "flow.py")
+        assert out.ret == 2
+        out.fnmatch_lines(["*importing 'flow.py' raised JSONDecodeError*", "*flow.py*line 2*"],
+                          stream="stderr")
+
+    def test_interrupt(self, stepflow_runner):
+        """Ctrl-C stops the run, prints the summary and exits 130."""
+        stepflow_runner.makepyfile(
+            flow="""
+            import time
+            from pathlib import Path
+            from stepflow import step
+
+            @step
+            def first() -> int:
+                return 1
+
+            @step
+            def slow(first: int) -> int:
+                Path("started").write_text("yes")
+                time.sleep(60)
+                return first
+
+            @step
+            def last(slow: int) -> int:
+                return slow
+            """
+        )
+        env = dict(os.environ, STEPFLOW_HOME=str(stepflow_runner.home))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stepflow", "run", "flow.py"],
+            cwd=stepflow_runner.path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started = stepflow_runner.path / "started"
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 130, stderr
+        assert "slow" in stdout and "interrupted" in stdout
+        assert "last" in stdout and "skipped" in stdout
+        assert "1 ran, 1 failed, 1 skipped (interrupted) in" in stdout
+
+
+class TestShow:
+    def test_text(self, stepflow_runner):
+        """The text view lists parameters and steps with their inputs and outputs."""
+        stepflow_runner.makepyfile(flow=FLOW)
+        out = stepflow_runner.run("show", "flow.py:pipe")
+        assert out.ret == 0
+        out.fnmatch_lines(
+            [
+                "pipeline demo: 4 steps",
+                "parameters:",
+                "  n: int = 3 *[[]numbers[]]",
+                "  label: str = 'sum' *[[]report[]]",
+                "steps:",
+                "  numbers($n) -> numbers: list[[]int[]]",
+                "  stats(numbers) -> lo: int, hi: int",
+                "  report(total, lo<-stats, hi<-stats, $label) -> report: str",
+            ]
+        )
+
+    def test_json(self, stepflow_runner):
+        """``--format json`` is machine-readable and complete."""
+        stepflow_runner.makepyfile(flow=FLOW)
+        out = stepflow_runner.run("show", "flow.py:pipe", "--format", "json")
+        data = json.loads(out.stdout)
+        assert data["pipeline"] == "demo"
+        assert [s["name"] for s in data["steps"]] == ["numbers", "total", "stats", "report"]
+        assert {"from": "stats", "to": "report", "output": "lo"} in data["edges"]
+        assert {p["name"] for p in data["params"]} == {"n", "label"}
+
+    def test_dot_and_mermaid(self, stepflow_runner):
+        """Graphviz and Mermaid views draw the edges."""
+        stepflow_runner.makepyfile(flow=FLOW)
+        dot = stepflow_runner.run("show", "flow.py:pipe", "--format", "dot").stdout
+        assert dot.startswith('digraph "demo" {') and '"stats" -> "report" [label="lo"];' in dot
+        mermaid = stepflow_runner.run("show", "flow.py:pipe", "--format", "mermaid").stdout
+        assert mermaid.startswith("flowchart LR") and "stats -->|hi| report" in mermaid
+
+
+class TestMisc:
+    def test_help_lists_commands(self, stepflow_runner):
+        """``stepflow --help`` lists the commands."""
+        out = stepflow_runner.run("--help")
+        assert out.ret == 0
+        for command in ("run", "show", "plugins"):
+            assert command in out.stdout
+
+    def test_version(self, stepflow_runner):
+        """``--version`` prints the installed version."""
+        out = stepflow_runner.run("--version")
+        assert out.ret == 0 and out.stdout.startswith("stepflow ")
+
+    def test_plugins_lists_builtins(self, stepflow_runner):
+        """``stepflow plugins --json`` shows the built-in backends as a plugin."""
+        out = stepflow_runner.run("plugins", "--json")
+        rows = json.loads(out.stdout)
+        local = next(r for r in rows if r["name"] == "stepflow._execution.local")
+        assert local["backends"] == ["local", "process"]
