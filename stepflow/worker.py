@@ -138,8 +138,13 @@ def _since(start: float) -> float:
     return time.perf_counter() - start
 
 
+#: the first frame a serving worker sends, once it is imported and ready for tasks
+READY = "stepflow-worker-ready"
+
+
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
-    """Answer framed tasks until stdin closes."""
+    """Say ``READY``, then answer framed tasks until stdin closes."""
+    write_frame(stdout, READY)
     while True:
         try:
             task = read_frame(stdin)

@@ -179,7 +179,8 @@ def check_value(name: str, value: object, annotation: object, *, secret: bool = 
     a list for a ``tuple``/``set``, numbers of seconds for a ``timedelta``, an Enum's value for
     its member. Text given for a non-``str`` annotation is read exactly as :func:`parse_value`
     reads it, so ``run(params={"n": "20"})`` works like ``--param n=20``. ``bool`` is never
-    accepted as a number, and ``None`` only where the annotation allows it.
+    accepted as a number, and ``None`` only where the annotation allows it. With
+    ``secret=True`` errors never show the value (``Secret[T]`` parameters).
 
     >>> check_value("rate", 1, float)
     1.0
@@ -296,11 +297,14 @@ def _describe(annotation: object) -> _Desc:
         return _Desc("one of " + ", ".join(_literal_choice(v) for v in values), values[:2])
     container = origin if origin is not None else tp
     args = get_args(tp)
-    if container is tuple and args and args[-1] is not Ellipsis:
-        descs = [_describe(a) for a in args]
+    fixed = _fixed_tuple_args(tp)
+    if fixed == ():
+        return _Desc("nothing (an empty tuple)", ((),))
+    if fixed is not None:
+        descs = [_describe(a) for a in fixed]
         example = tuple(d.examples[0] if d.examples else "..." for d in descs)
         items = ", ".join(d.text for d in descs)
-        return _Desc(f"{len(args)} comma-separated items ({items})", (example,))
+        return _Desc(f"{len(fixed)} comma-separated items ({items})", (example,))
     kind = _container_kind(container)
     if kind == "items":
         item_tp = _unwrap(args[0] if args else Any)
@@ -503,6 +507,17 @@ def _container_kind(container: object) -> str | None:
     return None
 
 
+def _fixed_tuple_args(tp: object) -> tuple[object, ...] | None:
+    """The item types of ``tuple[A, B]`` (``()`` for ``tuple[()]``); None for other types."""
+    if get_origin(tp) is not tuple:
+        return None
+    # Bare ``typing.Tuple`` has no __args__ at all, while ``tuple[()]`` has empty ones.
+    args = getattr(tp, "__args__", None)
+    if args is None or (args and args[-1] is Ellipsis):
+        return None
+    return tuple(args)
+
+
 def _is_union(tp: object) -> bool:
     origin = get_origin(tp)
     return origin is Union or origin is types.UnionType
@@ -591,11 +606,9 @@ def _parse_collection(text: str, tp: object, container: object) -> object:
     stripped = text.strip()
     if stripped.startswith("["):
         try:
-            raw: list[object] = json.loads(stripped)
+            raw: list[object] = json.loads(stripped)  # text starting with '[' is an array
         except json.JSONDecodeError as exc:
             raise _Invalid(f"invalid JSON: {exc}") from None
-        if not isinstance(raw, list):  # '[1] 2' and such never parse, but be explicit
-            raise _Invalid("expected a JSON array")
         return _collect(raw, tp, container, from_text=False)
     parts: list[object] = [] if not stripped else [p.strip() for p in stripped.split(",")]
     return _collect(parts, tp, container, from_text=True)
@@ -615,15 +628,13 @@ def _collect(
     Text items (from a comma-separated list) are parsed; Python values (from JSON, or given
     from Python) are checked. ``keep`` is the given value's type, kept for abstract origins.
     """
-    args = get_args(tp)
-    fixed = container is tuple and not (args and args[-1] is Ellipsis)
-    if container is tuple and getattr(tp, "__args__", None) is None:
-        fixed = False  # bare ``tuple``: any number of anything
-    if fixed:
-        if len(items) != len(args):
-            raise _Invalid(f"expected {len(args)} items, got {len(items)}")
-        item_types = list(args)
+    fixed = _fixed_tuple_args(tp)
+    if fixed is not None:
+        if len(items) != len(fixed):
+            raise _Invalid(f"expected {len(fixed)} items, got {len(items)}")
+        item_types = list(fixed)
     else:
+        args = get_args(tp)
         item_types = [args[0] if args else Any] * len(items)
     converted: list[object] = []
     for index, (item, item_tp) in enumerate(zip(items, item_types, strict=True)):
@@ -674,7 +685,8 @@ def _convert_mapping(
         try:
             new_val = _check(val, val_tp, strict=strict)
         except _Invalid as exc:
-            where = f"the value for key {_show(key, _ITEM_SHOW_LIMIT)}, {_show(val, 30)},"
+            shown_key, shown_val = _show(key, _ITEM_SHOW_LIMIT), _show(val, _ITEM_SHOW_LIMIT)
+            where = f"the value for key {shown_key}, {shown_val},"
             raise _Invalid(_nested(where, val_tp, exc)) from None
         result[new_key] = new_val
     return result

@@ -18,10 +18,13 @@ import time
 from collections.abc import Mapping, Sequence
 
 from stepflow._execution.task import Task, TaskError, TaskResult
+from stepflow.worker import READY
 
 __all__ = ["WorkerPool", "WorkerProcess"]
 
 _HEADER_SIZE = 8
+#: seconds a new worker may take to import stepflow and say it is ready
+_START_TIMEOUT = 120.0
 
 
 class WorkerProcess:
@@ -36,6 +39,7 @@ class WorkerProcess:
             env=dict(env) if env is not None else None,
             start_new_session=True,
         )
+        self._ready = False
 
     @property
     def alive(self) -> bool:
@@ -44,6 +48,17 @@ class WorkerProcess:
     def execute(self, task: Task, timeout: float | None) -> TaskResult:
         """Send ``task`` and wait for its result; kill the worker if ``timeout`` passes."""
         assert self.proc.stdin is not None
+        if not self._ready:
+            # A step's timeout starts when the worker can take it, not while Python starts.
+            try:
+                header = self._read(_HEADER_SIZE, time.monotonic() + _START_TIMEOUT)
+                hello = None if header is None else self._read(int.from_bytes(header, "big"), None)
+            except EOFError:
+                return self._lost(task)
+            if hello is None or pickle.loads(hello) != READY:  # noqa: S301 - our own worker
+                self.kill()
+                return self._lost(task)
+            self._ready = True
         data = pickle.dumps(task, protocol=5)
         try:
             self.proc.stdin.write(len(data).to_bytes(_HEADER_SIZE, "big") + data)

@@ -304,7 +304,7 @@ class TestTimeouts:
             from pathlib import Path
             from stepflow import step
 
-            @step(timeout=0.5, retries=1, retry_delay=0)
+            @step(timeout=1, retries=1, retry_delay=0)
             def sometimes_slow() -> int:
                 marker = Path({str(marker)!r})
                 if not marker.exists():
