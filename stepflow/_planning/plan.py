@@ -57,7 +57,7 @@ def make_plan(
     values: dict[str, Any] = {}
     for pname, pspec in dag.params.items():
         if pname in params:
-            value = check_value(pname, params[pname], pspec.annotation)
+            value = check_value(pname, params[pname], pspec.annotation, secret=pspec.secret)
             values[pname] = value
         for sname, default in pspec.defaults.items():
             if sname not in step_params:

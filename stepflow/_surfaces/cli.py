@@ -224,7 +224,8 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
         name, raw = split_assignment(text)
         if name not in pipeline.params:
             raise UsageError(_unknown_message("parameter", name, list(pipeline.params)))
-        params[name] = parse_value(name, raw, pipeline.params[name].annotation)
+        spec = pipeline.params[name]
+        params[name] = parse_value(name, raw, spec.annotation, secret=spec.secret)
     backends = _split_pairs(args.backends, "--backend")
     regenerate: Any = None
     if args.regenerate is not None:
