@@ -34,6 +34,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import attrs
+
 CHAIN = 100
 FANOUT = 200
 PLAN_STEPS = 10_000
@@ -41,6 +43,9 @@ PLAN_WIDTH = 100
 SLEEPERS = 200
 SLEEP_S = 0.1
 SLEEP_WORKERS = 8
+
+#: where ``fresh_home`` makes a new, empty STEPFLOW_HOME (set by ``main``)
+HOMES: Path | None = None
 
 # --- generated pipelines ------------------------------------------------------------------
 
@@ -127,7 +132,12 @@ def timed_process(
 
     def once() -> None:
         proc = subprocess.run(
-            list(argv), cwd=cwd, env=dict(env), capture_output=True, text=True, check=False
+            list(argv),
+            cwd=cwd,
+            env={**env, "STEPFLOW_HOME": str(fresh_home())},
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode != 0:
             raise SystemExit(
@@ -138,10 +148,18 @@ def timed_process(
     return timed(once, repeats)
 
 
+def fresh_home() -> Path:
+    """A new, empty stepflow home, so that a "first run" never finds stored results."""
+    assert HOMES is not None
+    return Path(tempfile.mkdtemp(dir=HOMES))
+
+
 def ensure_ok(result: Any, what: str) -> Any:
     # A failed run would time an error path; stop rather than print a meaningless figure.
     if not result.ok:
-        raise SystemExit(f"{what}: the pipeline run failed\n{result.summary()}")
+        failed = [r for r in result.steps.values() if r.error is not None]
+        first = f"\nfirst error ({failed[0].name}): {failed[0].error}" if failed else ""
+        raise SystemExit(f"{what}: the pipeline run failed\n{result.summary()}{first}")
     return result
 
 
@@ -166,11 +184,19 @@ def verdict(value: float, budget: float) -> str:
 
 
 def ms(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
     return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
 def sec(seconds: float) -> str:
     return f"{seconds:.3f} s"
+
+
+def spread(samples: Sequence[float], unit: Callable[[float], str]) -> str:
+    """The median, then the range in brackets: on a shared machine the range matters."""
+    low, high = unit(min(samples)).split()[0], unit(max(samples))
+    return f"{unit(statistics.median(samples))} [{low}-{high}]"
 
 
 def print_table(rows: list[Row]) -> None:
@@ -218,20 +244,66 @@ def per_step_rows(label: str, module: ModuleType, steps: int, repeats: int) -> l
     from stepflow import Pipeline
 
     pipe = Pipeline.from_module(module)
-    ensure_ok(pipe.run(workers=1), label)  # warm-up: the first run imports the run machinery
-    flow = statistics.median(timed(lambda: ensure_ok(pipe.run(workers=1), label), repeats))
+    # Warm-up: the first run in a process imports the run machinery.
+    ensure_ok(pipe.run(workers=1, home=fresh_home()), label)
+    flow_samples = timed(lambda: ensure_ok(pipe.run(workers=1, home=fresh_home()), label), repeats)
+    flow = statistics.median(flow_samples)
     plain = statistics.median(timed_fast(module.plain, repeats))
     per_step = (flow - plain) / steps
+
+    # The same runs with the configuration and plugin manager made once, to separate what a
+    # run pays once (finding plugins) from what each step pays.
+    from stepflow._config import load_config
+    from stepflow._pluginmanager import make_plugin_manager
+
+    config = load_config(workers=1)
+    pm = make_plugin_manager(config.plugins)
+
+    def run_reused() -> None:
+        fresh = attrs.evolve(config, home=fresh_home())
+        ensure_ok(pipe.run(workers=1, config=fresh, plugin_manager=pm), label)
+
+    reused = statistics.median(timed(run_reused, repeats))
+    marginal = (reused - plain) / steps
     return [
         Row(
             f"{label}: pipeline.run(workers=1), per step",
-            ms(flow),
+            spread(flow_samples, ms),
             ms(plain),
             f"+{per_step * 1e3:.3f} ms/step",
             "0.5 ms/step (aim 0.2)",
             verdict(per_step, 0.5e-3),
-        )
+        ),
+        Row(
+            f"{label}: same, config + plugin manager reused (info)",
+            ms(reused),
+            ms(plain),
+            f"+{marginal * 1e3:.3f} ms/step",
+        ),
     ]
+
+
+def cached_rerun_row(label: str, module: ModuleType, steps: int, repeats: int) -> Row:
+    """Rerun in the same home: every step should be reused once caching exists."""
+    from stepflow import Pipeline, StepState
+
+    pipe = Pipeline.from_module(module)
+    home = fresh_home()
+    ensure_ok(pipe.run(workers=1, home=home), label)
+    rerun = ensure_ok(pipe.run(workers=1, home=home), label)
+    name = f"{label}: fully cached rerun, per step"
+    if any(r.state is not StepState.REUSED for r in rerun.steps.values()):
+        return Row(name, "n/a: not every step reused (no cache yet)", budget="0.1 ms/step")
+    samples = timed(lambda: ensure_ok(pipe.run(workers=1, home=home), label), repeats)
+    per_step = statistics.median(samples) / steps
+    return Row(
+        name,
+        spread(samples, ms),
+        "-",
+        f"{per_step * 1e3:.3f} ms/step",
+        "0.1 ms/step",
+        verdict(per_step, 0.1e-3),
+    )
 
 
 def fixed_cost_row(folder: Path, repeats: int) -> Row:
@@ -240,8 +312,8 @@ def fixed_cost_row(folder: Path, repeats: int) -> Row:
 
     module = import_generated(folder, "bench_one", chain_source(1))
     pipe = Pipeline.from_module(module)
-    ensure_ok(pipe.run(workers=1), "1-step pipeline")
-    flow = statistics.median(timed(lambda: pipe.run(workers=1), repeats))
+    ensure_ok(pipe.run(workers=1, home=fresh_home()), "1-step pipeline")
+    flow = statistics.median(timed(lambda: pipe.run(workers=1, home=fresh_home()), repeats))
     plain = statistics.median(timed_fast(module.plain, repeats))
     return Row("fixed cost of one run (1-step pipeline)", ms(flow), ms(plain))
 
@@ -272,11 +344,12 @@ def plan_rows(repeats: int) -> list[Row]:
     def build_and_plan() -> None:
         Pipeline("plan10k", steps).plan()
 
-    planned = statistics.median(timed(build_and_plan, repeats))
+    plan_samples = timed(build_and_plan, repeats)
+    planned = statistics.median(plan_samples)
     return [
         Row(
             f"{PLAN_STEPS:,}-step DAG: Pipeline(...) + .plan()",
-            sec(planned),
+            spread(plan_samples, sec),
             "-",
             f"{planned / PLAN_STEPS * 1e6:.0f} us/step",
             "1 s",
@@ -296,9 +369,11 @@ def sleepers_rows(folder: Path, repeats: int) -> list[Row]:
 
     module = import_generated(folder, "bench_sleep", sleepers_source(SLEEPERS, SLEEP_S))
     pipe = Pipeline.from_module(module)
-    flow = statistics.median(
-        timed(lambda: ensure_ok(pipe.run(workers=SLEEP_WORKERS), "sleepers"), repeats)
+    flow_samples = timed(
+        lambda: ensure_ok(pipe.run(workers=SLEEP_WORKERS, home=fresh_home()), "sleepers"),
+        repeats,
     )
+    flow = statistics.median(flow_samples)
 
     def pool() -> None:
         with concurrent.futures.ProcessPoolExecutor(SLEEP_WORKERS) as executor:
@@ -309,7 +384,7 @@ def sleepers_rows(folder: Path, repeats: int) -> list[Row]:
     return [
         Row(
             f"{SLEEPERS} x {SLEEP_S} s sleeps, workers={SLEEP_WORKERS}",
-            sec(flow),
+            spread(flow_samples, sec),
             f"{sec(peer)} ProcessPool",
             f"{flow / ideal:.2f}x ideal {ideal:.1f} s",
             "3.5 s",
@@ -328,17 +403,19 @@ def process_rows(folder: Path, repeats: int, *, env: Mapping[str, str], tag: str
             raise SystemExit("the `stepflow` console script is not installed; pip install -e .")
         script = Path(found)
     floor = statistics.median(timed_process([str(exe), "-c", "pass"], repeats, env=env, cwd=folder))
-    helped = statistics.median(timed_process([str(script), "--help"], repeats, env=env, cwd=folder))
-    ran = statistics.median(
-        timed_process([str(script), "run", "bench_chain.py"], repeats, env=env, cwd=folder)
+    help_samples = timed_process([str(script), "--help"], repeats, env=env, cwd=folder)
+    helped = statistics.median(help_samples)
+    run_samples = timed_process(
+        [str(script), "run", "bench_chain.py"], repeats, env=env, cwd=folder
     )
+    ran = statistics.median(run_samples)
     plain = statistics.median(
         timed_process([str(exe), "plain_chain.py"], repeats, env=env, cwd=folder)
     )
     return [
         Row(
             f"`stepflow --help`, fresh process{tag}",
-            sec(helped),
+            spread(help_samples, sec),
             f"{sec(floor)} python -c pass",
             f"{helped / floor:.2f}x",
             "0.15 s",
@@ -346,7 +423,7 @@ def process_rows(folder: Path, repeats: int, *, env: Mapping[str, str], tag: str
         ),
         Row(
             f"`stepflow run` {CHAIN}-step chain, fresh process{tag}",
-            sec(ran),
+            spread(run_samples, sec),
             f"{sec(plain)} python plain.py",
             f"+{(ran - plain) * 1e3:.0f} ms",
             "0.3 s",
@@ -365,11 +442,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = Path(tmp)
         folder = root / "modules"
         folder.mkdir()
-        home = root / "home"
-        # In-process runs and worker processes both read STEPFLOW_HOME.
-        os.environ["STEPFLOW_HOME"] = str(home)
+        global HOMES
+        HOMES = root / "homes"
+        HOMES.mkdir()
+        # Every run gets a fresh home; this default only guards against a run that does not.
+        os.environ["STEPFLOW_HOME"] = str(root / "home")
         sys.path.insert(0, str(folder))
         importlib.invalidate_caches()
+        # Worker processes start in the working folder, where `python -m` puts it first on
+        # sys.path; a folder of our own keeps them (and pyproject.toml look-ups) independent of
+        # where the script is started.
+        here = os.getcwd()
+        os.chdir(folder)
 
         original_env = dict(os.environ)
         cached_env = dict(os.environ)
@@ -398,13 +482,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 folder, repeats, env=original_env, tag=" (PYTHONDONTWRITEBYTECODE set)"
             )
         rows += sleepers_rows(folder, repeats)
-        rows.append(Row("fully cached rerun, per step", "n/a: no cache yet", budget="0.1 ms"))
+        rows.append(cached_rerun_row(f"{CHAIN}-step chain", chain, CHAIN, repeats))
 
         print_table(rows)
         print(
             "\nper step = (stepflow - plain) / steps, so it includes the fixed cost of a run;"
-            "\nbudgets: DESIGN.md section 6 (caching and run records are not built yet)."
+            "\nfirst runs use a fresh STEPFLOW_HOME each; budgets: DESIGN.md section 6."
         )
+        os.chdir(here)
     return 0
 
 

@@ -13,7 +13,7 @@ from stepflow.errors import PluginError
 __all__ = ["BUILTIN_PLUGINS", "make_plugin_manager"]
 
 #: loaded first, through the same hooks third-party plugins use
-BUILTIN_PLUGINS = ("stepflow._execution.local",)
+BUILTIN_PLUGINS = ("stepflow._storage.builtin", "stepflow._execution.local")
 
 
 def make_plugin_manager(

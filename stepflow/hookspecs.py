@@ -9,7 +9,7 @@ on the command line, and from ``plugins = [...]`` in ``[tool.stepflow]``. A func
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -62,6 +62,15 @@ def stepflow_datastore_types() -> Mapping[str, Any]:
 @hookspec
 def stepflow_scheduler_types() -> Mapping[str, Any]:
     """Return scheduler factories by name (cron export, systemd timers, a daemon...)."""
+
+
+@hookspec
+def stepflow_cache_pinned(config: Config) -> Iterable[str]:
+    """Return datastore object names that ``stepflow cache prune`` must keep.
+
+    A registry plugin returns the objects its registered data sets and models point to, so
+    pruning the cache never breaks them.
+    """
 
 
 # -------------------------------------------------------------------------------------------

@@ -4,15 +4,16 @@ Every backend except the in-process one runs steps through this module, so a new
 only transport. Two modes:
 
 ``python -m stepflow.worker --serve``
-    Read framed tasks from stdin and write framed results to stdout until stdin closes.
-    A frame is an 8-byte big-endian length followed by a pickle. The step's own prints go to
-    stderr so they cannot corrupt the protocol.
+    Say ``READY``, then read framed tasks from stdin and write framed results to stdout
+    until stdin closes. A frame is an 8-byte big-endian length followed by a pickle. The
+    step's own prints go to stderr so they cannot corrupt the protocol.
 
 ``python -m stepflow.worker TASK_FILE RESULT_FILE``
     Run the pickled task in ``TASK_FILE`` and write the pickled result to ``RESULT_FILE``
     (for transports that move files more easily than pipes).
 
-In Python, ``execute_task(task)`` does the work of one task in the current process.
+In Python, ``execute_task(task)`` does the work of one task in the current process: it
+loads the inputs from the datastore (verified), runs the step, and stores the outputs.
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ from typing import Any, BinaryIO
 
 from stepflow._authoring.step import StepRef, StepSpec
 from stepflow._execution.invoke import StepRaised, invoke, task_error
-from stepflow._execution.task import ArtifactRef, Task, TaskResult
-from stepflow._storage.datastore import Datastore, LocalDatastore
-from stepflow._storage.serializers import CloudpickleSerializer, Serializer
+from stepflow._execution.task import Task, TaskError, TaskResult
+from stepflow._storage.artifacts import ArtifactIO
+from stepflow._storage.datastore import ArtifactMissingError, Datastore, LocalDatastore
+from stepflow._storage.serializers import builtin_serializers
 
-__all__ = ["execute_task", "main", "read_frame", "write_frame"]
+__all__ = ["READY", "execute_task", "main", "read_frame", "write_frame"]
 
 _HEADER = struct.Struct(">Q")
-_SERIALIZERS: dict[str, Serializer] = {"cloudpickle": CloudpickleSerializer()}
+
+#: the first frame a serving worker sends, once it is imported and ready for tasks
+READY = "stepflow-worker-ready"
 
 
 def write_frame(stream: BinaryIO, obj: Any) -> None:
@@ -91,14 +95,21 @@ def open_store(kind: str, uri: str) -> Datastore:
     raise ValueError(f"unknown datastore kind {kind!r}")
 
 
-def load_artifact(store: Datastore, ref: ArtifactRef) -> Any:
-    return _SERIALIZERS[ref.serializer].loads(store.get(ref.key))
-
-
-def store_value(store: Datastore, value: Any) -> ArtifactRef:
-    serializer = next(s for s in _SERIALIZERS.values() if s.can_dump(value))
-    data = serializer.dumps(value)
-    return ArtifactRef(key=store.put(data), serializer=serializer.name, size=len(data))
+def _internal(task: Task, exc: BaseException, start: float, what: str, **extra: Any) -> TaskResult:
+    error = task_error(exc, cut=None)
+    return TaskResult(
+        task.step,
+        task.attempt,
+        error=TaskError(
+            exc_type=error.exc_type,
+            message=f"{what}: {error.message}",
+            traceback=error.full_traceback,
+            full_traceback=error.full_traceback,
+            internal=True,
+            **extra,
+        ),
+        duration=time.perf_counter() - start,
+    )
 
 
 def execute_task(task: Task) -> TaskResult:
@@ -109,37 +120,43 @@ def execute_task(task: Task) -> TaskResult:
             sys.path.insert(0, entry)
     try:
         spec = load_step(task.ref)
-        store = open_store(task.store_kind, task.store_uri)
-        kwargs = {name: load_artifact(store, ref) for name, ref in task.inputs.items()}
-        kwargs.update(task.params)
-    except Exception as exc:
-        error = task_error(exc, cut=None)
-        error = type(error)(
-            exc_type=error.exc_type,
-            message=f"the worker could not prepare step {task.step!r}: {error.message}",
-            traceback=error.full_traceback,
-            full_traceback=error.full_traceback,
-            internal=True,
+        io = ArtifactIO(
+            open_store(task.store_kind, task.store_uri),
+            list(task.serializers) or builtin_serializers(),
         )
-        return TaskResult(task.step, task.attempt, error=error, duration=_since(start))
+    except Exception as exc:
+        return _internal(task, exc, start, f"the worker could not prepare step {task.step!r}")
+    kwargs: dict[str, Any] = {}
+    for name, ref in task.inputs.items():
+        try:
+            kwargs[name] = io.load(ref)
+        except ArtifactMissingError as exc:
+            return _internal(task, exc, start, f"input {name!r}", bad_input=name)
+        except Exception as exc:
+            return _internal(task, exc, start, f"input {name!r} could not be loaded")
+    kwargs.update(task.params)
     try:
         values = invoke(spec, kwargs)
     except StepRaised as raised:
-        return TaskResult(task.step, task.attempt, error=raised.error, duration=_since(start))
-    try:
-        outputs = {name: store_value(store, value) for name, value in values.items()}
-    except Exception as exc:
-        error = task_error(exc, cut=None)
-        return TaskResult(task.step, task.attempt, error=error, duration=_since(start))
-    return TaskResult(task.step, task.attempt, outputs=outputs, duration=_since(start))
-
-
-def _since(start: float) -> float:
-    return time.perf_counter() - start
-
-
-#: the first frame a serving worker sends, once it is imported and ready for tasks
-READY = "stepflow-worker-ready"
+        return TaskResult(
+            task.step, task.attempt, error=raised.error, duration=time.perf_counter() - start
+        )
+    outputs = {}
+    for name, value in values.items():
+        try:
+            outputs[name] = io.save(value)
+        except Exception as exc:
+            error = task_error(exc, cut=None)
+            message = f"output {name!r} of step {task.step!r}: {error.message}"
+            return TaskResult(
+                task.step,
+                task.attempt,
+                error=TaskError(error.exc_type, message, error.traceback, error.full_traceback),
+                duration=time.perf_counter() - start,
+            )
+    return TaskResult(
+        task.step, task.attempt, outputs=outputs, duration=time.perf_counter() - start
+    )
 
 
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:

@@ -13,12 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from stepflow.errors import BackendUnavailableError
+
 if TYPE_CHECKING:
+    import pluggy
+
     from stepflow._authoring.step import StepSpec
     from stepflow._config import Config
     from stepflow._execution.task import Task, TaskResult
+    from stepflow._planning.plan import Plan
 
-__all__ = ["Backend", "BackendContext", "BackendFactory"]
+__all__ = ["Backend", "BackendContext", "BackendFactory", "open_backends"]
 
 
 @attrs.frozen
@@ -51,6 +56,13 @@ class Backend:
     def check(self) -> None:
         """Raise ``BackendUnavailableError`` if the backend cannot work; runs before any step."""
 
+    def environment(self) -> dict[str, str]:
+        """What results made on this backend depend on, beyond the Python version.
+
+        Part of every cache key: a Docker backend returns its image digest, say.
+        """
+        return {}
+
     def runs_inline(self, spec: StepSpec) -> bool:
         """True when ``spec`` may be called in the run loop's own process, skipping the worker."""
         return False
@@ -70,3 +82,57 @@ class Backend:
 
 
 BackendFactory = Callable[[str, Mapping[str, Any], BackendContext], Backend]
+
+
+def open_backends(
+    plan: Plan,
+    config: Config,
+    pm: pluggy.PluginManager,
+    *,
+    workers: int,
+    run_id: str,
+    check: bool = True,
+) -> dict[str, Backend]:
+    """Create (and check) every backend the plan uses, before any step runs.
+
+    :raises BackendUnavailableError: a backend name is unknown or its check fails; the
+        backends already opened are closed again.
+    """
+    kinds: dict[str, Any] = {}
+    for mapping in pm.hook.stepflow_backend_types():
+        for kind, factory in (mapping or {}).items():
+            kinds.setdefault(kind, factory)
+    context = BackendContext(config=config, workers=workers, run_id=run_id)
+    backends: dict[str, Backend] = {}
+    try:
+        for name in dict.fromkeys(plan.backends.values()):
+            options = dict(config.backends.get(name, {"plugin": name}))
+            kind = options.pop("plugin")
+            factory = kinds.get(kind)
+            if factory is None:
+                users = [s for s, b in plan.backends.items() if b == name]
+                raise BackendUnavailableError(_unknown_backend(name, kind, users, kinds))
+            backend = factory(name, options, context)
+            backends[name] = backend
+            if check:
+                backend.check()
+    except BaseException:
+        for backend in backends.values():
+            backend.close()
+        raise
+    return backends
+
+
+def _unknown_backend(name: str, kind: str, users: list[str], kinds: Mapping[str, Any]) -> str:
+    steps = ", ".join(repr(s) for s in users)
+    installed = ", ".join(sorted(kinds)) or "none"
+    if name == kind:
+        return (
+            f"no backend named {name!r} (used by step {steps}); backend kinds installed: "
+            f"{installed}. Configure it in pyproject.toml as [tool.stepflow.backends.{name}] "
+            f'with plugin = "KIND", or install the plugin that provides it'
+        )
+    return (
+        f"backend {name!r} (used by step {steps}) needs plugin {kind!r}, which is not "
+        f"installed; installed kinds: {installed}"
+    )

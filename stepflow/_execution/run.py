@@ -1,8 +1,10 @@
-"""The run loop: dispatch ready steps to their backends, retry, time out, stop cleanly.
+"""The run loop: decide reuse, dispatch ready steps to their backends, retry, time out,
+commit results, stop cleanly.
 
 Sequential runs (``workers=1``) execute in the calling thread; parallel runs keep up to
 ``workers`` steps in flight, each waiting on its backend in a thread of its own. Either way a
-failed step skips only what depends on it, unless the run is fail-fast.
+failed step skips only what depends on it, unless the run is fail-fast, and every step that
+succeeded is committed to the cache index at once, so a failure loses nothing computed.
 """
 
 from __future__ import annotations
@@ -13,26 +15,32 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Collection, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import pluggy
 
 from stepflow._config import Config
-from stepflow._execution.backend import Backend, BackendContext
+from stepflow._execution.backend import Backend, open_backends
 from stepflow._execution.invoke import StepRaised, invoke
 from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
-from stepflow._execution.task import ArtifactRef, Task, TaskError
+from stepflow._execution.task import Task, TaskError
+from stepflow._planning.cachekey import CacheKey, describe_value, environment, make_key
 from stepflow._planning.plan import Plan
 from stepflow._sentinels import MISSING
-from stepflow._storage.datastore import LocalDatastore
+from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
+from stepflow._storage.datastore import ArtifactMissingError, LocalDatastore
+from stepflow._storage.hashing import hash_value
+from stepflow._storage.index import CacheIndex, CacheRecord
+from stepflow._storage.locks import key_lock
+from stepflow._storage.serializers import SerializationError, Serializer
 from stepflow.errors import (
-    BackendUnavailableError,
     StepFailedError,
+    StepflowWarning,
     StepTimeoutError,
 )
-from stepflow.worker import load_artifact, store_value
 
 __all__ = ["new_run_id", "run_plan"]
 
@@ -48,23 +56,26 @@ def new_run_id() -> str:
 class _Artifact:
     """One output during a run: an in-memory value, a stored reference, or both."""
 
-    def __init__(self, value: Any = MISSING, ref: ArtifactRef | None = None) -> None:
+    def __init__(self, content_hash: str, value: Any = MISSING, ref: ArtifactRef | None = None):
+        self.content_hash = content_hash
         self.value = value
         self.ref = ref
         self._lock = threading.Lock()
 
-    def load(self, store: LocalDatastore) -> Any:
+    def load(self, io: ArtifactIO) -> Any:
         with self._lock:
             if self.value is MISSING:
                 assert self.ref is not None
-                self.value = load_artifact(store, self.ref)
+                self.value = io.load(self.ref)
             return self.value
 
-    def stored(self, store: LocalDatastore) -> ArtifactRef:
-        with self._lock:
-            if self.ref is None:
-                self.ref = store_value(store, self.value)
-            return self.ref
+
+class _BadInput(Exception):
+    """A stored input failed verification; its producer must run again."""
+
+    def __init__(self, output: str, detail: str):
+        super().__init__(detail)
+        self.output = output
 
 
 class _Runner:
@@ -77,63 +88,57 @@ class _Runner:
         pm: pluggy.PluginManager,
         workers: int,
         fail_fast: bool,
-    ) -> None:
+        regenerate: Collection[str],
+    ):
         self.plan = plan
         self.dag = plan.dag
+        self.pipeline = pipeline
         self.config = config
         self.pm = pm
         self.workers = workers
         self.fail_fast = fail_fast
+        self.regenerate = set(regenerate)
         self.run_id = new_run_id()
         self.info = RunInfo(
             run_id=self.run_id,
             pipeline=pipeline,
             steps=plan.steps,
-            params={k: ("***" if k in plan.secret_params else v) for k, v in plan.params.items()},
+            params={
+                k: ("***" if k in plan.secret_params else v) for k, v in plan.params.items()
+            },
             workers=workers,
             fail_fast=fail_fast,
         )
         self.artifacts: dict[str, _Artifact] = {}
         self.reports: dict[str, StepReport] = {}
+        self.keys: dict[str, CacheKey] = {}
         self.cancelled = threading.Event()
-        self._store: LocalDatastore | None = None
-        self._store_lock = threading.Lock()
         self._sys_path = tuple(os.getcwd() if p == "" else p for p in sys.path)
+        self._home_key: bytes | None = None
+        config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.serializers = _serializers(pm)
+        self.io = ArtifactIO(LocalDatastore(config.home / "objects"), self.serializers)
+        self.index = CacheIndex(config.home / "index")
         self.backends = self._open_backends()
 
     # --- set-up ---------------------------------------------------------------------------
 
-    @property
-    def store(self) -> LocalDatastore:
-        with self._store_lock:
-            if self._store is None:
-                self.config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self._store = LocalDatastore(self.config.home / "objects")
-            return self._store
-
     def _open_backends(self) -> dict[str, Backend]:
-        kinds: dict[str, Any] = {}
-        for mapping in self.pm.hook.stepflow_backend_types():
-            for kind, factory in (mapping or {}).items():
-                kinds.setdefault(kind, factory)
-        context = BackendContext(config=self.config, workers=self.workers, run_id=self.run_id)
-        backends: dict[str, Backend] = {}
         try:
-            for name in dict.fromkeys(self.plan.backends.values()):
-                options = dict(self.config.backends.get(name, {"plugin": name}))
-                kind = options.pop("plugin")
-                factory = kinds.get(kind)
-                if factory is None:
-                    users = [s for s, b in self.plan.backends.items() if b == name]
-                    raise BackendUnavailableError(_unknown_backend(name, kind, users, kinds))
-                backend = factory(name, options, context)
-                backends[name] = backend
-                backend.check()
+            return open_backends(
+                self.plan, self.config, self.pm, workers=self.workers, run_id=self.run_id
+            )
         except BaseException:
-            for backend in backends.values():
-                backend.close()
+            self.index.close()
             raise
-        return backends
+
+    @property
+    def home_key(self) -> bytes:
+        if self._home_key is None:
+            from stepflow._planning.cachekey import secret_key
+
+            self._home_key = secret_key(self.config.home)
+        return self._home_key
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -154,15 +159,13 @@ class _Runner:
         finally:
             for backend in self.backends.values():
                 backend.close()
+            self.index.close()
         for name in self.plan.steps:
             if name not in self.reports:
                 reason = "the run was interrupted" if interrupted else "the run stopped early"
                 self._finish(StepReport(name, StepState.SKIPPED, reason=reason))
-        store = self._store
-        outputs = {
-            out: (lambda a=artifact: a.load(store or self.store))
-            for out, artifact in self.artifacts.items()
-        }
+        io = self.io
+        outputs = {out: (lambda a=artifact: a.load(io)) for out, artifact in self.artifacts.items()}
         result = RunResult(
             info=self.info,
             steps={n: self.reports[n] for n in self.plan.steps},
@@ -206,7 +209,7 @@ class _Runner:
                     name = running.pop(future)
                     report = future.result()
                     self._finish(report)
-                    if report.state is StepState.RAN:
+                    if report.state in (StepState.RAN, StepState.REUSED):
                         for child in self.dag.downstream[name]:
                             if child in waiting:
                                 waiting[child].discard(name)
@@ -247,26 +250,131 @@ class _Runner:
         )
         return StepReport(name, StepState.FAILED, error=error, backend=self.plan.backends[name])
 
+    # --- reuse ----------------------------------------------------------------------------
+
+    def _key(self, name: str) -> CacheKey:
+        spec = self.dag.steps[name]
+        backend = self.backends[self.plan.backends[name]]
+        inputs = {
+            p.name: self.artifacts[p.name].content_hash
+            for p in spec.inputs
+            if p.name in self.dag.producers
+        }
+        params = self.plan.step_params[name]
+        secret = self.plan.secret_params & set(params)
+        key = make_key(
+            spec,
+            inputs=inputs,
+            params=params,
+            secret_params=frozenset(secret),
+            env=environment(self.serializers, backend.environment(), spec),
+            home_key=self.home_key if secret else None,
+        )
+        self.keys[name] = key
+        return key
+
+    def _lookup(self, key: CacheKey) -> CacheRecord | None:
+        record = self.index.get(key.digest)
+        if record is MISSING:
+            return None
+        if not all(self.io.available(ref) for ref in record.outputs.values()):
+            warnings.warn(
+                StepflowWarning(
+                    f"stored result of step {record.step!r} is incomplete (an object is "
+                    f"missing); recomputing it"
+                ),
+                stacklevel=1,
+            )
+            self.index.delete(key.digest)
+            return None
+        return record
+
+    def _reuse(self, name: str, record: CacheRecord) -> StepReport:
+        for out, ref in record.outputs.items():
+            self.artifacts[out] = _Artifact(ref.content_hash, ref=ref)
+        self.index.touch_last(self.pipeline, name, record.key)
+        spec = self.dag.steps[name]
+        return StepReport(
+            name,
+            StepState.REUSED,
+            backend=self.plan.backends[name],
+            outputs=tuple(p.name for p in spec.outputs),
+        )
+
+    def _commit(self, name: str, key: CacheKey) -> None:
+        spec = self.dag.steps[name]
+        outputs = {}
+        for port in spec.outputs:
+            ref = self.artifacts[port.name].ref
+            assert ref is not None
+            outputs[port.name] = ref
+        params = self.plan.step_params[name]
+        self.index.put(
+            CacheRecord(
+                key=key.digest,
+                step=name,
+                pipeline=self.pipeline,
+                run_id=self.run_id,
+                created=time.time(),
+                outputs=outputs,
+                components=key.components,
+                param_values={
+                    k: ("***" if k in self.plan.secret_params else describe_value(v))
+                    for k, v in params.items()
+                },
+            )
+        )
+
     # --- one step -------------------------------------------------------------------------
 
     def _run_step(self, name: str) -> StepReport:
         spec = self.dag.steps[name]
+        key = self._key(name)
+        if not spec.options.cache or name in self.regenerate:
+            return self._execute(name, key)
+        record = self._lookup(key)
+        if record is not None:
+            return self._reuse(name, record)
+        with key_lock(self.config.home / "locks", key.digest) as waited:
+            if waited:
+                # Another run computed it while we waited: use theirs (single flight).
+                record = self._lookup(key)
+                if record is not None:
+                    return self._reuse(name, record)
+            return self._execute(name, key)
+
+    def _execute(self, name: str, key: CacheKey) -> StepReport:
+        spec = self.dag.steps[name]
         backend = self.backends[self.plan.backends[name]]
         attempts = spec.options.retries + 1
-        for attempt in range(1, attempts + 1):
+        attempt = 1
+        while True:
             self.pm.hook.stepflow_step_start(run=self.info, step=name, attempt=attempt)
             started = time.perf_counter()
-            error = self._attempt(name, backend, attempt)
+            try:
+                error = self._attempt(name, backend, attempt)
+            except _BadInput as bad:
+                failure = self._recompute(bad.output, str(bad))
+                if failure is None:
+                    continue
+                error = StepFailedError(
+                    f"input {bad.output!r} had to be recomputed and its step failed: {failure}",
+                    step=name,
+                    exc_type=failure.exc_type,
+                    traceback=failure.traceback,
+                )
+                return StepReport(name, StepState.FAILED, backend=backend.name, error=error)
             duration = time.perf_counter() - started
             if error is None:
-                outputs = tuple(p.name for p in spec.outputs)
+                if spec.options.cache:
+                    self._commit(name, key)
                 return StepReport(
                     name,
                     StepState.RAN,
                     duration=duration,
                     attempts=attempt,
                     backend=backend.name,
-                    outputs=outputs,
+                    outputs=tuple(p.name for p in spec.outputs),
                 )
             report = StepReport(
                 name,
@@ -282,7 +390,28 @@ class _Runner:
             self.pm.hook.stepflow_step_retry(run=self.info, report=report, delay=delay)
             if self.cancelled.wait(delay):
                 return report
-        raise AssertionError("unreachable")
+            attempt += 1
+
+    def _recompute(self, output: str, detail: str) -> StepFailedError | None:
+        """Run the producer of a stored output that failed verification again."""
+        producer = self.dag.producers[output]
+        warnings.warn(
+            StepflowWarning(
+                f"stored output {output!r} of step {producer!r} is unusable ({detail}); "
+                f"recomputing it"
+            ),
+            stacklevel=1,
+        )
+        key = self.keys.get(producer) or self._key(producer)
+        self.index.delete(key.digest)
+        return self._execute(producer, key).error
+
+    def _input_value(self, name: str) -> Any:
+        artifact = self.artifacts[name]
+        try:
+            return artifact.load(self.io)
+        except ArtifactMissingError as exc:
+            raise _BadInput(name, str(exc)) from exc
 
     def _attempt(self, name: str, backend: Backend, attempt: int) -> StepFailedError | None:
         """Run one attempt; store its outputs and return ``None``, or return the error."""
@@ -290,23 +419,34 @@ class _Runner:
         params = self.plan.step_params[name]
         edges = [p.name for p in spec.inputs if p.name in self.dag.producers]
         if backend.runs_inline(spec):
-            kwargs = {e: self.artifacts[e].load(self.store) for e in edges}
+            kwargs = {e: self._input_value(e) for e in edges}
             kwargs.update(params)
             try:
                 values = invoke(spec, kwargs)
             except StepRaised as raised:
                 return _step_error(name, raised.error)
+            self._check_mutation(name, edges, kwargs)
             for out, value in values.items():
-                self.artifacts[out] = _Artifact(value=value)
+                content_hash = hash_value(value)
+                try:
+                    ref = self.io.save(value, content_hash)
+                except SerializationError as exc:
+                    return StepFailedError(
+                        f"output {out!r} of step {name!r}: {exc}",
+                        step=name,
+                        exc_type="stepflow.errors.SerializationError",
+                    )
+                self.artifacts[out] = _Artifact(content_hash, value=value, ref=ref)
             return None
         task = Task(
             run_id=self.run_id,
             step=name,
             attempt=attempt,
             ref=spec.ref,
-            inputs={e: self.artifacts[e].stored(self.store) for e in edges},
+            inputs={e: self._stored(e) for e in edges},
             params=params,
-            store_uri=self.store.uri,
+            store_uri=self.io.store.uri,
+            serializers=tuple(self.serializers),
             sys_path=self._sys_path,
         )
         try:
@@ -319,10 +459,39 @@ class _Runner:
                 exc_type=type(exc).__name__,
             )
         if result.error is not None:
+            if result.error.bad_input is not None:
+                raise _BadInput(result.error.bad_input, result.error.message)
             return _step_error(name, result.error)
         for out, ref in result.outputs.items():
-            self.artifacts[out] = _Artifact(ref=ref)
+            self.artifacts[out] = _Artifact(ref.content_hash, ref=ref)
         return None
+
+    def _stored(self, output: str) -> ArtifactRef:
+        ref = self.artifacts[output].ref
+        assert ref is not None, "every output is stored when it is made"
+        return ref
+
+    def _check_mutation(self, name: str, edges: list[str], kwargs: Mapping[str, Any]) -> None:
+        """A step that changed its input in place must not hand the change to other steps."""
+        for edge in edges:
+            artifact = self.artifacts[edge]
+            if hash_value(kwargs[edge]) != artifact.content_hash:
+                warnings.warn(
+                    StepflowWarning(
+                        f"step {name!r} modified its input {edge!r} in place; other steps "
+                        f"get the stored, unmodified value (copy the input before changing "
+                        f"it to avoid this warning)"
+                    ),
+                    stacklevel=1,
+                )
+                artifact.value = MISSING
+
+
+def _serializers(pm: pluggy.PluginManager) -> list[Serializer]:
+    found: list[Serializer] = []
+    for group in pm.hook.stepflow_serializer_types():
+        found.extend(group or ())
+    return found
 
 
 def _step_error(name: str, error: TaskError) -> StepFailedError:
@@ -339,21 +508,6 @@ def _step_error(name: str, error: TaskError) -> StepFailedError:
     )
 
 
-def _unknown_backend(name: str, kind: str, users: list[str], kinds: Mapping[str, Any]) -> str:
-    steps = ", ".join(repr(s) for s in users)
-    installed = ", ".join(sorted(kinds)) or "none"
-    if name == kind:
-        return (
-            f"no backend named {name!r} (used by step {steps}); backend kinds installed: "
-            f"{installed}. Configure it in pyproject.toml as [tool.stepflow.backends.{name}] "
-            f'with plugin = "KIND", or install the plugin that provides it'
-        )
-    return (
-        f"backend {name!r} (used by step {steps}) needs plugin {kind!r}, which is not "
-        f"installed; installed kinds: {installed}"
-    )
-
-
 def run_plan(
     plan: Plan,
     *,
@@ -362,9 +516,16 @@ def run_plan(
     pm: pluggy.PluginManager,
     workers: int,
     fail_fast: bool,
+    regenerate: Collection[str] = (),
 ) -> RunResult:
     """Execute ``plan`` and return its result; step errors never raise from here."""
     runner = _Runner(
-        plan, pipeline=pipeline, config=config, pm=pm, workers=workers, fail_fast=fail_fast
+        plan,
+        pipeline=pipeline,
+        config=config,
+        pm=pm,
+        workers=workers,
+        fail_fast=fail_fast,
+        regenerate=regenerate,
     )
     return runner.run()

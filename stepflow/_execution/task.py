@@ -12,17 +12,9 @@ from typing import Any
 import attrs
 
 from stepflow._authoring.step import StepRef
+from stepflow._storage.artifacts import ArtifactRef
 
 __all__ = ["ArtifactRef", "Task", "TaskError", "TaskResult"]
-
-
-@attrs.frozen
-class ArtifactRef:
-    """A stored output: its key in the datastore and how it was serialized."""
-
-    key: str
-    serializer: str
-    size: int
 
 
 @attrs.frozen
@@ -40,6 +32,8 @@ class Task:
     #: the datastore's ``uri`` and the plugin name that opens it
     store_uri: str
     store_kind: str = "local"
+    #: the serializers to store outputs with, in priority order
+    serializers: tuple[Any, ...] = ()
     #: ``sys.path`` entries the worker needs to import the step's module
     sys_path: tuple[str, ...] = ()
 
@@ -58,6 +52,8 @@ class TaskError:
     timed_out: bool = False
     #: ``True`` when stepflow itself (not the step) failed: a lost worker, a bad store
     internal: bool = False
+    #: the input whose stored object was missing or corrupted, so the producer can rerun
+    bad_input: str | None = None
 
 
 @attrs.frozen

@@ -133,7 +133,8 @@ class Pipeline:
         :param targets: step or output names; only what they need runs.
         :param workers: how many steps run at once (in worker processes when more than 1).
         :param fail_fast: stop dispatching at the first failure (``-x``).
-        :param regenerate: ``True`` or step names to recompute even if stored results exist.
+        :param regenerate: ``True`` (every step) or step names to recompute, with everything
+            that depends on them, even if stored results exist.
         :param backends: step name → backend name, overriding ``@step(backend=...)``.
         :param home: the stepflow home (default ``[tool.stepflow] home`` or ``.stepflow``).
         :param plugins: extra plugin modules to load (like ``-p``).
@@ -150,15 +151,29 @@ class Pipeline:
             workers = config.workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise UsageError(f"workers must be a whole number >= 1, got {workers!r}")
-        if regenerate not in (None, True, False):
-            assert regenerate is not None and not isinstance(regenerate, bool)
-            for name in regenerate:
-                if name not in self.steps:
-                    raise UsageError(f"--regenerate: unknown step {name!r}")
         plan = self.plan(
             params, targets=targets, backends=backends, default_backend=config.default_backend
         )
+        forced: set[str] = set()
+        if regenerate is True:
+            forced = set(plan.steps)
+        elif regenerate not in (None, False):
+            assert regenerate is not None and not isinstance(regenerate, bool)
+            names = [regenerate] if isinstance(regenerate, str) else list(regenerate)
+            for name in names:
+                if name not in self.steps:
+                    raise UsageError(
+                        f"--regenerate: unknown step {name!r}; steps: {', '.join(self.steps)}"
+                    )
+            # A regenerated step's dependants run again too, whatever early cutoff would say.
+            forced = self._dag.descendants(names)
         pm = plugin_manager or make_plugin_manager(config.plugins)
         return run_plan(
-            plan, pipeline=self.name, config=config, pm=pm, workers=workers, fail_fast=fail_fast
+            plan,
+            pipeline=self.name,
+            config=config,
+            pm=pm,
+            workers=workers,
+            fail_fast=fail_fast,
+            regenerate=forced,
         )

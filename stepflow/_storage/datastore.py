@@ -1,54 +1,82 @@
 """Content-addressed object storage for step outputs.
 
-Objects are stored under the hex digest of their bytes, so identical outputs are stored once.
-Every write goes to a temporary name in the same folder, is flushed and fsynced, then renamed
-into place: a reader never sees half an object, and a crash leaves only a temporary file.
+An object is named by the content hash of the value it holds and the serializer that wrote
+it, so identical outputs are stored once. Every write goes to a temporary name in the same
+folder, is flushed and fsynced, then renamed into place: a reader never sees half an
+object, and a crash leaves only a temporary file, which ``sweep`` removes later. Objects
+are verified against the digest of their bytes before anything reads them.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
+import re
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 
 from stepflow.errors import StepflowError
 
-__all__ = ["ArtifactMissingError", "Datastore", "LocalDatastore", "content_hash"]
+__all__ = ["ArtifactMissingError", "Datastore", "LocalDatastore"]
+
+_NAME_RE = re.compile(r"^[0-9a-f]{8,128}\.[a-z0-9_\-]{1,32}$")
 
 
 class ArtifactMissingError(StepflowError):
-    """An object the index points to is missing or does not match its hash."""
+    """An object is missing, or its bytes do not match the digest recorded for it."""
 
 
-def content_hash(data: bytes | memoryview) -> str:
-    """The key of ``data`` in a datastore."""
-    return hashlib.blake2b(data, digest_size=20).hexdigest()
+def check_name(name: str) -> str:
+    """Object names come from our own hashes; anything else could escape the store."""
+    if not _NAME_RE.match(name):
+        raise ArtifactMissingError(f"invalid object name {name!r}")
+    return name
 
 
 class Datastore:
-    """Base class for datastores: a flat, content-addressed map from key to bytes.
+    """Base class for datastores: named, immutable objects.
 
-    Plugins subclass it and return instances from ``stepflow_datastore_types``.
+    Plugins subclass it (an object store, say) and return factories from
+    ``stepflow_datastore_types``. Objects are written through ``writer`` and read through
+    ``local_path``; a remote store downloads to a local cache there.
     """
 
-    #: how a worker process finds the same store again, e.g. a folder path or a URL
+    #: how a worker process opens the same store, e.g. a folder path or a URL
     uri: str = ""
+    #: the name the ``stepflow_datastore_types`` hook registered the kind under
+    kind: str = ""
 
-    def put(self, data: bytes) -> str:
-        """Store ``data`` and return its key; storing the same bytes twice is cheap."""
+    @contextlib.contextmanager
+    def writer(self, name: str) -> Iterator[Path]:
+        """Yield a local temporary path to write object ``name`` to; publish it on exit.
+
+        Nothing is published if the block raises.
+        """
         raise NotImplementedError
+        yield Path()  # pragma: no cover
 
-    def get(self, key: str) -> bytes:
-        """Return the bytes stored under ``key``, verified against the key.
+    def local_path(self, name: str) -> Path:
+        """A local file holding object ``name``.
 
-        :raises ArtifactMissingError: the object is missing or corrupted.
+        :raises ArtifactMissingError: there is no such object.
         """
         raise NotImplementedError
 
-    def exists(self, key: str) -> bool:
+    def exists(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def delete(self, name: str) -> None:
+        raise NotImplementedError
+
+    def names(self) -> Iterator[str]:
+        """Every object name in the store."""
+        raise NotImplementedError
+
+    def size(self, name: str) -> int:
         raise NotImplementedError
 
 
@@ -57,44 +85,65 @@ class LocalDatastore(Datastore):
     """A datastore in a local folder (``<home>/objects`` by default)."""
 
     root: Path = attrs.field(converter=Path)
+    kind: str = "local"
 
     @property
     def uri(self) -> str:  # type: ignore[override]
         return str(self.root)
 
-    def _path(self, key: str) -> Path:
-        if len(key) < 3 or not all(c in "0123456789abcdef" for c in key):
-            # Keys come from our own hash; anything else could name a path outside the store.
-            raise ArtifactMissingError(f"invalid object key {key!r}")
-        return self.root / key[:2] / key[2:]
+    def _path(self, name: str) -> Path:
+        check_name(name)
+        return self.root / name[:2] / name[2:]
 
-    def put(self, data: bytes) -> str:
-        key = content_hash(data)
-        path = self._path(key)
-        if path.exists():
-            return key
+    @contextlib.contextmanager
+    def writer(self, name: str) -> Iterator[Path]:
+        path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        os.close(fd)
+        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
+            yield tmp
+            # Flush to disk before the rename, so a power loss cannot publish an empty file.
+            with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return key
+        finally:
+            tmp.unlink(missing_ok=True)
 
-    def get(self, key: str) -> bytes:
-        path = self._path(key)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ArtifactMissingError(f"object {key} is missing from {self.root}") from None
-        if content_hash(data) != key:
-            raise ArtifactMissingError(f"object {key} in {self.root} is corrupted")
-        return data
+    def local_path(self, name: str) -> Path:
+        path = self._path(name)
+        if path.is_symlink() or not path.is_file():
+            raise ArtifactMissingError(f"object {name} is missing from {self.root}")
+        return path
 
-    def exists(self, key: str) -> bool:
-        return self._path(key).exists()
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def delete(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
+
+    def size(self, name: str) -> int:
+        return self._path(name).stat().st_size
+
+    def names(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for folder in sorted(self.root.iterdir()):
+            if folder.is_dir() and len(folder.name) == 2:
+                for entry in sorted(folder.iterdir()):
+                    if not entry.name.startswith(".tmp-"):
+                        yield folder.name + entry.name
+
+    def sweep(self, older_than: float = 3600.0) -> int:
+        """Remove temporary files left by crashed writers; returns how many."""
+        removed = 0
+        cutoff = time.time() - older_than
+        if not self.root.is_dir():
+            return 0
+        for tmp in self.root.glob("*/.tmp-*"):
+            with contextlib.suppress(OSError):
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+        return removed

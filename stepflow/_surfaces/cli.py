@@ -61,6 +61,14 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
         description="Run machine-learning pipelines made of plain Python functions.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "-p",
+        dest="global_plugins",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="load a plugin module (repeatable; also accepted after the command)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a pipeline", description="Run a pipeline.")
@@ -111,6 +119,45 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
     show.add_argument("target", metavar="TARGET")
     show.add_argument("--format", choices=["text", "dot", "mermaid", "json"], default="text")
     _add_common(show)
+
+    explain = sub.add_parser(
+        "explain",
+        help="say whether a step would be reused, and what changed if not",
+        description="Say whether STEP would be reused; if not, which part of its cache key "
+        "changed since its last result (code of which function, which input, which "
+        "parameter, which environment item).",
+    )
+    explain.add_argument("target", metavar="TARGET")
+    explain.add_argument("step", metavar="STEP")
+    explain.add_argument(
+        "--param", dest="params", action="append", default=[], metavar="NAME=VALUE"
+    )
+    explain.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(explain)
+
+    cache = sub.add_parser("cache", help="list, inspect and prune stored results")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    cache_ls = cache_sub.add_parser("ls", help="list stored results")
+    cache_ls.add_argument("--pipeline")
+    cache_ls.add_argument("--step")
+    cache_ls.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(cache_ls)
+    cache_info = cache_sub.add_parser("info", help="sizes and counts of the store")
+    cache_info.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(cache_info)
+    cache_prune = cache_sub.add_parser(
+        "prune",
+        help="remove stored results by age, pipeline or size budget",
+        description="Remove stored results, then the objects nothing refers to any more. "
+        "Objects that registered data sets or models need are always kept.",
+    )
+    cache_prune.add_argument("--older-than", metavar="AGE", help="e.g. 7d, 12h, 30m")
+    cache_prune.add_argument("--max-size", metavar="SIZE", help="keep at most this, e.g. 10G")
+    cache_prune.add_argument("--pipeline", help="remove this pipeline's results")
+    cache_prune.add_argument("--all", action="store_true", help="remove every result")
+    cache_prune.add_argument("--dry-run", action="store_true", help="only say what would go")
+    cache_prune.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(cache_prune)
 
     plugins = sub.add_parser("plugins", help="list the plugins loaded and what they provide")
     plugins.add_argument("--json", action="store_true", help="print JSON")
@@ -176,6 +223,10 @@ def _main(argv: list[str]) -> int:
             return _cmd_show(args)
         if args.command == "plugins":
             return _cmd_plugins(args, pm)
+        if args.command == "explain":
+            return _cmd_explain(args, config, pm)
+        if args.command == "cache":
+            return _cmd_cache(args, config, pm)
         raise AssertionError(args.command)
     finally:
         pm.hook.stepflow_unconfigure(config=config)
@@ -213,19 +264,10 @@ def _split_pairs(values: list[str], flag: str) -> dict[str, str]:
 
 
 def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
-    from stepflow._authoring.parse import parse_value, split_assignment
-    from stepflow._planning.plan import _unknown_message
     from stepflow._surfaces.reporter import TerminalReporter
-    from stepflow.errors import UsageError
 
     pipeline, default_targets = _load(args.target)
-    params: dict[str, Any] = {}
-    for text in args.params:
-        name, raw = split_assignment(text)
-        if name not in pipeline.params:
-            raise UsageError(_unknown_message("parameter", name, list(pipeline.params)))
-        spec = pipeline.params[name]
-        params[name] = parse_value(name, raw, spec.annotation, secret=spec.secret)
+    params = _parse_params(pipeline, args.params)
     backends = _split_pairs(args.backends, "--backend")
     regenerate: Any = None
     if args.regenerate is not None:
@@ -245,6 +287,85 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
     if result.interrupted:
         return ExitCode.INTERRUPTED
     return ExitCode.OK if result.ok else ExitCode.STEP_FAILED
+
+
+def _parse_params(pipeline: Any, texts: list[str]) -> dict[str, Any]:
+    from stepflow._authoring.parse import parse_value, split_assignment
+    from stepflow._planning.plan import _unknown_message
+    from stepflow.errors import UsageError
+
+    params: dict[str, Any] = {}
+    for text in texts:
+        name, raw = split_assignment(text)
+        if name not in pipeline.params:
+            raise UsageError(_unknown_message("parameter", name, list(pipeline.params)))
+        spec = pipeline.params[name]
+        params[name] = parse_value(name, raw, spec.annotation, secret=spec.secret)
+    return params
+
+
+def _cmd_explain(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
+    from stepflow._surfaces.explain import explain
+
+    pipeline, _ = _load(args.target)
+    result = explain(
+        pipeline, args.step, params=_parse_params(pipeline, args.params), config=config, pm=pm
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        sys.stdout.write(result.text())
+    return ExitCode.OK
+
+
+def _cmd_cache(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
+    import attrs
+
+    from stepflow._authoring.step import parse_duration
+    from stepflow._surfaces import cachecmd
+    from stepflow.errors import PipelineDefinitionError, UsageError
+
+    if args.cache_command == "ls":
+        records = cachecmd.list_records(config, pipeline=args.pipeline, step=args.step)
+        if args.json:
+            print(json.dumps([r.to_dict() for r in records], indent=2))
+        else:
+            sys.stdout.write(cachecmd.format_records(records))
+        return ExitCode.OK
+    if args.cache_command == "info":
+        info = cachecmd.cache_info(config)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            for key, value in info.items():
+                print(f"{key}: {value}")
+        return ExitCode.OK
+    if not (args.older_than or args.max_size or args.pipeline or args.all):
+        raise UsageError(
+            "cache prune needs --older-than AGE, --max-size SIZE, --pipeline NAME or --all"
+        )
+    try:
+        older = 0.0 if args.all else (
+            parse_duration(args.older_than, "--older-than") if args.older_than else None
+        )
+    except PipelineDefinitionError as exc:
+        raise UsageError(str(exc)) from None
+    pinned: set[str] = set()
+    for names in pm.hook.stepflow_cache_pinned(config=config):
+        pinned.update(names or ())
+    report = cachecmd.prune(
+        config,
+        older_than=older,
+        max_size=cachecmd.parse_size(args.max_size) if args.max_size else None,
+        pipeline=args.pipeline,
+        pinned=pinned,
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        print(json.dumps(attrs.asdict(report), indent=2))
+    else:
+        sys.stdout.write(report.text())
+    return ExitCode.OK
 
 
 def _cmd_show(args: argparse.Namespace) -> int:

@@ -1,0 +1,1 @@
+"""The house prices example: see ``pipeline.py`` and ``README.md``."""

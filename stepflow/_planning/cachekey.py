@@ -1,0 +1,110 @@
+"""Cache keys: what a step's result depends on, hashed (DESIGN.md section 2).
+
+A key combines the step's code fingerprint, the content hashes of its inputs, its
+parameter values (secrets through a keyed hash) and its environment. Each part is kept by
+name, so ``stepflow explain`` can say exactly which one changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from stepflow._authoring.step import StepSpec
+from stepflow._storage.fingerprint import fingerprint
+from stepflow._storage.hashing import hash_value
+
+__all__ = ["CacheKey", "describe_value", "environment", "make_key", "secret_key"]
+
+
+@attrs.frozen
+class CacheKey:
+    """A step's cache key and the named parts it was made from."""
+
+    digest: str
+    #: ``{"code": {...}, "inputs": {...}, "params": {...}, "env": {...}}``
+    components: Mapping[str, Mapping[str, str]]
+
+
+def secret_key(home: Path) -> bytes:
+    """The per-home key for hashing secret parameters (made on first use, owner-only)."""
+    path = home / "secret.key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, key)
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return key
+
+
+def environment(serializers: Any, backend_env: Mapping[str, str], spec: StepSpec) -> dict[str, str]:
+    """The environment items a result depends on."""
+    env = {
+        "python": f"{platform.python_implementation()} {platform.python_version_tuple()[0]}."
+        f"{platform.python_version_tuple()[1]}",
+        "serializers": ",".join(f"{s.name}:{s.version}" for s in serializers),
+    }
+    env.update({f"backend:{k}": str(v) for k, v in backend_env.items()})
+    for name, value in sorted(spec.options.env.items()):
+        env[f"env:{name}"] = json.dumps(value, sort_keys=True, default=str)
+    return env
+
+
+def describe_value(value: Any, limit: int = 80) -> str:
+    """A short readable form of a parameter value, for ``explain``."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def make_key(
+    spec: StepSpec,
+    *,
+    inputs: Mapping[str, str],
+    params: Mapping[str, Any],
+    secret_params: frozenset[str],
+    env: Mapping[str, str],
+    home_key: bytes | None,
+) -> CacheKey:
+    """The cache key of ``spec`` given its inputs' content hashes and its parameter values."""
+    code = fingerprint(spec.func)
+    param_hashes = {}
+    for name, value in params.items():
+        digest = hash_value(value)
+        if name in secret_params:
+            # A keyed hash: the key cannot be used to guess the secret offline.
+            assert home_key is not None
+            digest = hashlib.blake2b(digest.encode(), key=home_key, digest_size=16).hexdigest()
+        param_hashes[name] = digest
+    components = {
+        "code": {"digest": code.digest, **dict(code.parts)},
+        "inputs": dict(sorted(inputs.items())),
+        "params": dict(sorted(param_hashes.items())),
+        "env": dict(sorted(env.items())),
+        "outputs": {"names": ",".join(p.name for p in spec.outputs)},
+    }
+    digest = hash_value(
+        (
+            code.digest,
+            tuple(components["inputs"].items()),
+            tuple(components["params"].items()),
+            tuple(components["env"].items()),
+            components["outputs"]["names"],
+        )
+    )
+    return CacheKey(digest=digest, components=components)

@@ -1,0 +1,105 @@
+"""Save step outputs into a datastore and load them back, verified.
+
+An artifact is addressed by the content hash of its value (``hash_value``): equal values
+share one object, and a consumer's cache key depends on what its inputs *are*, not on
+which run made them (early cutoff). The digest of the object's bytes is kept beside it
+and checked before a load, so a truncated or tampered file is a miss, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from stepflow._storage.datastore import ArtifactMissingError, Datastore
+from stepflow._storage.hashing import hash_file, hash_value
+from stepflow._storage.serializers import SerializationError, Serializer
+
+__all__ = ["ArtifactIO", "ArtifactRef"]
+
+
+@attrs.frozen
+class ArtifactRef:
+    """A stored output."""
+
+    #: the object's name in the datastore: ``<content hash>.<serializer>``
+    name: str
+    #: the hash of the value; what consumers' cache keys use
+    content_hash: str
+    serializer: str
+    #: bytes on disk
+    size: int
+    #: the hash of the object's bytes, checked before loading
+    digest: str
+
+
+@attrs.define
+class ArtifactIO:
+    """Reads and writes artifacts of one datastore with a list of serializers."""
+
+    store: Datastore
+    serializers: Sequence[Serializer]
+
+    def _serializer(self, name: str) -> Serializer:
+        for serializer in self.serializers:
+            if serializer.name == name:
+                return serializer
+        raise ArtifactMissingError(
+            f"no serializer named {name!r} is installed (the plugin that wrote this object "
+            f"is missing); install it or regenerate the step"
+        )
+
+    def save(self, value: Any, content_hash: str | None = None) -> ArtifactRef:
+        """Store ``value`` (once per content) and return its reference.
+
+        :raises SerializationError: no serializer can write the value.
+        """
+        if content_hash is None:
+            content_hash = hash_value(value)
+        failures: list[str] = []
+        for serializer in self.serializers:
+            if not serializer.can_dump(value):
+                continue
+            name = f"{content_hash}.{serializer.name}"
+            if self.store.exists(name):
+                path = self.store.local_path(name)
+                return ArtifactRef(
+                    name, content_hash, serializer.name, path.stat().st_size, hash_file(path)
+                )
+            try:
+                with self.store.writer(name) as tmp:
+                    serializer.dump(value, tmp)
+                    digest = hash_file(tmp)
+                    size = tmp.stat().st_size
+            except Exception as exc:
+                failures.append(f"{serializer.name}: {type(exc).__name__}: {exc}")
+                continue
+            return ArtifactRef(name, content_hash, serializer.name, size, digest)
+        detail = "; ".join(failures) or "no serializer accepts it"
+        raise SerializationError(
+            f"cannot store a value of type {type(value).__module__}.{type(value).__qualname__} "
+            f"({detail}); return plain data (DataFrames, arrays, picklable objects) or add a "
+            f"serializer through the stepflow_serializer_types hook"
+        )
+
+    def load(self, ref: ArtifactRef) -> Any:
+        """Load an artifact after checking its bytes.
+
+        :raises ArtifactMissingError: the object is missing or does not match its digest.
+        """
+        path = self.store.local_path(ref.name)
+        if hash_file(path) != ref.digest:
+            raise ArtifactMissingError(
+                f"object {ref.name} in {self.store.uri} is corrupted (its bytes do not match "
+                f"the recorded digest)"
+            )
+        return self._serializer(ref.serializer).load(path)
+
+    def available(self, ref: ArtifactRef) -> bool:
+        """A cheap check (no hashing) that the object is there with the recorded size."""
+        with contextlib.suppress(OSError, ArtifactMissingError):
+            return self.store.size(ref.name) == ref.size
+        return False

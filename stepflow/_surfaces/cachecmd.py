@@ -1,0 +1,179 @@
+"""``stepflow cache ls|info|prune``: what the store holds, and making room."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from stepflow._config import Config
+from stepflow._storage.datastore import LocalDatastore
+from stepflow._storage.index import CacheIndex, CacheRecord
+from stepflow.errors import UsageError
+
+__all__ = ["PruneReport", "cache_info", "list_records", "parse_size", "prune"]
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"500M"``, ``"10G"``, ``"1.5GB"`` or a number of bytes."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = raw, ""
+    if raw and raw[-1] in _SIZE_UNITS:
+        number, unit = raw[:-1], raw[-1]
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise UsageError(f"--max-size {text!r}: give a size such as 500M or 10G") from None
+    return int(value)
+
+
+def _open(config: Config) -> tuple[CacheIndex, LocalDatastore]:
+    return CacheIndex(config.home / "index"), LocalDatastore(config.home / "objects")
+
+
+def list_records(
+    config: Config, *, pipeline: str | None = None, step: str | None = None
+) -> list[CacheRecord]:
+    index, _ = _open(config)
+    try:
+        records = [
+            r
+            for r in index.records()
+            if (pipeline is None or r.pipeline == pipeline) and (step is None or r.step == step)
+        ]
+    finally:
+        index.close()
+    return sorted(records, key=lambda r: r.created)
+
+
+def cache_info(config: Config) -> dict[str, Any]:
+    index, store = _open(config)
+    try:
+        records = list(index.records())
+    finally:
+        index.close()
+    referenced = {ref.name for r in records for ref in r.outputs.values()}
+    names = list(store.names())
+    sizes = {n: store.size(n) for n in names}
+    return {
+        "home": str(config.home),
+        "results": len(records),
+        "objects": len(names),
+        "bytes": sum(sizes.values()),
+        "unreferenced_objects": sum(1 for n in names if n not in referenced),
+        "pipelines": sorted({r.pipeline for r in records}),
+    }
+
+
+@attrs.frozen
+class PruneReport:
+    removed_results: int
+    removed_objects: int
+    freed_bytes: int
+    kept_pinned: int
+    dry_run: bool
+
+    def text(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        pinned = f"; kept {self.kept_pinned} pinned" if self.kept_pinned else ""
+        return (
+            f"{verb} {self.removed_results} results and {self.removed_objects} objects "
+            f"({_human(self.freed_bytes)}){pinned}\n"
+        )
+
+
+def prune(
+    config: Config,
+    *,
+    older_than: float | None = None,
+    max_size: int | None = None,
+    pipeline: str | None = None,
+    pinned: Iterable[str] = (),
+    dry_run: bool = False,
+) -> PruneReport:
+    """Remove results by age, pipeline or a size budget, then objects nothing refers to.
+
+    ``pinned`` object names (what registered data sets and models need) are never removed,
+    and neither are the results that hold them.
+    """
+    pinned = set(pinned)
+    index, store = _open(config)
+    try:
+        records = sorted(index.records(), key=lambda r: r.created)
+        now = time.time()
+
+        def holds_pinned(record: CacheRecord) -> bool:
+            return any(ref.name in pinned for ref in record.outputs.values())
+
+        doomed: list[CacheRecord] = []
+        kept_pinned = 0
+        selective = older_than is not None or pipeline is not None
+        for record in records:
+            if older_than is not None and now - record.created < older_than:
+                continue
+            if pipeline is not None and record.pipeline != pipeline:
+                continue
+            if not selective:
+                continue
+            if holds_pinned(record):
+                kept_pinned += 1
+                continue
+            doomed.append(record)
+        if max_size is not None:
+            remaining = [r for r in records if r not in doomed]
+            total = sum(r.size for r in remaining)
+            for record in remaining:  # oldest first
+                if total <= max_size:
+                    break
+                if holds_pinned(record):
+                    kept_pinned += 1
+                    continue
+                doomed.append(record)
+                total -= record.size
+        survivors = [r for r in records if r not in doomed]
+        keep = {ref.name for r in survivors for ref in r.outputs.values()} | pinned
+        objects = [n for n in store.names() if n not in keep]
+        freed = sum(store.size(n) for n in objects)
+        if not dry_run:
+            # Records first, objects after: a crash in between leaves unreferenced objects
+            # (swept next time), never a record that points at nothing.
+            for record in doomed:
+                index.delete(record.key)
+            for name in objects:
+                store.delete(name)
+            store.sweep()
+    finally:
+        index.close()
+    return PruneReport(len(doomed), len(objects), freed, kept_pinned, dry_run)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def format_records(records: list[CacheRecord]) -> str:
+    if not records:
+        return "no stored results\n"
+    now = time.time()
+    lines = [f"{'key':<14} {'pipeline':<16} {'step':<20} {'age':>8} {'size':>10}  run"]
+    for r in records:
+        lines.append(
+            f"{r.key[:12]:<14} {r.pipeline[:16]:<16} {r.step[:20]:<20} "
+            f"{_age(now - r.created):>8} {_human(r.size):>10}  {r.run_id}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"

@@ -1,0 +1,218 @@
+"""``stepflow explain TARGET STEP``: would STEP be reused, and if not, what changed?
+
+The prediction walks the step's ancestors the way a run would, using only the cache index:
+a step whose key is stored would be reused (its outputs' content hashes are known); a step
+that would run makes its consumers' keys unknowable until it has run (early cutoff may
+still reuse them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from stepflow._config import Config
+from stepflow._execution.backend import open_backends
+from stepflow._planning.cachekey import describe_value, environment, make_key, secret_key
+from stepflow._planning.pipeline import Pipeline
+from stepflow._sentinels import MISSING
+from stepflow._storage.artifacts import ArtifactIO
+from stepflow._storage.datastore import LocalDatastore
+from stepflow._storage.index import CacheIndex, CacheRecord
+from stepflow.errors import UsageError
+
+__all__ = ["Explanation", "explain"]
+
+
+@attrs.frozen
+class Explanation:
+    step: str
+    #: ``"reuse"`` or ``"run"``
+    verdict: str
+    reasons: tuple[str, ...]
+    #: the stored result that would be reused, or the latest one of the step
+    record: CacheRecord | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "run_id": self.record.run_id if self.record else None,
+        }
+
+    def text(self) -> str:
+        head = f"step {self.step!r} would be {'reused' if self.verdict == 'reuse' else 'run'}"
+        return "\n".join([head, *(f"  - {r}" for r in self.reasons)]) + "\n"
+
+
+def explain(
+    pipeline: Pipeline,
+    step: str,
+    *,
+    params: Mapping[str, Any] | None,
+    config: Config,
+    pm: Any,
+) -> Explanation:
+    """Predict whether ``step`` would be reused, and say why not."""
+    if step not in pipeline.steps:
+        raise UsageError(
+            f"pipeline {pipeline.name!r} has no step {step!r}; steps: {', '.join(pipeline.steps)}"
+        )
+    plan = pipeline.plan(params, targets=[step], default_backend=config.default_backend)
+    serializers: list[Any] = []
+    for group in pm.hook.stepflow_serializer_types():
+        serializers.extend(group or ())
+    backends = open_backends(plan, config, pm, workers=1, run_id="explain", check=False)
+    index = CacheIndex(config.home / "index")
+    io = ArtifactIO(LocalDatastore(config.home / "objects"), serializers)
+    try:
+        hashes: dict[str, str | None] = {}
+        why_run: dict[str, str] = {}
+        verdicts: dict[str, tuple[str, CacheRecord | None, Any]] = {}
+        for name in plan.steps:
+            spec = plan.dag.steps[name]
+            edges = [p.name for p in spec.inputs if p.name in plan.dag.producers]
+            unknown = [e for e in edges if hashes.get(e) is None]
+            key = None
+            record = None
+            if unknown:
+                verdict = "run"
+                why_run[name] = "inputs change"
+            else:
+                step_params = plan.step_params[name]
+                secret = frozenset(plan.secret_params & set(step_params))
+                key = make_key(
+                    spec,
+                    inputs={e: hashes[e] for e in edges},  # type: ignore[misc]
+                    params=step_params,
+                    secret_params=secret,
+                    env=environment(serializers, backends[plan.backends[name]].environment(), spec),
+                    home_key=secret_key(config.home) if secret else None,
+                )
+                found = index.get(key.digest)
+                if not spec.options.cache:
+                    verdict = "run"
+                    why_run[name] = "cache=False"
+                elif found is not MISSING and all(
+                    io.available(r) for r in found.outputs.values()
+                ):
+                    verdict, record = "reuse", found
+                else:
+                    verdict = "run"
+                    why_run[name] = "no stored result for its current key"
+            verdicts[name] = (verdict, record, key)
+            for port in spec.outputs:
+                hashes[port.name] = (
+                    record.outputs[port.name].content_hash
+                    if record is not None and port.name in record.outputs
+                    else None
+                )
+        verdict, record, key = verdicts[step]
+        if verdict == "reuse":
+            assert record is not None
+            return Explanation(
+                step,
+                "reuse",
+                (f"its key matches the result stored by run {record.run_id}",),
+                record,
+            )
+        return Explanation(
+            step, "run", tuple(_reasons(plan, step, verdicts, why_run, index, pipeline.name)),
+            _last(index, pipeline.name, step),
+        )
+    finally:
+        index.close()
+        for backend in backends.values():
+            backend.close()
+
+
+def _last(index: CacheIndex, pipeline: str, step: str) -> CacheRecord | None:
+    last = index.last(pipeline, step)
+    return None if last is MISSING else last
+
+
+def _reasons(
+    plan: Any,
+    step: str,
+    verdicts: Mapping[str, tuple[str, CacheRecord | None, Any]],
+    why_run: Mapping[str, str],
+    index: CacheIndex,
+    pipeline: str,
+) -> list[str]:
+    spec = plan.dag.steps[step]
+    if not spec.options.cache:
+        return ["it has cache=False, so it always runs"]
+    reasons = []
+    for port in spec.inputs:
+        producer = plan.dag.producers.get(port.name)
+        if producer is not None and verdicts[producer][0] == "run":
+            reasons.append(
+                f"input {port.name!r} comes from step {producer!r}, which would run "
+                f"({why_run[producer]}); if it makes identical output, {step!r} may still "
+                f"be reused (early cutoff)"
+            )
+    key = verdicts[step][2]
+    last = _last(index, pipeline, step)
+    if key is None:
+        return reasons
+    if last is None:
+        reasons.append(f"there is no earlier result of step {step!r} in this stepflow home")
+        return reasons
+    reasons.extend(_diff(last, key.components, plan.step_params[step], plan.secret_params))
+    if len(reasons) == 0:
+        reasons.append(
+            f"its key is unchanged since run {last.run_id}, but the stored result is gone "
+            f"(pruned, or an object went missing)"
+        )
+    return reasons
+
+
+def _diff(
+    last: CacheRecord,
+    now: Mapping[str, Mapping[str, str]],
+    params: Mapping[str, Any],
+    secret: frozenset[str],
+) -> list[str]:
+    before = last.components
+    reasons = []
+    old_code = {k: v for k, v in before.get("code", {}).items() if k != "digest"}
+    new_code = {k: v for k, v in now["code"].items() if k != "digest"}
+    for part in sorted(set(old_code) | set(new_code)):
+        if part not in old_code:
+            reasons.append(f"code: now uses {_part(part)}")
+        elif part not in new_code:
+            reasons.append(f"code: no longer uses {_part(part)}")
+        elif old_code[part] != new_code[part]:
+            if part.startswith(("dist:", "python:")):
+                reasons.append(f"code: {_part(part)} changed {old_code[part]} -> {new_code[part]}")
+            else:
+                reasons.append(f"code: {_part(part)} changed")
+    if not reasons and before.get("code", {}).get("digest") != now["code"].get("digest"):
+        reasons.append("code: the step's code changed")
+    for name in sorted(set(before.get("inputs", {})) | set(now["inputs"])):
+        if before.get("inputs", {}).get(name) != now["inputs"].get(name):
+            reasons.append(f"input {name!r} has different content")
+    for name in sorted(set(before.get("params", {})) | set(now["params"])):
+        if before.get("params", {}).get(name) != now["params"].get(name):
+            if name in secret:
+                reasons.append(f"parameter {name!r} (secret) changed")
+            else:
+                old = last.param_values.get(name, "?")
+                new = describe_value(params[name]) if name in params else "(unset)"
+                reasons.append(f"parameter {name!r} changed: {old} -> {new}")
+    for name in sorted(set(before.get("env", {})) | set(now["env"])):
+        old_env, new_env = before.get("env", {}).get(name), now["env"].get(name)
+        if old_env != new_env:
+            reasons.append(f"environment {name!r} changed: {old_env} -> {new_env}")
+    return reasons
+
+
+def _part(part: str) -> str:
+    if part.startswith("dist:"):
+        return f"library {part[5:]}"
+    if part.startswith("python:"):
+        return "the Python standard library"
+    return part

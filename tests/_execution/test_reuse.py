@@ -1,0 +1,359 @@
+"""Reuse: results are content-addressed, reruns do only what changed, never a stale answer.
+
+Calls are counted the joblib way: each step appends a line to a file, so a test can tell
+exactly which steps ran.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stepflow import Pipeline, StepState
+from stepflow.errors import StepflowWarning
+
+FLOW = '''
+from pathlib import Path
+from stepflow import step
+import helpers
+
+LOG = Path({log!r})
+SCALE = {scale}
+
+def _called(name):
+    with LOG.open("a") as fh:
+        fh.write(name + "\\n")
+
+@step
+def numbers(n: int = 4) -> list[int]:
+    _called("numbers")
+    return list(range(n))
+
+@step
+def parity(numbers: list[int]) -> int:
+    """Only the parity of the sum: often unchanged when numbers change."""
+    _called("parity")
+    return sum(numbers) % 2
+
+@step
+def scaled(numbers: list[int]) -> list[int]:
+    _called("scaled")
+    return [helpers.times(x, SCALE) for x in numbers]
+
+@step
+def total(scaled: list[int]) -> int:
+    _called("total")
+    return sum(scaled)
+
+@step
+def label(parity: int) -> str:
+    _called("label")
+    return "odd" if parity else "even"
+
+@step(cache=False)
+def always(total: int) -> int:
+    _called("always")
+    return total
+'''
+
+HELPERS = '''
+def times(x, k):
+    return x * k
+'''
+
+
+class Project:
+    """A flow module and its helper module that tests rewrite between runs."""
+
+    def __init__(self, make_module, tmp_path: Path):
+        self.make_module = make_module
+        self.log = tmp_path / "calls.log"
+        self.scale = 2
+        self.helpers = HELPERS
+
+    def pipeline(self, *steps: str) -> Pipeline:
+        self.make_module("helpers", self.helpers)
+        mod = self.make_module("flow", FLOW.format(log=str(self.log), scale=self.scale))
+        names = steps or ("numbers", "parity", "scaled", "total", "label", "always")
+        return Pipeline("flow", [getattr(mod, n) for n in names])
+
+    def calls(self) -> list[str]:
+        """The steps that ran since the last call."""
+        text = self.log.read_text() if self.log.exists() else ""
+        self.log.write_text("")
+        return text.split()
+
+    def run(self, **kwargs):
+        result = self.pipeline().run(**kwargs)
+        assert result.ok, result.summary()
+        return result, self.calls()
+
+
+@pytest.fixture
+def project(make_module, tmp_path, stepflow_home):
+    return Project(make_module, tmp_path)
+
+
+def states(result) -> dict[str, str]:
+    return {n: r.state.value for n, r in result.steps.items()}
+
+
+class TestReuse:
+    def test_rerun_reuses_everything_but_cache_false(self, project):
+        """A second identical run reuses every step except the cache=False one."""
+        first, calls = project.run()
+        assert sorted(calls) == ["always", "label", "numbers", "parity", "scaled", "total"]
+        second, calls = project.run()
+        assert calls == ["always"]
+        assert states(second)["total"] == "reused" and states(second)["always"] == "ran"
+        assert second["total"] == first["total"] == 12
+        assert second.summary().startswith("1 ran, 5 reused in ")
+
+    def test_parameter_change(self, project):
+        """A changed parameter reruns the step and what its outputs change."""
+        project.run()
+        result, calls = project.run(params={"n": 5})
+        assert sorted(calls) == ["always", "label", "numbers", "parity", "scaled", "total"]
+        assert result["total"] == 20
+
+    def test_early_cutoff(self, project):
+        """A step whose rerun yields the same value lets its consumers reuse."""
+        project.run(params={"n": 4})  # sum 6 -> parity 0
+        result, calls = project.run(params={"n": 5})  # sum 10 -> parity 0 again
+        assert "parity" in calls and "label" not in calls
+        assert states(result)["label"] == "reused" and result["label"] == "even"
+
+    def test_helper_in_other_module_invalidates(self, project):
+        """Editing a helper function in another module reruns the steps that use it."""
+        project.run()
+        project.helpers = "def times(x, k):\n    return x * k + 1\n"
+        result, calls = project.run()
+        assert sorted(calls) == ["always", "scaled", "total"]
+        assert result["total"] == 16
+
+    def test_comment_and_docstring_do_not_invalidate(self, project):
+        """Comments, docstrings and formatting in a helper do not count."""
+        project.run()
+        project.helpers = '"""Doc."""\n\n\ndef times(x, k):\n    """Multiply."""\n    # why\n    return (x *\n            k)\n'
+        _, calls = project.run()
+        assert calls == ["always"]
+
+    def test_module_constant_invalidates(self, project):
+        """A module-level constant a step reads is part of its key."""
+        project.run()
+        project.scale = 3
+        result, calls = project.run()
+        assert sorted(calls) == ["always", "scaled", "total"] and result["total"] == 18
+
+    def test_regenerate_all(self, project):
+        """``regenerate=True`` runs every step again."""
+        project.run()
+        _, calls = project.run(regenerate=True)
+        assert len(calls) == 6
+
+    def test_regenerate_step_and_dependants(self, project):
+        """``regenerate=[step]`` reruns that step and what depends on it, nothing else."""
+        project.run()
+        _, calls = project.run(regenerate=["scaled"])
+        assert sorted(calls) == ["always", "scaled", "total"]
+
+    def test_lazy_loading(self, project):
+        """A fully cached rerun loads no data: a damaged object is noticed only on access."""
+        project.run()
+        home = Path(os.environ["STEPFLOW_HOME"])
+        for path in (home / "objects").rglob("*"):
+            if path.is_file():
+                data = bytearray(path.read_bytes())
+                data[-1] ^= 0xFF  # same size, different bytes
+                path.write_bytes(bytes(data))
+        result = project.pipeline("numbers", "scaled", "total").run()
+        assert states(result) == {"numbers": "reused", "scaled": "reused", "total": "reused"}
+        assert project.calls() == []
+        with pytest.raises(Exception, match="corrupted"):
+            result["total"]
+
+    def test_run_result_loads_reused_outputs(self, project):
+        """Outputs of reused steps load from the store on access."""
+        project.run()
+        result = project.pipeline().run()
+        assert result["scaled"] == [0, 2, 4, 6] and result["label"] == "even"
+
+
+class TestDamagedStore:
+    def test_corrupted_input_is_recomputed(self, project):
+        """A consumer that must run and finds its stored input corrupted recomputes it."""
+        project.run()
+        home = Path(os.environ["STEPFLOW_HOME"])
+        for path in (home / "objects").rglob("*.cloudpickle"):
+            data = bytearray(path.read_bytes())
+            data[-1] ^= 0xFF
+            path.write_bytes(bytes(data))
+        project.scale = 5  # scaled must run, and its input 'numbers' is damaged
+        with pytest.warns(StepflowWarning, match="unusable"):
+            result = project.pipeline().run()
+        assert result.ok and result["total"] == 30
+        assert "numbers" in project.calls()
+
+    def test_missing_object_is_a_miss(self, project):
+        """A result whose object was deleted is recomputed, with a warning."""
+        project.run()
+        home = Path(os.environ["STEPFLOW_HOME"])
+        for path in (home / "objects").rglob("*"):
+            if path.is_file():
+                path.unlink()
+        with pytest.warns(StepflowWarning, match="incomplete"):
+            result = project.pipeline().run()
+        assert result.ok and result["total"] == 12 and len(project.calls()) == 6
+
+    def test_truncated_object(self, project):
+        """A truncated object fails the size check: a miss, recomputed."""
+        project.run()
+        home = Path(os.environ["STEPFLOW_HOME"])
+        for path in (home / "objects").rglob("*"):
+            if path.is_file():
+                path.write_bytes(path.read_bytes()[:3])
+        with pytest.warns(StepflowWarning):
+            result = project.pipeline().run()
+        assert result["total"] == 12
+
+
+class TestMutationAndErrors:
+    def test_mutating_step_does_not_leak(self, make_module, stepflow_home):
+        """A step that changes its input in place does not change what others receive."""
+        mod = make_module(
+            "mutating",
+            """
+            from stepflow import step
+
+            @step
+            def data() -> list[int]:
+                return [1, 2, 3]
+
+            @step
+            def clobber(data: list[int]) -> int:
+                data.append(100)
+                return len(data)
+
+            @step
+            def count(data: list[int]) -> int:
+                return len(data)
+            """,
+        )
+        with pytest.warns(StepflowWarning, match="modified its input 'data' in place"):
+            result = Pipeline("p", [mod.data, mod.clobber, mod.count]).run()
+        assert result["clobber"] == 4 and result["count"] == 3
+        again = Pipeline("p", [mod.data, mod.count]).run()
+        assert again["data"] == [1, 2, 3]
+
+    def test_unserializable_output(self, make_module, stepflow_home):
+        """An output no serializer can store fails its step, naming step, output and type."""
+        mod = make_module(
+            "unstorable",
+            """
+            import threading
+            from stepflow import step
+
+            @step
+            def fine() -> int:
+                return 1
+
+            @step
+            def lock(fine: int) -> object:
+                return threading.Lock()
+            """,
+        )
+        result = Pipeline("p", [mod.fine, mod.lock]).run()
+        message = str(result.steps["lock"].error)
+        assert "output 'lock' of step 'lock'" in message and "_thread.lock" in message
+        assert result.steps["fine"].state is StepState.RAN
+        assert Pipeline("p", [mod.fine]).run().steps["fine"].state is StepState.REUSED
+
+    def test_failure_keeps_what_was_computed(self, make_module, stepflow_home):
+        """After a failed run, a rerun reuses every step that had succeeded."""
+        mod = make_module(
+            "half_fails",
+            """
+            from stepflow import step
+
+            @step
+            def good() -> int:
+                return 1
+
+            @step
+            def bad(good: int) -> int:
+                raise RuntimeError("boom")
+            """,
+        )
+        Pipeline("p", [mod.good, mod.bad]).run()
+        result = Pipeline("p", [mod.good, mod.bad]).run()
+        assert result.steps["good"].state is StepState.REUSED
+
+
+class TestProcesses:
+    def test_workers_share_the_cache(self, project):
+        """Results made in worker processes are reused in-process, and the reverse."""
+        project.run(workers=2)
+        result, calls = project.run()
+        assert calls == ["always"]
+        project.scale = 7
+        result, calls = project.run(workers=2)
+        assert sorted(calls) == ["always", "scaled", "total"] and result["total"] == 42
+
+    @pytest.mark.slow
+    def test_single_flight_across_processes(self, tmp_path, stepflow_home):
+        """Two runs that need the same missing key compute it once; the other reuses."""
+        (tmp_path / "slow_flow.py").write_text(
+            "import time\nfrom pathlib import Path\nfrom stepflow import step\n\n"
+            "@step\ndef slow() -> int:\n"
+            f"    with open({str(tmp_path / 'count')!r}, 'a') as fh:\n"
+            "        fh.write('x')\n"
+            "    time.sleep(1.5)\n    return 42\n"
+        )
+        env = dict(os.environ, STEPFLOW_HOME=str(stepflow_home))
+        cmd = [sys.executable, "-m", "stepflow", "run", "slow_flow.py"]
+        procs = [
+            subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        assert (tmp_path / "count").read_text() == "x"
+        assert sorted("reused" in out for out in outs) == [False, True]
+
+    @pytest.mark.slow
+    def test_kill_during_write_then_correct_rerun(self, tmp_path, stepflow_home):
+        """kill -9 in the middle of storing a big output leaves a store the rerun reads right."""
+        (tmp_path / "big_flow.py").write_text(
+            "import numpy as np\nfrom stepflow import step\n\n"
+            "@step\ndef big() -> np.ndarray:\n"
+            "    return np.arange(60_000_000, dtype=np.float64)\n\n"
+            "@step\ndef total(big: np.ndarray) -> float:\n    return float(big.sum())\n"
+        )
+        env = dict(os.environ, STEPFLOW_HOME=str(stepflow_home))
+        cmd = [sys.executable, "-m", "stepflow", "run", "big_flow.py"]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+        objects = stepflow_home / "objects"
+        deadline = time.monotonic() + 60
+        # Wait until a temporary object file is being written, then kill -9.
+        while time.monotonic() < deadline:
+            if any(p.name.startswith(".tmp-") for p in objects.rglob("*")):
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert "big" in rerun.stdout and "2 ran" in rerun.stdout
+        expected = float(sum(range(60_000_000)))
+        check = subprocess.run(
+            [sys.executable, "-c", "import big_flow\nfrom stepflow import Pipeline\n"
+             "print(Pipeline.from_module(big_flow).run()['total'])"],
+            cwd=tmp_path, env=env, capture_output=True, text=True,
+        )
+        assert float(check.stdout.strip()) == expected, check.stderr

@@ -1,0 +1,160 @@
+"""``stepflow run`` reuse, ``--regenerate``, ``explain`` and ``cache`` through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+FLOW = """
+from stepflow import Secret, step
+import helpers
+
+@step
+def numbers(n: int = 4) -> list[int]:
+    return list(range(n))
+
+@step
+def scaled(numbers: list[int], factor: int = 2) -> list[int]:
+    return [helpers.times(x, factor) for x in numbers]
+
+@step
+def total(scaled: list[int], token: Secret[str] = "s3cr3t-value") -> int:
+    return sum(scaled)
+"""
+
+
+def _project(runner, helper_body: str = "return x * k") -> None:
+    runner.makepyfile(flow=FLOW, helpers=f"def times(x, k):\n    {helper_body}\n")
+
+
+class TestRunReuse:
+    def test_second_run_reports_reused(self, stepflow_runner):
+        """The report and summary say ``reused`` on a rerun."""
+        _project(stepflow_runner)
+        assert stepflow_runner.run("run", "flow.py").ret == 0
+        out = stepflow_runner.run("run", "flow.py")
+        assert out.ret == 0
+        out.fnmatch_lines(["numbers *reused*", "total *reused*", "*= 3 reused in *"])
+
+    def test_regenerate(self, stepflow_runner):
+        """``--regenerate`` alone forces every step; with a name, that step and dependants."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        stepflow_runner.run("run", "flow.py", "--regenerate").fnmatch_lines(["*3 ran in*"])
+        out = stepflow_runner.run("run", "flow.py", "--regenerate", "scaled")
+        out.fnmatch_lines(["numbers *reused*", "scaled *ran*", "total *ran*"])
+
+    def test_regenerate_unknown_step(self, stepflow_runner):
+        """An unknown step to regenerate is a usage error."""
+        _project(stepflow_runner)
+        out = stepflow_runner.run("run", "flow.py", "--regenerate", "nope")
+        assert out.ret == 2 and "unknown step 'nope'" in out.stderr
+
+
+class TestExplain:
+    def test_would_be_reused(self, stepflow_runner):
+        """After a run, explain says the step would be reused."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        out = stepflow_runner.run("explain", "flow.py", "total")
+        assert out.ret == 0
+        out.fnmatch_lines(["step 'total' would be reused", "  - its key matches *"])
+
+    def test_parameter_change(self, stepflow_runner):
+        """A changed parameter is named with its old and new values."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        out = stepflow_runner.run("explain", "flow.py", "scaled", "--param", "factor=3")
+        out.fnmatch_lines(["step 'scaled' would be run", "  - parameter 'factor' changed: 2 -> 3"])
+
+    def test_secret_parameter_never_shown(self, stepflow_runner):
+        """A secret's value appears nowhere, but its change is reported."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        out = stepflow_runner.run("explain", "flow.py", "total", "--param", "token=other")
+        out.fnmatch_lines(["  - parameter 'token' (secret) changed"])
+        assert "s3cr3t" not in out.stdout and "other" not in out.stdout
+
+    def test_helper_code_change(self, stepflow_runner):
+        """A changed helper in another module is named; downstream says why it would run."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        _project(stepflow_runner, "return x * k + 1")
+        out = stepflow_runner.run("explain", "flow.py", "scaled")
+        out.fnmatch_lines(["step 'scaled' would be run", "  - code: helpers.times changed"])
+        out = stepflow_runner.run("explain", "flow.py", "total", "--json")
+        data = json.loads(out.stdout)
+        assert data["verdict"] == "run"
+        assert any("comes from step 'scaled', which would run" in r for r in data["reasons"])
+
+    def test_never_ran(self, stepflow_runner):
+        """Without an earlier result, explain says so."""
+        _project(stepflow_runner)
+        out = stepflow_runner.run("explain", "flow.py", "numbers")
+        out.fnmatch_lines(["  - there is no earlier result of step 'numbers'*"])
+
+    def test_unknown_step(self, stepflow_runner):
+        """An unknown step is a usage error listing the steps."""
+        _project(stepflow_runner)
+        out = stepflow_runner.run("explain", "flow.py", "nope")
+        assert out.ret == 2 and "steps: numbers, scaled, total" in out.stderr
+
+
+class TestCacheCommands:
+    def test_ls_info_prune(self, stepflow_runner):
+        """ls lists results, info counts them, prune --all empties the store."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        rows = json.loads(stepflow_runner.run("cache", "ls", "--json").stdout)
+        assert sorted(r["step"] for r in rows) == ["numbers", "scaled", "total"]
+        assert all("s3cr3t" not in json.dumps(r) for r in rows)
+        text = stepflow_runner.run("cache", "ls", "--step", "total").stdout
+        assert "total" in text and "numbers" not in text
+        info = json.loads(stepflow_runner.run("cache", "info", "--json").stdout)
+        assert info["results"] == 3 and info["objects"] == 3 and info["bytes"] > 0
+        dry = stepflow_runner.run("cache", "prune", "--all", "--dry-run")
+        assert "would remove 3 results and 3 objects" in dry.stdout
+        assert json.loads(stepflow_runner.run("cache", "info", "--json").stdout)["results"] == 3
+        out = stepflow_runner.run("cache", "prune", "--all")
+        assert "removed 3 results and 3 objects" in out.stdout
+        info = json.loads(stepflow_runner.run("cache", "info", "--json").stdout)
+        assert info["results"] == 0 and info["objects"] == 0
+        stepflow_runner.run("run", "flow.py").fnmatch_lines(["*3 ran in*"])
+
+    def test_prune_by_age_keeps_recent(self, stepflow_runner):
+        """--older-than keeps results younger than the age."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        out = stepflow_runner.run("cache", "prune", "--older-than", "1d")
+        assert "removed 0 results and 0 objects" in out.stdout
+
+    def test_prune_by_size(self, stepflow_runner):
+        """--max-size removes the oldest results until the rest fit."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        out = stepflow_runner.run("cache", "prune", "--max-size", "0")
+        assert "removed 3 results" in out.stdout
+
+    def test_prune_keeps_pinned(self, stepflow_runner):
+        """Objects a plugin pins (registered data sets, models) survive any prune."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        rows = json.loads(stepflow_runner.run("cache", "ls", "--json").stdout)
+        pinned = next(r for r in rows if r["step"] == "total")["outputs"]["total"]["name"]
+        stepflow_runner.makepyfile(
+            pinplugin=f"""
+            from stepflow import hookimpl
+
+            @hookimpl
+            def stepflow_cache_pinned(config):
+                return [{pinned!r}]
+            """
+        )
+        out = stepflow_runner.run("-p", "pinplugin", "cache", "prune", "--all", "-p", "pinplugin")
+        assert "removed 2 results" in out.stdout and "kept 1 pinned" in out.stdout
+        out = stepflow_runner.run("run", "flow.py", "--target", "total")
+        out.fnmatch_lines(["total *reused*"])
+
+    def test_prune_needs_a_criterion(self, stepflow_runner):
+        """prune without criteria is a usage error, so nothing is removed by accident."""
+        out = stepflow_runner.run("cache", "prune")
+        assert out.ret == 2 and "--older-than" in out.stderr

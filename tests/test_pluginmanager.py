@@ -1,0 +1,278 @@
+"""``make_plugin_manager`` and the hook specifications, in process."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import textwrap
+from pathlib import Path
+
+import pluggy
+import pytest
+
+from stepflow import hookspecs
+from stepflow._execution.local import LocalBackend, ProcessBackend
+from stepflow._pluginmanager import BUILTIN_PLUGINS, make_plugin_manager
+from stepflow.errors import PluginError
+
+HOW_TO = Path(__file__).parents[1] / "docs" / "how-to" / "write-a-plugin.md"
+
+RECORDING = """
+import stepflow
+
+class Kind(stepflow.Backend):
+    kind = "{kind}"
+
+@stepflow.hookimpl
+def stepflow_backend_types():
+    return {{"{kind}": Kind}}
+"""
+
+
+def _kinds(pm):
+    kinds = {}
+    for mapping in pm.hook.stepflow_backend_types():
+        for kind, factory in mapping.items():
+            kinds.setdefault(kind, factory)
+    return kinds
+
+
+def _specs():
+    return {
+        name: obj
+        for name, obj in vars(hookspecs).items()
+        if callable(obj) and hasattr(obj, "stepflow_spec")
+    }
+
+
+@pytest.fixture
+def fake_dist(tmp_path, monkeypatch):
+    """Write an installed distribution (a ``.dist-info`` folder) with ``stepflow`` entry points."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+
+    def make(name, entry_points, modules=None):
+        info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        lines = "".join(f"{ep} = {module}\n" for ep, module in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[stepflow]\n{lines}")
+        for module, source in (modules or {}).items():
+            (site / f"{module}.py").write_text(textwrap.dedent(source))
+
+    yield make
+    for module in list(sys.modules):
+        if module.startswith("fakeplugin_"):
+            del sys.modules[module]
+
+
+class TestBuiltins:
+    def test_builtin_backends(self):
+        """The built-in plugin registers the ``local`` and ``process`` backend kinds."""
+        pm = make_plugin_manager(entrypoints=False)
+        assert all(pm.has_plugin(name) for name in BUILTIN_PLUGINS)
+        assert _kinds(pm) == {"local": LocalBackend, "process": ProcessBackend}
+
+    def test_without_builtins(self):
+        """``builtins=False`` leaves no backend kinds at all."""
+        pm = make_plugin_manager(entrypoints=False, builtins=False)
+        assert _kinds(pm) == {}
+        assert pm.get_plugins() == set()
+
+    def test_block_builtin(self):
+        """``no:stepflow._execution.local`` blocks the built-in plugin like any other."""
+        pm = make_plugin_manager(["no:stepflow._execution.local"], entrypoints=False)
+        assert not pm.has_plugin("stepflow._execution.local")
+        assert pm.is_blocked("stepflow._execution.local")
+        assert _kinds(pm) == {}
+
+    def test_every_hook_has_a_caller(self):
+        """Each hook spec is callable on the manager, with no implementation required."""
+        pm = make_plugin_manager(entrypoints=False, builtins=False)
+        for name in _specs():
+            assert getattr(pm.hook, name).has_spec()
+        assert pm.hook.stepflow_step_finish(run=None, report=None) == []
+
+
+class TestModules:
+    def test_registers_module(self, make_module):
+        """A module name registers that module under its own name."""
+        module = make_module("fakeplugin_a", RECORDING.format(kind="aaa"))
+        pm = make_plugin_manager(["fakeplugin_a"], entrypoints=False)
+        assert pm.get_plugin("fakeplugin_a") is module
+        assert _kinds(pm)["aaa"] is module.Kind
+
+    def test_names_are_stripped_and_deduplicated(self, make_module):
+        """Whitespace and empty names are ignored; a module named twice registers once."""
+        make_module("fakeplugin_b", RECORDING.format(kind="bbb"))
+        pm = make_plugin_manager(["  fakeplugin_b ", "", "fakeplugin_b"], entrypoints=False)
+        assert pm.has_plugin("fakeplugin_b")
+        assert len(pm.hook.stepflow_backend_types()) == 2  # the builtins and b, once
+
+    @pytest.mark.parametrize(
+        "names",
+        [["no:fakeplugin_c", "fakeplugin_c"], ["fakeplugin_c", "no:fakeplugin_c"]],
+    )
+    def test_block_wins_in_any_order(self, make_module, names):
+        """``no:NAME`` blocks a module whether it comes before or after the module's name."""
+        make_module("fakeplugin_c", RECORDING.format(kind="ccc"))
+        pm = make_plugin_manager(names, entrypoints=False)
+        assert not pm.has_plugin("fakeplugin_c")
+        assert "ccc" not in _kinds(pm)
+
+    def test_unknown_module(self):
+        """A module that cannot be imported is a ``PluginError`` carrying the name."""
+        with pytest.raises(PluginError, match="'fakeplugin_missing' could not be imported") as e:
+            make_plugin_manager(["fakeplugin_missing"], entrypoints=False)
+        assert e.value.plugin == "fakeplugin_missing"
+        assert "-p" in str(e.value)
+
+    def test_module_with_missing_dependency(self, make_module, tmp_path):
+        """A module whose own import fails says which import failed."""
+        (tmp_path / "fakeplugin_dep.py").write_text("import fakeplugin_not_installed\n")
+        with pytest.raises(PluginError, match="fakeplugin_not_installed") as e:
+            make_plugin_manager(["fakeplugin_dep"], entrypoints=False)
+        assert e.value.plugin == "fakeplugin_dep"
+
+    def test_unknown_hook(self, make_module):
+        """A hookimpl matching no spec fails ``check_pending``: a ``PluginError`` naming both."""
+        make_module(
+            "fakeplugin_typo",
+            """
+            import stepflow
+
+            @stepflow.hookimpl
+            def stepflow_stp_finish(run, report):
+                pass
+            """,
+        )
+        with pytest.raises(PluginError, match="stepflow_stp_finish") as e:
+            make_plugin_manager(["fakeplugin_typo"], entrypoints=False)
+        assert e.value.plugin == "fakeplugin_typo"
+        assert isinstance(e.value.__cause__, pluggy.PluginValidationError)
+
+    @pytest.mark.xfail(
+        strict=True,
+        raises=pluggy.PluginValidationError,
+        reason="make_plugin_manager lets pm.register's PluginValidationError escape",
+    )
+    def test_bad_signature(self, make_module):
+        """A hookimpl asking for an argument the hook does not pass is a ``PluginError``."""
+        make_module(
+            "fakeplugin_sig",
+            """
+            import stepflow
+
+            @stepflow.hookimpl
+            def stepflow_step_finish(run, report, extra):
+                pass
+            """,
+        )
+        with pytest.raises(PluginError, match="extra") as e:
+            make_plugin_manager(["fakeplugin_sig"], entrypoints=False)
+        assert e.value.plugin == "fakeplugin_sig"
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="undecorated stepflow_* functions are ignored, not checked (hookspecs docstring)",
+    )
+    def test_undecorated_typo(self, make_module):
+        """A ``stepflow_*`` function matching no hook is an error even without the decorator."""
+        make_module(
+            "fakeplugin_undecorated",
+            """
+            def stepflow_stp_finish(run, report):
+                pass
+            """,
+        )
+        with pytest.raises(PluginError, match="stepflow_stp_finish"):
+            make_plugin_manager(["fakeplugin_undecorated"], entrypoints=False)
+
+
+class TestEntryPoints:
+    def test_entry_point_registered_by_its_name(self, fake_dist):
+        """An installed distribution's ``stepflow`` entry point registers under its name."""
+        fake_dist(
+            "fake-echo",
+            {"fake": "fakeplugin_ep"},
+            {"fakeplugin_ep": RECORDING.format(kind="fake")},
+        )
+        pm = make_plugin_manager()
+        plugin = pm.get_plugin("fake")
+        assert plugin is not None and plugin.__name__ == "fakeplugin_ep"
+        assert "fake" in _kinds(pm)
+        dists = {name: dist.project_name for name, dist in _distinfo(pm)}
+        assert dists["fake"] == "fake-echo"
+
+    def test_entry_point_blocked(self, fake_dist):
+        """``no:NAME`` with the entry point's name keeps it from loading at all."""
+        fake_dist("fake-echo", {"fake": "fakeplugin_never_imported"})
+        pm = make_plugin_manager(["no:fake"])
+        assert pm.get_plugin("fake") is None
+        assert "fake" not in _kinds(pm)
+
+    def test_entrypoints_off(self, fake_dist):
+        """``entrypoints=False`` ignores installed plugins."""
+        fake_dist("fake-echo", {"fake": "fakeplugin_never_imported"})
+        assert not make_plugin_manager(entrypoints=False).has_plugin("fake")
+
+    def test_broken_entry_point(self, fake_dist):
+        """An entry point whose module is missing is a ``PluginError`` that says how to block."""
+        fake_dist("fake-broken", {"broken": "fakeplugin_gone"})
+        with pytest.raises(PluginError, match="fakeplugin_gone") as e:
+            make_plugin_manager()
+        assert "-p no:NAME" in str(e.value)
+
+
+def _distinfo(pm):
+    names = {id(plugin): name for name, plugin in pm.list_name_plugin()}
+    return [(names[id(plugin)], dist) for plugin, dist in pm.list_plugin_distinfo()]
+
+
+class TestHookSpecs:
+    def test_specs_found(self):
+        """The spec module declares the registration, configuration and lifecycle hooks."""
+        assert {
+            "stepflow_backend_types",
+            "stepflow_addoption",
+            "stepflow_configure",
+            "stepflow_unconfigure",
+            "stepflow_run_start",
+            "stepflow_step_start",
+            "stepflow_step_finish",
+            "stepflow_run_finish",
+        } <= set(_specs())
+
+    @pytest.mark.parametrize("name", sorted(_specs()))
+    def test_spec_documented(self, name):
+        """Every hook has a docstring and a ``stepflow_`` name."""
+        spec = _specs()[name]
+        assert name.startswith("stepflow_")
+        doc = inspect.getdoc(spec)
+        assert doc and len(doc.split()) >= 5
+
+    @pytest.mark.parametrize("name", sorted(_specs()))
+    def test_spec_params_documented(self, name):
+        """Each hook argument is explained in its docstring, or (if shared) in some hook's."""
+        specs = _specs()
+
+        def explains(spec, param):
+            doc = inspect.getdoc(spec)
+            return f":param {param}:" in doc or f"``{param}``" in doc
+
+        for param in inspect.signature(specs[name]).parameters:
+            sharing = [s for s in specs.values() if param in inspect.signature(s).parameters]
+            candidates = sharing if len(sharing) > 1 else [specs[name]]
+            assert any(explains(spec, param) for spec in candidates), param
+
+    def test_no_stray_functions(self):
+        """Every public ``stepflow_*`` function in the spec module is a registered hook spec."""
+        functions = {n for n, o in vars(hookspecs).items() if inspect.isfunction(o)}
+        assert {n for n in functions if n.startswith("stepflow_")} == set(_specs())
+
+    def test_how_to_lists_every_hook(self):
+        """``docs/how-to/write-a-plugin.md`` has a row for each hook."""
+        text = HOW_TO.read_text()
+        for name in _specs():
+            assert f"| `{name}" in text, name
