@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Iterable
+from typing import Any
 
 import pluggy
 
@@ -16,6 +18,26 @@ __all__ = ["BUILTIN_PLUGINS", "make_plugin_manager"]
 BUILTIN_PLUGINS = ("stepflow._storage.builtin", "stepflow._execution.local")
 
 
+class _PluginManager(pluggy.PluginManager):
+    """Like pytest's: an undecorated ``stepflow_*`` function is a hook implementation too, so
+    a misspelled hook name fails at start-up instead of being silently ignored."""
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("stepflow_"):
+            method = getattr(plugin, name, None)
+            if inspect.isroutine(method):
+                opts = {}
+        return opts
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r}: {exc}", plugin=name) from exc
+
+
 def make_plugin_manager(
     plugins: Iterable[str] = (), *, entrypoints: bool = True, builtins: bool = True
 ) -> pluggy.PluginManager:
@@ -25,7 +47,7 @@ def make_plugin_manager(
         blocks a plugin, as in pytest.
     :param entrypoints: load the ``stepflow`` entry-point group.
     """
-    pm = pluggy.PluginManager("stepflow")
+    pm = _PluginManager("stepflow")
     pm.add_hookspecs(hookspecs)
     wanted = []
     for name in plugins:
@@ -37,7 +59,7 @@ def make_plugin_manager(
     if builtins:
         for name in BUILTIN_PLUGINS:
             if not pm.is_blocked(name):
-                pm.register(importlib.import_module(name), name=name)
+                _register(pm, importlib.import_module(name), name)
     if entrypoints:
         try:
             pm.load_setuptools_entrypoints("stepflow")
@@ -57,7 +79,7 @@ def make_plugin_manager(
                 f"to -p or in [tool.stepflow] plugins",
                 plugin=name,
             ) from exc
-        pm.register(module, name=name)
+        _register(pm, module, name)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

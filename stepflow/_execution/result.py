@@ -119,6 +119,10 @@ class RunResult(Mapping[str, Any]):
         available = ", ".join(sorted(self._outputs)) or "none"
         return f"no output named {name!r} in this run; available: {available}"
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's default would load the value just to answer.
+        return name in self._outputs
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._outputs)
 

@@ -32,7 +32,7 @@ from stepflow._planning.plan import Plan
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
 from stepflow._storage.datastore import ArtifactMissingError, LocalDatastore
-from stepflow._storage.hashing import hash_value
+from stepflow._storage.hashing import UnhashableValueError, hash_value
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.locks import key_lock
 from stepflow._storage.serializers import SerializationError, Serializer
@@ -56,7 +56,9 @@ def new_run_id() -> str:
 class _Artifact:
     """One output during a run: an in-memory value, a stored reference, or both."""
 
-    def __init__(self, content_hash: str, value: Any = MISSING, ref: ArtifactRef | None = None):
+    def __init__(
+        self, content_hash: str, value: Any = MISSING, ref: ArtifactRef | None = None
+    ) -> None:
         self.content_hash = content_hash
         self.value = value
         self.ref = ref
@@ -73,7 +75,7 @@ class _Artifact:
 class _BadInput(Exception):
     """A stored input failed verification; its producer must run again."""
 
-    def __init__(self, output: str, detail: str):
+    def __init__(self, output: str, detail: str) -> None:
         super().__init__(detail)
         self.output = output
 
@@ -89,7 +91,7 @@ class _Runner:
         workers: int,
         fail_fast: bool,
         regenerate: Collection[str],
-    ):
+    ) -> None:
         self.plan = plan
         self.dag = plan.dag
         self.pipeline = pipeline
@@ -103,9 +105,7 @@ class _Runner:
             run_id=self.run_id,
             pipeline=pipeline,
             steps=plan.steps,
-            params={
-                k: ("***" if k in plan.secret_params else v) for k, v in plan.params.items()
-            },
+            params={k: ("***" if k in plan.secret_params else v) for k, v in plan.params.items()},
             workers=workers,
             fail_fast=fail_fast,
         )
@@ -234,8 +234,9 @@ class _Runner:
         if report.state is StepState.FAILED:
             if self.fail_fast:
                 self.cancelled.set()
+            below = self.dag.descendants([report.name])
             for name in self.plan.steps:
-                if name != report.name and name in self.dag.descendants([report.name]):
+                if name != report.name and name in below:
                     self._finish(
                         StepReport(
                             name,
@@ -427,10 +428,10 @@ class _Runner:
                 return _step_error(name, raised.error)
             self._check_mutation(name, edges, kwargs)
             for out, value in values.items():
-                content_hash = hash_value(value)
                 try:
+                    content_hash = hash_value(value)
                     ref = self.io.save(value, content_hash)
-                except SerializationError as exc:
+                except (SerializationError, UnhashableValueError) as exc:
                     return StepFailedError(
                         f"output {out!r} of step {name!r}: {exc}",
                         step=name,
@@ -475,7 +476,11 @@ class _Runner:
         """A step that changed its input in place must not hand the change to other steps."""
         for edge in edges:
             artifact = self.artifacts[edge]
-            if hash_value(kwargs[edge]) != artifact.content_hash:
+            try:
+                changed = hash_value(kwargs[edge]) != artifact.content_hash
+            except UnhashableValueError:
+                changed = True
+            if changed:
                 warnings.warn(
                     StepflowWarning(
                         f"step {name!r} modified its input {edge!r} in place; other steps "

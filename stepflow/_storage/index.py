@@ -59,7 +59,7 @@ class CacheRecord:
 class CacheIndex:
     """Cache key → ``CacheRecord``, plus the last record of each (pipeline, step)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path) -> None:
         import diskcache
 
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import enum
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -186,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nstepflow: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # `stepflow run ... | head`: the reader left; say nothing more.
+        sys.stdout = None  # type: ignore[assignment]
+        return ExitCode.OK
 
 
 def _main(argv: list[str]) -> int:
@@ -198,6 +203,10 @@ def _main(argv: list[str]) -> int:
         print(f"stepflow {stepflow.__version__}")
         return ExitCode.OK
     config = load_config(plugins=tuple(_plugin_args(argv)))
+    # Like `python -m`: plugin and pipeline modules in the project folder are importable.
+    for folder in (str(config.rootdir), os.getcwd()):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     pm = make_plugin_manager(config.plugins)
     parser = build_parser(pm)
     args = parser.parse_args(argv)
@@ -345,8 +354,10 @@ def _cmd_cache(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) 
             "cache prune needs --older-than AGE, --max-size SIZE, --pipeline NAME or --all"
         )
     try:
-        older = 0.0 if args.all else (
-            parse_duration(args.older_than, "--older-than") if args.older_than else None
+        older = (
+            0.0
+            if args.all
+            else (parse_duration(args.older_than, "--older-than") if args.older_than else None)
         )
     except PipelineDefinitionError as exc:
         raise UsageError(str(exc)) from None

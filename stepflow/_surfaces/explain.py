@@ -96,9 +96,7 @@ def explain(
                 if not spec.options.cache:
                     verdict = "run"
                     why_run[name] = "cache=False"
-                elif found is not MISSING and all(
-                    io.available(r) for r in found.outputs.values()
-                ):
+                elif found is not MISSING and all(io.available(r) for r in found.outputs.values()):
                     verdict, record = "reuse", found
                 else:
                     verdict = "run"
@@ -120,7 +118,9 @@ def explain(
                 record,
             )
         return Explanation(
-            step, "run", tuple(_reasons(plan, step, verdicts, why_run, index, pipeline.name)),
+            step,
+            "run",
+            tuple(_reasons(plan, step, verdicts, why_run, index, pipeline.name)),
             _last(index, pipeline.name, step),
         )
     finally:

@@ -72,7 +72,8 @@ class TerminalReporter:
             self._total = len(run.steps)
             workers = f", {run.workers} workers" if run.workers > 1 else ""
             self._write(self._rule(f"stepflow run {run.pipeline}") + "\n")
-            self._write(f"run {run.run_id}: {self._total} steps{workers}\n")
+            noun = "step" if self._total == 1 else "steps"
+            self._write(f"run {run.run_id}: {self._total} {noun}{workers}\n")
             if run.params and self.verbosity > 0:
                 for key, value in run.params.items():
                     self._write(f"  param {key} = {value!r}\n")

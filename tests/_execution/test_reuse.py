@@ -62,10 +62,10 @@ def always(total: int) -> int:
     return total
 '''
 
-HELPERS = '''
+HELPERS = """
 def times(x, k):
     return x * k
-'''
+"""
 
 
 class Project:
@@ -118,9 +118,9 @@ class TestReuse:
     def test_parameter_change(self, project):
         """A changed parameter reruns the step and what its outputs change."""
         project.run()
-        result, calls = project.run(params={"n": 5})
+        result, calls = project.run(params={"n": 6})  # sum 15: parity changes too
         assert sorted(calls) == ["always", "label", "numbers", "parity", "scaled", "total"]
-        assert result["total"] == 20
+        assert result["total"] == 30
 
     def test_early_cutoff(self, project):
         """A step whose rerun yields the same value lets its consumers reuse."""
@@ -140,7 +140,10 @@ class TestReuse:
     def test_comment_and_docstring_do_not_invalidate(self, project):
         """Comments, docstrings and formatting in a helper do not count."""
         project.run()
-        project.helpers = '"""Doc."""\n\n\ndef times(x, k):\n    """Multiply."""\n    # why\n    return (x *\n            k)\n'
+        project.helpers = (
+            '"""Doc."""\n\n\ndef times(x, k):\n'
+            '    """Multiply."""\n    # why\n    return (x *\n            k)\n'
+        )
         _, calls = project.run()
         assert calls == ["always"]
 
@@ -337,7 +340,7 @@ class TestProcesses:
         )
         env = dict(os.environ, STEPFLOW_HOME=str(stepflow_home))
         cmd = [sys.executable, "-m", "stepflow", "run", "big_flow.py"]
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
         objects = stepflow_home / "objects"
         deadline = time.monotonic() + 60
         # Wait until a temporary object file is being written, then kill -9.
@@ -352,8 +355,15 @@ class TestProcesses:
         assert "big" in rerun.stdout and "2 ran" in rerun.stdout
         expected = float(sum(range(60_000_000)))
         check = subprocess.run(
-            [sys.executable, "-c", "import big_flow\nfrom stepflow import Pipeline\n"
-             "print(Pipeline.from_module(big_flow).run()['total'])"],
-            cwd=tmp_path, env=env, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-c",
+                "import big_flow\nfrom stepflow import Pipeline\n"
+                "print(Pipeline.from_module(big_flow).run()['total'])",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         assert float(check.stdout.strip()) == expected, check.stderr

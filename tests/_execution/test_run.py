@@ -9,7 +9,7 @@ import pytest
 from stepflow import Pipeline, StepState
 from stepflow.errors import BackendUnavailableError, StepFailedError, StepTimeoutError
 
-FLAKY = '''
+FLAKY = """
 import os
 from pathlib import Path
 from stepflow import step
@@ -26,9 +26,9 @@ def flaky(counter_file: str = "") -> int:
 @step(retries=1, retry_delay=0.01)
 def always_fails() -> int:
     raise RuntimeError("nope")
-'''
+"""
 
-BRANCHES = '''
+BRANCHES = """
 import os
 from stepflow import step
 
@@ -51,7 +51,7 @@ def good(root: int) -> int:
 @step
 def pid_of_step(root: int) -> int:
     return os.getpid()
-'''
+"""
 
 
 class TestStates:
@@ -184,9 +184,7 @@ class TestWorkers:
     def test_process_backend_sequential(self, make_module, stepflow_home):
         """The ``process`` backend runs a step in a worker even when sequential."""
         mod = make_module("branches_h", BRANCHES)
-        result = Pipeline("p", [mod.root, mod.pid_of_step]).run(
-            backends={"pid_of_step": "process"}
-        )
+        result = Pipeline("p", [mod.root, mod.pid_of_step]).run(backends={"pid_of_step": "process"})
         assert result["pid_of_step"] != os.getpid()
         assert result.steps["pid_of_step"].backend == "process"
 

@@ -236,8 +236,9 @@ class TestRun:
         stepflow_runner.makepyfile(flow="import json\nx = json.loads('{')\n")
         out = stepflow_runner.run("run", "flow.py")
         assert out.ret == 2
-        out.fnmatch_lines(["*importing 'flow.py' raised JSONDecodeError*", "*flow.py*line 2*"],
-                          stream="stderr")
+        out.fnmatch_lines(
+            ["*importing 'flow.py' raised JSONDecodeError*", "*flow.py*line 2*"], stream="stderr"
+        )
 
     def test_interrupt(self, stepflow_runner):
         """Ctrl-C stops the run, prints the summary and exits 130."""
