@@ -56,6 +56,16 @@ class CacheRecord:
         return cls(**fields)
 
 
+# Keys are strings: diskcache stores those as they are, while tuples would be pickled (and
+# pickle-optimized) on every lookup, which dominated a fully cached rerun.
+def _result(key: str) -> str:
+    return f"result:{key}"
+
+
+def _last(pipeline: str, step: str) -> str:
+    return f"last:{pipeline}\x00{step}"
+
+
 class CacheIndex:
     """Cache key → ``CacheRecord``, plus the last record of each (pipeline, step)."""
 
@@ -68,32 +78,32 @@ class CacheIndex:
         self._cache = diskcache.Cache(str(directory), eviction_policy="none", timeout=60)
 
     def get(self, key: str) -> CacheRecord | Any:
-        data = self._cache.get(("result", key), default=MISSING)
+        data = self._cache.get(_result(key), default=MISSING)
         if data is MISSING:
             return MISSING
         record = CacheRecord.from_dict(data)
         return MISSING if record is None else record
 
     def put(self, record: CacheRecord) -> None:
-        self._cache.set(("result", record.key), record.to_dict())
-        self._cache.set(("last", record.pipeline, record.step), record.key)
+        self._cache.set(_result(record.key), record.to_dict())
+        self._cache.set(_last(record.pipeline, record.step), record.key)
 
     def touch_last(self, pipeline: str, step: str, key: str) -> None:
         """Remember ``key`` as the latest result of a step (also when it was reused)."""
-        if self._cache.get(("last", pipeline, step)) != key:
-            self._cache.set(("last", pipeline, step), key)
+        if self._cache.get(_last(pipeline, step)) != key:
+            self._cache.set(_last(pipeline, step), key)
 
     def last(self, pipeline: str, step: str) -> CacheRecord | Any:
-        key = self._cache.get(("last", pipeline, step), default=MISSING)
+        key = self._cache.get(_last(pipeline, step), default=MISSING)
         return MISSING if key is MISSING else self.get(key)
 
     def delete(self, key: str) -> None:
-        self._cache.delete(("result", key))
+        self._cache.delete(_result(key))
 
     def records(self) -> Iterator[CacheRecord]:
         for entry in list(self._cache.iterkeys()):
-            if isinstance(entry, tuple) and entry and entry[0] == "result":
-                record = self.get(entry[1])
+            if isinstance(entry, str) and entry.startswith("result:"):
+                record = self.get(entry[len("result:") :])
                 if record is not MISSING:
                     yield record
 
