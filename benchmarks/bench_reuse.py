@@ -67,7 +67,8 @@ elif mode == "plain_chain":
     for i in range(1, 100):
         x = getattr(m, f"s{{i}}")(x)
 t1 = time.perf_counter()
-print(json.dumps({{"seconds": t1 - t0, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({{"seconds": t1 - t0, "rss_mb": rss}}))
 """
 
 
@@ -103,8 +104,14 @@ def main() -> None:
     run(folder, "stepflow", home, "flow_chain", "chain")
     cached = [run(folder, "stepflow", home, "flow_chain", "chain") for _ in range(args.repeats)]
     plain = [run(folder, "plain_chain", home, "flow_chain") for _ in range(args.repeats)]
-    rows.append(("100-step chain, fully cached rerun", median(cached, "seconds"),
-                 median(plain, "seconds"), "10 ms (0.1 ms/step)"))
+    rows.append(
+        (
+            "100-step chain, fully cached rerun",
+            median(cached, "seconds"),
+            median(plain, "seconds"),
+            "10 ms (0.1 ms/step)",
+        )
+    )
 
     # The DataFrame step: plain, first run, cached rerun, joblib first and cached.
     plain = [run(folder, "plain", fresh("x")) for _ in range(args.repeats)]
@@ -117,8 +124,9 @@ def main() -> None:
         jfirst.append(run(folder, "joblib", jhome))
         jrerun.append(run(folder, "joblib", jhome))
     p = median(plain, "seconds")
-    rows.append((f"{args.rows:,} x 5 frame: first run", median(first, "seconds"), p,
-                 "<= 1.3x plain"))
+    rows.append(
+        (f"{args.rows:,} x 5 frame: first run", median(first, "seconds"), p, "<= 1.3x plain")
+    )
     rows.append(("  joblib.Memory first run", median(jfirst, "seconds"), p, "peer"))
     rows.append(("  fully cached rerun", median(rerun, "seconds"), p, "< 50 ms"))
     rows.append(("  joblib.Memory cached rerun", median(jrerun, "seconds"), p, "peer"))
@@ -127,9 +135,11 @@ def main() -> None:
     print(f"{'benchmark':<42} {'stepflow s':>11} {'plain s':>9} {'ratio':>7}  budget")
     for name, value, base, budget in rows:
         print(f"{name:<42} {value:>11.4f} {base:>9.4f} {value / base:>7.2f}  {budget}")
-    print(f"peak RSS MB: plain {prss:.0f}, stepflow first run {median(first, 'rss_mb'):.0f} "
-          f"({median(first, 'rss_mb') / prss:.2f}x), joblib first run "
-          f"{median(jfirst, 'rss_mb'):.0f} ({median(jfirst, 'rss_mb') / prss:.2f}x); budget 1.2x")
+    print(
+        f"peak RSS MB: plain {prss:.0f}, stepflow first run {median(first, 'rss_mb'):.0f} "
+        f"({median(first, 'rss_mb') / prss:.2f}x), joblib first run "
+        f"{median(jfirst, 'rss_mb'):.0f} ({median(jfirst, 'rss_mb') / prss:.2f}x); budget 1.2x"
+    )
 
 
 if __name__ == "__main__":

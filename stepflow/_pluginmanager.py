@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,9 +19,56 @@ __all__ = ["BUILTIN_PLUGINS", "make_plugin_manager"]
 BUILTIN_PLUGINS = ("stepflow._storage.builtin", "stepflow._execution.local")
 
 
+_ENTRY_POINTS: tuple[tuple[str, ...], list[tuple[Any, Any]]] | None = None
+
+
+def _stepflow_entry_points() -> list[tuple[Any, Any]]:
+    """``(distribution, entry point)`` pairs of the ``stepflow`` group, scanned once.
+
+    Reading every installed distribution's metadata costs milliseconds, and ``Pipeline.run``
+    builds a plugin manager each time: a process scans once per import path (a changed
+    ``sys.path`` can bring new distributions, so it scans again).
+    """
+    global _ENTRY_POINTS
+    path = tuple(sys.path)
+    if _ENTRY_POINTS is None or _ENTRY_POINTS[0] != path:
+        import importlib.metadata
+
+        found = []
+        for dist in list(importlib.metadata.distributions()):
+            for ep in dist.entry_points:
+                if ep.group == "stepflow":
+                    found.append((dist, ep))
+        _ENTRY_POINTS = (path, found)
+    return _ENTRY_POINTS[1]
+
+
+class _DistInfo:
+    """What ``stepflow plugins`` shows of a plugin's distribution (pluggy's ``DistFacade``)."""
+
+    def __init__(self, dist: Any) -> None:
+        self.project_name = dist.metadata["name"]
+        self.version = dist.version
+
+
 class _PluginManager(pluggy.PluginManager):
     """Like pytest's: an undecorated ``stepflow_*`` function is a hook implementation too, so
     a misspelled hook name fails at start-up instead of being silently ignored."""
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self._dists: list[tuple[object, _DistInfo]] = []
+
+    def load_stepflow_entrypoints(self) -> None:
+        for dist, ep in _stepflow_entry_points():
+            if self.get_plugin(ep.name) is not None or self.is_blocked(ep.name):
+                continue
+            plugin = ep.load()
+            _register(self, plugin, ep.name)
+            self._dists.append((plugin, _DistInfo(dist)))
+
+    def list_plugin_distinfo(self) -> list[tuple[object, Any]]:  # type: ignore[override]
+        return list(self._dists)
 
     def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
         opts = super().parse_hookimpl_opts(plugin, name)
@@ -62,7 +110,9 @@ def make_plugin_manager(
                 _register(pm, importlib.import_module(name), name)
     if entrypoints:
         try:
-            pm.load_setuptools_entrypoints("stepflow")
+            pm.load_stepflow_entrypoints()
+        except PluginError:
+            raise
         except Exception as exc:
             raise PluginError(
                 f"a plugin of the 'stepflow' entry-point group failed to load: "

@@ -45,6 +45,8 @@ from stepflow.errors import (
 __all__ = ["new_run_id", "run_plan"]
 
 _MAX_RETRY_DELAY = 60.0
+#: value types whose hash is exact, so an in-place change is detected without false alarms
+_MUTABLE_CHECKED = frozenset({"builtins", "numpy", "pandas"})
 
 
 def new_run_id() -> str:
@@ -282,7 +284,7 @@ class _Runner:
             warnings.warn(
                 StepflowWarning(
                     f"stored result of step {record.step!r} is incomplete (an object is "
-                    f"missing); recomputing it"
+                    f"missing or damaged); recomputing it"
                 ),
                 stacklevel=1,
             )
@@ -476,6 +478,10 @@ class _Runner:
         """A step that changed its input in place must not hand the change to other steps."""
         for edge in edges:
             artifact = self.artifacts[edge]
+            if type(kwargs[edge]).__module__.partition(".")[0] not in _MUTABLE_CHECKED:
+                # Other objects hash through pickle, which can differ after harmless calls
+                # (an estimator's predict() caches attributes): no reliable check there.
+                continue
             try:
                 changed = hash_value(kwargs[edge]) != artifact.content_hash
             except UnhashableValueError:

@@ -64,11 +64,8 @@ class ArtifactIO:
             if not serializer.can_dump(value):
                 continue
             name = f"{content_hash}.{serializer.name}"
-            if self.store.exists(name):
-                path = self.store.local_path(name)
-                return ArtifactRef(
-                    name, content_hash, serializer.name, path.stat().st_size, hash_file(path)
-                )
+            # Written even when an object of that name exists: the existing file may be the
+            # damaged copy that made this step run again, and replacing it repairs the store.
             try:
                 with self.store.writer(name) as tmp:
                     serializer.dump(value, tmp)
