@@ -25,6 +25,7 @@ import pickle
 import struct
 import sys
 import time
+from types import ModuleType
 from typing import Any, BinaryIO
 
 from stepflow._authoring.step import StepRef, StepSpec
@@ -69,6 +70,14 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
 
 def load_step(ref: StepRef) -> StepSpec:
     """Import the step named by ``ref`` in this process."""
+    if ref.module == "__main__" and ref.file:
+        # A step defined in a script run as ``python script.py``: load the script under
+        # another name, so its ``if __name__ == "__main__":`` block does not run again.
+        ref = StepRef("__stepflow_main__", ref.qualname, ref.file)
+        module = sys.modules.get(ref.module)
+        if module is None:
+            module = _load_file(ref.module, ref.file)
+        return _lookup(module, ref.qualname)
     module = sys.modules.get(ref.module)
     if module is None:
         try:
@@ -76,14 +85,23 @@ def load_step(ref: StepRef) -> StepSpec:
         except ImportError:
             if not ref.file:
                 raise
-            spec = importlib.util.spec_from_file_location(ref.module, ref.file)
-            if spec is None or spec.loader is None:
-                raise
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[ref.module] = module
-            spec.loader.exec_module(module)
+            module = _load_file(ref.module, ref.file)
+    return _lookup(module, ref.qualname)
+
+
+def _load_file(name: str, path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path} as module {name!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lookup(module: ModuleType, qualname: str) -> StepSpec:
     obj: Any = module
-    for part in ref.qualname.split("."):
+    for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj.spec
 

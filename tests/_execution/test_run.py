@@ -313,3 +313,24 @@ class TestTimeouts:
         )
         result = Pipeline("p", [mod.sometimes_slow]).run()
         assert result["sometimes_slow"] == 7 and result.steps["sometimes_slow"].attempts == 2
+
+
+def test_steps_of_a_script_run_in_workers(tmp_path):
+    """Steps defined in a script run as ``python script.py`` work with worker processes."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from stepflow import Pipeline, step\n\n"
+        "@step\ndef one() -> int:\n    return 1\n\n"
+        "@step\ndef two(one: int) -> int:\n    return one + 1\n\n"
+        'if __name__ == "__main__":\n'
+        '    result = Pipeline("p", [one, two]).run(workers=2, home="home")\n'
+        '    print("RESULT", result["two"], result.summary())\n'
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "RESULT 2 2 ran" in out.stdout
