@@ -5,16 +5,48 @@ The only public API is what this module exports; every other module name is priv
 
 from __future__ import annotations
 
-from stepflow import errors
-from stepflow._authoring.markers import Dataset, Model, Param, Secret
-from stepflow._authoring.step import Port, Resources, StepOptions, StepSpec, step
-from stepflow._execution.backend import Backend, BackendContext
-from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
-from stepflow._execution.task import ArtifactRef, Task, TaskError, TaskResult
-from stepflow._planning.pipeline import Pipeline
-from stepflow._storage.datastore import Datastore
-from stepflow._storage.serializers import Serializer
-from stepflow.hookspecs import hookimpl
+from typing import TYPE_CHECKING
+
+# Names load on first use (PEP 562), so `stepflow --help` and `python -m stepflow.worker`
+# start without importing attrs, pluggy and the whole API.
+_LAZY = {
+    "errors": "stepflow.errors",
+    "Dataset": "stepflow._authoring.markers",
+    "Model": "stepflow._authoring.markers",
+    "Param": "stepflow._authoring.markers",
+    "Secret": "stepflow._authoring.markers",
+    "Port": "stepflow._authoring.step",
+    "Resources": "stepflow._authoring.step",
+    "StepOptions": "stepflow._authoring.step",
+    "StepSpec": "stepflow._authoring.step",
+    "step": "stepflow._authoring.step",
+    "Backend": "stepflow._execution.backend",
+    "BackendContext": "stepflow._execution.backend",
+    "RunInfo": "stepflow._execution.result",
+    "RunResult": "stepflow._execution.result",
+    "StepReport": "stepflow._execution.result",
+    "StepState": "stepflow._execution.result",
+    "ArtifactRef": "stepflow._execution.task",
+    "Task": "stepflow._execution.task",
+    "TaskError": "stepflow._execution.task",
+    "TaskResult": "stepflow._execution.task",
+    "Pipeline": "stepflow._planning.pipeline",
+    "Datastore": "stepflow._storage.datastore",
+    "Serializer": "stepflow._storage.serializers",
+    "hookimpl": "stepflow.hookspecs",
+}
+
+if TYPE_CHECKING:
+    from stepflow import errors
+    from stepflow._authoring.markers import Dataset, Model, Param, Secret
+    from stepflow._authoring.step import Port, Resources, StepOptions, StepSpec, step
+    from stepflow._execution.backend import Backend, BackendContext
+    from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
+    from stepflow._execution.task import ArtifactRef, Task, TaskError, TaskResult
+    from stepflow._planning.pipeline import Pipeline
+    from stepflow._storage.datastore import Datastore
+    from stepflow._storage.serializers import Serializer
+    from stepflow.hookspecs import hookimpl
 
 __all__ = [
     "ArtifactRef",
@@ -44,14 +76,18 @@ __all__ = [
     "step",
 ]
 
-for _name in __all__:
-    _obj = globals().get(_name)
-    if isinstance(_obj, type) and _obj.__module__.startswith("stepflow._"):
-        _obj.__module__ = "stepflow"
-del _name, _obj
-
 
 def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name])
+        value = module if name == "errors" else getattr(module, name)
+        if isinstance(value, type) and value.__module__.startswith("stepflow._"):
+            # Tracebacks and reprs show the supported path.
+            value.__module__ = "stepflow"
+        globals()[name] = value
+        return value
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -60,3 +96,7 @@ def __getattr__(name: str) -> object:
         except PackageNotFoundError:
             return "0+unknown"
     raise AttributeError(f"module 'stepflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
