@@ -117,6 +117,9 @@ class _Runner:
         self.cancelled = threading.Event()
         self._sys_path = tuple(os.getcwd() if p == "" else p for p in sys.path)
         self._home_key: bytes | None = None
+        #: reused steps whose "last result" pointer is written at the end, in one transaction
+        self._touched: list[tuple[str, str, str]] = []
+        self._touch_lock = threading.Lock()
         config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.serializers = _serializers(pm)
         self.io = ArtifactIO(LocalDatastore(config.home / "objects"), self.serializers)
@@ -161,7 +164,10 @@ class _Runner:
         finally:
             for backend in self.backends.values():
                 backend.close()
-            self.index.close()
+            try:
+                self.index.touch_many(self._touched)
+            finally:
+                self.index.close()
         for name in self.plan.steps:
             if name not in self.reports:
                 reason = "the run was interrupted" if interrupted else "the run stopped early"
@@ -295,7 +301,8 @@ class _Runner:
     def _reuse(self, name: str, record: CacheRecord) -> StepReport:
         for out, ref in record.outputs.items():
             self.artifacts[out] = _Artifact(ref.content_hash, ref=ref)
-        self.index.touch_last(self.pipeline, name, record.key)
+        with self._touch_lock:
+            self._touched.append((self.pipeline, name, record.key))
         spec = self.dag.steps[name]
         return StepReport(
             name,

@@ -90,8 +90,16 @@ class CacheIndex:
 
     def touch_last(self, pipeline: str, step: str, key: str) -> None:
         """Remember ``key`` as the latest result of a step (also when it was reused)."""
-        if self._cache.get(_last(pipeline, step)) != key:
-            self._cache.set(_last(pipeline, step), key)
+        self.touch_many([(pipeline, step, key)])
+
+    def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
+        """``touch_last`` for many steps in one transaction (one disk sync, not one each)."""
+        if not entries:
+            return
+        with self._cache.transact():
+            for pipeline, step, key in entries:
+                if self._cache.get(_last(pipeline, step)) != key:
+                    self._cache.set(_last(pipeline, step), key)
 
     def last(self, pipeline: str, step: str) -> CacheRecord | Any:
         key = self._cache.get(_last(pipeline, step), default=MISSING)
@@ -121,6 +129,9 @@ class NullIndex:
         return None
 
     def touch_last(self, pipeline: str, step: str, key: str) -> None:
+        return None
+
+    def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
         return None
 
     def last(self, pipeline: str, step: str) -> Any:
