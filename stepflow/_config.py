@@ -15,8 +15,6 @@ from stepflow.errors import UsageError
 
 __all__ = ["Config", "find_pyproject", "load_config"]
 
-_KNOWN_KEYS = {"home", "default_backend", "backends", "plugins", "workers"}
-
 
 @attrs.frozen
 class Config:

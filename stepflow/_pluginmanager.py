@@ -13,7 +13,7 @@ import pluggy
 from stepflow import hookspecs
 from stepflow.errors import PluginError
 
-__all__ = ["BUILTIN_PLUGINS", "make_plugin_manager"]
+__all__ = ["BUILTIN_PLUGINS", "make_plugin_manager", "serializers_of"]
 
 #: loaded first, through the same hooks third-party plugins use
 BUILTIN_PLUGINS = ("stepflow._storage.builtin", "stepflow._execution.local")
@@ -135,3 +135,11 @@ def make_plugin_manager(
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"{exc}", plugin=getattr(exc.plugin, "__name__", None)) from exc
     return pm
+
+
+def serializers_of(pm: pluggy.PluginManager) -> list[Any]:
+    """Every serializer the plugins provide, in priority order (built-ins last)."""
+    found: list[Any] = []
+    for group in pm.hook.stepflow_serializer_types():
+        found.extend(group or ())
+    return found

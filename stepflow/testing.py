@@ -91,7 +91,6 @@ class StepflowRunner:
         """Run ``stepflow ARGS`` in a fresh process (``python -m stepflow``)."""
         full_env = dict(os.environ)
         full_env["STEPFLOW_HOME"] = str(self.home)
-        full_env.pop("CI_STEPFLOW_UNUSED", None)
         full_env.update(env or {})
         proc = subprocess.run(
             [sys.executable, "-m", "stepflow", *args],

@@ -27,15 +27,16 @@ from stepflow._execution.backend import Backend, open_backends
 from stepflow._execution.invoke import StepRaised, invoke
 from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
 from stepflow._execution.task import Task, TaskError
-from stepflow._planning.cachekey import CacheKey, describe_value, environment, make_key
+from stepflow._planning.cachekey import CacheKey, describe_value, plan_key
 from stepflow._planning.plan import Plan
+from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
 from stepflow._storage.datastore import ArtifactMissingError, LocalDatastore
 from stepflow._storage.hashing import UnhashableValueError, hash_value
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.locks import key_lock
-from stepflow._storage.serializers import SerializationError, Serializer
+from stepflow._storage.serializers import SerializationError
 from stepflow.errors import (
     StepFailedError,
     StepflowWarning,
@@ -116,12 +117,11 @@ class _Runner:
         self.keys: dict[str, CacheKey] = {}
         self.cancelled = threading.Event()
         self._sys_path = tuple(os.getcwd() if p == "" else p for p in sys.path)
-        self._home_key: bytes | None = None
         #: reused steps whose "last result" pointer is written at the end, in one transaction
         self._touched: list[tuple[str, str, str]] = []
         self._touch_lock = threading.Lock()
         config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.serializers = _serializers(pm)
+        self.serializers = serializers_of(pm)
         self.io = ArtifactIO(LocalDatastore(config.home / "objects"), self.serializers)
         self.index = CacheIndex(config.home / "index")
         self.backends = self._open_backends()
@@ -136,14 +136,6 @@ class _Runner:
         except BaseException:
             self.index.close()
             raise
-
-    @property
-    def home_key(self) -> bytes:
-        if self._home_key is None:
-            from stepflow._planning.cachekey import secret_key
-
-            self._home_key = secret_key(self.config.home)
-        return self._home_key
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -263,21 +255,17 @@ class _Runner:
 
     def _key(self, name: str) -> CacheKey:
         spec = self.dag.steps[name]
-        backend = self.backends[self.plan.backends[name]]
-        inputs = {
-            p.name: self.artifacts[p.name].content_hash
-            for p in spec.inputs
-            if p.name in self.dag.producers
-        }
-        params = self.plan.step_params[name]
-        secret = self.plan.secret_params & set(params)
-        key = make_key(
-            spec,
-            inputs=inputs,
-            params=params,
-            secret_params=frozenset(secret),
-            env=environment(self.serializers, backend.environment(), spec),
-            home_key=self.home_key if secret else None,
+        key = plan_key(
+            self.plan,
+            name,
+            inputs={
+                p.name: self.artifacts[p.name].content_hash
+                for p in spec.inputs
+                if p.name in self.dag.producers
+            },
+            serializers=self.serializers,
+            backend_env=self.backends[self.plan.backends[name]].environment(),
+            home=self.config.home,
         )
         self.keys[name] = key
         return key
@@ -503,13 +491,6 @@ class _Runner:
                     stacklevel=1,
                 )
                 artifact.value = MISSING
-
-
-def _serializers(pm: pluggy.PluginManager) -> list[Serializer]:
-    found: list[Serializer] = []
-    for group in pm.hook.stepflow_serializer_types():
-        found.extend(group or ())
-    return found
 
 
 def _step_error(name: str, error: TaskError) -> StepFailedError:

@@ -14,7 +14,7 @@ import platform
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -22,7 +22,10 @@ from stepflow._authoring.step import StepSpec
 from stepflow._storage.fingerprint import fingerprint
 from stepflow._storage.hashing import hash_value
 
-__all__ = ["CacheKey", "describe_value", "environment", "make_key", "secret_key"]
+if TYPE_CHECKING:
+    from stepflow._planning.plan import Plan
+
+__all__ = ["CacheKey", "describe_value", "environment", "make_key", "plan_key", "secret_key"]
 
 
 @attrs.frozen
@@ -108,3 +111,29 @@ def make_key(
         )
     )
     return CacheKey(digest=digest, components=components)
+
+
+def plan_key(
+    plan: Plan,
+    name: str,
+    *,
+    inputs: Mapping[str, str],
+    serializers: Any,
+    backend_env: Mapping[str, str],
+    home: Path,
+) -> CacheKey:
+    """The key of step ``name`` of ``plan``, given its inputs' content hashes.
+
+    Shared by the run loop and ``stepflow explain``, so both compute the very same key.
+    """
+    spec = plan.dag.steps[name]
+    params = plan.step_params[name]
+    secret = frozenset(plan.secret_params & set(params))
+    return make_key(
+        spec,
+        inputs=inputs,
+        params=params,
+        secret_params=secret,
+        env=environment(serializers, backend_env, spec),
+        home_key=secret_key(home) if secret else None,
+    )

@@ -112,7 +112,7 @@ def build_dag(steps: Sequence[object], *, compatible: Compatible = is_compatible
                 _check_edge(spec, port, producer, outputs_by_name[port.name][1], compatible)
                 edges.append(Edge(producer, port.name, spec.name))
             elif port.is_param or port.has_default:
-                _merge_param(params, param_ports, spec.name, port)
+                _merge_param(params, param_ports, spec.name, port, compatible)
             elif port.reference is not None:
                 continue
             else:
@@ -221,12 +221,14 @@ def _merge_param(
     param_ports: dict[str, tuple[str, Port]],
     step_name: str,
     port: Port,
+    compatible: Compatible,
 ) -> None:
     if port.name in param_ports:
         other_step, other = param_ports[port.name]
-        if not (
-            _compatible_both(other.annotation, port.annotation) and other.secret == port.secret
-        ):
+        same_type = compatible(other.annotation, port.annotation) and compatible(
+            port.annotation, other.annotation
+        )
+        if not (same_type and other.secret == port.secret):
             raise PipelineDefinitionError(
                 f"parameter {port.name!r} is declared as {type_repr(other.annotation)} by "
                 f"step {other_step!r} and as {type_repr(port.annotation)} by step "
@@ -238,10 +240,6 @@ def _merge_param(
     else:
         param_ports[port.name] = (step_name, port)
     params.setdefault(port.name, {})[step_name] = port.default
-
-
-def _compatible_both(a: Any, b: Any) -> bool:
-    return is_compatible(a, b) and is_compatible(b, a)
 
 
 def _missing_input(

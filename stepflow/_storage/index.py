@@ -7,7 +7,6 @@ dicts on disk, so a newer stepflow can read what an older one wrote.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -145,7 +144,3 @@ class NullIndex:
 
     def close(self) -> None:
         return None
-
-
-def now() -> float:
-    return time.time()

@@ -15,8 +15,9 @@ import attrs
 
 from stepflow._config import Config
 from stepflow._execution.backend import open_backends
-from stepflow._planning.cachekey import describe_value, environment, make_key, secret_key
+from stepflow._planning.cachekey import describe_value, plan_key
 from stepflow._planning.pipeline import Pipeline
+from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO
 from stepflow._storage.datastore import LocalDatastore
@@ -62,9 +63,7 @@ def explain(
             f"pipeline {pipeline.name!r} has no step {step!r}; steps: {', '.join(pipeline.steps)}"
         )
     plan = pipeline.plan(params, targets=[step], default_backend=config.default_backend)
-    serializers: list[Any] = []
-    for group in pm.hook.stepflow_serializer_types():
-        serializers.extend(group or ())
+    serializers = serializers_of(pm)
     backends = open_backends(plan, config, pm, workers=1, run_id="explain", check=False)
     index = CacheIndex(config.home / "index")
     io = ArtifactIO(LocalDatastore(config.home / "objects"), serializers)
@@ -82,15 +81,13 @@ def explain(
                 verdict = "run"
                 why_run[name] = "inputs change"
             else:
-                step_params = plan.step_params[name]
-                secret = frozenset(plan.secret_params & set(step_params))
-                key = make_key(
-                    spec,
+                key = plan_key(
+                    plan,
+                    name,
                     inputs={e: hashes[e] for e in edges},  # type: ignore[misc]
-                    params=step_params,
-                    secret_params=secret,
-                    env=environment(serializers, backends[plan.backends[name]].environment(), spec),
-                    home_key=secret_key(config.home) if secret else None,
+                    serializers=serializers,
+                    backend_env=backends[plan.backends[name]].environment(),
+                    home=config.home,
                 )
                 found = index.get(key.digest)
                 if not spec.options.cache:

@@ -65,10 +65,7 @@ def load_target(text: str) -> tuple[Pipeline, list[str]]:
 def _exists(module_part: str) -> bool:
     if looks_like_path(module_part):
         return Path(module_part).is_file()
-    import sys
-
-    if str(Path.cwd()) not in sys.path and "" not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+    # The command line has put the project folder on sys.path already.
     try:
         return importlib.util.find_spec(module_part) is not None
     except (ImportError, ValueError):
