@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING
 # start without importing attrs, pluggy and the whole API.
 _LAZY = {
     "errors": "stepflow.errors",
+    "datasets": "stepflow.datasets",
+    "models": "stepflow.models",
+    "context": "stepflow._execution.context",
+    "StepContext": "stepflow._execution.context",
     "Dataset": "stepflow._authoring.markers",
     "Model": "stepflow._authoring.markers",
     "Param": "stepflow._authoring.markers",
@@ -36,11 +40,15 @@ _LAZY = {
     "hookimpl": "stepflow.hookspecs",
 }
 
+#: public names that are modules, not attributes of one
+_MODULES = frozenset({"errors", "datasets", "models"})
+
 if TYPE_CHECKING:
-    from stepflow import errors
+    from stepflow import datasets, errors, models
     from stepflow._authoring.markers import Dataset, Model, Param, Secret
     from stepflow._authoring.step import Port, Resources, StepOptions, StepSpec, step
     from stepflow._execution.backend import Backend, BackendContext
+    from stepflow._execution.context import StepContext, context
     from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
     from stepflow._execution.task import ArtifactRef, Task, TaskError, TaskResult
     from stepflow._planning.pipeline import Pipeline
@@ -63,6 +71,7 @@ __all__ = [
     "RunResult",
     "Secret",
     "Serializer",
+    "StepContext",
     "StepOptions",
     "StepReport",
     "StepSpec",
@@ -71,8 +80,11 @@ __all__ = [
     "TaskError",
     "TaskResult",
     "__version__",
+    "context",
+    "datasets",
     "errors",
     "hookimpl",
+    "models",
     "step",
 ]
 
@@ -82,7 +94,7 @@ def __getattr__(name: str) -> object:
         import importlib
 
         module = importlib.import_module(_LAZY[name])
-        value = module if name == "errors" else getattr(module, name)
+        value = module if name in _MODULES else getattr(module, name)
         if isinstance(value, type) and value.__module__.startswith("stepflow._"):
             # Tracebacks and reprs show the supported path.
             value.__module__ = "stepflow"

@@ -34,6 +34,12 @@ class Config:
     settings: Mapping[str, Any] = attrs.field(factory=dict)
     #: parsed command-line options, for plugins that added some
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    #: where objects, data sets and models live: ``None`` for ``<home>/objects``, or a URL
+    #: such as ``s3://bucket/prefix`` (``[tool.stepflow] store``, ``STEPFLOW_STORE``)
+    store: str | None = None
+    #: keyword options for the store's plugin (``[tool.stepflow.store_options]``), e.g.
+    #: ``endpoint_url`` for an S3-compatible server
+    store_options: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 def find_pyproject(start: Path) -> Path | None:
@@ -109,6 +115,13 @@ def load_config(
     if workers < 1:
         raise UsageError(f"workers must be at least 1, got {workers}")
 
+    store = environ.get("STEPFLOW_STORE") or table.get("store") or None
+    if store is not None and not isinstance(store, str):
+        raise UsageError(f'{where}: store must be a URL string such as "s3://bucket/prefix"')
+    store_options = table.get("store_options", {})
+    if not isinstance(store_options, dict):
+        raise UsageError(f"{where}: store_options must be a table, [tool.stepflow.store_options]")
+
     return Config(
         rootdir=rootdir,
         home=home_path,
@@ -119,4 +132,6 @@ def load_config(
         pyproject=pyproject,
         settings=table,
         options=dict(options or {}),
+        store=store,
+        store_options=dict(store_options),
     )

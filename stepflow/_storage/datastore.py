@@ -24,6 +24,7 @@ from stepflow.errors import StepflowError
 __all__ = ["ArtifactMissingError", "Datastore", "LocalDatastore"]
 
 _NAME_RE = re.compile(r"^[0-9a-f]{8,128}\.[a-z0-9_\-]{1,32}$")
+_DOC_PART_RE = re.compile(r"^[A-Za-z0-9_@+=,\-][A-Za-z0-9_.@+=,\-]{0,199}$")
 
 
 class ArtifactMissingError(StepflowError):
@@ -35,6 +36,17 @@ def check_name(name: str) -> str:
     if not _NAME_RE.match(name):
         raise ArtifactMissingError(f"invalid object name {name!r}")
     return name
+
+
+def check_doc_path(path: str) -> str:
+    """Document paths are ``/``-separated names: no ``..``, no absolute paths, no odd bytes."""
+    parts = path.split("/")
+    if not path or not all(_DOC_PART_RE.match(p) and p not in (".", "..") for p in parts):
+        raise ValueError(
+            f"invalid document path {path!r}: use '/'-separated names of letters, digits "
+            f"and '_.-@+=,'"
+        )
+    return path
 
 
 class Datastore:
@@ -79,6 +91,31 @@ class Datastore:
     def size(self, name: str) -> int:
         raise NotImplementedError
 
+    # --- documents: small, named, mutable records (registries, shared index entries) -----
+
+    #: ``True`` when other machines may read this store, so cache-index entries are
+    #: published to it as documents (see ``stepflow._storage.index``)
+    shared: bool = False
+
+    def put_doc(self, path: str, data: bytes, *, exclusive: bool = False) -> bool:
+        """Write document ``path`` atomically; return ``False`` (and write nothing) when
+        ``exclusive`` and it exists already."""
+        raise NotImplementedError
+
+    def get_doc(self, path: str) -> bytes | None:
+        """The document's bytes, or ``None`` when there is none."""
+        raise NotImplementedError
+
+    def list_docs(self, prefix: str) -> list[str]:
+        """Paths of the documents directly or indirectly under folder ``prefix``, sorted."""
+        raise NotImplementedError
+
+    def delete_doc(self, path: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; the store may not be used afterwards."""
+
 
 @attrs.define
 class LocalDatastore(Datastore):
@@ -86,6 +123,11 @@ class LocalDatastore(Datastore):
 
     root: Path = attrs.field(converter=Path)
     kind: str = "local"
+    #: where documents live (default: ``refs`` beside ``root``)
+    docs_root: Path = attrs.field(
+        converter=Path,
+        default=attrs.Factory(lambda self: self.root.parent / "refs", takes_self=True),
+    )
 
     @property
     def uri(self) -> str:  # type: ignore[override]
@@ -147,3 +189,52 @@ class LocalDatastore(Datastore):
                     tmp.unlink()
                     removed += 1
         return removed
+
+    # --- documents ----------------------------------------------------------------------
+
+    def _doc(self, path: str) -> Path:
+        return self.docs_root / check_doc_path(path)
+
+    def put_doc(self, path: str, data: bytes, *, exclusive: bool = False) -> bool:
+        target = self._doc(path)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if exclusive:
+                # link() fails when the target exists: an atomic create-if-absent.
+                try:
+                    os.link(tmp_name, target)
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(tmp_name, target)
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+
+    def get_doc(self, path: str) -> bytes | None:
+        target = self._doc(path)
+        if target.is_symlink():
+            return None
+        try:
+            return target.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def list_docs(self, prefix: str) -> list[str]:
+        folder = self._doc(prefix.rstrip("/")) if prefix.strip("/") else self.docs_root
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in folder.rglob("*"):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                found.append(path.relative_to(self.docs_root).as_posix())
+        return sorted(found)
+
+    def delete_doc(self, path: str) -> None:
+        self._doc(path).unlink(missing_ok=True)
