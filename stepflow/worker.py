@@ -25,6 +25,7 @@ import pickle
 import struct
 import sys
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import Any, BinaryIO
 
@@ -106,11 +107,14 @@ def _lookup(module: ModuleType, qualname: str) -> StepSpec:
     return obj.spec
 
 
-def open_store(kind: str, uri: str) -> Datastore:
+def open_store(task: Task) -> Datastore:
     """The datastore a task names."""
-    if kind == "local":
-        return LocalDatastore(uri)
-    raise ValueError(f"unknown datastore kind {kind!r}")
+    if task.store_kind == "local":
+        return LocalDatastore(task.store_uri)
+    from stepflow._storage.stores import open_datastore
+
+    home = Path(task.home or Path.cwd() / ".stepflow")
+    return open_datastore(task.store_uri, home=home, options=task.store_options)
 
 
 def _internal(task: Task, exc: BaseException, start: float, what: str, **extra: Any) -> TaskResult:
@@ -139,7 +143,7 @@ def execute_task(task: Task) -> TaskResult:
     try:
         spec = load_step(task.ref)
         io = ArtifactIO(
-            open_store(task.store_kind, task.store_uri),
+            open_store(task),
             list(task.serializers) or builtin_serializers(),
         )
     except Exception as exc:

@@ -32,11 +32,12 @@ from stepflow._planning.plan import Plan
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
-from stepflow._storage.datastore import ArtifactMissingError, LocalDatastore
+from stepflow._storage.datastore import ArtifactMissingError
 from stepflow._storage.hashing import UnhashableValueError, hash_value
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.locks import key_lock
 from stepflow._storage.serializers import SerializationError
+from stepflow._storage.stores import open_datastore
 from stepflow.errors import (
     StepFailedError,
     StepflowWarning,
@@ -122,8 +123,9 @@ class _Runner:
         self._touch_lock = threading.Lock()
         config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.serializers = serializers_of(pm)
-        self.io = ArtifactIO(LocalDatastore(config.home / "objects"), self.serializers)
-        self.index = CacheIndex(config.home / "index")
+        store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
+        self.io = ArtifactIO(store, self.serializers)
+        self.index = CacheIndex(config.home / "index", store=store)
         self.backends = self._open_backends()
 
     # --- set-up ---------------------------------------------------------------------------
@@ -164,6 +166,8 @@ class _Runner:
             if name not in self.reports:
                 reason = "the run was interrupted" if interrupted else "the run stopped early"
                 self._finish(StepReport(name, StepState.SKIPPED, reason=reason))
+        if not interrupted:
+            self._publish_outputs()
         io = self.io
         outputs = {out: (lambda a=artifact: a.load(io)) for out, artifact in self.artifacts.items()}
         result = RunResult(
@@ -250,6 +254,9 @@ class _Runner:
             f"step {name!r} was interrupted (Ctrl-C)", step=name, exc_type="KeyboardInterrupt"
         )
         return StepReport(name, StepState.FAILED, error=error, backend=self.plan.backends[name])
+
+    def _publish_outputs(self) -> None:
+        """Register outputs marked as data sets (``register_on_complete``); see registry."""
 
     # --- reuse ----------------------------------------------------------------------------
 
@@ -444,6 +451,9 @@ class _Runner:
             inputs={e: self._stored(e) for e in edges},
             params=params,
             store_uri=self.io.store.uri,
+            store_kind=self.io.store.kind,
+            store_options=self.config.store_options,
+            home=str(self.config.home),
             serializers=tuple(self.serializers),
             sys_path=self._sys_path,
         )

@@ -32,6 +32,10 @@ class Task:
     #: the datastore's ``uri`` and the plugin name that opens it
     store_uri: str
     store_kind: str = "local"
+    #: keyword options the store's plugin needs to open it (an endpoint URL, say)
+    store_options: Mapping[str, Any] = attrs.field(factory=dict)
+    #: the stepflow home of the run (where a remote store keeps its local copies)
+    home: str = ""
     #: the serializers to store outputs with, in priority order
     serializers: tuple[Any, ...] = ()
     #: ``sys.path`` entries the worker needs to import the step's module

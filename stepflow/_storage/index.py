@@ -15,6 +15,7 @@ import attrs
 
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactRef
+from stepflow._storage.datastore import Datastore
 
 __all__ = ["CacheIndex", "CacheRecord", "NullIndex"]
 
@@ -68,9 +69,12 @@ def _last(pipeline: str, step: str) -> str:
 class CacheIndex:
     """Cache key → ``CacheRecord``, plus the last record of each (pipeline, step)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, store: Datastore | None = None) -> None:
         import diskcache
 
+        #: the datastore whose results this index records; a ``shared`` store also
+        #: carries the records, so that other homes pointed at it can reuse them
+        self.store = store
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         # No eviction: dropping a record is the job of `stepflow cache prune`, never a side
         # effect of a size limit the user did not set.

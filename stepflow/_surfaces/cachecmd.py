@@ -9,8 +9,9 @@ from typing import Any
 import attrs
 
 from stepflow._config import Config
-from stepflow._storage.datastore import LocalDatastore
+from stepflow._storage.datastore import Datastore
 from stepflow._storage.index import CacheIndex, CacheRecord
+from stepflow._storage.stores import open_datastore
 from stepflow.errors import UsageError
 
 __all__ = ["PruneReport", "cache_info", "list_records", "parse_size", "prune"]
@@ -31,8 +32,9 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
-def _open(config: Config) -> tuple[CacheIndex, LocalDatastore]:
-    return CacheIndex(config.home / "index"), LocalDatastore(config.home / "objects")
+def _open(config: Config) -> tuple[CacheIndex, Datastore]:
+    store = open_datastore(config.store, home=config.home, options=config.store_options)
+    return CacheIndex(config.home / "index", store=store), store
 
 
 def list_records(

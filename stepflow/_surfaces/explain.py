@@ -20,8 +20,8 @@ from stepflow._planning.pipeline import Pipeline
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO
-from stepflow._storage.datastore import LocalDatastore
 from stepflow._storage.index import CacheIndex, CacheRecord
+from stepflow._storage.stores import open_datastore
 from stepflow.errors import UsageError
 
 __all__ = ["Explanation", "explain"]
@@ -65,8 +65,9 @@ def explain(
     plan = pipeline.plan(params, targets=[step], default_backend=config.default_backend)
     serializers = serializers_of(pm)
     backends = open_backends(plan, config, pm, workers=1, run_id="explain", check=False)
-    index = CacheIndex(config.home / "index")
-    io = ArtifactIO(LocalDatastore(config.home / "objects"), serializers)
+    store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
+    index = CacheIndex(config.home / "index", store=store)
+    io = ArtifactIO(store, serializers)
     try:
         hashes: dict[str, str | None] = {}
         why_run: dict[str, str] = {}
