@@ -12,7 +12,8 @@ Our exception hierarchy::
     │   ├── TypeMismatchError            a consumer does not accept its producer's type
     │   └── ParameterParseError          a parameter value cannot be parsed (also a ValueError)
     ├── UsageError                       a bad call: unknown target, unknown parameter, bad flag
-    │   └── TargetNotFoundError          `stepflow run TARGET` names nothing loadable
+    │   ├── TargetNotFoundError          `stepflow run TARGET` names nothing loadable
+    │   └── StoreUnavailableError        the configured datastore cannot be opened or reached
     ├── PluginError                      a plugin cannot be loaded or registers something bad
     ├── BackendError                     a backend cannot run a task (not the step's own error)
     │   └── BackendUnavailableError      checked before any step runs
@@ -46,6 +47,7 @@ __all__ = [
     "StepTimeoutError",
     "StepflowError",
     "StepflowWarning",
+    "StoreUnavailableError",
     "TargetNotFoundError",
     "TypeMismatchError",
     "UsageError",
@@ -148,6 +150,18 @@ class UsageError(StepflowError):
 
 class TargetNotFoundError(UsageError):
     """``stepflow run TARGET`` (or ``show``) names nothing that can be loaded."""
+
+
+class StoreUnavailableError(UsageError):
+    """The configured datastore cannot be used: a missing bucket, rejected credentials, an
+    endpoint that does not answer. The message names the store URL and the fix.
+
+    :ivar store: the store's URL.
+    """
+
+    def __init__(self, message: str, *, store: str) -> None:
+        super().__init__(message)
+        self.store = store
 
 
 class PluginError(StepflowError):
