@@ -30,6 +30,8 @@ from types import ModuleType
 from typing import Any, BinaryIO
 
 from stepflow._authoring.step import StepRef, StepSpec
+from stepflow._execution.capture import capturing, step_output
+from stepflow._execution.context import StepContext, activate
 from stepflow._execution.invoke import StepRaised, invoke, task_error
 from stepflow._execution.task import Task, TaskError, TaskResult
 from stepflow._storage.artifacts import ArtifactIO
@@ -157,11 +159,37 @@ def execute_task(task: Task) -> TaskResult:
         except Exception as exc:
             return _internal(task, exc, start, f"input {name!r} could not be loaded")
     kwargs.update(task.params)
-    try:
-        values = invoke(spec, kwargs)
-    except StepRaised as raised:
+    secrets = tuple(str(task.params[n]) for n in task.secret_params if str(task.params.get(n, "")))
+    ctx = StepContext(
+        run_id=task.run_id,
+        pipeline=task.pipeline or None,
+        step=task.step,
+        attempt=task.attempt,
+        store=io.store,
+        serializers=tuple(io.serializers),
+        home=Path(task.home) if task.home else None,
+        secrets=secrets,
+    )
+    with capturing(), activate(ctx), step_output(echo=task.echo) as captured:
+        try:
+            values = invoke(spec, kwargs)
+        except StepRaised as raised:
+            values = None
+            error = raised.error
+    logged = {
+        "logs": captured.texts(secrets),
+        "metrics": tuple(ctx.metrics),
+        "logged_params": dict(ctx.params),
+        "tags": dict(ctx.tags),
+        "files": {k: v for k, v in ctx.artifacts.items() if v is not None},
+    }
+    if values is None:
         return TaskResult(
-            task.step, task.attempt, error=raised.error, duration=time.perf_counter() - start
+            task.step,
+            task.attempt,
+            error=error,
+            duration=time.perf_counter() - start,
+            **logged,
         )
     outputs = {}
     for name, value in values.items():
@@ -175,9 +203,14 @@ def execute_task(task: Task) -> TaskResult:
                 task.attempt,
                 error=TaskError(error.exc_type, message, error.traceback, error.full_traceback),
                 duration=time.perf_counter() - start,
+                **logged,
             )
     return TaskResult(
-        task.step, task.attempt, outputs=outputs, duration=time.perf_counter() - start
+        task.step,
+        task.attempt,
+        outputs=outputs,
+        duration=time.perf_counter() - start,
+        **logged,
     )
 
 

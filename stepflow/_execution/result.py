@@ -46,6 +46,8 @@ class StepReport:
     #: for skipped steps, why
     reason: str = ""
     outputs: tuple[str, ...] = ()
+    #: what the final attempt wrote: ``{"stdout": ..., "stderr": ..., "log": ...}``
+    logs: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen(eq=False)

@@ -24,7 +24,10 @@ import pluggy
 
 from stepflow._config import Config
 from stepflow._execution.backend import Backend, open_backends
+from stepflow._execution.capture import Captured, capturing, step_output
+from stepflow._execution.context import StepContext, activate
 from stepflow._execution.invoke import StepRaised, invoke
+from stepflow._execution.journal import Journal
 from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
 from stepflow._execution.task import Task, TaskError
 from stepflow._planning.cachekey import CacheKey, describe_value, plan_key
@@ -127,6 +130,15 @@ class _Runner:
         self.io = ArtifactIO(store, self.serializers)
         self.index = CacheIndex(config.home / "index", store=store)
         self.backends = self._open_backends()
+        # Steps' output is recorded, and also shown as it happens unless the user asked for
+        # quiet ("--capture=quiet"); then the report shows it for failed steps only.
+        capture = config.options.get("capture") or config.settings.get("capture", "tee")
+        self.echo = capture != "quiet"
+        self.secret_values = tuple(
+            str(v) for k, v in plan.params.items() if k in plan.secret_params and str(v)
+        )
+        #: step → (attempt, stream, text) of every attempt, and what it logged
+        self.journal = Journal(self)
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -139,17 +151,31 @@ class _Runner:
             self.index.close()
             raise
 
+    def _context(self, name: str, attempt: int) -> StepContext:
+        return StepContext(
+            run_id=self.run_id,
+            pipeline=self.pipeline,
+            step=name,
+            attempt=attempt,
+            store=self.io.store,
+            serializers=tuple(self.serializers),
+            home=self.config.home,
+            secrets=self.secret_values,
+        )
+
     # --- the loop -------------------------------------------------------------------------
 
     def run(self) -> RunResult:
         start = time.perf_counter()
         interrupted = False
+        self.journal.start()
         self.pm.hook.stepflow_run_start(run=self.info)
         try:
-            if self.workers == 1:
-                self._run_sequential()
-            else:
-                self._run_parallel()
+            with capturing():
+                if self.workers == 1:
+                    self._run_sequential()
+                else:
+                    self._run_parallel()
         except KeyboardInterrupt:
             interrupted = True
             self.cancelled.set()
@@ -168,6 +194,7 @@ class _Runner:
                 self._finish(StepReport(name, StepState.SKIPPED, reason=reason))
         if not interrupted:
             self._publish_outputs()
+        self.journal.finish(interrupted=interrupted)
         io = self.io
         outputs = {out: (lambda a=artifact: a.load(io)) for out, artifact in self.artifacts.items()}
         result = RunResult(
@@ -233,6 +260,7 @@ class _Runner:
     def _finish(self, report: StepReport) -> None:
         if report.name in self.reports:
             return
+        report = self.journal.step_finished(report)
         self.reports[report.name] = report
         self.pm.hook.stepflow_step_finish(run=self.info, report=report)
         if report.state is StepState.FAILED:
@@ -294,6 +322,7 @@ class _Runner:
         return record
 
     def _reuse(self, name: str, record: CacheRecord) -> StepReport:
+        self.journal.reused(name, record)
         for out, ref in record.outputs.items():
             self.artifacts[out] = _Artifact(ref.content_hash, ref=ref)
         with self._touch_lock:
@@ -356,8 +385,12 @@ class _Runner:
         while True:
             self.pm.hook.stepflow_step_start(run=self.info, step=name, attempt=attempt)
             started = time.perf_counter()
+            self.journal.attempt_started(name)
+            ctx = self._context(name, attempt)
+            captured: Captured | None = None
             try:
-                error = self._attempt(name, backend, attempt)
+                with activate(ctx), step_output(echo=self.echo) as captured:
+                    error = self._attempt(name, backend, attempt)
             except _BadInput as bad:
                 failure = self._recompute(bad.output, str(bad))
                 if failure is None:
@@ -369,6 +402,8 @@ class _Runner:
                     traceback=failure.traceback,
                 )
                 return StepReport(name, StepState.FAILED, backend=backend.name, error=error)
+            finally:
+                self.journal.attempt_output(name, attempt, captured, ctx)
             duration = time.perf_counter() - started
             if error is None:
                 if spec.options.cache:
@@ -454,6 +489,9 @@ class _Runner:
             store_kind=self.io.store.kind,
             store_options=self.config.store_options,
             home=str(self.config.home),
+            pipeline=self.pipeline,
+            secret_params=tuple(sorted(self.plan.secret_params)),
+            echo=self.echo,
             serializers=tuple(self.serializers),
             sys_path=self._sys_path,
         )
@@ -466,6 +504,7 @@ class _Runner:
                 step=name,
                 exc_type=type(exc).__name__,
             )
+        self.journal.worker_output(name, attempt, result)
         if result.error is not None:
             if result.error.bad_input is not None:
                 raise _BadInput(result.error.bad_input, result.error.message)

@@ -36,6 +36,11 @@ class Task:
     store_options: Mapping[str, Any] = attrs.field(factory=dict)
     #: the stepflow home of the run (where a remote store keeps its local copies)
     home: str = ""
+    pipeline: str = ""
+    #: names of parameters whose values must be masked in captured output
+    secret_params: tuple[str, ...] = ()
+    #: also write the step's output to the worker's own stdout/stderr (``-s``)
+    echo: bool = False
     #: the serializers to store outputs with, in priority order
     serializers: tuple[Any, ...] = ()
     #: ``sys.path`` entries the worker needs to import the step's module
@@ -69,6 +74,14 @@ class TaskResult:
     outputs: Mapping[str, ArtifactRef] = attrs.field(factory=dict)
     error: TaskError | None = None
     duration: float = 0.0
+    #: stream name (``stdout``, ``stderr``, ``log``) → what the step wrote, secrets masked
+    logs: Mapping[str, str] = attrs.field(factory=dict)
+    #: what the step recorded through ``stepflow.context()``
+    metrics: tuple[Any, ...] = ()
+    logged_params: Mapping[str, str] = attrs.field(factory=dict)
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    #: files kept with ``log_artifact``: name → stored reference
+    files: Mapping[str, ArtifactRef] = attrs.field(factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,304 @@
+"""What the run loop tells the run records: the run, each step, its logs, metrics and lineage.
+
+The journal keeps per-step facts while a run goes (when it started, what each attempt wrote,
+what it logged through ``stepflow.context()``), turns each finished step into a record row,
+and writes rows in batches (see ``stepflow._storage.records``). The source snapshot is taken
+in a background thread while steps run. If the records cannot be opened, the run still runs
+and a warning says what was lost.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+import threading
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from stepflow._execution.result import StepReport, StepState
+from stepflow._storage.records import (
+    MetricRow,
+    RunRecords,
+    RunRow,
+    StepIO,
+    StepRow,
+    encode_params,
+)
+from stepflow.errors import StepflowError, StepflowWarning
+
+if TYPE_CHECKING:
+    from stepflow._execution.capture import Captured
+    from stepflow._execution.context import StepContext
+    from stepflow._execution.task import TaskResult
+    from stepflow._storage.index import CacheRecord
+
+__all__ = ["Journal", "open_records"]
+
+
+def open_records(home: os.PathLike[str] | str) -> RunRecords:
+    from pathlib import Path
+
+    return RunRecords(Path(home) / "runs.db")
+
+
+@attrs.define
+class _StepFacts:
+    started: float | None = None
+    logs: list[tuple[int, str, str]] = attrs.field(factory=list)
+    last_logs: dict[str, str] = attrs.field(factory=dict)
+    metrics: tuple[Any, ...] = ()
+    params: dict[str, str] = attrs.field(factory=dict)
+    tags: dict[str, str] = attrs.field(factory=dict)
+    files: dict[str, Any] = attrs.field(factory=dict)
+    reused: CacheRecord | None = None
+
+
+def _stepflow_version() -> str:
+    import stepflow
+
+    return str(stepflow.__version__)
+
+
+class Journal:
+    """Collects a run's facts and writes them to the run records."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.facts: dict[str, _StepFacts] = {}
+        self._pending: list[StepRow] = []
+        self._lock = threading.Lock()
+        self._source: dict[str, Any] | None = None
+        self._source_thread: threading.Thread | None = None
+        self.records: RunRecords | None = None
+
+    def _fact(self, name: str) -> _StepFacts:
+        fact = self.facts.get(name)
+        if fact is None:
+            fact = self.facts[name] = _StepFacts()
+        return fact
+
+    def _mask(self, text: str) -> str:
+        for secret in self.runner.secret_values:
+            text = text.replace(secret, "***")
+        return text
+
+    # --- run ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        runner = self.runner
+        try:
+            self.records = open_records(runner.config.home)
+            self.records.mark_abandoned()
+            self.records.start_run(self._run_row())
+        except (OSError, StepflowError, Exception) as exc:
+            self._lost(exc)
+            return
+        if runner.config.settings.get("record_source", True):
+            self._source_thread = threading.Thread(
+                target=self._take_snapshot, name="stepflow-source", daemon=True
+            )
+            self._source_thread.start()
+
+    def _lost(self, exc: BaseException) -> None:
+        if self.records is not None:
+            try:
+                self.records.close()
+            except Exception:  # noqa: S110 - already reporting the first problem
+                pass
+        self.records = None
+        warnings.warn(
+            StepflowWarning(
+                f"run records are not being kept for this run ({type(exc).__name__}: {exc}); "
+                f"the run itself goes on. Check {self.runner.config.home / 'runs.db'}"
+            ),
+            stacklevel=2,
+        )
+
+    def _run_row(self) -> RunRow:
+        runner = self.runner
+        plan = runner.plan
+        selected = set(plan.steps)
+        if selected == set(plan.dag.steps):
+            targets: tuple[str, ...] = ()
+        else:
+            # The steps nothing selected depends on: selecting them again selects the same set.
+            targets = tuple(n for n in plan.steps if not (set(plan.dag.downstream[n]) & selected))
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = None
+        options = runner.config.options
+        return RunRow(
+            id=runner.run_id,
+            pipeline=runner.pipeline,
+            state="running",
+            started=time.time(),
+            target=options.get("target") if isinstance(options.get("target"), str) else None,
+            params=encode_params(plan.params, plan.secret_params),
+            secret_params=tuple(sorted(plan.secret_params)),
+            targets=targets,
+            workers=runner.workers,
+            user=user,
+            stepflow_version=_stepflow_version(),
+            python_version=sys.version.split()[0],
+            resumed_from=options.get("resume_from"),
+        )
+
+    def _take_snapshot(self) -> None:
+        try:
+            from stepflow._storage.source import snapshot
+
+            snap = snapshot(self.runner.config.rootdir, home=self.runner.config.home)
+            self._source = snap.to_dict()
+        except Exception as exc:
+            self._source = {"error": f"{type(exc).__name__}: {exc}"}
+
+    def finish(self, *, interrupted: bool) -> None:
+        if self.records is None:
+            return
+        runner = self.runner
+        reports = runner.reports
+        if interrupted:
+            state = "interrupted"
+        elif any(r.state is StepState.FAILED for r in reports.values()):
+            state = "failed"
+        else:
+            state = "succeeded"
+        counts = {s.value: sum(1 for r in reports.values() if r.state is s) for s in StepState}
+        tags: dict[str, str] = {}
+        for fact in self.facts.values():
+            tags.update(fact.tags)
+        try:
+            self._flush()
+            if self._source_thread is not None:
+                self._source_thread.join(timeout=60)
+            source = self._source if self._source and "error" not in self._source else None
+            self.records.finish_run(
+                runner.run_id,
+                state=state,
+                counts={k: v for k, v in counts.items() if v},
+                tags=tags,
+                source=source,
+            )
+        except Exception as exc:
+            self._lost(exc)
+            return
+        self.records.close()
+
+    # --- steps --------------------------------------------------------------------------
+
+    def attempt_started(self, name: str) -> None:
+        fact = self._fact(name)
+        if fact.started is None:
+            fact.started = time.time()
+
+    def attempt_output(
+        self, name: str, attempt: int, captured: Captured | None, ctx: StepContext
+    ) -> None:
+        """What an inline attempt wrote and logged (worker attempts arrive separately)."""
+        fact = self._fact(name)
+        if captured is not None:
+            texts = captured.texts(self.runner.secret_values)
+            if texts:
+                fact.last_logs = texts
+                fact.logs.extend((attempt, stream, text) for stream, text in texts.items())
+        if ctx.metrics or ctx.params or ctx.tags or ctx.artifacts:
+            fact.metrics = tuple(ctx.metrics)
+            fact.params = dict(ctx.params)
+            fact.tags = dict(ctx.tags)
+            fact.files = dict(ctx.artifacts)
+
+    def worker_output(self, name: str, attempt: int, result: TaskResult) -> None:
+        fact = self._fact(name)
+        if result.logs:
+            texts = {k: self._mask(v) for k, v in result.logs.items()}
+            fact.last_logs = texts
+            fact.logs.extend((attempt, stream, text) for stream, text in texts.items())
+        fact.metrics = tuple(result.metrics)
+        fact.params = dict(result.logged_params)
+        fact.tags = dict(result.tags)
+        fact.files = dict(result.files)
+
+    def reused(self, name: str, record: CacheRecord) -> None:
+        self._fact(name).reused = record
+
+    def step_finished(self, report: StepReport) -> StepReport:
+        """Record a finished step; returns the report with its captured output attached."""
+        fact = self._fact(report.name)
+        if fact.last_logs and not report.logs:
+            report = attrs.evolve(report, logs=dict(fact.last_logs))
+        if self.records is None:
+            return report
+        row = self._row(report, fact)
+        with self._lock:
+            self._pending.append(row)
+            urgent = report.state in (StepState.RAN, StepState.FAILED)
+        if urgent:
+            try:
+                self._flush()
+            except Exception as exc:
+                self._lost(exc)
+        return report
+
+    def _row(self, report: StepReport, fact: _StepFacts) -> StepRow:
+        runner = self.runner
+        now = time.time()
+        spec = runner.dag.steps[report.name]
+        io: list[StepIO] = []
+        for port in spec.inputs:
+            artifact = (
+                runner.artifacts.get(port.name) if port.name in runner.dag.producers else None
+            )
+            if artifact is not None:
+                ref = artifact.ref
+                io.append(
+                    StepIO(
+                        "in",
+                        port.name,
+                        ref.name if ref else None,
+                        artifact.content_hash,
+                        ref.size if ref else None,
+                    )
+                )
+        if report.state in (StepState.RAN, StepState.REUSED):
+            for port in spec.outputs:
+                artifact = runner.artifacts.get(port.name)
+                if artifact is not None and artifact.ref is not None:
+                    ref = artifact.ref
+                    io.append(StepIO("out", port.name, ref.name, ref.content_hash, ref.size))
+        for file_name, ref in fact.files.items():
+            if ref is not None:
+                io.append(StepIO("file", file_name, ref.name, ref.content_hash, ref.size))
+        error = report.error
+        key = runner.keys.get(report.name)
+        reused = fact.reused if report.state is StepState.REUSED else None
+        return StepRow(
+            name=report.name,
+            state=report.state.value,
+            started=fact.started if fact.started is not None else (now if reused else None),
+            finished=now if report.state is not StepState.SKIPPED else None,
+            duration=report.duration,
+            attempts=report.attempts,
+            backend=report.backend or None,
+            cache_key=reused.key if reused else (key.digest if key is not None else None),
+            reused_from=reused.run_id if reused else None,
+            reason=report.reason or None,
+            error_type=error.exc_type if error else None,
+            error=self._mask(str(error)) if error else None,
+            traceback=self._mask(error.traceback or "") if error else None,
+            params=fact.params,
+            tags=fact.tags,
+            io=tuple(io),
+            metrics=tuple(MetricRow(m.name, m.value, m.step, m.timestamp) for m in fact.metrics),
+            logs=tuple(fact.logs),
+        )
+
+    def _flush(self) -> None:
+        with self._lock:
+            rows, self._pending = self._pending, []
+        if rows and self.records is not None:
+            self.records.write_steps(self.runner.run_id, rows)

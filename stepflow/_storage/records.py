@@ -1,0 +1,623 @@
+"""Run records: every run and step, with logs, metrics and lineage, in SQLite.
+
+One database per stepflow home (``<home>/runs.db``), in WAL mode so that concurrent runs write
+while ``stepflow runs`` reads. The schema carries a version (``PRAGMA user_version``) and is
+migrated forward in one transaction when a newer stepflow opens an older file; a file written
+by a newer stepflow is refused with a clear message rather than misread.
+
+Writes are grouped: a run's row is written when it starts, and step rows are written in
+batches (at once for a step that ran, which is expensive anyway; at the end of the run for
+reused and skipped steps), so a fully cached rerun pays for one transaction, not one per step.
+A run killed before it could say how it ended is marked ``interrupted`` the next time the
+records are opened on the same host, once its process is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from stepflow.errors import UsageError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MetricRow",
+    "RunRecords",
+    "RunRow",
+    "StepIO",
+    "StepRow",
+]
+
+#: the schema this stepflow writes; ``_MIGRATIONS[n - 1]`` upgrades version ``n - 1`` to ``n``
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        pipeline TEXT NOT NULL,
+        target TEXT,
+        state TEXT NOT NULL,
+        started REAL NOT NULL,
+        finished REAL,
+        params TEXT NOT NULL DEFAULT '{}',
+        secret_params TEXT NOT NULL DEFAULT '[]',
+        targets TEXT NOT NULL DEFAULT '[]',
+        workers INTEGER NOT NULL DEFAULT 1,
+        host TEXT,
+        user TEXT,
+        pid INTEGER,
+        stepflow_version TEXT,
+        python_version TEXT,
+        git_commit TEXT,
+        git_dirty INTEGER,
+        source_hash TEXT,
+        source_files TEXT,
+        resumed_from TEXT,
+        counts TEXT NOT NULL DEFAULT '{}',
+        tags TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX runs_pipeline ON runs (pipeline, started);
+    CREATE INDEX runs_started ON runs (started);
+    CREATE TABLE steps (
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        started REAL,
+        finished REAL,
+        duration REAL NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        backend TEXT,
+        cache_key TEXT,
+        reused_from TEXT,
+        reason TEXT,
+        error_type TEXT,
+        error TEXT,
+        traceback TEXT,
+        params TEXT NOT NULL DEFAULT '{}',
+        tags TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (run_id, name)
+    );
+    CREATE TABLE step_io (
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        step TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        name TEXT NOT NULL,
+        object TEXT,
+        content_hash TEXT,
+        size INTEGER
+    );
+    CREATE INDEX step_io_hash ON step_io (content_hash);
+    CREATE INDEX step_io_object ON step_io (object);
+    CREATE INDEX step_io_run ON step_io (run_id, step);
+    CREATE TABLE metrics (
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        step TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value REAL,
+        counter INTEGER,
+        ts REAL
+    );
+    CREATE INDEX metrics_run ON metrics (run_id);
+    CREATE TABLE logs (
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        step TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        stream TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+    CREATE INDEX logs_run ON logs (run_id, step);
+    """,
+)
+
+_DELETE_STEP_ROWS = tuple(
+    f"DELETE FROM {table} WHERE run_id = ? AND step = ?"  # noqa: S608 - fixed table names
+    for table in ("step_io", "metrics", "logs")
+)
+
+#: run states; ``running`` only until the run says how it ended
+RUN_STATES = ("running", "succeeded", "failed", "interrupted")
+
+
+@attrs.frozen
+class StepIO:
+    """An input, output or logged file of a step: which object, with which content."""
+
+    #: ``"in"``, ``"out"`` or ``"file"`` (``log_artifact``)
+    direction: str
+    #: the parameter, output or file name
+    name: str
+    object: str | None
+    content_hash: str | None
+    size: int | None = None
+
+
+@attrs.frozen
+class MetricRow:
+    name: str
+    value: float | None
+    counter: int | None = None
+    ts: float | None = None
+
+
+@attrs.frozen
+class StepRow:
+    """One step of one run, as recorded."""
+
+    name: str
+    state: str
+    started: float | None = None
+    finished: float | None = None
+    duration: float = 0.0
+    attempts: int = 0
+    backend: str | None = None
+    cache_key: str | None = None
+    #: for a reused step, the run that made the result
+    reused_from: str | None = None
+    reason: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    params: Mapping[str, str] = attrs.field(factory=dict)
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    io: Sequence[StepIO] = ()
+    metrics: Sequence[MetricRow] = ()
+    #: (attempt, stream, text)
+    logs: Sequence[tuple[int, str, str]] = ()
+
+
+@attrs.frozen
+class RunRow:
+    """One run, as recorded."""
+
+    id: str
+    pipeline: str
+    state: str
+    started: float
+    target: str | None = None
+    finished: float | None = None
+    #: parameter name → ``{"json": value}`` or ``{"text": str(value)}``; secrets are absent
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+    secret_params: Sequence[str] = ()
+    targets: Sequence[str] = ()
+    workers: int = 1
+    host: str | None = None
+    user: str | None = None
+    pid: int | None = None
+    stepflow_version: str | None = None
+    python_version: str | None = None
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    source_hash: str | None = None
+    #: the source manifest (path → content hash), for ``runs compare`` and ``--resume``
+    source_files: Mapping[str, str] | None = None
+    resumed_from: str | None = None
+    counts: Mapping[str, int] = attrs.field(factory=dict)
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.finished is None else self.finished - self.started
+
+    def display_params(self) -> dict[str, Any]:
+        """Parameter values as shown to people (secrets as ``***``)."""
+        shown = {k: v.get("json", v.get("text")) for k, v in self.params.items()}
+        shown.update({k: "***" for k in self.secret_params})
+        return shown
+
+    def to_dict(self, *, with_files: bool = False) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["params"] = self.display_params()
+        data["duration"] = self.duration
+        if not with_files:
+            data.pop("source_files")
+        return data
+
+
+def encode_params(params: Mapping[str, Any], secret: Iterable[str]) -> dict[str, Any]:
+    """Parameters for the record: JSON where it round-trips, text otherwise, secrets dropped."""
+    secret = set(secret)
+    encoded: dict[str, Any] = {}
+    for name, value in params.items():
+        if name in secret:
+            continue
+        try:
+            if json.loads(json.dumps(value)) == value:
+                encoded[name] = {"json": value}
+                continue
+        except (TypeError, ValueError):
+            pass
+        encoded[name] = {"text": str(value)}
+    return encoded
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+class RunRecords:
+    """The run-record database of one stepflow home."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        self._lock = threading.Lock()
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE), so a writer takes the
+        # lock up front instead of failing half-way on a busy database.
+        self._db = sqlite3.connect(
+            str(path), timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 30000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # WAL with synchronous=NORMAL stays consistent after a crash; the last commits may be
+        # lost on power failure, which a record of a finished run can afford.
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    # --- schema -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise UsageError(
+                f"run records {self.path} were written by a newer stepflow (schema "
+                f"{version}, this one knows {SCHEMA_VERSION}); upgrade stepflow to read them"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with self._transaction():
+            # Re-read inside the lock: another process may have migrated meanwhile.
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target - 1].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {target}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    class _Tx:
+        def __init__(self, records: RunRecords) -> None:
+            self.records = records
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.records._lock.acquire()
+            self.records._db.execute("BEGIN IMMEDIATE")
+            return self.records._db
+
+        def __exit__(self, exc_type: object, *_: object) -> None:
+            try:
+                self.records._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.records._lock.release()
+
+    def _transaction(self) -> RunRecords._Tx:
+        return RunRecords._Tx(self)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- writing ------------------------------------------------------------------------
+
+    def start_run(self, run: RunRow) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO runs (id, pipeline, target, state, started, params, secret_params,"
+                " targets, workers, host, user, pid, stepflow_version, python_version,"
+                " resumed_from) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run.id,
+                    run.pipeline,
+                    run.target,
+                    run.state,
+                    run.started,
+                    _json(dict(run.params)),
+                    _json(list(run.secret_params)),
+                    _json(list(run.targets)),
+                    run.workers,
+                    run.host or socket.gethostname(),
+                    run.user,
+                    run.pid if run.pid is not None else os.getpid(),
+                    run.stepflow_version,
+                    run.python_version,
+                    run.resumed_from,
+                ),
+            )
+
+    def write_steps(self, run_id: str, steps: Sequence[StepRow]) -> None:
+        """Record finished steps (idempotent per step: a later row replaces an earlier one)."""
+        if not steps:
+            return
+        with self._transaction() as db:
+            for step in steps:
+                for delete in _DELETE_STEP_ROWS:
+                    db.execute(delete, (run_id, step.name))
+                db.execute(
+                    "INSERT OR REPLACE INTO steps (run_id, name, state, started, finished,"
+                    " duration, attempts, backend, cache_key, reused_from, reason, error_type,"
+                    " error, traceback, params, tags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        run_id,
+                        step.name,
+                        step.state,
+                        step.started,
+                        step.finished,
+                        step.duration,
+                        step.attempts,
+                        step.backend,
+                        step.cache_key,
+                        step.reused_from,
+                        step.reason,
+                        step.error_type,
+                        step.error,
+                        step.traceback,
+                        _json(dict(step.params)),
+                        _json(dict(step.tags)),
+                    ),
+                )
+                if step.io:
+                    db.executemany(
+                        "INSERT INTO step_io VALUES (?,?,?,?,?,?,?)",
+                        [
+                            (
+                                run_id,
+                                step.name,
+                                io.direction,
+                                io.name,
+                                io.object,
+                                io.content_hash,
+                                io.size,
+                            )
+                            for io in step.io
+                        ],
+                    )
+                if step.metrics:
+                    db.executemany(
+                        "INSERT INTO metrics VALUES (?,?,?,?,?,?)",
+                        [
+                            (run_id, step.name, m.name, m.value, m.counter, m.ts)
+                            for m in step.metrics
+                        ],
+                    )
+                if step.logs:
+                    db.executemany(
+                        "INSERT INTO logs VALUES (?,?,?,?,?)",
+                        [(run_id, step.name, a, s, t) for a, s, t in step.logs if t],
+                    )
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        state: str,
+        counts: Mapping[str, int],
+        tags: Mapping[str, str] | None = None,
+        source: Mapping[str, Any] | None = None,
+        finished: float | None = None,
+    ) -> None:
+        if state not in RUN_STATES:
+            raise ValueError(f"unknown run state {state!r}")
+        source = dict(source or {})
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET state = ?, finished = ?, counts = ?, tags = ?,"
+                " git_commit = coalesce(?, git_commit), git_dirty = coalesce(?, git_dirty),"
+                " source_hash = coalesce(?, source_hash),"
+                " source_files = coalesce(?, source_files) WHERE id = ?",
+                (
+                    state,
+                    time.time() if finished is None else finished,
+                    _json(dict(counts)),
+                    _json(dict(tags or {})),
+                    source.get("git_commit"),
+                    None if source.get("git_dirty") is None else int(source["git_dirty"]),
+                    source.get("content_hash"),
+                    None if source.get("files") is None else _json(source["files"]),
+                    run_id,
+                ),
+            )
+
+    def mark_abandoned(self) -> list[str]:
+        """Mark runs of this host whose process died without finishing as ``interrupted``."""
+        host = socket.gethostname()
+        rows = self._db.execute(
+            "SELECT id, pid FROM runs WHERE state = 'running' AND host = ?", (host,)
+        ).fetchall()
+        dead = [r["id"] for r in rows if r["pid"] is None or not _alive(int(r["pid"]))]
+        if dead:
+            with self._transaction() as db:
+                db.executemany(
+                    "UPDATE runs SET state = 'interrupted' WHERE id = ? AND state = 'running'",
+                    [(run_id,) for run_id in dead],
+                )
+        return dead
+
+    def delete_runs(self, run_ids: Iterable[str]) -> int:
+        ids = list(run_ids)
+        with self._transaction() as db:
+            db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+        return len(ids)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _run_from(self, row: sqlite3.Row) -> RunRow:
+        files = row["source_files"]
+        return RunRow(
+            id=row["id"],
+            pipeline=row["pipeline"],
+            state=row["state"],
+            started=row["started"],
+            target=row["target"],
+            finished=row["finished"],
+            params=json.loads(row["params"]),
+            secret_params=tuple(json.loads(row["secret_params"])),
+            targets=tuple(json.loads(row["targets"])),
+            workers=row["workers"],
+            host=row["host"],
+            user=row["user"],
+            pid=row["pid"],
+            stepflow_version=row["stepflow_version"],
+            python_version=row["python_version"],
+            git_commit=row["git_commit"],
+            git_dirty=None if row["git_dirty"] is None else bool(row["git_dirty"]),
+            source_hash=row["source_hash"],
+            source_files=None if files is None else json.loads(files),
+            resumed_from=row["resumed_from"],
+            counts=json.loads(row["counts"]),
+            tags=json.loads(row["tags"]),
+        )
+
+    def runs(
+        self,
+        *,
+        pipeline: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[RunRow]:
+        """Runs, newest first."""
+        where, args = [], []
+        if pipeline is not None:
+            where.append("pipeline = ?")
+            args.append(pipeline)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if since is not None:
+            where.append("started >= ?")
+            args.append(since)
+        sql = "SELECT * FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [self._run_from(r) for r in self._db.execute(sql, args)]
+
+    def run(self, ref: str) -> RunRow:
+        """A run by id, unique id prefix, ``last`` or ``last-failed``.
+
+        :raises UsageError: no such run, or the prefix is ambiguous.
+        """
+        if ref in ("last", "latest"):
+            found = self.runs(limit=1)
+        elif ref == "last-failed":
+            found = self.runs(state="failed", limit=1)
+        else:
+            found = [
+                self._run_from(r)
+                for r in self._db.execute(
+                    "SELECT * FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY started"
+                    " DESC LIMIT 11",
+                    (ref, ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"),
+                )
+            ]
+            exact = [r for r in found if r.id == ref]
+            found = exact or found
+        if not found:
+            raise UsageError(
+                f"no run {ref!r} in {self.path}; see `stepflow runs list` for the runs recorded"
+            )
+        if len(found) > 1:
+            ids = ", ".join(r.id for r in found[:10])
+            raise UsageError(f"run id {ref!r} is ambiguous ({ids}); give more of it")
+        return found[0]
+
+    def steps(self, run_id: str) -> list[StepRow]:
+        rows = self._db.execute(
+            "SELECT * FROM steps WHERE run_id = ? ORDER BY coalesce(started, finished), rowid",
+            (run_id,),
+        ).fetchall()
+        io: dict[str, list[StepIO]] = {}
+        for r in self._db.execute(
+            "SELECT * FROM step_io WHERE run_id = ? ORDER BY rowid", (run_id,)
+        ):
+            io.setdefault(r["step"], []).append(
+                StepIO(r["direction"], r["name"], r["object"], r["content_hash"], r["size"])
+            )
+        metrics = self.metrics(run_id)
+        return [
+            StepRow(
+                name=r["name"],
+                state=r["state"],
+                started=r["started"],
+                finished=r["finished"],
+                duration=r["duration"],
+                attempts=r["attempts"],
+                backend=r["backend"],
+                cache_key=r["cache_key"],
+                reused_from=r["reused_from"],
+                reason=r["reason"],
+                error_type=r["error_type"],
+                error=r["error"],
+                traceback=r["traceback"],
+                params=json.loads(r["params"]),
+                tags=json.loads(r["tags"]),
+                io=tuple(io.get(r["name"], ())),
+                metrics=tuple(metrics.get(r["name"], ())),
+            )
+            for r in rows
+        ]
+
+    def metrics(self, run_id: str) -> dict[str, list[MetricRow]]:
+        """Step name → metrics in the order they were logged."""
+        found: dict[str, list[MetricRow]] = {}
+        for r in self._db.execute(
+            "SELECT * FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,)
+        ):
+            found.setdefault(r["step"], []).append(
+                MetricRow(r["name"], r["value"], r["counter"], r["ts"])
+            )
+        return found
+
+    def logs(self, run_id: str, step: str | None = None) -> list[tuple[str, int, str, str]]:
+        """``(step, attempt, stream, text)`` in the order they were recorded."""
+        sql = "SELECT step, attempt, stream, text FROM logs WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if step is not None:
+            sql += " AND step = ?"
+            args.append(step)
+        sql += " ORDER BY rowid"
+        return [tuple(r) for r in self._db.execute(sql, args)]  # type: ignore[misc]
+
+    def producers(self, content: str) -> Iterator[tuple[str, str, StepIO]]:
+        """``(run id, step, output)`` rows whose output object or content hash starts with
+        ``content``, earliest first."""
+        pattern = content.replace("%", "").replace("_", "") + "%"
+        for r in self._db.execute(
+            "SELECT io.*, runs.started FROM step_io io JOIN runs ON runs.id = io.run_id"
+            " WHERE io.direction = 'out' AND (io.object LIKE ? OR io.content_hash LIKE ?)"
+            " ORDER BY runs.started",
+            (pattern, pattern),
+        ):
+            yield (
+                r["run_id"],
+                r["step"],
+                StepIO(r["direction"], r["name"], r["object"], r["content_hash"], r["size"]),
+            )
