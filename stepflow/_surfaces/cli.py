@@ -74,7 +74,10 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
 
     run = sub.add_parser("run", help="run a pipeline", description="Run a pipeline.")
     run.add_argument(
-        "target", metavar="TARGET", help="module:pipeline, file.py:pipeline, or a module"
+        "target",
+        metavar="TARGET",
+        nargs="?",
+        help="module:pipeline, file.py:pipeline, or a module (optional with --resume)",
     )
     run.add_argument(
         "--param",
@@ -114,6 +117,23 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
         "--full-trace", action="store_true", help="do not cut stepflow's frames from tracebacks"
     )
     run.add_argument("-v", "--verbose", action="count", default=0, help="say more")
+    resume = run.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="rerun a recorded run with its parameters and targets, reusing what succeeded",
+    )
+    resume.add_argument(
+        "--last-failed",
+        action="store_true",
+        help="resume the latest failed run (of TARGET's pipeline, if TARGET is given)",
+    )
+    run.add_argument(
+        "--capture",
+        choices=["tee", "quiet"],
+        help="steps' output is always recorded; tee (default) also shows it as it happens, "
+        "quiet shows it only for failed steps",
+    )
     _add_common(run)
 
     show = sub.add_parser("show", help="show a pipeline's steps and graph")
@@ -159,6 +179,10 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
     cache_prune.add_argument("--dry-run", action="store_true", help="only say what would go")
     cache_prune.add_argument("--json", action="store_true", help="print JSON")
     _add_common(cache_prune)
+
+    from stepflow._surfaces import runscmd
+
+    runscmd.add_parsers(sub, _add_common)
 
     plugins = sub.add_parser("plugins", help="list the plugins loaded and what they provide")
     plugins.add_argument("--json", action="store_true", help="print JSON")
@@ -226,6 +250,10 @@ def _main(argv: list[str]) -> int:
     )
     pm.hook.stepflow_configure(config=config)
     try:
+        if args.command in ("runs", "logs"):
+            from stepflow._surfaces.runscmd import run_command
+
+            return run_command(args, config)
         if args.command == "run":
             return _cmd_run(args, config, pm)
         if args.command == "show":
@@ -273,15 +301,34 @@ def _split_pairs(values: list[str], flag: str) -> dict[str, str]:
 
 
 def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
+    import attrs
+
     from stepflow._surfaces.reporter import TerminalReporter
 
+    if args.resume or args.last_failed:
+        from stepflow._surfaces.resume import prepare_resume
+
+        args = prepare_resume(args, config)
+        config = attrs.evolve(config, options={**config.options, **vars(args)})
+    elif args.target is None:
+        from stepflow.errors import UsageError
+
+        raise UsageError("stepflow run needs a TARGET (module:pipeline), or --resume RUN")
     pipeline, default_targets = _load(args.target)
-    params = _parse_params(pipeline, args.params)
+    params = {**getattr(args, "resumed_params", {}), **_parse_params(pipeline, args.params)}
+    if getattr(args, "resumed_params", None) is not None:
+        from stepflow._surfaces.resume import check_resumed
+
+        params = check_resumed(args, pipeline, params)
     backends = _split_pairs(args.backends, "--backend")
     regenerate: Any = None
     if args.regenerate is not None:
         regenerate = args.regenerate or True
-    reporter = TerminalReporter(full_trace=args.full_trace, verbosity=args.verbose)
+    reporter = TerminalReporter(
+        full_trace=args.full_trace,
+        verbosity=args.verbose,
+        show_output=(args.capture or config.settings.get("capture")) == "quiet",
+    )
     pm.register(reporter, name="terminalreporter")
     result = pipeline.run(
         params,

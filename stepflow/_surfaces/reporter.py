@@ -28,9 +28,16 @@ class TerminalReporter:
     """Prints one line per finished step, then failures and a summary line."""
 
     def __init__(
-        self, out: TextIO | None = None, *, full_trace: bool = False, verbosity: int = 0
+        self,
+        out: TextIO | None = None,
+        *,
+        full_trace: bool = False,
+        verbosity: int = 0,
+        show_output: bool = False,
     ) -> None:
         self.out = out or sys.stdout
+        #: print failed steps' captured output (when it was not shown live)
+        self.show_output = show_output
         self.full_trace = full_trace
         self.verbosity = verbosity
         self.isatty = hasattr(self.out, "isatty") and self.out.isatty()
@@ -130,6 +137,10 @@ class TerminalReporter:
                     error = report.error
                     text = error.full_traceback if self.full_trace else error.traceback
                     self._write((text or f"{error}\n").rstrip("\n") + "\n")
+                    if self.show_output:
+                        for stream, captured in report.logs.items():
+                            self._write(self._rule(f"captured {stream}", "-") + "\n")
+                            self._write(captured.rstrip("\n") + "\n")
                     if report.attempts > 1:
                         self._write(f"(failed on all {report.attempts} attempts)\n")
             summary = result.summary()
