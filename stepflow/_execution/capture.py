@@ -84,7 +84,7 @@ class _Router(io.TextIOBase):
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
-        return getattr(self.original, "encoding", "utf-8")
+        return getattr(self.original, "encoding", None) or "utf-8"
 
     def writable(self) -> bool:
         return True

@@ -1,0 +1,96 @@
+"""Per-step capture of stdout, stderr and logging, also with several steps in one process."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import threading
+
+from stepflow._execution.capture import Captured, capturing, step_output
+
+
+def test_each_thread_writes_to_its_own_step() -> None:
+    results: dict[str, dict[str, str]] = {}
+    barrier = threading.Barrier(2)
+
+    def step(name: str) -> None:
+        with step_output() as captured:
+            barrier.wait()
+            for i in range(50):
+                print(f"{name} {i}")
+            logging.getLogger("t").warning("%s warned", name)
+        results[name] = captured.texts()
+
+    with capturing():
+        threads = [threading.Thread(target=step, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for name, other in (("a", "b"), ("b", "a")):
+        lines = results[name]["stdout"].splitlines()
+        assert lines == [f"{name} {i}" for i in range(50)]
+        assert f"{name} warned" in results[name]["log"]
+        assert f"{other} warned" not in results[name]["log"]
+
+
+def test_streams_and_log_level_are_restored() -> None:
+    before_out, before_err = sys.stdout, sys.stderr
+    root = logging.getLogger()
+    level = root.level
+    with capturing(), capturing():
+        assert sys.stdout is not before_out
+        assert root.level <= logging.INFO
+    assert sys.stdout is before_out and sys.stderr is before_err
+    assert root.level == level
+    assert all(type(h).__name__ != "_LogRouter" for h in root.handlers)
+
+
+def test_output_outside_a_step_passes_through(capsys) -> None:
+    with capturing():
+        print("not in a step")
+    assert capsys.readouterr().out == "not in a step\n"
+
+
+def test_echo_shows_and_records(capsys) -> None:
+    with capturing(), step_output(echo=True) as captured:
+        print("both")
+    assert captured.texts() == {"stdout": "both\n"}
+    assert capsys.readouterr().out == "both\n"
+
+
+def test_quiet_records_only(capsys) -> None:
+    with capturing(), step_output(echo=False) as captured:
+        print("only recorded")
+        print("err", file=sys.stderr)
+    assert captured.texts() == {"stdout": "only recorded\n", "stderr": "err\n"}
+    assert capsys.readouterr() == ("", "")
+
+
+def test_secrets_are_masked_and_huge_output_is_cut() -> None:
+    captured = Captured()
+    captured.write("stdout", "the key is hunter22\n")
+    assert captured.texts(("hunter22",)) == {"stdout": "the key is ***\n"}
+    big = Captured()
+    chunk = "x" * 100_000
+    for _ in range(30):
+        big.write("stdout", chunk)
+    text = big.texts()["stdout"]
+    assert len(text) < 2_200_000
+    assert text.endswith("more than 2,000,000 characters]\n")
+
+
+def test_router_behaves_like_a_text_stream() -> None:
+    target = io.StringIO()
+    old = sys.stdout
+    sys.stdout = target
+    try:
+        with capturing():
+            assert sys.stdout.writable()
+            assert sys.stdout.encoding
+            sys.stdout.write("plain")
+            sys.stdout.flush()
+    finally:
+        sys.stdout = old
+    assert target.getvalue() == "plain"

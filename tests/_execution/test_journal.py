@@ -1,0 +1,230 @@
+"""What a run writes to the run records: runs, steps, logs, metrics, lineage; never secrets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stepflow._storage.records import RunRecords
+from stepflow.errors import StepflowWarning
+
+FLOW = """
+import logging
+import stepflow
+from stepflow import Pipeline, Secret, step
+
+log = logging.getLogger("flow")
+
+@step
+def numbers(n: int = 3, token: Secret[str] = "tok-9f8e7d") -> list[int]:
+    print("making numbers with", token)
+    log.info("n is %d", n)
+    ctx = stepflow.context()
+    ctx.log_metric("count", n)
+    ctx.log_param("token_seen", token)
+    ctx.set_tag("owner", "team-a")
+    return list(range(n))
+
+@step
+def total(numbers: list[int]) -> int:
+    for epoch in range(3):
+        stepflow.context().log_metric("loss", 1.0 / (epoch + 1), step=epoch)
+    return sum(numbers)
+
+@step
+def broken(total: int, fail: bool = False) -> int:
+    import sys
+    print("about to decide", file=sys.stderr)
+    if fail:
+        raise RuntimeError("asked to fail")
+    return total
+
+pipe = Pipeline("journal", [numbers, total, broken])
+"""
+
+
+@pytest.fixture
+def flow(make_module):
+    return make_module("journal_flow", FLOW)
+
+
+def _records(home: Path) -> RunRecords:
+    return RunRecords(home / "runs.db")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_run_is_recorded_with_steps_logs_metrics_and_lineage(
+    flow, tmp_path: Path, workers: int
+) -> None:
+    result = flow.pipe.run(home=tmp_path, workers=workers)
+    assert result.ok
+    recs = _records(tmp_path)
+    run = recs.run(result.run_id)
+    assert run.state == "succeeded"
+    assert run.counts == {"ran": 3}
+    assert run.display_params() == {"n": 3, "fail": False, "token": "***"}
+    assert run.tags == {"owner": "team-a"}
+    assert run.pid == os.getpid() and run.host and run.stepflow_version
+    steps = {s.name: s for s in recs.steps(run.id)}
+    assert [s.state for s in steps.values()] == ["ran", "ran", "ran"]
+    assert all(len(s.cache_key) == 32 and s.duration > 0 for s in steps.values())
+    assert [s.backend for s in steps.values()] == ["local"] * 3
+    losses = [(m.counter, m.value) for m in steps["total"].metrics if m.name == "loss"]
+    assert losses == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+    assert steps["numbers"].params == {"token_seen": "***"}
+    logs = {(s, st): t for s, _, st, t in recs.logs(run.id)}
+    assert logs[("numbers", "stdout")] == "making numbers with ***\n"
+    assert "n is 3" in logs[("numbers", "log")]
+    assert logs[("broken", "stderr")] == "about to decide\n"
+    # Lineage: what total read is what numbers wrote.
+    made = next(io for io in steps["numbers"].io if io.direction == "out")
+    read = next(io for io in steps["total"].io if io.direction == "in")
+    assert made.content_hash == read.content_hash and made.object == read.object
+    recs.close()
+
+
+def test_reused_steps_point_at_the_run_that_made_them(flow, tmp_path: Path) -> None:
+    first = flow.pipe.run(home=tmp_path)
+    second = flow.pipe.run(home=tmp_path)
+    recs = _records(tmp_path)
+    steps = {s.name: s for s in recs.steps(second.run_id)}
+    assert {s.state for s in steps.values()} == {"reused"}
+    assert {s.reused_from for s in steps.values()} == {first.run_id}
+    first_keys = {s.name: s.cache_key for s in recs.steps(first.run_id)}
+    assert {n: s.cache_key for n, s in steps.items()} == first_keys
+    # A reused step's output is still recorded, so lineage works from either run.
+    assert any(io.direction == "out" for io in steps["total"].io)
+    recs.close()
+
+
+def test_failed_step_records_error_and_traceback(flow, tmp_path: Path) -> None:
+    result = flow.pipe.run(home=tmp_path, params={"fail": True})
+    assert not result.ok
+    recs = _records(tmp_path)
+    run = recs.run(result.run_id)
+    assert run.state == "failed"
+    broken = next(s for s in recs.steps(run.id) if s.name == "broken")
+    assert broken.state == "failed"
+    assert broken.error_type == "RuntimeError"
+    assert "asked to fail" in broken.error
+    assert 'raise RuntimeError("asked to fail")' in broken.traceback
+    recs.close()
+
+
+def test_secrets_never_reach_the_database_files(flow, tmp_path: Path) -> None:
+    flow.pipe.run(home=tmp_path, params={"token": "zz-top-secret-zz", "fail": True})
+    flow.pipe.run(home=tmp_path, params={"token": "zz-top-secret-zz"}, workers=2)
+    written = b"".join(p.read_bytes() for p in tmp_path.glob("runs.db*") if p.is_file())
+    assert b"runs" in written  # the files were read
+    assert b"zz-top-secret-zz" not in written
+
+
+def test_interrupted_run_is_marked(make_module, tmp_path: Path) -> None:
+    mod = make_module(
+        "interrupting",
+        """
+        from stepflow import Pipeline, step
+
+        @step
+        def first() -> int:
+            return 1
+
+        @step
+        def second(first: int) -> int:
+            raise KeyboardInterrupt
+
+        pipe = Pipeline("interrupting", [first, second])
+        """,
+    )
+    result = mod.pipe.run(home=tmp_path)
+    assert result.interrupted
+    recs = _records(tmp_path)
+    assert recs.run(result.run_id).state == "interrupted"
+    recs.close()
+
+
+KILLED = """
+from stepflow import Pipeline, step
+
+@step
+def slow() -> int:
+    print("started", flush=True)
+    time.sleep(60)
+    return 1
+
+pipe = Pipeline("killed", [slow])
+"""
+
+
+@pytest.mark.slow
+def test_run_killed_with_sigkill_is_marked_interrupted_later(tmp_path: Path) -> None:
+    (tmp_path / "killed_flow.py").write_text(KILLED)
+    home = tmp_path / "home"
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import killed_flow
+        killed_flow.pipe.run(home={str(home)!r})
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    recs = _records(home)
+    (run,) = recs.runs()
+    assert run.state == "running"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    assert recs.mark_abandoned() == [run.id]
+    assert recs.run(run.id).state == "interrupted"
+    recs.close()
+
+
+def test_unwritable_records_warn_and_the_run_goes_on(flow, tmp_path: Path) -> None:
+    (tmp_path / "runs.db").mkdir()  # a folder where the database file should be
+    with pytest.warns(StepflowWarning, match="run records are not being kept"):
+        result = flow.pipe.run(home=tmp_path)
+    assert result.ok and result["total"] == 3
+
+
+def test_step_output_is_on_the_report(flow, tmp_path: Path, capsys) -> None:
+    result = flow.pipe.run(home=tmp_path)
+    assert result.steps["numbers"].logs["stdout"] == "making numbers with ***\n"
+    # By default the output is also shown as it happens (tee).
+    assert "making numbers with" in capsys.readouterr().out
+
+
+def test_reused_steps_are_written_in_one_batch(
+    make_module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = ["from stepflow import Pipeline, step", "", "@step", "def s0() -> int:", "    return 0"]
+    for i in range(1, 30):
+        lines += ["", "@step", f"def s{i}(s{i - 1}: int) -> int:", f"    return s{i - 1} + 1"]
+    lines += ["", f"pipe = Pipeline('chain', [{', '.join(f's{i}' for i in range(30))}])"]
+    mod = make_module("chain30", "\n".join(lines))
+    batches: list[int] = []
+    original = RunRecords.write_steps
+
+    def counting(self: RunRecords, run_id: str, steps: list) -> None:
+        batches.append(len(steps))
+        original(self, run_id, steps)
+
+    monkeypatch.setattr(RunRecords, "write_steps", counting)
+    mod.pipe.run(home=tmp_path)
+    assert batches == [1] * 30  # a step that ran is written at once
+    batches.clear()
+    mod.pipe.run(home=tmp_path)
+    assert batches == [30]  # reused steps: one transaction at the end
+    recs = _records(tmp_path)
+    assert len(recs.steps(recs.run("last").id)) == 30
+    recs.close()

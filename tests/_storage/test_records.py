@@ -1,0 +1,185 @@
+"""Run records in SQLite: schema, versions, concurrency, abandoned runs, lookups."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from stepflow._storage.records import (
+    SCHEMA_VERSION,
+    MetricRow,
+    RunRecords,
+    RunRow,
+    StepIO,
+    StepRow,
+    encode_params,
+)
+from stepflow.errors import UsageError
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> RunRecords:
+    recs = RunRecords(tmp_path / "runs.db")
+    yield recs
+    recs.close()
+
+
+def _run(run_id: str, **kw: object) -> RunRow:
+    fields = {"pipeline": "p", "state": "running", "started": time.time()}
+    fields.update(kw)
+    return RunRow(id=run_id, **fields)  # type: ignore[arg-type]
+
+
+def test_new_database_is_wal_with_current_schema(records: RunRecords, tmp_path: Path) -> None:
+    assert records.schema_version == SCHEMA_VERSION
+    mode = sqlite3.connect(tmp_path / "runs.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert (tmp_path / "runs.db").stat().st_mode & 0o077 == 0
+
+
+def test_newer_schema_is_refused_not_misread(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(UsageError, match="newer stepflow"):
+        RunRecords(path)
+
+
+def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
+    first = RunRecords(tmp_path / "runs.db")
+    first.start_run(_run("r1"))
+    first.close()
+    again = RunRecords(tmp_path / "runs.db")
+    assert [r.id for r in again.runs()] == ["r1"]
+    again.close()
+
+
+def test_run_and_steps_round_trip(records: RunRecords) -> None:
+    records.start_run(
+        _run(
+            "20261123-000000-aaaaaa",
+            params=encode_params({"n": 3, "token": "s3cret"}, {"token"}),
+            secret_params=("token",),
+            targets=("b",),
+        )
+    )
+    step = StepRow(
+        name="b",
+        state="ran",
+        started=1.0,
+        finished=2.0,
+        duration=1.0,
+        attempts=2,
+        backend="local",
+        cache_key="k" * 32,
+        io=(StepIO("in", "a", "ab.cloudpickle", "ab", 5), StepIO("out", "b", "cd.npy", "cd", 9)),
+        metrics=(MetricRow("loss", 0.5, 1, 3.0), MetricRow("loss", 0.25, 2, 4.0)),
+        logs=((1, "stdout", "first try\n"), (2, "stdout", "second try\n")),
+        params={"alpha": "0.1"},
+    )
+    records.write_steps("20261123-000000-aaaaaa", [step])
+    records.finish_run(
+        "20261123-000000-aaaaaa",
+        state="succeeded",
+        counts={"ran": 1},
+        source={"content_hash": "h", "files": {"a.py": "x"}, "git_commit": "c", "git_dirty": 0},
+    )
+    run = records.run("20261123")
+    assert run.state == "succeeded" and run.finished is not None
+    assert run.display_params() == {"n": 3, "token": "***"}
+    assert run.targets == ("b",)
+    assert run.source_files == {"a.py": "x"} and run.git_dirty is False
+    (got,) = records.steps(run.id)
+    assert got.io == step.io
+    assert [m.value for m in got.metrics] == [0.5, 0.25]
+    assert got.params == {"alpha": "0.1"}
+    assert records.logs(run.id, "b") == [
+        ("b", 1, "stdout", "first try\n"),
+        ("b", 2, "stdout", "second try\n"),
+    ]
+    assert [(r, s) for r, s, _ in records.producers("cd")] == [(run.id, "b")]
+
+
+def test_writing_a_step_again_replaces_it(records: RunRecords) -> None:
+    records.start_run(_run("r1"))
+    row = StepRow(name="s", state="failed", logs=((1, "stderr", "x"),))
+    records.write_steps("r1", [row])
+    records.write_steps("r1", [StepRow(name="s", state="ran", logs=((2, "stdout", "y"),))])
+    (step,) = records.steps("r1")
+    assert step.state == "ran"
+    assert records.logs("r1") == [("s", 2, "stdout", "y")]
+
+
+def test_secret_values_are_not_encoded() -> None:
+    encoded = encode_params({"path": Path("/x"), "n": 2, "key": "hunter2"}, ["key"])
+    assert encoded == {"path": {"text": "/x"}, "n": {"json": 2}}
+
+
+def test_run_lookup_errors(records: RunRecords) -> None:
+    records.start_run(_run("20261123-000001-aaaaaa", started=1.0))
+    records.start_run(_run("20261123-000002-bbbbbb", started=2.0))
+    assert records.run("last").id == "20261123-000002-bbbbbb"
+    with pytest.raises(UsageError, match="ambiguous"):
+        records.run("20261123")
+    with pytest.raises(UsageError, match="no run 'nope'"):
+        records.run("nope")
+    with pytest.raises(UsageError, match="no run 'last-failed'"):
+        records.run("last-failed")
+
+
+def test_filters(records: RunRecords) -> None:
+    records.start_run(_run("a", pipeline="x", started=10.0))
+    records.start_run(_run("b", pipeline="y", started=20.0))
+    records.finish_run("b", state="failed", counts={})
+    assert [r.id for r in records.runs()] == ["b", "a"]
+    assert [r.id for r in records.runs(pipeline="x")] == ["a"]
+    assert [r.id for r in records.runs(state="failed")] == ["b"]
+    assert [r.id for r in records.runs(since=15.0)] == ["b"]
+    assert [r.id for r in records.runs(limit=1)] == ["b"]
+    with pytest.raises(ValueError, match="unknown run state"):
+        records.finish_run("a", state="done", counts={})
+
+
+def test_abandoned_run_is_marked_interrupted(records: RunRecords) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    records.start_run(_run("dead", pid=proc.pid))
+    records.start_run(_run("alive"))  # this process: still running
+    assert records.mark_abandoned() == ["dead"]
+    states = {r.id: r.state for r in records.runs()}
+    assert states == {"dead": "interrupted", "alive": "running"}
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from stepflow._storage.records import RunRecords, RunRow, StepRow
+    recs = RunRecords(Path(sys.argv[1]))
+    for i in range(40):
+        rid = f"{sys.argv[2]}-{i}"
+        recs.start_run(RunRow(id=rid, pipeline="p", state="running", started=time.time()))
+        recs.write_steps(rid, [StepRow(name=f"s{j}", state="ran") for j in range(5)])
+        recs.finish_run(rid, state="succeeded", counts={"ran": 5})
+    recs.close()
+    """
+)
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), f"w{n}"]) for n in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    recs = RunRecords(path)
+    runs = recs.runs()
+    assert len(runs) == 120
+    assert {r.state for r in runs} == {"succeeded"}
+    assert all(len(recs.steps(r.id)) == 5 for r in runs[:10])
+    recs.close()
