@@ -1,0 +1,482 @@
+"""The source snapshot of a run: which project files it ran with, and the git facts.
+
+:func:`snapshot` walks the project folder and returns a :class:`SourceSnapshot`: a manifest
+(relative posix path -> content hash of each file), one ``content_hash`` over the manifest, and
+the git commit and dirty flag. Two runs with equal ``content_hash`` ran with the same files;
+:func:`diff` of two manifests says which files differ (``stepflow runs compare``, ``--resume``).
+
+Which files count
+    Ignore files use git's syntax and are compiled by :mod:`pathspec` (``GitIgnoreSpec``), never
+    matched by hand. For each path, the first of these that has an opinion decides:
+
+    1. always excluded, whatever the ignore files say: ``.git``, ``__pycache__/``, ``*.pyc`` and
+       the stepflow home folder when it lies inside the project;
+    2. ``.stepflowignore`` in the project root (it can re-include with ``!`` what a
+       ``.gitignore`` ignores);
+    3. the ``.gitignore`` files, deepest folder first, each relative to its own folder, with the
+       last matching pattern in a file winning (git's rules);
+    4. when the project root has no ``.gitignore``, a default list of heavy folders
+       (``.venv``, ``node_modules``, ``build``, ... see ``_DEFAULT_IGNORES``), so a project
+       without ignore files does not hash a virtualenv.
+
+    An ignored folder is not entered, so, as in git, a file inside it cannot be re-included on
+    its own: re-include the folder (``!data/``) and ignore what you do not want inside it.
+    Symbolic links are not followed; a link counts by the text of its target. Other special
+    files (sockets, FIFOs) do not count. A file that cannot be read counts as ``"unreadable"``
+    (a folder as ``"folder/": "unreadable"``) rather than failing the run; a file that vanishes
+    during the walk does not count. Ignore files of folders above the project root and git's
+    ``info/exclude`` and ``core.excludesFile`` are not read.
+
+Speed
+    Files are hashed with xxh3 (:func:`~stepflow._storage.hashing.hash_file`). A stat cache in
+    ``<home>/source-cache.json`` maps each path to its (size, mtime, ctime, inode) and hash, so
+    an unchanged file is not read again. A file modified within the last two seconds is not
+    cached: file times are coarse (a few milliseconds on Linux, seconds elsewhere), and a second
+    same-size write within one tick would otherwise leave a stale hash in the cache.
+
+Git
+    One ``git status --porcelain=v2 --branch`` call gives both the commit (``None`` before the
+    first commit) and the dirty flag (any change or untracked file in the work tree, the stepflow
+    home excepted), from the same moment. It runs with a timeout and without taking git's
+    optional locks, so it never blocks a ``git commit`` running beside it. Without git, outside
+    a repository, or on any git error, both facts are ``None``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import struct
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import xxhash
+
+from stepflow._storage.hashing import hash_bytes, hash_file
+from stepflow.errors import StepflowError, StepflowWarning, UsageError
+
+if TYPE_CHECKING:
+    import pathspec
+
+__all__ = [
+    "SourceDiff",
+    "SourceRecordError",
+    "SourceSnapshot",
+    "diff",
+    "git_facts",
+    "snapshot",
+]
+
+#: The name of the stat cache file in the stepflow home.
+CACHE_NAME = "source-cache.json"
+#: The manifest value of a file or folder that exists but cannot be read.
+UNREADABLE = "unreadable"
+
+# Changes whenever the manifest or the content hash is computed differently, so snapshots made
+# by an older algorithm never compare equal by accident.
+_ALGORITHM = b"stepflow-source-1"
+_CACHE_VERSION = 1
+# Files modified more recently than this are hashed but not cached (see the module docstring).
+_RACY_NS = 2_000_000_000
+_GIT_TIMEOUT_S = 5.0
+
+_ALWAYS_IGNORED = (".git", "__pycache__/", "*.pyc")
+_DEFAULT_IGNORES = (
+    ".venv/",
+    "venv/",
+    ".tox/",
+    "node_modules/",
+    ".mypy_cache/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    "build/",
+    "dist/",
+    "*.egg-info/",
+)
+_U64 = struct.Struct("<Q")
+
+
+class SourceRecordError(StepflowError, ValueError):
+    """A stored source snapshot does not have the shape :meth:`SourceSnapshot.from_dict` reads."""
+
+
+@attrs.frozen
+class SourceSnapshot:
+    """What a run's project folder held, and where it stood in git."""
+
+    #: hex digest over the sorted (path, file hash) pairs of ``files``
+    content_hash: str
+    #: relative posix path -> 32-hex xxh3_128 digest of the file's bytes (a symlink: of its
+    #: target text, tagged so that it differs from a file holding that text)
+    files: Mapping[str, str] = attrs.field(converter=dict, hash=False)
+    #: ``HEAD``'s commit id; ``None`` outside a repository, without git, or before any commit
+    git_commit: str | None = None
+    #: whether the work tree differs from ``HEAD`` (untracked files count); ``None`` outside a
+    #: repository or without git
+    git_dirty: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reads it back."""
+        return {
+            "content_hash": self.content_hash,
+            "files": dict(self.files),
+            "git_commit": self.git_commit,
+            "git_dirty": self.git_dirty,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SourceSnapshot:
+        """Read back what :meth:`to_dict` wrote.
+
+        :raises SourceRecordError: a key is missing or holds a value of the wrong type.
+        """
+        if not isinstance(data, Mapping):
+            raise SourceRecordError(
+                f"a source snapshot must be a mapping, not {type(data).__name__}"
+            )
+        missing = {"content_hash", "files"} - data.keys()
+        if missing:
+            raise SourceRecordError(
+                f"source snapshot record lacks {', '.join(sorted(missing))}; it was not written "
+                f"by SourceSnapshot.to_dict()"
+            )
+        files = data["files"]
+        checks = (
+            ("content_hash", isinstance(data["content_hash"], str), "a string"),
+            (
+                "files",
+                isinstance(files, Mapping)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()),
+                "a mapping of path strings to hash strings",
+            ),
+            ("git_commit", isinstance(data.get("git_commit"), str | None), "a string or None"),
+            ("git_dirty", isinstance(data.get("git_dirty"), bool | None), "a bool or None"),
+        )
+        for key, ok, expected in checks:
+            if not ok:
+                raise SourceRecordError(
+                    f"source snapshot record: {key!r} must be {expected} "
+                    f"(got {type(data.get(key)).__name__})"
+                )
+        return cls(data["content_hash"], files, data.get("git_commit"), data.get("git_dirty"))
+
+
+@attrs.frozen
+class SourceDiff:
+    """How two source manifests differ; each field is a sorted tuple of paths."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def text(self, limit: int | None = 10) -> str:
+        """One line such as ``changed: a.py; added: b.py``, or ``no changes``.
+
+        At most ``limit`` paths are named per kind (``None``: all), then ``(+N more)``.
+        """
+        parts = []
+        for label, paths in (
+            ("changed", self.changed),
+            ("added", self.added),
+            ("removed", self.removed),
+        ):
+            if not paths:
+                continue
+            shown = paths if limit is None else paths[:limit]
+            more = f" (+{len(paths) - len(shown)} more)" if len(shown) < len(paths) else ""
+            parts.append(f"{label}: {', '.join(shown)}{more}")
+        return "; ".join(parts) or "no changes"
+
+
+def diff(old: Mapping[str, str], new: Mapping[str, str]) -> SourceDiff:
+    """Which paths were added, removed or changed from manifest ``old`` to manifest ``new``.
+
+    >>> diff({"a.py": "1", "c.py": "3"}, {"a.py": "2", "b.py": "2", "c.py": "3"}).text()
+    'changed: a.py; added: b.py'
+    """
+    return SourceDiff(
+        added=tuple(sorted(new.keys() - old.keys())),
+        removed=tuple(sorted(old.keys() - new.keys())),
+        changed=tuple(sorted(p for p in old.keys() & new.keys() if old[p] != new[p])),
+    )
+
+
+def snapshot(rootdir: Path, *, home: Path | None = None) -> SourceSnapshot:
+    """Hash the project folder ``rootdir`` and read its git facts.
+
+    ``home`` is the stepflow home: it is never part of the snapshot, and it keeps the stat cache
+    that lets unchanged files go unread (without it every file is read).
+
+    :raises UsageError: ``rootdir`` is not a folder.
+    """
+    root = Path(rootdir)
+    if not root.is_dir():
+        raise UsageError(
+            f"cannot take a source snapshot of {str(root)!r}: it is not a folder; pass the "
+            f"project folder (the one that holds pyproject.toml)"
+        )
+    root = root.absolute()
+    home_rel = None if home is None else _inside(Path(home), root)
+    cache = _StatCache(None if home is None else Path(home) / CACHE_NAME, root)
+    now = time.time_ns()
+    files: dict[str, str] = {}
+    for rel, entry in _walk(str(root), home_rel):
+        digest = UNREADABLE if entry is None else _digest(rel, entry, cache, now)
+        if digest is not None:
+            files[rel] = digest
+    cache.save()
+    commit, dirty = git_facts(root, exclude=() if home_rel is None else (home_rel,))
+    return SourceSnapshot(_content_hash(files), files, commit, dirty)
+
+
+def git_facts(rootdir: Path, *, exclude: tuple[str, ...] = ()) -> tuple[str | None, bool | None]:
+    """``(commit, dirty)`` of the git work tree holding ``rootdir``; ``(None, None)`` if none.
+
+    ``exclude`` lists paths relative to ``rootdir`` whose changes do not make the tree dirty.
+    """
+    argv = ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=normal", "--"]
+    argv += [":/", *(f":(exclude,literal){path}" for path in exclude)]
+    # No optional locks: status would otherwise refresh and rewrite the index, racing with a
+    # git command the user runs at the same time. LC_ALL: messages we never show, kept plain.
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+    try:
+        proc = subprocess.run(
+            argv,
+            cwd=rootdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=_GIT_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        # git missing, not executable, or too slow: the run goes on without git facts.
+        return None, None
+    if proc.returncode != 0:
+        return None, None
+    commit: str | None = None
+    dirty = False
+    for line in proc.stdout.splitlines():
+        if line.startswith(b"# branch.oid "):
+            oid = line.removeprefix(b"# branch.oid ").decode("ascii", "replace").strip()
+            commit = None if oid == "(initial)" else oid
+        elif line and not line.startswith(b"#"):
+            dirty = True
+    return commit, dirty
+
+
+# --- walking the folder ---------------------------------------------------------------------
+
+
+def _inside(path: Path, root: Path) -> str | None:
+    """``path`` relative to ``root`` as ``a/b/`` when it is strictly inside, else None."""
+    real_path, real_root = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real_path, real_root]) != real_root or real_path == real_root:
+        return None
+    return Path(os.path.relpath(real_path, real_root)).as_posix() + "/"
+
+
+# Cached: a long-running process (the scheduler, a notebook) snapshots the same ignore files
+# again and again.
+@functools.lru_cache(maxsize=256)
+def _compile(lines: tuple[str, ...]) -> pathspec.GitIgnoreSpec:
+    # Imported here: pathspec costs ~50 ms to import (it pulls in asyncio), which the CLI and
+    # readers of stored snapshots should not pay; snapshots are taken in a background thread.
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def _read_spec(path: str) -> pathspec.GitIgnoreSpec | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        # Absent, or present but unreadable (which git skips too).
+        return None
+    return _compile(tuple(lines))
+
+
+# (folder prefix such as "" or "sub/", its compiled .gitignore), root first
+_Chain = tuple[tuple[str, "pathspec.GitIgnoreSpec"], ...]
+
+
+def _walk(root: str, home_rel: str | None) -> Iterator[tuple[str, os.DirEntry[str] | None]]:
+    """Yield (relative posix path, entry) for every file and symlink that counts.
+
+    The entry is None for a folder that cannot be listed (its path then ends with ``/``).
+    """
+    always = _compile(_ALWAYS_IGNORED)
+    stepflowignore = _read_spec(os.path.join(root, ".stepflowignore"))
+    root_gitignore = _read_spec(os.path.join(root, ".gitignore"))
+    chain: _Chain = (("", root_gitignore or _compile(_DEFAULT_IGNORES)),)
+
+    def ignored(rel: str, chain: _Chain) -> bool:
+        if always.match_file(rel) or rel == home_rel:
+            return True
+        if stepflowignore is not None:
+            verdict = stepflowignore.check_file(rel).include
+            if verdict is not None:
+                return verdict
+        for prefix, spec in reversed(chain):
+            verdict = spec.check_file(rel[len(prefix) :]).include
+            if verdict is not None:
+                return verdict
+        return False
+
+    stack: list[tuple[str, str, _Chain]] = [(root, "", chain)]
+    while stack:
+        folder, prefix, chain = stack.pop()
+        if prefix:
+            nested = _read_spec(os.path.join(folder, ".gitignore"))
+            if nested is not None:
+                chain = (*chain, (prefix, nested))
+        try:
+            with os.scandir(folder) as entries:
+                listed = list(entries)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if not prefix:
+                raise UsageError(
+                    f"cannot take a source snapshot of {root!r}: the folder cannot be listed "
+                    f"({exc.strerror}); check its permissions"
+                ) from exc
+            yield prefix, None
+            continue
+        for entry in listed:
+            rel = prefix + entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                # Sockets, FIFOs and devices are not source.
+                is_file = not is_dir and (
+                    entry.is_file(follow_symlinks=False) or entry.is_symlink()
+                )
+            except OSError:
+                continue
+            if is_dir:
+                if not ignored(rel + "/", chain):
+                    stack.append((entry.path, rel + "/", chain))
+            elif is_file and not ignored(rel, chain):
+                yield rel, entry
+
+
+def _digest(rel: str, entry: os.DirEntry[str], cache: _StatCache, now: int) -> str | None:
+    """The hash of one file or symlink (None if it vanished), through the stat cache."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return UNREADABLE
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    cached = cache.get(rel, stamp)
+    if cached is not None:
+        return cached
+    try:
+        if entry.is_symlink():
+            # Tagged, so a link and a file holding its target text hash apart.
+            digest = hash_bytes(b"symlink\0" + os.fsencode(os.readlink(entry.path)))
+        else:
+            digest = hash_file(entry.path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return UNREADABLE
+    if now - st.st_mtime_ns > _RACY_NS:
+        cache.put(rel, stamp, digest)
+    return digest
+
+
+def _content_hash(files: Mapping[str, str]) -> str:
+    state = xxhash.xxh3_128(_ALGORITHM)
+    for path in sorted(files):
+        # Length prefixes: no two different manifests can produce the same byte stream.
+        raw = path.encode("utf-8", "surrogateescape")
+        state.update(_U64.pack(len(raw)) + raw)
+        digest = files[path].encode("utf-8", "surrogateescape")
+        state.update(_U64.pack(len(digest)) + digest)
+    return state.hexdigest()
+
+
+# --- the stat cache ---------------------------------------------------------------------------
+
+
+class _StatCache:
+    """path -> ([size, mtime_ns, ctime_ns, inode], hash) for one project root, kept in JSON.
+
+    One file serves every project that shares the home, keyed by the project's real path.
+    Anything unexpected in the file (bad JSON, another version, odd entries) is a miss: the
+    cache only ever saves work, it never decides a hash on its own.
+    """
+
+    def __init__(self, path: Path | None, root: Path) -> None:
+        self.path = path
+        self._key = os.path.realpath(root)
+        self._roots: dict[str, Any] = {}
+        self._old: dict[str, Any] = {}
+        self._new: dict[str, list[Any]] = {}
+        if path is None:
+            return
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if not (isinstance(data, dict) and data.get("version") == _CACHE_VERSION):
+            return
+        roots = data.get("roots")
+        if isinstance(roots, dict):
+            self._roots = roots
+            old = roots.get(self._key)
+            self._old = old if isinstance(old, dict) else {}
+
+    def get(self, rel: str, stamp: list[int]) -> str | None:
+        cached = self._old.get(rel)
+        if (
+            isinstance(cached, list)
+            and len(cached) == 2
+            and cached[0] == stamp
+            and isinstance(cached[1], str)
+        ):
+            self._new[rel] = cached
+            return cached[1]
+        return None
+
+    def put(self, rel: str, stamp: list[int], digest: str) -> None:
+        self._new[rel] = [stamp, digest]
+
+    def save(self) -> None:
+        """Write the entries seen in this walk (dropping the rest), only if anything changed."""
+        if self.path is None or self._new == self._old:
+            return
+        roots = {**self._roots, self._key: self._new}
+        text = json.dumps({"version": _CACHE_VERSION, "roots": roots}, separators=(",", ":"))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-source-cache-")
+            try:
+                # No fsync: after a power loss a torn cache is only a miss, never a wrong hash.
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+                os.replace(tmp, self.path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        except OSError as exc:
+            warnings.warn(
+                StepflowWarning(
+                    f"could not write the source stat cache {self.path} ({exc}); the snapshot "
+                    f"is correct, but the next run reads every project file again"
+                ),
+                stacklevel=3,
+            )

@@ -1,0 +1,589 @@
+"""Tests for stepflow._storage.source: what the source snapshot counts, its cache, git facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from stepflow._storage.hashing import hash_file
+from stepflow._storage.source import (
+    CACHE_NAME,
+    SourceDiff,
+    SourceRecordError,
+    SourceSnapshot,
+    diff,
+    git_facts,
+    snapshot,
+)
+from stepflow.errors import StepflowWarning, UsageError
+
+# A modification time well outside the cache's two-second "too recent to trust" window.
+OLD_NS = 1_600_000_000 * 10**9
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def age(path: Path) -> None:
+    """Move a file's modification time into the past, so the stat cache may keep it."""
+    os.utime(path, ns=(OLD_NS, OLD_NS))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run git in a folder, isolated from the machine's git configuration."""
+    if shutil.which("git") is None:
+        reason = "git is not installed; the git facts of a snapshot cannot be tested"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}, and CI=true requires it")
+        pytest.skip(reason)
+    config = tmp_path / "gitconfig"
+    config.write_text("[init]\n\tdefaultBranch = main\n[commit]\n\tgpgsign = false\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    # A folder under tmp_path must never find a repository above tmp_path.
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    for var in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{var}_NAME", "Test")
+        monkeypatch.setenv(f"GIT_{var}_EMAIL", "test@example.invalid")
+
+    def run(cwd: Path, *args: str) -> str:
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=30
+        )
+        return proc.stdout.strip()
+
+    return run
+
+
+# --- what counts ------------------------------------------------------------------------------
+
+
+def test_manifest_holds_each_file_hash_by_relative_posix_path(project):
+    """Every file is listed under its relative posix path with the hash of its bytes."""
+    write(project, {"a.py": "a = 1\n", "pkg/mod.py": "b = 2\n", "pkg/sub/data.txt": "x"})
+    snap = snapshot(project)
+    assert snap.files == {
+        "a.py": hash_file(project / "a.py"),
+        "pkg/mod.py": hash_file(project / "pkg/mod.py"),
+        "pkg/sub/data.txt": hash_file(project / "pkg/sub/data.txt"),
+    }
+    assert len(snap.content_hash) == 32
+
+
+def test_gitignored_files_and_folders_do_not_count(project):
+    """Files and folders matched by the root .gitignore are left out, the ignore file is in."""
+    write(
+        project,
+        {
+            ".gitignore": "*.log\ndata/\n/out.txt\n",
+            "main.py": "",
+            "run.log": "",
+            "pkg/debug.log": "",
+            "data/big.csv": "1,2",
+            "out.txt": "",
+            "pkg/out.txt": "",
+        },
+    )
+    assert set(snapshot(project).files) == {".gitignore", "main.py", "pkg/out.txt"}
+
+
+def test_ignored_folder_is_not_entered(project):
+    """As in git, a file in an ignored folder cannot be re-included: the folder is skipped."""
+    write(
+        project,
+        {
+            ".gitignore": "data/\n",
+            "data/.gitignore": "!keep.csv\n",
+            "data/keep.csv": "1",
+        },
+    )
+    assert set(snapshot(project).files) == {".gitignore"}
+
+
+def test_nested_gitignore_patterns_are_relative_to_their_folder(project):
+    """A nested .gitignore applies to its own folder and below, anchored there."""
+    write(
+        project,
+        {
+            ".gitignore": "*.csv\n",
+            "local.txt": "",
+            "x.tmp": "",
+            "sub/.gitignore": "/local.txt\n*.tmp\n!keep.csv\n",
+            "sub/local.txt": "",
+            "sub/deep/local.txt": "",
+            "sub/deep/x.tmp": "",
+            "sub/keep.csv": "",
+            "sub/other.csv": "",
+            "other/x.tmp": "",
+        },
+    )
+    assert set(snapshot(project).files) == {
+        ".gitignore",
+        "local.txt",
+        "x.tmp",
+        "sub/.gitignore",
+        "sub/deep/local.txt",  # /local.txt is anchored to sub/
+        "sub/keep.csv",  # re-included by the deeper file
+        "other/x.tmp",  # sub/.gitignore does not reach a sibling folder
+    }
+
+
+def test_stepflowignore_ignores_more_and_reincludes(project):
+    """.stepflowignore takes precedence: it can ignore more and re-include with '!'."""
+    write(
+        project,
+        {
+            ".gitignore": "*.log\nmodels/\n",
+            ".stepflowignore": "notes/\n!important.log\n!models/\nmodels/*.bin\n",
+            "main.py": "",
+            "debug.log": "",
+            "important.log": "",
+            "notes/todo.md": "",
+            "models/config.json": "",
+            "models/weights.bin": "",
+        },
+    )
+    assert set(snapshot(project).files) == {
+        ".gitignore",
+        ".stepflowignore",
+        "main.py",
+        "important.log",
+        "models/config.json",
+    }
+
+
+def test_home_folder_is_excluded_even_when_reincluded(project):
+    """The stepflow home inside the project never counts, whatever the ignore files say."""
+    write(
+        project,
+        {
+            ".stepflowignore": "!.stepflow/\n!runs.db\n",
+            "main.py": "",
+            ".stepflow/runs.db": "x",
+            ".stepflow/objects/ab.pkl": "x",
+        },
+    )
+    home = project / ".stepflow"
+    first = snapshot(project, home=home)
+    assert set(first.files) == {".stepflowignore", "main.py"}
+    (home / "more.db").write_text("changes every run")
+    assert snapshot(project, home=home).content_hash == first.content_hash
+
+
+def test_home_outside_the_project_changes_nothing(project, tmp_path):
+    """A home elsewhere only keeps the cache; a same-named folder in the project counts."""
+    write(project, {"main.py": "", ".stepflow/notes.txt": ""})
+    age(project / "main.py")
+    snap = snapshot(project, home=tmp_path / "home")
+    assert set(snap.files) == {"main.py", ".stepflow/notes.txt"}
+    assert (tmp_path / "home" / CACHE_NAME).is_file()
+
+
+def test_git_folder_and_bytecode_are_always_excluded(project):
+    """.git, __pycache__ and *.pyc cannot be re-included by .stepflowignore."""
+    write(
+        project,
+        {
+            ".stepflowignore": "!.git/\n!__pycache__/\n!*.pyc\n",
+            "main.py": "",
+            ".git/HEAD": "ref: refs/heads/main\n",
+            "vendored/.git": "gitdir: ../.git/modules/vendored\n",
+            "vendored/lib.py": "",
+            "__pycache__/main.cpython-311.pyc": "",
+            "legacy.pyc": "",
+        },
+    )
+    assert set(snapshot(project).files) == {".stepflowignore", "main.py", "vendored/lib.py"}
+
+
+def test_heavy_folders_are_skipped_only_without_a_root_gitignore(project):
+    """Without a .gitignore, virtualenvs, build output and caches are skipped by default."""
+    heavy = {
+        ".venv/lib/site.py": "",
+        "venv/bin/python": "",
+        ".tox/py311/x": "",
+        "node_modules/left-pad/index.js": "",
+        ".mypy_cache/x.json": "",
+        ".pytest_cache/v": "",
+        ".ruff_cache/x": "",
+        "build/lib/x.py": "",
+        "dist/x.whl": "",
+        "pkg.egg-info/PKG-INFO": "",
+    }
+    write(project, {"main.py": "", **heavy})
+    assert set(snapshot(project).files) == {"main.py"}
+
+    # A .stepflowignore alone does not switch the defaults off, but can re-include.
+    write(project, {".stepflowignore": "!build/\n"})
+    assert set(snapshot(project).files) == {".stepflowignore", "main.py", "build/lib/x.py"}
+
+    # A project with its own .gitignore says itself what to leave out.
+    write(project, {".gitignore": "node_modules/\n"})
+    expected = {".gitignore", ".stepflowignore", "main.py", *heavy} - {
+        "node_modules/left-pad/index.js"
+    }
+    assert set(snapshot(project).files) == expected
+
+
+def test_symlinks_count_by_target_text_and_are_not_followed(project, tmp_path):
+    """A link is recorded by its target text; a linked folder's files are not walked."""
+    outside = tmp_path / "outside"
+    write(outside, {"secret.txt": "s"})
+    write(project, {"main.py": "", "same.txt": str(outside)})
+    (project / "linked").symlink_to(outside, target_is_directory=True)
+    snap = snapshot(project)
+    assert set(snap.files) == {"main.py", "same.txt", "linked"}
+    # The link and a file holding the target text hash apart.
+    assert snap.files["linked"] != snap.files["same.txt"]
+
+    (project / "linked").unlink()
+    (project / "linked").symlink_to(tmp_path, target_is_directory=True)
+    assert snapshot(project).files["linked"] != snap.files["linked"]
+
+
+def test_special_files_do_not_count(project):
+    """A FIFO is not source: it is skipped, and never opened (which would block)."""
+    write(project, {"main.py": ""})
+    os.mkfifo(project / "pipe")
+    assert set(snapshot(project).files) == {"main.py"}
+
+
+def test_rootdir_must_be_a_folder(tmp_path):
+    """A missing folder or a file as rootdir is a UsageError naming the path."""
+    with pytest.raises(UsageError, match=r"missing.*not a folder"):
+        snapshot(tmp_path / "missing")
+    (tmp_path / "file.py").write_text("")
+    with pytest.raises(UsageError, match=r"file\.py.*not a folder"):
+        snapshot(tmp_path / "file.py")
+
+
+# --- the content hash ---------------------------------------------------------------------------
+
+
+def test_content_change_changes_the_hash(project):
+    """Editing, adding, removing or renaming a file changes the content hash."""
+    write(project, {"a.py": "x = 1\n", "b.py": "y = 2\n"})
+    hashes = [snapshot(project).content_hash]
+    write(project, {"a.py": "x = 2\n"})
+    hashes.append(snapshot(project).content_hash)
+    write(project, {"c.py": ""})
+    hashes.append(snapshot(project).content_hash)
+    (project / "c.py").unlink()
+    (project / "b.py").rename(project / "d.py")
+    hashes.append(snapshot(project).content_hash)
+    (project / "d.py").unlink()
+    hashes.append(snapshot(project).content_hash)
+    assert len(set(hashes)) == len(hashes)
+
+
+def test_equal_content_hashes_equal(project, tmp_path):
+    """Two folders with the same files hash alike, wherever they are."""
+    write(project, {"a.py": "x", "sub/b.py": "y"})
+    other = tmp_path / "copy"
+    shutil.copytree(project, other)
+    assert snapshot(other).content_hash == snapshot(project).content_hash
+
+
+def test_touching_a_file_does_not_change_the_hash(project, tmp_path):
+    """A new modification time with the same bytes is the same snapshot (and cache entry)."""
+    home = tmp_path / "home"
+    write(project, {"a.py": "x = 1\n"})
+    age(project / "a.py")
+    first = snapshot(project, home=home)
+    os.utime(project / "a.py", ns=(OLD_NS + 10**9, OLD_NS + 10**9))
+    assert snapshot(project, home=home) == first
+
+
+# --- the stat cache ------------------------------------------------------------------------------
+
+
+def cache_entries(home: Path, root: Path) -> dict:
+    data = json.loads((home / CACHE_NAME).read_text())
+    return data["roots"][os.path.realpath(root)]
+
+
+def test_unchanged_files_are_not_read_again(project, tmp_path):
+    """An entry whose stat still matches is trusted: proof, a planted hash is returned as is."""
+    home = tmp_path / "home"
+    write(project, {"a.py": "x = 1\n", "b.py": "y = 2\n"})
+    age(project / "a.py")
+    age(project / "b.py")
+    first = snapshot(project, home=home)
+    data = json.loads((home / CACHE_NAME).read_text())
+    entries = data["roots"][os.path.realpath(project)]
+    assert set(entries) == {"a.py", "b.py"}
+    entries["a.py"][1] = "planted"
+    (home / CACHE_NAME).write_text(json.dumps(data))
+
+    second = snapshot(project, home=home)
+    assert second.files["a.py"] == "planted"
+    assert second.files["b.py"] == first.files["b.py"]
+
+
+def test_same_size_rewrite_with_restored_mtime_is_seen(project, tmp_path):
+    """A rewrite that keeps size and mtime (cp -p, rsync -t) still changes the ctime."""
+    home = tmp_path / "home"
+    write(project, {"a.py": "x = 1\n"})
+    age(project / "a.py")
+    first = snapshot(project, home=home)
+    assert "a.py" in cache_entries(home, project)
+    # Coarse kernel timestamps: wait until the ctime can differ from the first write's.
+    time.sleep(0.05)
+    write(project, {"a.py": "x = 2\n"})
+    age(project / "a.py")
+    second = snapshot(project, home=home)
+    assert second.files["a.py"] == hash_file(project / "a.py") != first.files["a.py"]
+
+
+def test_recently_modified_files_are_not_cached(project, tmp_path):
+    """A file modified in the last two seconds may change again within one timestamp tick."""
+    home = tmp_path / "home"
+    write(project, {"old.py": "", "new.py": ""})
+    age(project / "old.py")
+    snapshot(project, home=home)
+    assert set(cache_entries(home, project)) == {"old.py"}
+
+
+def test_cache_drops_entries_of_files_that_are_gone(project, tmp_path):
+    """The cache holds what the last walk saw, so it does not grow with deleted files."""
+    home = tmp_path / "home"
+    write(project, {"a.py": "", "b.py": ""})
+    age(project / "a.py")
+    age(project / "b.py")
+    snapshot(project, home=home)
+    (project / "b.py").unlink()
+    snapshot(project, home=home)
+    assert set(cache_entries(home, project)) == {"a.py"}
+
+
+def test_projects_sharing_a_home_keep_their_own_entries(tmp_path):
+    """One cache file serves several projects without them evicting each other."""
+    home = tmp_path / "home"
+    one, two = tmp_path / "one", tmp_path / "two"
+    write(one, {"a.py": "1"})
+    write(two, {"b.py": "2"})
+    age(one / "a.py")
+    age(two / "b.py")
+    snapshot(one, home=home)
+    snapshot(two, home=home)
+    assert set(cache_entries(home, one)) == {"a.py"}
+    assert set(cache_entries(home, two)) == {"b.py"}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "",
+        "[]",
+        '{"version": 999, "roots": {}}',
+        '{"version": 1, "roots": []}',
+        '{"version": 1, "roots": {"ROOT": {"a.py": "bare string", "b.py": [[1, 2], 3]}}}',
+    ],
+    ids=["bad-json", "empty", "list", "other-version", "bad-roots", "bad-entries"],
+)
+def test_corrupt_cache_file_is_ignored_and_replaced(project, tmp_path, content):
+    """A damaged cache is a miss: the snapshot is right, and a good cache is written."""
+    home = tmp_path / "home"
+    home.mkdir()
+    write(project, {"a.py": "x", "b.py": "y"})
+    age(project / "a.py")
+    age(project / "b.py")
+    expected = snapshot(project)
+    cache = home / CACHE_NAME
+    cache.write_text(content.replace("ROOT", os.path.realpath(project)))
+    assert snapshot(project, home=home) == expected
+    assert set(cache_entries(home, project)) == {"a.py", "b.py"}
+
+
+def test_cache_write_failure_warns_and_keeps_the_snapshot(project, tmp_path):
+    """An unwritable home costs speed only: a StepflowWarning, and the right snapshot."""
+    home = tmp_path / "home"
+    home.write_text("a file where the home folder should be")
+    write(project, {"a.py": "x"})
+    age(project / "a.py")
+    with pytest.warns(StepflowWarning, match="could not write the source stat cache"):
+        snap = snapshot(project, home=home)
+    assert snap == snapshot(project)
+    assert not list(tmp_path.glob("**/.tmp-source-cache-*"))
+
+
+# --- git facts -----------------------------------------------------------------------------------
+
+
+def test_git_commit_and_dirty_flag(project, git):
+    """The commit is HEAD; edits and untracked files make the tree dirty, committing cleans it."""
+    write(project, {"main.py": "x = 1\n"})
+    git(project, "init", "-q")
+    git(project, "add", "main.py")
+    git(project, "commit", "-q", "-m", "first")
+    head = git(project, "rev-parse", "HEAD")
+    snap = snapshot(project)
+    assert (snap.git_commit, snap.git_dirty) == (head, False)
+
+    write(project, {"main.py": "x = 2\n"})
+    assert (snapshot(project).git_commit, snapshot(project).git_dirty) == (head, True)
+
+    git(project, "commit", "-q", "-am", "second")
+    assert git_facts(project) == (git(project, "rev-parse", "HEAD"), False)
+
+    write(project, {"new.py": ""})
+    assert git_facts(project)[1] is True
+
+
+def test_stepflow_home_does_not_make_the_tree_dirty(project, git):
+    """Each run writes to the home; an unignored home inside the repository is not a change."""
+    write(project, {"main.py": ""})
+    git(project, "init", "-q")
+    git(project, "add", "main.py")
+    git(project, "commit", "-q", "-m", "first")
+    age(project / "main.py")
+    home = project / ".stepflow"
+    write(home, {"runs.db": ""})
+    snap = snapshot(project, home=home)
+    assert snap.git_dirty is False
+    assert (home / CACHE_NAME).is_file()
+    assert git_facts(project)[1] is True  # without the exclusion it would be
+
+
+def test_project_in_a_subfolder_of_the_repository(tmp_path, git):
+    """Facts are the repository's: a change outside the project folder makes it dirty too."""
+    repo = tmp_path / "repo"
+    write(repo, {"README.md": "", "proj/main.py": ""})
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "first")
+    assert git_facts(repo / "proj") == (git(repo, "rev-parse", "HEAD"), False)
+    write(repo, {"README.md": "changed"})
+    assert git_facts(repo / "proj")[1] is True
+
+
+def test_repository_without_commits(project, git):
+    """Before the first commit there is no commit id, but dirtiness is known."""
+    git(project, "init", "-q")
+    assert git_facts(project) == (None, False)
+    write(project, {"main.py": ""})
+    snap = snapshot(project)
+    assert (snap.git_commit, snap.git_dirty) == (None, True)
+
+
+def test_not_a_repository(project, git):
+    """Outside any repository both facts are None, and the snapshot is still taken."""
+    write(project, {"main.py": ""})
+    snap = snapshot(project)
+    assert (snap.git_commit, snap.git_dirty) == (None, None)
+    assert set(snap.files) == {"main.py"}
+
+
+def test_git_not_installed(project, tmp_path, monkeypatch):
+    """Without git on PATH both facts are None; nothing crashes."""
+    write(project, {"main.py": ""})
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    snap = snapshot(project)
+    assert (snap.git_commit, snap.git_dirty) == (None, None)
+    assert set(snap.files) == {"main.py"}
+
+
+# --- records and diffs ---------------------------------------------------------------------------
+
+
+def test_to_dict_round_trips_through_json_and_pickle(project):
+    """A snapshot survives JSON (run records) and pickling (worker processes) unchanged."""
+    write(project, {"a.py": "x", "é/ü.py": "y"})
+    snap = SourceSnapshot("f" * 32, {"a.py": "1"}, "abc", True)
+    for value in (snap, snapshot(project)):
+        assert SourceSnapshot.from_dict(json.loads(json.dumps(value.to_dict()))) == value
+        assert pickle.loads(pickle.dumps(value)) == value
+    assert snap.to_dict() == {
+        "content_hash": "f" * 32,
+        "files": {"a.py": "1"},
+        "git_commit": "abc",
+        "git_dirty": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"files": {}}, "lacks content_hash"),
+        ({"content_hash": "x"}, "lacks files"),
+        ({"content_hash": 1, "files": {}}, "'content_hash' must be a string"),
+        ({"content_hash": "x", "files": ["a.py"]}, "'files' must be a mapping"),
+        ({"content_hash": "x", "files": {"a.py": 1}}, "'files' must be a mapping"),
+        ({"content_hash": "x", "files": {}, "git_commit": 5}, "'git_commit' must be"),
+        ({"content_hash": "x", "files": {}, "git_dirty": "yes"}, "'git_dirty' must be a bool"),
+        ("not a dict", "must be a mapping, not str"),
+    ],
+)
+def test_from_dict_names_what_is_wrong(data, message):
+    """A malformed record is a SourceRecordError (also a ValueError) naming the bad key."""
+    with pytest.raises(SourceRecordError, match=message) as info:
+        SourceSnapshot.from_dict(data)
+    assert isinstance(info.value, ValueError)
+
+
+def test_from_dict_reads_records_without_git_facts():
+    """git_commit and git_dirty may be absent (a record written where git was unknown)."""
+    snap = SourceSnapshot.from_dict({"content_hash": "x", "files": {}})
+    assert (snap.git_commit, snap.git_dirty) == (None, None)
+
+
+def test_diff_sorts_added_removed_changed():
+    """Each kind of difference is a sorted tuple; unchanged paths appear nowhere."""
+    old = {"a.py": "1", "b.py": "2", "z.py": "9", "same.py": "s", "gone2.py": "0", "gone.py": "0"}
+    new = {"b.py": "3", "a.py": "4", "same.py": "s", "new2.py": "5", "new.py": "5", "z.py": "9"}
+    result = diff(old, new)
+    assert result == SourceDiff(
+        added=("new.py", "new2.py"), removed=("gone.py", "gone2.py"), changed=("a.py", "b.py")
+    )
+    assert result.text() == (
+        "changed: a.py, b.py; added: new.py, new2.py; removed: gone.py, gone2.py"
+    )
+    assert result
+
+
+def test_diff_of_equal_manifests_is_empty():
+    """Equal manifests give an empty, false diff that says so."""
+    result = diff({"a.py": "1"}, {"a.py": "1"})
+    assert result == SourceDiff()
+    assert not result
+    assert result.text() == "no changes"
+
+
+def test_diff_text_is_shortened_past_the_limit():
+    """Long lists name the first paths and count the rest."""
+    result = diff({}, {f"f{i:02}.py": "1" for i in range(15)})
+    assert result.text(limit=2) == "added: f00.py, f01.py (+13 more)"
+    assert result.text(limit=None).count(".py") == 15
+
+
+def test_diff_of_two_snapshots(project):
+    """diff works on the manifests of real snapshots."""
+    write(project, {"a.py": "1", "b.py": "2"})
+    before = snapshot(project)
+    write(project, {"a.py": "changed", "c.py": "3"})
+    (project / "b.py").unlink()
+    assert diff(before.files, snapshot(project).files).text() == (
+        "changed: a.py; added: c.py; removed: b.py"
+    )
