@@ -157,12 +157,15 @@ class Journal:
         except Exception as exc:
             self._source = {"error": f"{type(exc).__name__}: {exc}"}
 
-    def finish(self, *, interrupted: bool) -> None:
+    def finish(self, *, interrupted: bool, crashed: bool = False) -> None:
+        """Say how the run ended; ``crashed``: stepflow itself raised (recorded as failed)."""
         if self.records is None:
             return
         runner = self.runner
         reports = runner.reports
-        if interrupted:
+        if crashed:
+            state = "failed"
+        elif interrupted:
             state = "interrupted"
         elif any(r.state is StepState.FAILED for r in reports.values()):
             state = "failed"

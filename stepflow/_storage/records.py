@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import threading
@@ -521,12 +522,16 @@ class RunRecords:
         return [self._run_from(r) for r in self._db.execute(sql, args)]
 
     def run(self, ref: str) -> RunRow:
-        """A run by id, unique id prefix, ``last`` or ``last-failed``.
+        """A run by id, unique id prefix, ``last``, ``last~N`` (N runs before it) or
+        ``last-failed``.
 
         :raises UsageError: no such run, or the prefix is ambiguous.
         """
+        back = re.fullmatch(r"last~(\d+)", ref)
         if ref in ("last", "latest"):
             found = self.runs(limit=1)
+        elif back:
+            found = self.runs(limit=int(back.group(1)) + 1)[int(back.group(1)) :]
         elif ref == "last-failed":
             found = self.runs(state="failed", limit=1)
         else:

@@ -38,7 +38,7 @@ def add_parsers(
     add_common(ls)
 
     show = runs_sub.add_parser("show", help="a run's steps, parameters, metrics and source")
-    show.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
+    show.add_argument("run", metavar="RUN", help="a run id, a unique prefix of it, last or last~N")
     show.add_argument("--json", action="store_true", help="print JSON")
     add_common(show)
 
