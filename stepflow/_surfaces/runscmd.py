@@ -288,7 +288,8 @@ def compare_runs(records: RunRecords, a_ref: str, b_ref: str) -> dict[str, Any]:
             steps[name] = {"a": sa and sa.state, "b": sb and sb.state, "why": "only in one run"}
         elif sa.cache_key != sb.cache_key:
             steps[name] = {"a": sa.state, "b": sb.state, "why": "different cache key"}
-        elif sa.state != sb.state:
+        elif sa.state != sb.state and {sa.state, sb.state} != {"ran", "reused"}:
+            # Ran in one and reused in the other with one key is the same result: not listed.
             steps[name] = {"a": sa.state, "b": sb.state, "why": "same cache key"}
     source: dict[str, Any] | None = None
     if a.source_files is not None and b.source_files is not None:
@@ -336,7 +337,7 @@ def _compare(records: RunRecords, args: argparse.Namespace) -> int:
         for name, d in data["steps"].items():
             out.append(f"  {name}: {d['a'] or '-'} -> {d['b'] or '-'} ({d['why']})")
     else:
-        out.append("steps: the same cache keys and states")
+        out.append("steps: the same results (the same cache keys)")
     git_a, git_b = data["git"]
     out.append(f"git: {git_a} -> {git_b}" if git_a != git_b else f"git: {git_a}")
     source = data["source"]
