@@ -48,3 +48,111 @@ def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[cal
     yield make
     for name in names:
         sys.modules.pop(name, None)
+
+
+# --- a real S3-compatible server on loopback (moto), for the object-store datastore ----------
+
+# Runs in its own process: the test session's `filterwarnings = error` and its threads stay
+# out of the server, and the server dies with the session (it exits when stdin closes).
+_MOTO_SERVER = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+class S3Server:
+    """A bucket of its own on the session's moto server, with dummy credentials set."""
+
+    def __init__(self, endpoint_url: str, bucket: str) -> None:
+        #: ``http://127.0.0.1:PORT``
+        self.endpoint_url = endpoint_url
+        #: a fresh bucket for this test
+        self.bucket = bucket
+
+    @property
+    def options(self) -> dict[str, str]:
+        """``[tool.stepflow.store_options]`` for this server."""
+        return {"endpoint_url": self.endpoint_url}
+
+    def url(self, prefix: str = "stepflow") -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+    def fs(self):
+        """An s3fs filesystem on the server, for looking behind the datastore's back."""
+        import s3fs
+
+        return s3fs.S3FileSystem(
+            endpoint_url=self.endpoint_url, skip_instance_cache=True, use_listings_cache=False
+        )
+
+
+def _need(what: str) -> None:
+    import os
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what}, and CI=true requires it (pip install -e '.[test]')")
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="session")
+def _moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import importlib.util
+    import select
+    import subprocess
+
+    missing = [m for m in ("moto", "s3fs", "boto3", "flask") if importlib.util.find_spec(m) is None]
+    if missing:
+        _need(f"the S3 test server needs {', '.join(missing)} (moto[server] and s3fs)")
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MOTO_SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+        )
+    assert proc.stdout is not None and proc.stdin is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else b""
+    if not line.strip().isdigit():
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the moto S3 server did not start; its log:\n{log.read_text()}")
+    try:
+        yield f"http://127.0.0.1:{int(line)}"
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+@pytest.fixture
+def s3_server(_moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """A real S3 API on loopback with an empty bucket, and dummy credentials in the
+    environment (worker processes inherit them). Skips without moto[server] and s3fs, except
+    under CI=true, where it fails."""
+    import os
+    import uuid
+
+    import boto3
+
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # Never read the developer's own AWS configuration.
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    bucket = f"stepflow-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=_moto_endpoint).create_bucket(Bucket=bucket)
+    return S3Server(_moto_endpoint, bucket)

@@ -1,7 +1,12 @@
-"""Registers the built-in serializers through the same hook plugins use."""
+"""Registers the built-in serializers and object-store datastores through the same hooks
+plugins use."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from stepflow._storage.objectstore import open_object_store
 from stepflow._storage.serializers import Serializer, builtin_serializers
 from stepflow.hookspecs import hookimpl
 
@@ -9,3 +14,9 @@ from stepflow.hookspecs import hookimpl
 @hookimpl
 def stepflow_serializer_types() -> list[Serializer]:
     return builtin_serializers()
+
+
+@hookimpl
+def stepflow_datastore_types() -> Mapping[str, Any]:
+    # One fsspec-based store for every object-store scheme; only s3:// is tested.
+    return {scheme: open_object_store for scheme in ("s3", "gs", "gcs", "az", "abfs")}

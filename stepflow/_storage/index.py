@@ -3,10 +3,17 @@
 The index is the one commit point: an output becomes visible to later runs only when its
 record is written here, after its objects are safely in the datastore. Records are plain
 dicts on disk, so a newer stepflow can read what an older one wrote.
+
+When the datastore is ``shared`` (an object store other machines read), each record is also
+written to it as a JSON document ``index/<key[:2]>/<key>.json``, after the local commit; a
+local miss looks there before giving up, and keeps what it finds. A second home pointed at
+the same store so reuses results made elsewhere. A local store pays nothing for this.
 """
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +23,7 @@ import attrs
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactRef
 from stepflow._storage.datastore import Datastore
+from stepflow.errors import StepflowWarning, StoreUnavailableError
 
 __all__ = ["CacheIndex", "CacheRecord", "NullIndex"]
 
@@ -66,6 +74,26 @@ def _last(pipeline: str, step: str) -> str:
     return f"last:{pipeline}\x00{step}"
 
 
+#: the folder of shared index documents in a ``shared`` datastore
+SHARED_PREFIX = "index"
+
+
+def _doc(key: str) -> str:
+    return f"{SHARED_PREFIX}/{key[:2]}/{key}.json"
+
+
+def _parse_doc(raw: bytes, key: str | None = None) -> CacheRecord | None:
+    """A record from a shared document, or ``None`` when it is unreadable, from another
+    record version, or (when ``key`` is given) about another key."""
+    try:
+        record = CacheRecord.from_dict(json.loads(raw))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if record is None or (key is not None and record.key != key):
+        return None
+    return record
+
+
 class CacheIndex:
     """Cache key → ``CacheRecord``, plus the last record of each (pipeline, step)."""
 
@@ -75,6 +103,7 @@ class CacheIndex:
         #: the datastore whose results this index records; a ``shared`` store also
         #: carries the records, so that other homes pointed at it can reuse them
         self.store = store
+        self._shared = store is not None and store.shared
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         # No eviction: dropping a record is the job of `stepflow cache prune`, never a side
         # effect of a size limit the user did not set.
@@ -83,13 +112,38 @@ class CacheIndex:
     def get(self, key: str) -> CacheRecord | Any:
         data = self._cache.get(_result(key), default=MISSING)
         if data is MISSING:
-            return MISSING
+            return self._get_shared(key) if self._shared else MISSING
         record = CacheRecord.from_dict(data)
         return MISSING if record is None else record
+
+    def _get_shared(self, key: str) -> CacheRecord | Any:
+        """The store's record for ``key``, kept locally once found (results never change
+        under a key, so the local copy cannot go stale; ``delete`` drops both)."""
+        assert self.store is not None
+        raw = self.store.get_doc(_doc(key))
+        record = None if raw is None else _parse_doc(raw, key)
+        if record is None:
+            return MISSING
+        self._cache.set(_result(key), record.to_dict())
+        return record
 
     def put(self, record: CacheRecord) -> None:
         self._cache.set(_result(record.key), record.to_dict())
         self._cache.set(_last(record.pipeline, record.step), record.key)
+        if self._shared:
+            assert self.store is not None
+            data = json.dumps(record.to_dict(), sort_keys=True).encode()
+            try:
+                self.store.put_doc(_doc(record.key), data)
+            except StoreUnavailableError as exc:
+                # The local commit stands (nothing computed is lost); only sharing failed.
+                warnings.warn(
+                    StepflowWarning(
+                        f"the result of step {record.step!r} is kept in this home but could "
+                        f"not be shared through the store: {exc}"
+                    ),
+                    stacklevel=2,
+                )
 
     def touch_last(self, pipeline: str, step: str, key: str) -> None:
         """Remember ``key`` as the latest result of a step (also when it was reused)."""
@@ -110,13 +164,30 @@ class CacheIndex:
 
     def delete(self, key: str) -> None:
         self._cache.delete(_result(key))
+        if self._shared:
+            assert self.store is not None
+            self.store.delete_doc(_doc(key))
 
     def records(self) -> Iterator[CacheRecord]:
+        """The records in this home's index (not the shared ones: see ``shared_records``)."""
         for entry in list(self._cache.iterkeys()):
             if isinstance(entry, str) and entry.startswith("result:"):
-                record = self.get(entry[len("result:") :])
-                if record is not MISSING:
+                data = self._cache.get(entry, default=MISSING)
+                record = None if data is MISSING else CacheRecord.from_dict(data)
+                if record is not None:
                     yield record
+
+    def shared_records(self) -> Iterator[CacheRecord]:
+        """The records published to a ``shared`` store by every home using it (one read
+        per record); nothing for a store that is not shared."""
+        if not self._shared:
+            return
+        assert self.store is not None
+        for path in self.store.list_docs(SHARED_PREFIX):
+            raw = self.store.get_doc(path)
+            record = None if raw is None else _parse_doc(raw)
+            if record is not None and path == _doc(record.key):
+                yield record
 
     def close(self) -> None:
         self._cache.close()
@@ -144,6 +215,9 @@ class NullIndex:
         return None
 
     def records(self) -> Iterator[CacheRecord]:
+        return iter(())
+
+    def shared_records(self) -> Iterator[CacheRecord]:
         return iter(())
 
     def close(self) -> None:

@@ -1,4 +1,9 @@
-"""``stepflow cache ls|info|prune``: what the store holds, and making room."""
+"""``stepflow cache ls|info|prune``: what the store holds, and making room.
+
+With a shared store (an object store several homes use), the results are this home's index
+plus the records every home published to the store, and pruning removes both the local
+entry and the shared document of each result it drops.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +42,18 @@ def _open(config: Config) -> tuple[CacheIndex, Datastore]:
     return CacheIndex(config.home / "index", store=store), store
 
 
+def _all_records(index: CacheIndex) -> list[CacheRecord]:
+    """This home's records, then those only the shared store has (other homes' results)."""
+    records = {r.key: r for r in index.records()}
+    for record in index.shared_records():
+        records.setdefault(record.key, record)
+    return list(records.values())
+
+
+def _referenced(records: Iterable[CacheRecord]) -> set[str]:
+    return {ref.name for r in records for ref in r.outputs.values()}
+
+
 def list_records(
     config: Config, *, pipeline: str | None = None, step: str | None = None
 ) -> list[CacheRecord]:
@@ -44,7 +61,7 @@ def list_records(
     try:
         records = [
             r
-            for r in index.records()
+            for r in _all_records(index)
             if (pipeline is None or r.pipeline == pipeline) and (step is None or r.step == step)
         ]
     finally:
@@ -55,14 +72,16 @@ def list_records(
 def cache_info(config: Config) -> dict[str, Any]:
     index, store = _open(config)
     try:
-        records = list(index.records())
+        records = _all_records(index)
     finally:
         index.close()
-    referenced = {ref.name for r in records for ref in r.outputs.values()}
+    referenced = _referenced(records)
     names = list(store.names())
     sizes = {n: store.size(n) for n in names}
     return {
         "home": str(config.home),
+        "store": store.uri,
+        "shared": store.shared,
         "results": len(records),
         "objects": len(names),
         "bytes": sum(sizes.values()),
@@ -100,12 +119,14 @@ def prune(
     """Remove results by age, pipeline or a size budget, then objects nothing refers to.
 
     ``pinned`` object names (what registered data sets and models need) are never removed,
-    and neither are the results that hold them.
+    and neither are the results that hold them. With a shared store, the results are every
+    home's (see ``_all_records``), and no object a kept shared record refers to is removed,
+    including records another home published while this prune ran.
     """
     pinned = set(pinned)
     index, store = _open(config)
     try:
-        records = sorted(index.records(), key=lambda r: r.created)
+        records = sorted(_all_records(index), key=lambda r: r.created)
         now = time.time()
 
         def holds_pinned(record: CacheRecord) -> bool:
@@ -137,17 +158,24 @@ def prune(
                 doomed.append(record)
                 total -= record.size
         survivors = [r for r in records if r not in doomed]
-        keep = {ref.name for r in survivors for ref in r.outputs.values()} | pinned
-        objects = [n for n in store.names() if n not in keep]
-        freed = sum(store.size(n) for n in objects)
+        keep = _referenced(survivors) | pinned
         if not dry_run:
             # Records first, objects after: a crash in between leaves unreferenced objects
             # (swept next time), never a record that points at nothing.
             for record in doomed:
                 index.delete(record.key)
+            # Another home may have published results since they were listed: what the
+            # store's records refer to now is kept too.
+            keep |= _referenced(index.shared_records())
+        objects = [n for n in store.names() if n not in keep]
+        freed = sum(store.size(n) for n in objects)
+        if not dry_run:
             for name in objects:
                 store.delete(name)
-            store.sweep()
+            # Stores that leave temporary files behind can clean them up; others have none.
+            sweep = getattr(store, "sweep", None)
+            if sweep is not None:
+                sweep()
     finally:
         index.close()
     return PruneReport(len(doomed), len(objects), freed, kept_pinned, dry_run)

@@ -1,0 +1,423 @@
+"""The object-store datastore against a real S3 API (moto in server mode on loopback).
+
+Every test gets an empty bucket on the session's server (the ``s3_server`` fixture in
+``tests/conftest.py``); a second stepflow home is simply another folder pointed at the
+same bucket, which is how a second machine would see it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import attrs
+import pandas as pd
+import pytest
+
+from stepflow import Pipeline, StepState
+from stepflow._config import load_config
+from stepflow._storage.artifacts import ArtifactIO
+from stepflow._storage.datastore import ArtifactMissingError
+from stepflow._storage.index import CacheIndex
+from stepflow._storage.objectstore import FsspecDatastore
+from stepflow._storage.serializers import builtin_serializers
+from stepflow._storage.stores import open_datastore
+from stepflow.errors import StepflowWarning, StoreUnavailableError, UsageError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+NAME = "0123456789abcdef0123.pickle"
+
+
+def open_store(s3, home: Path, prefix: str = "stepflow") -> FsspecDatastore:
+    store = open_datastore(s3.url(prefix), home=home, options=s3.options)
+    assert isinstance(store, FsspecDatastore)
+    return store
+
+
+def write(store: FsspecDatastore, name: str, data: bytes) -> None:
+    with store.writer(name) as tmp:
+        tmp.write_bytes(data)
+
+
+def project_config(root: Path, s3, home: Path, prefix: str = "stepflow"):
+    """The configuration of a project whose pyproject.toml names the S3 store."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""\
+            [tool.stepflow]
+            store = "{s3.url(prefix)}"
+
+            [tool.stepflow.store_options]
+            endpoint_url = "{s3.endpoint_url}"
+            """
+        )
+    )
+    return load_config(root, home=home, environ={})
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TestObjects:
+    def test_round_trip_between_homes(self, s3_server, tmp_path):
+        """An object written through one home is read through another, which downloads it
+        once into its own cache."""
+        a = open_store(s3_server, tmp_path / "a")
+        write(a, NAME, b"payload")
+        assert a.exists(NAME) and a.size(NAME) == 7 and list(a.names()) == [NAME]
+        remote = f"{s3_server.bucket}/stepflow/objects/01/{NAME[2:]}"
+        assert s3_server.fs().cat_file(remote) == b"payload"
+
+        b = open_store(s3_server, tmp_path / "b")
+        path = b.local_path(NAME)
+        assert path.read_bytes() == b"payload"
+        assert path.is_relative_to(tmp_path / "b" / "cache")
+        assert b.local_path(NAME) == path
+
+    def test_writer_keeps_a_local_copy(self, s3_server, tmp_path):
+        """The writing home needs no download: its copy is already in its cache."""
+        store = open_store(s3_server, tmp_path / "a")
+        write(store, NAME, b"payload")
+        cached = store.cache_dir / NAME[:2] / NAME[2:]
+        assert cached.read_bytes() == b"payload"
+        assert store.local_path(NAME) == cached
+        # Owner-only, like the local store's folders.
+        assert (cached.parent.stat().st_mode & 0o077) == 0
+        assert ((tmp_path / "a" / "cache").stat().st_mode & 0o077) == 0
+
+    def test_stale_local_copy_is_downloaded_again(self, s3_server, tmp_path):
+        """A local copy whose size differs from the stored object is replaced."""
+        store = open_store(s3_server, tmp_path / "a")
+        write(store, NAME, b"payload")
+        cached = store.local_path(NAME)
+        cached.write_bytes(b"pay")
+        assert store.local_path(NAME).read_bytes() == b"payload"
+
+    def test_failed_write_publishes_nothing(self, s3_server, tmp_path):
+        store = open_store(s3_server, tmp_path / "a")
+        with pytest.raises(RuntimeError, match="boom"), store.writer(NAME) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("boom")
+        assert not store.exists(NAME)
+        assert list(store.names()) == []
+        assert list(store.cache_dir.rglob("*.pickle")) == []
+
+    def test_missing_object(self, s3_server, tmp_path):
+        store = open_store(s3_server, tmp_path / "a")
+        assert not store.exists(NAME)
+        with pytest.raises(ArtifactMissingError, match="missing from s3://"):
+            store.local_path(NAME)
+        with pytest.raises(ArtifactMissingError, match="missing"):
+            store.size(NAME)
+        store.delete(NAME)  # nothing to delete is fine
+
+    def test_delete_removes_object_and_local_copy(self, s3_server, tmp_path):
+        store = open_store(s3_server, tmp_path / "a")
+        write(store, NAME, b"payload")
+        store.delete(NAME)
+        assert not store.exists(NAME)
+        assert not (store.cache_dir / NAME[:2] / NAME[2:]).exists()
+
+    def test_names_skip_foreign_keys(self, s3_server, tmp_path):
+        """Keys under objects/ that stepflow did not write are not reported as objects."""
+        store = open_store(s3_server, tmp_path / "a")
+        write(store, NAME, b"x")
+        fs = s3_server.fs()
+        fs.pipe_file(f"{s3_server.bucket}/stepflow/objects/README", b"hello")
+        fs.pipe_file(f"{s3_server.bucket}/stepflow/objects/zz/not-a-hash", b"hello")
+        assert list(store.names()) == [NAME]
+
+    @pytest.mark.parametrize("bad", ["../../etc/passwd.pickle", "/abs.pickle", "AB12.x", ""])
+    def test_names_cannot_escape(self, s3_server, tmp_path, bad):
+        store = open_store(s3_server, tmp_path / "a")
+        with pytest.raises(ArtifactMissingError, match="invalid object name"):
+            store.local_path(bad)
+        with pytest.raises(ArtifactMissingError, match="invalid object name"), store.writer(bad):
+            pass
+
+    def test_prefixes_are_separate_stores(self, s3_server, tmp_path):
+        one = open_store(s3_server, tmp_path / "a", prefix="one")
+        two = open_store(s3_server, tmp_path / "a", prefix="two")
+        write(one, NAME, b"x")
+        assert list(two.names()) == [] and not two.exists(NAME)
+        assert one.cache_dir != two.cache_dir
+
+
+class TestVerifiedLoads:
+    def test_value_round_trip(self, s3_server, tmp_path):
+        frame = pd.DataFrame({"a": [1.5, 2.5], "b": ["x", "y"]})
+        writer = ArtifactIO(open_store(s3_server, tmp_path / "a"), builtin_serializers())
+        ref = writer.save(frame)
+        reader = ArtifactIO(open_store(s3_server, tmp_path / "b"), builtin_serializers())
+        assert reader.available(ref)
+        pd.testing.assert_frame_equal(reader.load(ref), frame)
+
+    @pytest.mark.parametrize("same_size", [True, False])
+    def test_tampered_object_is_a_miss(self, s3_server, tmp_path, same_size):
+        """Bytes changed in the bucket never load, whatever their size."""
+        io_a = ArtifactIO(open_store(s3_server, tmp_path / "a"), builtin_serializers())
+        ref = io_a.save({"answer": 42})
+        remote = f"{s3_server.bucket}/stepflow/objects/{ref.name[:2]}/{ref.name[2:]}"
+        fs = s3_server.fs()
+        original = fs.cat_file(remote)
+        damaged = bytes(b ^ 0xFF for b in original) if same_size else original[:-3]
+        fs.pipe_file(remote, damaged)
+
+        io_b = ArtifactIO(open_store(s3_server, tmp_path / "b"), builtin_serializers())
+        assert io_b.available(ref) is same_size  # the cheap check only compares sizes
+        with pytest.raises(ArtifactMissingError, match="corrupted"):
+            io_b.load(ref)
+
+
+class TestDocuments:
+    def test_round_trip_and_overwrite(self, s3_server, tmp_path):
+        store = open_store(s3_server, tmp_path / "a")
+        assert store.get_doc("models/m/1.json") is None
+        assert store.put_doc("models/m/1.json", b"one") is True
+        assert store.put_doc("models/m/1.json", b"uno") is True
+        assert open_store(s3_server, tmp_path / "b").get_doc("models/m/1.json") == b"uno"
+        fs = s3_server.fs()
+        assert fs.cat_file(f"{s3_server.bucket}/stepflow/refs/models/m/1.json") == b"uno"
+
+    def test_exclusive_create(self, s3_server, tmp_path):
+        store = open_store(s3_server, tmp_path / "a")
+        assert store.put_doc("aliases/prod", b"first", exclusive=True) is True
+        assert store.put_doc("aliases/prod", b"second", exclusive=True) is False
+        assert store.get_doc("aliases/prod") == b"first"
+
+    def test_exclusive_create_is_enforced_by_the_server(self, s3_server, tmp_path, monkeypatch):
+        """Even when the existence check misses the document (another writer got in between),
+        the conditional PUT (If-None-Match: *) is refused: exactly one writer wins."""
+        store = open_store(s3_server, tmp_path / "a")
+        assert store.put_doc("lock", b"winner", exclusive=True) is True
+        monkeypatch.setattr(store._fs, "exists", lambda path: False)
+        assert store.put_doc("lock", b"loser", exclusive=True) is False
+        assert store.get_doc("lock") == b"winner"
+
+    def test_list_docs(self, s3_server, tmp_path):
+        store = open_store(s3_server, tmp_path / "a")
+        for path in ("a/2", "a/1", "a/sub/3", "ab/4", "b"):
+            store.put_doc(path, b"x")
+        assert store.list_docs("a") == ["a/1", "a/2", "a/sub/3"]
+        assert store.list_docs("a/") == ["a/1", "a/2", "a/sub/3"]
+        assert store.list_docs("") == ["a/1", "a/2", "a/sub/3", "ab/4", "b"]
+        assert store.list_docs("nothing") == []
+        # Objects are not documents.
+        write(store, NAME, b"x")
+        assert NAME not in "".join(store.list_docs(""))
+
+    def test_delete_doc(self, s3_server, tmp_path):
+        store = open_store(s3_server, tmp_path / "a")
+        store.put_doc("x/y", b"1")
+        store.delete_doc("x/y")
+        store.delete_doc("x/y")
+        assert store.get_doc("x/y") is None and store.list_docs("x") == []
+
+    @pytest.mark.parametrize("bad", ["../escape", "/abs", "a//b", "a/./b", "", "sp ace"])
+    def test_bad_paths_rejected(self, s3_server, tmp_path, bad):
+        store = open_store(s3_server, tmp_path / "a")
+        with pytest.raises(ValueError, match="invalid document path"):
+            store.put_doc(bad, b"x")
+        with pytest.raises(ValueError, match="invalid document path"):
+            store.get_doc(bad)
+
+
+class TestOpening:
+    def test_hook_registers_object_store_schemes(self, s3_server, tmp_path):
+        store = open_store(s3_server, tmp_path)
+        assert (store.kind, store.uri, store.shared) == ("s3", s3_server.url(), True)
+
+    def test_unknown_scheme(self, tmp_path):
+        with pytest.raises(UsageError, match=r"no datastore plugin handles nope:// URLs") as exc:
+            open_datastore("nope://bucket/x", home=tmp_path)
+        assert "s3" in str(exc.value) and "local" in str(exc.value)
+
+    def test_missing_bucket(self, s3_server, tmp_path):
+        with pytest.raises(StoreUnavailableError, match=r"bucket 'no-such-bucket' does not ex"):
+            open_datastore("s3://no-such-bucket/p", home=tmp_path, options=s3_server.options)
+
+    def test_unreachable_endpoint(self, s3_server, tmp_path):
+        """A port nobody listens on fails in seconds (bounded retries), naming the fix."""
+        options = {"endpoint_url": f"http://127.0.0.1:{free_port()}"}
+        with pytest.raises(StoreUnavailableError, match="did not answer") as exc:
+            open_datastore(s3_server.url(), home=tmp_path, options=options)
+        assert "endpoint_url" in str(exc.value) and exc.value.store == s3_server.url()
+
+    def test_rejected_credentials(self, s3_server, tmp_path):
+        """With authentication switched on in moto, unknown keys are refused: the message
+        names the credentials and where to set them."""
+        import urllib.request
+
+        def require_auth(count: str) -> None:
+            # text/plain: moto reads the raw body, which a form content type would consume.
+            request = urllib.request.Request(
+                f"{s3_server.endpoint_url}/moto-api/reset-auth",
+                data=count.encode(),
+                headers={"Content-Type": "text/plain"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+
+        require_auth("0")
+        try:
+            with pytest.raises(StoreUnavailableError, match="access denied") as exc:
+                open_datastore(s3_server.url("auth"), home=tmp_path, options=s3_server.options)
+        finally:
+            require_auth("inf")
+        assert "AWS_ACCESS_KEY_ID" in str(exc.value)
+
+    def test_url_without_bucket(self, s3_server, tmp_path):
+        with pytest.raises(UsageError, match="names no bucket"):
+            open_datastore("s3://", home=tmp_path, options=s3_server.options)
+
+    def test_bad_option(self, s3_server, tmp_path):
+        with pytest.raises(UsageError, match=r"store_options\] are not accepted by s3fs"):
+            open_datastore(
+                s3_server.url(), home=tmp_path, options={**s3_server.options, "bogus": 1}
+            )
+
+    def test_missing_filesystem_package(self, tmp_path):
+        if importlib.util.find_spec("gcsfs") is not None:
+            pytest.skip("gcsfs is installed here, so gs:// does not fail to open")
+        with pytest.raises(UsageError, match="pip install gcsfs"):
+            open_datastore("gs://bucket/p", home=tmp_path)
+
+
+class TestPipelines:
+    CHAIN = """
+        import os
+        from pathlib import Path
+        from stepflow import Param, step
+
+        @step
+        def numbers(calls: Param[str], n: int = 5) -> list:
+            with open(calls, "a") as fh:
+                fh.write("numbers\\n")
+            return list(range(n))
+
+        @step
+        def total(numbers: list, calls: Param[str]) -> int:
+            with open(calls, "a") as fh:
+                fh.write("total\\n")
+            return sum(numbers)
+
+        @step
+        def pid(total: int) -> int:
+            return os.getpid()
+    """
+
+    def chain(self, make_module, name: str) -> Pipeline:
+        mod = make_module(name, textwrap.dedent(self.CHAIN))
+        return Pipeline("chain", [mod.numbers, mod.total, mod.pid])
+
+    @pytest.mark.parametrize("workers", [1, 2])
+    def test_run_and_reuse(self, s3_server, make_module, tmp_path, workers):
+        """Outputs land in the bucket (from worker processes too), records are shared, and
+        a rerun reuses everything."""
+        pipe = self.chain(make_module, f"s3_chain_{workers}")
+        calls = tmp_path / "calls.txt"
+        config = project_config(tmp_path / "project", s3_server, tmp_path / "home")
+        first = pipe.run({"calls": str(calls)}, config=config, workers=workers)
+        assert first.ok and first["total"] == 10
+        assert {s.state for s in first.steps.values()} == {StepState.RAN}
+        if workers > 1:
+            import os
+
+            assert first["pid"] != os.getpid()
+        fs = s3_server.fs()
+        assert len(fs.find(f"{s3_server.bucket}/stepflow/objects")) == 3
+        assert len(fs.find(f"{s3_server.bucket}/stepflow/refs/index")) == 3
+        assert not (tmp_path / "home" / "objects").exists()
+
+        second = pipe.run({"calls": str(calls)}, config=config, workers=workers)
+        assert {s.state for s in second.steps.values()} == {StepState.REUSED}
+        assert second["total"] == 10
+        assert calls.read_text().split() == ["numbers", "total"]
+
+    def test_tampered_input_is_recomputed(self, s3_server, make_module, tmp_path):
+        """A damaged object in the bucket is a miss for the home that loads it: its producer
+        runs again, and the consumer gets the right value."""
+        pipe = self.chain(make_module, "s3_chain_t")
+        params = {"calls": str(tmp_path / "calls.txt")}
+        config_a = project_config(tmp_path / "project", s3_server, tmp_path / "a")
+        assert pipe.run(params, config=config_a).ok
+        index = CacheIndex(tmp_path / "a" / "index")
+        try:
+            ref = index.last("chain", "numbers").outputs["numbers"]
+        finally:
+            index.close()
+        remote = f"{s3_server.bucket}/stepflow/objects/{ref.name[:2]}/{ref.name[2:]}"
+        fs = s3_server.fs()
+        fs.pipe_file(remote, bytes(b ^ 0xFF for b in fs.cat_file(remote)))
+
+        config_b = project_config(tmp_path / "project", s3_server, tmp_path / "b")
+        with pytest.warns(StepflowWarning, match="'numbers'.*unusable"):
+            result = pipe.run(params, config=config_b, regenerate=["total"])
+        assert result.ok and result["total"] == 10
+        assert result.steps["numbers"].state is StepState.REUSED  # planned as reused...
+        assert (tmp_path / "calls.txt").read_text().split() == [
+            "numbers",
+            "total",
+            "numbers",  # ...then run again when its object failed verification
+            "total",
+        ]
+
+    def test_unreachable_store_stops_the_run_before_any_step(
+        self, s3_server, make_module, tmp_path
+    ):
+        pipe = self.chain(make_module, "s3_chain_u")
+        calls = tmp_path / "calls.txt"
+        config = project_config(tmp_path / "project", s3_server, tmp_path / "home")
+        config = attrs.evolve(
+            config, store_options={"endpoint_url": f"http://127.0.0.1:{free_port()}"}
+        )
+        with pytest.raises(StoreUnavailableError, match="did not answer"):
+            pipe.run({"calls": str(calls)}, config=config)
+        assert not calls.exists()
+
+
+class TestSecondHome:
+    QUICK = {"n_estimators": 60}
+
+    @pytest.fixture
+    def training(self, monkeypatch):
+        monkeypatch.syspath_prepend(str(EXAMPLES))
+        for name in [n for n in sys.modules if n.split(".")[0] == "house_prices"]:
+            monkeypatch.delitem(sys.modules, name)
+        yield importlib.import_module("house_prices.pipeline").training
+        for name in [n for n in sys.modules if n.split(".")[0] == "house_prices"]:
+            del sys.modules[name]
+
+    def test_example_reused_from_another_home(self, s3_server, training, tmp_path):
+        """The house-prices training pipeline run in home A (two workers) is reused by a
+        fresh home B that shares nothing with A but the S3 store."""
+        config_a = project_config(tmp_path / "project", s3_server, tmp_path / "home-a")
+        first = training.run(self.QUICK, config=config_a, workers=2)
+        assert first.ok
+        assert {n: s.state for n, s in first.steps.items()} == dict.fromkeys(
+            ["houses", "prepared", "model", "evaluation"], StepState.RAN
+        )
+
+        config_b = project_config(tmp_path / "project", s3_server, tmp_path / "home-b")
+        assert not (tmp_path / "home-b").exists()
+        second = training.run(self.QUICK, config=config_b)
+        assert second.ok
+        # `houses` is @step(cache=False): it always runs, and its identical output lets
+        # everything after it be reused (early cutoff).
+        assert {n: s.state for n, s in second.steps.items()} == {
+            "houses": StepState.RAN,
+            "prepared": StepState.REUSED,
+            "model": StepState.REUSED,
+            "evaluation": StepState.REUSED,
+        }
+        assert second["evaluation"] == first["evaluation"]
+        assert 0.5 < second["evaluation"]["r2"] <= 1.0
