@@ -144,6 +144,10 @@ def _counts(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k)) or "no steps"
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _git(run: RunRow) -> str:
     if not run.git_commit:
         return "-"
@@ -211,7 +215,7 @@ def _show(records: RunRecords, args: argparse.Namespace) -> int:
         f"stepflow {run.stepflow_version}",
         f"  git:       {_git(run)}",
         f"  source:    {run.source_hash[:16] if run.source_hash else '-'}"
-        + (f" ({len(run.source_files)} files)" if run.source_files else ""),
+        + (f" ({_plural(len(run.source_files), 'file')})" if run.source_files else ""),
     ]
     if run.resumed_from:
         out.append(f"  resumed:   from run {run.resumed_from}")
