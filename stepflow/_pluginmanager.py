@@ -16,7 +16,11 @@ from stepflow.errors import PluginError
 __all__ = ["BUILTIN_PLUGINS", "make_plugin_manager", "serializers_of"]
 
 #: loaded first, through the same hooks third-party plugins use
-BUILTIN_PLUGINS = ("stepflow._storage.builtin", "stepflow._execution.local")
+BUILTIN_PLUGINS = (
+    "stepflow._storage.builtin",
+    "stepflow._execution.local",
+    "stepflow._storage.registry",
+)
 
 
 _ENTRY_POINTS: tuple[tuple[str, ...], list[tuple[Any, Any]]] | None = None

@@ -13,7 +13,8 @@ Our exception hierarchy::
     │   └── ParameterParseError          a parameter value cannot be parsed (also a ValueError)
     ├── UsageError                       a bad call: unknown target, unknown parameter, bad flag
     │   ├── TargetNotFoundError          `stepflow run TARGET` names nothing loadable
-    │   └── StoreUnavailableError        the configured datastore cannot be opened or reached
+    │   ├── StoreUnavailableError        the configured datastore cannot be opened or reached
+    │   └── NotRegisteredError           no such data set, model, version or alias (a LookupError)
     ├── PluginError                      a plugin cannot be loaded or registers something bad
     ├── BackendError                     a backend cannot run a task (not the step's own error)
     │   └── BackendUnavailableError      checked before any step runs
@@ -38,6 +39,7 @@ __all__ = [
     "DuplicateOutputError",
     "MissingInputError",
     "NotAStepError",
+    "NotRegisteredError",
     "ParameterParseError",
     "PipelineDefinitionError",
     "PluginError",
@@ -162,6 +164,21 @@ class StoreUnavailableError(UsageError):
     def __init__(self, message: str, *, store: str) -> None:
         super().__init__(message)
         self.store = store
+
+
+class NotRegisteredError(UsageError, LookupError):
+    """A data set or model, or one of its versions or aliases, is not in the registry.
+
+    :ivar kind: ``"data set"`` or ``"model"``.
+    :ivar name: the name asked for.
+    :ivar available: what does exist (names, versions or aliases), for the message.
+    """
+
+    def __init__(self, message: str, *, kind: str, name: str, available: Sequence[str]) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+        self.available = list(available)
 
 
 class PluginError(StepflowError):

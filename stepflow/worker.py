@@ -158,6 +158,20 @@ def execute_task(task: Task) -> TaskResult:
             return _internal(task, exc, start, f"input {name!r}", bad_input=name)
         except Exception as exc:
             return _internal(task, exc, start, f"input {name!r} could not be loaded")
+    if task.references:
+        from stepflow._execution.references import load_reference
+
+        for name, version in task.references.items():
+            try:
+                kwargs[name] = load_reference(
+                    version,
+                    spec.input(name).annotation,
+                    store=io.store,
+                    serializers=io.serializers,
+                    home=Path(task.home) if task.home else Path.cwd() / ".stepflow",
+                )
+            except Exception as exc:
+                return _internal(task, exc, start, f"input {name!r} ({version.label})")
     kwargs.update(task.params)
     secrets = tuple(str(task.params[n]) for n in task.secret_params if str(task.params.get(n, "")))
     ctx = StepContext(

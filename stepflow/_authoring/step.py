@@ -74,6 +74,8 @@ class StepOptions:
     resources: Resources = Resources()
     env: Mapping[str, Any] = attrs.field(factory=dict)
     tags: tuple[str, ...] = ()
+    #: output name → data set it is registered as when the run succeeds (``register_as``)
+    register_as: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -123,6 +125,7 @@ def step(
     resources: Resources | Mapping[str, Any] | None = None,
     env: Mapping[str, Any] | None = None,
     tags: typing.Iterable[str] = (),
+    register_as: str | Mapping[str, str] | None = None,
 ) -> Any:
     """Declare a function as a pipeline step; use as ``@step`` or ``@step(...)``.
 
@@ -139,6 +142,9 @@ def step(
     :param resources: ``Resources(cpus=, memory=, gpus=)`` or a dict of those keys.
     :param env: the environment to run in, e.g. ``{"image": ..., "requirements": [...]}``.
     :param tags: free-form labels.
+    :param register_as: register the output as a new version of this data set when the run
+        succeeds (like ``-> Annotated[T, Dataset("name")]``); a dict maps output names to
+        data-set names for a step with several outputs.
     """
     if func is not None and not callable(func):
         # ``@step("load")`` passes the name where the function should be.
@@ -156,6 +162,7 @@ def step(
         resources=resources,
         env=env,
         tags=tags,
+        register_as=register_as,
     )
 
     def decorate(fn: F, localns: dict[str, Any] | None = None) -> F:
@@ -226,6 +233,7 @@ def _make_options(
     resources: Resources | Mapping[str, Any] | None,
     env: Mapping[str, Any] | None,
     tags: typing.Iterable[str],
+    register_as: str | Mapping[str, str] | None = None,
 ) -> StepOptions:
     if name is not None and (not isinstance(name, str) or not _NAME_RE.match(name)):
         raise StepDeclarationError(
@@ -252,6 +260,17 @@ def _make_options(
         raise StepDeclarationError("@step(resources=...) takes Resources(...) or a dict")
     if isinstance(tags, str):
         tags = (tags,)
+    if isinstance(register_as, str):
+        # Which output it means is known once the signature is read (see _register_as).
+        register_as = {"": register_as}
+    elif register_as is not None and not (
+        isinstance(register_as, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) and v for k, v in register_as.items())
+    ):
+        raise StepDeclarationError(
+            f"@step(register_as={register_as!r}): give a data-set name, or a dict of output "
+            f"name → data-set name"
+        )
     return StepOptions(
         backend=backend,
         retries=retries,
@@ -261,6 +280,7 @@ def _make_options(
         resources=res,
         env=dict(env or {}),
         tags=tuple(tags),
+        register_as=dict(register_as or {}),
     )
 
 
@@ -293,6 +313,8 @@ def _make_spec(
             )
         inputs.append(_input_port(step_name, param, hints.get(param.name, Any)))
     outputs, kind = _output_ports(step_name, hints.get("return", inspect.Signature.empty))
+    if options.register_as:
+        outputs, options = _register_as(step_name, outputs, options)
     ref = StepRef(
         module=fn.__module__,
         qualname=fn.__qualname__,
@@ -378,10 +400,11 @@ def _output_ports(step_name: str, hint: Any) -> tuple[tuple[Port, ...], str]:
         return (), "none"
     base, metadata = _strip_annotated(hint)
     name = _output_name(metadata)
+    reference = _output_reference(step_name, metadata)
     if name is not None:
         _check_output_name(step_name, name)
-        return (Port(name, base),), "single"
-    if get_origin(base) is tuple:
+        return (Port(name, base, reference=reference),), "single"
+    if get_origin(base) is tuple and reference is None:
         elements = get_args(base)
         named = [_output_name(_strip_annotated(e)[1]) for e in elements]
         if any(n is not None for n in named):
@@ -396,15 +419,81 @@ def _output_ports(step_name: str, hint: Any) -> tuple[tuple[Port, ...], str]:
             for element, out_name in zip(elements, named, strict=True):
                 assert out_name is not None
                 _check_output_name(step_name, out_name)
-                ports.append(Port(out_name, _strip_annotated(element)[0]))
+                inner, inner_meta = _strip_annotated(element)
+                ports.append(
+                    Port(out_name, inner, reference=_output_reference(step_name, inner_meta))
+                )
             _check_unique(step_name, [p.name for p in ports])
             return tuple(ports), "multiple"
-    if isinstance(base, type) and issubclass(base, tuple) and hasattr(base, "_fields"):
+    if (
+        isinstance(base, type)
+        and issubclass(base, tuple)
+        and hasattr(base, "_fields")
+        and reference is None
+    ):
         # A NamedTuple return: each field is an output.
         field_types = typing.get_type_hints(base)
         ports = [Port(f, field_types.get(f, Any)) for f in base._fields]
         return tuple(ports), "multiple"
-    return (Port(step_name, base),), "single"
+    return (Port(step_name, base, reference=reference),), "single"
+
+
+def _output_reference(step_name: str, metadata: tuple[Any, ...]) -> Dataset | None:
+    """A ``Dataset`` marker on an output: register the output as that data set."""
+    for item in metadata:
+        if isinstance(item, Model):
+            raise StepDeclarationError(
+                f"step {step_name!r}: an output cannot carry a Model marker; register the "
+                f"model from the step with stepflow.models.register({item.name!r}, model)",
+                step=step_name,
+            )
+        if isinstance(item, Dataset):
+            if item.version is not None:
+                raise StepDeclarationError(
+                    f"step {step_name!r}: the output marker Dataset({item.name!r}, "
+                    f"version={item.version!r}) registers a new version, so it takes no "
+                    f"version; write Dataset({item.name!r})",
+                    step=step_name,
+                )
+            return item
+    return None
+
+
+def _register_as(
+    step_name: str, outputs: tuple[Port, ...], options: StepOptions
+) -> tuple[tuple[Port, ...], StepOptions]:
+    """Apply ``@step(register_as=...)`` to the output ports, as output markers would be."""
+    wanted = dict(options.register_as)
+    if "" in wanted:
+        if len(outputs) != 1:
+            raise StepDeclarationError(
+                f"step {step_name!r} has {len(outputs)} outputs, so register_as needs a dict "
+                f"of output name → data-set name, e.g. register_as={{'scores': 'scores'}}",
+                step=step_name,
+            )
+        wanted = {outputs[0].name: wanted[""]}
+    names = [p.name for p in outputs]
+    unknown = [o for o in wanted if o not in names]
+    if unknown:
+        raise StepDeclarationError(
+            f"step {step_name!r}: register_as names output {unknown[0]!r}, which it does not "
+            f"produce; its outputs: {', '.join(names) or 'none'}",
+            step=step_name,
+        )
+    ports = []
+    for port in outputs:
+        if port.name in wanted:
+            marker = Dataset(wanted[port.name])
+            if port.reference is not None and port.reference != marker:
+                raise StepDeclarationError(
+                    f"step {step_name!r}: output {port.name!r} is marked "
+                    f"Dataset({port.reference.name!r}) and register_as says "
+                    f"{wanted[port.name]!r}; keep one",
+                    step=step_name,
+                )
+            port = attrs.evolve(port, reference=marker)
+        ports.append(port)
+    return tuple(ports), attrs.evolve(options, register_as=wanted)
 
 
 def _check_output_name(step_name: str, name: str) -> None:

@@ -45,6 +45,9 @@ class Task:
     serializers: tuple[Any, ...] = ()
     #: ``sys.path`` entries the worker needs to import the step's module
     sys_path: tuple[str, ...] = ()
+    #: parameter name → the registered data-set or model version it reads (resolved when the
+    #: run started); the worker loads it (``stepflow._execution.references``)
+    references: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen

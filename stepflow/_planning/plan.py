@@ -73,15 +73,8 @@ def make_plan(
                     f"--param {pname}=VALUE or run(params={{{pname!r}: ...}})"
                 )
 
-    for sname in selected:
-        for port in dag.steps[sname].inputs:
-            if port.reference is not None and port.name not in dag.producers:
-                raise UsageError(
-                    f"step {sname!r} parameter {port.name!r} reads "
-                    f"{type(port.reference).__name__}({port.reference.name!r}), but this "
-                    f"version of stepflow has no data-set or model registry yet; pass the "
-                    f"value from a step output instead"
-                )
+    # Dataset/Model references are resolved against the registry when a run starts (the
+    # plan does not know the datastore): see stepflow._execution.references.
 
     overrides = dict(backends or {})
     for sname in overrides:

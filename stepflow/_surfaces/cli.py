@@ -188,6 +188,10 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
     plugins.add_argument("--json", action="store_true", help="print JSON")
     _add_common(plugins)
 
+    from stepflow._surfaces import registrycmd
+
+    registrycmd.add_parsers(sub, _add_common)
+
     if pm is not None:
         for name, subparser in sub.choices.items():
             pm.hook.stepflow_addoption(parser=subparser, command=name)
@@ -264,6 +268,10 @@ def _main(argv: list[str]) -> int:
             return _cmd_explain(args, config, pm)
         if args.command == "cache":
             return _cmd_cache(args, config, pm)
+        if args.command in ("datasets", "models"):
+            from stepflow._surfaces.registrycmd import run_command as registry_command
+
+            return registry_command(args, config)
         raise AssertionError(args.command)
     finally:
         pm.hook.stepflow_unconfigure(config=config)

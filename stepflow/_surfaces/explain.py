@@ -15,6 +15,7 @@ import attrs
 
 from stepflow._config import Config
 from stepflow._execution.backend import open_backends
+from stepflow._execution.references import reference_hashes, resolve_references, with_references
 from stepflow._planning.cachekey import describe_value, plan_key
 from stepflow._planning.pipeline import Pipeline
 from stepflow._pluginmanager import serializers_of
@@ -66,6 +67,13 @@ def explain(
     serializers = serializers_of(pm)
     backends = open_backends(plan, config, pm, workers=1, run_id="explain", check=False)
     store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
+    try:
+        # The versions a run would read now; a missing one is the run's own usage error.
+        refs = resolve_references(plan, store)
+    except BaseException:
+        for backend in backends.values():
+            backend.close()
+        raise
     index = CacheIndex(config.home / "index", store=store)
     io = ArtifactIO(store, serializers)
     try:
@@ -85,11 +93,15 @@ def explain(
                 key = plan_key(
                     plan,
                     name,
-                    inputs={e: hashes[e] for e in edges},  # type: ignore[misc]
+                    inputs={
+                        **{e: hashes[e] for e in edges},  # type: ignore[misc]
+                        **reference_hashes(refs.get(name, {})),
+                    },
                     serializers=serializers,
                     backend_env=backends[plan.backends[name]].environment(),
                     home=config.home,
                 )
+                key = with_references(key, spec, refs.get(name, {}))
                 found = index.get(key.digest)
                 if not spec.options.cache:
                     verdict = "run"
@@ -190,9 +202,15 @@ def _diff(
                 reasons.append(f"code: {_part(part)} changed")
     if not reasons and before.get("code", {}).get("digest") != now["code"].get("digest"):
         reasons.append("code: the step's code changed")
+    old_refs, new_refs = before.get("references", {}), now.get("references", {})
     for name in sorted(set(before.get("inputs", {})) | set(now["inputs"])):
         if before.get("inputs", {}).get(name) != now["inputs"].get(name):
-            reasons.append(f"input {name!r} has different content")
+            if name in old_refs and name in new_refs:
+                reasons.append(f"{_versions(old_refs[name], new_refs[name])} (input {name!r})")
+            elif name in new_refs:
+                reasons.append(f"input {name!r} now reads {new_refs[name]}")
+            else:
+                reasons.append(f"input {name!r} has different content")
     for name in sorted(set(before.get("params", {})) | set(now["params"])):
         if before.get("params", {}).get(name) != now["params"].get(name):
             if name in secret:
@@ -206,6 +224,17 @@ def _diff(
         if old_env != new_env:
             reasons.append(f"environment {name!r} changed: {old_env} -> {new_env}")
     return reasons
+
+
+def _versions(old: str, new: str) -> str:
+    """``data set houses v2`` and ``data set houses v3`` → ``data set houses v2 -> v3``."""
+    old_label, _, _ = old.partition(" (")
+    new_label, paren, note = new.partition(" (")
+    old_head, _, old_version = old_label.rpartition(" ")
+    new_head, _, new_version = new_label.rpartition(" ")
+    if old_head != new_head:
+        return f"{old} -> {new}"
+    return f"{new_head} {old_version} -> {new_version}{paren and ' (' + note}"
 
 
 def _part(part: str) -> str:

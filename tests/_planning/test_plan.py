@@ -108,8 +108,9 @@ class TestBackends:
             Pipeline("p", [a]).plan(backends={"z": "process"})
 
 
-def test_reference_without_registry_fails_before_running():
-    """A Dataset reference is refused at plan time, honestly, until the registry exists."""
+def test_reference_inputs_are_planned_and_resolved_when_the_run_starts():
+    """Planning needs no datastore: a Dataset reference input is planned like any step; the
+    run resolves it against the registry (tests/_execution/test_references.py)."""
     from typing import Annotated
 
     import pandas as pd
@@ -118,5 +119,6 @@ def test_reference_without_registry_fails_before_running():
     def use(data: Annotated[pd.DataFrame, Dataset("houses")]) -> int:
         return len(data)
 
-    with pytest.raises(UsageError, match="no data-set or model registry yet"):
-        Pipeline("p", [use]).plan()
+    plan = Pipeline("p", [use]).plan()
+    assert plan.steps == ("use",)
+    assert plan.step_params["use"] == {}

@@ -1,0 +1,562 @@
+"""Versioned data sets and models, kept as documents in the datastore.
+
+Document layout::
+
+    datasets/<name>/<version:08d>.json       one per data-set version (immutable)
+    models/<name>/<version:08d>.json         one per model version (immutable)
+    models/<name>/aliases/<alias>.json       {"version": N}: a pointer that can be moved
+
+A version document refers to content-addressed objects of the same datastore (the files of
+a data set, a table or a model artifact). Nothing is kept in the local home, so every machine
+pointed at the same store sees the same registry; the local home only caches materialized
+copies (see ``registry_content``).
+
+Versions are numbered 1, 2, 3... A new number is claimed by creating its document with an
+exclusive create, so two processes registering at once get different numbers and neither
+overwrites the other; the loser of a race reads the registry again and retries. A new version
+is made only when the content changed: registering what the latest version already holds
+returns that version (``.new`` is ``False``).
+
+This module is also the plugin that pins what registered versions need, so that
+``stepflow cache prune`` never deletes it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from stepflow._storage.artifacts import ArtifactRef
+from stepflow._storage.datastore import Datastore
+from stepflow.errors import NotRegisteredError, StepflowError, UsageError
+from stepflow.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from stepflow._config import Config
+
+__all__ = [
+    "DatasetVersion",
+    "ModelVersion",
+    "Registry",
+    "check_alias",
+    "check_name",
+    "check_version",
+]
+
+#: bump when the document layout changes incompatibly
+FORMAT = 1
+DATASET_KINDS = ("file", "folder", "table")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+_ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
+_VERSION_DOC_RE = re.compile(r"^(\d{8})\.json$")
+#: how often a version number is claimed again after losing a race, before giving up
+_CLAIM_ATTEMPTS = 50
+
+
+def check_name(kind: str, name: object) -> str:
+    """A data-set or model name: letters, digits, ``_ . -``; it is a folder in the store."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name.endswith("."):
+        raise UsageError(
+            f"{kind} name {name!r} is not valid: use letters, digits, '_', '-' and '.', "
+            f"starting with a letter or digit (at most 100 characters), e.g. 'house_prices'"
+        )
+    return name
+
+
+def check_alias(alias: object) -> str:
+    if not isinstance(alias, str) or not _ALIAS_RE.match(alias):
+        raise UsageError(
+            f"alias {alias!r} is not valid: use letters, digits, '_', '-' and '.', starting "
+            f"with a letter (at most 64 characters), e.g. 'production'"
+        )
+    if alias == "latest":
+        raise UsageError(
+            "'latest' always means the newest version and cannot be set; choose another "
+            "alias name, such as 'production'"
+        )
+    return alias
+
+
+def check_version(version: object) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UsageError(f"version must be a whole number >= 1, got {version!r}")
+    return version
+
+
+def _ref_to_dict(ref: ArtifactRef) -> dict[str, Any]:
+    return attrs.asdict(ref)
+
+
+def _ref_from_dict(data: Mapping[str, Any]) -> ArtifactRef:
+    return ArtifactRef(**{f.name: data[f.name] for f in attrs.fields(ArtifactRef)})
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+@attrs.frozen
+class DatasetVersion:
+    """One version of a registered data set."""
+
+    name: str
+    version: int
+    #: ``"file"``, ``"folder"`` or ``"table"`` (a DataFrame)
+    kind: str
+    #: what decides whether content changed; consumers' cache keys use it
+    content_hash: str
+    #: bytes in the store
+    size: int
+    #: seconds since the epoch
+    created: float
+    description: str | None
+    #: where it came from: ``{"kind": "path", "path": ...}``, ``{"kind": "dataframe"}`` or
+    #: ``{"kind": "run", "run_id": ..., "pipeline": ..., "step": ..., "output": ...}``
+    source: Mapping[str, Any]
+    #: a file: ``{file name: object}``; a folder: ``{relative path: object}``; a table:
+    #: ``{"table": object}``
+    objects: Mapping[str, ArtifactRef]
+    #: ``True`` when ``register`` made this version now, ``False`` when the content was
+    #: unchanged and the existing latest version was returned
+    new: bool = attrs.field(default=False, eq=False)
+
+    @property
+    def label(self) -> str:
+        """``data set houses v3``."""
+        return f"data set {self.name} v{self.version}"
+
+    @property
+    def filename(self) -> str:
+        """The file name of a file data set (``""`` for other kinds)."""
+        return next(iter(self.objects)) if self.kind == "file" else ""
+
+    def describe(self) -> str:
+        what = {"file": self.filename, "folder": f"{len(self.objects)} files", "table": "table"}
+        return f"{self.kind}, {what[self.kind]}, {_human(self.size)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "kind": self.kind,
+            "content_hash": self.content_hash,
+            "size": self.size,
+            "created": self.created,
+            "description": self.description,
+            "source": dict(self.source),
+            "objects": {k: _ref_to_dict(v) for k, v in self.objects.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DatasetVersion:
+        return cls(
+            name=data["name"],
+            version=int(data["version"]),
+            kind=data["kind"],
+            content_hash=data["content_hash"],
+            size=int(data["size"]),
+            created=float(data["created"]),
+            description=data.get("description"),
+            source=dict(data.get("source") or {}),
+            objects={k: _ref_from_dict(v) for k, v in data["objects"].items()},
+        )
+
+
+@attrs.frozen
+class ModelVersion:
+    """One version of a registered model."""
+
+    name: str
+    version: int
+    #: the hash of the model's value (after one store round trip, see ``registry_content``)
+    content_hash: str
+    size: int
+    created: float
+    description: str | None
+    metrics: Mapping[str, float]
+    tags: Mapping[str, str]
+    #: ``{"kind": "run", "run_id": ..., "pipeline": ..., "step": ...}`` inside a step,
+    #: ``{"kind": "api"}`` outside one
+    source: Mapping[str, Any]
+    #: the stored model
+    object: ArtifactRef
+    #: the model's class, ``module.QualName``
+    type: str = ""
+    #: the aliases that point at this version (when it was read)
+    aliases: tuple[str, ...] = attrs.field(default=(), eq=False)
+    #: ``True`` when ``register`` made this version now (see ``DatasetVersion.new``)
+    new: bool = attrs.field(default=False, eq=False)
+
+    @property
+    def label(self) -> str:
+        """``model HousePrices v2``."""
+        return f"model {self.name} v{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "content_hash": self.content_hash,
+            "size": self.size,
+            "created": self.created,
+            "description": self.description,
+            "metrics": dict(self.metrics),
+            "tags": dict(self.tags),
+            "source": dict(self.source),
+            "object": _ref_to_dict(self.object),
+            "type": self.type,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], aliases: Iterable[str] = ()) -> ModelVersion:
+        return cls(
+            name=data["name"],
+            version=int(data["version"]),
+            content_hash=data["content_hash"],
+            size=int(data["size"]),
+            created=float(data["created"]),
+            description=data.get("description"),
+            metrics={k: float(v) for k, v in (data.get("metrics") or {}).items()},
+            tags={k: str(v) for k, v in (data.get("tags") or {}).items()},
+            source=dict(data.get("source") or {}),
+            object=_ref_from_dict(data["object"]),
+            type=data.get("type", ""),
+            aliases=tuple(sorted(aliases)),
+        )
+
+
+_SECTIONS = {"data set": "datasets", "model": "models"}
+
+
+class Registry:
+    """The data sets and models of one datastore."""
+
+    def __init__(self, store: Datastore) -> None:
+        self.store = store
+
+    # --- documents ------------------------------------------------------------------------
+
+    def _numbers(self, kind: str, name: str) -> list[int]:
+        numbers = []
+        prefix = f"{_SECTIONS[kind]}/{name}/"
+        for path in self.store.list_docs(prefix):
+            rest = path[len(prefix) :]
+            match = _VERSION_DOC_RE.match(rest)
+            if match:
+                numbers.append(int(match.group(1)))
+        return sorted(numbers)
+
+    def _read(self, kind: str, name: str, version: int) -> dict[str, Any] | None:
+        path = f"{_SECTIONS[kind]}/{name}/{version:08d}.json"
+        raw = self.store.get_doc(path)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise StepflowError(
+                f"registry document {path} in {self.store.uri} is not valid JSON ({exc}); "
+                f"restore it from a backup or delete it"
+            ) from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise StepflowError(
+                f"registry document {path} in {self.store.uri} has an unknown format "
+                f"(written by another stepflow version?)"
+            )
+        return data
+
+    def _names(self, kind: str) -> list[str]:
+        names = set()
+        for path in self.store.list_docs(_SECTIONS[kind]):
+            parts = path.split("/")
+            if len(parts) == 3 and _VERSION_DOC_RE.match(parts[2]):
+                names.add(parts[1])
+        return sorted(names)
+
+    def _claim(
+        self,
+        kind: str,
+        name: str,
+        same: Callable[[dict[str, Any]], bool],
+        build: Callable[[int], dict[str, Any]],
+    ) -> tuple[dict[str, Any], bool]:
+        """The latest version's document if ``same`` accepts it, else a new version's.
+
+        :returns: ``(document, made_now)``.
+        """
+        for _ in range(_CLAIM_ATTEMPTS):
+            numbers = self._numbers(kind, name)
+            latest = numbers[-1] if numbers else 0
+            if latest:
+                current = self._read(kind, name, latest)
+                if current is not None and same(current):
+                    return current, False
+            data = build(latest + 1)
+            path = f"{_SECTIONS[kind]}/{name}/{latest + 1:08d}.json"
+            payload = json.dumps(data, indent=1, sort_keys=True).encode()
+            if self.store.put_doc(path, payload, exclusive=True):
+                return data, True
+            # Another process took that number first: look again (it may even have
+            # registered the very same content).
+        raise StepflowError(
+            f"could not claim a new version number for {kind} {name!r} after "
+            f"{_CLAIM_ATTEMPTS} attempts: too many processes are registering at once; try again"
+        )
+
+    def names(self, kind: str) -> list[str]:
+        """The registered names of ``kind`` (``"data set"`` or ``"model"``), sorted."""
+        return self._names(kind)
+
+    def _not_found(self, kind: str, name: str) -> NotRegisteredError:
+        names = self._names(kind)
+        text = f"no {kind} named {name!r} is registered in {self.store.uri}"
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+        if close:
+            text += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        plural = "data sets" if kind == "data set" else "models"
+        text += f"\nregistered {plural}: {', '.join(names) or 'none'}"
+        return NotRegisteredError(text, kind=kind, name=name, available=names)
+
+    def _version(self, kind: str, name: str, version: int | None) -> dict[str, Any]:
+        numbers = self._numbers(kind, name)
+        if not numbers:
+            raise self._not_found(kind, name)
+        wanted = numbers[-1] if version is None else check_version(version)
+        data = self._read(kind, name, wanted) if wanted in numbers else None
+        if data is None:
+            listed = ", ".join(str(n) for n in numbers)
+            raise NotRegisteredError(
+                f"{kind} {name!r} has no version {wanted}; versions: {listed}",
+                kind=kind,
+                name=name,
+                available=[str(n) for n in numbers],
+            )
+        return data
+
+    # --- data sets ------------------------------------------------------------------------
+
+    def dataset(self, name: str, version: int | None = None) -> DatasetVersion:
+        """A data set's version (the latest when ``version`` is ``None``).
+
+        :raises NotRegisteredError: no such data set or version.
+        """
+        check_name("data set", name)
+        return DatasetVersion.from_dict(self._version("data set", name, version))
+
+    def dataset_versions(self, name: str) -> list[DatasetVersion]:
+        """Every version of a data set, oldest first."""
+        check_name("data set", name)
+        found = []
+        for number in self._numbers("data set", name):
+            data = self._read("data set", name, number)
+            if data is not None:
+                found.append(DatasetVersion.from_dict(data))
+        if not found:
+            raise self._not_found("data set", name)
+        return found
+
+    def datasets(self) -> list[DatasetVersion]:
+        """The latest version of every data set, by name."""
+        return [self.dataset(name) for name in self._names("data set")]
+
+    def add_dataset(
+        self,
+        name: str,
+        *,
+        kind: str,
+        content_hash: str,
+        size: int,
+        objects: Mapping[str, ArtifactRef],
+        description: str | None = None,
+        source: Mapping[str, Any] | None = None,
+    ) -> DatasetVersion:
+        """Record a data-set version, unless the latest version holds the same content."""
+        check_name("data set", name)
+        if kind not in DATASET_KINDS:
+            raise ValueError(f"unknown data-set kind {kind!r}")
+
+        def build(version: int) -> dict[str, Any]:
+            return DatasetVersion(
+                name=name,
+                version=version,
+                kind=kind,
+                content_hash=content_hash,
+                size=size,
+                created=time.time(),
+                description=description,
+                source=dict(source or {}),
+                objects=dict(objects),
+            ).to_dict()
+
+        data, made = self._claim(
+            "data set",
+            name,
+            lambda latest: latest["kind"] == kind and latest["content_hash"] == content_hash,
+            build,
+        )
+        return attrs.evolve(DatasetVersion.from_dict(data), new=made)
+
+    # --- models ---------------------------------------------------------------------------
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """Alias → version of a model."""
+        check_name("model", name)
+        prefix = f"models/{name}/aliases/"
+        found = {}
+        for path in self.store.list_docs(prefix):
+            alias = path[len(prefix) :].removesuffix(".json")
+            raw = self.store.get_doc(path)
+            if raw is None or not _ALIAS_RE.match(alias):
+                continue
+            try:
+                found[alias] = int(json.loads(raw)["version"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a damaged alias document points nowhere
+        return dict(sorted(found.items()))
+
+    def _model(self, data: dict[str, Any], aliases: Mapping[str, int]) -> ModelVersion:
+        version = int(data["version"])
+        return ModelVersion.from_dict(data, [a for a, v in aliases.items() if v == version])
+
+    def model(
+        self, name: str, version: int | None = None, alias: str | None = None
+    ) -> ModelVersion:
+        """A model's version: by ``version``, by ``alias``, or the latest.
+
+        :raises NotRegisteredError: no such model, version or alias.
+        """
+        check_name("model", name)
+        if version is not None and alias is not None:
+            raise UsageError(
+                f"model {name!r}: give a version or an alias, not both "
+                f"(version={version!r}, alias={alias!r})"
+            )
+        aliases = self.aliases(name)
+        if alias is not None and alias != "latest":
+            if not isinstance(alias, str) or alias not in aliases:
+                if not self._numbers("model", name):
+                    raise self._not_found("model", name)
+                listed = ", ".join(f"{a} (v{v})" for a, v in aliases.items()) or "none"
+                raise NotRegisteredError(
+                    f"model {name!r} has no alias {alias!r}; aliases: {listed}\n"
+                    f"set it with `stepflow models alias {name} {alias} VERSION` or "
+                    f"stepflow.models.set_alias({name!r}, {alias!r}, VERSION)",
+                    kind="model",
+                    name=name,
+                    available=list(aliases),
+                )
+            version = aliases[alias]
+        return self._model(self._version("model", name, version), aliases)
+
+    def model_versions(self, name: str) -> list[ModelVersion]:
+        """Every version of a model, oldest first."""
+        check_name("model", name)
+        aliases = self.aliases(name)
+        found = []
+        for number in self._numbers("model", name):
+            data = self._read("model", name, number)
+            if data is not None:
+                found.append(self._model(data, aliases))
+        if not found:
+            raise self._not_found("model", name)
+        return found
+
+    def models(self) -> list[ModelVersion]:
+        """The latest version of every model, by name."""
+        return [self.model(name) for name in self._names("model")]
+
+    def add_model(
+        self,
+        name: str,
+        *,
+        content_hash: str,
+        obj: ArtifactRef,
+        type_name: str,
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str],
+        description: str | None = None,
+        source: Mapping[str, Any] | None = None,
+    ) -> ModelVersion:
+        """Record a model version, unless the latest one has the same content, metrics and
+        tags."""
+        check_name("model", name)
+        metrics, tags = dict(metrics), dict(tags)
+
+        def same(latest: dict[str, Any]) -> bool:
+            return (
+                latest["content_hash"] == content_hash
+                and latest.get("metrics", {}) == metrics
+                and latest.get("tags", {}) == tags
+            )
+
+        def build(version: int) -> dict[str, Any]:
+            return ModelVersion(
+                name=name,
+                version=version,
+                content_hash=content_hash,
+                size=obj.size,
+                created=time.time(),
+                description=description,
+                metrics=metrics,
+                tags=tags,
+                source=dict(source or {}),
+                object=obj,
+                type=type_name,
+            ).to_dict()
+
+        data, made = self._claim("model", name, same, build)
+        return attrs.evolve(self._model(data, self.aliases(name)), new=made)
+
+    def set_alias(self, name: str, alias: str, version: int) -> tuple[ModelVersion, int | None]:
+        """Point ``alias`` at ``version``; returns that version and the alias's old version."""
+        check_alias(alias)
+        self.model(name, check_version(version))  # refuses an unknown model or version
+        previous = self.aliases(name).get(alias)
+        payload = json.dumps({"version": version, "set": time.time()}).encode()
+        self.store.put_doc(f"models/{name}/aliases/{alias}.json", payload)
+        return self.model(name, version), previous
+
+    # --- pins -----------------------------------------------------------------------------
+
+    def pinned(self) -> set[str]:
+        """Every object name a registered version needs."""
+        names: set[str] = set()
+        for kind in _SECTIONS:
+            for name in self._names(kind):
+                for number in self._numbers(kind, name):
+                    data = self._read(kind, name, number)
+                    if data is None:
+                        continue
+                    if kind == "model":
+                        names.add(data["object"]["name"])
+                    else:
+                        names.update(ref["name"] for ref in data["objects"].values())
+        return names
+
+
+# --- plugin: pins for `stepflow cache prune` ------------------------------------------------
+
+
+@hookimpl
+def stepflow_cache_pinned(config: Config) -> set[str]:
+    """Everything registered data sets and models point to stays in the store."""
+    from stepflow._storage.stores import open_datastore
+
+    store = open_datastore(config.store, home=config.home, options=config.store_options)
+    try:
+        return Registry(store).pinned()
+    finally:
+        store.close()

@@ -1,0 +1,296 @@
+"""``stepflow datasets register|list|show`` and ``stepflow models list|show|alias``.
+
+Parsers are built here with argparse only; the registry loads when a command runs, so the
+CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stepflow._config import Config
+    from stepflow._storage.registry import DatasetVersion, ModelVersion
+
+__all__ = ["add_parsers", "run_command"]
+
+
+def add_parsers(
+    sub: argparse._SubParsersAction, add_common: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    datasets = sub.add_parser("datasets", help="register, list and show versioned data sets")
+    ds_sub = datasets.add_subparsers(dest="datasets_command", metavar="ACTION", required=True)
+    register = ds_sub.add_parser(
+        "register",
+        help="register a file or folder as a data set's next version",
+        description="Register the file or folder at PATH as the next version of data set "
+        "NAME. A new version is made only when the content changed.",
+    )
+    register.add_argument("name", metavar="NAME")
+    register.add_argument("path", metavar="PATH", help="a file or a folder")
+    register.add_argument("--description", help="what this version holds")
+    register.add_argument("--json", action="store_true", help="print JSON")
+    add_common(register)
+    ls = ds_sub.add_parser("list", help="every data set and its latest version")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    add_common(ls)
+    show = ds_sub.add_parser("show", help="a data set's versions, or one version in detail")
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--version", type=int, metavar="N", help="this version (default: latest)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    add_common(show)
+
+    models = sub.add_parser("models", help="list and show registered models; move aliases")
+    md_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    mls = md_sub.add_parser("list", help="every model, its latest version and aliases")
+    mls.add_argument("--json", action="store_true", help="print JSON")
+    add_common(mls)
+    mshow = md_sub.add_parser(
+        "show", help="a model's versions: metrics, tags, aliases and source run"
+    )
+    mshow.add_argument("name", metavar="NAME")
+    mshow.add_argument("--version", type=int, metavar="N", help="only this version")
+    mshow.add_argument("--json", action="store_true", help="print JSON")
+    add_common(mshow)
+    alias = md_sub.add_parser(
+        "alias",
+        help="point an alias (such as production) at a version",
+        description="Point ALIAS of model NAME at VERSION, creating or moving it. Steps that "
+        "read Model(NAME, alias=ALIAS) run again when it moves to other content.",
+    )
+    alias.add_argument("name", metavar="NAME")
+    alias.add_argument("alias", metavar="ALIAS")
+    alias.add_argument("version", type=int, metavar="VERSION")
+    alias.add_argument("--json", action="store_true", help="print JSON")
+    add_common(alias)
+
+
+def run_command(args: argparse.Namespace, config: Config) -> int:
+    """Run ``stepflow datasets ...`` or ``stepflow models ...``; returns the exit code."""
+    if args.command == "datasets":
+        return _DATASETS[args.datasets_command](args, config)
+    return _MODELS[args.models_command](args, config)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _source(source: Mapping[str, Any]) -> str:
+    kind = source.get("kind")
+    if kind == "run" or source.get("run_id"):
+        where = ", ".join(
+            f"{k} {source[k]}" for k in ("pipeline", "step", "output") if source.get(k)
+        )
+        return f"run {source.get('run_id')}" + (f" ({where})" if where else "")
+    if kind == "path":
+        return f"path {source.get('path')}"
+    if kind == "dataframe":
+        return "a DataFrame (Python API)"
+    return "Python API"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+# --- data sets -------------------------------------------------------------------------------
+
+
+def _ds_register(args: argparse.Namespace, config: Config) -> int:
+    import stepflow.datasets
+
+    version = stepflow.datasets.register(args.name, args.path, args.description, config=config)
+    if args.json:
+        _print_json({**version.to_dict(), "new": version.new})
+    elif version.new:
+        print(f"registered {version.label} ({version.describe()})")
+    else:
+        print(
+            f"data set {version.name} is unchanged: v{version.version} already holds this "
+            f"content ({version.describe()})"
+        )
+    return 0
+
+
+def _ds_list(args: argparse.Namespace, config: Config) -> int:
+    import stepflow.datasets
+
+    found = stepflow.datasets.list(config=config)
+    if args.json:
+        _print_json([v.to_dict() for v in found])
+        return 0
+    if not found:
+        print("no data sets registered; register one with `stepflow datasets register NAME PATH`")
+        return 0
+    rows = [["name", "latest", "kind", "size", "created", "source"]]
+    for v in found:
+        rows.append(
+            [v.name, f"v{v.version}", v.kind, _human(v.size), _when(v.created), _source(v.source)]
+        )
+    sys.stdout.write(_table(rows))
+    return 0
+
+
+def _dataset_detail(v: DatasetVersion) -> list[str]:
+    lines = [
+        f"{v.label}",
+        f"  kind:        {v.kind}" + (f" ({v.filename})" if v.kind == "file" else ""),
+        f"  size:        {_human(v.size)}",
+        f"  content:     {v.content_hash}",
+        f"  created:     {_when(v.created)}",
+        f"  source:      {_source(v.source)}",
+    ]
+    if v.description:
+        lines.append(f"  description: {v.description}")
+    if v.kind == "folder":
+        lines.append(f"  files:       {len(v.objects)}")
+        shown = sorted(v.objects.items())
+        for rel, ref in shown[:20]:
+            lines.append(f"    {rel}  ({_human(ref.size)})")
+        if len(shown) > 20:
+            lines.append(f"    ... and {len(shown) - 20} more")
+    return lines
+
+
+def _ds_show(args: argparse.Namespace, config: Config) -> int:
+    import stepflow.datasets
+
+    every = stepflow.datasets.versions(args.name, config=config)
+    chosen = every[-1]
+    if args.version is not None:
+        chosen = stepflow.datasets.get(args.name, args.version, config=config)
+    if args.json:
+        if args.version is not None:
+            _print_json(chosen.to_dict())
+        else:
+            _print_json(
+                {
+                    "name": args.name,
+                    "latest": every[-1].version,
+                    "versions": [v.to_dict() for v in every],
+                }
+            )
+        return 0
+    lines = _dataset_detail(chosen)
+    lines.append("")
+    lines.append(f"versions of data set {args.name}:")
+    rows = [["", "version", "kind", "size", "created", "source"]]
+    for v in every:
+        mark = "*" if v.version == chosen.version else ""
+        rows.append(
+            [mark, f"v{v.version}", v.kind, _human(v.size), _when(v.created), _source(v.source)]
+        )
+    sys.stdout.write("\n".join(lines) + "\n" + _table(rows))
+    return 0
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def _metrics(metrics: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items())) or "-"
+
+
+def _model_dict(v: ModelVersion) -> dict[str, Any]:
+    return {**v.to_dict(), "aliases": list(v.aliases)}
+
+
+def _md_list(args: argparse.Namespace, config: Config) -> int:
+    import stepflow.models
+    from stepflow._execution.session import registry_session
+    from stepflow._storage.registry import Registry
+
+    found = stepflow.models.list(config=config)
+    with registry_session(config=config) as session:
+        aliases = {v.name: Registry(session.store).aliases(v.name) for v in found}
+    if args.json:
+        _print_json([{**_model_dict(v), "all_aliases": aliases[v.name]} for v in found])
+        return 0
+    if not found:
+        print("no models registered; register one with stepflow.models.register(NAME, model)")
+        return 0
+    rows = [["name", "latest", "aliases", "metrics", "created", "source"]]
+    for v in found:
+        named = ", ".join(f"{a}=v{n}" for a, n in aliases[v.name].items()) or "-"
+        rows.append(
+            [
+                v.name,
+                f"v{v.version}",
+                named,
+                _metrics(v.metrics),
+                _when(v.created),
+                _source(v.source),
+            ]
+        )
+    sys.stdout.write(_table(rows))
+    return 0
+
+
+def _md_show(args: argparse.Namespace, config: Config) -> int:
+    import stepflow.models
+
+    every = stepflow.models.versions(args.name, config=config)
+    if args.version is not None:
+        every = [stepflow.models.get(args.name, args.version, config=config)]
+    if args.json:
+        _print_json({"name": args.name, "versions": [_model_dict(v) for v in every]})
+        return 0
+    aliases = sorted((a, v.version) for v in every for a in v.aliases)
+    lines = [f"model {args.name}: {len(every)} version{'s' if len(every) != 1 else ''}"]
+    lines.append("aliases: " + (", ".join(f"{a} -> v{n}" for a, n in aliases) or "none"))
+    for v in reversed(every):
+        pointed = f"  [{', '.join(v.aliases)}]" if v.aliases else ""
+        lines.append("")
+        lines.append(f"v{v.version}{pointed}  {_when(v.created)}  {v.type}  {_human(v.size)}")
+        lines.append(f"  metrics: {_metrics(v.metrics)}")
+        if v.tags:
+            lines.append("  tags:    " + ", ".join(f"{k}={t}" for k, t in sorted(v.tags.items())))
+        lines.append(f"  source:  {_source(v.source)}")
+        if v.description:
+            lines.append(f"  description: {v.description}")
+        lines.append(f"  content: {v.content_hash}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _md_alias(args: argparse.Namespace, config: Config) -> int:
+    from stepflow._execution.session import registry_session
+    from stepflow._storage.registry import Registry
+
+    with registry_session(config=config) as session:
+        version, previous = Registry(session.store).set_alias(args.name, args.alias, args.version)
+    if args.json:
+        _print_json({**_model_dict(version), "previous": previous})
+        return 0
+    if previous is None:
+        was = "new alias"
+    elif previous == version.version:
+        was = "unchanged"
+    else:
+        was = f"was v{previous}"
+    print(f"model {args.name}: alias {args.alias} -> v{version.version} ({was})")
+    return 0
+
+
+_DATASETS = {"register": _ds_register, "list": _ds_list, "show": _ds_show}
+_MODELS = {"list": _md_list, "show": _md_show, "alias": _md_alias}
