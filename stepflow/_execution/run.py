@@ -128,6 +128,15 @@ class _Runner:
         self.serializers = serializers_of(pm)
         store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
         self.io = ArtifactIO(store, self.serializers)
+        from stepflow._execution.references import resolve_references
+
+        try:
+            #: step → parameter → the data-set or model version it reads: resolved before
+            #: any step runs, so a missing one is a usage error that costs nothing
+            self.references = resolve_references(plan, store)
+        except BaseException:
+            store.close()
+            raise
         self.index = CacheIndex(config.home / "index", store=store)
         self.backends = self._open_backends()
         # Steps' output is recorded, and also shown as it happens unless the user asked for
@@ -285,23 +294,48 @@ class _Runner:
 
     def _publish_outputs(self) -> None:
         """Register outputs marked as data sets (``register_on_complete``); see registry."""
+        from stepflow._execution.references import OutputValue, publish_outputs
+
+        ok = (StepState.RAN, StepState.REUSED)
+        if not all(self.reports[n].state in ok for n in self.plan.steps):
+            return  # only a run that succeeded registers its outputs
+        io = self.io
+        publish_outputs(
+            self.plan,
+            {
+                out: OutputValue(a.content_hash, a.ref, lambda a=a: a.load(io))
+                for out, a in self.artifacts.items()
+            },
+            store=io.store,
+            serializers=self.serializers,
+            run_id=self.run_id,
+            pipeline=self.pipeline,
+        )
 
     # --- reuse ----------------------------------------------------------------------------
 
     def _key(self, name: str) -> CacheKey:
+        from stepflow._execution.references import reference_hashes, with_references
+
         spec = self.dag.steps[name]
+        refs = self.references.get(name, {})
         key = plan_key(
             self.plan,
             name,
             inputs={
-                p.name: self.artifacts[p.name].content_hash
-                for p in spec.inputs
-                if p.name in self.dag.producers
+                **{
+                    p.name: self.artifacts[p.name].content_hash
+                    for p in spec.inputs
+                    if p.name in self.dag.producers
+                },
+                # A registered data set or model counts by the content of the version read.
+                **reference_hashes(refs),
             },
             serializers=self.serializers,
             backend_env=self.backends[self.plan.backends[name]].environment(),
             home=self.config.home,
         )
+        key = with_references(key, spec, refs)
         self.keys[name] = key
         return key
 
@@ -458,8 +492,27 @@ class _Runner:
         spec = self.dag.steps[name]
         params = self.plan.step_params[name]
         edges = [p.name for p in spec.inputs if p.name in self.dag.producers]
+        refs = self.references.get(name, {})
         if backend.runs_inline(spec):
             kwargs = {e: self._input_value(e) for e in edges}
+            for param, version in refs.items():
+                from stepflow._execution.references import load_reference
+
+                # Loaded only now that the step runs: a reused step never reads it.
+                try:
+                    kwargs[param] = load_reference(
+                        version,
+                        spec.input(param).annotation,
+                        store=self.io.store,
+                        serializers=self.serializers,
+                        home=self.config.home,
+                    )
+                except Exception as exc:
+                    return StepFailedError(
+                        f"input {param!r} ({version.label}) could not be loaded: {exc}",
+                        step=name,
+                        exc_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+                    )
             kwargs.update(params)
             try:
                 values = invoke(spec, kwargs)
@@ -484,6 +537,7 @@ class _Runner:
             attempt=attempt,
             ref=spec.ref,
             inputs={e: self._stored(e) for e in edges},
+            references=refs,
             params=params,
             store_uri=self.io.store.uri,
             store_kind=self.io.store.kind,
