@@ -42,7 +42,7 @@ __all__ = ["Journal", "open_records"]
 def open_records(home: os.PathLike[str] | str) -> RunRecords:
     from pathlib import Path
 
-    return RunRecords(Path(home) / "runs.db")
+    return RunRecords.shared(Path(home) / "runs.db")
 
 
 @attrs.define

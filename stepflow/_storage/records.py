@@ -255,8 +255,36 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+_shared: dict[tuple[int, str], RunRecords] = {}
+_shared_lock = threading.Lock()
+#: how many homes' databases one process keeps open at most
+_SHARED_MAX = 4
+
+
 class RunRecords:
     """The run-record database of one stepflow home."""
+
+    @classmethod
+    def shared(cls, path: Path) -> RunRecords:
+        """One open database per process and path, kept open between runs.
+
+        Closing the last connection to a WAL database checkpoints it with an fsync, which
+        cost more than everything else a fully cached rerun does; a connection kept open lets
+        SQLite checkpoint in the background of later commits instead.
+        """
+        key = (os.getpid(), str(path))
+        with _shared_lock:
+            found = _shared.get(key)
+            if found is not None:
+                _shared[key] = _shared.pop(key)  # most recently used last
+                return found
+            records = cls(path)
+            records._is_shared = True
+            _shared[key] = records
+            while len(_shared) > _SHARED_MAX:
+                oldest = _shared.pop(next(iter(_shared)))
+                oldest._really_close()
+            return records
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -320,7 +348,14 @@ class RunRecords:
     def _transaction(self) -> RunRecords._Tx:
         return RunRecords._Tx(self)
 
+    _is_shared = False
+
     def close(self) -> None:
+        """Close the database (a ``shared`` one stays open for the next run)."""
+        if not self._is_shared:
+            self._really_close()
+
+    def _really_close(self) -> None:
         with self._lock:
             self._db.close()
 
@@ -351,66 +386,63 @@ class RunRecords:
                 ),
             )
 
-    def write_steps(self, run_id: str, steps: Sequence[StepRow]) -> None:
-        """Record finished steps (idempotent per step: a later row replaces an earlier one)."""
+    def write_steps(self, run_id: str, steps: Sequence[StepRow], *, replace: bool = False) -> None:
+        """Record finished steps in one transaction.
+
+        :param replace: the steps may have been written before; drop their old rows first.
+            The run loop writes each step once, so it saves those deletes.
+        """
         if not steps:
             return
-        with self._transaction() as db:
-            for step in steps:
-                for delete in _DELETE_STEP_ROWS:
-                    db.execute(delete, (run_id, step.name))
-                db.execute(
-                    "INSERT OR REPLACE INTO steps (run_id, name, state, started, finished,"
-                    " duration, attempts, backend, cache_key, reused_from, reason, error_type,"
-                    " error, traceback, params, tags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        run_id,
-                        step.name,
-                        step.state,
-                        step.started,
-                        step.finished,
-                        step.duration,
-                        step.attempts,
-                        step.backend,
-                        step.cache_key,
-                        step.reused_from,
-                        step.reason,
-                        step.error_type,
-                        step.error,
-                        step.traceback,
-                        _json(dict(step.params)),
-                        _json(dict(step.tags)),
-                    ),
+        step_rows = []
+        io_rows = []
+        metric_rows = []
+        log_rows = []
+        for step in steps:
+            step_rows.append(
+                (
+                    run_id,
+                    step.name,
+                    step.state,
+                    step.started,
+                    step.finished,
+                    step.duration,
+                    step.attempts,
+                    step.backend,
+                    step.cache_key,
+                    step.reused_from,
+                    step.reason,
+                    step.error_type,
+                    step.error,
+                    step.traceback,
+                    _json(dict(step.params)) if step.params else "{}",
+                    _json(dict(step.tags)) if step.tags else "{}",
                 )
-                if step.io:
-                    db.executemany(
-                        "INSERT INTO step_io VALUES (?,?,?,?,?,?,?)",
-                        [
-                            (
-                                run_id,
-                                step.name,
-                                io.direction,
-                                io.name,
-                                io.object,
-                                io.content_hash,
-                                io.size,
-                            )
-                            for io in step.io
-                        ],
-                    )
-                if step.metrics:
-                    db.executemany(
-                        "INSERT INTO metrics VALUES (?,?,?,?,?,?)",
-                        [
-                            (run_id, step.name, m.name, m.value, m.counter, m.ts)
-                            for m in step.metrics
-                        ],
-                    )
-                if step.logs:
-                    db.executemany(
-                        "INSERT INTO logs VALUES (?,?,?,?,?)",
-                        [(run_id, step.name, a, s, t) for a, s, t in step.logs if t],
-                    )
+            )
+            io_rows += [
+                (run_id, step.name, io.direction, io.name, io.object, io.content_hash, io.size)
+                for io in step.io
+            ]
+            metric_rows += [
+                (run_id, step.name, m.name, m.value, m.counter, m.ts) for m in step.metrics
+            ]
+            log_rows += [(run_id, step.name, a, s, t) for a, s, t in step.logs if t]
+        with self._transaction() as db:
+            if replace:
+                for delete in _DELETE_STEP_ROWS:
+                    db.executemany(delete, [(run_id, step.name) for step in steps])
+            db.executemany(
+                "INSERT OR REPLACE INTO steps (run_id, name, state, started, finished,"
+                " duration, attempts, backend, cache_key, reused_from, reason, error_type,"
+                " error, traceback, params, tags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                step_rows,
+            )
+            if io_rows:
+                db.executemany("INSERT INTO step_io VALUES (?,?,?,?,?,?,?)", io_rows)
+            if metric_rows:
+                db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)", metric_rows)
+            if log_rows:
+                db.executemany("INSERT INTO logs VALUES (?,?,?,?,?)", log_rows)
 
     def finish_run(
         self,

@@ -111,7 +111,9 @@ def test_writing_a_step_again_replaces_it(records: RunRecords) -> None:
     records.start_run(_run("r1"))
     row = StepRow(name="s", state="failed", logs=((1, "stderr", "x"),))
     records.write_steps("r1", [row])
-    records.write_steps("r1", [StepRow(name="s", state="ran", logs=((2, "stdout", "y"),))])
+    records.write_steps(
+        "r1", [StepRow(name="s", state="ran", logs=((2, "stdout", "y"),))], replace=True
+    )
     (step,) = records.steps("r1")
     assert step.state == "ran"
     assert records.logs("r1") == [("s", 2, "stdout", "y")]
