@@ -2,15 +2,22 @@
 
 Prints a table: a fully cached rerun of a 100-step chain; a first run and a fully cached
 rerun of a step that makes a 10,000,000 x 5 float64 DataFrame consumed by a step that sums
-it, with peak memory; each case in a fresh process, median of N.
+it, with peak memory; each case in a fresh process (the user's module, and with it pandas,
+imported before the clock starts), median [min-max] of N, wall-clock and CPU time. The
+"again in process" rows time a second ``Pipeline.run`` in the same process.
 
-    python benchmarks/bench_reuse.py [--repeats 5] [--rows 10000000]
+Fresh processes run with a bytecode cache (``PYTHONPYCACHEPREFIX`` in the temporary folder), as
+an installed stepflow does; ``--no-bytecode`` keeps ``PYTHONDONTWRITEBYTECODE`` as this machine
+sets it, so that every process compiles stepflow's modules again (about 40 ms).
+
+    python benchmarks/bench_reuse.py [--repeats 5] [--rows 10000000] [--no-bytecode]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -49,7 +56,9 @@ import json, resource, sys, time
 sys.path.insert(0, {folder!r})
 mode = {mode!r}
 import {module} as m  # imports are not what is measured
-t0 = time.perf_counter()
+if mode == "stepflow_again":
+    m.{pipe}.run(home={home!r})
+t0, c0 = time.perf_counter(), time.process_time()
 if mode == "plain":
     float(m.make().to_numpy().sum())
 elif mode == "joblib":
@@ -60,23 +69,29 @@ elif mode == "joblib":
     def total_of(df):
         return float(df.to_numpy().sum())
     total_of(f())
-elif mode == "stepflow":
+elif mode in ("stepflow", "stepflow_again"):
     m.{pipe}.run(home={home!r})
 elif mode == "plain_chain":
     x = m.s0()
     for i in range(1, 100):
         x = getattr(m, f"s{{i}}")(x)
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({{"seconds": t1 - t0, "rss_mb": rss}}))
+print(json.dumps({{"seconds": t1 - t0, "cpu": c1 - c0, "rss_mb": rss}}))
 """
+
+ENV: dict[str, str] = {}
 
 
 def run(
     folder: Path, mode: str, home: Path, module: str = "flow_frame", pipe: str = "pipe"
 ) -> dict:
     code = MEASURE.format(folder=str(folder), mode=mode, home=str(home), module=module, pipe=pipe)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV or None
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{mode} run of {module} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -84,14 +99,24 @@ def median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
+def spread(rows: list[dict], key: str = "seconds") -> str:
+    values = sorted(r[key] for r in rows)
+    return f"[{values[0]:.4f}-{values[-1]:.4f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--no-bytecode", action="store_true")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="stepflow-bench-"))
     (folder / "flow_chain.py").write_text(CHAIN)
     (folder / "flow_frame.py").write_text(textwrap.dedent(FRAME.format(rows=args.rows)))
+    ENV.update(os.environ)
+    if not args.no_bytecode:
+        ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+        ENV["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
     rows = []
 
     def fresh(name: str) -> Path:
@@ -102,39 +127,48 @@ def main() -> None:
     # 100-step chain: fully cached rerun (the time inside the process, imports excluded).
     home = fresh("home-chain")
     run(folder, "stepflow", home, "flow_chain", "chain")
+    run(folder, "stepflow", home, "flow_chain", "chain")  # warm: bytecode, kept analysis
     cached = [run(folder, "stepflow", home, "flow_chain", "chain") for _ in range(args.repeats)]
+    again = [
+        run(folder, "stepflow_again", home, "flow_chain", "chain") for _ in range(args.repeats)
+    ]
     plain = [run(folder, "plain_chain", home, "flow_chain") for _ in range(args.repeats)]
-    rows.append(
-        (
-            "100-step chain, fully cached rerun",
-            median(cached, "seconds"),
-            median(plain, "seconds"),
-            "10 ms (0.1 ms/step)",
-        )
-    )
+    p = median(plain, "seconds")
+    rows.append(("100-step chain, fully cached rerun", cached, p, "10 ms (0.1 ms/step)"))
+    rows.append(("  again in process", again, p, "10 ms (0.1 ms/step)"))
 
     # The DataFrame step: plain, first run, cached rerun, joblib first and cached.
     plain = [run(folder, "plain", fresh("x")) for _ in range(args.repeats)]
-    first, rerun, jfirst, jrerun = [], [], [], []
+    first, rerun, again, jfirst, jrerun = [], [], [], [], []
     for _ in range(args.repeats):
         home = fresh("home-frame")
         first.append(run(folder, "stepflow", home, "flow_frame", "pipe"))
         rerun.append(run(folder, "stepflow", home, "flow_frame", "pipe"))
+        again.append(run(folder, "stepflow_again", home, "flow_frame", "pipe"))
         jhome = fresh("joblib")
         jfirst.append(run(folder, "joblib", jhome))
         jrerun.append(run(folder, "joblib", jhome))
     p = median(plain, "seconds")
-    rows.append(
-        (f"{args.rows:,} x 5 frame: first run", median(first, "seconds"), p, "<= 1.3x plain")
-    )
-    rows.append(("  joblib.Memory first run", median(jfirst, "seconds"), p, "peer"))
-    rows.append(("  fully cached rerun", median(rerun, "seconds"), p, "< 50 ms"))
-    rows.append(("  joblib.Memory cached rerun", median(jrerun, "seconds"), p, "peer"))
+    rows.append((f"{args.rows:,} x 5 frame: first run", first, p, "<= 1.3x plain"))
+    rows.append(("  joblib.Memory first run", jfirst, p, "peer"))
+    rows.append(("  fully cached rerun", rerun, p, "< 50 ms"))
+    rows.append(("  again in process", again, p, "< 50 ms"))
+    rows.append(("  joblib.Memory cached rerun", jrerun, p, "peer"))
     prss = median(plain, "rss_mb")
-    print(f"python {sys.version.split()[0]}, repeats={args.repeats}")
-    print(f"{'benchmark':<42} {'stepflow s':>11} {'plain s':>9} {'ratio':>7}  budget")
-    for name, value, base, budget in rows:
-        print(f"{name:<42} {value:>11.4f} {base:>9.4f} {value / base:>7.2f}  {budget}")
+    print(
+        f"python {sys.version.split()[0]}, repeats={args.repeats}, "
+        f"bytecode cache {'off' if args.no_bytecode else 'on'}; plain {p:.4f} s "
+        f"{spread(plain)}"
+    )
+    print(
+        f"{'benchmark':<36} {'stepflow s':>10} {'[min-max]':>17} {'cpu s':>7} {'ratio':>6}  budget"
+    )
+    for name, found, base, budget in rows:
+        value = median(found, "seconds")
+        print(
+            f"{name:<36} {value:>10.4f} {spread(found):>17} {median(found, 'cpu'):>7.4f} "
+            f"{f'{value / base:.2f}' if base >= 0.001 else '-':>6}  {budget}"
+        )
     print(
         f"peak RSS MB: plain {prss:.0f}, stepflow first run {median(first, 'rss_mb'):.0f} "
         f"({median(first, 'rss_mb') / prss:.2f}x), joblib first run "

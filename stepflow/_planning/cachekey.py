@@ -83,9 +83,13 @@ def make_key(
     secret_params: frozenset[str],
     env: Mapping[str, str],
     home_key: bytes | None,
+    code_cache: Path | None = None,
 ) -> CacheKey:
-    """The cache key of ``spec`` given its inputs' content hashes and its parameter values."""
-    code = fingerprint(spec.func)
+    """The cache key of ``spec`` given its inputs' content hashes and its parameter values.
+
+    :param code_cache: where code analysis is kept between processes (see ``fingerprint``).
+    """
+    code = fingerprint(spec.func, cache_dir=code_cache)
     param_hashes = {}
     for name, value in params.items():
         digest = hash_value(value)
@@ -136,4 +140,5 @@ def plan_key(
         secret_params=secret,
         env=environment(serializers, backend_env, spec),
         home_key=secret_key(home) if secret else None,
+        code_cache=home / "fingerprints",
     )

@@ -50,10 +50,12 @@ Reuse within a process
 from __future__ import annotations
 
 import ast
+import contextlib
+import contextvars
 import enum
 import functools
-import importlib.metadata
 import importlib.util
+import json
 import linecache
 import logging
 import os
@@ -62,13 +64,18 @@ import site
 import struct
 import sys
 import sysconfig
+import threading
+import time
 import types
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 import xxhash
+
+if TYPE_CHECKING:
+    import importlib.metadata
 
 __all__ = ["Fingerprint", "fingerprint"]
 
@@ -164,6 +171,8 @@ def _python() -> _External:
 
 @functools.cache
 def _packages_distributions() -> Mapping[str, list[str]]:
+    import importlib.metadata
+
     # Scans every installed distribution (about a quarter of a second), so only as a fallback.
     return importlib.metadata.packages_distributions()
 
@@ -171,6 +180,23 @@ def _packages_distributions() -> Mapping[str, list[str]]:
 @functools.cache
 def _distributions(top: str) -> _External:
     """The distributions that provide the top-level import name ``top``, with versions."""
+    store = _active_store.get()
+    if store is None:
+        return _find_distributions(top)
+    # Before reading any metadata: an install that lands after this changes the signature.
+    signature, settled = _import_path_signature()
+    found = store.distributions(signature, top)
+    if found is None:
+        found = _find_distributions(top)
+        if settled:
+            store.add_distributions(signature, top, found)
+    return found
+
+
+def _find_distributions(top: str) -> _External:
+    # Reads installed metadata (a few milliseconds per library): persisted by _Store.
+    import importlib.metadata
+
     if top == "stepflow":
         try:
             return (("dist:stepflow", importlib.metadata.version("stepflow")),)
@@ -262,8 +288,7 @@ def _function_kind(func: types.FunctionType) -> _Kind:
 # --- source, normalized ------------------------------------------------------------------
 
 
-@attrs.frozen
-class _Import:
+class _Import(NamedTuple):
     """An import statement inside a function or class: it binds a name there, not globally."""
 
     #: the name it binds
@@ -277,8 +302,7 @@ class _Import:
     top: bool = False
 
 
-@attrs.frozen
-class _Static:
+class _Static(NamedTuple):
     """What a function or class's code says, independent of what its names are bound to."""
 
     #: digest of the normalized AST (or of the code object, when there is no source)
@@ -291,13 +315,53 @@ class _Static:
     imports: tuple[_Import, ...] = ()
 
 
-@attrs.frozen
-class _FileIndex:
-    """A parsed source file, with its function and class nodes found by position and name."""
+class _NodeStatic(NamedTuple):
+    """What one function definition says, from the file's text alone (so it can be kept on
+    disk under a hash of that text); ``_ast_static`` completes it with the compiled code."""
 
-    lines: list[str]
-    functions: dict[tuple[int, str], list[ast.FunctionDef | ast.AsyncFunctionDef]]
-    classes: dict[str, list[ast.ClassDef]]
+    #: digest of the normalized AST
+    content: str
+    #: dotted names read outside the body (decorators, defaults, annotations), sorted
+    head: tuple[tuple[str, ...], ...]
+    #: dotted names read in the body, sorted; only the compiled code can tell which of them
+    #: are globals or closure variables rather than locals
+    body: tuple[tuple[str, ...], ...]
+    imports: tuple[_Import, ...]
+
+
+class _FunctionEntry(NamedTuple):
+    """A function definition in a file."""
+
+    #: parameter names in ``co_varnames`` order, to tell same-named definitions apart
+    params: tuple[str, ...]
+    #: normalized as the step being fingerprinted: all its decorators dropped
+    as_root: _NodeStatic
+    #: normalized as a helper: only ``@step`` decorators dropped
+    as_helper: _NodeStatic
+
+
+class _FileIndex:
+    """A source file's function and class definitions, normalized, by position and name."""
+
+    __slots__ = ("classes", "digest", "functions", "lines", "saved")
+
+    def __init__(
+        self,
+        lines: list[str],
+        digest: str,
+        functions: dict[tuple[int, str], list[_FunctionEntry]],
+        classes: dict[str, _Static],
+    ) -> None:
+        #: linecache's list for the file: a new list means new text
+        self.lines = lines
+        #: hash of the text (and of the analysis version) the entries were made from
+        self.digest = digest
+        #: (first line, name) -> the definitions there; a decorated one starts at its decorator
+        self.functions = functions
+        #: qualified name -> the class's normalized source (every definition of that name)
+        self.classes = classes
+        #: folders of the _Stores that hold this index already
+        self.saved: set[str] = set()
 
 
 _files: dict[str, _FileIndex] = {}
@@ -308,15 +372,39 @@ def _file_index(filename: str, module_globals: Mapping[str, Any] | None) -> _Fil
     lines = linecache.getlines(filename, module_globals)
     if not lines:
         return None
-    cached = _files.get(filename)
+    store = _active_store.get()
+    found = _files.get(filename)
     # linecache replaces the list when the file changes, so identity says "same text".
-    if cached is not None and cached.lines is lines:
-        return cached
+    if found is None or found.lines is not lines:
+        text = "".join(lines)
+        digest = _text_digest(text)
+        found = store.source(digest, lines) if store is not None else None
+        if found is None:
+            found = _analyse(filename, text, lines, digest)
+            if found is None:
+                return None
+        _files[filename] = found
+    if store is not None and store.folder not in found.saved:
+        store.save_source(found)
+    return found
+
+
+def _text_digest(text: str) -> str:
+    # The analysis depends on the text, the algorithm and the ast module of this Python.
+    return _hash(f"{_ALGORITHM}|{_STORE_FORMAT}|{sys.implementation.cache_tag}|{text}")
+
+
+def _analyse(filename: str, text: str, lines: list[str], digest: str) -> _FileIndex | None:
+    """Parse a file and normalize every function and class in it.
+
+    All of them at once, not only those asked for: the result is kept on disk per file, and a
+    later process then parses nothing.
+    """
     try:
-        tree = ast.parse("".join(lines), filename)
+        tree = ast.parse(text, filename)
     except (SyntaxError, ValueError):
         return None
-    functions: dict[tuple[int, str], list[ast.FunctionDef | ast.AsyncFunctionDef]] = {}
+    functions: dict[tuple[int, str], list[_FunctionEntry]] = {}
     classes: dict[str, list[ast.ClassDef]] = {}
 
     def index(body: list[ast.stmt], prefix: str) -> None:
@@ -324,7 +412,7 @@ def _file_index(filename: str, module_globals: Mapping[str, Any] | None) -> _Fil
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 # co_firstlineno of a decorated function is its first decorator's line.
                 first = min([d.lineno for d in node.decorator_list] + [node.lineno])
-                functions.setdefault((first, node.name), []).append(node)
+                functions.setdefault((first, node.name), []).append(_function_entry(node))
                 index(node.body, f"{prefix}{node.name}.<locals>.")
             elif isinstance(node, ast.ClassDef):
                 classes.setdefault(f"{prefix}{node.name}", []).append(node)
@@ -337,9 +425,8 @@ def _file_index(filename: str, module_globals: Mapping[str, Any] | None) -> _Fil
                         index(inner, prefix)
 
     index(tree.body, "")
-    found = _FileIndex(lines, functions, classes)
-    _files[filename] = found
-    return found
+    class_statics = {name: _class_node_static(nodes) for name, nodes in classes.items()}
+    return _FileIndex(lines, digest, functions, class_statics)
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
@@ -454,61 +541,19 @@ def _code_names(code: types.CodeType) -> set[str]:
     return names
 
 
-def _function_node(
-    func: types.FunctionType,
-) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
-    code = func.__code__
-    if code.co_name == "<lambda>" or code.co_filename.startswith("<"):
-        # Several lambdas can share a line, and exec'd code has no file: no reliable source.
-        return None
-    index = _file_index(code.co_filename, func.__globals__)
-    if index is None:
-        return None
-    flags = code.co_flags
-    count = (
-        code.co_argcount
-        + code.co_kwonlyargcount
-        + bool(flags & 0x04)  # CO_VARARGS
-        + bool(flags & 0x08)  # CO_VARKEYWORDS
-    )
-    expected = code.co_varnames[:count]
-    for node in index.functions.get((code.co_firstlineno, code.co_name), ()):
-        args = node.args
-        names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
-        names += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
-        # Positional and keyword-only come first in co_varnames, then *args, then **kwargs.
-        positional = len(args.posonlyargs) + len(args.args) + len(args.kwonlyargs)
-        ordered = names[:positional]
-        if args.vararg is not None:
-            ordered.append(args.vararg.arg)
-        if args.kwarg is not None:
-            ordered.append(args.kwarg.arg)
-        # The file may have changed since the module was imported; a different signature
-        # means this node is not the running code.
-        if tuple(ordered) == expected:
-            return node
-    return None
+def _function_entry(node: ast.FunctionDef | ast.AsyncFunctionDef) -> _FunctionEntry:
+    args = node.args
+    # co_varnames order: positional and keyword-only parameters, then *args, then **kwargs.
+    params = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+    params += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
+    as_root = _node_static(node, root=True)
+    # Only a decorator other than @step makes the two forms differ.
+    helper_differs = any(not _is_step_decorator(d) for d in node.decorator_list)
+    as_helper = _node_static(node, root=False) if helper_differs else as_root
+    return _FunctionEntry(tuple(params), as_root, as_helper)
 
 
-_function_statics: weakref.WeakKeyDictionary[
-    types.FunctionType, dict[bool, tuple[types.CodeType, _Static]]
-] = weakref.WeakKeyDictionary()
-
-
-def _function_static(func: types.FunctionType, root: bool) -> _Static:
-    per_function = _function_statics.setdefault(func, {})
-    cached = per_function.get(root)
-    if cached is not None and cached[0] is func.__code__:
-        return cached[1]
-    node = _function_node(func)
-    static = _code_static(func) if node is None else _ast_static(func, node, root)
-    per_function[root] = (func.__code__, static)
-    return static
-
-
-def _ast_static(
-    func: types.FunctionType, node: ast.FunctionDef | ast.AsyncFunctionDef, root: bool
-) -> _Static:
+def _node_static(node: ast.FunctionDef | ast.AsyncFunctionDef, root: bool) -> _NodeStatic:
     dumper = _Dumper()
     out = dumper.out
     out.append(f"{type(node).__name__}(")
@@ -528,14 +573,75 @@ def _ast_static(
             dumper.value(value)
         out.append(",")
     out.append(")")
+    return _NodeStatic(
+        _hash("".join(out)),
+        tuple(sorted(set(dumper.refs))),
+        tuple(sorted(set(body_refs))),
+        tuple(dumper.imports),
+    )
+
+
+def _class_node_static(nodes: list[ast.ClassDef]) -> _Static:
+    # A class defined twice under one name (in if/else branches) counts both ways: the
+    # surplus can only cause a miss.
+    dumper = _Dumper()
+    for node in nodes:
+        dumper.node(node)
+    refs = tuple(sorted(set(dumper.refs)))
+    return _Static(_hash("".join(dumper.out)), refs, source=True, imports=tuple(dumper.imports))
+
+
+def _function_source(func: types.FunctionType) -> _FunctionEntry | None:
+    """The definition of ``func`` in its source file, or None when there is none to trust."""
+    code = func.__code__
+    if code.co_name == "<lambda>" or code.co_filename.startswith("<"):
+        # Several lambdas can share a line, and exec'd code has no file: no reliable source.
+        return None
+    index = _file_index(code.co_filename, func.__globals__)
+    if index is None:
+        return None
+    flags = code.co_flags
+    count = (
+        code.co_argcount
+        + code.co_kwonlyargcount
+        + bool(flags & 0x04)  # CO_VARARGS
+        + bool(flags & 0x08)  # CO_VARKEYWORDS
+    )
+    expected = code.co_varnames[:count]
+    for entry in index.functions.get((code.co_firstlineno, code.co_name), ()):
+        # The file may have changed since the module was imported; a different signature
+        # means this definition is not the running code.
+        if entry.params == expected:
+            return entry
+    return None
+
+
+_function_statics: weakref.WeakKeyDictionary[
+    types.FunctionType, dict[bool, tuple[types.CodeType, _Static]]
+] = weakref.WeakKeyDictionary()
+
+
+def _function_static(func: types.FunctionType, root: bool) -> _Static:
+    per_function = _function_statics.setdefault(func, {})
+    cached = per_function.get(root)
+    if cached is not None and cached[0] is func.__code__:
+        return cached[1]
+    entry = _function_source(func)
+    if entry is None:
+        static = _code_static(func)
+    else:
+        static = _ast_static(func, entry.as_root if root else entry.as_helper)
+    per_function[root] = (func.__code__, static)
+    return static
+
+
+def _ast_static(func: types.FunctionType, node: _NodeStatic) -> _Static:
     # Decorators, defaults and annotations run in the enclosing scope; the body's names are
     # globals or closure variables only if the compiled code looks them up as such.
     known = _code_names(func.__code__) | set(func.__code__.co_freevars)
-    known.update(imp.bound for imp in dumper.imports)
-    refs = set(dumper.refs) | {ref for ref in body_refs if ref[0] in known}
-    return _Static(
-        _hash("".join(out)), tuple(sorted(refs)), source=True, imports=tuple(dumper.imports)
-    )
+    known.update(imp.bound for imp in node.imports)
+    refs = set(node.head) | {ref for ref in node.body if ref[0] in known}
+    return _Static(node.content, tuple(sorted(refs)), source=True, imports=node.imports)
 
 
 def _code_static(func: types.FunctionType) -> _Static:
@@ -584,16 +690,8 @@ def _class_static(cls: type) -> _Static | None:
     file = getattr(module, "__file__", None)
     if isinstance(file, str) and module is not None:
         index = _file_index(file, vars(module))
-        nodes = index.classes.get(cls.__qualname__, []) if index is not None else []
-        if nodes:
-            # A class defined twice under one name (in if/else branches) counts both ways:
-            # the surplus can only cause a miss.
-            dumper = _Dumper()
-            for node in nodes:
-                dumper.node(node)
-            refs = tuple(sorted(set(dumper.refs)))
-            imports = tuple(dumper.imports)
-            static = _Static(_hash("".join(dumper.out)), refs, source=True, imports=imports)
+        if index is not None:
+            static = index.classes.get(cls.__qualname__)
     _class_statics[cls] = static
     return static
 
@@ -680,16 +778,18 @@ def _describe(value: Any) -> str:
 # --- the graph ---------------------------------------------------------------------------
 
 
-@attrs.define
 class _Piece:
-    kind: str
-    label: str
-    #: the piece's own content digest, or the version of an external piece
-    content: str
-    #: the object to expand (a function, class or value), or None when there is nothing more
-    obj: Any = None
-    #: (name as written, target piece index or -1, detail) for each reference
-    edges: list[tuple[str, int, str]] = attrs.Factory(list)
+    __slots__ = ("content", "edges", "kind", "label", "obj")
+
+    def __init__(self, kind: str, label: str, content: str, obj: Any = None) -> None:
+        self.kind = kind
+        self.label = label
+        #: the piece's own content digest, or the version of an external piece
+        self.content = content
+        #: the object to expand (a function, class or value), or None when there is no more
+        self.obj = obj
+        #: (name as written, target piece index or -1, detail) for each reference
+        self.edges: list[tuple[str, int, str]] = []
 
 
 class _Graph:
@@ -1013,8 +1113,7 @@ _results: dict[int, tuple[Any, tuple[tuple[Any, ...], ...], Fingerprint]] = {}
 _RESULTS_MAX = 4096
 
 
-@attrs.frozen
-class _Unimported:
+class _Unimported(NamedTuple):
     """A library module (or a name in one) that a function imports but nobody has yet."""
 
     kind: _External
@@ -1107,16 +1206,259 @@ def _locate(top: str) -> _Kind | None:
     return kind
 
 
-def fingerprint(func: Callable[..., Any]) -> Fingerprint:
+# --- kept on disk, for later processes -----------------------------------------------------
+
+#: Bump when what a _Store keeps, or how it is derived, changes: older files are then unused.
+_STORE_FORMAT = 1
+
+
+class _Store:
+    """Analysis that later processes can reuse, in a folder of the stepflow home.
+
+    Two kinds of file, each holding only what follows from what names it, so that a stale
+    file cannot exist:
+
+    ``src-<hash>.json``
+        every function and class of a source file, normalized, under a hash of the file's
+        text (and of the algorithm and Python version). A process reads a file's text anyway;
+        with its hash it skips parsing and normalizing, which is most of the cost of
+        fingerprinting in a fresh process.
+    ``dist-<hash>.json``
+        which distributions (with versions) provide each import name, under a signature of
+        the import path: every ``sys.path`` folder with its modification time, which changes
+        whenever a distribution is installed, upgraded or removed there (the signal
+        ``importlib.metadata`` itself caches folder listings by). The signature is taken
+        before any metadata is read, and nothing is kept while a folder changed in the last
+        two seconds, so an install racing with a run cannot leave an old version behind.
+
+    What names resolve to is never kept: globals, closure variables, module constants (which
+    a module may compute from an environment variable or a data file) and objects are looked
+    up afresh in every process, as is which module a name imports.
+
+    A file is written to a temporary name and renamed, and starts with the hash of its
+    contents: a torn, truncated or edited file is ignored and rewritten. Failures to read or
+    write are ignored too: this is a cache, and without it fingerprints are only slower.
+    """
+
+    #: files kept; beyond this the least recently written half is removed
+    max_files = 2000
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        #: import path signature -> top-level name -> distributions
+        self._dists: dict[str, dict[str, _External]] = {}
+
+    # --- source files ------------------------------------------------------------------
+
+    def source(self, digest: str, lines: list[str]) -> _FileIndex | None:
+        data = self._read(f"src-{digest}.json")
+        if data is None:
+            return None
+        try:
+            functions: dict[tuple[int, str], list[_FunctionEntry]] = {}
+            for first, name, params, as_root, as_helper in data["functions"]:
+                root = _node_from_json(as_root)
+                helper = root if as_helper is None else _node_from_json(as_helper)
+                key = (_int(first), _str(name))
+                entry = _FunctionEntry(_strs(params), root, helper)
+                functions.setdefault(key, []).append(entry)
+            classes = {
+                _str(name): _Static(_str(content), _refs(refs), True, _imports(imports))
+                for name, content, refs, imports in data["classes"]
+            }
+        except (KeyError, TypeError, ValueError):
+            return None
+        found = _FileIndex(lines, digest, functions, classes)
+        found.saved.add(self.folder)
+        return found
+
+    def save_source(self, index: _FileIndex) -> None:
+        functions = [
+            [
+                first,
+                name,
+                entry.params,
+                _node_to_json(entry.as_root),
+                None if entry.as_helper is entry.as_root else _node_to_json(entry.as_helper),
+            ]
+            for (first, name), entries in index.functions.items()
+            for entry in entries
+        ]
+        classes = [
+            [name, static.content, static.refs, static.imports]
+            for name, static in index.classes.items()
+        ]
+        self._write(f"src-{index.digest}.json", {"functions": functions, "classes": classes})
+        # Marked even when the write failed: one attempt per process is enough.
+        index.saved.add(self.folder)
+
+    # --- distributions -----------------------------------------------------------------
+
+    def distributions(self, signature: str, top: str) -> _External | None:
+        known = self._dists.get(signature)
+        if known is None:
+            known = {}
+            data = self._read(f"dist-{signature}.json")
+            if isinstance(data, dict):
+                for name, pairs in data.items():
+                    try:
+                        known[name] = tuple((_str(label), _str(v)) for label, v in pairs)
+                    except (TypeError, ValueError):
+                        continue
+            self._dists[signature] = known
+        return known.get(top)
+
+    def add_distributions(self, signature: str, top: str, kind: _External) -> None:
+        known = self._dists.setdefault(signature, {})
+        known[top] = kind
+        self._write(f"dist-{signature}.json", {name: list(k) for name, k in known.items()})
+
+    # --- files -------------------------------------------------------------------------
+
+    def _read(self, name: str) -> Any:
+        try:
+            with open(os.path.join(self.folder, name), "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            return None
+        check, _, payload = raw.partition(b"\n")
+        if check.decode("ascii", "replace") != xxhash.xxh3_128_hexdigest(payload):
+            return None
+        try:
+            return json.loads(payload)
+        except ValueError:
+            return None
+
+    def _write(self, name: str, data: Any) -> None:
+        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8", "surrogatepass"
+        )
+        path = os.path.join(self.folder, name)
+        # Unique per process and thread: concurrent writers never share a temporary file.
+        tmp = os.path.join(self.folder, f".tmp-{os.getpid()}-{threading.get_ident()}-{name}")
+        try:
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(xxhash.xxh3_128_hexdigest(payload).encode() + b"\n" + payload)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return
+        self._prune()
+
+    def _prune(self) -> None:
+        try:
+            with os.scandir(self.folder) as entries:
+                files = [(e.stat().st_mtime_ns, e.path) for e in entries if e.is_file()]
+        except OSError:
+            return
+        if len(files) <= self.max_files:
+            return
+        files.sort()
+        for _, path in files[: len(files) - self.max_files // 2]:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+#: a folder changed this recently may change again within the same clock tick, unseen
+_SETTLE_NS = 2_000_000_000
+
+
+def _import_path_signature() -> tuple[str, bool]:
+    """A hash of the import path and its folders' modification times, and whether every
+    folder is settled (unchanged for a while): only then are versions kept under it."""
+    parts = [sys.implementation.cache_tag or "", sys.executable, sys.prefix]
+    newest = -1
+    for entry in sys.path:
+        path = os.path.abspath(os.fspath(entry) or os.curdir)
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            mtime = -1
+        newest = max(newest, mtime)
+        parts.append(f"{path}\x00{mtime}")
+    settled = newest < time.time_ns() - _SETTLE_NS
+    return _hash("\n".join(parts)), settled
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise TypeError("expected a str")
+    return value
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise TypeError("expected an int")
+    return value
+
+
+def _strs(values: Any) -> tuple[str, ...]:
+    return tuple(_str(v) for v in values)
+
+
+def _refs(values: Any) -> tuple[tuple[str, ...], ...]:
+    return tuple(_strs(chain) for chain in values)
+
+
+def _imports(values: Any) -> tuple[_Import, ...]:
+    found = []
+    for bound, module, attr, level, top in values:
+        if type(top) is not bool:
+            raise TypeError("expected a bool")
+        found.append(_Import(_str(bound), _str(module), _str(attr), _int(level), top))
+    return tuple(found)
+
+
+def _node_to_json(node: _NodeStatic) -> list[Any]:
+    return [node.content, node.head, node.body, node.imports]
+
+
+def _node_from_json(data: Any) -> _NodeStatic:
+    content, head, body, imports = data
+    return _NodeStatic(_str(content), _refs(head), _refs(body), _imports(imports))
+
+
+_stores: dict[str, _Store] = {}
+#: the store of the fingerprint being computed in this thread (or context), if any
+_active_store: contextvars.ContextVar[_Store | None] = contextvars.ContextVar(
+    "stepflow_fingerprint_store", default=None
+)
+
+
+def _store(folder: str | os.PathLike[str]) -> _Store:
+    key = os.path.abspath(os.fspath(folder))
+    store = _stores.get(key)
+    if store is None:
+        store = _stores[key] = _Store(key)
+    return store
+
+
+def fingerprint(
+    func: Callable[..., Any], *, cache_dir: str | os.PathLike[str] | None = None
+) -> Fingerprint:
     """The code fingerprint of ``func``: its normalized source and everything it uses.
 
     A result is reused within a process for as long as every global, closure variable, module
     attribute and mutable value it read is still the same (see the module docstring), so a
     global rebound in a running process (a notebook cell) is seen on the next call.
+
+    :param cache_dir: a folder where the analysis of source files and the versions of
+        libraries are kept for later processes (``<home>/fingerprints``); only what cannot
+        go stale is kept there (see ``_Store``), so the result is the same with or without.
     """
     cached = _results.get(id(func))
     if cached is not None and cached[0] is func and _still_valid(cached[1]):
         return cached[2]
+    token = _active_store.set(None if cache_dir is None else _store(cache_dir))
+    try:
+        return _fingerprint(func)
+    finally:
+        _active_store.reset(token)
+
+
+def _fingerprint(func: Callable[..., Any]) -> Fingerprint:
     label = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
     graph = _Graph()
     graph.root = func

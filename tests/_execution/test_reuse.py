@@ -308,6 +308,36 @@ class TestProcesses:
         result, calls = project.run(workers=2)
         assert sorted(calls) == ["always", "scaled", "total"] and result["total"] == 42
 
+    def test_helper_edited_between_processes(self, tmp_path, stepflow_home):
+        """Runs in separate processes share code analysis through the home, and an edit to a
+        helper module between them (same size, same modification time) still reruns exactly
+        the steps that use it; a comment-only edit reruns nothing."""
+        log = tmp_path / "calls.log"
+        (tmp_path / "helpers.py").write_text(HELPERS)
+        (tmp_path / "flow.py").write_text(FLOW.format(log=str(log), scale=2))
+        env = dict(os.environ, STEPFLOW_HOME=str(stepflow_home))
+        cmd = [sys.executable, "-m", "stepflow", "run", "flow.py"]
+
+        def run() -> list[str]:
+            log.write_text("")
+            done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout + done.stderr
+            return sorted(log.read_text().split())
+
+        assert run() == ["always", "label", "numbers", "parity", "scaled", "total"]
+        assert any(p.name.startswith("src-") for p in (stepflow_home / "fingerprints").iterdir())
+        assert run() == ["always"]
+        helper = tmp_path / "helpers.py"
+        stat = helper.stat()
+        helper.write_text(HELPERS.replace("x * k", "x + k"))
+        os.utime(helper, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert helper.stat().st_size == stat.st_size
+        assert run() == ["always", "scaled", "total"]
+        helper.write_text(HELPERS.replace("x * k", "x + k  # why"))
+        assert run() == ["always"]
+        helper.write_text(HELPERS)  # back to the first version: its results are still stored
+        assert run() == ["always"]
+
     @pytest.mark.slow
     def test_single_flight_across_processes(self, tmp_path, stepflow_home):
         """Two runs that need the same missing key compute it once; the other reuses."""

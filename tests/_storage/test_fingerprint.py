@@ -6,11 +6,14 @@ import importlib
 import importlib.metadata
 import importlib.util
 import itertools
+import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -817,3 +820,218 @@ class TestStability:
         """Cached analysis gives the same answer as the first computation."""
         flow = load(flow=TestHelpers.STEP, helpers=HELPERS)
         assert fingerprint(flow.fetched_data) == fingerprint(flow.fetched_data)
+
+
+# A fingerprint computed in a fresh process; the script patches out what the test forbids.
+_FRESH = """
+import json, sys
+sys.path[:0] = {path!r}
+{setup}
+import flow
+from stepflow._storage.fingerprint import fingerprint
+fp = fingerprint(flow.{func}, cache_dir={cache!r})
+print(json.dumps({{"digest": fp.digest, "parts": fp.parts}}))
+"""
+
+# Makes parsing fail loudly: a process that still parses a file did not use the kept analysis.
+_NO_PARSING = "import ast\ndef _no(*a, **k):\n    raise AssertionError('parsed')\nast.parse = _no"
+# Makes reading installed metadata fail: the process must use the versions kept on disk.
+_NO_METADATA = (
+    "import importlib.metadata as md\ndef _no(*a, **k):\n    raise AssertionError('metadata')\n"
+    "md.distribution = md.version = md.packages_distributions = _no"
+)
+
+
+def fresh(folder, cache, *, func="f", setup="", env=None, path=(), cwd=None):
+    """Fingerprint ``flow.<func>`` from ``folder`` in a new interpreter; returns (digest, parts)."""
+    script = _FRESH.format(
+        path=[str(folder), *map(str, path)],
+        setup=setup,
+        func=func,
+        cache=None if cache is None else str(cache),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    return data["digest"], data["parts"]
+
+
+def write(folder, **files):
+    folder.mkdir(exist_ok=True)
+    for name, source in files.items():
+        (folder / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+class TestKeptOnDisk:
+    """Rule: analysis kept in the home for later processes never makes a fingerprint stale."""
+
+    STEP = TestHelpers.STEP
+
+    def test_later_process_parses_nothing_and_agrees(self, tmp_path):
+        """A second process takes the analysis from disk instead of parsing, same digest."""
+        write(tmp_path / "src", flow=self.STEP, helpers=HELPERS)
+        cache = tmp_path / "fingerprints"
+        uncached = fresh(tmp_path / "src", None, func="fetched_data")
+        first = fresh(tmp_path / "src", cache, func="fetched_data")
+        assert sorted(p.name[:4] for p in cache.iterdir()) == ["src-", "src-"]
+        second = fresh(tmp_path / "src", cache, func="fetched_data", setup=_NO_PARSING)
+        assert first == second == uncached
+        # The guard itself works: without the kept analysis, the same process fails.
+        with pytest.raises(AssertionError, match="parsed"):
+            fresh(tmp_path / "src", tmp_path / "empty", func="fetched_data", setup=_NO_PARSING)
+
+    def test_helper_edited_between_processes(self, tmp_path):
+        """Editing a helper in another module changes the digest in the next process, even
+        when the edit keeps the file's size and modification time."""
+        src = tmp_path / "src"
+        write(src, flow=self.STEP, helpers=HELPERS)
+        cache = tmp_path / "fingerprints"
+        before = fresh(src, cache, func="fetched_data")
+        helper = src / "helpers.py"
+        stat = helper.stat()
+        helper.write_text(helper.read_text().replace("x + LIMIT", "x - LIMIT"))
+        os.utime(helper, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert helper.stat().st_size == stat.st_size
+        after = fresh(src, cache, func="fetched_data")
+        assert after[0] != before[0]
+        assert {k for k in after[1] if after[1][k] != before[1].get(k)} == {"helpers.clean"}
+        assert after == fresh(src, None, func="fetched_data")
+
+    def test_comment_edited_between_processes(self, tmp_path):
+        """A comment added to a helper between processes leaves the digest as it was."""
+        src = tmp_path / "src"
+        write(src, flow=self.STEP, helpers=HELPERS)
+        cache = tmp_path / "fingerprints"
+        before = fresh(src, cache, func="fetched_data")
+        write(src, helpers=HELPERS.replace("def clean(x):", "def clean(x):  # tidy"))
+        assert fresh(src, cache, func="fetched_data") == before
+
+    def test_constant_computed_at_import_is_read_in_each_process(self, tmp_path):
+        """A module constant taken from the environment counts by its value in each process:
+        the source file is unchanged, so nothing keyed by the file could notice."""
+        src = tmp_path / "src"
+        write(
+            src,
+            flow="import os\nSCALE = int(os.environ['SCALE'])\n\ndef f(x):\n    return x * SCALE\n",
+        )
+        cache = tmp_path / "fingerprints"
+        one = fresh(src, cache, env={"SCALE": "1"})
+        two = fresh(src, cache, env={"SCALE": "2"})
+        assert one[0] != two[0] and one[1]["flow.SCALE"] != two[1]["flow.SCALE"]
+        assert fresh(src, cache, env={"SCALE": "1"}) == one
+
+    def test_name_resolved_elsewhere_in_a_later_process(self, tmp_path):
+        """Which file ``import helpers`` finds is looked up in each process, not kept."""
+        write(tmp_path / "src", flow=self.STEP)
+        write(tmp_path / "a", helpers=HELPERS)
+        write(tmp_path / "b", helpers=HELPERS.replace("x + LIMIT", "x * LIMIT"))
+        cache = tmp_path / "fingerprints"
+        via_a = fresh(tmp_path / "src", cache, func="fetched_data", path=[tmp_path / "a"])
+        via_b = fresh(tmp_path / "src", cache, func="fetched_data", path=[tmp_path / "b"])
+        assert via_a[0] != via_b[0]
+        assert via_b == fresh(tmp_path / "src", None, func="fetched_data", path=[tmp_path / "b"])
+
+    @pytest.mark.parametrize("damage", ["truncated", "bytes changed", "garbage", "wrong shape"])
+    def test_damaged_files_are_ignored_and_rewritten(self, tmp_path, damage):
+        """A torn, edited or malformed file is not used; the next process rewrites it."""
+        src = tmp_path / "src"
+        write(src, flow=self.STEP, helpers=HELPERS)
+        cache = tmp_path / "fingerprints"
+        before = fresh(src, cache, func="fetched_data")
+        files = sorted(cache.iterdir())
+        for path in files:
+            raw = path.read_bytes()
+            if damage == "truncated":
+                path.write_bytes(raw[: len(raw) // 2])
+            elif damage == "bytes changed":
+                # A digest in the payload changed: still valid JSON of the right shape.
+                check, _, payload = raw.partition(b"\n")
+                digest = re.search(rb'"([0-9a-f]{32})"', payload).group(1)
+                payload = payload.replace(digest, digest[::-1])
+                path.write_bytes(check + b"\n" + payload)
+            elif damage == "garbage":
+                path.write_bytes(b"\x00\xff" * 50)
+            else:
+                import xxhash
+
+                payload = b'{"functions": [[1, "f"]], "classes": 3}'
+                path.write_bytes(xxhash.xxh3_128_hexdigest(payload).encode() + b"\n" + payload)
+            assert path.read_bytes() != raw
+        assert fresh(src, cache, func="fetched_data") == before
+        # Rewritten whole: a third process parses nothing again.
+        assert fresh(src, cache, func="fetched_data", setup=_NO_PARSING) == before
+
+    def test_unusable_cache_folder_is_only_slower(self, tmp_path):
+        """A cache folder that cannot be created (a file is in the way) changes nothing."""
+        src = tmp_path / "src"
+        write(src, flow=self.STEP, helpers=HELPERS)
+        blocked = tmp_path / "file"
+        blocked.write_text("not a folder")
+        assert fresh(src, blocked, func="fetched_data") == fresh(src, None, func="fetched_data")
+
+    def test_upgraded_distribution_is_seen(self, tmp_path):
+        """A library upgraded between two processes counts by its new version, although the
+        older version was kept on disk."""
+        site = tmp_path / "env" / "site-packages"
+        (site / "fakelib").mkdir(parents=True)
+        (site / "fakelib" / "__init__.py").write_text("def go(x):\n    return x\n")
+
+        def install(version):
+            for old in site.glob("fakelib-*.dist-info"):
+                for item in old.iterdir():
+                    item.unlink()
+                old.rmdir()
+            info = site / f"fakelib-{version}.dist-info"
+            info.mkdir()
+            (info / "METADATA").write_text(
+                f"Metadata-Version: 2.1\nName: fakelib\nVersion: {version}\n"
+            )
+            (info / "top_level.txt").write_text("fakelib\n")
+
+        src, cwd = tmp_path / "src", tmp_path / "cwd"
+        write(src, flow="import fakelib\n\ndef f(x):\n    return fakelib.go(x)\n")
+        cwd.mkdir()
+        cache = tmp_path / "fingerprints"
+
+        def settle():
+            # Versions are kept only under folders that have not changed for a while.
+            past = time.time() - 60
+            for folder in (site, src, cwd):
+                os.utime(folder, (past, past))
+
+        install("1.0")
+        settle()
+        one = fresh(src, cache, path=[site], cwd=cwd)
+        assert one[1]["dist:fakelib"] == "1.0"
+        assert any(p.name.startswith("dist-") for p in cache.iterdir())
+        # The kept version is used: this process cannot read any metadata.
+        assert fresh(src, cache, path=[site], cwd=cwd, setup=_NO_METADATA) == one
+        install("2.0")
+        assert fresh(src, cache, path=[site], cwd=cwd)[1]["dist:fakelib"] == "2.0"
+
+    def test_versions_not_kept_while_a_folder_is_changing(self, tmp_path):
+        """Right after an install, versions are looked up but not kept: the install may not
+        be finished within the folder's clock tick."""
+        src = tmp_path / "src"
+        write(src, flow="import xxhash\n\ndef f(x):\n    return xxhash.xxh3_64(x)\n")
+        cache = tmp_path / "fingerprints"
+        _, parts = fresh(src, cache, cwd=src)  # src was just written
+        assert parts["dist:xxhash"] == importlib.metadata.version("xxhash")
+        assert not any(p.name.startswith("dist-") for p in cache.iterdir())
+
+    def test_same_result_with_and_without_cache_in_process(self, load, tmp_path):
+        """In one process, the kept analysis gives exactly what a fresh analysis gives."""
+        flow = load(flow=self.STEP, helpers=HELPERS)
+        without = fingerprint(flow.fetched_data)
+        from stepflow._storage import fingerprint as module
+
+        module._results.clear()
+        module._files.clear()
+        with_cache = fingerprint(flow.fetched_data, cache_dir=tmp_path / "fp")
+        assert with_cache == without
