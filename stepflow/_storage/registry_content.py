@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import pathlib
+import pickle
 import secrets
 import shutil
 import types
@@ -51,6 +52,7 @@ __all__ = [
     "materialize",
     "model_content",
     "problem",
+    "structural_hash",
     "want_of",
 ]
 
@@ -144,20 +146,74 @@ def model_content(
 ) -> tuple[ArtifactRef, str, str]:
     """Store a model; returns its reference, content hash and class name.
 
-    The content hash is taken from the stored copy loaded back, not from ``model``: pickled
-    objects can hash differently before and after one trip through the store (shared
-    sub-objects become separate), while every later trip gives the same hash. Hashing the
-    loaded copy makes the same model registered from memory, from a worker process or from a
-    reused result compare equal.
+    The content hash is structural (``structural_hash``), so the same model trained in this
+    process, in a worker process or loaded from the store compares equal, and registering it
+    again makes no new version. When the model cannot be hashed that way, the hash of its
+    stored copy loaded back is used instead.
     """
     io = ArtifactIO(store, serializers)
     try:
         ref = io.save(model)
-        content_hash = hash_value(io.load(ref))
+        content_hash = structural_hash(model)
+        if content_hash is None:
+            content_hash = hash_value(io.load(ref))
     except (SerializationError, UnhashableValueError) as exc:
         raise UsageError(f"cannot store the model: {exc}") from exc
     cls = type(model)
     return ref, content_hash, f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _CanonicalPickler(pickle._Pickler):  # the pure-Python pickler: its steps can be changed
+    """Pickles what an object *holds*, not how its parts happen to be shared.
+
+    ``hash_value`` hashes pickled bytes, and pickle writes a part used twice once plus a
+    back-reference: a model fitted on a frame whose column names are the module's own string
+    constants pickles differently from the same model fitted on a frame loaded from disk
+    (equal strings, separate objects). Fast mode writes every part in full, and sets are
+    written sorted, since their order follows the per-process string hash seed.
+    """
+
+    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+
+    def _save_set(self, obj: set[Any] | frozenset[Any]) -> None:
+        self.save_reduce(type(obj), (sorted(obj, key=hash_value),), obj=obj)
+
+    dispatch[set] = _save_set
+    dispatch[frozenset] = _save_set
+
+
+class _HashWriter:
+    def __init__(self) -> None:
+        import xxhash
+
+        self.state = xxhash.xxh3_128()
+
+    def write(self, data: bytes) -> int:
+        self.state.update(data)
+        return len(data)
+
+
+def structural_hash(obj: Any) -> str | None:
+    """A hash of ``obj``'s pickled content, independent of object sharing and set order;
+    ``None`` when it cannot be pickled that way (self-references, local functions)."""
+    sink = _HashWriter()
+
+    def buffer(view: pickle.PickleBuffer) -> None:
+        # Array data is hashed where it lies instead of being copied into the stream.
+        try:
+            raw = view.raw()
+        except BufferError:  # not contiguous
+            raw = memoryview(view).tobytes()
+        sink.write(len(raw).to_bytes(8, "little"))
+        sink.write(raw)
+
+    pickler = _CanonicalPickler(sink, protocol=5, buffer_callback=buffer)
+    pickler.fast = True  # no memo: every shared part is written in full
+    try:
+        pickler.dump(obj)
+    except (RecursionError, pickle.PicklingError, TypeError, AttributeError, BufferError):
+        return None
+    return sink.state.hexdigest()
 
 
 def load_model(version: ModelVersion, store: Datastore, serializers: Sequence[Any]) -> Any:
