@@ -66,13 +66,14 @@ server.stop()
 
 
 class S3Server:
-    """A bucket of its own on the session's moto server, with dummy credentials set."""
+    """A bucket of its own on a moto server, with dummy credentials set."""
 
-    def __init__(self, endpoint_url: str, bucket: str) -> None:
+    def __init__(self, endpoint_url: str, bucket: str, process: _MotoProcess | None = None) -> None:
         #: ``http://127.0.0.1:PORT``
         self.endpoint_url = endpoint_url
         #: a fresh bucket for this test
         self.bucket = bucket
+        self._process = process
 
     @property
     def options(self) -> dict[str, str]:
@@ -90,6 +91,11 @@ class S3Server:
             endpoint_url=self.endpoint_url, skip_instance_cache=True, use_listings_cache=False
         )
 
+    def stop(self) -> None:
+        """Stop the server (only ``stoppable_s3_server``'s own one)."""
+        assert self._process is not None, "the session's shared server cannot be stopped"
+        self._process.stop()
+
 
 def _need(what: str) -> None:
     import os
@@ -99,40 +105,65 @@ def _need(what: str) -> None:
     pytest.skip(what)
 
 
+class _MotoProcess:
+    """``moto`` serving the S3 API on a free loopback port, in a child process."""
+
+    def __init__(self, log: Path) -> None:
+        import importlib.util
+        import select
+        import subprocess
+
+        missing = [m for m in ("moto", "s3fs", "boto3", "flask") if not importlib.util.find_spec(m)]
+        if missing:
+            _need(f"the S3 test server needs {', '.join(missing)} (moto[server] and s3fs)")
+        with open(log, "wb") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _MOTO_SERVER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+            )
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
+        line = self.proc.stdout.readline() if ready else b""
+        if not line.strip().isdigit():
+            self.stop()
+            pytest.fail(f"the moto S3 server did not start; its log:\n{log.read_text()}")
+        self.endpoint_url = f"http://127.0.0.1:{int(line)}"
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
 @pytest.fixture(scope="session")
 def _moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import importlib.util
-    import select
-    import subprocess
-
-    missing = [m for m in ("moto", "s3fs", "boto3", "flask") if importlib.util.find_spec(m) is None]
-    if missing:
-        _need(f"the S3 test server needs {', '.join(missing)} (moto[server] and s3fs)")
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _MOTO_SERVER],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-        )
-    assert proc.stdout is not None and proc.stdin is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    line = proc.stdout.readline() if ready else b""
-    if not line.strip().isdigit():
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"the moto S3 server did not start; its log:\n{log.read_text()}")
+    server = _MotoProcess(tmp_path_factory.mktemp("moto") / "server.log")
     try:
-        yield f"http://127.0.0.1:{int(line)}"
+        yield server.endpoint_url
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        server.stop()
+
+
+def _new_bucket(endpoint_url: str) -> str:
+    import uuid
+
+    import boto3
+
+    bucket = f"stepflow-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint_url).create_bucket(Bucket=bucket)
+    return bucket
 
 
 @pytest.fixture
@@ -141,9 +172,6 @@ def s3_server(_moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     environment (worker processes inherit them). Skips without moto[server] and s3fs, except
     under CI=true, where it fails."""
     import os
-    import uuid
-
-    import boto3
 
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
@@ -153,6 +181,15 @@ def s3_server(_moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     # Never read the developer's own AWS configuration.
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    bucket = f"stepflow-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=_moto_endpoint).create_bucket(Bucket=bucket)
-    return S3Server(_moto_endpoint, bucket)
+    return S3Server(_moto_endpoint, _new_bucket(_moto_endpoint))
+
+
+@pytest.fixture
+def stoppable_s3_server(s3_server: S3Server, tmp_path: Path) -> Iterator[S3Server]:
+    """Like ``s3_server`` but on a server of its own, which the test may ``stop()`` to lose
+    the store halfway through something."""
+    process = _MotoProcess(tmp_path / "moto.log")
+    try:
+        yield S3Server(process.endpoint_url, _new_bucket(process.endpoint_url), process)
+    finally:
+        process.stop()

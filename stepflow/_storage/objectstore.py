@@ -64,9 +64,14 @@ _UNREACHABLE = {
 }
 _NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
 
-#: stores this process has already probed (URL and options), so that a worker opening the
-#: store for every task pays for the round trip once
+#: filesystems this process has opened, by ``_token``, and the stores it has probed: a
+#: worker opens the store for every task, and should pay for a client and a probe once
+_FILESYSTEMS: dict[str, Any] = {}
 _PROBED: set[str] = set()
+
+#: environment variables that choose credentials; a filesystem made under other values is
+#: not reused (fsspec's own instance cache only looks at the options)
+_CREDENTIAL_ENV_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 
 
 def open_object_store(uri: str, *, home: Path, options: Mapping[str, Any]) -> FsspecDatastore:
@@ -92,8 +97,10 @@ class FsspecDatastore(Datastore):
         self.uri = uri
         self.kind = uri.split("://", 1)[0].lower()
         self.options = dict(options or {})
-        self._fs, root = _connect(uri, self.kind, self.options)
-        self._root = root.rstrip("/")
+        self._fs = _connect(uri, self.kind, self.options)
+        # The scheme in lower case: fsspec strips only the spelling it registered.
+        self._root = str(self._fs._strip_protocol(f"{self.kind}://{uri.split('://', 1)[1]}"))
+        self._root = self._root.rstrip("/")
         if not self._root:
             raise UsageError(
                 f"store {uri!r} names no bucket; write {self.kind}://BUCKET or "
@@ -133,8 +140,8 @@ class FsspecDatastore(Datastore):
             raise StoreUnavailableError(message, store=self.uri) from exc
 
     def _probe(self) -> None:
-        token = json.dumps([self.uri, self.options], sort_keys=True, default=repr)
-        if token in _PROBED:
+        probe = f"{self.uri}\0{_token(self.kind, self.options)}"
+        if probe in _PROBED:
             return
         try:
             with self._errors("opening the store"):
@@ -154,7 +161,7 @@ class FsspecDatastore(Datastore):
                 f"(or STEPFLOW_STORE)",
                 store=self.uri,
             ) from None
-        _PROBED.add(token)
+        _PROBED.add(probe)
 
     # --- objects ------------------------------------------------------------------------
 
@@ -357,8 +364,18 @@ def _store_id(uri: str, options: Mapping[str, Any]) -> str:
     return f"{uri.split('://', 1)[0].lower()}-{digest}"
 
 
-def _connect(uri: str, kind: str, options: dict[str, Any]) -> tuple[Any, str]:
-    """The fsspec filesystem and root path for ``uri``."""
+def _token(kind: str, options: Mapping[str, Any]) -> str:
+    """What identifies an opened filesystem: scheme, options, credential variables, and the
+    process (a forked child must not share its parent's connections)."""
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_CREDENTIAL_ENV_PREFIXES))
+    return json.dumps([kind, options, env, os.getpid()], sort_keys=True, default=repr)
+
+
+def _connect(uri: str, kind: str, options: dict[str, Any]) -> Any:
+    """The fsspec filesystem for ``uri``'s scheme and ``options`` (made once per ``_token``)."""
+    token = _token(kind, options)
+    if token in _FILESYSTEMS:
+        return _FILESYSTEMS[token]
     try:
         import fsspec.core
     except ImportError:
@@ -368,13 +385,14 @@ def _connect(uri: str, kind: str, options: dict[str, Any]) -> tuple[Any, str]:
     kwargs = dict(options)
     # Listings must be fresh: another process or machine may have just written or pruned.
     kwargs.setdefault("use_listings_cache", False)
+    kwargs["skip_instance_cache"] = True  # cached here instead, see _token
     if kind == "s3":
         config = dict(_S3_CLIENT_CONFIG)
         config.update(kwargs.get("config_kwargs") or {})
         kwargs["config_kwargs"] = config
     package = _PACKAGES.get(kind, kind)
     try:
-        return fsspec.core.url_to_fs(uri, **kwargs)
+        fs, _ = fsspec.core.url_to_fs(uri, **kwargs)
     except ImportError as exc:
         extra = " (or `pip install 'stepflow[s3]'`)" if kind == "s3" else ""
         raise UsageError(
@@ -383,6 +401,8 @@ def _connect(uri: str, kind: str, options: dict[str, Any]) -> tuple[Any, str]:
         ) from None
     except (TypeError, ValueError) as exc:
         raise UsageError(_bad_options(uri, kind, exc)) from None
+    _FILESYSTEMS[token] = fs
+    return fs
 
 
 def _bad_options(uri: str, kind: str, exc: Exception) -> str:

@@ -236,6 +236,13 @@ class TestOpening:
         store = open_store(s3_server, tmp_path)
         assert (store.kind, store.uri, store.shared) == ("s3", s3_server.url(), True)
 
+    def test_scheme_is_case_insensitive(self, s3_server, tmp_path):
+        upper = open_datastore(
+            f"S3://{s3_server.bucket}/stepflow", home=tmp_path, options=s3_server.options
+        )
+        write(upper, NAME, b"x")
+        assert open_store(s3_server, tmp_path / "b").local_path(NAME).read_bytes() == b"x"
+
     def test_unknown_scheme(self, tmp_path):
         with pytest.raises(UsageError, match=r"no datastore plugin handles nope:// URLs") as exc:
             open_datastore("nope://bucket/x", home=tmp_path)
@@ -274,6 +281,15 @@ class TestOpening:
         finally:
             require_auth("inf")
         assert "AWS_ACCESS_KEY_ID" in str(exc.value)
+
+    def test_no_credentials(self, s3_server, tmp_path, monkeypatch):
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+        # No instance-metadata lookups: this is not a cloud machine.
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        with pytest.raises(StoreUnavailableError, match="no credentials found") as exc:
+            open_datastore(s3_server.url("nocreds"), home=tmp_path, options=s3_server.options)
+        assert "AWS_PROFILE" in str(exc.value)
 
     def test_url_without_bucket(self, s3_server, tmp_path):
         with pytest.raises(UsageError, match="names no bucket"):
@@ -389,35 +405,41 @@ class TestSecondHome:
     QUICK = {"n_estimators": 60}
 
     @pytest.fixture
-    def training(self, monkeypatch):
+    def hp(self, monkeypatch):
+        """The house-prices example's pipeline module, imported as the CLI imports it."""
         monkeypatch.syspath_prepend(str(EXAMPLES))
         for name in [n for n in sys.modules if n.split(".")[0] == "house_prices"]:
             monkeypatch.delitem(sys.modules, name)
-        yield importlib.import_module("house_prices.pipeline").training
+        yield importlib.import_module("house_prices.pipeline")
         for name in [n for n in sys.modules if n.split(".")[0] == "house_prices"]:
             del sys.modules[name]
 
-    def test_example_reused_from_another_home(self, s3_server, training, tmp_path):
+    def test_example_reused_from_another_home(self, s3_server, hp, tmp_path):
         """The house-prices training pipeline run in home A (two workers) is reused by a
-        fresh home B that shares nothing with A but the S3 store."""
+        fresh home B that shares nothing with A but the S3 store; B then scores houses with
+        the model A registered, which lives in the store too."""
         config_a = project_config(tmp_path / "project", s3_server, tmp_path / "home-a")
-        first = training.run(self.QUICK, config=config_a, workers=2)
+        first = hp.training.run(self.QUICK, config=config_a, workers=2)
         assert first.ok
-        assert {n: s.state for n, s in first.steps.items()} == dict.fromkeys(
-            ["houses", "prepared", "model", "evaluation"], StepState.RAN
-        )
+        assert {s.state for s in first.steps.values()} == {StepState.RAN}
 
         config_b = project_config(tmp_path / "project", s3_server, tmp_path / "home-b")
         assert not (tmp_path / "home-b").exists()
-        second = training.run(self.QUICK, config=config_b)
+        second = hp.training.run(self.QUICK, config=config_b)
         assert second.ok
-        # `houses` is @step(cache=False): it always runs, and its identical output lets
-        # everything after it be reused (early cutoff).
+        # Steps declared @step(cache=False) always run (`houses` among them); the output of
+        # `houses` is identical, so everything cacheable after it is reused (early cutoff).
+        always = {n for n, spec in hp.training.steps.items() if not spec.options.cache}
+        assert "houses" in always
         assert {n: s.state for n, s in second.steps.items()} == {
-            "houses": StepState.RAN,
-            "prepared": StepState.REUSED,
-            "model": StepState.REUSED,
-            "evaluation": StepState.REUSED,
+            n: StepState.RAN if n in always else StepState.REUSED for n in hp.training.steps
         }
+        assert {"prepared", "model", "evaluation"} <= set(hp.training.steps) - always
         assert second["evaluation"] == first["evaluation"]
-        assert 0.5 < second["evaluation"]["r2"] <= 1.0
+        # The same model with the same metrics is the same registered version.
+        assert second["registered_model"] == first["registered_model"]
+
+        scoring = hp.batch_scoring.run({"output_dir": str(tmp_path / "out")}, config=config_b)
+        assert scoring.ok, {n: s.error for n, s in scoring.steps.items() if s.error}
+        assert len(scoring["predictions"]) == 10
+        assert scoring["predictions"][hp.PREDICTION].notna().all()

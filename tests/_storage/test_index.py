@@ -1,0 +1,158 @@
+"""The cache index: local records, and records shared through a ``shared`` datastore."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from stepflow._sentinels import MISSING
+from stepflow._storage.artifacts import ArtifactRef
+from stepflow._storage.datastore import LocalDatastore
+from stepflow._storage.index import CacheIndex, CacheRecord
+from stepflow._storage.stores import open_datastore
+from stepflow.errors import StepflowWarning
+
+KEY = "ab" + "0" * 62
+OTHER = "cd" + "1" * 62
+
+
+def record(key: str = KEY, step: str = "model") -> CacheRecord:
+    ref = ArtifactRef(f"{'e' * 32}.joblib", "e" * 32, "joblib", 123, "f" * 32)
+    return CacheRecord(
+        key=key,
+        step=step,
+        pipeline="training",
+        run_id="run-1",
+        created=time.time(),
+        outputs={step: ref},
+        components={"params": {"n": "abc"}},
+        param_values={"n": "3"},
+    )
+
+
+def doc_path(key: str) -> str:
+    return f"index/{key[:2]}/{key}.json"
+
+
+@pytest.fixture
+def homes(s3_server, tmp_path):
+    """Two homes' indexes on one S3 store: ``(index_a, index_b, store)``."""
+    opened = []
+
+    def index(home: str) -> CacheIndex:
+        store = open_datastore(s3_server.url(), home=tmp_path / home, options=s3_server.options)
+        opened.append(CacheIndex(tmp_path / home / "index", store=store))
+        return opened[-1]
+
+    a, b = index("a"), index("b")
+    yield a, b, a.store
+    for idx in opened:
+        idx.close()
+
+
+class TestSharedIndex:
+    def test_put_publishes_a_document(self, homes):
+        a, _, store = homes
+        rec = record()
+        a.put(rec)
+        data = json.loads(store.get_doc(doc_path(KEY)))
+        assert data["version"] == 1
+        assert CacheRecord.from_dict(data) == rec
+
+    def test_another_home_finds_it_and_keeps_it(self, homes):
+        a, b, store = homes
+        rec = record()
+        a.put(rec)
+        assert list(b.records()) == []
+        found = b.get(KEY)
+        assert found == rec
+        # Kept locally: B no longer needs the store's copy.
+        store.delete_doc(doc_path(KEY))
+        assert b.get(KEY) == rec
+        assert list(b.records()) == [rec]
+
+    def test_miss_everywhere(self, homes):
+        _, b, _ = homes
+        assert b.get(KEY) is MISSING
+
+    def test_delete_removes_the_document(self, homes):
+        a, b, store = homes
+        a.put(record())
+        a.delete(KEY)
+        assert store.get_doc(doc_path(KEY)) is None
+        assert a.get(KEY) is MISSING and b.get(KEY) is MISSING
+
+    @pytest.mark.parametrize(
+        "content",
+        [
+            b"not json",
+            b'{"version": 999, "key": "x"}',
+            b'{"version": 1, "key": "missing fields"}',
+            b"[1, 2]",
+        ],
+    )
+    def test_unusable_documents_are_misses(self, homes, content):
+        _, b, store = homes
+        store.put_doc(doc_path(KEY), content)
+        assert b.get(KEY) is MISSING
+        assert list(b.shared_records()) == []
+
+    def test_a_document_about_another_key_is_a_miss(self, homes):
+        """A record copied under the wrong name must not answer for that name."""
+        a, b, store = homes
+        a.put(record(OTHER))
+        store.put_doc(doc_path(KEY), store.get_doc(doc_path(OTHER)))
+        assert b.get(KEY) is MISSING
+        assert [r.key for r in b.shared_records()] == [OTHER]
+
+    def test_shared_records_from_every_home(self, homes):
+        a, b, _ = homes
+        a.put(record(KEY, "model"))
+        b.put(record(OTHER, "evaluation"))
+        assert sorted(r.key for r in a.shared_records()) == [KEY, OTHER]
+        assert [r.key for r in a.records()] == [KEY]
+
+    def test_store_lost_after_the_commit_keeps_the_local_record(
+        self, stoppable_s3_server, tmp_path
+    ):
+        """Publishing needs the store; when it is gone, the local commit still stands and a
+        warning says the result was not shared."""
+        store = open_datastore(
+            stoppable_s3_server.url(), home=tmp_path, options=stoppable_s3_server.options
+        )
+        index = CacheIndex(tmp_path / "index", store=store)
+        rec = record()
+        try:
+            stoppable_s3_server.stop()
+            with pytest.warns(StepflowWarning, match="kept in this home but could not be shared"):
+                index.put(rec)
+            assert index.get(KEY) == rec
+        finally:
+            index.close()
+
+
+class TestLocalStore:
+    def test_writes_no_documents(self, tmp_path):
+        """The local store is not shared: recording a result costs nothing more."""
+        store = LocalDatastore(tmp_path / "objects")
+        index = CacheIndex(tmp_path / "index", store=store)
+        try:
+            index.put(record())
+            assert index.get(KEY).key == KEY
+            index.delete(KEY)
+        finally:
+            index.close()
+        assert store.list_docs("") == []
+        assert not (tmp_path / "refs").exists()
+
+    def test_never_reads_documents(self, tmp_path):
+        store = LocalDatastore(tmp_path / "objects")
+        store.put_doc(doc_path(KEY), json.dumps(record().to_dict()).encode())
+        index = CacheIndex(tmp_path / "index", store=store)
+        try:
+            assert index.get(KEY) is MISSING
+            assert list(index.shared_records()) == []
+        finally:
+            index.close()

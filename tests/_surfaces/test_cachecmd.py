@@ -1,0 +1,128 @@
+"""``stepflow cache ls|info|prune`` on a store shared by two homes (S3 on a moto server)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stepflow import Pipeline, StepState
+from stepflow._config import load_config
+from stepflow._surfaces import cachecmd
+from stepflow.errors import StepflowWarning
+
+FLOWS = """
+from stepflow import step
+
+@step
+def base(offset: int = 0) -> list:
+    return [offset + i for i in range(4)]
+
+@step
+def doubled(base: list) -> list:
+    return [2 * x for x in base]
+"""
+
+
+def config_for(tmp_path: Path, s3, home: str):
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    (project / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""\
+            [tool.stepflow]
+            store = "{s3.url()}"
+
+            [tool.stepflow.store_options]
+            endpoint_url = "{s3.endpoint_url}"
+            """
+        )
+    )
+    return load_config(project, home=tmp_path / home, environ={})
+
+
+@pytest.fixture
+def two_pipelines(make_module):
+    mod = make_module("shared_flows", FLOWS)
+    # Different parameters, so the two pipelines make different objects.
+    return Pipeline("p1", [mod.base, mod.doubled]), Pipeline("p2", [mod.base, mod.doubled])
+
+
+def objects(s3) -> set[str]:
+    """Object names in the bucket, read behind the datastore's back."""
+    found = s3.fs().find(f"{s3.bucket}/stepflow/objects")
+    return {p.split("/")[-2] + p.split("/")[-1] for p in found}
+
+
+class TestSharedStore:
+    def test_ls_and_info_in_another_home(self, s3_server, tmp_path, two_pipelines):
+        p1, _ = two_pipelines
+        a = config_for(tmp_path, s3_server, "a")
+        assert p1.run(config=a).ok
+        b = config_for(tmp_path, s3_server, "b")
+        records = cachecmd.list_records(b)
+        assert sorted(r.step for r in records) == ["base", "doubled"]
+        assert {r.pipeline for r in records} == {"p1"}
+        info = cachecmd.cache_info(b)
+        assert info["shared"] is True and info["store"] == s3_server.url()
+        assert info["results"] == 2 and info["objects"] == 2
+        assert info["unreferenced_objects"] == 0
+
+    def test_prune_keeps_what_other_homes_records_need(self, s3_server, tmp_path, two_pipelines):
+        """Home B prunes its pipeline: its shared records and objects go; the objects of
+        home A's records, which B's own index never saw, stay, and A still reuses them."""
+        p1, p2 = two_pipelines
+        a = config_for(tmp_path, s3_server, "a")
+        b = config_for(tmp_path, s3_server, "b")
+        assert p1.run(config=a).ok
+        before = objects(s3_server)
+        assert p2.run({"offset": 100}, config=b).ok
+        assert len(objects(s3_server)) == 4
+
+        report = cachecmd.prune(b, pipeline="p2")
+        assert (report.removed_results, report.removed_objects) == (2, 2)
+        assert objects(s3_server) == before
+        assert {r.pipeline for r in cachecmd.list_records(b)} == {"p1"}
+        assert {r.pipeline for r in cachecmd.list_records(a)} == {"p1"}
+
+        rerun = p1.run(config=a)
+        assert {s.state for s in rerun.steps.values()} == {StepState.REUSED}
+
+    def test_prune_everything_then_the_other_home_recomputes(
+        self, s3_server, tmp_path, two_pipelines
+    ):
+        """A result pruned through another home is a miss (with a warning), never a wrong
+        answer: home A's local record points at objects that are gone, so it recomputes."""
+        p1, _ = two_pipelines
+        a = config_for(tmp_path, s3_server, "a")
+        assert p1.run(config=a).ok
+        report = cachecmd.prune(config_for(tmp_path, s3_server, "b"), older_than=0.0)
+        assert (report.removed_results, report.removed_objects) == (2, 2)
+        assert objects(s3_server) == set()
+        assert s3_server.fs().find(f"{s3_server.bucket}/stepflow/refs/index") == []
+
+        with pytest.warns(StepflowWarning, match="incomplete"):
+            rerun = p1.run(config=a)
+        assert rerun.ok and rerun["doubled"] == [0, 2, 4, 6]
+        assert {s.state for s in rerun.steps.values()} == {StepState.RAN}
+
+    def test_dry_run_changes_nothing(self, s3_server, tmp_path, two_pipelines):
+        p1, _ = two_pipelines
+        a = config_for(tmp_path, s3_server, "a")
+        assert p1.run(config=a).ok
+        before = objects(s3_server)
+        report = cachecmd.prune(a, older_than=0.0, dry_run=True)
+        assert (report.removed_results, report.removed_objects, report.dry_run) == (2, 2, True)
+        assert objects(s3_server) == before
+        assert len(cachecmd.list_records(config_for(tmp_path, s3_server, "b"))) == 2
+
+    def test_pinned_objects_survive(self, s3_server, tmp_path, two_pipelines):
+        p1, _ = two_pipelines
+        a = config_for(tmp_path, s3_server, "a")
+        assert p1.run(config=a).ok
+        records = cachecmd.list_records(a)
+        pinned = {r.outputs["doubled"].name for r in records if r.step == "doubled"}
+        report = cachecmd.prune(a, older_than=0.0, pinned=pinned)
+        assert report.kept_pinned == 1
+        assert objects(s3_server) == pinned

@@ -1,0 +1,83 @@
+"""The command line with ``store = "s3://..."`` (a real S3 API: moto on loopback)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import textwrap
+
+FLOW = """
+from stepflow import step
+
+@step
+def numbers(n: int = 4) -> list[int]:
+    return list(range(n))
+
+@step
+def total(numbers: list[int]) -> int:
+    return sum(numbers)
+"""
+
+
+def configure(runner, store: str, endpoint_url: str) -> None:
+    (runner.path / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""\
+            [tool.stepflow]
+            store = "{store}"
+
+            [tool.stepflow.store_options]
+            endpoint_url = "{endpoint_url}"
+            """
+        )
+    )
+
+
+class TestSharedStore:
+    def test_second_home_reuses_and_prunes(self, stepflow_runner, s3_server, tmp_path_factory):
+        stepflow_runner.makepyfile(flow=FLOW)
+        configure(stepflow_runner, s3_server.url(), s3_server.endpoint_url)
+        first = stepflow_runner.run("run", "flow.py")
+        assert first.ret == 0, first.stderr
+        first.fnmatch_lines(["*2 ran in*"])
+
+        other_home = {"STEPFLOW_HOME": str(tmp_path_factory.mktemp("second-home"))}
+        second = stepflow_runner.run("run", "flow.py", env=other_home)
+        assert second.ret == 0, second.stderr
+        second.fnmatch_lines(["numbers *reused*", "total *reused*", "*2 reused in*"])
+
+        listed = json.loads(stepflow_runner.run("cache", "ls", "--json", env=other_home).stdout)
+        assert sorted(r["step"] for r in listed) == ["numbers", "total"]
+        info = json.loads(stepflow_runner.run("cache", "info", "--json").stdout)
+        assert (info["store"], info["shared"], info["results"]) == (s3_server.url(), True, 2)
+
+        pruned = stepflow_runner.run("cache", "prune", "--all", env=other_home)
+        assert pruned.ret == 0, pruned.stderr
+        pruned.fnmatch_lines(["removed 2 results and 2 objects*"])
+        assert s3_server.fs().find(f"{s3_server.bucket}/stepflow/objects") == []
+
+
+class TestErrors:
+    def test_unreachable_endpoint(self, stepflow_runner, s3_server):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        stepflow_runner.makepyfile(flow=FLOW)
+        configure(stepflow_runner, s3_server.url(), f"http://127.0.0.1:{port}")
+        out = stepflow_runner.run("run", "flow.py")
+        assert out.ret == 2
+        assert f"store {s3_server.url()} at http://127.0.0.1:{port}" in out.stderr
+        assert "did not answer" in out.stderr and "Traceback" not in out.stderr
+
+    def test_missing_bucket(self, stepflow_runner, s3_server):
+        stepflow_runner.makepyfile(flow=FLOW)
+        configure(stepflow_runner, "s3://no-such-bucket/x", s3_server.endpoint_url)
+        out = stepflow_runner.run("cache", "info")
+        assert out.ret == 2
+        assert "bucket 'no-such-bucket' does not exist" in out.stderr
+
+    def test_unknown_scheme(self, stepflow_runner):
+        stepflow_runner.makepyfile(flow=FLOW)
+        out = stepflow_runner.run("run", "flow.py", env={"STEPFLOW_STORE": "nope://b/p"})
+        assert out.ret == 2
+        assert "no datastore plugin handles nope:// URLs" in out.stderr
