@@ -17,6 +17,7 @@ import attrs
 from stepflow._storage.datastore import ArtifactMissingError, Datastore
 from stepflow._storage.hashing import hash_file, hash_value
 from stepflow._storage.serializers import SerializationError, Serializer
+from stepflow.errors import StoreUnavailableError
 
 __all__ = ["ArtifactIO", "ArtifactRef"]
 
@@ -71,6 +72,8 @@ class ArtifactIO:
                     serializer.dump(value, tmp)
                     digest = hash_file(tmp)
                     size = tmp.stat().st_size
+            except StoreUnavailableError:
+                raise  # the store, not the value, failed: another serializer would fail alike
             except Exception as exc:
                 failures.append(f"{serializer.name}: {type(exc).__name__}: {exc}")
                 continue

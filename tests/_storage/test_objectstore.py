@@ -20,6 +20,7 @@ import pytest
 
 from stepflow import Pipeline, StepState
 from stepflow._config import load_config
+from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO
 from stepflow._storage.datastore import ArtifactMissingError
 from stepflow._storage.index import CacheIndex
@@ -399,6 +400,62 @@ class TestPipelines:
         with pytest.raises(StoreUnavailableError, match="did not answer"):
             pipe.run({"calls": str(calls)}, config=config)
         assert not calls.exists()
+
+
+class TestStoreLostMidRun:
+    FLOW = """
+        import os
+        import signal
+        from stepflow import Param, step
+
+        @step
+        def numbers(n: int = 5) -> list:
+            return list(range(n))
+
+        @step
+        def total(numbers: list, server_pid: Param[int]) -> int:
+            os.kill(server_pid, signal.SIGKILL)  # the store goes away mid-step
+            return sum(numbers)
+
+        @step
+        def after(total: int) -> int:
+            return total + 1
+    """
+
+    def run(self, server, make_module, tmp_path, workers: int):
+        mod = make_module(f"s3_lost_{workers}", textwrap.dedent(self.FLOW))
+        pipe = Pipeline("lost", [mod.numbers, mod.total, mod.after])
+        config = project_config(tmp_path / "project", server, tmp_path / "home")
+        return pipe.run({"server_pid": server._process.proc.pid}, config=config, workers=workers)
+
+    def committed(self, tmp_path, step: str):
+        index = CacheIndex(tmp_path / "home" / "index")
+        try:
+            return index.last("lost", step)
+        finally:
+            index.close()
+
+    def test_in_process_run_stops_with_a_clear_error(
+        self, stoppable_s3_server, make_module, tmp_path
+    ):
+        """In process, the run stops at the first output it cannot upload, naming the store;
+        the result committed before the store went away is kept."""
+        with pytest.raises(StoreUnavailableError, match="did not answer while uploading"):
+            self.run(stoppable_s3_server, make_module, tmp_path, workers=1)
+        assert self.committed(tmp_path, "numbers").step == "numbers"
+        assert self.committed(tmp_path, "total") is MISSING
+
+    def test_worker_step_fails_naming_the_store(self, stoppable_s3_server, make_module, tmp_path):
+        """In a worker, the step whose output cannot be uploaded fails with the store's
+        message, its dependants are skipped, and the earlier result stays committed."""
+        result = self.run(stoppable_s3_server, make_module, tmp_path, workers=2)
+        assert result.steps["numbers"].state is StepState.RAN
+        report = result.steps["total"]
+        assert report.state is StepState.FAILED
+        assert "did not answer while uploading" in str(report.error)
+        assert stoppable_s3_server.url() in str(report.error)
+        assert result.steps["after"].state is StepState.SKIPPED
+        assert self.committed(tmp_path, "numbers").step == "numbers"
 
 
 class TestSecondHome:
