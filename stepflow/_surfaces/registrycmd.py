@@ -41,7 +41,13 @@ def add_parsers(
     add_common(ls)
     show = ds_sub.add_parser("show", help="a data set's versions, or one version in detail")
     show.add_argument("name", metavar="NAME")
-    show.add_argument("--version", type=int, metavar="N", help="this version (default: latest)")
+    show.add_argument(
+        "--version",
+        dest="number",
+        type=int,
+        metavar="N",
+        help="this version (default: latest)",
+    )
     show.add_argument("--json", action="store_true", help="print JSON")
     add_common(show)
 
@@ -54,7 +60,7 @@ def add_parsers(
         "show", help="a model's versions: metrics, tags, aliases and source run"
     )
     mshow.add_argument("name", metavar="NAME")
-    mshow.add_argument("--version", type=int, metavar="N", help="only this version")
+    mshow.add_argument("--version", dest="number", type=int, metavar="N", help="only this version")
     mshow.add_argument("--json", action="store_true", help="print JSON")
     add_common(mshow)
     alias = md_sub.add_parser(
@@ -65,7 +71,8 @@ def add_parsers(
     )
     alias.add_argument("name", metavar="NAME")
     alias.add_argument("alias", metavar="ALIAS")
-    alias.add_argument("version", type=int, metavar="VERSION")
+    # dest: "version" is the top-level --version flag's
+    alias.add_argument("number", type=int, metavar="VERSION")
     alias.add_argument("--json", action="store_true", help="print JSON")
     add_common(alias)
 
@@ -177,10 +184,10 @@ def _ds_show(args: argparse.Namespace, config: Config) -> int:
 
     every = stepflow.datasets.versions(args.name, config=config)
     chosen = every[-1]
-    if args.version is not None:
-        chosen = stepflow.datasets.get(args.name, args.version, config=config)
+    if args.number is not None:
+        chosen = stepflow.datasets.get(args.name, args.number, config=config)
     if args.json:
-        if args.version is not None:
+        if args.number is not None:
             _print_json(chosen.to_dict())
         else:
             _print_json(
@@ -250,8 +257,8 @@ def _md_show(args: argparse.Namespace, config: Config) -> int:
     import stepflow.models
 
     every = stepflow.models.versions(args.name, config=config)
-    if args.version is not None:
-        every = [stepflow.models.get(args.name, args.version, config=config)]
+    if args.number is not None:
+        every = [stepflow.models.get(args.name, args.number, config=config)]
     if args.json:
         _print_json({"name": args.name, "versions": [_model_dict(v) for v in every]})
         return 0
@@ -278,7 +285,7 @@ def _md_alias(args: argparse.Namespace, config: Config) -> int:
     from stepflow._storage.registry import Registry
 
     with registry_session(config=config) as session:
-        version, previous = Registry(session.store).set_alias(args.name, args.alias, args.version)
+        version, previous = Registry(session.store).set_alias(args.name, args.alias, args.number)
     if args.json:
         _print_json({**_model_dict(version), "previous": previous})
         return 0
