@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import stepflow
 from stepflow import StepState
 
 REPO = Path(__file__).parents[1]
@@ -49,6 +50,14 @@ def ames_csv() -> Path:
             pytest.fail(f"{reason}, and CI=true requires it")
         pytest.skip(reason)
     return AMES_CSV.resolve()
+
+
+@pytest.fixture
+def trained(hp, stepflow_home):
+    """A stepflow home where the training pipeline has registered ``HousePrices``."""
+    result = hp.training.run(params=QUICK, home=stepflow_home)
+    assert result.ok, result.summary()
+    return stepflow_home
 
 
 def check_metrics(metrics: dict[str, float], *, min_r2: float) -> None:
@@ -159,11 +168,15 @@ class TestStepsAsFunctions:
 class TestPipelinesApi:
     def test_pipeline_shapes(self, hp):
         """The two pipelines hold the steps the README describes."""
-        assert set(hp.training.steps) == {"houses", "prepared", "model", "evaluation"}
-        assert set(hp.batch_scoring.steps) == {
+        assert set(hp.training.steps) == {
             "houses",
             "prepared",
             "model",
+            "evaluation",
+            "registered_model",
+        }
+        assert set(hp.batch_scoring.steps) == {
+            "houses",
             "fetched_data",
             "predictions",
             "saved_predictions",
@@ -179,12 +192,10 @@ class TestPipelinesApi:
         assert hp.TARGET in train.columns
         check_metrics(result["evaluation"], min_r2=0.85)
 
-    def test_batch_scoring_on_embedded_data(self, hp, stepflow_home, tmp_path):
+    def test_batch_scoring_on_embedded_data(self, hp, trained, tmp_path):
         """Batch scoring writes n priced houses to output_dir/latest_predictions.csv."""
         out = tmp_path / "out"
-        result = hp.batch_scoring.run(
-            params={**QUICK, "output_dir": str(out), "n": 7}, home=stepflow_home
-        )
+        result = hp.batch_scoring.run(params={"output_dir": str(out), "n": 7}, home=trained)
         assert result.ok, result.summary()
         path = result["saved_predictions"]
         assert path == (out / "latest_predictions.csv").resolve()
@@ -208,22 +219,63 @@ class TestPipelinesApi:
 # --- the command line -----------------------------------------------------------------------
 
 
+class TestRegistry:
+    def test_training_registers_the_model_once(self, hp, stepflow_home):
+        """Training registers HousePrices with its metrics and the run as source; training
+        again, in-process or in worker processes, makes no new version."""
+        first = hp.training.run(params=QUICK, home=stepflow_home)
+        assert first["registered_model"] == 1
+        version = stepflow.models.get(hp.MODEL_NAME, home=stepflow_home)
+        assert version.metrics == pytest.approx(first["evaluation"])
+        assert version.source["run_id"] == first.run_id
+        assert version.source["step"] == "registered_model"
+        again = hp.training.run(params=QUICK, home=stepflow_home, workers=2)
+        assert again.ok, again.summary()
+        assert again["registered_model"] == 1
+        assert len(stepflow.models.versions(hp.MODEL_NAME, home=stepflow_home)) == 1
+        bigger = hp.training.run(params={"n_estimators": 80}, home=stepflow_home)
+        assert bigger["registered_model"] == 2
+
+    def test_scoring_uses_the_registered_model(self, hp, trained):
+        """Predictions come from the registered model and are registered as scored_houses."""
+        result = hp.batch_scoring.run(params={"n": 5}, targets="predictions", home=trained)
+        assert result.ok, result.summary()
+        model = stepflow.models.load(hp.MODEL_NAME, home=trained)
+        expected = model.predict(hp.features(result["fetched_data"])).round(2)
+        assert result["predictions"][hp.PREDICTION].tolist() == expected.tolist()
+        scored = stepflow.datasets.get(hp.SCORED_DATASET, home=trained)
+        assert (scored.version, scored.source["run_id"]) == (1, result.run_id)
+        pd.testing.assert_frame_equal(
+            stepflow.datasets.load(hp.SCORED_DATASET, home=trained), result["predictions"]
+        )
+
+    def test_scoring_without_a_model_says_to_train(self, hp, stepflow_home):
+        """Batch scoring in a fresh home stops before running, naming the fix."""
+        with pytest.raises(stepflow.errors.UsageError, match=r"models.register\('HousePrices'"):
+            hp.batch_scoring.run(home=stepflow_home)
+
+
 class TestCommandLine:
     def test_batch_scoring_cli(self, hp, stepflow_runner, tmp_path):
-        """``stepflow run .../pipeline.py:batch_scoring`` runs 6 steps and writes the CSV."""
+        """Training then ``stepflow run .../pipeline.py:batch_scoring`` (4 steps) writes the
+        CSV, with the model from the registry."""
+        trained = stepflow_runner.run(
+            "run", f"{PIPELINE_FILE}:training", "--param", "n_estimators=60"
+        )
+        assert trained.ret == 0, trained.stdout + trained.stderr
+        stepflow_runner.run("models", "list").fnmatch_lines(["HousePrices *v1 *r2=*"])
         out = tmp_path / "scored"
         outcome = stepflow_runner.run(
             "run",
             f"{PIPELINE_FILE}:batch_scoring",
             "--param",
             f"output_dir={out}",
-            "--param",
-            "n_estimators=60",
         )
         assert outcome.ret == 0, outcome.stdout + outcome.stderr
         outcome.fnmatch_lines(
-            ["*stepflow run batch_scoring*", "saved_predictions *ran*", "*6 ran in*"]
+            ["*stepflow run batch_scoring*", "saved_predictions *ran*", "*4 ran in*"]
         )
+        stepflow_runner.run("datasets", "list").fnmatch_lines(["scored_houses *v1 *table *"])
         check_predictions_csv(out / "latest_predictions.csv", hp, rows=10)
 
     def test_training_cli_with_two_workers(self, stepflow_runner):
@@ -237,7 +289,7 @@ class TestCommandLine:
             "n_estimators=60",
         )
         assert outcome.ret == 0, outcome.stdout + outcome.stderr
-        outcome.fnmatch_lines(["*4 steps, 2 workers*", "*4 ran in*"])
+        outcome.fnmatch_lines(["*5 steps, 2 workers*", "*5 ran in*"])
 
     def test_bad_param_is_a_usage_error(self, stepflow_runner):
         """A --param that does not parse as its type exits 2 and names the parameter."""
@@ -261,9 +313,10 @@ class TestRealData:
 
     def test_batch_scoring_on_ames(self, hp, stepflow_home, ames_csv, tmp_path):
         """Scoring a sample of real houses keeps all 81 input columns and adds the prediction."""
+        params = {"csv_path": str(ames_csv)}
+        assert hp.training.run(params={**QUICK, **params}, home=stepflow_home).ok
         result = hp.batch_scoring.run(
-            params={**QUICK, "csv_path": str(ames_csv), "output_dir": str(tmp_path)},
-            home=stepflow_home,
+            params={**params, "output_dir": str(tmp_path)}, home=stepflow_home
         )
         assert result.ok, result.summary()
         written = check_predictions_csv(result["saved_predictions"], hp, rows=10)

@@ -1,16 +1,17 @@
-"""House prices: train a model and score a batch of new houses, as in the Azure ML seed article.
+"""House prices: train and register a model, then score batches of new houses with the
+registered model, as in the Azure ML seed article.
 
 Two pipelines share their steps:
 
-``training``       houses -> prepared (train, test) -> model -> evaluation
-``batch_scoring``  houses -> prepared -> model; houses -> fetched_data;
-                   (fetched_data, model) -> predictions -> saved_predictions
+``training``       houses -> prepared (train, test) -> model -> evaluation;
+                   (model, evaluation) -> registered_model: model "HousePrices" in the registry
+``batch_scoring``  houses -> fetched_data; (fetched_data, Model("HousePrices")) -> predictions
+                   -> saved_predictions; predictions are registered as data set "scored_houses"
 
-Run them from the repository root::
+Run them from the repository root, training first (it registers the model scoring reads)::
 
+    stepflow run examples/house_prices/pipeline.py:training
     stepflow run examples/house_prices/pipeline.py:batch_scoring
-    stepflow run examples/house_prices/pipeline.py:training \\
-        --param csv_path=../shared/data/AmesHousing.csv
 
 Every step is a plain function: ``fetched_data(df, n=3)`` just returns three rows.
 """
@@ -24,15 +25,18 @@ from typing import Annotated, Protocol
 import numpy as np
 import pandas as pd
 
-from stepflow import Param, Pipeline, step
+import stepflow
+from stepflow import Dataset, Model, Param, Pipeline, step
 
 from .data import make_houses
 
 __all__ = [
     "CATEGORICAL_FEATURES",
+    "MODEL_NAME",
     "NUMERIC_FEATURES",
     "PREDICTION",
     "PREDICTIONS_FILE",
+    "SCORED_DATASET",
     "TARGET",
     "Regressor",
     "batch_scoring",
@@ -43,6 +47,7 @@ __all__ = [
     "model",
     "predictions",
     "prepared",
+    "registered_model",
     "saved_predictions",
     "training",
 ]
@@ -70,6 +75,10 @@ CATEGORICAL_FEATURES = ("Neighborhood", "HouseStyle", "KitchenQual", "CentralAir
 TARGET = "SalePrice"
 PREDICTION = "PredictedSalePrice"
 PREDICTIONS_FILE = "latest_predictions.csv"
+#: the registered model training publishes and batch scoring reads (the seed's "HousePrices")
+MODEL_NAME = "HousePrices"
+#: the data set each scoring run's predictions are registered as
+SCORED_DATASET = "scored_houses"
 
 
 class Regressor(Protocol):
@@ -179,6 +188,23 @@ def evaluation(model: Regressor, test: pd.DataFrame) -> dict[str, float]:
     }
 
 
+# cache=False: registering is cheap and idempotent (the same model with the same metrics makes
+# no new version), and always running it keeps the registry right even in a fresh datastore.
+@step(cache=False)
+def registered_model(model: Regressor, evaluation: dict[str, float]) -> int:
+    """Register the model as ``HousePrices`` with its metrics; returns its version number.
+
+    Inside a run, the registry records this run and step as the model's source.
+    """
+    version = stepflow.models.register(
+        MODEL_NAME,
+        model,
+        metrics=evaluation,
+        description="gradient-boosted trees on the house features, imputation and encoding inside",
+    )
+    return version.version
+
+
 @step
 def fetched_data(houses: pd.DataFrame, n: int = 10, sample_seed: int = 0) -> pd.DataFrame:
     """A batch of ``n`` "new" houses to price, without their price (the seed's fetch_data)."""
@@ -187,8 +213,15 @@ def fetched_data(houses: pd.DataFrame, n: int = 10, sample_seed: int = 0) -> pd.
 
 
 @step
-def predictions(fetched_data: pd.DataFrame, model: Regressor) -> pd.DataFrame:
-    """The fetched houses with a ``PredictedSalePrice`` column (the seed's run step)."""
+def predictions(
+    fetched_data: pd.DataFrame, model: Annotated[Regressor, Model(MODEL_NAME)]
+) -> Annotated[pd.DataFrame, Dataset(SCORED_DATASET)]:
+    """The fetched houses with a ``PredictedSalePrice`` column (the seed's run step).
+
+    ``model`` is the latest registered ``HousePrices`` (in a pipeline that also has the
+    ``model`` step, that step's output instead). When the run succeeds, the scored table is
+    registered as a new version of data set ``scored_houses`` (if it changed).
+    """
     scored = fetched_data.copy()
     scored[PREDICTION] = model.predict(features(fetched_data)).round(2)
     return scored
@@ -214,12 +247,7 @@ def saved_predictions(predictions: pd.DataFrame, output_dir: Param[str] = "predi
 
 # --- pipelines -----------------------------------------------------------------------------
 
-training = Pipeline("training", [houses, prepared, model, evaluation])
+training = Pipeline("training", [houses, prepared, model, evaluation, registered_model])
 
-# Batch scoring trains its own model for now: the model registry (DESIGN §1's
-# ``Annotated[..., Model("HousePrices")]``) and reuse of the training run's result arrive in
-# later issues. Until then the training steps are simply part of this pipeline.
-batch_scoring = Pipeline(
-    "batch_scoring",
-    [houses, prepared, model, fetched_data, predictions, saved_predictions],
-)
+# The seed's three steps; the model comes from the registry, where `training` put it.
+batch_scoring = Pipeline("batch_scoring", [houses, fetched_data, predictions, saved_predictions])
