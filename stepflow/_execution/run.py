@@ -175,9 +175,22 @@ class _Runner:
     # --- the loop -------------------------------------------------------------------------
 
     def run(self) -> RunResult:
+        self.journal.start()
+        completed = False
+        try:
+            result = self._run_all()
+            completed = True
+        finally:
+            # Also when stepflow itself failed: the record must not say "running" forever.
+            self.journal.finish(
+                interrupted=not completed or result.interrupted, crashed=not completed
+            )
+        self.pm.hook.stepflow_run_finish(run=self.info, result=result)
+        return result
+
+    def _run_all(self) -> RunResult:
         start = time.perf_counter()
         interrupted = False
-        self.journal.start()
         self.pm.hook.stepflow_run_start(run=self.info)
         try:
             with capturing():
@@ -203,7 +216,6 @@ class _Runner:
                 self._finish(StepReport(name, StepState.SKIPPED, reason=reason))
         if not interrupted:
             self._publish_outputs()
-        self.journal.finish(interrupted=interrupted)
         io = self.io
         outputs = {out: (lambda a=artifact: a.load(io)) for out, artifact in self.artifacts.items()}
         result = RunResult(
@@ -214,7 +226,6 @@ class _Runner:
             producers={o: s for o, s in self.dag.producers.items() if s in self.reports},
             interrupted=interrupted,
         )
-        self.pm.hook.stepflow_run_finish(run=self.info, result=result)
         return result
 
     def _run_sequential(self) -> None:
