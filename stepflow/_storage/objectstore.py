@@ -150,6 +150,8 @@ class FsspecDatastore(Datastore):
                     self._fs.call_s3("head_bucket", Bucket=self._bucket)
                 else:
                     self._fs.info(self._bucket)
+        except StoreUnavailableError:
+            raise
         except TypeError as exc:
             # s3fs hands unknown options to the client it makes on first use, not to its
             # constructor: a misspelled option shows up here.
@@ -161,6 +163,14 @@ class FsspecDatastore(Datastore):
                 f"(or STEPFLOW_STORE)",
                 store=self.uri,
             ) from None
+        except Exception as exc:
+            # Anything else: a bucket name the client refuses, a redirect to another region...
+            raise StoreUnavailableError(
+                f"{self._where()}: cannot be opened ({type(exc).__name__}: {exc}); check the "
+                f"URL, the bucket's region (store_options client_kwargs = {{ region_name = "
+                f'"..." }}) and the credentials',
+                store=self.uri,
+            ) from exc
         _PROBED.add(probe)
 
     # --- objects ------------------------------------------------------------------------

@@ -253,6 +253,7 @@ class TestOpening:
         with pytest.raises(StoreUnavailableError, match=r"bucket 'no-such-bucket' does not ex"):
             open_datastore("s3://no-such-bucket/p", home=tmp_path, options=s3_server.options)
 
+    @pytest.mark.slow
     def test_unreachable_endpoint(self, s3_server, tmp_path):
         """A port nobody listens on fails in seconds (bounded retries), naming the fix."""
         options = {"endpoint_url": f"http://127.0.0.1:{free_port()}"}
@@ -291,6 +292,11 @@ class TestOpening:
         with pytest.raises(StoreUnavailableError, match="no credentials found") as exc:
             open_datastore(s3_server.url("nocreds"), home=tmp_path, options=s3_server.options)
         assert "AWS_PROFILE" in str(exc.value)
+
+    def test_bucket_name_the_client_refuses(self, s3_server, tmp_path):
+        refused = r"(?s)cannot be opened.*Invalid bucket name"
+        with pytest.raises(StoreUnavailableError, match=refused):
+            open_datastore("s3://Bad_Bucket!/p", home=tmp_path, options=s3_server.options)
 
     def test_url_without_bucket(self, s3_server, tmp_path):
         with pytest.raises(UsageError, match="names no bucket"):
@@ -388,6 +394,7 @@ class TestPipelines:
             "total",
         ]
 
+    @pytest.mark.slow
     def test_unreachable_store_stops_the_run_before_any_step(
         self, s3_server, make_module, tmp_path
     ):
@@ -402,6 +409,7 @@ class TestPipelines:
         assert not calls.exists()
 
 
+@pytest.mark.slow
 class TestStoreLostMidRun:
     FLOW = """
         import os
@@ -458,6 +466,7 @@ class TestStoreLostMidRun:
         assert self.committed(tmp_path, "numbers").step == "numbers"
 
 
+@pytest.mark.slow
 class TestSecondHome:
     QUICK = {"n_estimators": 60}
 
