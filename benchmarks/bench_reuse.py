@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 CHAIN = "\n".join(
@@ -87,8 +88,9 @@ def run(
     folder: Path, mode: str, home: Path, module: str = "flow_frame", pipe: str = "pipe"
 ) -> dict:
     code = MEASURE.format(folder=str(folder), mode=mode, home=str(home), module=module, pipe=pipe)
+    # Run from the code's folder, as `stepflow run` from a project folder does.
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV or None
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV or None, cwd=folder
     )
     if out.returncode != 0:
         raise SystemExit(f"{mode} run of {module} failed:\n{out.stderr}")
@@ -110,17 +112,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--no-bytecode", action="store_true")
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="stepflow-bench-"))
+    root = Path(tempfile.mkdtemp(prefix="stepflow-bench-"))
+    # The code in a folder of its own: homes come and go beside it, not in it.
+    folder = root / "code"
+    folder.mkdir()
     (folder / "flow_chain.py").write_text(CHAIN)
     (folder / "flow_frame.py").write_text(textwrap.dedent(FRAME.format(rows=args.rows)))
     ENV.update(os.environ)
     if not args.no_bytecode:
         ENV.pop("PYTHONDONTWRITEBYTECODE", None)
-        ENV["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
+        ENV["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
+    # Library versions are kept only under import-path folders that have been unchanged for
+    # two seconds (stepflow/_storage/fingerprint.py: _Store); a project is rarely younger.
+    time.sleep(2.1)
     rows = []
 
     def fresh(name: str) -> Path:
-        path = folder / name
+        path = root / name
         subprocess.run(["rm", "-rf", str(path)], check=True)
         return path
 
@@ -137,10 +145,11 @@ def main() -> None:
     rows.append(("100-step chain, fully cached rerun", cached, p, "10 ms (0.1 ms/step)"))
     rows.append(("  again in process", again, p, "10 ms (0.1 ms/step)"))
 
-    # The DataFrame step: plain, first run, cached rerun, joblib first and cached.
-    plain = [run(folder, "plain", fresh("x")) for _ in range(args.repeats)]
-    first, rerun, again, jfirst, jrerun = [], [], [], [], []
+    # The DataFrame step: plain, first run, cached rerun, joblib first and cached. Plain runs
+    # just before each first run, so that each ratio compares runs under the same load.
+    plain, first, rerun, again, jfirst, jrerun = [], [], [], [], [], []
     for _ in range(args.repeats):
+        plain.append(run(folder, "plain", fresh("x")))
         home = fresh("home-frame")
         first.append(run(folder, "stepflow", home, "flow_frame", "pipe"))
         rerun.append(run(folder, "stepflow", home, "flow_frame", "pipe"))
@@ -168,6 +177,16 @@ def main() -> None:
         print(
             f"{name:<36} {value:>10.4f} {spread(found):>17} {median(found, 'cpu'):>7.4f} "
             f"{f'{value / base:.2f}' if base >= 0.001 else '-':>6}  {budget}"
+        )
+    for name, found, key in (
+        ("stepflow", first, "seconds"),
+        ("stepflow", first, "cpu"),
+        ("joblib.Memory", jfirst, "seconds"),
+    ):
+        ratios = sorted(f[key] / p[key] for f, p in zip(found, plain, strict=True))
+        print(
+            f"{name} first run / plain run just before it ({'wall' if key == 'seconds' else key}"
+            f" time): median {statistics.median(ratios):.2f} [{ratios[0]:.2f}-{ratios[-1]:.2f}]"
         )
     print(
         f"peak RSS MB: plain {prss:.0f}, stepflow first run {median(first, 'rss_mb'):.0f} "

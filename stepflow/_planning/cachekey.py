@@ -7,6 +7,7 @@ name, so ``stepflow explain`` can say exactly which one changed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import attrs
 
 from stepflow._authoring.step import StepSpec
 from stepflow._storage.fingerprint import fingerprint
-from stepflow._storage.hashing import hash_value
+from stepflow._storage.hashing import hash_strings, hash_value
 
 if TYPE_CHECKING:
     from stepflow._planning.plan import Plan
@@ -56,11 +57,16 @@ def secret_key(home: Path) -> bytes:
     return key
 
 
+@functools.cache
+def _python() -> str:
+    major, minor, _ = platform.python_version_tuple()
+    return f"{platform.python_implementation()} {major}.{minor}"
+
+
 def environment(serializers: Any, backend_env: Mapping[str, str], spec: StepSpec) -> dict[str, str]:
     """The environment items a result depends on."""
     env = {
-        "python": f"{platform.python_implementation()} {platform.python_version_tuple()[0]}."
-        f"{platform.python_version_tuple()[1]}",
+        "python": _python(),
         "serializers": ",".join(f"{s.name}:{s.version}" for s in serializers),
     }
     env.update({f"backend:{k}": str(v) for k, v in backend_env.items()})
@@ -105,7 +111,9 @@ def make_key(
         "env": dict(sorted(env.items())),
         "outputs": {"names": ",".join(p.name for p in spec.outputs)},
     }
-    digest = hash_value(
+    # hash_value's digest of this tuple of strs, made in one call (it is made for every step
+    # of every run).
+    digest = hash_strings(
         (
             code.digest,
             tuple(components["inputs"].items()),

@@ -58,6 +58,7 @@ __all__ = [
     "UnhashableValueError",
     "hash_bytes",
     "hash_file",
+    "hash_strings",
     "hash_value",
     "register_hasher",
 ]
@@ -256,6 +257,32 @@ def hash_value(obj: object) -> str:
     hasher = Hasher()
     hasher.add(obj)
     return hasher.hexdigest()
+
+
+def hash_strings(obj: str | tuple[Any, ...]) -> str:
+    """``hash_value(obj)`` for a str or a tuple nesting only tuples and strs, in one call.
+
+    Cache keys are such tuples, and one is made per step on every run: writing the same bytes
+    ``Hasher.add`` would, without a dispatch per item, takes a fifth of the time.
+
+    :raises TypeError: something in ``obj`` is neither a str nor a tuple.
+    """
+    out: list[bytes] = []
+    _encode_strings(obj, out)
+    return xxhash.xxh3_128_hexdigest(b"".join(out))
+
+
+def _encode_strings(obj: object, out: list[bytes]) -> None:
+    cls = type(obj)
+    if cls is str:
+        raw = obj.encode("utf-8", "surrogatepass")  # type: ignore[attr-defined]
+        out.append(_T_STR + _U64.pack(len(raw)) + raw)
+    elif cls is tuple:
+        out.append(_T_TUPLE + _I64.pack(len(obj)))  # type: ignore[arg-type]
+        for item in obj:  # type: ignore[attr-defined]
+            _encode_strings(item, out)
+    else:
+        raise TypeError(f"hash_strings() takes strs and tuples of them, not {cls.__qualname__}")
 
 
 def hash_bytes(data: bytes | bytearray | memoryview) -> str:

@@ -219,6 +219,11 @@ class ParquetSerializer(Serializer):
     write time; so pages are plain and uncompressed, dictionary encoding is kept for
     string and categorical columns only, and no statistics are written (files are always read
     whole). A file is never larger than the data in memory.
+
+    Columns without nulls are written as ``required``, so the writer computes and stores no
+    definition levels, and values go through it in batches of a million into pages of up to
+    64 MB: together 0.41 s -> 0.21 s for that frame's write once it is an Arrow table
+    (``benchmarks/bench_serializers.py``). Reading gives back the same frame either way.
     """
 
     name = "parquet"
@@ -246,7 +251,16 @@ class ParquetSerializer(Serializer):
         table = pa.Table.from_pandas(frame, preserve_index=None)
         metadata = dict(table.schema.metadata or {})
         metadata[_META_KEY] = json.dumps(meta).encode()
-        table = table.replace_schema_metadata(metadata)
+        # A column without nulls needs no definition levels (a third of the write time of a
+        # float column); the same buffers, only the schema differs.
+        schema = pa.schema(
+            [
+                field.with_nullable(column.null_count > 0)
+                for field, column in zip(table.schema, table.columns, strict=True)
+            ],
+            metadata=metadata,
+        )
+        table = pa.Table.from_arrays(table.columns, schema=schema)
         dictionary_columns = [
             field.name for field in table.schema if _dictionary_worthy(field.type)
         ]
@@ -256,6 +270,8 @@ class ParquetSerializer(Serializer):
             compression=None,
             use_dictionary=dictionary_columns,
             write_statistics=False,
+            write_batch_size=_WRITE_BATCH_ROWS,
+            data_page_size=_DATA_PAGE_BYTES,
         )
 
     def load(self, path: Path) -> Any:
@@ -275,6 +291,12 @@ class ParquetSerializer(Serializer):
             series.name = _decode_name(meta.get("name"))
             return series
         return frame
+
+
+#: rows the Parquet writer takes at a time (pyarrow's default, 1024, costs a call per batch)
+_WRITE_BATCH_ROWS = 1 << 20
+#: target size of a data page; row groups (a million rows by default) bound it in practice
+_DATA_PAGE_BYTES = 64 << 20
 
 
 @functools.cache

@@ -113,6 +113,24 @@ STORED_FRAMES = {
     ),
     "columns axis name": pd.DataFrame({"a": [1]}).rename_axis(columns="features"),
     "attrs": _with_attrs(pd.DataFrame({"a": [1]}), source="s3://bucket", version=2),
+    # Columns without nulls are written as required (no definition levels): every kind once.
+    "nothing missing": pd.DataFrame(
+        {
+            "f64": [1.5, -0.0, np.inf, 2.0],
+            "Int64": pd.array([1, 2, 3, 4], dtype="Int64"),
+            "Float64": pd.array([1.5, 2.0, 3.0, 4.0], dtype="Float64"),
+            "boolean": pd.array([True, False, False, True], dtype="boolean"),
+            "str": ["a", "b", "", "d"],
+            "string": pd.array(["a", "b", "c", "d"], dtype="string[pyarrow]"),
+            "cat": pd.Categorical(["x", "y", "x", "y"], categories=["y", "x", "z"]),
+            "paris": pd.date_range("2020-03-28", periods=N, freq="h", tz="Europe/Paris"),
+            "td": pd.to_timedelta([1, 2, 3, 4], unit="s"),
+        },
+        index=pd.MultiIndex.from_arrays(
+            [["x", "y", "y", "z"], pd.to_datetime(["2020-01-02", "2020-01-01"] * 2)],
+            names=["s", "t"],
+        ),
+    ),
     "no columns": pd.DataFrame(),
     "no rows": pd.DataFrame({"a": pd.Series([], dtype="float64"), "s": pd.Series([], dtype=str)}),
 }
@@ -211,6 +229,31 @@ class TestParquetSerializer:
         loaded["b"] += 1
         assert loaded["a"].tolist() == [42.0, 1.0, 2.0]
         assert loaded["b"].tolist() == [1, 2, 3]
+
+    def test_columns_without_nulls_are_required(self, tmp_path):
+        """Only columns with a missing value are written as nullable (the faster form for the
+        rest); the frame comes back exactly, across several row groups and write batches."""
+        import pyarrow.parquet as pq
+
+        rows = 2_500_000
+        full = np.arange(rows, dtype="float64")
+        holes = full.copy()
+        holes[-1] = np.nan  # in the last row group only
+        frame = pd.DataFrame(
+            {"full": full, "holes": holes, "ints": pd.array(np.arange(rows), dtype="Int64")},
+            index=pd.Index(np.arange(rows) * 2, name="k"),
+        )
+        path = tmp_path / "frame.parquet"
+        ParquetSerializer().dump(frame, path)
+        schema = pq.read_schema(path)
+        assert {f.name: f.nullable for f in schema} == {
+            "full": False,
+            "holes": True,
+            "ints": False,
+            "k": False,
+        }
+        assert pq.ParquetFile(path).metadata.num_row_groups > 1
+        pd.testing.assert_frame_equal(ParquetSerializer().load(path), frame, check_exact=True)
 
     def test_same_frame_same_bytes(self, tmp_path):
         """Dumping equal frames twice gives identical files, so early cutoff can see them."""
