@@ -99,8 +99,8 @@ class FsspecDatastore(Datastore):
         self.options = dict(options or {})
         self._fs = _connect(uri, self.kind, self.options)
         # The scheme in lower case: fsspec strips only the spelling it registered.
-        self._root = str(self._fs._strip_protocol(f"{self.kind}://{uri.split('://', 1)[1]}"))
-        self._root = self._root.rstrip("/")
+        normalized = f"{self.kind}://{uri.split('://', 1)[1]}"
+        self._root = str(self._fs._strip_protocol(normalized)).rstrip("/")
         if not self._root:
             raise UsageError(
                 f"store {uri!r} names no bucket; write {self.kind}://BUCKET or "
@@ -108,7 +108,7 @@ class FsspecDatastore(Datastore):
             )
         self._bucket = self._root.split("/", 1)[0]
         #: where copies of this store's objects are kept on this machine
-        self.cache_dir = Path(home) / "cache" / _store_id(uri, self.options) / "objects"
+        self.cache_dir = Path(home) / "cache" / _store_id(normalized, self.options) / "objects"
         self._probe()
 
     def __repr__(self) -> str:
