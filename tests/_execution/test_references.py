@@ -482,3 +482,31 @@ class TestExplain:
     def test_missing_reference_is_the_runs_usage_error(self, flow, stepflow_home):
         with pytest.raises(NotRegisteredError, match="step 'total' parameter 'houses'"):
             self._explain(flow.totals, "total", stepflow_home)
+
+
+class TestObjectStore:
+    def test_registry_lives_in_the_store_not_the_home(
+        self, flow, s3_server, tmp_path, houses_csv, log
+    ):
+        """With an S3 store, a second home that shares only the store sees the data sets and
+        models, runs the scoring from them, and reuses the first home's results."""
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "pyproject.toml").write_text(
+            f'[tool.stepflow]\nstore = "{s3_server.url()}"\n'
+            f'[tool.stepflow.store_options]\nendpoint_url = "{s3_server.endpoint_url}"\n'
+        )
+        first = load_config(project, home=tmp_path / "home-a")
+        second = load_config(project, home=tmp_path / "home-b")
+        stepflow.datasets.register("houses", houses_csv(1, 2), config=first)
+        assert flow.training.run(config=first, params={"factor": 4}).ok
+        result = flow.scoring.run(config=first)
+        assert result.ok, result.summary()
+        assert not (tmp_path / "home-a" / "refs").exists()  # documents went to the bucket
+        log()
+        elsewhere = flow.scoring.run(config=second)
+        assert states(elsewhere) == {"base": "reused", "scored": "reused"}
+        assert log() == []
+        assert stepflow.models.load("Scaler", config=second) == {"factor": 4}
+        assert stepflow.datasets.get("scored", config=second).source["run_id"] == result.run_id
+        assert stepflow.datasets.load("houses", config=second)["price"].tolist() == [1, 2]
