@@ -19,7 +19,7 @@ __all__ = ["BUILTIN_PLUGINS", "make_plugin_manager", "serializers_of"]
 BUILTIN_PLUGINS = (
     "stepflow._storage.builtin",
     "stepflow._execution.local",
-    "stepflow._storage.registry",
+    "stepflow._storage.registry_pins",
 )
 
 

@@ -17,8 +17,8 @@ overwrites the other; the loser of a race reads the registry again and retries. 
 is made only when the content changed: registering what the latest version already holds
 returns that version (``.new`` is ``False``).
 
-This module is also the plugin that pins what registered versions need, so that
-``stepflow cache prune`` never deletes it.
+``stepflow._storage.registry_pins`` is the plugin that keeps what registered versions need
+when ``stepflow cache prune`` runs.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
@@ -45,10 +45,6 @@ from stepflow._storage.registry_records import (
     check_version,
 )
 from stepflow.errors import NotRegisteredError, StepflowError, UsageError
-from stepflow.hookspecs import hookimpl
-
-if TYPE_CHECKING:
-    from stepflow._config import Config
 
 __all__ = [
     "DatasetVersion",
@@ -370,18 +366,3 @@ class Registry:
                     else:
                         names.update(ref["name"] for ref in data["objects"].values())
         return names
-
-
-# --- plugin: pins for `stepflow cache prune` ------------------------------------------------
-
-
-@hookimpl
-def stepflow_cache_pinned(config: Config) -> set[str]:
-    """Everything registered data sets and models point to stays in the store."""
-    from stepflow._storage.stores import open_datastore
-
-    store = open_datastore(config.store, home=config.home, options=config.store_options)
-    try:
-        return Registry(store).pinned()
-    finally:
-        store.close()
