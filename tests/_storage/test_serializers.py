@@ -232,28 +232,50 @@ class TestParquetSerializer:
 
     def test_columns_without_nulls_are_required(self, tmp_path):
         """Only columns with a missing value are written as nullable (the faster form for the
-        rest); the frame comes back exactly, across several row groups and write batches."""
+        rest); NaN in a float column is kept as a value, not turned into a null. The frame
+        comes back exactly, across several row groups and write batches."""
         import pyarrow.parquet as pq
 
         rows = 2_500_000
         full = np.arange(rows, dtype="float64")
-        holes = full.copy()
-        holes[-1] = np.nan  # in the last row group only
+        nans = full.copy()
+        nans[-1] = np.nan  # in the last row group only
+        ints = pd.array(np.arange(rows), dtype="Int64")
+        holes = ints.copy()
+        holes[-1] = pd.NA
         frame = pd.DataFrame(
-            {"full": full, "holes": holes, "ints": pd.array(np.arange(rows), dtype="Int64")},
+            {"full": full, "nans": nans, "ints": ints, "holes": holes},
             index=pd.Index(np.arange(rows) * 2, name="k"),
         )
         path = tmp_path / "frame.parquet"
         ParquetSerializer().dump(frame, path)
-        schema = pq.read_schema(path)
-        assert {f.name: f.nullable for f in schema} == {
+        table = pq.read_table(path)
+        assert {f.name: f.nullable for f in table.schema} == {
             "full": False,
-            "holes": True,
+            "nans": False,
             "ints": False,
+            "holes": True,
             "k": False,
         }
+        assert table.column("nans").null_count == 0 and table.column("holes").null_count == 1
         assert pq.ParquetFile(path).metadata.num_row_groups > 1
-        pd.testing.assert_frame_equal(ParquetSerializer().load(path), frame, check_exact=True)
+        loaded = ParquetSerializer().load(path)
+        pd.testing.assert_frame_equal(loaded, frame, check_exact=True)
+        assert np.isnan(loaded["nans"].iloc[-1]) and loaded["holes"].iloc[-1] is pd.NA
+
+    def test_same_table_as_pyarrow_makes(self, tmp_path):
+        """Apart from NaN kept as NaN, the table written is the one ``from_pandas`` makes:
+        same schema and pandas metadata, same values (index named like a column included,
+        which takes pyarrow's own path)."""
+        import pyarrow as pa
+
+        from stepflow._storage.serializers import _arrow_table
+
+        for name, frame in STORED_FRAMES.items():
+            expected = pa.Table.from_pandas(frame, preserve_index=None)
+            made = _arrow_table(frame)
+            assert made.schema.equals(expected.schema, check_metadata=True), name
+            assert made.to_pandas().equals(expected.to_pandas()), name
 
     def test_same_frame_same_bytes(self, tmp_path):
         """Dumping equal frames twice gives identical files, so early cutoff can see them."""
