@@ -263,6 +263,22 @@ class TestParquetSerializer:
         pd.testing.assert_frame_equal(loaded, frame, check_exact=True)
         assert np.isnan(loaded["nans"].iloc[-1]) and loaded["holes"].iloc[-1] is pd.NA
 
+    def test_reads_files_with_nulls_for_nan(self, tmp_path):
+        """Files written before NaN was kept as NaN (nulls, nullable fields) load the same."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from stepflow._storage.serializers import _META_KEY
+
+        frame = STORED_FRAMES["numbers"]
+        path = tmp_path / "old.parquet"
+        table = pa.Table.from_pandas(frame, preserve_index=None)
+        metadata = {**table.schema.metadata, _META_KEY: b'{"kind": "DataFrame", "freq": null}'}
+        pq.write_table(table.replace_schema_metadata(metadata), path, compression=None)
+        assert pq.read_table(path).column("f64").null_count == 1
+        loaded = ParquetSerializer().load(path)
+        pd.testing.assert_frame_equal(loaded, frame, check_exact=True)
+
     def test_same_table_as_pyarrow_makes(self, tmp_path):
         """Apart from NaN kept as NaN, the table written is the one ``from_pandas`` makes:
         same schema and pandas metadata, same values (index named like a column included,
