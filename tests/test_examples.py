@@ -13,6 +13,7 @@ import pytest
 
 import stepflow
 from stepflow import StepState
+from stepflow._storage.records import RunRecords
 
 REPO = Path(__file__).parents[1]
 EXAMPLES = REPO / "examples"
@@ -191,6 +192,11 @@ class TestPipelinesApi:
         assert (len(train), len(test)) == (1200, 300)
         assert hp.TARGET in train.columns
         check_metrics(result["evaluation"], min_r2=0.85)
+        # The evaluation's metrics are in the run record too.
+        records = RunRecords(stepflow_home / "runs.db")
+        logged = records.metrics(result.run_id)["evaluation"]
+        records.close()
+        assert {m.name: m.value for m in logged} == result["evaluation"]
 
     def test_batch_scoring_on_embedded_data(self, hp, trained, tmp_path):
         """Batch scoring writes n priced houses to output_dir/latest_predictions.csv."""
@@ -290,6 +296,9 @@ class TestCommandLine:
         )
         assert outcome.ret == 0, outcome.stdout + outcome.stderr
         outcome.fnmatch_lines(["*5 steps, 2 workers*", "*5 ran in*"])
+        # Metrics logged in a worker process reach the run record.
+        shown = stepflow_runner.run("runs", "show", "last")
+        shown.fnmatch_lines(["metrics:", "*evaluation*rmse*", "*evaluation*mae*", "*r2*"])
 
     def test_bad_param_is_a_usage_error(self, stepflow_runner):
         """A --param that does not parse as its type exits 2 and names the parameter."""

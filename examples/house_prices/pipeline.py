@@ -178,14 +178,20 @@ def model(train: pd.DataFrame, n_estimators: int = 200, max_depth: int = 3) -> R
 
 @step
 def evaluation(model: Regressor, test: pd.DataFrame) -> dict[str, float]:
-    """RMSE, MAE (dollars) and R² of the model on the held-out split."""
+    """RMSE, MAE (dollars) and R² of the model on the held-out split.
+
+    The metrics are also logged with the run (``stepflow runs show``, ``stepflow runs compare``).
+    """
     truth = test[TARGET].to_numpy(dtype="float64")
     error = model.predict(test.drop(columns=[TARGET])) - truth
-    return {
+    metrics = {
         "rmse": float(np.sqrt(np.mean(error**2))),
         "mae": float(np.mean(np.abs(error))),
         "r2": float(1.0 - np.sum(error**2) / np.sum((truth - truth.mean()) ** 2)),
     }
+    for name, value in metrics.items():
+        stepflow.context().log_metric(name, value)
+    return metrics
 
 
 # cache=False: registering is cheap and idempotent (the same model with the same metrics makes
