@@ -267,6 +267,11 @@ class Journal:
                         ref.size if ref else None,
                     )
                 )
+        for param, version in getattr(runner, "references", {}).get(report.name, {}).items():
+            # A registered data set or model read by the step: named by registry version.
+            kind = "model" if hasattr(version, "metrics") else "dataset"
+            label = f"{kind}:{version.name}@v{version.version}"
+            io.append(StepIO("in", param, label, version.content_hash, version.size))
         if report.state in (StepState.RAN, StepState.REUSED):
             for port in spec.outputs:
                 artifact = runner.artifacts.get(port.name)

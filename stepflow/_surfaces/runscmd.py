@@ -414,7 +414,11 @@ def _lineage_node(
     for inp in step.io:
         if inp.direction != "in":
             continue
-        child: dict[str, Any] = {"input": inp.name, "content_hash": inp.content_hash}
+        child: dict[str, Any] = {
+            "input": inp.name,
+            "content_hash": inp.content_hash,
+            "object": inp.object,
+        }
         found = list(records.producers(inp.content_hash)) if inp.content_hash else []
         if found and depth > 0:
             child.update(_lineage_node(records, found, depth - 1))
@@ -435,6 +439,9 @@ def _lineage(records: RunRecords, args: argparse.Namespace) -> int:
             reused = len(n["used_by_runs"])
             extra = f"; also in {reused} later run{'s' if reused != 1 else ''}" if reused else ""
             lines.append(f"{indent}{what}  made by step {n['step']} in run {n['run']}{extra}")
+        elif str(n.get("object")).startswith(("dataset:", "model:")):
+            kind, _, label = str(n["object"]).partition(":")
+            lines.append(f"{indent}{what}  registered {kind} {label}")
         else:
             lines.append(f"{indent}{what}  (producer not recorded)")
         for child in n.get("inputs", []):

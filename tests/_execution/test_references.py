@@ -16,6 +16,7 @@ import stepflow
 from stepflow import StepState
 from stepflow._config import load_config
 from stepflow._pluginmanager import make_plugin_manager
+from stepflow._storage.records import RunRecords
 from stepflow._storage.stores import open_datastore
 from stepflow._surfaces.explain import explain
 from stepflow.errors import NotRegisteredError, StepDeclarationError, StepflowWarning, UsageError
@@ -154,6 +155,18 @@ class TestDatasetInputs:
         files = flow.files.run(home=stepflow_home)
         assert files["raw"] == "houses.csv:price\n1\n2\n3\n"
         assert files["text"] is True
+
+    def test_run_record_names_the_version_read(self, flow, stepflow_home, houses_csv):
+        """Lineage: the run record lists the data-set version a step read as an input."""
+        version = stepflow.datasets.register("houses", houses_csv(7, 8), home=stepflow_home)
+        result = flow.totals.run(home=stepflow_home)
+        records = RunRecords(stepflow_home / "runs.db")
+        (step,) = [s for s in records.steps(result.run_id) if s.name == "total"]
+        records.close()
+        read = {io.name: io for io in step.io if io.direction == "in"}
+        assert read["houses"].object == f"dataset:houses@v{version.version}"
+        assert read["houses"].content_hash == version.content_hash
+        assert read["base"].object.endswith(".cloudpickle")
 
     def test_in_worker_processes(self, flow, stepflow_home, houses_csv):
         """workers=2: the worker loads the version the run resolved."""
