@@ -184,7 +184,7 @@ def execute_task(task: Task) -> TaskResult:
         home=Path(task.home) if task.home else None,
         secrets=secrets,
     )
-    with capturing(), activate(ctx), step_output(echo=task.echo) as captured:
+    with capturing(), activate(ctx), step_output(echo=task.echo, secrets=secrets) as captured:
         try:
             values = invoke(spec, kwargs)
         except StepRaised as raised:

@@ -28,9 +28,16 @@ MAX_CHARS = 2_000_000
 class Captured:
     """What one step attempt wrote."""
 
-    def __init__(self, *, echo: bool = False) -> None:
+    def __init__(self, *, echo: bool = False, secrets: tuple[str, ...] = ()) -> None:
         self.streams = {"stdout": io.StringIO(), "stderr": io.StringIO(), "log": io.StringIO()}
         self.echo = echo
+        #: values masked in what is echoed (a value split across two writes is not caught)
+        self.secrets = tuple(s for s in secrets if s)
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def write(self, stream: str, text: str) -> None:
         buffer = self.streams[stream]
@@ -70,7 +77,7 @@ class _Router(io.TextIOBase):
             return self.original.write(text)
         captured.write(self.stream, text)
         if captured.echo:
-            self.original.write(text)
+            self.original.write(captured.mask(text))
         return len(text)
 
     def flush(self) -> None:
@@ -148,9 +155,9 @@ def capturing() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def step_output(*, echo: bool = False) -> Iterator[Captured]:
+def step_output(*, echo: bool = False, secrets: tuple[str, ...] = ()) -> Iterator[Captured]:
     """Capture what the calling thread writes during the block into a new ``Captured``."""
-    captured = Captured(echo=echo)
+    captured = Captured(echo=echo, secrets=secrets)
     token = _current.set(captured)
     try:
         yield captured

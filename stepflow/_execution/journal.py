@@ -28,7 +28,7 @@ from stepflow._storage.records import (
     StepRow,
     encode_params,
 )
-from stepflow.errors import StepflowError, StepflowWarning
+from stepflow.errors import StepFailedError, StepflowError, StepflowWarning
 
 if TYPE_CHECKING:
     from stepflow._execution.capture import Captured
@@ -234,6 +234,8 @@ class Journal:
         fact = self._fact(report.name)
         if fact.last_logs and not report.logs:
             report = attrs.evolve(report, logs=dict(fact.last_logs))
+        if report.error is not None and self.runner.secret_values:
+            report = attrs.evolve(report, error=self._masked_error(report.error))
         if self.records is None:
             return report
         row = self._row(report, fact)
@@ -246,6 +248,18 @@ class Journal:
             except Exception as exc:
                 self._lost(exc)
         return report
+
+    def _masked_error(self, error: StepFailedError) -> StepFailedError:
+        """The error with secret values masked: it is shown, raised and recorded."""
+        masked = type(error)(
+            self._mask(str(error)),
+            step=error.step,
+            exc_type=error.exc_type,
+            traceback=self._mask(error.traceback),
+            full_traceback=self._mask(error.full_traceback),
+        )
+        masked.__cause__ = None
+        return masked
 
     def _row(self, report: StepReport, fact: _StepFacts) -> StepRow:
         runner = self.runner

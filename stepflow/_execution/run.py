@@ -434,7 +434,10 @@ class _Runner:
             ctx = self._context(name, attempt)
             captured: Captured | None = None
             try:
-                with activate(ctx), step_output(echo=self.echo) as captured:
+                with (
+                    activate(ctx),
+                    step_output(echo=self.echo, secrets=self.secret_values) as captured,
+                ):
                     error = self._attempt(name, backend, attempt)
             except _BadInput as bad:
                 failure = self._recompute(bad.output, str(bad))

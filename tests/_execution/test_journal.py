@@ -200,8 +200,36 @@ def test_unwritable_records_warn_and_the_run_goes_on(flow, tmp_path: Path) -> No
 def test_step_output_is_on_the_report(flow, tmp_path: Path, capsys) -> None:
     result = flow.pipe.run(home=tmp_path)
     assert result.steps["numbers"].logs["stdout"] == "making numbers with ***\n"
-    # By default the output is also shown as it happens (tee).
-    assert "making numbers with" in capsys.readouterr().out
+    # By default the output is also shown as it happens (tee), the secret masked there too.
+    shown = capsys.readouterr().out
+    assert "making numbers with ***" in shown
+    assert "tok-9f8e7d" not in shown
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_secret_in_an_error_is_masked_everywhere(make_module, tmp_path: Path, workers) -> None:
+    mod = make_module(
+        f"leaky{workers}",
+        """
+        from stepflow import Pipeline, Secret, step
+
+        @step
+        def connect(password: Secret[str] = "") -> int:
+            raise ConnectionError(f"login refused for password {password}")
+
+        pipe = Pipeline("leaky", [connect])
+        """,
+    )
+    result = mod.pipe.run(home=tmp_path, params={"password": "pw-5a5a5a"}, workers=workers)
+    error = result.steps["connect"].error
+    assert "password ***" in str(error)
+    for text in (str(error), error.traceback, error.full_traceback):
+        assert "pw-5a5a5a" not in text
+    with pytest.raises(Exception) as raised:
+        result.raise_for_failures()
+    assert "pw-5a5a5a" not in str(raised.value)
+    written = b"".join(p.read_bytes() for p in tmp_path.glob("runs.db*") if p.is_file())
+    assert b"pw-5a5a5a" not in written
 
 
 def test_reused_steps_are_written_in_one_batch(
