@@ -29,17 +29,14 @@ needless rerun but never a wrong reuse; register a hasher for types where that m
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import decimal
 import enum
-import fractions
 import functools
 import os
 import pathlib
 import struct
 import sys
-import uuid
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -49,6 +46,9 @@ import xxhash
 from stepflow.errors import StepflowError
 
 if TYPE_CHECKING:
+    import fractions
+    import uuid
+
     import numpy as np
     import pyarrow as pa
 
@@ -328,6 +328,7 @@ def register_hasher(cls: type, fn: Callable[[Any, Hasher], None]) -> None:
         raise TypeError(f"register_hasher() needs a class, got {cls!r}")
     if not callable(fn):
         raise TypeError(f"register_hasher() needs a callable fn(obj, hasher), got {fn!r}")
+    _load_lazy_handlers()  # so that a fixed encoding not registered yet is refused too
     if cls in _FIXED_ENCODINGS:
         # Their encoding is part of every digest ever stored; replacing it in one process
         # would make its keys disagree with everyone else's.
@@ -400,7 +401,10 @@ def _structural_handler(cls: type, found: _Handler) -> _Handler:
         return _hash_numpy_scalar
     if issubclass(cls, tuple) and hasattr(cls, "_fields"):
         return _hash_namedtuple
-    if dataclasses.is_dataclass(cls):
+    # Without dataclasses imported, no class can be a dataclass (and the import costs a
+    # fresh process a millisecond).
+    dataclasses = sys.modules.get("dataclasses")
+    if dataclasses is not None and dataclasses.is_dataclass(cls):
         return _hash_dataclass
     if getattr(cls, "__attrs_attrs__", None) is not None:
         return _hash_attrs
@@ -423,7 +427,15 @@ def _builtin_subclass_handler(base_handler: _Handler) -> _Handler:
 
 
 def _load_lazy_handlers() -> None:
-    """Register numpy and pandas handlers once those libraries have been imported by someone."""
+    """Register handlers for the classes of a library once someone has imported it: numpy,
+    pandas, and the standard library's fractions and uuid (a few milliseconds of a fresh
+    process's start-up, when no value needs them)."""
+    for module, name, handler in _LAZY_FIXED:
+        if module not in _lazy_loaded and module in sys.modules:
+            _lazy_loaded.add(module)
+            cls = getattr(sys.modules[module], name)
+            _register(cls, handler)
+            _FIXED_ENCODINGS.add(cls)
     if "numpy" not in _lazy_loaded and "numpy" in sys.modules:
         _lazy_loaded.add("numpy")
         _register_numpy()
@@ -699,6 +711,8 @@ def _hash_namedtuple(obj: Any, hasher: Hasher) -> None:
 
 
 def _hash_dataclass(obj: Any, hasher: Hasher) -> None:
+    import dataclasses
+
     # Every field, compare=False ones too: they can still change what a step computes.
     names = [field.name for field in dataclasses.fields(obj)]
     _hash_fields(type(obj), names, obj, hasher, "dataclass")
@@ -750,12 +764,10 @@ for _cls, _fn, _container, _builtin in [
     (bytearray, _hash_bytearray, False, True),
     (memoryview, _hash_memoryview, False, False),
     (decimal.Decimal, _hash_decimal, False, False),
-    (fractions.Fraction, _hash_fraction, False, False),
     (datetime.datetime, _hash_datetime, False, False),
     (datetime.date, _hash_date, False, False),
     (datetime.time, _hash_time, False, False),
     (datetime.timedelta, _hash_timedelta, False, False),
-    (uuid.UUID, _hash_uuid, False, False),
     (pathlib.PurePath, _hash_path, False, False),
     (enum.Enum, _hash_enum, False, False),
     (range, _hash_range, False, False),
@@ -772,8 +784,11 @@ for _cls, _fn, _container, _builtin in [
 ]:
     _register(_cls, _fn, container=_container, builtin=_builtin)
 _CONTAINERS.update({_hash_namedtuple, _hash_dataclass, _hash_attrs})
-#: classes whose encoding is fixed here (and frozen by the stability tests)
-_FIXED_ENCODINGS = frozenset(_dispatch.registry)
+#: classes whose encoding is fixed here (and frozen by the stability tests); those of
+#: _LAZY_FIXED join when their module is first seen imported
+_FIXED_ENCODINGS = set(_dispatch.registry)
+#: (module, class name, handler) registered by _load_lazy_handlers
+_LAZY_FIXED = (("fractions", "Fraction", _hash_fraction), ("uuid", "UUID", _hash_uuid))
 del _cls, _fn, _container, _builtin
 
 

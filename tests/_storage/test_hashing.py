@@ -316,6 +316,32 @@ class TestFallbackAndRegistry:
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "[]"
 
+    def test_standard_library_handlers_load_lazily(self):
+        """fractions, uuid and dataclasses are imported only by whoever uses them; their
+        values hash the same either way, and their encodings still cannot be replaced."""
+        code = (
+            "import sys\n"
+            "import stepflow._storage.hashing as h\n"
+            "print(sorted(m for m in ('fractions', 'uuid', 'dataclasses') if m in sys.modules))\n"
+            "import dataclasses, fractions, uuid\n"
+            "@dataclasses.dataclass\n"
+            "class P:\n"
+            "    x: int\n"
+            "print(h.hash_value(fractions.Fraction(3, 4)), h.hash_value(uuid.UUID(int=7)))\n"
+            "print(h.hash_value(P(1)) != h.hash_value(P(2)))\n"
+            "try:\n"
+            "    h.register_hasher(uuid.UUID, lambda v, hasher: None)\n"
+            "except TypeError as exc:\n"
+            "    print(exc)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0] == "[]"
+        assert lines[1] == f"{hash_value(fractions.Fraction(3, 4))} {hash_value(uuid.UUID(int=7))}"
+        assert lines[2] == "True"
+        assert "cannot replace the built-in encoding of UUID" in lines[3]
+
 
 class TestHashStrings:
     @pytest.mark.parametrize(
@@ -546,6 +572,9 @@ class TestStability:
             ("stepflow", "d97b156530efd4fb7d2ea048feed0d5a"),
             ([1, "a", None], "d7b18cd782c13087c9a32c64e9122246"),
             ({"b": 2, "a": (1.0, True)}, "aa737830338cdbbc0251e3839a9caa24"),
+            (fractions.Fraction(3, 4), "7f45a706810933993b17893b319edcbc"),
+            (uuid.UUID(int=7), "9f3c30ae22726f20847dde540edcace4"),
+            (decimal.Decimal("1.50"), "a7cd31d5ebcd901f352888563fe4d834"),
         ],
     )
     def test_frozen_digests(self, value, digest):
