@@ -45,6 +45,15 @@ Reuse within a process
     module attributes, local imports) and every mutable value it encoded still encodes the
     same; so a global rebound in a running process (a notebook cell that sets
     ``THRESHOLD = 4``) or a list changed in place is seen on the next call.
+
+Reuse across processes
+    Given ``cache_dir`` (``<home>/fingerprints``, passed by the cache-key code), the parts that
+    follow from files alone are kept there: every function and class of a source file,
+    normalized, under a hash of the file's text, and library versions under a signature of
+    the import path (see ``_Store``). A later process then reads a file's text and hashes it
+    instead of parsing it. Everything that resolves names (globals, module constants, closure
+    variables, which file an import finds) is done again in each process: a constant that a
+    module computes from an environment variable must count by this process's value.
 """
 
 from __future__ import annotations
