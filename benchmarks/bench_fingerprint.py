@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 CHAIN = "\n".join(
@@ -123,7 +124,12 @@ def measure(folder: Path, env: dict[str, str], module: str, pipe: str, home: Pat
         folder=str(folder), module=module, pipe=pipe, home=str(home), keys=module == "flow_chain"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=folder,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -137,20 +143,24 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="stepflow-bench-fp-"))
+    root = Path(tempfile.mkdtemp(prefix="stepflow-bench-fp-"))
+    folder = root / "code"  # homes come and go beside the code, not in its folder
+    folder.mkdir()
     (folder / "flow_chain.py").write_text(CHAIN)
     (folder / "flow_wide.py").write_text(WIDE)
     (folder / "helpers.py").write_text(HELPERS)
     env = dict(os.environ)
     # As an installed stepflow runs: with a bytecode cache (this machine disables it).
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
+    env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
+    # Library versions are kept only under import-path folders unchanged for two seconds.
+    time.sleep(2.1)
     print(f"python {sys.version.split()[0]}, repeats={args.repeats}, median [min-max]")
     for module, pipe, steps in (("flow_chain", "chain", 100), ("flow_wide", "wide", 20)):
-        measure(folder, env, module, pipe, folder / "warm-up")  # fills the bytecode cache
+        measure(folder, env, module, pipe, root / "warm-up")  # fills the bytecode cache
         cold, warm = [], []
         for i in range(args.repeats):
-            home = folder / f"home-{module}-{i}"
+            home = root / f"home-{module}-{i}"
             cold.append(measure(folder, env, module, pipe, home))
             warm.append(measure(folder, env, module, pipe, home))
         print(f"{module} ({steps} steps)")
