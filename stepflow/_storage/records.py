@@ -6,8 +6,8 @@ migrated forward in one transaction when a newer stepflow opens an older file; a
 by a newer stepflow is refused with a clear message rather than misread.
 
 Writes are grouped: a run's row is written when it starts, and step rows are written in
-batches (at once for a step that ran, which is expensive anyway; at the end of the run for
-reused and skipped steps), so a fully cached rerun pays for one transaction, not one per step.
+batches (a failed step at once, others at most a second after they finish, and the rest at the
+end of the run), so a run pays for a few transactions, not one per step.
 A run killed before it could say how it ended is marked ``interrupted`` the next time the
 records are opened on the same host, once its process is gone.
 """

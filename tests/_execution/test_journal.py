@@ -232,7 +232,7 @@ def test_secret_in_an_error_is_masked_everywhere(make_module, tmp_path: Path, wo
     assert b"pw-5a5a5a" not in written
 
 
-def test_reused_steps_are_written_in_one_batch(
+def test_steps_are_written_in_batches(
     make_module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lines = ["from stepflow import Pipeline, step", "", "@step", "def s0() -> int:", "    return 0"]
@@ -248,8 +248,13 @@ def test_reused_steps_are_written_in_one_batch(
         original(self, run_id, steps)
 
     monkeypatch.setattr(RunRecords, "write_steps", counting)
+    monkeypatch.setattr("stepflow._execution.journal._FLUSH_EVERY", 0.0)
     mod.pipe.run(home=tmp_path)
-    assert batches == [1] * 30  # a step that ran is written at once
+    assert batches == [1] * 30  # with no delay allowed, each step that ran is written at once
+    batches.clear()
+    monkeypatch.setattr("stepflow._execution.journal._FLUSH_EVERY", 3600.0)
+    mod.pipe.run(home=tmp_path, regenerate=True)
+    assert batches == [30]  # otherwise they wait for the batch
     batches.clear()
     mod.pipe.run(home=tmp_path)
     assert batches == [30]  # reused steps: one transaction at the end
