@@ -102,8 +102,10 @@ class Journal:
             self._lost(exc)
             return
         if runner.config.settings.get("record_source", True):
+            # Not a daemon: the snapshot writes itself to the record when it is done, after
+            # the run has returned if need be, and the process waits for it before exiting.
             self._source_thread = threading.Thread(
-                target=self._take_snapshot, name="stepflow-source", daemon=True
+                target=self._take_snapshot, name="stepflow-source", daemon=False
             )
             self._source_thread.start()
 
@@ -158,8 +160,24 @@ class Journal:
 
             snap = snapshot(self.runner.config.rootdir, home=self.runner.config.home)
             self._source = snap.to_dict()
-        except Exception as exc:
+        except Exception as exc:  # a missing snapshot must not fail the run
             self._source = {"error": f"{type(exc).__name__}: {exc}"}
+            return
+        if self.records is not None:
+            try:
+                # Looked up again: the run's own handle may have been closed meanwhile (a
+                # home deleted and made anew); then there is no row left to update.
+                open_records(self.runner.config.home).set_source(self.runner.run_id, self._source)
+            except Exception as exc:  # a missing snapshot must not fail the run
+                warnings.warn(
+                    StepflowWarning(f"the run's source snapshot was not recorded: {exc}"),
+                    stacklevel=1,
+                )
+
+    def wait_for_source(self, timeout: float = 60.0) -> None:
+        """Block until the source snapshot is recorded (it normally finishes on its own)."""
+        if self._source_thread is not None:
+            self._source_thread.join(timeout)
 
     def finish(self, *, interrupted: bool, crashed: bool = False) -> None:
         """Say how the run ended; ``crashed``: stepflow itself raised (recorded as failed)."""
@@ -181,17 +199,14 @@ class Journal:
             tags.update(fact.tags)
         try:
             self._flush()
-            if self._source_thread is not None:
-                self._source_thread.join(timeout=60)
-            source = self._source if self._source and "error" not in self._source else None
+            # The source snapshot is not waited for: it records itself when it is done.
             self.records.finish_run(
                 runner.run_id,
                 state=state,
                 counts={k: v for k, v in counts.items() if v},
                 tags=tags,
-                source=source,
             )
-        except Exception as exc:
+        except Exception as exc:  # a missing snapshot must not fail the run
             self._lost(exc)
             return
         self.records.close()
@@ -253,7 +268,7 @@ class Journal:
         if urgent:
             try:
                 self._flush()
-            except Exception as exc:
+            except Exception as exc:  # a missing snapshot must not fail the run
                 self._lost(exc)
         return report
 

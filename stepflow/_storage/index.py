@@ -13,6 +13,8 @@ the same store so reuses results made elsewhere. A local store pays nothing for 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -94,20 +96,58 @@ def _parse_doc(raw: bytes, key: str | None = None) -> CacheRecord | None:
     return record
 
 
+_open: dict[tuple[int, str], tuple[Any, int]] = {}
+_open_lock = threading.Lock()
+#: how many homes' indexes one process keeps open at most
+_OPEN_MAX = 4
+
+
+def _file_id(path: Path) -> int:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return -1
+
+
+def _diskcache(directory: Path) -> Any:
+    """One open ``diskcache.Cache`` per process and folder, kept between runs.
+
+    Opening one costs several milliseconds (it reads its settings from SQLite), about as much
+    as the rest of a fully cached 100-step rerun. A cache whose database file was replaced or
+    deleted since (``rm -rf .stepflow``) is opened afresh, never used stale.
+    """
+    import diskcache
+
+    key = (os.getpid(), str(directory))
+    with _open_lock:
+        found = _open.get(key)
+        if found is not None:
+            cache, file_id = found
+            if file_id == _file_id(directory / "cache.db") != -1:
+                _open[key] = _open.pop(key)
+                return cache
+            del _open[key]
+            cache.close()
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # No eviction: dropping a record is the job of `stepflow cache prune`, never a side
+        # effect of a size limit the user did not set.
+        cache = diskcache.Cache(str(directory), eviction_policy="none", timeout=60)
+        _open[key] = (cache, _file_id(directory / "cache.db"))
+        while len(_open) > _OPEN_MAX:
+            oldest, _ = _open.pop(next(iter(_open)))
+            oldest.close()
+        return cache
+
+
 class CacheIndex:
     """Cache key → ``CacheRecord``, plus the last record of each (pipeline, step)."""
 
     def __init__(self, directory: Path, store: Datastore | None = None) -> None:
-        import diskcache
-
         #: the datastore whose results this index records; a ``shared`` store also
         #: carries the records, so that other homes pointed at it can reuse them
         self.store = store
         self._shared = store is not None and store.shared
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # No eviction: dropping a record is the job of `stepflow cache prune`, never a side
-        # effect of a size limit the user did not set.
-        self._cache = diskcache.Cache(str(directory), eviction_policy="none", timeout=60)
+        self._cache = _diskcache(directory)
 
     def get(self, key: str) -> CacheRecord | Any:
         data = self._cache.get(_result(key), default=MISSING)
@@ -190,7 +230,7 @@ class CacheIndex:
                 yield record
 
     def close(self) -> None:
-        self._cache.close()
+        """Nothing to do: the underlying cache stays open for the process (see above)."""
 
 
 class NullIndex:

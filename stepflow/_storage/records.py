@@ -255,6 +255,13 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _file_id(path: Path) -> int:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return -1
+
+
 _shared: dict[tuple[int, str], RunRecords] = {}
 _shared_lock = threading.Lock()
 #: how many homes' databases one process keeps open at most
@@ -276,10 +283,16 @@ class RunRecords:
         with _shared_lock:
             found = _shared.get(key)
             if found is not None:
-                _shared[key] = _shared.pop(key)  # most recently used last
-                return found
+                if found._file_id == _file_id(path) != -1:
+                    _shared[key] = _shared.pop(key)  # most recently used last
+                    return found
+                # The file was deleted or replaced (rm -rf .stepflow): never write to a
+                # database nobody can read any more.
+                del _shared[key]
+                found._really_close()
             records = cls(path)
             records._is_shared = True
+            records._file_id = _file_id(path)
             _shared[key] = records
             while len(_shared) > _SHARED_MAX:
                 oldest = _shared.pop(next(iter(_shared)))
@@ -349,6 +362,7 @@ class RunRecords:
         return RunRecords._Tx(self)
 
     _is_shared = False
+    _file_id = -1
 
     def close(self) -> None:
         """Close the database (a ``shared`` one stays open for the next run)."""
@@ -468,6 +482,21 @@ class RunRecords:
                     time.time() if finished is None else finished,
                     _json(dict(counts)),
                     _json(dict(tags or {})),
+                    source.get("git_commit"),
+                    None if source.get("git_dirty") is None else int(source["git_dirty"]),
+                    source.get("content_hash"),
+                    None if source.get("files") is None else _json(source["files"]),
+                    run_id,
+                ),
+            )
+
+    def set_source(self, run_id: str, source: Mapping[str, Any]) -> None:
+        """Record the run's source snapshot (``SourceSnapshot.to_dict()``)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET git_commit = ?, git_dirty = ?, source_hash = ?,"
+                " source_files = ? WHERE id = ?",
+                (
                     source.get("git_commit"),
                     None if source.get("git_dirty") is None else int(source["git_dirty"]),
                     source.get("content_hash"),

@@ -261,3 +261,57 @@ def test_steps_are_written_in_batches(
     recs = _records(tmp_path)
     assert len(recs.steps(recs.run("last").id)) == 30
     recs.close()
+
+
+def _wait_for_snapshots() -> None:
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "stepflow-source":
+            thread.join(30)
+
+
+def test_source_snapshot_is_recorded_in_the_background(
+    make_module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[tool.stepflow]\nhome = '.stepflow'\n")
+    (project / "notes.txt").write_text("v1")
+    monkeypatch.chdir(project)
+    mod = make_module(
+        "snapflow",
+        """
+        from stepflow import Pipeline, step
+
+        @step
+        def one() -> int:
+            return 1
+
+        pipe = Pipeline("snap", [one])
+        """,
+    )
+    first = mod.pipe.run()
+    _wait_for_snapshots()  # taken as the run starts, finished in the background
+    (project / "notes.txt").write_text("v2")
+    second = mod.pipe.run()
+    _wait_for_snapshots()
+    recs = _records(project / ".stepflow")
+    a, b = recs.run(first.run_id), recs.run(second.run_id)
+    recs.close()
+    assert set(a.source_files) == {"notes.txt", "pyproject.toml"}  # not the home
+    assert a.source_hash and b.source_hash and a.source_hash != b.source_hash
+    assert a.source_files["pyproject.toml"] == b.source_files["pyproject.toml"]
+
+
+def test_a_deleted_home_is_not_written_through_stale_handles(flow, tmp_path: Path) -> None:
+    import shutil
+
+    home = tmp_path / "home"
+    flow.pipe.run(home=home)
+    shutil.rmtree(home)
+    again = flow.pipe.run(home=home)  # the same process: cached handles must not be reused
+    assert {r.state.value for r in again.steps.values()} == {"ran"}
+    recs = _records(home)
+    assert [r.id for r in recs.runs()] == [again.run_id]
+    recs.close()
