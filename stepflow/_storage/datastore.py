@@ -166,7 +166,10 @@ class LocalDatastore(Datastore):
         self._path(name).unlink(missing_ok=True)
 
     def size(self, name: str) -> int:
-        return self._path(name).stat().st_size
+        # Plain strings, not Path objects: a fully cached rerun asks this once per output,
+        # and building paths cost more than the stat itself.
+        check_name(name)
+        return os.stat(f"{self.root}/{name[:2]}/{name[2:]}").st_size
 
     def names(self) -> Iterator[str]:
         if not self.root.is_dir():
