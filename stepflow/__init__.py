@@ -104,9 +104,12 @@ def __getattr__(name: str) -> object:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            return version("stepflow")
+            found = version("stepflow")
         except PackageNotFoundError:
-            return "0+unknown"
+            found = "0+unknown"
+        # Kept: reading distribution metadata costs a millisecond, and every run records it.
+        globals()["__version__"] = found
+        return found
     raise AttributeError(f"module 'stepflow' has no attribute {name!r}")
 
 

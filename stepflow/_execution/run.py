@@ -121,7 +121,8 @@ class _Runner:
         self.keys: dict[str, CacheKey] = {}
         self.cancelled = threading.Event()
         self._sys_path = tuple(os.getcwd() if p == "" else p for p in sys.path)
-        #: reused steps whose "last result" pointer is written at the end, in one transaction
+        #: steps whose "last result" pointer is written at the end of the run, in one
+        #: transaction (for `explain`; a run killed before then keeps the earlier pointers)
         self._touched: list[tuple[str, str, str]] = []
         self._touch_lock = threading.Lock()
         config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -401,8 +402,11 @@ class _Runner:
                     k: ("***" if k in self.plan.secret_params else describe_value(v))
                     for k, v in params.items()
                 },
-            )
+            ),
+            last=False,
         )
+        with self._touch_lock:
+            self._touched.append((self.pipeline, name, key.digest))
 
     # --- one step -------------------------------------------------------------------------
 

@@ -112,17 +112,25 @@ def make_key(
         "outputs": {"names": ",".join(p.name for p in spec.outputs)},
     }
     # hash_value's digest of this tuple of strs, made in one call (it is made for every step
-    # of every run).
-    digest = hash_strings(
-        (
-            code.digest,
-            tuple(components["inputs"].items()),
-            tuple(components["params"].items()),
-            tuple(components["env"].items()),
-            components["outputs"]["names"],
-        )
+    # of every run), and remembered: a rerun in the same process asks for the same tuples.
+    parts = (
+        code.digest,
+        tuple(components["inputs"].items()),
+        tuple(components["params"].items()),
+        tuple(components["env"].items()),
+        components["outputs"]["names"],
     )
+    digest = _DIGESTS.get(parts)
+    if digest is None:
+        if len(_DIGESTS) >= _DIGESTS_MAX:
+            _DIGESTS.clear()
+        digest = _DIGESTS[parts] = hash_strings(parts)
     return CacheKey(digest=digest, components=components)
+
+
+#: key digests by the tuple of strs they hash (a pure function, so never stale)
+_DIGESTS: dict[tuple[Any, ...], str] = {}
+_DIGESTS_MAX = 8192
 
 
 def plan_key(

@@ -72,8 +72,10 @@ def _result(key: str) -> str:
     return f"result:{key}"
 
 
-def _last(pipeline: str, step: str) -> str:
-    return f"last:{pipeline}\x00{step}"
+def _last(pipeline: str) -> str:
+    # One entry per pipeline, ``{step: key}``: a fully cached rerun then reads and writes one
+    # entry, not one per step.
+    return f"last:{pipeline}"
 
 
 #: the folder of shared index documents in a ``shared`` datastore
@@ -96,7 +98,34 @@ def _parse_doc(raw: bytes, key: str | None = None) -> CacheRecord | None:
     return record
 
 
-_open: dict[tuple[int, str], tuple[Any, int]] = {}
+class _Open:
+    """An open ``diskcache.Cache``, with the records this process has read from it.
+
+    A record never changes under its key (a key names its inputs exactly), so a process may
+    keep the ones it has seen: a fully cached rerun in the same process then reads no
+    SQLite at all. Dropping a record from the index (``delete``, prune) in this process drops
+    it here too. One dropped by another process may still be used from here, which is
+    harmless: each use checks that the objects are in the store, and each load checks their
+    digests, so a kept record can only ever give the result it recorded.
+    """
+
+    __slots__ = ("cache", "file_id", "records")
+
+    #: records kept per home at most (about 1 KB each)
+    MAX_RECORDS = 4096
+
+    def __init__(self, cache: Any, file_id: int) -> None:
+        self.cache = cache
+        self.file_id = file_id
+        self.records: dict[str, CacheRecord] = {}
+
+    def remember(self, record: CacheRecord) -> None:
+        if len(self.records) >= self.MAX_RECORDS:
+            self.records.clear()
+        self.records[record.key] = record
+
+
+_open: dict[tuple[int, str], _Open] = {}
 _open_lock = threading.Lock()
 #: how many homes' indexes one process keeps open at most
 _OPEN_MAX = 4
@@ -109,7 +138,7 @@ def _file_id(path: Path) -> int:
         return -1
 
 
-def _diskcache(directory: Path) -> Any:
+def _diskcache(directory: Path) -> _Open:
     """One open ``diskcache.Cache`` per process and folder, kept between runs.
 
     Opening one costs several milliseconds (it reads its settings from SQLite), about as much
@@ -122,21 +151,19 @@ def _diskcache(directory: Path) -> Any:
     with _open_lock:
         found = _open.get(key)
         if found is not None:
-            cache, file_id = found
-            if file_id == _file_id(directory / "cache.db") != -1:
+            if found.file_id == _file_id(directory / "cache.db") != -1:
                 _open[key] = _open.pop(key)
-                return cache
+                return found
             del _open[key]
-            cache.close()
+            found.cache.close()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         # No eviction: dropping a record is the job of `stepflow cache prune`, never a side
         # effect of a size limit the user did not set.
         cache = diskcache.Cache(str(directory), eviction_policy="none", timeout=60)
-        _open[key] = (cache, _file_id(directory / "cache.db"))
+        opened = _open[key] = _Open(cache, _file_id(directory / "cache.db"))
         while len(_open) > _OPEN_MAX:
-            oldest, _ = _open.pop(next(iter(_open)))
-            oldest.close()
-        return cache
+            _open.pop(next(iter(_open))).cache.close()
+        return opened
 
 
 class CacheIndex:
@@ -147,14 +174,21 @@ class CacheIndex:
         #: carries the records, so that other homes pointed at it can reuse them
         self.store = store
         self._shared = store is not None and store.shared
-        self._cache = _diskcache(directory)
+        self._open = _diskcache(directory)
+        self._cache = self._open.cache
 
     def get(self, key: str) -> CacheRecord | Any:
+        record = self._open.records.get(key)
+        if record is not None:
+            return record
         data = self._cache.get(_result(key), default=MISSING)
         if data is MISSING:
             return self._get_shared(key) if self._shared else MISSING
         record = CacheRecord.from_dict(data)
-        return MISSING if record is None else record
+        if record is None:
+            return MISSING
+        self._open.remember(record)
+        return record
 
     def _get_shared(self, key: str) -> CacheRecord | Any:
         """The store's record for ``key``, kept locally once found (results never change
@@ -165,11 +199,16 @@ class CacheIndex:
         if record is None:
             return MISSING
         self._cache.set(_result(key), record.to_dict())
+        self._open.remember(record)
         return record
 
-    def put(self, record: CacheRecord) -> None:
+    def put(self, record: CacheRecord, *, last: bool = True) -> None:
+        """Commit ``record``; with ``last=False`` the caller marks it as its step's latest
+        result later, through ``touch_many`` (a run does so once, for all of its steps)."""
         self._cache.set(_result(record.key), record.to_dict())
-        self._cache.set(_last(record.pipeline, record.step), record.key)
+        self._open.remember(record)
+        if last:
+            self.touch_many([(record.pipeline, record.step, record.key)])
         if self._shared:
             assert self.store is not None
             data = json.dumps(record.to_dict(), sort_keys=True).encode()
@@ -191,18 +230,26 @@ class CacheIndex:
 
     def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
         """``touch_last`` for many steps in one transaction (one disk sync, not one each)."""
-        if not entries:
-            return
+        latest: dict[str, dict[str, str]] = {}
+        for pipeline, step, key in entries:
+            latest.setdefault(pipeline, {})[step] = key
+        # One transaction: two runs of one pipeline finishing together both keep their steps.
         with self._cache.transact():
-            for pipeline, step, key in entries:
-                if self._cache.get(_last(pipeline, step)) != key:
-                    self._cache.set(_last(pipeline, step), key)
+            for pipeline, steps in latest.items():
+                known = self._last_keys(pipeline)
+                if any(known.get(step) != key for step, key in steps.items()):
+                    self._cache.set(_last(pipeline), {**known, **steps})
+
+    def _last_keys(self, pipeline: str) -> dict[str, str]:
+        known = self._cache.get(_last(pipeline), default=None)
+        return known if isinstance(known, dict) else {}
 
     def last(self, pipeline: str, step: str) -> CacheRecord | Any:
-        key = self._cache.get(_last(pipeline, step), default=MISSING)
-        return MISSING if key is MISSING else self.get(key)
+        key = self._last_keys(pipeline).get(step)
+        return MISSING if key is None else self.get(key)
 
     def delete(self, key: str) -> None:
+        self._open.records.pop(key, None)
         self._cache.delete(_result(key))
         if self._shared:
             assert self.store is not None
@@ -239,7 +286,7 @@ class NullIndex:
     def get(self, key: str) -> Any:
         return MISSING
 
-    def put(self, record: CacheRecord) -> None:
+    def put(self, record: CacheRecord, *, last: bool = True) -> None:
         return None
 
     def touch_last(self, pipeline: str, step: str, key: str) -> None:

@@ -309,6 +309,7 @@ def test_a_deleted_home_is_not_written_through_stale_handles(flow, tmp_path: Pat
 
     home = tmp_path / "home"
     flow.pipe.run(home=home)
+    _wait_for_snapshots()  # it writes into the home: removing it meanwhile races with it
     shutil.rmtree(home)
     again = flow.pipe.run(home=home)  # the same process: cached handles must not be reused
     assert {r.state.value for r in again.steps.values()} == {"ran"}

@@ -214,6 +214,24 @@ class TestDamagedStore:
             result = project.pipeline().run()
         assert result.ok and result["total"] == 12 and len(project.calls()) == 6
 
+    def test_pruned_by_another_process_is_recomputed(self, project):
+        """This process remembers the records it read; a prune by another process must
+        still make the next run here compute again, not reuse what is gone."""
+        project.run()
+        project.run()  # the records are now remembered in this process
+        home = os.environ["STEPFLOW_HOME"]
+        subprocess.run(
+            [sys.executable, "-m", "stepflow", "cache", "prune", "--all", "--home", home],
+            check=True,
+            capture_output=True,
+        )
+        with pytest.warns(StepflowWarning, match="incomplete"):
+            result, calls = project.run()
+        assert result["total"] == 12
+        assert sorted(calls) == ["always", "label", "numbers", "parity", "scaled", "total"]
+        _, calls = project.run()
+        assert calls == ["always"]  # and the new results are reused again
+
     def test_truncated_object(self, project):
         """A truncated object fails the size check: a miss, recomputed."""
         project.run()

@@ -156,3 +156,54 @@ class TestLocalStore:
             assert list(index.shared_records()) == []
         finally:
             index.close()
+
+
+class TestLastResults:
+    """The last result of each step of a pipeline, which ``explain`` compares with."""
+
+    def test_put_marks_the_last_result_of_its_step(self, tmp_path):
+        index = CacheIndex(tmp_path / "index")
+        index.put(record(KEY, "model"))
+        index.put(record(OTHER, "evaluation"))
+        assert index.last("training", "model").key == KEY
+        assert index.last("training", "evaluation").key == OTHER
+        assert index.last("training", "absent") is MISSING
+        assert index.last("other-pipeline", "model") is MISSING
+
+    def test_a_run_marks_its_steps_at_the_end(self, tmp_path):
+        index = CacheIndex(tmp_path / "index")
+        index.put(record(KEY, "model"))
+        newer = "ef" + "2" * 62
+        index.put(record(newer, "model"), last=False)
+        assert index.last("training", "model").key == KEY  # not yet
+        index.touch_many([("training", "model", newer), ("scoring", "model", KEY)])
+        assert index.last("training", "model").key == newer
+        assert index.last("scoring", "model").key == KEY
+
+    def test_two_runs_of_one_pipeline_both_keep_their_steps(self, tmp_path):
+        a = CacheIndex(tmp_path / "index")
+        a.put(record(KEY, "model"), last=False)
+        a.put(record(OTHER, "evaluation"), last=False)
+        a.touch_many([("training", "model", KEY)])
+        a.touch_many([("training", "evaluation", OTHER)])
+        assert a.last("training", "model").key == KEY
+        assert a.last("training", "evaluation").key == OTHER
+
+
+class TestRecordsKeptInProcess:
+    def test_a_delete_is_seen_by_every_index_of_the_home(self, tmp_path):
+        a, b = CacheIndex(tmp_path / "index"), CacheIndex(tmp_path / "index")
+        a.put(record())
+        assert b.get(KEY).key == KEY
+        a.delete(KEY)
+        assert b.get(KEY) is MISSING
+        assert list(b.records()) == []
+
+    def test_a_new_home_in_the_same_folder_starts_empty(self, tmp_path):
+        import shutil
+
+        a = CacheIndex(tmp_path / "index")
+        a.put(record())
+        assert a.get(KEY).key == KEY
+        shutil.rmtree(tmp_path / "index")
+        assert CacheIndex(tmp_path / "index").get(KEY) is MISSING
