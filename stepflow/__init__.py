@@ -101,15 +101,9 @@ def __getattr__(name: str) -> object:
         globals()[name] = value
         return value
     if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
+        from stepflow._version import __version__
 
-        try:
-            found = version("stepflow")
-        except PackageNotFoundError:
-            found = "0+unknown"
-        # Kept: reading distribution metadata costs a millisecond, and every run records it.
-        globals()["__version__"] = found
-        return found
+        return __version__
     raise AttributeError(f"module 'stepflow' has no attribute {name!r}")
 
 

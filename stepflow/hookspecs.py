@@ -8,13 +8,14 @@ on the command line, and from ``plugins = [...]`` in ``[tool.stepflow]``. A func
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
+
     from stepflow._config import Config
     from stepflow._execution.backend import BackendFactory
     from stepflow._execution.result import RunInfo, RunResult, StepReport

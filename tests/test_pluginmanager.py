@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pluggy
 import pytest
 
-from stepflow import hookspecs
+from stepflow import _pluginmanager, hookspecs
 from stepflow._execution.local import LocalBackend, ProcessBackend
 from stepflow._pluginmanager import BUILTIN_PLUGINS, make_plugin_manager
+from stepflow._storage import fingerprint
 from stepflow.errors import PluginError
 
 HOW_TO = Path(__file__).parents[1] / "docs" / "how-to" / "write-a-plugin.md"
@@ -214,6 +217,71 @@ class TestEntryPoints:
         with pytest.raises(PluginError, match="fakeplugin_gone") as e:
             make_plugin_manager()
         assert "-p no:NAME" in str(e.value)
+
+
+class TestEntryPointScanKept:
+    """The scan of installed plugins is kept in the home for later processes, until a
+    folder of the import path changes (as an install does)."""
+
+    @pytest.fixture(autouse=True)
+    def settled(self, monkeypatch):
+        # Kept only under folders unchanged for two seconds: these tests make their folders.
+        monkeypatch.setattr(fingerprint, "_SETTLE_NS", -(10**12))
+        monkeypatch.setattr(_pluginmanager, "_ENTRY_POINTS", None)
+
+    @staticmethod
+    def new_process(monkeypatch, *, can_scan: bool = True):
+        monkeypatch.setattr(_pluginmanager, "_ENTRY_POINTS", None)
+        if not can_scan:
+
+            def no_scan():
+                raise AssertionError("the installed metadata was read again")
+
+            monkeypatch.setattr(_pluginmanager, "_scan_entry_points", no_scan)
+
+    def test_a_later_process_reads_no_metadata(self, fake_dist, tmp_path, monkeypatch):
+        fake_dist(
+            "fake-echo", {"fake": "fakeplugin_ep"}, {"fakeplugin_ep": RECORDING.format(kind="fake")}
+        )
+        home = tmp_path / "home"
+        make_plugin_manager(home=home)
+        assert [p.name[:13] for p in (home / "fingerprints").iterdir()] == ["entry-points-"]
+        self.new_process(monkeypatch, can_scan=False)
+        pm = make_plugin_manager(home=home)
+        assert pm.get_plugin("fake").__name__ == "fakeplugin_ep"
+        assert {n: d.project_name for n, d in _distinfo(pm)}["fake"] == "fake-echo"
+        assert {n: d.version for n, d in _distinfo(pm)}["fake"] == "1.0"
+
+    def test_an_install_is_seen(self, fake_dist, tmp_path, monkeypatch):
+        site, home = tmp_path / "site", tmp_path / "home"
+        fake_dist(
+            "fake-one", {"one": "fakeplugin_one"}, {"fakeplugin_one": RECORDING.format(kind="one")}
+        )
+        past = time.time() - 60
+        os.utime(site, (past, past))
+        assert make_plugin_manager(home=home).has_plugin("one")
+        self.new_process(monkeypatch)
+        fake_dist(
+            "fake-two", {"two": "fakeplugin_two"}, {"fakeplugin_two": RECORDING.format(kind="two")}
+        )
+        pm = make_plugin_manager(home=home)
+        assert pm.has_plugin("one") and pm.has_plugin("two")
+
+    def test_a_damaged_record_is_scanned_again(self, fake_dist, tmp_path, monkeypatch):
+        fake_dist(
+            "fake-echo", {"fake": "fakeplugin_ep"}, {"fakeplugin_ep": RECORDING.format(kind="fake")}
+        )
+        home = tmp_path / "home"
+        make_plugin_manager(home=home)
+        (kept,) = (home / "fingerprints").iterdir()
+        kept.write_text(kept.read_text().replace("fakeplugin_ep", "fakeplugin_xx"))
+        self.new_process(monkeypatch)
+        assert make_plugin_manager(home=home).get_plugin("fake").__name__ == "fakeplugin_ep"
+
+    def test_malformed_entry_point_value(self, fake_dist):
+        fake_dist("fake-bad", {"bad": "not a module path"})
+        with pytest.raises(PluginError, match="malformed entry point value"):
+            make_plugin_manager()
 
 
 def _distinfo(pm):

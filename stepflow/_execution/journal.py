@@ -9,7 +9,6 @@ and a warning says what was lost.
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 import threading
@@ -58,6 +57,21 @@ class _StepFacts:
     tags: dict[str, str] = attrs.field(factory=dict)
     files: dict[str, Any] = attrs.field(factory=dict)
     reused: CacheRecord | None = None
+
+
+def _user() -> str | None:
+    """``getpass.getuser()``, without importing ``getpass`` (and ``termios`` with it) in
+    every run."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        user = os.environ.get(name)
+        if user:
+            return user
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError, OSError):
+        return None
 
 
 def _stepflow_version() -> str:
@@ -133,10 +147,7 @@ class Journal:
         else:
             # The steps nothing selected depends on: selecting them again selects the same set.
             targets = tuple(n for n in plan.steps if not (set(plan.dag.downstream[n]) & selected))
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):
-            user = None
+        user = _user()
         options = runner.config.options
         return RunRow(
             id=runner.run_id,

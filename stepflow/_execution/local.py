@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepflow._authoring.step import StepSpec
 from stepflow._execution.backend import Backend, BackendContext
-from stepflow._execution.pool import WorkerPool
-from stepflow._execution.task import Task, TaskResult
 from stepflow.errors import BackendUnavailableError
 from stepflow.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    # Only a step that runs needs these: a fully cached run never imports them.
+    from stepflow._execution.pool import WorkerPool
+    from stepflow._execution.task import Task, TaskResult
 
 
 class ProcessBackend(Backend):
@@ -41,6 +44,8 @@ class ProcessBackend(Backend):
     def pool(self) -> WorkerPool:
         with self._lock:
             if self._pool is None:
+                from stepflow._execution.pool import WorkerPool
+
                 self._pool = WorkerPool(self._size)
             return self._pool
 

@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Collection, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -26,10 +26,8 @@ from stepflow._config import Config
 from stepflow._execution.backend import Backend, open_backends
 from stepflow._execution.capture import Captured, capturing, step_output
 from stepflow._execution.context import StepContext, activate
-from stepflow._execution.invoke import StepRaised, invoke
 from stepflow._execution.journal import Journal
 from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
-from stepflow._execution.task import Task, TaskError
 from stepflow._planning.cachekey import CacheKey, describe_value, plan_key
 from stepflow._planning.plan import Plan
 from stepflow._pluginmanager import serializers_of
@@ -46,6 +44,10 @@ from stepflow.errors import (
     StepflowWarning,
     StepTimeoutError,
 )
+
+if TYPE_CHECKING:
+    # Only a step that runs needs these: a fully cached run never imports them.
+    from stepflow._execution.task import TaskError
 
 __all__ = ["new_run_id", "run_plan"]
 
@@ -129,15 +131,24 @@ class _Runner:
         self.serializers = serializers_of(pm)
         store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
         self.io = ArtifactIO(store, self.serializers)
-        from stepflow._execution.references import resolve_references
+        #: whether any selected step reads or registers a data set or model (the registry
+        #: code is imported only then)
+        self.has_references = any(
+            port.reference is not None
+            for name in plan.steps
+            for port in (*plan.dag.steps[name].inputs, *plan.dag.steps[name].outputs)
+        )
+        #: step → parameter → the data-set or model version it reads: resolved before any
+        #: step runs, so a missing one is a usage error that costs nothing
+        self.references: dict[str, dict[str, Any]] = {}
+        if self.has_references:
+            from stepflow._execution.references import resolve_references
 
-        try:
-            #: step → parameter → the data-set or model version it reads: resolved before
-            #: any step runs, so a missing one is a usage error that costs nothing
-            self.references = resolve_references(plan, store)
-        except BaseException:
-            store.close()
-            raise
+            try:
+                self.references = resolve_references(plan, store)
+            except BaseException:
+                store.close()
+                raise
         self.index = CacheIndex(config.home / "index", store=store)
         self.backends = self._open_backends()
         # Steps' output is recorded, and also shown as it happens unless the user asked for
@@ -306,6 +317,8 @@ class _Runner:
 
     def _publish_outputs(self) -> None:
         """Register outputs marked as data sets (``register_on_complete``); see registry."""
+        if not self.has_references:
+            return
         from stepflow._execution.references import OutputValue, publish_outputs
 
         ok = (StepState.RAN, StepState.REUSED)
@@ -327,27 +340,30 @@ class _Runner:
     # --- reuse ----------------------------------------------------------------------------
 
     def _key(self, name: str) -> CacheKey:
-        from stepflow._execution.references import reference_hashes, with_references
-
         spec = self.dag.steps[name]
-        refs = self.references.get(name, {})
+        inputs = {
+            p.name: self.artifacts[p.name].content_hash
+            for p in spec.inputs
+            if p.name in self.dag.producers
+        }
+        refs = self.references.get(name)
+        if refs:
+            from stepflow._execution.references import reference_hashes
+
+            # A registered data set or model counts by the content of the version read.
+            inputs.update(reference_hashes(refs))
         key = plan_key(
             self.plan,
             name,
-            inputs={
-                **{
-                    p.name: self.artifacts[p.name].content_hash
-                    for p in spec.inputs
-                    if p.name in self.dag.producers
-                },
-                # A registered data set or model counts by the content of the version read.
-                **reference_hashes(refs),
-            },
+            inputs=inputs,
             serializers=self.serializers,
             backend_env=self.backends[self.plan.backends[name]].environment(),
             home=self.config.home,
         )
-        key = with_references(key, spec, refs)
+        if refs:
+            from stepflow._execution.references import with_references
+
+            key = with_references(key, spec, refs)
         self.keys[name] = key
         return key
 
@@ -532,6 +548,8 @@ class _Runner:
                         exc_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
                     )
             kwargs.update(params)
+            from stepflow._execution.invoke import StepRaised, invoke
+
             try:
                 values = invoke(spec, kwargs)
             except StepRaised as raised:
@@ -549,6 +567,8 @@ class _Runner:
                     )
                 self.artifacts[out] = _Artifact(content_hash, value=value, ref=ref)
             return None
+        from stepflow._execution.task import Task
+
         task = Task(
             run_id=self.run_id,
             step=name,

@@ -55,7 +55,7 @@ def registry_session(
 
     if config is None:
         config = load_config(home=home)
-    pm = make_plugin_manager(config.plugins)
+    pm = make_plugin_manager(config.plugins, home=config.home)
     store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
     try:
         yield Session(store, tuple(serializers_of(pm)), config.home, {"kind": "api"})

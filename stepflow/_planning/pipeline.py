@@ -167,7 +167,7 @@ class Pipeline:
                     )
             # A regenerated step's dependants run again too, whatever early cutoff would say.
             forced = self._dag.descendants(names)
-        pm = plugin_manager or make_plugin_manager(config.plugins)
+        pm = plugin_manager or make_plugin_manager(config.plugins, home=config.home)
         return run_plan(
             plan,
             pipeline=self.name,

@@ -203,14 +203,13 @@ def _distributions(top: str) -> _External:
 
 
 def _find_distributions(top: str) -> _External:
+    if top == "stepflow":
+        from stepflow._version import __version__
+
+        return (("dist:stepflow", __version__),)
     # Reads installed metadata (a few milliseconds per library): persisted by _Store.
     import importlib.metadata
 
-    if top == "stepflow":
-        try:
-            return (("dist:stepflow", importlib.metadata.version("stepflow")),)
-        except importlib.metadata.PackageNotFoundError:
-            return (("dist:stepflow", "unknown"),)
     try:
         # Fast path: most distributions are named like their import (pandas, numpy, joblib).
         dist = importlib.metadata.distribution(top)
@@ -1442,6 +1441,26 @@ def _store(folder: str | os.PathLike[str]) -> _Store:
     if store is None:
         store = _stores[key] = _Store(key)
     return store
+
+
+def kept_for_import_path(
+    cache_dir: str | os.PathLike[str], kind: str, compute: Callable[[], Any]
+) -> Any:
+    """``compute()``, a JSON value that depends only on what is installed on the import
+    path, kept in ``cache_dir`` for later processes under the path's signature (see
+    ``_Store``): the entry points of installed plugins, for example. ``compute`` runs again
+    whenever a folder of ``sys.path`` changed, and its result is kept only once they settled.
+    """
+    store = _store(cache_dir)
+    signature, settled = _import_path_signature()
+    name = f"{kind}-{signature}.json"
+    found = store._read(name)
+    if found is not None:
+        return found
+    found = compute()
+    if settled:
+        store._write(name, found)
+    return found
 
 
 def fingerprint(

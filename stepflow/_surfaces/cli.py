@@ -235,7 +235,9 @@ def _main(argv: list[str]) -> int:
     for folder in (str(config.rootdir), os.getcwd()):
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    pm = make_plugin_manager(config.plugins)
+    # The scan of installed plugins is kept in an existing home only: a command run in some
+    # other folder must not leave a .stepflow behind.
+    pm = make_plugin_manager(config.plugins, home=config.home if config.home.is_dir() else None)
     parser = build_parser(pm)
     args = parser.parse_args(argv)
     if args.version:
