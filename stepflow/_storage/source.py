@@ -34,6 +34,13 @@ Speed
     cached: file times are coarse (a few milliseconds on Linux, seconds elsewhere), and a second
     same-size write within one tick would otherwise leave a stale hash in the cache.
 
+    The same file keeps the walk itself: each folder entered, with its modification time, the
+    files that counted in it, and the stamp of every ignore file read. When no folder and no
+    ignore file changed since, the walk is not repeated: files can only be added, removed or
+    renamed by changing their folder's modification time. Only the files are stat-ed, and
+    :mod:`pathspec` (about 50 ms to import) is not even imported. The two-second rule applies
+    here too: a walk is kept only when every folder and ignore file is older than that.
+
 Git
     One ``git status --porcelain=v2 --branch`` call gives both the commit (``None`` before the
     first commit) and the dirty flag (any change or untracked file in the work tree, the stepflow
@@ -47,6 +54,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import stat
 import struct
 import subprocess
 import tempfile
@@ -82,6 +90,7 @@ UNREADABLE = "unreadable"
 # Changes whenever the manifest or the content hash is computed differently, so snapshots made
 # by an older algorithm never compare equal by accident.
 _ALGORITHM = b"stepflow-source-1"
+# Also covers the kept walks: bump it when the rules of which files count change.
 _CACHE_VERSION = 1
 # Files modified more recently than this are hashed but not cached (see the module docstring).
 _RACY_NS = 2_000_000_000
@@ -229,9 +238,17 @@ def snapshot(rootdir: Path, *, home: Path | None = None) -> SourceSnapshot:
     home_rel = None if home is None else _inside(Path(home), root)
     cache = _StatCache(None if home is None else Path(home) / CACHE_NAME, root)
     now = time.time_ns()
+    listing = cache.walk(home_rel)
+    if listing is None:
+        seen = _Seen(now)
+        listing = [
+            (rel, None if entry is None else entry.path)
+            for rel, entry in _walk(str(root), home_rel, seen)
+        ]
+        cache.keep_walk(seen.record(home_rel))
     files: dict[str, str] = {}
-    for rel, entry in _walk(str(root), home_rel):
-        digest = UNREADABLE if entry is None else _digest(rel, entry, cache, now)
+    for rel, path in listing:
+        digest = UNREADABLE if path is None else _digest(rel, path, cache, now)
         if digest is not None:
             files[rel] = digest
     cache.save()
@@ -297,7 +314,9 @@ def _compile(lines: tuple[str, ...]) -> pathspec.GitIgnoreSpec:
     return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
-def _read_spec(path: str) -> pathspec.GitIgnoreSpec | None:
+def _read_spec(path: str, seen: _Seen | None = None) -> pathspec.GitIgnoreSpec | None:
+    if seen is not None:
+        seen.ignore_file(path)
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             lines = fh.read().splitlines()
@@ -311,14 +330,18 @@ def _read_spec(path: str) -> pathspec.GitIgnoreSpec | None:
 _Chain = tuple[tuple[str, "pathspec.GitIgnoreSpec"], ...]
 
 
-def _walk(root: str, home_rel: str | None) -> Iterator[tuple[str, os.DirEntry[str] | None]]:
+def _walk(
+    root: str, home_rel: str | None, seen: _Seen | None = None
+) -> Iterator[tuple[str, os.DirEntry[str] | None]]:
     """Yield (relative posix path, entry) for every file and symlink that counts.
 
     The entry is None for a folder that cannot be listed (its path then ends with ``/``).
+    ``seen`` collects what the walk depended on, so that a later one can be skipped.
     """
+    seen = seen or _Seen(time.time_ns())
     always = _compile(_ALWAYS_IGNORED)
-    stepflowignore = _read_spec(os.path.join(root, ".stepflowignore"))
-    root_gitignore = _read_spec(os.path.join(root, ".gitignore"))
+    stepflowignore = _read_spec(os.path.join(root, ".stepflowignore"), seen)
+    root_gitignore = _read_spec(os.path.join(root, ".gitignore"), seen)
     chain: _Chain = (("", root_gitignore or _compile(_DEFAULT_IGNORES)),)
 
     def ignored(rel: str, chain: _Chain) -> bool:
@@ -338,13 +361,15 @@ def _walk(root: str, home_rel: str | None) -> Iterator[tuple[str, os.DirEntry[st
     while stack:
         folder, prefix, chain = stack.pop()
         if prefix:
-            nested = _read_spec(os.path.join(folder, ".gitignore"))
+            nested = _read_spec(os.path.join(folder, ".gitignore"), seen)
             if nested is not None:
                 chain = (*chain, (prefix, nested))
         try:
+            stamp = seen.folder(folder, prefix)
             with os.scandir(folder) as entries:
                 listed = list(entries)
         except FileNotFoundError:
+            seen.keepable = False
             continue
         except OSError as exc:
             if not prefix:
@@ -352,6 +377,7 @@ def _walk(root: str, home_rel: str | None) -> Iterator[tuple[str, os.DirEntry[st
                     f"cannot take a source snapshot of {root!r}: the folder cannot be listed "
                     f"({exc.strerror}); check its permissions"
                 ) from exc
+            seen.keepable = False
             yield prefix, None
             continue
         for entry in listed:
@@ -368,13 +394,83 @@ def _walk(root: str, home_rel: str | None) -> Iterator[tuple[str, os.DirEntry[st
                 if not ignored(rel + "/", chain):
                     stack.append((entry.path, rel + "/", chain))
             elif is_file and not ignored(rel, chain):
+                stamp.append(entry.name)
                 yield rel, entry
 
 
-def _digest(rel: str, entry: os.DirEntry[str], cache: _StatCache, now: int) -> str | None:
+class _Seen:
+    """What one walk depended on: the folders it listed and the ignore files it read."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+        #: prefix ("" or "sub/") -> [mtime_ns, ctime_ns, inode, names of the files that count]
+        self.folders: dict[str, list[Any]] = {}
+        #: path relative to the root -> stamp, or None when absent
+        self.ignores: dict[str, list[int] | None] = {}
+        self.keepable = True
+        self._root_len = -1
+
+    def folder(self, path: str, prefix: str) -> list[Any]:
+        if not prefix:
+            self._root_len = len(path) + 1
+        st = os.stat(path)
+        # As for files: an entry added within the tick of a recent modification time would
+        # leave that time unchanged.
+        if self.now - st.st_mtime_ns <= _RACY_NS:
+            self.keepable = False
+        found = self.folders[prefix] = [st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        return found
+
+    def ignore_file(self, path: str) -> None:
+        stamp = _stamp(path)
+        if stamp is not None and self.now - stamp[1] <= _RACY_NS:
+            self.keepable = False
+        rel = os.path.basename(path) if self._root_len < 0 else path[self._root_len :]
+        self.ignores[rel] = stamp
+
+    def record(self, home_rel: str | None) -> dict[str, Any] | None:
+        if not self.keepable:
+            return None
+        return {"home": home_rel, "folders": self.folders, "ignores": self.ignores}
+
+
+def _stamp(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _unchanged_walk(
+    root: str, kept: Any, home_rel: str | None
+) -> list[tuple[str, str | None]] | None:
+    """The files of a kept walk, if no folder or ignore file it depended on changed."""
+    try:
+        if kept["home"] != home_rel:
+            return None
+        for rel, stamp in kept["ignores"].items():
+            if _stamp(os.path.join(root, rel)) != stamp:
+                return None
+        listing: list[tuple[str, str | None]] = []
+        for prefix, (mtime, ctime, inode, *names) in kept["folders"].items():
+            folder = os.path.join(root, prefix)
+            try:
+                st = os.stat(folder)
+            except OSError:
+                return None
+            if [st.st_mtime_ns, st.st_ctime_ns, st.st_ino] != [mtime, ctime, inode]:
+                return None
+            listing += [(prefix + name, os.path.join(folder, name)) for name in names]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return listing
+
+
+def _digest(rel: str, path: str, cache: _StatCache, now: int) -> str | None:
     """The hash of one file or symlink (None if it vanished), through the stat cache."""
     try:
-        st = entry.stat(follow_symlinks=False)
+        st = os.lstat(path)
     except FileNotFoundError:
         return None
     except OSError:
@@ -384,11 +480,11 @@ def _digest(rel: str, entry: os.DirEntry[str], cache: _StatCache, now: int) -> s
     if cached is not None:
         return cached
     try:
-        if entry.is_symlink():
+        if stat.S_ISLNK(st.st_mode):
             # Tagged, so a link and a file holding its target text hash apart.
-            digest = hash_bytes(b"symlink\0" + os.fsencode(os.readlink(entry.path)))
+            digest = hash_bytes(b"symlink\0" + os.fsencode(os.readlink(path)))
         else:
-            digest = hash_file(entry.path)
+            digest = hash_file(path)
     except FileNotFoundError:
         return None
     except OSError:
@@ -422,10 +518,13 @@ class _StatCache:
 
     def __init__(self, path: Path | None, root: Path) -> None:
         self.path = path
+        self._root = str(root)
         self._key = os.path.realpath(root)
         self._roots: dict[str, Any] = {}
         self._old: dict[str, Any] = {}
         self._new: dict[str, list[Any]] = {}
+        self._walks: dict[str, Any] = {}
+        self._walk_changed = False
         if path is None:
             return
         try:
@@ -439,6 +538,22 @@ class _StatCache:
             self._roots = roots
             old = roots.get(self._key)
             self._old = old if isinstance(old, dict) else {}
+        walks = data.get("walks")
+        if isinstance(walks, dict):
+            self._walks = walks
+
+    def walk(self, home_rel: str | None) -> list[tuple[str, str | None]] | None:
+        """The kept walk of this root, if nothing it depended on changed."""
+        kept = self._walks.get(self._key)
+        return None if kept is None else _unchanged_walk(self._root, kept, home_rel)
+
+    def keep_walk(self, record: dict[str, Any] | None) -> None:
+        if record is None:
+            if self._walks.pop(self._key, None) is not None:
+                self._walk_changed = True
+            return
+        self._walks[self._key] = record
+        self._walk_changed = True
 
     def get(self, rel: str, stamp: list[int]) -> str | None:
         cached = self._old.get(rel)
@@ -457,10 +572,11 @@ class _StatCache:
 
     def save(self) -> None:
         """Write the entries seen in this walk (dropping the rest), only if anything changed."""
-        if self.path is None or self._new == self._old:
+        if self.path is None or (self._new == self._old and not self._walk_changed):
             return
         roots = {**self._roots, self._key: self._new}
-        text = json.dumps({"version": _CACHE_VERSION, "roots": roots}, separators=(",", ":"))
+        data = {"version": _CACHE_VERSION, "roots": roots, "walks": self._walks}
+        text = json.dumps(data, separators=(",", ":"))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-source-cache-")

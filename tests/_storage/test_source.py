@@ -7,11 +7,13 @@ import os
 import pickle
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from stepflow._storage import source as source_module
 from stepflow._storage.hashing import hash_file
 from stepflow._storage.source import (
     CACHE_NAME,
@@ -373,6 +375,117 @@ def test_cache_drops_entries_of_files_that_are_gone(project, tmp_path):
     (project / "b.py").unlink()
     snapshot(project, home=home)
     assert set(cache_entries(home, project)) == {"a.py"}
+
+
+def settle(root: Path) -> None:
+    """Age every folder and ignore file under ``root``, so the walk may be kept."""
+    for path in [root, *root.rglob("*")]:
+        if path.is_dir() or path.name in (".gitignore", ".stepflowignore"):
+            age(path)
+
+
+def edit_aged(path: Path, text: str) -> None:
+    path.write_text(text)
+    age(path)
+
+
+def kept_walk(home: Path, root: Path):
+    data = json.loads((home / CACHE_NAME).read_text())
+    return data.get("walks", {}).get(os.path.realpath(root))
+
+
+@pytest.fixture
+def walked(project, tmp_path):
+    """A project whose walk is kept in the home: ``(project, home, first snapshot)``."""
+    home = tmp_path / "home"
+    write(
+        project,
+        {
+            ".gitignore": "*.log\nbuild/\n",
+            "a.py": "a",
+            "notes.log": "ignored",
+            "pkg/b.py": "b",
+            "pkg/.gitignore": "scratch.py\n",
+            "pkg/scratch.py": "ignored",
+            "build/out.py": "ignored",
+        },
+    )
+    settle(project)
+    first = snapshot(project, home=home)
+    assert set(first.files) == {".gitignore", "a.py", "pkg/b.py", "pkg/.gitignore"}
+    assert kept_walk(home, project) is not None
+    return project, home, first
+
+
+def test_an_unchanged_walk_is_not_repeated(walked, monkeypatch):
+    project, home, first = walked
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("the folder was walked again")
+
+    monkeypatch.setattr(source_module, "_walk", no_walk)
+    assert snapshot(project, home=home) == first
+
+
+def test_an_unchanged_walk_does_not_import_pathspec(walked):
+    project, home, first = walked
+    code = (
+        "import sys, json; from pathlib import Path\n"
+        "from stepflow._storage.source import snapshot\n"
+        f"snap = snapshot(Path({str(project)!r}), home=Path({str(home)!r}))\n"
+        "print(json.dumps([snap.content_hash, 'pathspec' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [first.content_hash, False]
+
+
+@pytest.mark.parametrize(
+    "change, added, removed",
+    [
+        (lambda p: (p / "c.py").write_text("c"), {"c.py"}, set()),
+        (lambda p: (p / "pkg" / "b.py").unlink(), set(), {"pkg/b.py"}),
+        (lambda p: (p / "pkg" / "b.py").rename(p / "pkg" / "d.py"), {"pkg/d.py"}, {"pkg/b.py"}),
+        (
+            lambda p: (p / "pkg" / "new").mkdir() or (p / "pkg/new/e.py").write_text("e"),
+            {"pkg/new/e.py"},
+            set(),
+        ),
+        (
+            # Same size, and the old modification time restored: only the ctime tells.
+            lambda p: edit_aged(p / "pkg" / ".gitignore", "b.py\n#1234\n"),
+            {"pkg/scratch.py"},
+            {"pkg/b.py"},
+        ),
+        # build/ stays out: without a root .gitignore the default ignores apply
+        (lambda p: (p / ".gitignore").unlink(), {"notes.log"}, {".gitignore"}),
+        (lambda p: (p / ".stepflowignore").write_text("a.py\n"), {".stepflowignore"}, {"a.py"}),
+    ],
+    ids=[
+        "add",
+        "remove-nested",
+        "rename",
+        "new-folder",
+        "edit-nested-ignore",
+        "drop-gitignore",
+        "new-stepflowignore",
+    ],
+)
+def test_a_changed_folder_or_ignore_file_is_walked_again(walked, change, added, removed):
+    project, home, first = walked
+    time.sleep(0.05)  # coarse timestamps: let the change's times differ from the first walk's
+    change(project)
+    again = snapshot(project, home=home)
+    assert set(again.files) - set(first.files) == added
+    assert set(first.files) - set(again.files) == removed
+
+
+def test_a_recently_changed_folder_keeps_no_walk(project, tmp_path):
+    home = tmp_path / "home"
+    write(project, {"a.py": "a"})
+    age(project / "a.py")  # the file's hash is kept, but its folder changed just now
+    snapshot(project, home=home)
+    assert "a.py" in cache_entries(home, project)
+    assert kept_walk(home, project) is None
 
 
 def test_projects_sharing_a_home_keep_their_own_entries(tmp_path):
