@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: the schema this stepflow writes; ``_MIGRATIONS[n - 1]`` upgrades version ``n - 1`` to ``n``
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -117,6 +117,13 @@ _MIGRATIONS: tuple[str, ...] = (
         text TEXT NOT NULL
     );
     CREATE INDEX logs_run ON logs (run_id, step);
+    """,
+    # 2: no indexes on step_io's content hashes and object names. Lineage looks them up by
+    # prefix (LIKE), which these indexes never served, and their random keys made every run
+    # write a page per row to the WAL (most of the cost of recording a cached rerun).
+    """
+    DROP INDEX IF EXISTS step_io_hash;
+    DROP INDEX IF EXISTS step_io_object;
     """,
 )
 

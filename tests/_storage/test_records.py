@@ -52,6 +52,34 @@ def test_newer_schema_is_refused_not_misread(tmp_path: Path) -> None:
         RunRecords(path)
 
 
+def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Records written by the first schema are upgraded in place; lineage still finds them."""
+    from stepflow._storage.records import _MIGRATIONS
+
+    path = tmp_path / "runs.db"
+    db = sqlite3.connect(path)
+    db.executescript(_MIGRATIONS[0])
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO runs (id, pipeline, state, started) VALUES ('r1', 'p', 'ok', 1.0)")
+    db.execute(
+        "INSERT INTO step_io VALUES ('r1', 'make', 'out', 'frame', 'ab12.parquet', 'ab12', 9)"
+    )
+    db.commit()
+    db.close()
+    recs = RunRecords(path)
+    try:
+        assert recs.schema_version == SCHEMA_VERSION == 2
+        indexes = {
+            r[0] for r in recs._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert not indexes & {"step_io_hash", "step_io_object"}
+        assert [(run, step, io.object) for run, step, io in recs.producers("ab1")] == [
+            ("r1", "make", "ab12.parquet")
+        ]
+    finally:
+        recs.close()
+
+
 def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
     first = RunRecords(tmp_path / "runs.db")
     first.start_run(_run("r1"))
