@@ -70,7 +70,7 @@ class ArtifactIO:
             try:
                 with self.store.writer(name) as tmp:
                     serializer.dump(value, tmp)
-                    digest = hash_file(tmp)
+                    digest = hash_file(tmp, mapped=True)
                     size = tmp.stat().st_size
             except StoreUnavailableError:
                 raise  # the store, not the value, failed: another serializer would fail alike
@@ -91,7 +91,7 @@ class ArtifactIO:
         :raises ArtifactMissingError: the object is missing or does not match its digest.
         """
         path = self.store.local_path(ref.name)
-        if hash_file(path) != ref.digest:
+        if hash_file(path, mapped=True) != ref.digest:
             raise ArtifactMissingError(
                 f"object {ref.name} in {self.store.uri} is corrupted (its bytes do not match "
                 f"the recorded digest)"

@@ -29,6 +29,7 @@ needless rerun but never a wrong reuse; register a hasher for types where that m
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import enum
@@ -293,15 +294,32 @@ def hash_bytes(data: bytes | bytearray | memoryview) -> str:
     return xxhash.xxh3_128_hexdigest(view.cast("B"))
 
 
-def hash_file(path: str | os.PathLike[str], chunk: int = 8 << 20) -> str:
+def hash_file(path: str | os.PathLike[str], chunk: int = 8 << 20, *, mapped: bool = False) -> str:
     """32-hex-char xxh3_128 digest of a file's bytes, read ``chunk`` bytes at a time.
 
     Equal to ``hash_bytes(Path(path).read_bytes())`` without holding the file in memory.
+
+    :param mapped: hash a large file through a memory mapping (twice as fast from the page
+        cache). Only for files nobody truncates meanwhile, such as published store objects:
+        touching a mapped page past a new end of file kills the process (SIGBUS).
     """
-    state = xxhash.xxh3_128()
-    buffer = bytearray(chunk)
-    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size < chunk:
+            # Most outputs are small: a buffer of the full chunk size would cost more to
+            # allocate and zero than reading the file.
+            return xxhash.xxh3_128_hexdigest(fh.read())
+        if mapped:
+            import mmap
+
+            with contextlib.suppress(OSError, ValueError):
+                # The cached pages are hashed in place instead of copied out (a large
+                # output is hashed right after it is written, and again before loading).
+                with mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+                    return xxhash.xxh3_128_hexdigest(mapped)
+        state = xxhash.xxh3_128()
+        buffer = bytearray(chunk)
+        view = memoryview(buffer)
         # readinto a reused buffer: no allocation per chunk, and the bytes are still in cache
         # when the hash reads them.
         while count := fh.readinto(buffer):

@@ -383,6 +383,16 @@ class TestBytesAndFiles:
         assert hash_file(str(path), chunk=1000) == hash_bytes(data)
         assert hash_bytes(memoryview(data)[::2]) == hash_bytes(data[::2])
 
+    @pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001, 5000])
+    @pytest.mark.parametrize("mapped", [False, True])
+    def test_every_read_path_gives_the_same_digest(self, tmp_path, size, mapped):
+        """Small files are read whole, large ones mapped or read in chunks (chunk=1000
+        makes 1000 bytes 'large' here): all give hash_bytes' digest."""
+        data = (bytes(range(251)) * 20)[:size]
+        path = tmp_path / "blob"
+        path.write_bytes(data)
+        assert hash_file(path, chunk=1000, mapped=mapped) == hash_bytes(data)
+
     def test_raw_bytes_differ_from_values(self):
         """hash_bytes is untagged, so it differs from hash_value of the same bytes."""
         assert hash_bytes(b"abc") != hash_value(b"abc")
