@@ -17,9 +17,11 @@ wrong result.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +126,9 @@ class Datastore:
         """Release connections; the store may not be used afterwards."""
 
 
+_TMP_IDS = itertools.count()
+
+
 @attrs.define
 class LocalDatastore(Datastore):
     """A datastore in a local folder (``<home>/objects`` by default)."""
@@ -154,14 +159,17 @@ class LocalDatastore(Datastore):
         if path.parent not in self._folders:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._folders.add(path.parent)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-        os.close(fd)
-        tmp = Path(tmp_name)
+        # A name no other writer can pick (process, thread, counter), left for the serializer
+        # to create: making the file here first would cost an open and a close per object.
+        tmp = path.parent / (
+            f".tmp-{os.getpid()}-{threading.get_ident()}-{next(_TMP_IDS)}{path.suffix}"
+        )
         try:
             yield tmp
             os.replace(tmp, path)
-        finally:
+        except BaseException:
             tmp.unlink(missing_ok=True)
+            raise
 
     def local_path(self, name: str) -> Path:
         path = self._path(name)
