@@ -53,9 +53,27 @@ class CacheRecord:
         return sum(ref.size for ref in self.outputs.values())
 
     def to_dict(self) -> dict[str, Any]:
-        data = attrs.asdict(self, recurse=True)
-        data["version"] = RECORD_VERSION
-        return data
+        # Spelled out: attrs.asdict(recurse=True) took longer than storing the record.
+        return {
+            "key": self.key,
+            "step": self.step,
+            "pipeline": self.pipeline,
+            "run_id": self.run_id,
+            "created": self.created,
+            "outputs": {
+                name: {
+                    "name": ref.name,
+                    "content_hash": ref.content_hash,
+                    "serializer": ref.serializer,
+                    "size": ref.size,
+                    "digest": ref.digest,
+                }
+                for name, ref in self.outputs.items()
+            },
+            "components": {k: dict(v) for k, v in self.components.items()},
+            "param_values": dict(self.param_values),
+            "version": RECORD_VERSION,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CacheRecord | None:

@@ -207,3 +207,14 @@ class TestRecordsKeptInProcess:
         assert a.get(KEY).key == KEY
         shutil.rmtree(tmp_path / "index")
         assert CacheIndex(tmp_path / "index").get(KEY) is MISSING
+
+
+def test_record_dict_holds_every_field_and_round_trips():
+    """to_dict is written out by hand for speed: it must still cover every field."""
+    import attrs
+
+    rec = record()
+    expected = attrs.asdict(rec, recurse=True)
+    expected["version"] = 1
+    assert rec.to_dict() == expected
+    assert CacheRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
