@@ -150,6 +150,8 @@ def test_interrupted_run_is_marked(make_module, tmp_path: Path) -> None:
 
 
 KILLED = """
+import time
+
 from stepflow import Pipeline, step
 
 @step
