@@ -180,13 +180,16 @@ def test_run_killed_with_sigkill_is_marked_interrupted_later(tmp_path: Path) -> 
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "started"
-    recs = _records(home)
-    (run,) = recs.runs()
-    assert run.state == "running"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    proc.stdout.close()
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        recs = _records(home)
+        (run,) = recs.runs()
+        assert run.state == "running"
+    finally:
+        # Also when an assertion failed: a live child would trouble the next tests.
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
     assert recs.mark_abandoned() == [run.id]
     assert recs.run(run.id).state == "interrupted"
     recs.close()
