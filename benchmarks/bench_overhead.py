@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import importlib
+import itertools
 import os
 import platform
 import shutil
@@ -54,7 +55,8 @@ def chain_source(n: int, *, decorated: bool = True) -> str:
     """``s0 -> s1 -> ... -> s{n-1}``; each step adds one to its input."""
     deco = "@step\n" if decorated else ""
     lines = ["from stepflow import step\n"] if decorated else []
-    lines.append(f"{deco}def s0() -> int:\n    return 0\n")
+    # ``seed`` lets a run make new results in a home that has run the chain before.
+    lines.append(f"{deco}def s0(seed: int = 0) -> int:\n    return seed\n")
     for i in range(1, n):
         lines.append(f"{deco}def s{i}(s{i - 1}: int) -> int:\n    return s{i - 1} + 1\n")
     body = "\n".join(f"    v{i} = s{i}({f'v{i - 1}' if i else ''})" for i in range(n))
@@ -65,7 +67,10 @@ def chain_source(n: int, *, decorated: bool = True) -> str:
 
 def fanout_source(n: int) -> str:
     """One ``source`` step read by ``n`` independent consumers ``c0 .. c{n-1}``."""
-    lines = ["from stepflow import step\n", "@step\ndef source() -> int:\n    return 1\n"]
+    lines = [
+        "from stepflow import step\n",
+        "@step\ndef source(seed: int = 1) -> int:\n    return seed\n",
+    ]
     for i in range(n):
         lines.append(f"@step\ndef c{i}(source: int) -> int:\n    return source + {i}\n")
     calls = "\n".join(f"    v{i} = c{i}(src)" for i in range(n))
@@ -265,6 +270,20 @@ def per_step_rows(label: str, module: ModuleType, steps: int, repeats: int) -> l
 
     reused = statistics.median(timed(run_reused, repeats))
     marginal = (reused - plain) / steps
+
+    # New results in a home that has run the pipeline before (a changed parameter that
+    # every step depends on): what a first run costs once the home exists.
+    home = fresh_home()
+    ensure_ok(pipe.run(workers=1, home=home, params={"seed": -1}), label)
+    seeds = itertools.count(10_000)
+
+    def run_in_used_home() -> None:
+        result = ensure_ok(pipe.run(workers=1, home=home, params={"seed": next(seeds)}), label)
+        if any(r.state.value != "ran" for r in result.steps.values()):
+            raise SystemExit(f"{label}: a step was reused although its input changed")
+
+    used = statistics.median(timed(run_in_used_home, repeats))
+    in_used_home = (used - plain) / steps
     return [
         Row(
             f"{label}: pipeline.run(workers=1), per step",
@@ -279,6 +298,12 @@ def per_step_rows(label: str, module: ModuleType, steps: int, repeats: int) -> l
             ms(reused),
             ms(plain),
             f"+{marginal * 1e3:.3f} ms/step",
+        ),
+        Row(
+            f"{label}: new results in a home used before (info)",
+            ms(used),
+            ms(plain),
+            f"+{in_used_home * 1e3:.3f} ms/step",
         ),
     ]
 
