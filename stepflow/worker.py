@@ -124,6 +124,7 @@ def _internal(task: Task, exc: BaseException, start: float, what: str, **extra: 
     return TaskResult(
         task.step,
         task.attempt,
+        run_id=task.run_id,
         error=TaskError(
             exc_type=error.exc_type,
             message=f"{what}: {error.message}",
@@ -201,6 +202,7 @@ def execute_task(task: Task) -> TaskResult:
         return TaskResult(
             task.step,
             task.attempt,
+            run_id=task.run_id,
             error=error,
             duration=time.perf_counter() - start,
             **logged,
@@ -215,6 +217,7 @@ def execute_task(task: Task) -> TaskResult:
             return TaskResult(
                 task.step,
                 task.attempt,
+                run_id=task.run_id,
                 error=TaskError(error.exc_type, message, error.traceback, error.full_traceback),
                 duration=time.perf_counter() - start,
                 **logged,
@@ -222,6 +225,7 @@ def execute_task(task: Task) -> TaskResult:
     return TaskResult(
         task.step,
         task.attempt,
+        run_id=task.run_id,
         outputs=outputs,
         duration=time.perf_counter() - start,
         **logged,

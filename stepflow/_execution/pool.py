@@ -97,6 +97,7 @@ class WorkerProcess:
         return TaskResult(
             task.step,
             task.attempt,
+            run_id=task.run_id,
             error=TaskError(
                 exc_type="stepflow.errors.StepTimeoutError",
                 message=f"step {task.step!r} ran past its timeout of {timeout:g}s and its "
@@ -113,6 +114,7 @@ class WorkerProcess:
         return TaskResult(
             task.step,
             task.attempt,
+            run_id=task.run_id,
             error=TaskError(
                 exc_type="stepflow.errors.BackendError",
                 message=f"the worker process running step {task.step!r} {how} before it "

@@ -596,6 +596,20 @@ class _Runner:
                 step=name,
                 exc_type=type(exc).__name__,
             )
+        if (result.step, result.attempt) != (name, attempt) or result.run_id not in (
+            "",
+            self.run_id,
+        ):
+            # Never committed: it may hold outputs of other inputs or code.
+            of_run = f" of run {result.run_id}" if result.run_id else ""
+            return StepFailedError(
+                f"backend {backend.name!r} answered attempt {attempt} of step {name!r} with "
+                f"the result of attempt {result.attempt} of step {result.step!r}{of_run} (a "
+                f"late answer of a timed-out or superseded attempt?); it was rejected and "
+                f"nothing was stored. Check the backend plugin.",
+                step=name,
+                exc_type="stepflow.errors.BackendError",
+            )
         self.journal.worker_output(name, attempt, result)
         if result.error is not None:
             if result.error.bad_input is not None:

@@ -85,6 +85,10 @@ class TaskResult:
     tags: Mapping[str, str] = attrs.field(factory=dict)
     #: files kept with ``log_artifact``: name → stored reference
     files: Mapping[str, ArtifactRef] = attrs.field(factory=dict)
+    #: the run of the task (the worker sets it). The run loop commits a result only when
+    #: its run, step and attempt are the ones it asked for, so a late answer of a timed-out
+    #: or superseded attempt is rejected. Empty: a backend that did not say.
+    run_id: str = ""
 
     @property
     def ok(self) -> bool:

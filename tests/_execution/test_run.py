@@ -315,6 +315,77 @@ class TestTimeouts:
         assert result["sometimes_slow"] == 7 and result.steps["sometimes_slow"].attempts == 2
 
 
+STALE_BACKEND = """
+import attrs
+import stepflow
+from stepflow.worker import execute_task
+
+class Stale(stepflow.Backend):
+    \"\"\"Runs tasks in process, but answers the first attempt of a step with a result that
+    claims to be of another attempt, or of another run, as a late answer would.\"\"\"
+
+    kind = "stale"
+
+    def execute(self, task, *, timeout):
+        result = execute_task(task)
+        if task.attempt == 1:
+            return attrs.evolve(result, **{change})
+        return result
+
+@stepflow.hookimpl
+def stepflow_backend_types():
+    return {{"stale": Stale}}
+"""
+
+FLOW_ON_STALE = """
+from stepflow import step
+
+@step(backend="stale", retries={retries}, retry_delay=0)
+def made() -> int:
+    return 41
+
+@step
+def used(made: int) -> int:
+    return made + 1
+"""
+
+
+class TestLateResults:
+    """DESIGN.md section 7: a result of another attempt is never committed."""
+
+    @pytest.mark.parametrize(
+        "change, said",
+        [
+            ("{'attempt': 2}", "the result of attempt 2 of step 'made'"),
+            ("{'run_id': 'another-run'}", "of run another-run"),
+            ("{'step': 'other'}", "of step 'other'"),
+        ],
+    )
+    def test_a_result_of_another_attempt_is_rejected(
+        self, make_module, stepflow_home, change, said
+    ):
+        make_module("stale_backend", STALE_BACKEND.format(change=change))
+        mod = make_module("on_stale", FLOW_ON_STALE.format(retries=0))
+        pipe = Pipeline("p", [mod.made, mod.used])
+        result = pipe.run(plugins=["stale_backend"])
+        error = result.steps["made"].error
+        assert result.steps["made"].state is StepState.FAILED
+        assert said in str(error) and "rejected and nothing was stored" in str(error)
+        assert result.steps["used"].state is StepState.SKIPPED
+        # Nothing was committed: the next run computes the step again (and is rejected again).
+        again = pipe.run(plugins=["stale_backend"])
+        assert again.steps["made"].state is StepState.FAILED
+
+    def test_the_next_attempt_is_committed(self, make_module, stepflow_home):
+        make_module("stale_backend", STALE_BACKEND.format(change="{'attempt': 5}"))
+        mod = make_module("on_stale", FLOW_ON_STALE.format(retries=1))
+        pipe = Pipeline("p", [mod.made, mod.used])
+        result = pipe.run(plugins=["stale_backend"])
+        assert result["used"] == 42 and result.steps["made"].attempts == 2
+        again = pipe.run(plugins=["stale_backend"])
+        assert again.steps["made"].state is StepState.REUSED
+
+
 def test_steps_of_a_script_run_in_workers(tmp_path):
     """Steps defined in a script run as ``python script.py`` work with worker processes."""
     import subprocess
