@@ -16,7 +16,7 @@ import attrs
 
 from stepflow._storage.datastore import ArtifactMissingError, Datastore
 from stepflow._storage.hashing import hash_file, hash_value
-from stepflow._storage.serializers import SerializationError, Serializer
+from stepflow._storage.serializers import Serializer, serialization_error
 from stepflow.errors import StoreUnavailableError
 
 __all__ = ["ArtifactIO", "ArtifactRef"]
@@ -60,7 +60,7 @@ class ArtifactIO:
         """
         if content_hash is None:
             content_hash = hash_value(value)
-        failures: list[str] = []
+        failures: list[tuple[str, BaseException]] = []
         for serializer in self.serializers:
             if not serializer.can_dump(value):
                 continue
@@ -75,15 +75,10 @@ class ArtifactIO:
             except StoreUnavailableError:
                 raise  # the store, not the value, failed: another serializer would fail alike
             except Exception as exc:
-                failures.append(f"{serializer.name}: {type(exc).__name__}: {exc}")
+                failures.append((serializer.name, exc))
                 continue
             return ArtifactRef(name, content_hash, serializer.name, size, digest)
-        detail = "; ".join(failures) or "no serializer accepts it"
-        raise SerializationError(
-            f"cannot store a value of type {type(value).__module__}.{type(value).__qualname__} "
-            f"({detail}); return plain data (DataFrames, arrays, picklable objects) or add a "
-            f"serializer through the stepflow_serializer_types hook"
-        )
+        raise serialization_error(type(value), failures)
 
     def load(self, ref: ArtifactRef) -> Any:
         """Load an artifact after checking its bytes.

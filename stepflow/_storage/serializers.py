@@ -54,6 +54,7 @@ __all__ = [
     "builtin_serializers",
     "dump_with_fallback",
     "select_serializer",
+    "serialization_error",
 ]
 
 
@@ -148,9 +149,16 @@ def dump_with_fallback(value: Any, path: Path, serializers: Sequence[Serializer]
             path.unlink(missing_ok=True)
             raise
         return serializer
-    raise SerializationError(
-        _failure_message(type(value), failures), value_type=type(value), failures=failures
-    ) from (failures[-1][1] if failures else None)
+    raise serialization_error(type(value), failures) from (failures[-1][1] if failures else None)
+
+
+def serialization_error(
+    value_type: type, failures: Sequence[tuple[str, BaseException]]
+) -> SerializationError:
+    """The error for a value no serializer could store, naming each one that failed."""
+    return SerializationError(
+        _failure_message(value_type, failures), value_type=value_type, failures=failures
+    )
 
 
 def _failure_message(value_type: type, failures: Sequence[tuple[str, BaseException]]) -> str:
