@@ -44,7 +44,7 @@ def _stepflow_entry_points(cache_dir: Path | None = None) -> list[_EntryPoint]:
     if _ENTRY_POINTS is None or _ENTRY_POINTS[0] != path:
         found = None
         if cache_dir is not None:
-            from stepflow._storage.fingerprint import kept_for_import_path
+            from stepflow._storage.kept import kept_for_import_path
 
             found = _valid(kept_for_import_path(cache_dir, "entry-points", _scan_entry_points))
         if found is None:

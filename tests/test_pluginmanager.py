@@ -15,7 +15,7 @@ import pytest
 from stepflow import _pluginmanager, hookspecs
 from stepflow._execution.local import LocalBackend, ProcessBackend
 from stepflow._pluginmanager import BUILTIN_PLUGINS, make_plugin_manager
-from stepflow._storage import fingerprint
+from stepflow._storage import kept
 from stepflow.errors import PluginError
 
 HOW_TO = Path(__file__).parents[1] / "docs" / "how-to" / "write-a-plugin.md"
@@ -226,7 +226,7 @@ class TestEntryPointScanKept:
     @pytest.fixture(autouse=True)
     def settled(self, monkeypatch):
         # Kept only under folders unchanged for two seconds: these tests make their folders.
-        monkeypatch.setattr(fingerprint, "_SETTLE_NS", -(10**12))
+        monkeypatch.setattr(kept, "SETTLE_NS", -(10**12))
         monkeypatch.setattr(_pluginmanager, "_ENTRY_POINTS", None)
 
     @staticmethod

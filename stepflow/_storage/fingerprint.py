@@ -59,12 +59,10 @@ Reuse across processes
 from __future__ import annotations
 
 import ast
-import contextlib
 import contextvars
 import enum
 import functools
 import importlib.util
-import json
 import linecache
 import logging
 import os
@@ -73,8 +71,6 @@ import site
 import struct
 import sys
 import sysconfig
-import threading
-import time
 import types
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -82,6 +78,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 import xxhash
+
+from stepflow._storage.kept import KeptFiles, import_path_signature
 
 if TYPE_CHECKING:
     import importlib.metadata
@@ -193,7 +191,7 @@ def _distributions(top: str) -> _External:
     if store is None:
         return _find_distributions(top)
     # Before reading any metadata: an install that lands after this changes the signature.
-    signature, settled = _import_path_signature()
+    signature, settled = import_path_signature()
     found = store.distributions(signature, top)
     if found is None:
         found = _find_distributions(top)
@@ -1243,23 +1241,20 @@ class _Store:
     a module may compute from an environment variable or a data file) and objects are looked
     up afresh in every process, as is which module a name imports.
 
-    A file is written to a temporary name and renamed, and starts with the hash of its
-    contents: a torn, truncated or edited file is ignored and rewritten. Failures to read or
-    write are ignored too: this is a cache, and without it fingerprints are only slower.
+    The files themselves are ``KeptFiles`` (``_storage/kept.py``): checksummed, written to a
+    temporary name and renamed, and ignored when damaged.
     """
-
-    #: files kept; beyond this the least recently written half is removed
-    max_files = 2000
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
+        self.files = KeptFiles(folder)
         #: import path signature -> top-level name -> distributions
         self._dists: dict[str, dict[str, _External]] = {}
 
     # --- source files ------------------------------------------------------------------
 
     def source(self, digest: str, lines: list[str]) -> _FileIndex | None:
-        data = self._read(f"src-{digest}.json")
+        data = self.files.read(f"src-{digest}.json")
         if data is None:
             return None
         try:
@@ -1296,7 +1291,7 @@ class _Store:
             [name, static.content, static.refs, static.imports]
             for name, static in index.classes.items()
         ]
-        self._write(f"src-{index.digest}.json", {"functions": functions, "classes": classes})
+        self.files.write(f"src-{index.digest}.json", {"functions": functions, "classes": classes})
         # Marked even when the write failed: one attempt per process is enough.
         index.saved.add(self.folder)
 
@@ -1306,7 +1301,7 @@ class _Store:
         known = self._dists.get(signature)
         if known is None:
             known = {}
-            data = self._read(f"dist-{signature}.json")
+            data = self.files.read(f"dist-{signature}.json")
             if isinstance(data, dict):
                 for name, pairs in data.items():
                     try:
@@ -1319,75 +1314,7 @@ class _Store:
     def add_distributions(self, signature: str, top: str, kind: _External) -> None:
         known = self._dists.setdefault(signature, {})
         known[top] = kind
-        self._write(f"dist-{signature}.json", {name: list(k) for name, k in known.items()})
-
-    # --- files -------------------------------------------------------------------------
-
-    def _read(self, name: str) -> Any:
-        try:
-            with open(os.path.join(self.folder, name), "rb") as fh:
-                raw = fh.read()
-        except OSError:
-            return None
-        check, _, payload = raw.partition(b"\n")
-        if check.decode("ascii", "replace") != xxhash.xxh3_128_hexdigest(payload):
-            return None
-        try:
-            return json.loads(payload)
-        except ValueError:
-            return None
-
-    def _write(self, name: str, data: Any) -> None:
-        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8", "surrogatepass"
-        )
-        path = os.path.join(self.folder, name)
-        # Unique per process and thread: concurrent writers never share a temporary file.
-        tmp = os.path.join(self.folder, f".tmp-{os.getpid()}-{threading.get_ident()}-{name}")
-        try:
-            os.makedirs(self.folder, mode=0o700, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(xxhash.xxh3_128_hexdigest(payload).encode() + b"\n" + payload)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            return
-        self._prune()
-
-    def _prune(self) -> None:
-        try:
-            with os.scandir(self.folder) as entries:
-                files = [(e.stat().st_mtime_ns, e.path) for e in entries if e.is_file()]
-        except OSError:
-            return
-        if len(files) <= self.max_files:
-            return
-        files.sort()
-        for _, path in files[: len(files) - self.max_files // 2]:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-
-#: a folder changed this recently may change again within the same clock tick, unseen
-_SETTLE_NS = 2_000_000_000
-
-
-def _import_path_signature() -> tuple[str, bool]:
-    """A hash of the import path and its folders' modification times, and whether every
-    folder is settled (unchanged for a while): only then are versions kept under it."""
-    parts = [sys.implementation.cache_tag or "", sys.executable, sys.prefix]
-    newest = -1
-    for entry in sys.path:
-        path = os.path.abspath(os.fspath(entry) or os.curdir)
-        try:
-            mtime = os.stat(path).st_mtime_ns
-        except OSError:
-            mtime = -1
-        newest = max(newest, mtime)
-        parts.append(f"{path}\x00{mtime}")
-    settled = newest < time.time_ns() - _SETTLE_NS
-    return _hash("\n".join(parts)), settled
+        self.files.write(f"dist-{signature}.json", {name: list(k) for name, k in known.items()})
 
 
 def _str(value: Any) -> str:
@@ -1441,26 +1368,6 @@ def _store(folder: str | os.PathLike[str]) -> _Store:
     if store is None:
         store = _stores[key] = _Store(key)
     return store
-
-
-def kept_for_import_path(
-    cache_dir: str | os.PathLike[str], kind: str, compute: Callable[[], Any]
-) -> Any:
-    """``compute()``, a JSON value that depends only on what is installed on the import
-    path, kept in ``cache_dir`` for later processes under the path's signature (see
-    ``_Store``): the entry points of installed plugins, for example. ``compute`` runs again
-    whenever a folder of ``sys.path`` changed, and its result is kept only once they settled.
-    """
-    store = _store(cache_dir)
-    signature, settled = _import_path_signature()
-    name = f"{kind}-{signature}.json"
-    found = store._read(name)
-    if found is not None:
-        return found
-    found = compute()
-    if settled:
-        store._write(name, found)
-    return found
 
 
 def fingerprint(
