@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from stepflow._humanize import human_size
 from stepflow._storage.artifacts import ArtifactRef
 from stepflow.errors import UsageError
 
@@ -71,14 +72,6 @@ def _ref_from_dict(data: Mapping[str, Any]) -> ArtifactRef:
     return ArtifactRef(**{f.name: data[f.name] for f in attrs.fields(ArtifactRef)})
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 @attrs.frozen
 class DatasetVersion:
     """One version of a registered data set."""
@@ -116,7 +109,7 @@ class DatasetVersion:
 
     def describe(self) -> str:
         what = {"file": self.filename, "folder": f"{len(self.objects)} files", "table": "table"}
-        return f"{self.kind}, {what[self.kind]}, {_human(self.size)}"
+        return f"{self.kind}, {what[self.kind]}, {human_size(self.size)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {

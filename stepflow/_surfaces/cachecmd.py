@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from stepflow._config import Config
+from stepflow._humanize import human_size
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.stores import open_datastore
@@ -103,7 +104,7 @@ class PruneReport:
         pinned = f"; kept {self.kept_pinned} pinned" if self.kept_pinned else ""
         return (
             f"{verb} {self.removed_results} results and {self.removed_objects} objects "
-            f"({_human(self.freed_bytes)}){pinned}\n"
+            f"({human_size(self.freed_bytes)}){pinned}\n"
         )
 
 
@@ -181,14 +182,6 @@ def prune(
     return PruneReport(len(doomed), len(objects), freed, kept_pinned, dry_run)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 def format_records(records: list[CacheRecord]) -> str:
     if not records:
         return "no stored results\n"
@@ -197,7 +190,7 @@ def format_records(records: list[CacheRecord]) -> str:
     for r in records:
         lines.append(
             f"{r.key[:12]:<14} {r.pipeline[:16]:<16} {r.step[:20]:<20} "
-            f"{_age(now - r.created):>8} {_human(r.size):>10}  {r.run_id}"
+            f"{_age(now - r.created):>8} {human_size(r.size):>10}  {r.run_id}"
         )
     return "\n".join(lines) + "\n"
 

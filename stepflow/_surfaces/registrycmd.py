@@ -7,11 +7,12 @@ CLI starts fast.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from stepflow._humanize import human_size, human_time
 
 if TYPE_CHECKING:
     from stepflow._config import Config
@@ -88,18 +89,6 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
-def _when(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 def _source(source: Mapping[str, Any]) -> str:
     kind = source.get("kind")
     if kind == "run" or source.get("run_id"):
@@ -152,7 +141,14 @@ def _ds_list(args: argparse.Namespace, config: Config) -> int:
     rows = [["name", "latest", "kind", "size", "created", "source"]]
     for v in found:
         rows.append(
-            [v.name, f"v{v.version}", v.kind, _human(v.size), _when(v.created), _source(v.source)]
+            [
+                v.name,
+                f"v{v.version}",
+                v.kind,
+                human_size(v.size),
+                human_time(v.created),
+                _source(v.source),
+            ]
         )
     sys.stdout.write(_table(rows))
     return 0
@@ -162,9 +158,9 @@ def _dataset_detail(v: DatasetVersion) -> list[str]:
     lines = [
         f"{v.label}",
         f"  kind:        {v.kind}" + (f" ({v.filename})" if v.kind == "file" else ""),
-        f"  size:        {_human(v.size)}",
+        f"  size:        {human_size(v.size)}",
         f"  content:     {v.content_hash}",
-        f"  created:     {_when(v.created)}",
+        f"  created:     {human_time(v.created)}",
         f"  source:      {_source(v.source)}",
     ]
     if v.description:
@@ -173,7 +169,7 @@ def _dataset_detail(v: DatasetVersion) -> list[str]:
         lines.append(f"  files:       {len(v.objects)}")
         shown = sorted(v.objects.items())
         for rel, ref in shown[:20]:
-            lines.append(f"    {rel}  ({_human(ref.size)})")
+            lines.append(f"    {rel}  ({human_size(ref.size)})")
         if len(shown) > 20:
             lines.append(f"    ... and {len(shown) - 20} more")
     return lines
@@ -205,7 +201,14 @@ def _ds_show(args: argparse.Namespace, config: Config) -> int:
     for v in every:
         mark = "*" if v.version == chosen.version else ""
         rows.append(
-            [mark, f"v{v.version}", v.kind, _human(v.size), _when(v.created), _source(v.source)]
+            [
+                mark,
+                f"v{v.version}",
+                v.kind,
+                human_size(v.size),
+                human_time(v.created),
+                _source(v.source),
+            ]
         )
     sys.stdout.write("\n".join(lines) + "\n" + _table(rows))
     return 0
@@ -245,7 +248,7 @@ def _md_list(args: argparse.Namespace, config: Config) -> int:
                 f"v{v.version}",
                 named,
                 _metrics(v.metrics),
-                _when(v.created),
+                human_time(v.created),
                 _source(v.source),
             ]
         )
@@ -268,7 +271,9 @@ def _md_show(args: argparse.Namespace, config: Config) -> int:
     for v in reversed(every):
         pointed = f"  [{', '.join(v.aliases)}]" if v.aliases else ""
         lines.append("")
-        lines.append(f"v{v.version}{pointed}  {_when(v.created)}  {v.type}  {_human(v.size)}")
+        lines.append(
+            f"v{v.version}{pointed}  {human_time(v.created)}  {v.type}  {human_size(v.size)}"
+        )
         lines.append(f"  metrics: {_metrics(v.metrics)}")
         if v.tags:
             lines.append("  tags:    " + ", ".join(f"{k}={t}" for k, t in sorted(v.tags.items())))

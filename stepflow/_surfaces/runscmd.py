@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from stepflow._humanize import human_time
+
 if TYPE_CHECKING:
     from stepflow._config import Config
     from stepflow._storage.records import RunRecords, RunRow, StepRow
@@ -121,12 +123,6 @@ def parse_since(text: str, now: float | None = None) -> float:
         ) from None
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _secs(value: float | None) -> str:
     if value is None:
         return "-"
@@ -189,7 +185,15 @@ def _list(records: RunRecords, args: argparse.Namespace) -> int:
         print("no runs match")
         return 0
     rows = [
-        (r.id, r.pipeline, r.state, _when(r.started), _secs(r.duration), _counts(r.counts), _git(r))
+        (
+            r.id,
+            r.pipeline,
+            r.state,
+            human_time(r.started),
+            _secs(r.duration),
+            _counts(r.counts),
+            _git(r),
+        )
         for r in runs
     ]
     sys.stdout.write(_table(rows, ("RUN", "PIPELINE", "STATE", "STARTED", "TOOK", "STEPS", "GIT")))
@@ -210,7 +214,7 @@ def _show(records: RunRecords, args: argparse.Namespace) -> int:
         f"run {run.id}",
         f"  pipeline:  {run.pipeline}" + (f"  (target {run.target})" if run.target else ""),
         f"  state:     {run.state}  ({_counts(run.counts)})",
-        f"  started:   {_when(run.started)}   took {_secs(run.duration)}",
+        f"  started:   {human_time(run.started)}   took {_secs(run.duration)}",
         f"  where:     {run.user or '?'}@{run.host or '?'}, python {run.python_version}, "
         f"stepflow {run.stepflow_version}",
         f"  git:       {_git(run)}",
