@@ -27,6 +27,7 @@ from stepflow._storage.records import (
     StepRow,
     encode_params,
 )
+from stepflow._version import __version__
 from stepflow.errors import StepFailedError, StepflowError, StepflowWarning
 
 if TYPE_CHECKING:
@@ -60,24 +61,12 @@ class _StepFacts:
 
 
 def _user() -> str | None:
-    """``getpass.getuser()``, without importing ``getpass`` (and ``termios`` with it) in
-    every run."""
-    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        user = os.environ.get(name)
-        if user:
-            return user
+    import getpass
+
     try:
-        import pwd
-
-        return pwd.getpwuid(os.getuid()).pw_name
-    except (ImportError, KeyError, OSError):
+        return getpass.getuser()
+    except (KeyError, OSError):
         return None
-
-
-def _stepflow_version() -> str:
-    import stepflow
-
-    return str(stepflow.__version__)
 
 
 class Journal:
@@ -160,7 +149,7 @@ class Journal:
             targets=targets,
             workers=runner.workers,
             user=user,
-            stepflow_version=_stepflow_version(),
+            stepflow_version=__version__,
             python_version=sys.version.split()[0],
             resumed_from=options.get("resume_from"),
         )
