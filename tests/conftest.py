@@ -83,6 +83,13 @@ class S3Server:
     def url(self, prefix: str = "stepflow") -> str:
         return f"s3://{self.bucket}/{prefix}"
 
+    def pyproject(self, prefix: str = "stepflow") -> str:
+        """A ``pyproject.toml`` whose ``[tool.stepflow]`` stores everything on this server."""
+        return (
+            f'[tool.stepflow]\nstore = "{self.url(prefix)}"\n\n'
+            f'[tool.stepflow.store_options]\nendpoint_url = "{self.endpoint_url}"\n'
+        )
+
     def fs(self):
         """An s3fs filesystem on the server, for looking behind the datastore's back."""
         import s3fs

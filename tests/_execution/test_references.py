@@ -505,10 +505,7 @@ class TestObjectStore:
         models, runs the scoring from them, and reuses the first home's results."""
         project = tmp_path / "project"
         project.mkdir()
-        (project / "pyproject.toml").write_text(
-            f'[tool.stepflow]\nstore = "{s3_server.url()}"\n'
-            f'[tool.stepflow.store_options]\nendpoint_url = "{s3_server.endpoint_url}"\n'
-        )
+        (project / "pyproject.toml").write_text(s3_server.pyproject())
         first = load_config(project, home=tmp_path / "home-a")
         second = load_config(project, home=tmp_path / "home-b")
         stepflow.datasets.register("houses", houses_csv(1, 2), config=first)

@@ -47,17 +47,7 @@ def write(store: FsspecDatastore, name: str, data: bytes) -> None:
 def project_config(root: Path, s3, home: Path, prefix: str = "stepflow"):
     """The configuration of a project whose pyproject.toml names the S3 store."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "pyproject.toml").write_text(
-        textwrap.dedent(
-            f"""\
-            [tool.stepflow]
-            store = "{s3.url(prefix)}"
-
-            [tool.stepflow.store_options]
-            endpoint_url = "{s3.endpoint_url}"
-            """
-        )
-    )
+    (root / "pyproject.toml").write_text(s3.pyproject(prefix))
     return load_config(root, home=home, environ={})
 
 

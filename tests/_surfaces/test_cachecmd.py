@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -28,17 +27,7 @@ def doubled(base: list) -> list:
 def config_for(tmp_path: Path, s3, home: str):
     project = tmp_path / "project"
     project.mkdir(exist_ok=True)
-    (project / "pyproject.toml").write_text(
-        textwrap.dedent(
-            f"""\
-            [tool.stepflow]
-            store = "{s3.url()}"
-
-            [tool.stepflow.store_options]
-            endpoint_url = "{s3.endpoint_url}"
-            """
-        )
-    )
+    (project / "pyproject.toml").write_text(s3.pyproject())
     return load_config(project, home=tmp_path / home, environ={})
 
 
