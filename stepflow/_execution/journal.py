@@ -78,8 +78,6 @@ class Journal:
         self._pending: list[StepRow] = []
         self._flushed = time.monotonic()
         self._lock = threading.Lock()
-        self._source: dict[str, Any] | None = None
-        self._source_thread: threading.Thread | None = None
         self.records: RunRecords | None = None
 
     def _fact(self, name: str) -> _StepFacts:
@@ -107,10 +105,9 @@ class Journal:
         if runner.config.settings.get("record_source", True):
             # Not a daemon: the snapshot writes itself to the record when it is done, after
             # the run has returned if need be, and the process waits for it before exiting.
-            self._source_thread = threading.Thread(
+            threading.Thread(
                 target=self._take_snapshot, name="stepflow-source", daemon=False
-            )
-            self._source_thread.start()
+            ).start()
 
     def _lost(self, exc: BaseException) -> None:
         if self.records is not None:
@@ -158,26 +155,19 @@ class Journal:
         try:
             from stepflow._storage.source import snapshot
 
-            snap = snapshot(self.runner.config.rootdir, home=self.runner.config.home)
-            self._source = snap.to_dict()
-        except Exception as exc:  # a missing snapshot must not fail the run
-            self._source = {"error": f"{type(exc).__name__}: {exc}"}
+            source = snapshot(self.runner.config.rootdir, home=self.runner.config.home).to_dict()
+        except Exception:  # a missing snapshot must not fail the run
             return
         if self.records is not None:
             try:
                 # Looked up again: the run's own handle may have been closed meanwhile (a
                 # home deleted and made anew); then there is no row left to update.
-                open_records(self.runner.config.home).set_source(self.runner.run_id, self._source)
+                open_records(self.runner.config.home).set_source(self.runner.run_id, source)
             except Exception as exc:  # a missing snapshot must not fail the run
                 warnings.warn(
                     StepflowWarning(f"the run's source snapshot was not recorded: {exc}"),
                     stacklevel=1,
                 )
-
-    def wait_for_source(self, timeout: float = 60.0) -> None:
-        """Block until the source snapshot is recorded (it normally finishes on its own)."""
-        if self._source_thread is not None:
-            self._source_thread.join(timeout)
 
     def finish(self, *, interrupted: bool, crashed: bool = False) -> None:
         """Say how the run ended; ``crashed``: stepflow itself raised (recorded as failed)."""

@@ -242,12 +242,9 @@ class CacheIndex:
                     stacklevel=2,
                 )
 
-    def touch_last(self, pipeline: str, step: str, key: str) -> None:
-        """Remember ``key`` as the latest result of a step (also when it was reused)."""
-        self.touch_many([(pipeline, step, key)])
-
     def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
-        """``touch_last`` for many steps in one transaction (one disk sync, not one each)."""
+        """Remember each ``(pipeline, step, key)`` as that step's latest result (also when it
+        was reused), all in one transaction."""
         latest: dict[str, dict[str, str]] = {}
         for pipeline, step, key in entries:
             latest.setdefault(pipeline, {})[step] = key
@@ -305,9 +302,6 @@ class NullIndex:
         return MISSING
 
     def put(self, record: CacheRecord, *, last: bool = True) -> None:
-        return None
-
-    def touch_last(self, pipeline: str, step: str, key: str) -> None:
         return None
 
     def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
