@@ -434,7 +434,7 @@ class _Runner:
         record = self._lookup(key)
         if record is not None:
             return self._reuse(name, record)
-        with key_lock(self.config.home / "locks", key.digest) as waited:
+        with key_lock(self.config.home, key.digest) as waited:
             if waited:
                 # Another run computed it while we waited: use theirs (single flight).
                 record = self._lookup(key)
