@@ -275,7 +275,9 @@ def per_step_rows(label: str, module: ModuleType, steps: int, repeats: int) -> l
     # every step depends on): what a first run costs once the home exists.
     home = fresh_home()
     ensure_ok(pipe.run(workers=1, home=home, params={"seed": -1}), label)
-    seeds = itertools.count(10_000)
+    # Seeds far apart: every value, and so every stored object, is new. Seeds 1 apart would
+    # make a chain step store a value an earlier run stored, which replaces that object.
+    seeds = itertools.count(1_000_000, 1_000_000)
 
     def run_in_used_home() -> None:
         result = ensure_ok(pipe.run(workers=1, home=home, params={"seed": next(seeds)}), label)

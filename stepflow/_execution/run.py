@@ -4,7 +4,9 @@ commit results, stop cleanly.
 Sequential runs (``workers=1``) execute in the calling thread; parallel runs keep up to
 ``workers`` steps in flight, each waiting on its backend in a thread of its own. Either way a
 failed step skips only what depends on it, unless the run is fail-fast, and every step that
-succeeded is committed to the cache index at once, so a failure loses nothing computed.
+succeeded is committed to the cache index, so a failure loses nothing computed. Quick steps'
+records share a transaction (``stepflow._storage.commits``): a ``kill -9`` can lose the last
+50 ms of them.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ from stepflow._planning.plan import Plan
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
+from stepflow._storage.commits import GroupCommit
 from stepflow._storage.datastore import ArtifactMissingError
 from stepflow._storage.hashing import UnhashableValueError, hash_value
 from stepflow._storage.index import CacheIndex, CacheRecord
-from stepflow._storage.locks import key_lock
+from stepflow._storage.locks import Lease
 from stepflow._storage.serializers import SerializationError
 from stepflow._storage.stores import open_datastore
 from stepflow.errors import (
@@ -150,6 +153,9 @@ class _Runner:
                 store.close()
                 raise
         self.index = CacheIndex(config.home / "index", store=store)
+        self.commits = GroupCommit(self.index, config.home)
+        #: step → the single-flight lease it holds until its record is committed
+        self._leases: dict[str, Lease] = {}
         self.backends = self._open_backends()
         # Steps' output is recorded, and also shown as it happens unless the user asked for
         # quiet ("--capture=quiet"); then the report shows it for failed steps only.
@@ -219,6 +225,7 @@ class _Runner:
             for backend in self.backends.values():
                 backend.close()
             try:
+                self.commits.close()
                 self.index.touch_many(self._touched)
             finally:
                 self.index.close()
@@ -397,7 +404,7 @@ class _Runner:
             outputs=tuple(p.name for p in spec.outputs),
         )
 
-    def _commit(self, name: str, key: CacheKey) -> None:
+    def _commit(self, name: str, key: CacheKey, elapsed: float) -> None:
         spec = self.dag.steps[name]
         outputs = {}
         for port in spec.outputs:
@@ -405,22 +412,21 @@ class _Runner:
             assert ref is not None
             outputs[port.name] = ref
         params = self.plan.step_params[name]
-        self.index.put(
-            CacheRecord(
-                key=key.digest,
-                step=name,
-                pipeline=self.pipeline,
-                run_id=self.run_id,
-                created=time.time(),
-                outputs=outputs,
-                components=key.components,
-                param_values={
-                    k: ("***" if k in self.plan.secret_params else describe_value(v))
-                    for k, v in params.items()
-                },
-            ),
-            last=False,
+        record = CacheRecord(
+            key=key.digest,
+            step=name,
+            pipeline=self.pipeline,
+            run_id=self.run_id,
+            created=time.time(),
+            outputs=outputs,
+            components=key.components,
+            param_values={
+                k: ("***" if k in self.plan.secret_params else describe_value(v))
+                for k, v in params.items()
+            },
         )
+        # The lease goes with the record: released once the record is committed.
+        self.commits.add(record, self._leases.pop(name, None), elapsed=elapsed)
         with self._touch_lock:
             self._touched.append((self.pipeline, name, key.digest))
 
@@ -434,13 +440,19 @@ class _Runner:
         record = self._lookup(key)
         if record is not None:
             return self._reuse(name, record)
-        with key_lock(self.config.home, key.digest) as waited:
-            if waited:
+        lease = self._leases[name] = self.commits.lease(key.digest)
+        try:
+            if lease.waited:
                 # Another run computed it while we waited: use theirs (single flight).
                 record = self._lookup(key)
                 if record is not None:
                     return self._reuse(name, record)
             return self._execute(name, key)
+        finally:
+            # Still here unless ``_commit`` handed it on with the step's record.
+            left = self._leases.pop(name, None)
+            if left is not None:
+                left.release()
 
     def _execute(self, name: str, key: CacheKey) -> StepReport:
         spec = self.dag.steps[name]
@@ -475,7 +487,7 @@ class _Runner:
             duration = time.perf_counter() - started
             if error is None:
                 if spec.options.cache:
-                    self._commit(name, key)
+                    self._commit(name, key, duration)
                 return StepReport(
                     name,
                     StepState.RAN,
@@ -511,6 +523,7 @@ class _Runner:
             stacklevel=1,
         )
         key = self.keys.get(producer) or self._key(producer)
+        self.commits.flush()  # its record may still wait to be committed
         self.index.delete(key.digest)
         return self._execute(producer, key).error
 

@@ -195,6 +195,11 @@ class CacheIndex:
         self._open = _diskcache(directory)
         self._cache = self._open.cache
 
+    @property
+    def shared(self) -> bool:
+        """Whether records are also published to the datastore for other homes."""
+        return self._shared
+
     def get(self, key: str) -> CacheRecord | Any:
         record = self._open.records.get(key)
         if record is not None:
@@ -223,24 +228,38 @@ class CacheIndex:
     def put(self, record: CacheRecord, *, last: bool = True) -> None:
         """Commit ``record``; with ``last=False`` the caller marks it as its step's latest
         result later, through ``touch_many`` (a run does so once, for all of its steps)."""
-        self._cache.set(_result(record.key), record.to_dict())
-        self._open.remember(record)
+        self.put_many([record])
         if last:
             self.touch_many([(record.pipeline, record.step, record.key)])
+
+    def put_many(self, records: list[CacheRecord]) -> None:
+        """Commit ``records`` in one transaction (see ``stepflow._storage.commits``)."""
+        if len(records) == 1:
+            self._cache.set(_result(records[0].key), records[0].to_dict())
+        else:
+            with self._cache.transact():
+                for record in records:
+                    self._cache.set(_result(record.key), record.to_dict())
+        for record in records:
+            self._open.remember(record)
         if self._shared:
-            assert self.store is not None
-            data = json.dumps(record.to_dict(), sort_keys=True).encode()
-            try:
-                self.store.put_doc(_doc(record.key), data)
-            except StoreUnavailableError as exc:
-                # The local commit stands (nothing computed is lost); only sharing failed.
-                warnings.warn(
-                    StepflowWarning(
-                        f"the result of step {record.step!r} is kept in this home but could "
-                        f"not be shared through the store: {exc}"
-                    ),
-                    stacklevel=2,
-                )
+            for record in records:
+                self._share(record)
+
+    def _share(self, record: CacheRecord) -> None:
+        assert self.store is not None
+        data = json.dumps(record.to_dict(), sort_keys=True).encode()
+        try:
+            self.store.put_doc(_doc(record.key), data)
+        except StoreUnavailableError as exc:
+            # The local commit stands (nothing computed is lost); only sharing failed.
+            warnings.warn(
+                StepflowWarning(
+                    f"the result of step {record.step!r} is kept in this home but could "
+                    f"not be shared through the store: {exc}"
+                ),
+                stacklevel=3,
+            )
 
     def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
         """Remember each ``(pipeline, step, key)`` as that step's latest result (also when it
@@ -301,7 +320,12 @@ class NullIndex:
     def get(self, key: str) -> Any:
         return MISSING
 
+    shared = False
+
     def put(self, record: CacheRecord, *, last: bool = True) -> None:
+        return None
+
+    def put_many(self, records: list[CacheRecord]) -> None:
         return None
 
     def touch_many(self, entries: list[tuple[str, str, str]]) -> None:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LEASE_FILE", "key_lock"]
+__all__ = ["LEASE_FILE", "Lease", "key_lock"]
 
 #: the lease file's name in the home
 LEASE_FILE = "leases"
@@ -133,33 +133,74 @@ def _lock_record(fd: int, offset: int) -> bool:
             time.sleep(_DEADLOCK_RETRY_S)
 
 
-@contextlib.contextmanager
-def key_lock(home: Path, key: str) -> Iterator[bool]:
-    """Hold the lease for ``key`` in ``home``; yields ``True`` if another holder (thread or
-    process) had to be waited for."""
+class Lease:
+    """A held lease on one key; ``release`` lets the next holder in (once)."""
+
+    __slots__ = ("_file", "_offset", "_queue", "_slot", "key", "waited")
+
+    def __init__(self, home: Path, key: str) -> None:
+        self.key = key
+        queue = _join(key)
+        try:
+            #: whether another holder (thread or process) had to be waited for
+            self.waited = not queue.lock.acquire(blocking=False)
+            if self.waited:
+                queue.lock.acquire()
+        except BaseException:
+            _leave(key, queue, held=False)
+            raise
+        try:
+            path = home / LEASE_FILE
+            self._slot = (os.getpid(), str(path))
+            self._file = _open(path)
+            self._offset = _offset(key)
+            try:
+                self.waited = _lock_record(self._file.fd, self._offset) or self.waited
+            except BaseException:
+                _release(self._slot, self._file)
+                raise
+        except BaseException:
+            _leave(key, queue, held=True)
+            raise
+        self._queue: _KeyQueue | None = queue
+
+    def release(self) -> None:
+        queue, self._queue = self._queue, None
+        if queue is None:
+            return
+        try:
+            try:
+                fcntl.lockf(self._file.fd, fcntl.LOCK_UN, 1, self._offset)
+            finally:
+                _release(self._slot, self._file)
+        finally:
+            _leave(self.key, queue, held=True)
+
+
+def _join(key: str) -> _KeyQueue:
     with _guard:
         queue = _queues.get(key)
         if queue is None:
             queue = _queues[key] = _KeyQueue()
         queue.users += 1
-    waited = not queue.lock.acquire(blocking=False)
-    if waited:
-        queue.lock.acquire()
-    try:
-        path = home / LEASE_FILE
-        lease_file = _open(path)
-        offset = _offset(key)
-        try:
-            waited = _lock_record(lease_file.fd, offset) or waited
-            try:
-                yield waited
-            finally:
-                fcntl.lockf(lease_file.fd, fcntl.LOCK_UN, 1, offset)
-        finally:
-            _release((os.getpid(), str(path)), lease_file)
-    finally:
+        return queue
+
+
+def _leave(key: str, queue: _KeyQueue, *, held: bool) -> None:
+    if held:
         queue.lock.release()
-        with _guard:
-            queue.users -= 1
-            if queue.users == 0:
-                del _queues[key]
+    with _guard:
+        queue.users -= 1
+        if queue.users == 0:
+            del _queues[key]
+
+
+@contextlib.contextmanager
+def key_lock(home: Path, key: str) -> Iterator[bool]:
+    """Hold the lease for ``key`` in ``home``; yields ``True`` if another holder (thread or
+    process) had to be waited for."""
+    lease = Lease(home, key)
+    try:
+        yield lease.waited
+    finally:
+        lease.release()
