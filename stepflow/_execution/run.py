@@ -374,8 +374,8 @@ class _Runner:
         self.keys[name] = key
         return key
 
-    def _lookup(self, key: CacheKey) -> CacheRecord | None:
-        record = self.index.get(key.digest)
+    def _lookup(self, key: CacheKey, *, quick: bool = False) -> CacheRecord | None:
+        record = self.index.get(key.digest, quick=quick)
         if record is MISSING:
             return None
         if not all(self.io.available(ref) for ref in record.outputs.values()):
@@ -437,7 +437,9 @@ class _Runner:
         key = self._key(name)
         if not spec.options.cache or name in self.regenerate:
             return self._execute(name, key)
-        record = self._lookup(key)
+        # Quick: a brand-new index still being created holds nothing; if another run made
+        # the result meanwhile, it holds the lease, and the look after waiting finds it.
+        record = self._lookup(key, quick=True)
         if record is not None:
             return self._reuse(name, record)
         lease = self._leases[name] = self.commits.lease(key.digest)

@@ -25,7 +25,7 @@ import attrs
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactRef
 from stepflow._storage.datastore import Datastore
-from stepflow.errors import StepflowWarning, StoreUnavailableError
+from stepflow.errors import StepflowError, StepflowWarning, StoreUnavailableError
 
 __all__ = ["CacheIndex", "CacheRecord", "NullIndex"]
 
@@ -117,30 +117,77 @@ def _parse_doc(raw: bytes, key: str | None = None) -> CacheRecord | None:
 
 
 class _Open:
-    """An open ``diskcache.Cache``, with the records this process has read from it.
+    """A ``diskcache.Cache`` of one process and folder, with the records read from it.
 
-    A record never changes under its key (a key names its inputs exactly), so a process may
-    keep the ones it has seen: a fully cached rerun in the same process then reads no
-    SQLite at all. Dropping a record from the index (``delete``, prune) in this process drops
-    it here too. One dropped by another process may still be used from here, which is
-    harmless: each use checks that the objects are in the store, and each load checks their
-    digests, so a kept record can only ever give the result it recorded.
+    Opening one costs 3 ms, and creating one 7 ms, about as much as the rest of a fully
+    cached 100-step rerun, so it opens in a thread of its own while the run starts; the
+    first use waits for it. A record never changes under its key (a key names its inputs
+    exactly), so a process may keep the ones it has seen: a fully cached rerun in the same
+    process then reads no SQLite at all. Dropping a record from the index (``delete``,
+    prune) in this process drops it here too. One dropped by another process may still be
+    used from here, which is harmless: each use checks that the objects are in the store,
+    and each load checks their digests, so a kept record can only ever give the result it
+    recorded.
     """
 
-    __slots__ = ("cache", "file_id", "records")
+    __slots__ = ("_cache", "_error", "_thread", "directory", "existed", "file_id", "records")
 
     #: records kept per home at most (about 1 KB each)
     MAX_RECORDS = 4096
 
-    def __init__(self, cache: Any, file_id: int) -> None:
-        self.cache = cache
-        self.file_id = file_id
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.file_id = -1
+        #: whether the database was there before this process opened it
+        self.existed = (directory / "cache.db").exists()
         self.records: dict[str, CacheRecord] = {}
+        self._cache: Any = None
+        self._error: BaseException | None = None
+        # Not a daemon: the process waits for it rather than stopping it mid-write.
+        self._thread = threading.Thread(target=self._open, name="stepflow-index-open")
+        self._thread.start()
+
+    def _open(self) -> None:
+        try:
+            import diskcache
+
+            # No eviction: dropping a record is the job of `stepflow cache prune`, never a
+            # side effect of a size limit the user did not set.
+            cache = diskcache.Cache(str(self.directory), eviction_policy="none", timeout=60)
+            self.file_id = _file_id(self.directory / "cache.db")
+            self._cache = cache
+        except BaseException as exc:  # raised again where the index is used
+            self._error = exc
+
+    @property
+    def opening(self) -> bool:
+        return self._cache is None and self._error is None
+
+    @property
+    def cache(self) -> Any:
+        if self._cache is None:
+            self._thread.join()
+            if self._error is not None:
+                raise _unreadable(self.directory, self._error)
+        return self._cache
+
+    def close(self) -> None:
+        self._thread.join()
+        if self._cache is not None:
+            self._cache.close()
 
     def remember(self, record: CacheRecord) -> None:
         if len(self.records) >= self.MAX_RECORDS:
             self.records.clear()
         self.records[record.key] = record
+
+
+def _unreadable(directory: Path, exc: BaseException) -> StepflowError:
+    return StepflowError(
+        f"the cache index in {directory} cannot be opened ({type(exc).__name__}: {exc}). "
+        f"Stored results are kept in the objects folder beside it; move {directory} away "
+        f"(or delete it) to start an empty index, and steps will run again."
+    )
 
 
 _open: dict[tuple[int, str], _Open] = {}
@@ -157,30 +204,24 @@ def _file_id(path: Path) -> int:
 
 
 def _diskcache(directory: Path) -> _Open:
-    """One open ``diskcache.Cache`` per process and folder, kept between runs.
+    """One ``diskcache.Cache`` per process and folder, kept between runs.
 
-    Opening one costs several milliseconds (it reads its settings from SQLite), about as much
-    as the rest of a fully cached 100-step rerun. A cache whose database file was replaced or
-    deleted since (``rm -rf .stepflow``) is opened afresh, never used stale.
+    A cache whose database file was replaced or deleted since (``rm -rf .stepflow``) is
+    opened afresh, never used stale.
     """
-    import diskcache
-
     key = (os.getpid(), str(directory))
     with _open_lock:
         found = _open.get(key)
         if found is not None:
-            if found.file_id == _file_id(directory / "cache.db") != -1:
+            if found.opening or found.file_id == _file_id(directory / "cache.db") != -1:
                 _open[key] = _open.pop(key)
                 return found
             del _open[key]
-            found.cache.close()
+            found.close()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # No eviction: dropping a record is the job of `stepflow cache prune`, never a side
-        # effect of a size limit the user did not set.
-        cache = diskcache.Cache(str(directory), eviction_policy="none", timeout=60)
-        opened = _open[key] = _Open(cache, _file_id(directory / "cache.db"))
+        opened = _open[key] = _Open(directory)
         while len(_open) > _OPEN_MAX:
-            _open.pop(next(iter(_open))).cache.close()
+            _open.pop(next(iter(_open))).close()
         return opened
 
 
@@ -193,17 +234,28 @@ class CacheIndex:
         self.store = store
         self._shared = store is not None and store.shared
         self._open = _diskcache(directory)
-        self._cache = self._open.cache
+
+    @property
+    def _cache(self) -> Any:
+        return self._open.cache
 
     @property
     def shared(self) -> bool:
         """Whether records are also published to the datastore for other homes."""
         return self._shared
 
-    def get(self, key: str) -> CacheRecord | Any:
+    def get(self, key: str, *, quick: bool = False) -> CacheRecord | Any:
+        """The record of ``key``, or ``MISSING``.
+
+        ``quick``: while a brand-new index is still being created, answer ``MISSING`` at
+        once (nothing can be in it yet). Only for a caller that takes the key's lease next
+        and looks again, without ``quick``, if it had to wait for it.
+        """
         record = self._open.records.get(key)
         if record is not None:
             return record
+        if quick and self._open.opening and not self._open.existed and not self._shared:
+            return MISSING
         data = self._cache.get(_result(key), default=MISSING)
         if data is MISSING:
             return self._get_shared(key) if self._shared else MISSING
@@ -317,7 +369,7 @@ class CacheIndex:
 class NullIndex:
     """An index that remembers nothing: every lookup misses (caching switched off)."""
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str, *, quick: bool = False) -> Any:
         return MISSING
 
     shared = False

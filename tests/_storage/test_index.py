@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 
+from stepflow import Pipeline
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactRef
 from stepflow._storage.datastore import LocalDatastore
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.stores import open_datastore
-from stepflow.errors import StepflowWarning
+from stepflow.errors import StepflowError, StepflowWarning
 
 KEY = "ab" + "0" * 62
 OTHER = "cd" + "1" * 62
@@ -207,6 +210,54 @@ class TestRecordsKeptInProcess:
         assert a.get(KEY).key == KEY
         shutil.rmtree(tmp_path / "index")
         assert CacheIndex(tmp_path / "index").get(KEY) is MISSING
+
+
+class TestOpening:
+    """The index opens in a thread of its own; its first use waits for it."""
+
+    def test_quick_lookup_in_a_brand_new_index_answers_at_once(self, tmp_path):
+        index = CacheIndex(tmp_path / "index")
+        assert index.get(KEY, quick=True) is MISSING
+        index.put(record())
+        assert index.get(KEY, quick=True).key == KEY
+
+    def test_an_existing_index_is_always_read(self, tmp_path):
+        """``quick`` never hides a record that was committed before the index was opened."""
+        CacheIndex(tmp_path / "index").put(record())
+        subprocess_code = (
+            "import sys\nfrom pathlib import Path\n"
+            "from stepflow._storage.index import CacheIndex\n"
+            "print(CacheIndex(Path(sys.argv[1])).get(sys.argv[2], quick=True).key)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", subprocess_code, str(tmp_path / "index"), KEY],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == KEY
+
+    def test_an_unreadable_index_is_a_clear_error(self, tmp_path):
+        folder = tmp_path / "index"
+        folder.mkdir()
+        (folder / "cache.db").write_bytes(b"this is not a database" * 100)
+        index = CacheIndex(folder)
+        with pytest.raises(StepflowError, match="cannot be opened") as info:
+            index.get(KEY, quick=True)
+        assert str(folder) in str(info.value) and "move" in str(info.value)
+
+    def test_a_run_with_an_unreadable_index_runs_no_step(self, tmp_path, make_module):
+        mod = make_module(
+            "unreadable_index_flow",
+            "from stepflow import step\n\n"
+            "@step\ndef one() -> int:\n    raise AssertionError('must not run')\n",
+        )
+        home = tmp_path / "home"
+        (home / "index").mkdir(parents=True)
+        (home / "index" / "cache.db").write_bytes(b"this is not a database" * 100)
+        with pytest.raises(StepflowError, match="cannot be opened"):
+            Pipeline("p", [mod.one]).run(home=home)
 
 
 def test_record_dict_holds_every_field_and_round_trips():
