@@ -131,22 +131,32 @@ def timed_fast(fn: Callable[[], Any], repeats: int) -> list[float]:
 
 
 def timed_process(
-    argv: Sequence[str], repeats: int, *, env: Mapping[str, str], cwd: Path
+    argv: Sequence[str] | Callable[[], Sequence[str]],
+    repeats: int,
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    home: Path | None = None,
 ) -> list[float]:
-    """Wall seconds of a fresh process, one figure per repeat, after one untimed warm-up."""
+    """Wall seconds of a fresh process, one figure per repeat, after one untimed warm-up.
+
+    Each process gets a fresh home unless ``home`` is given; ``argv`` may be a function that
+    gives each process its own command line.
+    """
 
     def once() -> None:
+        args = list(argv() if callable(argv) else argv)
         proc = subprocess.run(
-            list(argv),
+            args,
             cwd=cwd,
-            env={**env, "STEPFLOW_HOME": str(fresh_home())},
+            env={**env, "STEPFLOW_HOME": str(home or fresh_home())},
             capture_output=True,
             text=True,
             check=False,
         )
         if proc.returncode != 0:
             raise SystemExit(
-                f"benchmark command failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr}"
+                f"benchmark command failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr}"
             )
 
     once()
@@ -439,6 +449,16 @@ def process_rows(folder: Path, repeats: int, *, env: Mapping[str, str], tag: str
     plain = statistics.median(
         timed_process([str(exe), "plain_chain.py"], repeats, env=env, cwd=folder)
     )
+    # The everyday case: a home that has run the chain, and a parameter that every step
+    # depends on changed (seeds far apart, so every value is new).
+    seeds = itertools.count(1_000_000, 1_000_000)
+    used_samples = timed_process(
+        lambda: [str(script), "run", "bench_chain.py", "--param", f"seed={next(seeds)}"],
+        repeats,
+        env=env,
+        cwd=folder,
+        home=fresh_home(),
+    )
     return [
         Row(
             f"`stepflow --help`, fresh process{tag}",
@@ -455,6 +475,12 @@ def process_rows(folder: Path, repeats: int, *, env: Mapping[str, str], tag: str
             f"+{(ran - plain) * 1e3:.0f} ms",
             "0.3 s",
             verdict(ran, 0.3),
+        ),
+        Row(
+            f"same, in a home used before, new results (info){tag}",
+            spread(used_samples, sec),
+            f"{sec(plain)} python plain.py",
+            f"+{(statistics.median(used_samples) - plain) * 1e3:.0f} ms",
         ),
     ]
 

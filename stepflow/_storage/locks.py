@@ -8,9 +8,9 @@ per step, 0.1-0.2 ms of the 0.5 ms a step may add on a first run.
 
 Record locks belong to a process, not to a thread or a file descriptor, which shapes this
 module: threads of one process exclude each other with an in-process lock per key first;
-each process keeps one descriptor per lease file open for good, because closing any
-descriptor of the file would drop all of the process's locks on it; and a forked child,
-which holds none of its parent's locks, opens its own.
+a process opens each lease file (each inode) once and closes it only while it holds no
+lease on it, because closing any descriptor of a file drops all of the process's locks on
+it; and a forked child, which holds none of its parent's locks, opens its own.
 """
 
 from __future__ import annotations
@@ -44,12 +44,17 @@ _IDLE_MAX = 4
 class _LeaseFile:
     """One open lease file and how many leases this process holds on it."""
 
-    __slots__ = ("fd", "holders", "ino")
+    __slots__ = ("extra", "fd", "holders")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.ino = os.fstat(fd).st_ino
         self.holders = 0
+        #: descriptors of the same file opened in a race, closed with ``fd``
+        self.extra: list[int] = []
+
+    def close(self) -> None:
+        for fd in (self.fd, *self.extra):
+            os.close(fd)
 
 
 class _KeyQueue:
@@ -62,8 +67,8 @@ class _KeyQueue:
         self.users = 0
 
 
-#: (pid, path) -> the lease file this process locks for that path
-_files: dict[tuple[int, str], _LeaseFile] = {}
+#: (pid, device, inode) -> this process's descriptor of that lease file
+_files: dict[tuple[int, int, int], _LeaseFile] = {}
 _queues: dict[str, _KeyQueue] = {}
 
 
@@ -78,41 +83,40 @@ def _offset(key: str) -> int:
 
 
 def _open(path: Path) -> _LeaseFile:
-    """This process's lease file at ``path``, opened once, with a holder counted on it.
+    """This process's lease file at ``path``, with a holder counted on it.
 
-    A lease file deleted or replaced since (``rm -rf .stepflow``) is opened again, so this
-    process and a new one lock the same file; the old descriptor closes once no lease is
-    held on it, because closing it earlier would drop those leases.
+    Found by inode, not by path: a lease file deleted or replaced since (``rm -rf
+    .stepflow``) is opened again, so this process and a new one lock the same file, and two
+    spellings of one path share one descriptor.
     """
-    slot = (os.getpid(), str(path))
+    pid = os.getpid()
     with _guard:
-        found = _files.get(slot)
-        if found is not None:
-            try:
-                current = os.stat(path).st_ino == found.ino
-            except FileNotFoundError:
-                current = False
-            if current:
-                found.holders += 1
-                return found
-            del _files[slot]
-            if found.holders == 0:
-                os.close(found.fd)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        opened = _LeaseFile(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        opened.holders = 1
-        _files[slot] = opened
-        idle = [s for s, f in _files.items() if f.holders == 0 and s[0] == slot[0]]
-        for old in idle[: max(0, len(idle) - _IDLE_MAX)]:
-            os.close(_files.pop(old).fd)
-        return opened
+        try:
+            stat = os.stat(path)
+            found = _files.get((pid, stat.st_dev, stat.st_ino))
+        except FileNotFoundError:
+            found = None
+        if found is None:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            stat = os.fstat(fd)
+            slot = (pid, stat.st_dev, stat.st_ino)
+            found = _files.get(slot)
+            if found is not None:
+                found.extra.append(fd)  # closing it now would drop this process's leases
+            else:
+                found = _files[slot] = _LeaseFile(fd)
+                idle = [k for k, f in _files.items() if f.holders == 0 and k[0] == pid]
+                for old in idle[: max(0, len(idle) - _IDLE_MAX)]:
+                    if old != slot:
+                        _files.pop(old).close()
+        found.holders += 1
+        return found
 
 
-def _release(slot: tuple[int, str], lease_file: _LeaseFile) -> None:
+def _release(lease_file: _LeaseFile) -> None:
     with _guard:
         lease_file.holders -= 1
-        if lease_file.holders == 0 and _files.get(slot) is not lease_file:
-            os.close(lease_file.fd)
 
 
 def _lock_record(fd: int, offset: int) -> bool:
@@ -136,7 +140,7 @@ def _lock_record(fd: int, offset: int) -> bool:
 class Lease:
     """A held lease on one key; ``release`` lets the next holder in (once)."""
 
-    __slots__ = ("_file", "_offset", "_queue", "_slot", "key", "waited")
+    __slots__ = ("_file", "_offset", "_queue", "key", "waited")
 
     def __init__(self, home: Path, key: str) -> None:
         self.key = key
@@ -150,14 +154,12 @@ class Lease:
             _leave(key, queue, held=False)
             raise
         try:
-            path = home / LEASE_FILE
-            self._slot = (os.getpid(), str(path))
-            self._file = _open(path)
+            self._file = _open(home / LEASE_FILE)
             self._offset = _offset(key)
             try:
                 self.waited = _lock_record(self._file.fd, self._offset) or self.waited
             except BaseException:
-                _release(self._slot, self._file)
+                _release(self._file)
                 raise
         except BaseException:
             _leave(key, queue, held=True)
@@ -172,7 +174,7 @@ class Lease:
             try:
                 fcntl.lockf(self._file.fd, fcntl.LOCK_UN, 1, self._offset)
             finally:
-                _release(self._slot, self._file)
+                _release(self._file)
         finally:
             _leave(self.key, queue, held=True)
 

@@ -143,3 +143,41 @@ def test_descriptors_do_not_pile_up(tmp_path):
         with key_lock(tmp_path / f"home{i}", KEY):
             pass
     assert len(os.listdir("/dev/fd")) - before <= locks._IDLE_MAX + 1
+
+
+#: prints whether the lease on argv[2] in home argv[1] is free right now (without waiting)
+PROBE = """
+import fcntl, os, sys
+from stepflow._storage.locks import LEASE_FILE, _offset
+fd = os.open(os.path.join(sys.argv[1], LEASE_FILE), os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _offset(sys.argv[2]))
+    print("free")
+except OSError:
+    print("held")
+"""
+
+
+def probe(home: Path, key: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(home), key], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_another_spelling_of_the_home_does_not_drop_held_leases(tmp_path):
+    """Closing any descriptor of a file drops every record lock the process holds on it, so
+    a second path to the same lease file must not open (and later close) a second one."""
+    home = tmp_path / "home"
+    (home / "sub").mkdir(parents=True)
+    with key_lock(home, KEY):
+        assert probe(home, KEY) == "held"
+        with key_lock(home / "sub" / "..", OTHER):
+            assert probe(home, OTHER) == "held"
+        # Many other homes meanwhile: idle descriptors are closed, never one in use.
+        for i in range(10):
+            with key_lock(tmp_path / f"other{i}", OTHER):
+                pass
+        assert probe(home, KEY) == "held"
+        assert probe(home, OTHER) == "free"
+    assert probe(home, KEY) == "free"
