@@ -9,6 +9,7 @@ and checked before a load, so a truncated or tampered file is a miss, never a wr
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,9 +70,10 @@ class ArtifactIO:
             # damaged copy that made this step run again, and replacing it repairs the store.
             try:
                 with self.store.writer(name) as tmp:
-                    serializer.dump(value, tmp)
-                    digest = hash_file(tmp, mapped=True)
-                    size = tmp.stat().st_size
+                    digest = serializer.dump(value, tmp)
+                    if not isinstance(digest, str):
+                        digest = hash_file(tmp, mapped=True)
+                    size = os.stat(tmp).st_size
             except StoreUnavailableError:
                 raise  # the store, not the value, failed: another serializer would fail alike
             except Exception as exc:

@@ -82,7 +82,10 @@ class Serializer:
     three methods.
 
     ``dump`` writes the whole file at the path it is given and nothing else: the caller
-    chose a temporary name in the right folder and renames the file afterwards.
+    chose a temporary name in the right folder and renames the file afterwards. It may
+    return the digest of the bytes it wrote (``stepflow._storage.hashing.hash_bytes`` of
+    them, as :class:`HashingWriter` gives), which spares the caller reading the file back
+    to check it; ``None`` is always right.
     """
 
     #: the name recorded with each artifact, so a load finds the same serializer
@@ -96,8 +99,8 @@ class Serializer:
         """Whether this serializer stores ``value`` faithfully; cheap, and imports nothing."""
         raise NotImplementedError
 
-    def dump(self, value: Any, path: Path) -> None:
-        """Write ``value`` to a new file at ``path``."""
+    def dump(self, value: Any, path: Path) -> str | None:
+        """Write ``value`` to a new file at ``path``; optionally return the bytes' digest."""
         raise NotImplementedError
 
     def load(self, path: Path) -> Any:
@@ -106,6 +109,37 @@ class Serializer:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} v{self.version}>"
+
+
+class HashingWriter:
+    """A binary file open for writing that also hashes what is written through it.
+
+    For serializers that write through a file object (pickle): ``digest`` is then
+    what reading the file back would give, without the read.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import xxhash
+
+        self._file = open(path, "wb")  # closed by ``__exit__``
+        self._state = xxhash.xxh3_128()
+
+    def write(self, data: Any) -> int:
+        try:
+            self._state.update(data)
+        except TypeError:  # a buffer xxhash does not take as it is (not contiguous bytes)
+            self._state.update(memoryview(data).tobytes())
+        return self._file.write(data)
+
+    def __enter__(self) -> HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    @property
+    def digest(self) -> str:
+        return self._state.hexdigest()
 
 
 def builtin_serializers() -> list[Serializer]:
@@ -600,7 +634,8 @@ class JoblibSerializer(Serializer):
         )
 
     def dump(self, value: Any, path: Path) -> None:
-        # A file object, because joblib picks a compressor from a path's extension.
+        # A file object, because joblib picks a compressor from a path's extension. A real
+        # one: joblib aligns arrays by its position (``HashingWriter`` would need ``tell``).
         with open(path, "wb") as fh:
             _reference_checking_pickler()(fh).dump(value)
 
@@ -655,11 +690,12 @@ class CloudpickleSerializer(Serializer):
     def can_dump(self, value: Any) -> bool:
         return True
 
-    def dump(self, value: Any, path: Path) -> None:
+    def dump(self, value: Any, path: Path) -> str:
         import cloudpickle
 
-        with open(path, "wb") as fh:
+        with HashingWriter(path) as fh:
             cloudpickle.dump(value, fh, protocol=5)
+        return fh.digest
 
     def load(self, path: Path) -> Any:
         with open(path, "rb") as fh:

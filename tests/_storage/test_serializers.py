@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stepflow._storage.hashing import hash_file
 from stepflow._storage.serializers import (
     CloudpickleSerializer,
     JoblibSerializer,
@@ -475,6 +476,21 @@ class TestCloudpickleSerializer:
         loaded = round_trip(CloudpickleSerializer(), value, tmp_path)
         assert loaded["items"] == value["items"]
         assert loaded["add"](1) == 4
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            7,
+            {"array": np.arange(3_000_000.0)},  # large buffers reach the file unframed
+            {"strided": np.ones((300, 300))[:, ::3]},
+            [bytearray(b"y" * (1 << 20)), b"z" * 300_000],
+        ],
+        ids=["small", "large-array", "strided-array", "large-bytes"],
+    )
+    def test_returns_the_digest_of_what_it_wrote(self, tmp_path, value):
+        """The digest it returns spares reading the object back, so it must be exact."""
+        path = tmp_path / "value.pkl"
+        assert CloudpickleSerializer().dump(value, path) == hash_file(path)
 
 
 class JsonDicts(Serializer):
