@@ -128,6 +128,33 @@ class Datastore:
 
 _TMP_IDS = itertools.count()
 
+#: root folder -> (its inode and time, the object folders known to exist in it)
+_KNOWN: dict[str, tuple[tuple[int, int], set[Path]]] = {}
+_KNOWN_MAX = 8
+
+
+def _known_folders(root: Path) -> set[Path]:
+    """The object folders this process made or found under ``root``.
+
+    Kept between runs: a first run in a used home otherwise asked for each folder again, a
+    ``mkdir`` per object folder per run. Kept only while the root's inode and modification
+    time stay the same: an object folder made or removed, or the root deleted and made
+    anew (``rm -rf .stepflow``), changes them, and the set starts empty again. A time less
+    than a second old proves nothing (the kernel stamps folders with a coarse clock, so two
+    changes a few milliseconds apart can leave the same time), so then it starts empty too.
+    """
+    try:
+        stat = os.stat(root)
+    except OSError:
+        return set()
+    signature = (stat.st_ino, stat.st_mtime_ns)
+    known = _KNOWN.get(str(root))
+    if known is None or known[0] != signature or time.time_ns() - stat.st_mtime_ns < 10**9:
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.clear()
+        known = _KNOWN[str(root)] = (signature, set())
+    return known[1]
+
 
 @attrs.define
 class LocalDatastore(Datastore):
@@ -141,9 +168,12 @@ class LocalDatastore(Datastore):
         default=attrs.Factory(lambda self: self.root.parent / "refs", takes_self=True),
     )
 
-    #: object folders this instance made or found (no mkdir per write); a folder removed
-    #: meanwhile makes the write fail, and the next instance makes it again
-    _folders: set[Path] = attrs.field(factory=set, init=False, repr=False, eq=False)
+    #: object folders known to exist (no mkdir per write), shared by the instances of one
+    #: process on the same root folder (see ``_known_folders``)
+    _folders: set[Path] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._folders = _known_folders(self.root)
 
     @property
     def uri(self) -> str:  # type: ignore[override]

@@ -1,0 +1,76 @@
+"""The local datastore: objects written atomically, in folders it makes as needed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from stepflow._storage.datastore import ArtifactMissingError, LocalDatastore
+
+NAME = "ab" + "0" * 30 + ".pickle"
+OTHER = "cd" + "1" * 30 + ".pickle"
+
+
+def write(store: LocalDatastore, name: str, data: bytes) -> None:
+    with store.writer(name) as tmp:
+        tmp.write_bytes(data)
+
+
+def age(path, seconds: float = 60) -> None:
+    """Make ``path`` look last changed ``seconds`` ago."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_writes_publish_and_leave_no_temporary_files(tmp_path):
+    store = LocalDatastore(tmp_path / "objects")
+    write(store, NAME, b"hello")
+    assert store.local_path(NAME).read_bytes() == b"hello"
+    assert list(store.names()) == [NAME]
+    assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "objects").rglob("*"))
+
+
+def test_a_failed_write_publishes_nothing(tmp_path):
+    store = LocalDatastore(tmp_path / "objects")
+    with pytest.raises(RuntimeError), store.writer(NAME) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("serializer failed")
+    with pytest.raises(ArtifactMissingError):
+        store.local_path(NAME)
+    assert not any((tmp_path / "objects").rglob(".tmp-*"))
+
+
+def test_stores_of_one_settled_root_share_what_they_know(tmp_path):
+    """Folders found once are not asked for again by the next run's store."""
+    root = tmp_path / "objects"
+    write(LocalDatastore(root), NAME, b"x")
+    age(root)
+    first, second = LocalDatastore(root), LocalDatastore(root)
+    write(first, NAME, b"x")
+    assert first._folders is second._folders
+    assert root / NAME[:2] in second._folders
+
+
+def test_a_recently_changed_root_is_not_trusted(tmp_path):
+    root = tmp_path / "objects"
+    write(LocalDatastore(root), NAME, b"x")
+    age(root)
+    first = LocalDatastore(root)
+    write(first, NAME, b"x")
+    write(first, OTHER, b"y")  # a new folder: the root changed just now
+    assert LocalDatastore(root)._folders is not first._folders
+
+
+@pytest.mark.parametrize("removed", ["object folder", "root"])
+def test_a_folder_removed_between_runs_is_made_again(tmp_path, removed):
+    root = tmp_path / "objects"
+    write(LocalDatastore(root), NAME, b"x")
+    age(root)
+    write(LocalDatastore(root), NAME, b"x")  # its folder is now known
+    shutil.rmtree(root / NAME[:2] if removed == "object folder" else root)
+    store = LocalDatastore(root)
+    write(store, NAME, b"again")
+    assert store.local_path(NAME).read_bytes() == b"again"
