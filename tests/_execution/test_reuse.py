@@ -378,6 +378,39 @@ class TestProcesses:
         assert sorted("reused" in out for out in outs) == [False, True]
 
     @pytest.mark.slow
+    def test_quick_results_are_committed_while_a_long_step_runs(self, tmp_path, stepflow_home):
+        """Group commit: a quick step's record goes in within its window even when nothing
+        else ends, so a run killed during a long step keeps it."""
+        (tmp_path / "long_flow.py").write_text(
+            "import time\nfrom stepflow import step\n\n"
+            "@step\ndef quick() -> int:\n"
+            f"    with open({str(tmp_path / 'count')!r}, 'a') as fh:\n"
+            "        fh.write('x')\n"
+            "    return 1\n\n"
+            "@step\ndef long(quick: int) -> int:\n"
+            f"    open({str(tmp_path / 'started')!r}, 'w').close()\n"
+            "    time.sleep(60)\n    return quick\n"
+        )
+        env = dict(os.environ, STEPFLOW_HOME=str(stepflow_home))
+        cmd = [sys.executable, "-m", "stepflow", "run", "long_flow.py"]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert (tmp_path / "started").exists(), "the long step never started"
+            time.sleep(0.5)  # well past the 50 ms window
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        rerun = subprocess.run(
+            [*cmd, "--target", "quick"], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert "1 reused" in rerun.stdout, rerun.stdout
+        assert (tmp_path / "count").read_text() == "x"
+
+    @pytest.mark.slow
     def test_kill_during_write_then_correct_rerun(self, tmp_path, stepflow_home):
         """kill -9 in the middle of storing a big output leaves a store the rerun reads right."""
         (tmp_path / "big_flow.py").write_text(
