@@ -28,7 +28,7 @@ from stepflow._storage.records import (
     encode_params,
 )
 from stepflow._version import __version__
-from stepflow.errors import StepFailedError, StepflowWarning
+from stepflow.errors import StepFailedError, StepflowError, StepflowWarning
 
 if TYPE_CHECKING:
     from stepflow._execution.capture import Captured
@@ -79,10 +79,6 @@ class Journal:
         self._flushed = time.monotonic()
         self._lock = threading.Lock()
         self.records: RunRecords | None = None
-        #: ``False`` once the records are lost for this run (see ``_lost``)
-        self._recording = True
-        self._opening: threading.Thread | None = None
-        self._open_error: BaseException | None = None
 
     def _fact(self, name: str) -> _StepFacts:
         fact = self.facts.get(name)
@@ -98,43 +94,22 @@ class Journal:
     # --- run ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the records and record the run's start, in a thread of its own: creating
-        the database of a new home cost 4-5 ms, which the first steps now overlap. What
-        needs the records waits for it (``_ready``)."""
-        row = self._run_row()
-        # Not a daemon: the process waits for it rather than stopping it mid-write.
-        self._opening = threading.Thread(
-            target=self._open, args=(row,), name="stepflow-records-open"
-        )
-        self._opening.start()
-
-    def _open(self, row: RunRow) -> None:
+        runner = self.runner
         try:
-            records = self.records = open_records(self.runner.config.home)
-            records.mark_abandoned()
-            records.start_run(row)
-        except Exception as exc:  # reported by ``_ready``, in the run's thread
-            self._open_error = exc
+            self.records = open_records(runner.config.home)
+            self.records.mark_abandoned()
+            self.records.start_run(self._run_row())
+        except (OSError, StepflowError, Exception) as exc:
+            self._lost(exc)
             return
-        if self.runner.config.settings.get("record_source", True):
+        if runner.config.settings.get("record_source", True):
             # Not a daemon: the snapshot writes itself to the record when it is done, after
             # the run has returned if need be, and the process waits for it before exiting.
             threading.Thread(
                 target=self._take_snapshot, name="stepflow-source", daemon=False
             ).start()
 
-    def _ready(self) -> RunRecords | None:
-        """The run's records once they are open, or ``None`` if they were lost."""
-        opening = self._opening
-        if opening is not None:
-            opening.join()
-            self._opening = None
-            if self._open_error is not None:
-                self._lost(self._open_error)
-        return self.records
-
     def _lost(self, exc: BaseException) -> None:
-        self._recording = False
         if self.records is not None:
             try:
                 self.records.close()
@@ -196,8 +171,7 @@ class Journal:
 
     def finish(self, *, interrupted: bool, crashed: bool = False) -> None:
         """Say how the run ended; ``crashed``: stepflow itself raised (recorded as failed)."""
-        records = self._ready()
-        if records is None:
+        if self.records is None:
             return
         runner = self.runner
         reports = runner.reports
@@ -216,7 +190,7 @@ class Journal:
         try:
             self._flush()
             # The source snapshot is not waited for: it records itself when it is done.
-            records.finish_run(
+            self.records.finish_run(
                 runner.run_id,
                 state=state,
                 counts={k: v for k, v in counts.items() if v},
@@ -225,7 +199,7 @@ class Journal:
         except Exception as exc:  # a missing snapshot must not fail the run
             self._lost(exc)
             return
-        records.close()
+        self.records.close()
 
     # --- steps --------------------------------------------------------------------------
 
@@ -271,7 +245,7 @@ class Journal:
             report = attrs.evolve(report, logs=dict(fact.last_logs))
         if report.error is not None and self.runner.secret_values:
             report = attrs.evolve(report, error=self._masked_error(report.error))
-        if not self._recording:
+        if self.records is None:
             return report
         row = self._row(report, fact)
         with self._lock:
@@ -362,7 +336,5 @@ class Journal:
         with self._lock:
             rows, self._pending = self._pending, []
             self._flushed = time.monotonic()
-        if rows:
-            records = self._ready()
-            if records is not None:
-                records.write_steps(self.runner.run_id, rows)
+        if rows and self.records is not None:
+            self.records.write_steps(self.runner.run_id, rows)
