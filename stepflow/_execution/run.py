@@ -4,9 +4,7 @@ commit results, stop cleanly.
 Sequential runs (``workers=1``) execute in the calling thread; parallel runs keep up to
 ``workers`` steps in flight, each waiting on its backend in a thread of its own. Either way a
 failed step skips only what depends on it, unless the run is fail-fast, and every step that
-succeeded is committed to the cache index, so a failure loses nothing computed. Quick steps'
-records share a transaction (``stepflow._storage.commits``): a ``kill -9`` can lose the last
-50 ms of them.
+succeeded is committed to the cache index at once, so a failure loses nothing computed.
 """
 
 from __future__ import annotations
@@ -35,11 +33,10 @@ from stepflow._planning.plan import Plan
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
-from stepflow._storage.commits import GroupCommit
 from stepflow._storage.datastore import ArtifactMissingError
 from stepflow._storage.hashing import UnhashableValueError, hash_value
 from stepflow._storage.index import CacheIndex, CacheRecord
-from stepflow._storage.locks import Lease
+from stepflow._storage.locks import key_lock
 from stepflow._storage.serializers import SerializationError
 from stepflow._storage.stores import open_datastore
 from stepflow.errors import (
@@ -153,9 +150,6 @@ class _Runner:
                 store.close()
                 raise
         self.index = CacheIndex(config.home / "index", store=store)
-        self.commits = GroupCommit(self.index, config.home)
-        #: step → the single-flight lease it holds until its record is committed
-        self._leases: dict[str, Lease] = {}
         self.backends = self._open_backends()
         # Steps' output is recorded, and also shown as it happens unless the user asked for
         # quiet ("--capture=quiet"); then the report shows it for failed steps only.
@@ -225,7 +219,6 @@ class _Runner:
             for backend in self.backends.values():
                 backend.close()
             try:
-                self.commits.close()
                 self.index.touch_many(self._touched)
             finally:
                 self.index.close()
@@ -404,7 +397,7 @@ class _Runner:
             outputs=tuple(p.name for p in spec.outputs),
         )
 
-    def _commit(self, name: str, key: CacheKey, elapsed: float) -> None:
+    def _commit(self, name: str, key: CacheKey) -> None:
         spec = self.dag.steps[name]
         outputs = {}
         for port in spec.outputs:
@@ -425,8 +418,9 @@ class _Runner:
                 for k, v in params.items()
             },
         )
-        # The lease goes with the record: released once the record is committed.
-        self.commits.add(record, self._leases.pop(name, None), elapsed=elapsed)
+        # Committed before the step's lease is released, so a run that waited for the lease
+        # finds the record.
+        self.index.put(record, last=False)
         with self._touch_lock:
             self._touched.append((self.pipeline, name, key.digest))
 
@@ -442,19 +436,13 @@ class _Runner:
         record = self._lookup(key, quick=True)
         if record is not None:
             return self._reuse(name, record)
-        lease = self._leases[name] = self.commits.lease(key.digest)
-        try:
-            if lease.waited:
+        with key_lock(self.config.home, key.digest) as waited:
+            if waited:
                 # Another run computed it while we waited: use theirs (single flight).
                 record = self._lookup(key)
                 if record is not None:
                     return self._reuse(name, record)
             return self._execute(name, key)
-        finally:
-            # Still here unless ``_commit`` handed it on with the step's record.
-            left = self._leases.pop(name, None)
-            if left is not None:
-                left.release()
 
     def _execute(self, name: str, key: CacheKey) -> StepReport:
         spec = self.dag.steps[name]
@@ -489,7 +477,7 @@ class _Runner:
             duration = time.perf_counter() - started
             if error is None:
                 if spec.options.cache:
-                    self._commit(name, key, duration)
+                    self._commit(name, key)
                 return StepReport(
                     name,
                     StepState.RAN,
@@ -525,7 +513,6 @@ class _Runner:
             stacklevel=1,
         )
         key = self.keys.get(producer) or self._key(producer)
-        self.commits.flush()  # its record may still wait to be committed
         self.index.delete(key.digest)
         return self._execute(producer, key).error
 

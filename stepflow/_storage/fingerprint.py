@@ -71,6 +71,7 @@ import site
 import struct
 import sys
 import sysconfig
+import threading
 import types
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -395,6 +396,12 @@ def _file_index(filename: str, module_globals: Mapping[str, Any] | None) -> _Fil
     return found
 
 
+#: One parse at a time: CPython 3.11 keeps the AST conversion's recursion depth in state that
+#: threads share, and two threads parsing at once (steps keyed in parallel) can fail with
+#: "SystemError: AST constructor recursion depth mismatch".
+_PARSE_LOCK = threading.Lock()
+
+
 def _text_digest(text: str) -> str:
     # The analysis depends on the text, the algorithm and the ast module of this Python.
     return _hash(f"{_ALGORITHM}|{_STORE_FORMAT}|{sys.implementation.cache_tag}|{text}")
@@ -407,7 +414,8 @@ def _analyse(filename: str, text: str, lines: list[str], digest: str) -> _FileIn
     later process then parses nothing.
     """
     try:
-        tree = ast.parse(text, filename)
+        with _PARSE_LOCK:
+            tree = ast.parse(text, filename)
     except (SyntaxError, ValueError):
         return None
     functions: dict[tuple[int, str], list[_FunctionEntry]] = {}

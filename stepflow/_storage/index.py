@@ -239,11 +239,6 @@ class CacheIndex:
     def _cache(self) -> Any:
         return self._open.cache
 
-    @property
-    def shared(self) -> bool:
-        """Whether records are also published to the datastore for other homes."""
-        return self._shared
-
     def get(self, key: str, *, quick: bool = False) -> CacheRecord | Any:
         """The record of ``key``, or ``MISSING``.
 
@@ -280,23 +275,12 @@ class CacheIndex:
     def put(self, record: CacheRecord, *, last: bool = True) -> None:
         """Commit ``record``; with ``last=False`` the caller marks it as its step's latest
         result later, through ``touch_many`` (a run does so once, for all of its steps)."""
-        self.put_many([record])
+        self._cache.set(_result(record.key), record.to_dict())
+        self._open.remember(record)
         if last:
             self.touch_many([(record.pipeline, record.step, record.key)])
-
-    def put_many(self, records: list[CacheRecord]) -> None:
-        """Commit ``records`` in one transaction (see ``stepflow._storage.commits``)."""
-        if len(records) == 1:
-            self._cache.set(_result(records[0].key), records[0].to_dict())
-        else:
-            with self._cache.transact():
-                for record in records:
-                    self._cache.set(_result(record.key), record.to_dict())
-        for record in records:
-            self._open.remember(record)
         if self._shared:
-            for record in records:
-                self._share(record)
+            self._share(record)
 
     def _share(self, record: CacheRecord) -> None:
         assert self.store is not None
@@ -372,12 +356,7 @@ class NullIndex:
     def get(self, key: str, *, quick: bool = False) -> Any:
         return MISSING
 
-    shared = False
-
     def put(self, record: CacheRecord, *, last: bool = True) -> None:
-        return None
-
-    def put_many(self, records: list[CacheRecord]) -> None:
         return None
 
     def touch_many(self, entries: list[tuple[str, str, str]]) -> None:

@@ -379,8 +379,8 @@ class TestProcesses:
 
     @pytest.mark.slow
     def test_quick_results_are_committed_while_a_long_step_runs(self, tmp_path, stepflow_home):
-        """Group commit: a quick step's record goes in within its window even when nothing
-        else ends, so a run killed during a long step keeps it."""
+        """A quick step's record is committed while the next, long step runs, so a run
+        killed during the long step keeps it."""
         (tmp_path / "long_flow.py").write_text(
             "import time\nfrom stepflow import step\n\n"
             "@step\ndef quick() -> int:\n"
