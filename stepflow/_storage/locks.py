@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LEASE_FILE", "Lease", "key_lock"]
+__all__ = ["LEASE_FILE", "key_lock"]
 
 #: the lease file's name in the home
 LEASE_FILE = "leases"
@@ -73,13 +73,8 @@ _queues: dict[str, _KeyQueue] = {}
 
 
 def _offset(key: str) -> int:
-    try:
-        return int(key[:_OFFSET_DIGITS], 16)
-    except ValueError:
-        # Keys are hex digests; anything else still gets a stable offset.
-        import zlib
-
-        return zlib.crc32(key.encode())
+    # Keys are hex digests (cache keys).
+    return int(key[:_OFFSET_DIGITS], 16)
 
 
 def _open(path: Path) -> _LeaseFile:
@@ -137,48 +132,6 @@ def _lock_record(fd: int, offset: int) -> bool:
             time.sleep(_DEADLOCK_RETRY_S)
 
 
-class Lease:
-    """A held lease on one key; ``release`` lets the next holder in (once)."""
-
-    __slots__ = ("_file", "_offset", "_queue", "key", "waited")
-
-    def __init__(self, home: Path, key: str) -> None:
-        self.key = key
-        queue = _join(key)
-        try:
-            #: whether another holder (thread or process) had to be waited for
-            self.waited = not queue.lock.acquire(blocking=False)
-            if self.waited:
-                queue.lock.acquire()
-        except BaseException:
-            _leave(key, queue, held=False)
-            raise
-        try:
-            self._file = _open(home / LEASE_FILE)
-            self._offset = _offset(key)
-            try:
-                self.waited = _lock_record(self._file.fd, self._offset) or self.waited
-            except BaseException:
-                _release(self._file)
-                raise
-        except BaseException:
-            _leave(key, queue, held=True)
-            raise
-        self._queue: _KeyQueue | None = queue
-
-    def release(self) -> None:
-        queue, self._queue = self._queue, None
-        if queue is None:
-            return
-        try:
-            try:
-                fcntl.lockf(self._file.fd, fcntl.LOCK_UN, 1, self._offset)
-            finally:
-                _release(self._file)
-        finally:
-            _leave(self.key, queue, held=True)
-
-
 def _join(key: str) -> _KeyQueue:
     with _guard:
         queue = _queues.get(key)
@@ -201,8 +154,22 @@ def _leave(key: str, queue: _KeyQueue, *, held: bool) -> None:
 def key_lock(home: Path, key: str) -> Iterator[bool]:
     """Hold the lease for ``key`` in ``home``; yields ``True`` if another holder (thread or
     process) had to be waited for."""
-    lease = Lease(home, key)
+    queue = _join(key)
+    held = False
     try:
-        yield lease.waited
+        waited = not queue.lock.acquire(blocking=False)
+        if waited:
+            queue.lock.acquire()
+        held = True
+        lease_file = _open(home / LEASE_FILE)
+        try:
+            offset = _offset(key)
+            waited = _lock_record(lease_file.fd, offset) or waited
+            try:
+                yield waited
+            finally:
+                fcntl.lockf(lease_file.fd, fcntl.LOCK_UN, 1, offset)
+        finally:
+            _release(lease_file)
     finally:
-        lease.release()
+        _leave(key, queue, held=held)

@@ -50,6 +50,13 @@ def all_distinct(values: list[object]) -> bool:
     return len(set(digests)) == len(digests)
 
 
+def python_stdout(code: str) -> str:
+    """What ``python -c code`` prints, in a fresh interpreter (which must succeed)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 class Colour(enum.Enum):
     RED = 1
     GREEN = 2
@@ -312,9 +319,7 @@ class TestFallbackAndRegistry:
             "h.hash_value({'a': [1.5, None, ('x', b'y')]})\n"
             "print(sorted({m for m in ('numpy', 'pandas') if m in sys.modules} - before))\n"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == "[]"
+        assert python_stdout(code).strip() == "[]"
 
     def test_standard_library_handlers_load_lazily(self):
         """fractions, uuid and dataclasses are imported only by whoever uses them; their
@@ -334,9 +339,7 @@ class TestFallbackAndRegistry:
             "except TypeError as exc:\n"
             "    print(exc)\n"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr
-        lines = out.stdout.splitlines()
+        lines = python_stdout(code).splitlines()
         assert lines[0] == "[]"
         assert lines[1] == f"{hash_value(fractions.Fraction(3, 4))} {hash_value(uuid.UUID(int=7))}"
         assert lines[2] == "True"
