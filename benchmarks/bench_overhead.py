@@ -80,6 +80,20 @@ def fanout_source(n: int) -> str:
     return "\n".join(lines)
 
 
+def joblib_chain_source(n: int) -> str:
+    """The chain's functions for the peer, ``joblib.Memory``: ``chain(wrap(memory))`` runs them
+    through ``memory.cache``, each call's output the next one's input, as stepflow does."""
+    lines = [f"def s{i}(x: int) -> int:\n    return x + 1\n" for i in range(n)]
+    funcs = ", ".join(f"s{i}" for i in range(n))
+    lines.append(f"FUNCS = ({funcs},)\n")
+    lines.append(
+        "def wrap(memory):\n    return [memory.cache(f) for f in FUNCS]\n\n"
+        "def chain(cached, seed=0):\n    x = seed\n    for f in cached:\n"
+        "        x = f(x)\n    return x\n"
+    )
+    return "\n".join(lines)
+
+
 def layered_source(n: int, width: int) -> str:
     """``n`` steps in layers of ``width``; each step reads two steps of the layer before."""
     lines = ["from stepflow import step\n"]
@@ -320,6 +334,82 @@ def per_step_rows(label: str, module: ModuleType, steps: int, repeats: int) -> l
     ]
 
 
+def alternated(
+    first: Callable[[], Any], second: Callable[[], Any], repeats: int
+) -> tuple[list[float], list[float]]:
+    """Seconds of ``first`` and ``second`` called in turn, ``repeats`` times each.
+
+    This machine's speed drifts by 2x within minutes, so a comparison is fair only between
+    runs made side by side: each pair gives one ratio.
+    """
+    a, b = [], []
+    for _ in range(repeats):
+        a += timed(first, 1)
+        b += timed(second, 1)
+    return a, b
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> str:
+    ratios = sorted(x / y for x, y in zip(a, b, strict=True))
+    return f"{statistics.median(ratios):.2f}x [{ratios[0]:.2f}-{ratios[-1]:.2f}]"
+
+
+def peer_rows(
+    label: str, module: ModuleType, peer: ModuleType, steps: int, repeats: int
+) -> list[Row]:
+    """stepflow next to the peer DESIGN.md section 6 names for reuse, ``joblib.Memory``, on
+    the same chain, run in turn: first runs (stepflow in a home used before, joblib in a new
+    cache folder) and fully cached reruns. The ratio is stepflow / joblib, pair by pair."""
+    import joblib
+
+    from stepflow import Pipeline
+
+    assert HOMES is not None
+    pipe = Pipeline.from_module(module)
+    home = fresh_home()
+    ensure_ok(pipe.run(workers=1, home=home), label)
+    seeds = itertools.count(1_000_000_000, 1_000_000)
+
+    def flow_first() -> None:
+        ensure_ok(pipe.run(workers=1, home=home, params={"seed": next(seeds)}), label)
+
+    def joblib_first() -> None:
+        memory = joblib.Memory(tempfile.mkdtemp(dir=HOMES), verbose=0)
+        peer.chain(peer.wrap(memory))
+
+    joblib_first()  # warm-up: joblib's own imports
+    flows, peers = alternated(flow_first, joblib_first, repeats)
+
+    ensure_ok(pipe.run(workers=1, home=home), label)  # seed 0 again: all stored
+    memory = joblib.Memory(tempfile.mkdtemp(dir=HOMES), verbose=0)
+    cached = peer.wrap(memory)
+    peer.chain(cached)
+    flows_cached, peers_cached = alternated(
+        lambda: ensure_ok(pipe.run(workers=1, home=home), label),
+        lambda: peer.chain(cached),
+        repeats,
+    )
+    return [
+        Row(
+            f"{label}, first run: stepflow (home used before) next to joblib.Memory (peer)",
+            spread(flows, ms),
+            f"joblib {ms(statistics.median(peers))}",
+            f"{paired_ratio(flows, peers)} joblib's",
+        ),
+        Row(
+            f"{label}, fully cached rerun: stepflow next to joblib.Memory (peer)",
+            spread(flows_cached, ms),
+            f"joblib {ms(statistics.median(peers_cached))}",
+            f"{paired_ratio(flows_cached, peers_cached)} joblib's",
+            "0.91x joblib's (0.1 vs 0.11 ms/step)",
+            verdict(
+                statistics.median(x / y for x, y in zip(flows_cached, peers_cached, strict=True)),
+                0.1 / 0.11,
+            ),
+        ),
+    ]
+
+
 def cached_rerun_row(label: str, module: ModuleType, steps: int, repeats: int) -> Row:
     """Rerun in the same home: every step should be reused once caching exists."""
     from stepflow import Pipeline, StepState
@@ -536,6 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         rows += sleepers_rows(folder, repeats)
         rows.append(cached_rerun_row(f"{CHAIN}-step chain", chain, CHAIN, repeats))
+        peer = import_generated(folder, "joblib_chain", joblib_chain_source(CHAIN))
+        rows += peer_rows(f"{CHAIN}-step chain", chain, peer, CHAIN, repeats)
 
         print_table(rows)
         print(

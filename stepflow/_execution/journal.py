@@ -187,14 +187,16 @@ class Journal:
         tags: dict[str, str] = {}
         for fact in self.facts.values():
             tags.update(fact.tags)
+        with self._lock:
+            rows, self._pending = self._pending, []
         try:
-            self._flush()
             # The source snapshot is not waited for: it records itself when it is done.
             self.records.finish_run(
                 runner.run_id,
                 state=state,
                 counts={k: v for k, v in counts.items() if v},
                 tags=tags,
+                steps=rows,
             )
         except Exception as exc:  # a missing snapshot must not fail the run
             self._lost(exc)

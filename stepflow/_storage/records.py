@@ -415,55 +415,8 @@ class RunRecords:
         """
         if not steps:
             return
-        step_rows = []
-        io_rows = []
-        metric_rows = []
-        log_rows = []
-        for step in steps:
-            step_rows.append(
-                (
-                    run_id,
-                    step.name,
-                    step.state,
-                    step.started,
-                    step.finished,
-                    step.duration,
-                    step.attempts,
-                    step.backend,
-                    step.cache_key,
-                    step.reused_from,
-                    step.reason,
-                    step.error_type,
-                    step.error,
-                    step.traceback,
-                    _json(dict(step.params)) if step.params else "{}",
-                    _json(dict(step.tags)) if step.tags else "{}",
-                )
-            )
-            io_rows += [
-                (run_id, step.name, io.direction, io.name, io.object, io.content_hash, io.size)
-                for io in step.io
-            ]
-            metric_rows += [
-                (run_id, step.name, m.name, m.value, m.counter, m.ts) for m in step.metrics
-            ]
-            log_rows += [(run_id, step.name, a, s, t) for a, s, t in step.logs if t]
         with self._transaction() as db:
-            if replace:
-                for delete in _DELETE_STEP_ROWS:
-                    db.executemany(delete, [(run_id, step.name) for step in steps])
-            db.executemany(
-                "INSERT OR REPLACE INTO steps (run_id, name, state, started, finished,"
-                " duration, attempts, backend, cache_key, reused_from, reason, error_type,"
-                " error, traceback, params, tags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                step_rows,
-            )
-            if io_rows:
-                db.executemany("INSERT INTO step_io VALUES (?,?,?,?,?,?,?)", io_rows)
-            if metric_rows:
-                db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)", metric_rows)
-            if log_rows:
-                db.executemany("INSERT INTO logs VALUES (?,?,?,?,?)", log_rows)
+            _insert_steps(db, run_id, steps, replace=replace)
 
     def finish_run(
         self,
@@ -474,11 +427,16 @@ class RunRecords:
         tags: Mapping[str, str] | None = None,
         source: Mapping[str, Any] | None = None,
         finished: float | None = None,
+        steps: Sequence[StepRow] = (),
     ) -> None:
+        """Say how the run ended; ``steps``: its last finished steps, written in the same
+        transaction (one commit less for the run loop's last batch)."""
         if state not in RUN_STATES:
             raise ValueError(f"unknown run state {state!r}")
         source = dict(source or {})
         with self._transaction() as db:
+            if steps:
+                _insert_steps(db, run_id, steps, replace=False)
             db.execute(
                 "UPDATE runs SET state = ?, finished = ?, counts = ?, tags = ?,"
                 " git_commit = coalesce(?, git_commit), git_dirty = coalesce(?, git_dirty),"
@@ -694,3 +652,54 @@ class RunRecords:
                 r["step"],
                 StepIO(r["direction"], r["name"], r["object"], r["content_hash"], r["size"]),
             )
+
+
+def _insert_steps(
+    db: sqlite3.Connection, run_id: str, steps: Sequence[StepRow], *, replace: bool
+) -> None:
+    step_rows = []
+    io_rows = []
+    metric_rows = []
+    log_rows = []
+    for step in steps:
+        step_rows.append(
+            (
+                run_id,
+                step.name,
+                step.state,
+                step.started,
+                step.finished,
+                step.duration,
+                step.attempts,
+                step.backend,
+                step.cache_key,
+                step.reused_from,
+                step.reason,
+                step.error_type,
+                step.error,
+                step.traceback,
+                _json(dict(step.params)) if step.params else "{}",
+                _json(dict(step.tags)) if step.tags else "{}",
+            )
+        )
+        io_rows += [
+            (run_id, step.name, io.direction, io.name, io.object, io.content_hash, io.size)
+            for io in step.io
+        ]
+        metric_rows += [(run_id, step.name, m.name, m.value, m.counter, m.ts) for m in step.metrics]
+        log_rows += [(run_id, step.name, a, s, t) for a, s, t in step.logs if t]
+    if replace:
+        for delete in _DELETE_STEP_ROWS:
+            db.executemany(delete, [(run_id, step.name) for step in steps])
+    db.executemany(
+        "INSERT OR REPLACE INTO steps (run_id, name, state, started, finished,"
+        " duration, attempts, backend, cache_key, reused_from, reason, error_type,"
+        " error, traceback, params, tags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        step_rows,
+    )
+    if io_rows:
+        db.executemany("INSERT INTO step_io VALUES (?,?,?,?,?,?,?)", io_rows)
+    if metric_rows:
+        db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)", metric_rows)
+    if log_rows:
+        db.executemany("INSERT INTO logs VALUES (?,?,?,?,?)", log_rows)

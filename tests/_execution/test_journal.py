@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,24 +246,32 @@ def test_steps_are_written_in_batches(
         lines += ["", "@step", f"def s{i}(s{i - 1}: int) -> int:", f"    return s{i - 1} + 1"]
     lines += ["", f"pipe = Pipeline('chain', [{', '.join(f's{i}' for i in range(30))}])"]
     mod = make_module("chain30", "\n".join(lines))
-    batches: list[int] = []
-    original = RunRecords.write_steps
+    #: how many steps each transaction wrote: (by write_steps, by finish_run)
+    batches: list[tuple[str, int]] = []
+    write_steps, finish_run = RunRecords.write_steps, RunRecords.finish_run
 
-    def counting(self: RunRecords, run_id: str, steps: list) -> None:
-        batches.append(len(steps))
-        original(self, run_id, steps)
+    def counting_write(self: RunRecords, run_id: str, steps: list) -> None:
+        batches.append(("write", len(steps)))
+        write_steps(self, run_id, steps)
 
-    monkeypatch.setattr(RunRecords, "write_steps", counting)
+    def counting_finish(self: RunRecords, run_id: str, **kwargs: Any) -> None:
+        batches.append(("finish", len(kwargs.get("steps", ()))))
+        finish_run(self, run_id, **kwargs)
+
+    monkeypatch.setattr(RunRecords, "write_steps", counting_write)
+    monkeypatch.setattr(RunRecords, "finish_run", counting_finish)
     monkeypatch.setattr("stepflow._execution.journal._FLUSH_EVERY", 0.0)
     mod.pipe.run(home=tmp_path)
-    assert batches == [1] * 30  # with no delay allowed, each step that ran is written at once
+    # With no delay allowed, each step that ran is written at once.
+    assert batches == [("write", 1)] * 30 + [("finish", 0)]
     batches.clear()
     monkeypatch.setattr("stepflow._execution.journal._FLUSH_EVERY", 3600.0)
     mod.pipe.run(home=tmp_path, regenerate=True)
-    assert batches == [30]  # otherwise they wait for the batch
+    # Otherwise they wait for the batch, which the run's end writes with its outcome.
+    assert batches == [("finish", 30)]
     batches.clear()
     mod.pipe.run(home=tmp_path)
-    assert batches == [30]  # reused steps: one transaction at the end
+    assert batches == [("finish", 30)]  # reused steps: one transaction at the end
     recs = _records(tmp_path)
     assert len(recs.steps(recs.run("last").id)) == 30
     recs.close()

@@ -80,6 +80,24 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
         recs.close()
 
 
+def test_finish_run_writes_the_last_steps_in_the_same_transaction(records: RunRecords) -> None:
+    records.start_run(_run("r1"))
+    records.write_steps("r1", [StepRow(name="a", state="ran")])
+    last = StepRow(name="b", state="reused", io=(StepIO("out", "b", "cd.npy", "cd", 9),))
+    records.finish_run("r1", state="succeeded", counts={"ran": 1, "reused": 1}, steps=[last])
+    assert [(s.name, s.state) for s in records.steps("r1")] == [("a", "ran"), ("b", "reused")]
+    assert records.run("r1").state == "succeeded"
+    assert [(r, s) for r, s, _ in records.producers("cd")] == [("r1", "b")]
+
+
+def test_finish_run_with_a_bad_state_writes_none_of_its_steps(records: RunRecords) -> None:
+    records.start_run(_run("r1"))
+    with pytest.raises(ValueError, match="unknown run state"):
+        records.finish_run("r1", state="done", counts={}, steps=[StepRow(name="a", state="ran")])
+    assert records.steps("r1") == []
+    assert records.run("r1").state == "running"
+
+
 def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
     first = RunRecords(tmp_path / "runs.db")
     first.start_run(_run("r1"))
