@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: the schema this stepflow writes; ``_MIGRATIONS[n - 1]`` upgrades version ``n - 1`` to ``n``
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -124,6 +124,12 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX IF EXISTS step_io_hash;
     DROP INDEX IF EXISTS step_io_object;
+    """,
+    # 3: a partial index of the runs still marked running. Every run start looks for
+    # abandoned runs among them, and without it scanned every run ever recorded (2 ms in a
+    # home with 20,000 runs, a fifth of a fully cached 100-step rerun's budget).
+    """
+    CREATE INDEX IF NOT EXISTS runs_running ON runs (host) WHERE state = 'running';
     """,
 )
 

@@ -68,11 +68,12 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
     db.close()
     recs = RunRecords(path)
     try:
-        assert recs.schema_version == SCHEMA_VERSION == 2
+        assert recs.schema_version == SCHEMA_VERSION == 3
         indexes = {
             r[0] for r in recs._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
         }
         assert not indexes & {"step_io_hash", "step_io_object"}
+        assert "runs_running" in indexes
         assert [(run, step, io.object) for run, step, io in recs.producers("ab1")] == [
             ("r1", "make", "ab12.parquet")
         ]
@@ -96,6 +97,31 @@ def test_finish_run_with_a_bad_state_writes_none_of_its_steps(records: RunRecord
         records.finish_run("r1", state="done", counts={}, steps=[StepRow(name="a", state="ran")])
     assert records.steps("r1") == []
     assert records.run("r1").state == "running"
+
+
+def test_the_check_for_abandoned_runs_reads_only_runs_marked_running(
+    records: RunRecords,
+) -> None:
+    """Every run start makes this check: it must not scan every run ever recorded."""
+    import socket
+
+    host = socket.gethostname()
+    with records._transaction() as db:
+        db.executemany(
+            "INSERT INTO runs (id, pipeline, state, started, host, pid) VALUES (?,?,?,?,?,?)",
+            [(f"old-{i:04d}", "p", "succeeded", float(i), host, 1) for i in range(500)],
+        )
+    records.start_run(_run("dead", host=host, pid=2**22 + 12345))
+    records.start_run(_run("alive", host=host))
+    plan = records._db.execute(
+        "EXPLAIN QUERY PLAN SELECT id, pid FROM runs WHERE state = 'running' AND host = ?",
+        (host,),
+    ).fetchall()
+    assert any("runs_running" in row[3] for row in plan), plan
+    assert records.mark_abandoned() == ["dead"]
+    assert records.run("dead").state == "interrupted"
+    assert records.run("alive").state == "running"
+    assert records.mark_abandoned() == []
 
 
 def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
