@@ -25,7 +25,6 @@ import pluggy
 from stepflow._config import Config
 from stepflow._execution.backend import Backend, open_backends
 from stepflow._execution.capture import Captured, capturing, step_output
-from stepflow._execution.context import StepContext, activate
 from stepflow._execution.journal import Journal
 from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
 from stepflow._planning.cachekey import CacheKey, describe_value, plan_key
@@ -47,6 +46,7 @@ from stepflow.errors import (
 
 if TYPE_CHECKING:
     # Only a step that runs needs these: a fully cached run never imports them.
+    from stepflow._execution.context import StepContext
     from stepflow._execution.task import TaskError
 
 __all__ = ["new_run_id", "run_plan"]
@@ -173,6 +173,8 @@ class _Runner:
             raise
 
     def _context(self, name: str, attempt: int) -> StepContext:
+        from stepflow._execution.context import StepContext
+
         return StepContext(
             run_id=self.run_id,
             pipeline=self.pipeline,
@@ -445,6 +447,9 @@ class _Runner:
             return self._execute(name, key)
 
     def _execute(self, name: str, key: CacheKey) -> StepReport:
+        # Imported here: a fully cached run never makes a step context.
+        from stepflow._execution.context import activate
+
         spec = self.dag.steps[name]
         backend = self.backends[self.plan.backends[name]]
         attempts = spec.options.retries + 1

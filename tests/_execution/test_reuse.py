@@ -326,6 +326,38 @@ class TestProcesses:
         result, calls = project.run(workers=2)
         assert sorted(calls) == ["always", "scaled", "total"] and result["total"] == 42
 
+    def test_fully_cached_rerun_imports_no_step_machinery(self, tmp_path, stepflow_home):
+        """A rerun that reuses every step reads metadata only: the modules that run a step
+        (invocation, tasks, step contexts, serializer libraries) are never imported."""
+        (tmp_path / "flow.py").write_text(
+            "from stepflow import step\n\n"
+            "@step\ndef numbers() -> list:\n    return [1, 2, 3]\n\n"
+            "@step\ndef total(numbers: list) -> int:\n    return sum(numbers)\n"
+        )
+        code = (
+            "import sys\n"
+            "import flow\n"
+            "from stepflow import Pipeline\n"
+            "result = Pipeline.from_module(flow).run()\n"
+            "print(sorted(r.state.value for r in result.steps.values()))\n"
+            "step_modules = ('stepflow._execution.invoke', 'stepflow._execution.task',\n"
+            "                'stepflow._execution.context', 'cloudpickle', 'joblib')\n"
+            "print(sorted(m for m in step_modules if m in sys.modules))\n"
+        )
+        env = dict(os.environ, STEPFLOW_HOME=str(stepflow_home))
+
+        def run() -> list[str]:
+            done = subprocess.run(
+                [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout.splitlines()
+
+        first = run()
+        assert first[0] == "['ran', 'ran']"
+        assert "stepflow._execution.invoke" in first[1]  # the check sees imports when they happen
+        assert run() == ["['reused', 'reused']", "[]"]
+
     def test_helper_edited_between_processes(self, tmp_path, stepflow_home):
         """Runs in separate processes share code analysis through the home, and an edit to a
         helper module between them (same size, same modification time) still reruns exactly
