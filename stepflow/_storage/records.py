@@ -622,6 +622,31 @@ class RunRecords:
             for r in rows
         ]
 
+    def last_outputs(
+        self, pipeline: str, step: str, cache_key: str
+    ) -> tuple[str, dict[str, str]] | None:
+        """The run in which ``step`` of ``pipeline`` last ran and succeeded with this cache
+        key (the same code, inputs, parameters and environment), and the content hash of each
+        of its outputs then; ``None`` when it never did (or its outputs were not recorded)."""
+        row = self._db.execute(
+            "SELECT steps.run_id FROM runs JOIN steps ON steps.run_id = runs.id"
+            " WHERE runs.pipeline = ? AND steps.name = ? AND steps.state = 'ran'"
+            " AND steps.cache_key = ? ORDER BY runs.started DESC LIMIT 1",
+            (pipeline, step, cache_key),
+        ).fetchone()
+        if row is None:
+            return None
+        outputs = {
+            r["name"]: r["content_hash"]
+            for r in self._db.execute(
+                "SELECT name, content_hash FROM step_io"
+                " WHERE run_id = ? AND step = ? AND direction = 'out'",
+                (row["run_id"], step),
+            )
+            if r["content_hash"]
+        }
+        return (row["run_id"], outputs) if outputs else None
+
     def metrics(self, run_id: str) -> dict[str, list[MetricRow]]:
         """Step name → metrics in the order they were logged."""
         found: dict[str, list[MetricRow]] = {}

@@ -4,11 +4,16 @@ The prediction walks the step's ancestors the way a run would, using only the ca
 a step whose key is stored would be reused (its outputs' content hashes are known); a step
 that would run makes its consumers' keys unknowable until it has run (early cutoff may
 still reuse them).
+
+A step with ``cache=False`` always runs, but it usually makes what it made last time (a data
+loader reading an unchanged file). Its outputs are then taken to be those of its last
+successful run, as the run records have them, and every verdict that rests on that says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -36,6 +41,9 @@ class Explanation:
     reasons: tuple[str, ...]
     #: the stored result that would be reused, or the latest one of the step
     record: CacheRecord | None = None
+    #: ``cache=False`` steps whose outputs the verdict takes to be those of their last
+    #: successful run: step → that run's id
+    assumes: Mapping[str, str] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +51,7 @@ class Explanation:
             "verdict": self.verdict,
             "reasons": list(self.reasons),
             "run_id": self.record.run_id if self.record else None,
+            "assumes": dict(self.assumes),
         }
 
     def text(self) -> str:
@@ -80,9 +89,20 @@ def explain(
         hashes: dict[str, str | None] = {}
         why_run: dict[str, str] = {}
         verdicts: dict[str, tuple[str, CacheRecord | None, Any]] = {}
+        #: cache=False step → the run whose outputs are assumed for it
+        assumed: dict[str, str] = {}
+        #: step → the assumed cache=False steps its key rests on
+        rests_on: dict[str, dict[str, str]] = {}
+        last_outputs = _last_outputs(config.home, pipeline.name)
         for name in plan.steps:
             spec = plan.dag.steps[name]
             edges = [p.name for p in spec.inputs if p.name in plan.dag.producers]
+            rests_on[name] = {}
+            for edge in edges:
+                producer = plan.dag.producers[edge]
+                rests_on[name].update(rests_on[producer])
+                if producer in assumed:
+                    rests_on[name][producer] = assumed[producer]
             unknown = [e for e in edges if hashes.get(e) is None]
             key = None
             record = None
@@ -112,31 +132,79 @@ def explain(
                     verdict = "run"
                     why_run[name] = "no stored result for its current key"
             verdicts[name] = (verdict, record, key)
+            earlier = (
+                last_outputs(name, key.digest)
+                if not spec.options.cache and key is not None
+                else None
+            )
+            if earlier is not None and all(p.name in earlier[1] for p in spec.outputs):
+                assumed[name] = earlier[0]
+                record_hashes = earlier[1]
+            elif record is not None:
+                record_hashes = {o: ref.content_hash for o, ref in record.outputs.items()}
+            else:
+                record_hashes = {}
             for port in spec.outputs:
-                hashes[port.name] = (
-                    record.outputs[port.name].content_hash
-                    if record is not None and port.name in record.outputs
-                    else None
-                )
+                hashes[port.name] = record_hashes.get(port.name)
         verdict, record, key = verdicts[step]
+        if not plan.dag.steps[step].options.cache:
+            rests_on[step] = {}  # it runs whatever its inputs are
+        assumptions = _assumptions(rests_on[step])
         if verdict == "reuse":
             assert record is not None
             return Explanation(
                 step,
                 "reuse",
-                (f"its key matches the result stored by run {record.run_id}",),
+                (f"its key matches the result stored by run {record.run_id}", *assumptions),
                 record,
+                rests_on[step],
             )
+        reasons = _reasons(plan, step, verdicts, why_run, assumed, index, pipeline.name)
         return Explanation(
             step,
             "run",
-            tuple(_reasons(plan, step, verdicts, why_run, index, pipeline.name)),
+            tuple(reasons + assumptions),
             _last(index, pipeline.name, step),
+            rests_on[step],
         )
     finally:
         index.close()
         for backend in backends.values():
             backend.close()
+
+
+_LastOutputs = Callable[[str, str], "tuple[str, dict[str, str]] | None"]
+
+
+def _last_outputs(home: Path, pipeline: str) -> _LastOutputs:
+    """``(step, cache key) -> (run id, {output: content hash}) or None``, from the run
+    records: what the step made when it last ran with that key. A home without records (or
+    with unreadable ones) knows nothing, and none is created."""
+    from stepflow._storage.records import RunRecords
+
+    path = home / "runs.db"
+    if not path.is_file():
+        return lambda step, key: None
+    try:
+        records = RunRecords.shared(path)
+    except Exception:  # explaining must not fail on damaged records; it just knows less
+        return lambda step, key: None
+
+    def lookup(step: str, key: str) -> tuple[str, dict[str, str]] | None:
+        try:
+            return records.last_outputs(pipeline, step, key)
+        except Exception:  # as above: damaged records only make the prediction know less
+            return None
+
+    return lookup
+
+
+def _assumptions(rests_on: Mapping[str, str]) -> list[str]:
+    return [
+        f"assuming step {producer!r} makes the same output as in run {run_id}, when it last "
+        f"ran with the same key (it has cache=False, so it always runs)"
+        for producer, run_id in rests_on.items()
+    ]
 
 
 def _last(index: CacheIndex, pipeline: str, step: str) -> CacheRecord | None:
@@ -149,6 +217,7 @@ def _reasons(
     step: str,
     verdicts: Mapping[str, tuple[str, CacheRecord | None, Any]],
     why_run: Mapping[str, str],
+    assumed: Mapping[str, str],
     index: CacheIndex,
     pipeline: str,
 ) -> list[str]:
@@ -158,6 +227,8 @@ def _reasons(
     reasons = []
     for port in spec.inputs:
         producer = plan.dag.producers.get(port.name)
+        if producer in assumed:
+            continue  # its output is taken as last time's: the key below says the rest
         if producer is not None and verdicts[producer][0] == "run":
             reasons.append(
                 f"input {port.name!r} comes from step {producer!r}, which would run "

@@ -124,6 +124,25 @@ def test_the_check_for_abandoned_runs_reads_only_runs_marked_running(
     assert records.mark_abandoned() == []
 
 
+def test_last_outputs_of_a_step_with_a_given_key(records: RunRecords) -> None:
+    """What a step made when it last ran, and succeeded, with the same cache key."""
+    out = "out"
+    for run_id, started, state, key, content in [
+        ("r1", 1.0, "ran", "k1", "aa"),
+        ("r2", 2.0, "ran", "k1", "bb"),  # the latest with k1
+        ("r3", 3.0, "failed", "k1", None),  # failed: made nothing to assume
+        ("r4", 4.0, "ran", "k2", "cc"),  # another key
+    ]:
+        records.start_run(_run(run_id, started=started))
+        io = () if content is None else (StepIO(out, "rows", f"{content}.pickle", content, 1),)
+        records.write_steps(run_id, [StepRow(name="load", state=state, cache_key=key, io=io)])
+    assert records.last_outputs("p", "load", "k1") == ("r2", {"rows": "bb"})
+    assert records.last_outputs("p", "load", "k2") == ("r4", {"rows": "cc"})
+    assert records.last_outputs("p", "load", "k3") is None
+    assert records.last_outputs("other", "load", "k1") is None
+    assert records.last_outputs("p", "other", "k1") is None
+
+
 def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
     first = RunRecords(tmp_path / "runs.db")
     first.start_run(_run("r1"))

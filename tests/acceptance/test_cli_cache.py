@@ -99,6 +99,88 @@ class TestExplain:
         assert out.ret == 2 and "steps: numbers, scaled, total" in out.stderr
 
 
+LOADER_FLOW = """
+from pathlib import Path
+from stepflow import step
+
+@step(cache=False)
+def rows(path: str = "rows.txt") -> list[str]:
+    return Path(path).read_text().split()
+
+@step
+def counted(rows: list[str]) -> int:
+    return len(rows)
+
+@step
+def doubled(counted: int, factor: int = 2) -> int:
+    return counted * factor
+"""
+
+
+class TestExplainAfterCacheFalse:
+    """A ``cache=False`` step always runs; explain takes its output to be what it made when
+    it last ran with the same key, and says so."""
+
+    def _project(self, runner) -> None:
+        runner.makepyfile(flow=LOADER_FLOW)
+        (runner.path / "rows.txt").write_text("a b c\n")
+
+    def test_consumers_predicted_reused_with_the_assumption_named(self, stepflow_runner):
+        self._project(stepflow_runner)
+        first = stepflow_runner.run("run", "flow.py")
+        assert first.ret == 0
+        loader_run = json.loads(stepflow_runner.run("runs", "list", "--json").stdout)[0]["id"]
+        out = stepflow_runner.run("explain", "flow.py", "doubled", "--json")
+        data = json.loads(out.stdout)
+        assert data["verdict"] == "reuse"
+        assert data["assumes"] == {"rows": loader_run}
+        assert any(
+            f"assuming step 'rows' makes the same output as in run {loader_run}" in r
+            for r in data["reasons"]
+        )
+        # The prediction holds: the loader runs, makes the same rows, and the rest is reused.
+        stepflow_runner.run("run", "flow.py").fnmatch_lines(
+            ["rows *ran*", "counted *reused*", "doubled *reused*"]
+        )
+        # The loader itself always runs, and its own verdict assumes nothing.
+        loader = json.loads(stepflow_runner.run("explain", "flow.py", "rows", "--json").stdout)
+        assert loader["verdict"] == "run" and loader["assumes"] == {}
+
+    def test_a_changed_parameter_downstream_is_named(self, stepflow_runner):
+        """With the loader's output assumed, a step's own changes can be named."""
+        self._project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        out = stepflow_runner.run("explain", "flow.py", "doubled", "--param", "factor=3")
+        out.fnmatch_lines(
+            [
+                "step 'doubled' would be run",
+                "  - parameter 'factor' changed: 2 -> 3",
+                "  - assuming step 'rows' makes the same output as in run *",
+            ]
+        )
+
+    def test_no_assumption_when_the_loader_itself_changed(self, stepflow_runner):
+        """A loader with another key (here a parameter) has no earlier output to assume."""
+        self._project(stepflow_runner)
+        (stepflow_runner.path / "other.txt").write_text("a b c\n")
+        stepflow_runner.run("run", "flow.py")
+        out = stepflow_runner.run("explain", "flow.py", "counted", "--param", "path=other.txt")
+        out.fnmatch_lines(
+            ["step 'counted' would be run", "  - input 'rows' comes from step 'rows', which would*"]
+        )
+        assert "assuming" not in out.stdout
+
+    def test_without_run_records_nothing_is_assumed_and_none_are_made(self, stepflow_runner):
+        self._project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        for name in ("runs.db", "runs.db-wal", "runs.db-shm"):
+            (stepflow_runner.home / name).unlink(missing_ok=True)
+        out = stepflow_runner.run("explain", "flow.py", "counted")
+        assert out.ret == 0
+        out.fnmatch_lines(["step 'counted' would be run", "  - input 'rows' comes from*"])
+        assert not (stepflow_runner.home / "runs.db").exists()
+
+
 class TestCacheCommands:
     def test_ls_info_prune(self, stepflow_runner):
         """ls lists results, info counts them, prune --all empties the store."""
