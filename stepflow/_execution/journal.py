@@ -187,8 +187,7 @@ class Journal:
         tags: dict[str, str] = {}
         for fact in self.facts.values():
             tags.update(fact.tags)
-        with self._lock:
-            rows, self._pending = self._pending, []
+        rows = self._take_pending()
         try:
             # The source snapshot is not waited for: it records itself when it is done.
             self.records.finish_run(
@@ -334,9 +333,13 @@ class Journal:
             logs=tuple(fact.logs),
         )
 
-    def _flush(self) -> None:
+    def _take_pending(self) -> list[StepRow]:
         with self._lock:
             rows, self._pending = self._pending, []
             self._flushed = time.monotonic()
+        return rows
+
+    def _flush(self) -> None:
+        rows = self._take_pending()
         if rows and self.records is not None:
             self.records.write_steps(self.runner.run_id, rows)

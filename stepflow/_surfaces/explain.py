@@ -12,7 +12,7 @@ successful run, as the run records have them, and every verdict that rests on th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,6 @@ def explain(
         assumed: dict[str, str] = {}
         #: step → the assumed cache=False steps its key rests on
         rests_on: dict[str, dict[str, str]] = {}
-        last_outputs = _last_outputs(config.home, pipeline.name)
         for name in plan.steps:
             spec = plan.dag.steps[name]
             edges = [p.name for p in spec.inputs if p.name in plan.dag.producers]
@@ -133,7 +132,7 @@ def explain(
                     why_run[name] = "no stored result for its current key"
             verdicts[name] = (verdict, record, key)
             earlier = (
-                last_outputs(name, key.digest)
+                _earlier_outputs(config.home, pipeline.name, name, key.digest)
                 if not spec.options.cache and key is not None
                 else None
             )
@@ -173,30 +172,21 @@ def explain(
             backend.close()
 
 
-_LastOutputs = Callable[[str, str], "tuple[str, dict[str, str]] | None"]
-
-
-def _last_outputs(home: Path, pipeline: str) -> _LastOutputs:
-    """``(step, cache key) -> (run id, {output: content hash}) or None``, from the run
-    records: what the step made when it last ran with that key. A home without records (or
-    with unreadable ones) knows nothing, and none is created."""
+def _earlier_outputs(
+    home: Path, pipeline: str, step: str, key: str
+) -> tuple[str, dict[str, str]] | None:
+    """What ``step`` made when it last ran with ``key``: ``(run id, {output: content
+    hash})``, from the run records. A home without records (or with unreadable ones) knows
+    nothing, and none is created."""
     from stepflow._storage.records import RunRecords
 
     path = home / "runs.db"
     if not path.is_file():
-        return lambda step, key: None
+        return None
     try:
-        records = RunRecords.shared(path)
+        return RunRecords.shared(path).last_outputs(pipeline, step, key)
     except Exception:  # explaining must not fail on damaged records; it just knows less
-        return lambda step, key: None
-
-    def lookup(step: str, key: str) -> tuple[str, dict[str, str]] | None:
-        try:
-            return records.last_outputs(pipeline, step, key)
-        except Exception:  # as above: damaged records only make the prediction know less
-            return None
-
-    return lookup
+        return None
 
 
 def _assumptions(rests_on: Mapping[str, str]) -> list[str]:
