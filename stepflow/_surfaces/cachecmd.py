@@ -14,13 +14,21 @@ from typing import Any
 import attrs
 
 from stepflow._config import Config
-from stepflow._humanize import human_size
+from stepflow._humanize import human_size, human_time
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.stores import open_datastore
 from stepflow.errors import UsageError
 
-__all__ = ["PruneReport", "cache_info", "list_records", "parse_size", "prune"]
+__all__ = [
+    "PruneReport",
+    "cache_info",
+    "find_record",
+    "format_record",
+    "list_records",
+    "parse_size",
+    "prune",
+]
 
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -89,6 +97,65 @@ def cache_info(config: Config) -> dict[str, Any]:
         "unreferenced_objects": sum(1 for n in names if n not in referenced),
         "pipelines": sorted({r.pipeline for r in records}),
     }
+
+
+def find_record(config: Config, key: str) -> tuple[CacheRecord, dict[str, bool]]:
+    """The stored result whose cache key is ``key`` or starts with it, and which of its
+    outputs' objects are still in the store.
+
+    :raises UsageError: no result has such a key, or more than one does.
+    """
+    wanted = key.strip().lower()
+    if len(wanted) < 4 or any(c not in "0123456789abcdef" for c in wanted):
+        raise UsageError(
+            f"cache key {key!r}: give a key, or the first 4 or more of its hex digits, as "
+            f"`stepflow cache ls` shows them"
+        )
+    index, store = _open(config)
+    try:
+        found = [r for r in _all_records(index) if r.key.startswith(wanted)]
+        if len(found) == 1:
+            record = found[0]
+            return record, {out: store.exists(ref.name) for out, ref in record.outputs.items()}
+    finally:
+        index.close()
+    if not found:
+        raise UsageError(
+            f"no stored result has a cache key starting with {wanted!r} in {config.home}; "
+            f"`stepflow cache ls` lists them"
+        )
+    keys = ", ".join(f"{r.key[:12]} ({r.pipeline}:{r.step})" for r in found[:10])
+    raise UsageError(f"cache key {wanted!r} is ambiguous ({keys}); give more of it")
+
+
+def format_record(record: CacheRecord, present: dict[str, bool]) -> str:
+    """One stored result: what made it, its outputs, and the parts of its key."""
+    age = _age(time.time() - record.created)
+    lines = [
+        f"key: {record.key}",
+        f"pipeline: {record.pipeline}",
+        f"step: {record.step}",
+        f"run: {record.run_id}",
+        f"created: {human_time(record.created)} ({age} ago)",
+        f"size: {human_size(record.size)}",
+        "outputs:",
+    ]
+    for out, ref in record.outputs.items():
+        missing = "" if present.get(out, True) else "  MISSING from the store (a rerun remakes it)"
+        lines.append(
+            f"  {out}: {human_size(ref.size)}, {ref.serializer}, object {ref.name}, "
+            f"content hash {ref.content_hash}{missing}"
+        )
+    # What `stepflow explain` compares, part by part.
+    for part in ("code", "inputs", "params", "env"):
+        values = record.components.get(part, {})
+        if part == "code":
+            values = {k: v for k, v in values.items() if k != "digest"}
+        lines.append(f"{part}:" if values else f"{part}: (none)")
+        for name, value in values.items():
+            shown = record.param_values.get(name, value) if part == "params" else value
+            lines.append(f"  {name}: {shown}")
+    return "\n".join(lines) + "\n"
 
 
 @attrs.frozen

@@ -158,12 +158,29 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
 
     cache = sub.add_parser("cache", help="list, inspect and prune stored results")
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
-    cache_ls = cache_sub.add_parser("ls", help="list stored results")
-    cache_ls.add_argument("--pipeline")
-    cache_ls.add_argument("--step")
+    cache_ls = cache_sub.add_parser(
+        "ls",
+        help="list stored results",
+        description="List the stored results, oldest first: a short cache key, the pipeline, "
+        "the step, the age, the size of the outputs and the run that made them.",
+    )
+    cache_ls.add_argument("--pipeline", help="only this pipeline's results")
+    cache_ls.add_argument("--step", help="only this step's results")
     cache_ls.add_argument("--json", action="store_true", help="print JSON")
     _add_common(cache_ls)
-    cache_info = cache_sub.add_parser("info", help="sizes and counts of the store")
+    cache_info = cache_sub.add_parser(
+        "info",
+        help="sizes and counts of the store, or one stored result",
+        description="Without KEY: the store's location, its numbers of results and objects "
+        "and their size. With KEY: that stored result, its outputs and the parts of its "
+        "cache key.",
+    )
+    cache_info.add_argument(
+        "key",
+        metavar="KEY",
+        nargs="?",
+        help="a cache key, or a unique prefix of one (4 or more hex digits) as `cache ls` shows it",
+    )
     cache_info.add_argument("--json", action="store_true", help="print JSON")
     _add_common(cache_info)
     cache_prune = cache_sub.add_parser(
@@ -398,13 +415,23 @@ def _cmd_cache(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) 
         else:
             sys.stdout.write(cachecmd.format_records(records))
         return ExitCode.OK
+    if args.cache_command == "info" and args.key is not None:
+        record, present = cachecmd.find_record(config, args.key)
+        if args.json:
+            print(json.dumps({**record.to_dict(), "present": present}, indent=2))
+        else:
+            sys.stdout.write(cachecmd.format_record(record, present))
+        return ExitCode.OK
     if args.cache_command == "info":
+        from stepflow._humanize import human_size
+
         info = cachecmd.cache_info(config)
         if args.json:
             print(json.dumps(info, indent=2))
         else:
             for key, value in info.items():
-                print(f"{key}: {value}")
+                shown = f"{value} ({human_size(value)})" if key == "bytes" else value
+                print(f"{key}: {shown}")
         return ExitCode.OK
     if not (args.older_than or args.max_size or args.pipeline or args.all):
         raise UsageError(

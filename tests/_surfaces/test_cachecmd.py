@@ -115,3 +115,35 @@ class TestSharedStore:
         report = cachecmd.prune(a, older_than=0.0, pinned=pinned)
         assert report.kept_pinned == 1
         assert objects(s3_server) == pinned
+
+
+class TestFindRecord:
+    """``stepflow cache info KEY`` picks one result by a key prefix (a local home)."""
+
+    @pytest.fixture
+    def config(self, tmp_path):
+        from stepflow._storage.artifacts import ArtifactRef
+        from stepflow._storage.index import CacheIndex, CacheRecord
+
+        (tmp_path / "pyproject.toml").write_text("[project]\nname = 'p'\n")
+        config = load_config(tmp_path, home=tmp_path / "home", environ={})
+        index = CacheIndex(config.home / "index")
+        ref = ArtifactRef("0" * 32 + ".joblib", "0" * 32, "joblib", 5, "1" * 32)
+        for key, step in (("abcd1" + "0" * 27, "one"), ("abcd2" + "0" * 27, "two")):
+            index.put(CacheRecord(key, step, "p", "run-1", 0.0, {step: ref}))
+        index.close()
+        return config
+
+    def test_unique_prefix(self, config):
+        record, present = cachecmd.find_record(config, "ABCD2")
+        assert record.step == "two"
+        # Nothing was ever written to the store: the output is reported missing.
+        assert present == {"two": False}
+        assert "two: 5 B, joblib, object " in cachecmd.format_record(record, present)
+        assert "MISSING" in cachecmd.format_record(record, present)
+
+    def test_ambiguous_prefix_names_the_candidates(self, config):
+        from stepflow.errors import UsageError
+
+        with pytest.raises(UsageError, match=r"'abcd' is ambiguous \(abcd1.* \(p:one\), abcd2"):
+            cachecmd.find_record(config, "abcd")

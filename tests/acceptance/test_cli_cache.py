@@ -202,6 +202,59 @@ class TestCacheCommands:
         assert info["results"] == 0 and info["objects"] == 0
         stepflow_runner.run("run", "flow.py").fnmatch_lines(["*3 ran in*"])
 
+    def test_info_of_one_result(self, stepflow_runner):
+        """info KEY shows one result: what made it, its outputs, its key's parts."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        (row,) = json.loads(stepflow_runner.run("cache", "ls", "--step", "total", "--json").stdout)
+        stored = row["outputs"]["total"]
+        out = stepflow_runner.run("cache", "info", row["key"][:6])
+        assert out.ret == 0
+        out.fnmatch_lines(
+            [
+                f"key: {row['key']}",
+                "step: total",
+                f"run: {row['run_id']}",
+                "outputs:",
+                f"  total: * B, {stored['serializer']}, object {stored['name']}, content hash *",
+                "code:",
+                "  flow.total: *",
+                "inputs:",
+                "  scaled: *",
+                "params:",
+                "  token: ***",
+                "env:",
+            ]
+        )
+        assert "s3cr3t" not in out.stdout and "MISSING" not in out.stdout
+        data = json.loads(stepflow_runner.run("cache", "info", row["key"], "--json").stdout)
+        assert data["key"] == row["key"] and data["present"] == {"total": True}
+
+    def test_info_of_one_result_says_a_missing_object(self, stepflow_runner):
+        """A result whose object was deleted is shown with its output marked missing."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        (row,) = json.loads(stepflow_runner.run("cache", "ls", "--step", "total", "--json").stdout)
+        name = row["outputs"]["total"]["name"]
+        (stepflow_runner.home / "objects" / name[:2] / name[2:]).unlink()
+        out = stepflow_runner.run("cache", "info", row["key"])
+        out.fnmatch_lines(["  total: *MISSING from the store*"])
+        data = json.loads(stepflow_runner.run("cache", "info", row["key"], "--json").stdout)
+        assert data["present"] == {"total": False}
+
+    def test_info_of_a_bad_key(self, stepflow_runner):
+        """Too short, not hex, or matching nothing: a usage error that says what to give."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        for key, says in (
+            ("ab", "give a key, or the first 4 or more of its hex digits"),
+            ("nothex", "give a key, or the first 4 or more of its hex digits"),
+            ("ffffffffffffffff", "no stored result has a cache key starting with"),
+        ):
+            out = stepflow_runner.run("cache", "info", key)
+            assert out.ret == 2, key
+            assert says in out.stderr and "stepflow cache ls" in out.stderr, key
+
     def test_prune_by_age_keeps_recent(self, stepflow_runner):
         """--older-than keeps results younger than the age."""
         _project(stepflow_runner)
