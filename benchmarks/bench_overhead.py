@@ -410,6 +410,57 @@ def peer_rows(
     ]
 
 
+def hamilton_rows(label: str, module: ModuleType, plain: ModuleType, repeats: int) -> list[Row]:
+    """stepflow's first run next to Hamilton's uncached run of the same chain, in turn.
+
+    DESIGN.md section 6 sets the first-run budget (0.5 ms/step) on a machine where Hamilton
+    took 0.08-0.11 ms/step uncached. Hamilton here builds its driver from the module and
+    executes the chain, each time: as stepflow plans and runs it each time. Hamilton is
+    optional (``pip install sf-hamilton``); without it these rows are left out.
+    """
+    try:
+        from hamilton import driver
+    except ImportError:
+        print("Hamilton is not installed (pip install sf-hamilton): its peer rows are left out")
+        return []
+    from stepflow import Pipeline
+
+    pipe = Pipeline.from_module(module)
+    last = f"s{CHAIN - 1}"
+
+    def hamilton() -> None:
+        dr = driver.Builder().with_modules(plain).build()
+        dr.execute([last])
+
+    def flow_new_home() -> None:
+        ensure_ok(pipe.run(workers=1, home=fresh_home()), label)
+
+    home = fresh_home()
+    ensure_ok(pipe.run(workers=1, home=home), label)
+    seeds = itertools.count(2_000_000_000, 1_000_000)
+
+    def flow_used_home() -> None:
+        ensure_ok(pipe.run(workers=1, home=home, params={"seed": next(seeds)}), label)
+
+    hamilton()  # warm-up
+    rows = []
+    for what, flow in (("brand-new home", flow_new_home), ("home used before", flow_used_home)):
+        flows, peers = alternated(flow, hamilton, repeats)
+        ratios = [x / y for x, y in zip(flows, peers, strict=True)]
+        rows.append(
+            Row(
+                f"{label}, first run ({what}) next to Hamilton, uncached (peer)",
+                spread(flows, ms),
+                f"Hamilton {ms(statistics.median(peers))} "
+                f"({statistics.median(peers) / CHAIN * 1e3:.3f} ms/step)",
+                f"{paired_ratio(flows, peers)} Hamilton's",
+                "4.5x Hamilton's (0.5 vs 0.11 ms/step)",
+                verdict(statistics.median(ratios), 0.5 / 0.11),
+            )
+        )
+    return rows
+
+
 def cached_rerun_row(label: str, module: ModuleType, steps: int, repeats: int) -> Row:
     """Rerun in the same home: every step should be reused once caching exists."""
     from stepflow import Pipeline, StepState
@@ -628,6 +679,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(cached_rerun_row(f"{CHAIN}-step chain", chain, CHAIN, repeats))
         peer = import_generated(folder, "joblib_chain", joblib_chain_source(CHAIN))
         rows += peer_rows(f"{CHAIN}-step chain", chain, peer, CHAIN, repeats)
+        plain_chain = importlib.import_module("plain_chain")
+        rows += hamilton_rows(f"{CHAIN}-step chain", chain, plain_chain, repeats)
 
         print_table(rows)
         print(

@@ -109,7 +109,6 @@ class TerminalReporter:
             self._running.pop(report.name, None)
             self._done += 1
             self._clear_status()
-            state = self._color(report.state, f"{report.state.value:<7}")
             detail = ""
             if report.state is StepState.SKIPPED and report.reason:
                 detail = f"  ({report.reason})"
@@ -120,6 +119,10 @@ class TerminalReporter:
             if report.state is StepState.FAILED and report.error is not None:
                 first = str(report.error).splitlines()[0]
                 detail += f"  {first[:120]}"
+            # Padded only to line up a detail after it: no trailing blanks on a bare state.
+            state = self._color(
+                report.state, f"{report.state.value:<7}" if detail else report.state.value
+            )
             dots = "." * max(2, 30 - len(report.name))
             self._write(f"{report.name} {dots} {state}{detail}\n")
             self._show_status()
