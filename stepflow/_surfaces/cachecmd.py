@@ -23,6 +23,7 @@ from stepflow.errors import UsageError
 __all__ = [
     "PruneReport",
     "cache_info",
+    "filter_hint",
     "find_record",
     "format_record",
     "list_records",
@@ -76,6 +77,23 @@ def list_records(
     finally:
         index.close()
     return sorted(records, key=lambda r: r.created)
+
+
+def filter_hint(config: Config, pipeline: str | None, step: str | None) -> str:
+    """What ``--pipeline``/``--step`` could have named, when they matched no stored result."""
+    records = list_records(config)
+    if not records:
+        return ""
+    pipelines = sorted({r.pipeline for r in records})
+    if pipeline is not None and pipeline not in pipelines:
+        return (
+            f"no results of pipeline {pipeline!r}; pipelines with results: {', '.join(pipelines)}\n"
+        )
+    if step is None:
+        return ""
+    steps = sorted({r.step for r in records if pipeline is None or r.pipeline == pipeline})
+    of = f" of pipeline {pipeline!r}" if pipeline is not None else ""
+    return f"no results of step {step!r}{of}; steps with results: {', '.join(steps)}\n"
 
 
 def cache_info(config: Config) -> dict[str, Any]:

@@ -255,6 +255,22 @@ class TestCacheCommands:
             assert out.ret == 2, key
             assert says in out.stderr and "stepflow cache ls" in out.stderr, key
 
+    def test_filters_that_match_nothing_say_what_would(self, stepflow_runner):
+        """A misspelt --pipeline or --step names the pipelines or steps that have results."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        out = stepflow_runner.run("cache", "ls", "--pipeline", "flwo")
+        assert out.ret == 0
+        out.fnmatch_lines(["no stored results", "no results of pipeline 'flwo'; *: flow"])
+        out = stepflow_runner.run("cache", "ls", "--pipeline", "flow", "--step", "totl")
+        out.fnmatch_lines(
+            ["no results of step 'totl' of pipeline 'flow'; *: numbers, scaled, total"]
+        )
+        out = stepflow_runner.run("cache", "prune", "--pipeline", "flwo")
+        assert out.ret == 0
+        out.fnmatch_lines(["removed 0 results*", "no results of pipeline 'flwo'; *: flow"])
+        assert json.loads(stepflow_runner.run("cache", "info", "--json").stdout)["results"] == 3
+
     def test_prune_by_age_keeps_recent(self, stepflow_runner):
         """--older-than keeps results younger than the age."""
         _project(stepflow_runner)
