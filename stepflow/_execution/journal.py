@@ -28,7 +28,7 @@ from stepflow._storage.records import (
     encode_params,
 )
 from stepflow._version import __version__
-from stepflow.errors import StepFailedError, StepflowError, StepflowWarning
+from stepflow.errors import StepFailedError, StepflowWarning
 
 if TYPE_CHECKING:
     from stepflow._execution.capture import Captured
@@ -99,7 +99,7 @@ class Journal:
             self.records = open_records(runner.config.home)
             self.records.mark_abandoned()
             self.records.start_run(self._run_row())
-        except (OSError, StepflowError, Exception) as exc:
+        except Exception as exc:  # the run goes on without records (see _lost)
             self._lost(exc)
             return
         if runner.config.settings.get("record_source", True):

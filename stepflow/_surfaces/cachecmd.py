@@ -27,6 +27,7 @@ __all__ = [
     "find_record",
     "format_record",
     "list_records",
+    "matching",
     "parse_size",
     "prune",
 ]
@@ -69,19 +70,26 @@ def list_records(
 ) -> list[CacheRecord]:
     index, _ = _open(config)
     try:
-        records = [
-            r
-            for r in _all_records(index)
-            if (pipeline is None or r.pipeline == pipeline) and (step is None or r.step == step)
-        ]
+        records = matching(_all_records(index), pipeline=pipeline, step=step)
     finally:
         index.close()
     return sorted(records, key=lambda r: r.created)
 
 
-def filter_hint(config: Config, pipeline: str | None, step: str | None) -> str:
-    """What ``--pipeline``/``--step`` could have named, when they matched no stored result."""
-    records = list_records(config)
+def matching(
+    records: Iterable[CacheRecord], *, pipeline: str | None = None, step: str | None = None
+) -> list[CacheRecord]:
+    """The records of ``pipeline`` and ``step`` (``None``: any)."""
+    return [
+        r
+        for r in records
+        if (pipeline is None or r.pipeline == pipeline) and (step is None or r.step == step)
+    ]
+
+
+def filter_hint(records: list[CacheRecord], pipeline: str | None, step: str | None) -> str:
+    """What ``--pipeline``/``--step`` could have named among ``records`` (all of them), when
+    they matched none."""
     if not records:
         return ""
     pipelines = sorted({r.pipeline for r in records})

@@ -409,13 +409,14 @@ def _cmd_cache(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) 
     from stepflow.errors import PipelineDefinitionError, UsageError
 
     if args.cache_command == "ls":
-        records = cachecmd.list_records(config, pipeline=args.pipeline, step=args.step)
+        every = cachecmd.list_records(config)
+        records = cachecmd.matching(every, pipeline=args.pipeline, step=args.step)
         if args.json:
             print(json.dumps([r.to_dict() for r in records], indent=2))
         else:
             sys.stdout.write(cachecmd.format_records(records))
             if not records and (args.pipeline or args.step):
-                sys.stdout.write(cachecmd.filter_hint(config, args.pipeline, args.step))
+                sys.stdout.write(cachecmd.filter_hint(every, args.pipeline, args.step))
         return ExitCode.OK
     if args.cache_command == "info" and args.key is not None:
         record, present = cachecmd.find_record(config, args.key)
@@ -464,7 +465,9 @@ def _cmd_cache(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) 
         sys.stdout.write(report.text())
         if args.pipeline and not report.removed_results and not report.kept_pinned:
             # Most likely a misspelt name: say which pipelines have results.
-            sys.stdout.write(cachecmd.filter_hint(config, args.pipeline, None))
+            sys.stdout.write(
+                cachecmd.filter_hint(cachecmd.list_records(config), args.pipeline, None)
+            )
     return ExitCode.OK
 
 
