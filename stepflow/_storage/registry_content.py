@@ -21,6 +21,7 @@ store through them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -39,6 +40,7 @@ from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.files import fetch_file, store_file
 from stepflow._storage.hashing import UnhashableValueError, hash_value
+from stepflow._storage.locks import key_lock
 from stepflow._storage.registry import DatasetVersion, ModelVersion
 from stepflow._storage.serializers import SerializationError
 from stepflow.errors import UsageError
@@ -325,6 +327,17 @@ def materialize(version: DatasetVersion, store: Datastore, home: Path) -> Path:
     top = next(iter(entries)).split("/")[0]
     if _intact(final, entries):
         return final / top
+    # One copier per version at a time: a process that finished its copy while another was
+    # still copying used to have it moved aside as stale, under the step reading it.
+    lease = hashlib.sha256(f"materialize\0{final.name}\0{version.name}".encode()).hexdigest()
+    with key_lock(home, lease):
+        if not _intact(final, entries):
+            _copy_in(entries, store, parent, final)
+    return final / top
+
+
+def _copy_in(entries: dict[str, ArtifactRef], store: Datastore, parent: Path, final: Path) -> None:
+    """Copy ``entries`` into a new folder and put it at ``final``, replacing a damaged copy."""
     parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = parent / f".tmp-{secrets.token_hex(6)}"
     try:
@@ -347,12 +360,11 @@ def materialize(version: DatasetVersion, store: Datastore, home: Path) -> Path:
         try:
             tmp.rename(final)
         except OSError:
-            # Another process put an intact copy there first.
+            # A copier holding no lease (an older stepflow) put an intact copy there first.
             if not _intact(final, entries):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final / top
 
 
 def _intact(folder: Path, entries: dict[str, ArtifactRef]) -> bool:

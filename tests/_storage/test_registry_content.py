@@ -246,3 +246,43 @@ class TestModelContent:
         assert structural_hash(model) is None
         ref, content, _ = model_content(store, SERIALIZERS, model)
         assert content and ref.serializer == "cloudpickle"
+
+
+def _materialize_and_read(version, store_root, home, start, out) -> None:
+    """In a child process: wait for the others, materialize, read what came back."""
+    start.wait()
+    try:
+        path = materialize(version, LocalDatastore(store_root), home)
+        out.put(path.read_text())
+    except Exception as exc:  # reported to the parent, which fails the test
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+class TestConcurrentMaterializing:
+    def test_processes_racing_for_one_copy_all_read_it(self, store, tmp_path, csv):
+        """Worker processes that materialize the same version at once each read the file.
+
+        A process that finished its copy used to have it moved away by one that finished
+        later (replacing what it took for a stale copy), so its step read a missing file.
+        """
+        import multiprocessing
+
+        version = register(store, "houses", csv)
+        ctx = multiprocessing.get_context("fork")
+        want = csv.read_text()
+        for round_ in range(40):
+            home = tmp_path / f"home{round_}"
+            start, out = ctx.Barrier(4), ctx.Queue()
+            procs = [
+                ctx.Process(
+                    target=_materialize_and_read, args=(version, store.root, home, start, out)
+                )
+                for _ in range(4)
+            ]
+            for proc in procs:
+                proc.start()
+            got = [out.get(timeout=60) for _ in procs]
+            for proc in procs:
+                proc.join(timeout=60)
+            assert got == [want] * 4, f"round {round_}: {got}"
+            assert len(list((home / "materialized" / "houses").iterdir())) == 1
