@@ -152,8 +152,12 @@ class _Open:
             import diskcache
 
             # No eviction: dropping a record is the job of `stepflow cache prune`, never a
-            # side effect of a size limit the user did not set.
-            cache = diskcache.Cache(str(self.directory), eviction_policy="none", timeout=60)
+            # side effect of a size limit the user did not set. No culling either: records
+            # never expire, so the query for expired ones that each write would run finds
+            # nothing (one SQLite statement of five per stored result).
+            cache = diskcache.Cache(
+                str(self.directory), eviction_policy="none", cull_limit=0, timeout=60
+            )
             self.file_id = _file_id(self.directory / "cache.db")
             self._cache = cache
         except BaseException as exc:  # raised again where the index is used

@@ -161,6 +161,21 @@ class TestLocalStore:
             index.close()
 
 
+def test_storing_a_result_looks_for_no_expired_records(tmp_path):
+    """Records never expire, so a write runs no query for expired ones (diskcache's
+    culling would, on every write)."""
+    index = CacheIndex(tmp_path / "index")
+    statements: list[str] = []
+    try:
+        index._cache._con.set_trace_callback(statements.append)
+        index.put(record(), last=False)
+        index._cache._con.set_trace_callback(None)
+    finally:
+        index.close()
+    assert any(s.startswith("INSERT INTO Cache") for s in statements), statements
+    assert not [s for s in statements if "expire_time <" in s]
+
+
 class TestLastResults:
     """The last result of each step of a pipeline, which ``explain`` compares with."""
 
