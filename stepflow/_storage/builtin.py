@@ -4,9 +4,10 @@ plugins use."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from stepflow._storage.objectstore import open_object_store
+from stepflow._storage.datastore import Datastore
 from stepflow._storage.serializers import Serializer, builtin_serializers
 from stepflow.hookspecs import hookimpl
 
@@ -19,4 +20,11 @@ def stepflow_serializer_types() -> list[Serializer]:
 @hookimpl
 def stepflow_datastore_types() -> Mapping[str, Any]:
     # One fsspec-based store for every object-store scheme; only s3:// is tested.
-    return {scheme: open_object_store for scheme in ("s3", "gs", "gcs", "az", "abfs")}
+    return {scheme: _open_object_store for scheme in ("s3", "gs", "gcs", "az", "abfs")}
+
+
+def _open_object_store(uri: str, *, home: Path, options: Mapping[str, Any]) -> Datastore:
+    # Imported on use: every run registers these schemes, few runs use one.
+    from stepflow._storage.objectstore import open_object_store
+
+    return open_object_store(uri, home=home, options=options)

@@ -498,3 +498,26 @@ class TestSecondHome:
         assert scoring.ok, {n: s.error for n, s in scoring.steps.items() if s.error}
         assert len(scoring["predictions"]) == 10
         assert scoring["predictions"][hp.PREDICTION].notna().all()
+
+
+def test_a_run_on_the_local_store_never_imports_the_object_store(tmp_path):
+    """The object-store schemes are registered on every run, but their module is imported
+    only when a store URL uses one (it is start-up time a local run does not need)."""
+    import os
+    import subprocess
+
+    (tmp_path / "flow.py").write_text(
+        "from stepflow import step\n\n@step\ndef one() -> int:\n    return 1\n"
+    )
+    code = (
+        "import sys, flow\n"
+        "from stepflow import Pipeline\n"
+        "assert Pipeline.from_module(flow).run().ok\n"
+        "print('stepflow._storage.objectstore' in sys.modules)\n"
+    )
+    env = dict(os.environ, STEPFLOW_HOME=str(tmp_path / "home"))
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
