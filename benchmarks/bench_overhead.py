@@ -484,6 +484,80 @@ def cached_rerun_row(label: str, module: ModuleType, steps: int, repeats: int) -
     )
 
 
+def file_costs(folder: Path, count: int = 400) -> tuple[float, float]:
+    """Seconds per new small file (create, write, rename: how a result is stored) and per new
+    folder, in ``folder``'s file system."""
+    scratch = Path(tempfile.mkdtemp(dir=folder))
+    try:
+        start = time.perf_counter()
+        for i in range(count):
+            tmp = scratch / f".tmp-{i}"
+            with open(tmp, "wb") as fh:
+                fh.write(b"x" * 40)
+            os.replace(tmp, scratch / f"o{i}")
+        per_file = (time.perf_counter() - start) / count
+        start = time.perf_counter()
+        for i in range(count):
+            (scratch / f"d{i}").mkdir()
+        per_folder = (time.perf_counter() - start) / count
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return per_file, per_folder
+
+
+def filesystem_rows(module: ModuleType, steps: int, repeats: int) -> list[Row]:
+    """What the homes' file system costs, and the chain's first run with homes in memory.
+
+    Storing a result makes one new file (and, in a new home, often one new folder); on a disk
+    where that alone takes a large part of the 0.5 ms budget, the tmpfs row shows what the
+    framework itself adds.
+    """
+    global HOMES
+    from stepflow import Pipeline
+
+    assert HOMES is not None
+    disk = [file_costs(HOMES) for _ in range(repeats)]
+    rows = [
+        Row(
+            "homes' file system: one new small file, created and renamed (info)",
+            f"{statistics.median(c[0] for c in disk) * 1e6:.0f} us",
+            "-",
+            f"new folder {statistics.median(c[1] for c in disk) * 1e6:.0f} us",
+        )
+    ]
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)) or shm.stat().st_dev == HOMES.stat().st_dev:
+        print("no tmpfs at /dev/shm apart from the homes' file system: its rows are left out")
+        return rows
+    disk_homes, HOMES = HOMES, Path(tempfile.mkdtemp(dir=shm, prefix="stepflow-bench-"))
+    try:
+        memory = [file_costs(HOMES) for _ in range(repeats)]
+        pipe = Pipeline.from_module(module)
+        label = f"{steps}-step chain, homes on tmpfs"
+        ensure_ok(pipe.run(workers=1, home=fresh_home()), label)
+        samples = timed(lambda: ensure_ok(pipe.run(workers=1, home=fresh_home()), label), repeats)
+        plain = statistics.median(timed_fast(module.plain, repeats))
+        per_step = (statistics.median(samples) - plain) / steps
+    finally:
+        shutil.rmtree(HOMES, ignore_errors=True)
+        HOMES = disk_homes
+    rows += [
+        Row(
+            "tmpfs (/dev/shm): one new small file, created and renamed (info)",
+            f"{statistics.median(c[0] for c in memory) * 1e6:.0f} us",
+            "-",
+            f"new folder {statistics.median(c[1] for c in memory) * 1e6:.0f} us",
+        ),
+        Row(
+            f"{label}: pipeline.run(workers=1), per step (info)",
+            spread(samples, ms),
+            ms(plain),
+            f"+{per_step * 1e3:.3f} ms/step",
+        ),
+    ]
+    return rows
+
+
 def fixed_cost_row(folder: Path, repeats: int) -> Row:
     """A 1-step pipeline: what every run pays before and after its steps."""
     from stepflow import Pipeline
@@ -666,6 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fanout = import_generated(folder, "bench_fanout", fanout_source(FANOUT))
 
         rows += per_step_rows(f"{CHAIN}-step chain", chain, CHAIN, repeats)
+        rows += filesystem_rows(chain, CHAIN, repeats)
         rows += per_step_rows(f"{FANOUT}-wide fan-out", fanout, FANOUT + 1, repeats)
         rows.append(fixed_cost_row(folder, repeats))
         rows.append(build_row(f"{CHAIN}-step chain", chain, repeats))
