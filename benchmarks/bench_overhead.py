@@ -177,10 +177,11 @@ def timed_process(
     return timed(once, repeats)
 
 
-def fresh_home() -> Path:
-    """A new, empty stepflow home, so that a "first run" never finds stored results."""
+def fresh_home(under: Path | None = None) -> Path:
+    """A new, empty stepflow home (in ``under``, or ``HOMES``), so that a "first run" never
+    finds stored results."""
     assert HOMES is not None
-    return Path(tempfile.mkdtemp(dir=HOMES))
+    return Path(tempfile.mkdtemp(dir=under or HOMES))
 
 
 def ensure_ok(result: Any, what: str) -> Any:
@@ -349,8 +350,13 @@ def alternated(
     return a, b
 
 
-def paired_ratio(a: Sequence[float], b: Sequence[float]) -> str:
-    ratios = sorted(x / y for x, y in zip(a, b, strict=True))
+def pair_ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """``a`` over ``b``, pair by pair, sorted."""
+    return sorted(x / y for x, y in zip(a, b, strict=True))
+
+
+def ratio_text(ratios: Sequence[float]) -> str:
+    """The median of sorted ``ratios`` and their range."""
     return f"{statistics.median(ratios):.2f}x [{ratios[0]:.2f}-{ratios[-1]:.2f}]"
 
 
@@ -389,23 +395,21 @@ def peer_rows(
         lambda: peer.chain(cached),
         repeats,
     )
+    cached_ratios = pair_ratios(flows_cached, peers_cached)
     return [
         Row(
             f"{label}, first run: stepflow (home used before) next to joblib.Memory (peer)",
             spread(flows, ms),
             f"joblib {ms(statistics.median(peers))}",
-            f"{paired_ratio(flows, peers)} joblib's",
+            f"{ratio_text(pair_ratios(flows, peers))} joblib's",
         ),
         Row(
             f"{label}, fully cached rerun: stepflow next to joblib.Memory (peer)",
             spread(flows_cached, ms),
             f"joblib {ms(statistics.median(peers_cached))}",
-            f"{paired_ratio(flows_cached, peers_cached)} joblib's",
+            f"{ratio_text(cached_ratios)} joblib's",
             "0.91x joblib's (0.1 vs 0.11 ms/step)",
-            verdict(
-                statistics.median(x / y for x, y in zip(flows_cached, peers_cached, strict=True)),
-                0.1 / 0.11,
-            ),
+            verdict(statistics.median(cached_ratios), 0.1 / 0.11),
         ),
     ]
 
@@ -446,14 +450,14 @@ def hamilton_rows(label: str, module: ModuleType, plain: ModuleType, repeats: in
     rows = []
     for what, flow in (("brand-new home", flow_new_home), ("home used before", flow_used_home)):
         flows, peers = alternated(flow, hamilton, repeats)
-        ratios = [x / y for x, y in zip(flows, peers, strict=True)]
+        ratios = pair_ratios(flows, peers)
         rows.append(
             Row(
                 f"{label}, first run ({what}) next to Hamilton, uncached (peer)",
                 spread(flows, ms),
                 f"Hamilton {ms(statistics.median(peers))} "
                 f"({statistics.median(peers) / CHAIN * 1e3:.3f} ms/step)",
-                f"{paired_ratio(flows, peers)} Hamilton's",
+                f"{ratio_text(ratios)} Hamilton's",
                 "4.5x Hamilton's (0.5 vs 0.11 ms/step)",
                 verdict(statistics.median(ratios), 0.5 / 0.11),
             )
@@ -505,6 +509,16 @@ def file_costs(folder: Path, count: int = 400) -> tuple[float, float]:
     return per_file, per_folder
 
 
+def file_cost_row(label: str, folder: Path, repeats: int) -> Row:
+    costs = [file_costs(folder) for _ in range(repeats)]
+    return Row(
+        f"{label}: one new small file, created and renamed (info)",
+        f"{statistics.median(c[0] for c in costs) * 1e6:.0f} us",
+        "-",
+        f"new folder {statistics.median(c[1] for c in costs) * 1e6:.0f} us",
+    )
+
+
 def filesystem_rows(module: ModuleType, steps: int, repeats: int) -> list[Row]:
     """What the homes' file system costs, and the chain's first run with homes in memory.
 
@@ -512,49 +526,37 @@ def filesystem_rows(module: ModuleType, steps: int, repeats: int) -> list[Row]:
     where that alone takes a large part of the 0.5 ms budget, the tmpfs row shows what the
     framework itself adds.
     """
-    global HOMES
     from stepflow import Pipeline
 
     assert HOMES is not None
-    disk = [file_costs(HOMES) for _ in range(repeats)]
-    rows = [
-        Row(
-            "homes' file system: one new small file, created and renamed (info)",
-            f"{statistics.median(c[0] for c in disk) * 1e6:.0f} us",
-            "-",
-            f"new folder {statistics.median(c[1] for c in disk) * 1e6:.0f} us",
-        )
-    ]
+    rows = [file_cost_row("homes' file system", HOMES, repeats)]
     shm = Path("/dev/shm")
     if not (shm.is_dir() and os.access(shm, os.W_OK)) or shm.stat().st_dev == HOMES.stat().st_dev:
         print("no tmpfs at /dev/shm apart from the homes' file system: its rows are left out")
         return rows
-    disk_homes, HOMES = HOMES, Path(tempfile.mkdtemp(dir=shm, prefix="stepflow-bench-"))
+    in_memory = Path(tempfile.mkdtemp(dir=shm, prefix="stepflow-bench-"))
     try:
-        memory = [file_costs(HOMES) for _ in range(repeats)]
+        rows.append(file_cost_row("tmpfs (/dev/shm)", in_memory, repeats))
         pipe = Pipeline.from_module(module)
         label = f"{steps}-step chain, homes on tmpfs"
-        ensure_ok(pipe.run(workers=1, home=fresh_home()), label)
-        samples = timed(lambda: ensure_ok(pipe.run(workers=1, home=fresh_home()), label), repeats)
+
+        def first_run() -> None:
+            ensure_ok(pipe.run(workers=1, home=fresh_home(in_memory)), label)
+
+        first_run()
+        samples = timed(first_run, repeats)
         plain = statistics.median(timed_fast(module.plain, repeats))
-        per_step = (statistics.median(samples) - plain) / steps
     finally:
-        shutil.rmtree(HOMES, ignore_errors=True)
-        HOMES = disk_homes
-    rows += [
-        Row(
-            "tmpfs (/dev/shm): one new small file, created and renamed (info)",
-            f"{statistics.median(c[0] for c in memory) * 1e6:.0f} us",
-            "-",
-            f"new folder {statistics.median(c[1] for c in memory) * 1e6:.0f} us",
-        ),
+        shutil.rmtree(in_memory, ignore_errors=True)
+    per_step = (statistics.median(samples) - plain) / steps
+    rows.append(
         Row(
             f"{label}: pipeline.run(workers=1), per step (info)",
             spread(samples, ms),
             ms(plain),
             f"+{per_step * 1e3:.3f} ms/step",
-        ),
-    ]
+        )
+    )
     return rows
 
 

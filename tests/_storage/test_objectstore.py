@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import socket
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -503,9 +505,6 @@ class TestSecondHome:
 def test_a_run_on_the_local_store_never_imports_the_object_store(tmp_path):
     """The object-store schemes are registered on every run, but their module is imported
     only when a store URL uses one (it is start-up time a local run does not need)."""
-    import os
-    import subprocess
-
     (tmp_path / "flow.py").write_text(
         "from stepflow import step\n\n@step\ndef one() -> int:\n    return 1\n"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import pickle
 from pathlib import Path
@@ -265,8 +266,6 @@ class TestConcurrentMaterializing:
         A process that finished its copy used to have it moved away by one that finished
         later (replacing what it took for a stale copy), so its step read a missing file.
         """
-        import multiprocessing
-
         version = register(store, "houses", csv)
         ctx = multiprocessing.get_context("fork")
         want = csv.read_text()
