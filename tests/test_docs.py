@@ -4,7 +4,9 @@ Every Markdown file under ``docs/`` (except those other people write, listed in 
 is one test. Its fenced blocks run in order, in a fresh temporary working folder with a fresh
 ``STEPFLOW_HOME``:
 
-- a block tagged ``python`` is executed; all the blocks of one document share one namespace;
+- a block tagged ``python`` is executed; all the blocks of one document share one namespace,
+  except in the tutorial (``STANDALONE``), where a reader runs each block on its own, so each
+  block gets a fresh namespace and must import and load what it uses;
 - a block tagged ``pycon`` is run as a doctest (``...`` is an ellipsis) in that same namespace;
 - a block right after the comment ``<!-- file: NAME -->`` is written to ``NAME`` instead, so
   later blocks can import it or run it;
@@ -38,6 +40,10 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 # Written by other people: not run here, and links to them may land before they do.
 NOT_OURS = {"benchmarks.md", "how-to/write-a-plugin.md"}
+
+# Documents whose readers run each Python block by itself (pasted into a fresh interpreter or
+# saved as a script), so no block may lean on names an earlier block defined.
+STANDALONE = ("tutorial/",)
 
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+)(?P<info>[\w-]*)\s*$")
 _FILE_MARK = re.compile(r"^\s*<!--\s*file:\s*(?P<name>\S+)\s*-->\s*$")
@@ -140,6 +146,8 @@ class DocRunner:
     doc: str
     workdir: Path
     namespace: dict[str, object] = attrs.field(factory=dict)
+    #: run each ``python`` block in a fresh namespace (see ``STANDALONE``)
+    standalone: bool = False
     last_ret: int | None = None
     ran: int = 0
 
@@ -157,7 +165,10 @@ class DocRunner:
         elif block.lang == "python":
             importlib.invalidate_caches()
             code = compile(block.text, f"{self.doc}:{block.lineno}", "exec")
-            exec(code, self.namespace)  # the documentation's own examples, by design
+            namespace = self.namespace
+            if self.standalone:
+                namespace = {"__name__": self.namespace.get("__name__", "__main__")}
+            exec(code, namespace)  # the documentation's own examples, by design
             self.ran += 1
         elif block.lang == "pycon":
             self._doctest(block)
@@ -267,7 +278,12 @@ def test_document_examples(path: Path, docs_workdir: Path) -> None:
     """Every runnable block of the document runs and shows the output the document shows."""
     doc = path.relative_to(DOCS).as_posix()
     module_name = "docs_" + re.sub(r"\W", "_", path.stem)
-    runner = DocRunner(doc, docs_workdir, namespace={"__name__": module_name})
+    runner = DocRunner(
+        doc,
+        docs_workdir,
+        namespace={"__name__": module_name},
+        standalone=doc.startswith(STANDALONE),
+    )
     blocks = parse_blocks(path.read_text())
     for block in blocks:
         runner.run(block)
@@ -300,6 +316,17 @@ def test_lines_match_ellipsis_and_star() -> None:
     assert lines_match(["...", "c", "end *"], lines)
     assert not lines_match(["a", "end *s"], lines)
     assert not lines_match(["lis[ti]nt] ok?", "..."], ["listint] ok!"])
+
+
+def test_standalone_blocks_share_nothing(docs_workdir: Path) -> None:
+    """In a standalone document a block cannot use a name an earlier block defined."""
+    runner = DocRunner("tutorial/check.md", docs_workdir, standalone=True)
+    runner.run(Block("python", "import math\nx = 1\n", 1))
+    with pytest.raises(NameError, match="'math'"):
+        runner.run(Block("python", "assert math.pi > x\n", 4))
+    shared = DocRunner("how-to/check.md", docs_workdir)
+    shared.run(Block("python", "import math\nx = 1\n", 1))
+    shared.run(Block("python", "assert math.pi > x\n", 4))
 
 
 def test_parse_blocks_marks() -> None:

@@ -265,8 +265,12 @@ class TestEchoBackend:
         assert again.ret == 0, again.stderr
         again.fnmatch_lines(["where *reused*", "*2 reused in*"])
         assert len(log.read_text().splitlines()) == 1
-        python = stepflow_runner.path / "python-link"
-        python.symlink_to(sys.executable)
+        # Another path to the same interpreter. A wrapper script, not a symlink: a symlink to a
+        # venv's python placed outside the venv loses the venv (no pyvenv.cfg beside it), and
+        # then cannot import stepflow.
+        python = stepflow_runner.path / "python-wrapper"
+        python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        python.chmod(0o755)
         _pyproject(stepflow_runner, GPU_ECHO + f'python = "{python}"\n')
         moved = stepflow_runner.run("run", "flow.py", env=env)
         assert moved.ret == 0, moved.stderr
