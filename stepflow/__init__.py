@@ -37,6 +37,8 @@ _LAZY = {
     "Pipeline": "stepflow._planning.pipeline",
     "Datastore": "stepflow._storage.datastore",
     "Serializer": "stepflow._storage.serializers",
+    "Hasher": "stepflow._storage.hashing",
+    "register_hasher": "stepflow._storage.hashing",
     "hookimpl": "stepflow.hookspecs",
 }
 
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from stepflow._execution.task import ArtifactRef, Task, TaskError, TaskResult
     from stepflow._planning.pipeline import Pipeline
     from stepflow._storage.datastore import Datastore
+    from stepflow._storage.hashing import Hasher, register_hasher
     from stepflow._storage.serializers import Serializer
     from stepflow.hookspecs import hookimpl
 
@@ -62,6 +65,7 @@ __all__ = [
     "BackendContext",
     "Dataset",
     "Datastore",
+    "Hasher",
     "Model",
     "Param",
     "Pipeline",
@@ -85,6 +89,7 @@ __all__ = [
     "errors",
     "hookimpl",
     "models",
+    "register_hasher",
     "step",
 ]
 

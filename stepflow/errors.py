@@ -101,13 +101,25 @@ class DuplicateOutputError(PipelineDefinitionError):
 
 
 class MissingInputError(PipelineDefinitionError):
-    """A step parameter matches no output, has no default and carries no reference marker."""
+    """A step parameter matches no output, has no default and carries no reference marker.
+
+    :ivar suggestions: output names close to the parameter's name ("did you mean").
+    :ivar fitting_outputs: output names whose producer's declared type fits the parameter's
+        annotation, in pipeline order (suggestions too: stepflow never wires by type).
+    """
 
     def __init__(
-        self, message: str, *, step: str, parameter: str, suggestions: Sequence[str] = ()
+        self,
+        message: str,
+        *,
+        step: str,
+        parameter: str,
+        suggestions: Sequence[str] = (),
+        fitting_outputs: Sequence[str] = (),
     ) -> None:
         super().__init__(message, step=step, parameter=parameter)
         self.suggestions = list(suggestions)
+        self.fitting_outputs = list(fitting_outputs)
 
 
 class TypeMismatchError(PipelineDefinitionError):

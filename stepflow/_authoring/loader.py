@@ -8,13 +8,19 @@ by its dotted name, so worker processes can import it again by that name.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 
 from stepflow.errors import TargetNotFoundError
 
-__all__ = ["import_module_or_path", "looks_like_path"]
+__all__ = ["import_module_or_path", "looks_like_path", "user_code_traceback"]
+
+# Frames in these files are the import machinery, never the user's code.
+_STEPFLOW_DIR = str(Path(__file__).resolve().parent.parent) + os.sep
+_IMPORTLIB_DIR = str(Path(importlib.__file__).resolve().parent) + os.sep
 
 
 def looks_like_path(text: str) -> bool:
@@ -31,7 +37,9 @@ def import_module_or_path(text: str) -> ModuleType:
     try:
         return importlib.import_module(text)
     except ModuleNotFoundError as exc:
-        if exc.name and text.startswith(exc.name) and Path(text.replace(".", "/") + ".py"):
+        # Only the target itself (or a package above it) missing is a bad target; a module
+        # that the user's code imports and that is missing is an error in that code.
+        if exc.name and (text == exc.name or text.startswith(exc.name + ".")):
             raise TargetNotFoundError(
                 f"cannot import module {text!r}: {exc}; check the name, or give a file path "
                 f"such as path/to/{text.split('.')[-1]}.py"
@@ -60,3 +68,41 @@ def _import_path(path: Path) -> ModuleType:
             f"imported from {existing.__file__}; rename the file"
         )
     return importlib.import_module(name)
+
+
+def user_code_traceback(exc: BaseException) -> str:
+    """``exc`` formatted from the first frame of the user's code on.
+
+    Importing a pipeline runs stepflow's loader and importlib before the user's module; those
+    frames say nothing about the user's mistake, so they are cut, as a failing step's
+    traceback is cut to the step function. A ``SyntaxError`` is raised by the compiler inside
+    importlib, so it keeps no frame at all and shows its file, line and caret. When no frame
+    of user code is found and stepflow itself raised, the whole traceback is kept: that is
+    stepflow's bug, and its frames are the evidence.
+    """
+    te = traceback.TracebackException.from_exception(exc)
+    frames = list(te.stack)
+    first_user = next((i for i, f in enumerate(frames) if not _is_internal(f.filename)), None)
+    if first_user is not None:
+        frames = frames[first_user:]
+    elif frames and frames[-1].filename.startswith(_STEPFLOW_DIR):
+        return "".join(te.format())
+    else:
+        frames = []
+    te.stack = traceback.StackSummary.from_list(frames)
+    # Chained exceptions keep their own frames; only importlib's bootstrap frames are noise.
+    seen: set[int] = {id(te)}
+    chained = te.__cause__ or te.__context__
+    while chained is not None and id(chained) not in seen:
+        seen.add(id(chained))
+        chained.stack = traceback.StackSummary.from_list(
+            [f for f in chained.stack if not f.filename.startswith("<frozen importlib")]
+        )
+        chained = chained.__cause__ or chained.__context__
+    return "".join(te.format())
+
+
+def _is_internal(filename: str) -> bool:
+    return filename.startswith((_STEPFLOW_DIR, _IMPORTLIB_DIR)) or filename.startswith(
+        "<frozen importlib"
+    )

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from stepflow._authoring.step import Port, StepSpec, is_step
-from stepflow._planning.typecheck import is_compatible, type_repr
+from stepflow._planning.typecheck import is_compatible, is_known_fit, type_repr
 from stepflow.errors import (
     CycleError,
     DuplicateOutputError,
@@ -255,25 +255,53 @@ def _missing_input(
     ]
     if close:
         lines.append(f"did you mean {' or '.join(repr(c) for c in close)}?")
-    if port.annotation is not Any:
-        same_type = [
-            (name, producer)
-            for name, (producer, out) in outputs.items()
-            if producer != spec.name and out.annotation == port.annotation
-        ]
-        if len(same_type) == 1:
-            name, producer = same_type[0]
-            lines.append(
-                f"step {producer!r} produces {name!r} of the same type "
-                f"{type_repr(port.annotation)}; rename the parameter to {name!r} to use it"
-            )
+    # Every producer whose declared type fits, not only an exact match: two steps producing
+    # DataFrames are both candidates, and naming one would hide the other. Only a suggestion:
+    # choosing between them is the user's call, never a silent edge.
+    fitting = [
+        (name, producer, out.annotation)
+        for name, (producer, out) in outputs.items()
+        if producer != spec.name
+        and is_known_fit(out.annotation, port.annotation)
+        and compatible(out.annotation, port.annotation)
+    ]
+    wanted = type_repr(port.annotation)
+    if len(fitting) == 1:
+        name, producer, annotation = fitting[0]
+        lines.append(
+            f"step {producer!r} produces {name!r} of {_type_note(annotation, wanted)}; "
+            f"rename the parameter to {name!r} to use it"
+        )
+    elif fitting:
+        listed = ", ".join(
+            f"{producer!r} (output {name!r}"
+            + ("" if type_repr(annotation) == wanted else f", {type_repr(annotation)}")
+            + ")"
+            for name, producer, annotation in fitting
+        )
+        exact = all(type_repr(annotation) == wanted for _, _, annotation in fitting)
+        what = wanted if exact else f"a type that fits {wanted}"
+        lines.append(
+            f"steps producing {what}: {listed}; rename the parameter to one of those "
+            f"outputs to use it"
+        )
     lines.append(
         f"fix: rename it to an output's name, give it a default, or declare it "
         f"{port.name}: Param[{type_repr(port.annotation)}]"
     )
     return MissingInputError(
-        "\n".join(lines), step=spec.name, parameter=port.name, suggestions=close
+        "\n".join(lines),
+        step=spec.name,
+        parameter=port.name,
+        suggestions=close,
+        fitting_outputs=[name for name, _, _ in fitting],
     )
+
+
+def _type_note(annotation: Any, wanted: str) -> str:
+    """ "the same type list[int]", or "type bool, which fits int" for a narrower type."""
+    name = type_repr(annotation)
+    return f"the same type {name}" if name == wanted else f"type {name}, which fits {wanted}"
 
 
 def _toposort(

@@ -29,7 +29,7 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["is_compatible", "type_repr"]
+__all__ = ["is_compatible", "is_known_fit", "type_repr"]
 
 # PEP 484: "when an argument is annotated as having type float, an argument of type int is
 # acceptable; similar, for an argument annotated as having type complex, arguments of type
@@ -64,6 +64,36 @@ def is_compatible(provided: object, expected: object) -> bool:
         return _compatible(provided, expected, 0)
     except Exception:  # an odd annotation must never break a pipeline build
         return True
+
+
+def is_known_fit(provided: object, expected: object) -> bool:
+    """True when both annotations name a definite type and ``provided`` fits ``expected``.
+
+    :func:`is_compatible` says yes whenever it cannot decide, so as not to stop a pipeline
+    that runs fine. A suggestion ("step 'houses' produces a pandas.DataFrame; rename the
+    parameter to 'houses'") needs the opposite: evidence. So an annotation that says nothing
+    definite (missing, ``Any``, ``object``, an unresolved forward reference, an unbounded
+    ``TypeVar``, ``NoReturn``) never fits here, on either side. Never raises.
+
+    >>> is_known_fit(bool, int), is_known_fit(typing.Any, int), is_known_fit(int, object)
+    (True, False, False)
+    """
+    try:
+        if _is_vague(provided) or _is_vague(expected):
+            return False
+        return _compatible(provided, expected, 0)
+    except Exception:  # an odd annotation is no evidence
+        return False
+
+
+def _is_vague(tp: object) -> bool:
+    """An annotation that would accept (or be accepted by) nearly anything."""
+    tp = _normalize(tp)
+    if tp is Any or tp is object or tp in _BOTTOM_TYPES or _is_undecidable(tp):
+        return True
+    if isinstance(tp, typing.TypeVar):
+        return not tp.__constraints__ and tp.__bound__ is None
+    return False
 
 
 def type_repr(tp: object) -> str:

@@ -758,7 +758,8 @@ def _hash_by_pickle(obj: object, hasher: Hasher) -> None:
             f"cannot hash a value of type {name} for a cache key: no hasher is registered for "
             f"it, it is not a dataclass or attrs class, and pickling it failed "
             f"({type(exc).__name__}: {exc}). Register a hasher with "
-            f"register_hasher({type(obj).__qualname__}, fn), or make the type picklable.",
+            f"stepflow.register_hasher({type(obj).__name__}, fn) (see 'register_hasher' "
+            f"in the API reference), or make the type picklable.",
             value_type=type(obj),
         ) from exc
     hasher.add_tag("pickle")

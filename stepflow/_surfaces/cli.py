@@ -296,7 +296,8 @@ def _main(argv: list[str]) -> int:
         pm.hook.stepflow_unconfigure(config=config)
 
 
-def _load(target: str) -> tuple[Any, list[str]]:
+def _load(target: str, *, full_trace: bool = False) -> tuple[Any, list[str]]:
+    from stepflow._authoring.loader import user_code_traceback
     from stepflow._surfaces.target import load_target
     from stepflow.errors import StepflowError, TargetNotFoundError
 
@@ -305,9 +306,13 @@ def _load(target: str) -> tuple[Any, list[str]]:
     except StepflowError:
         raise
     except Exception as exc:
-        # The user's module raised while importing: show its traceback, cut to user code.
-        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        body = "".join(line for line in tb if "importlib._bootstrap" not in line)
+        # The user's module raised while importing (a SyntaxError, an ImportError of its
+        # own, any exception at module level): show it cut to the user's code, like a
+        # failing step's traceback.
+        if full_trace:
+            body = "".join(traceback.format_exception(exc))
+        else:
+            body = user_code_traceback(exc)
         raise TargetNotFoundError(
             f"importing {target!r} raised {type(exc).__name__}:\n{body.rstrip()}"
         ) from exc
@@ -341,7 +346,7 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
         from stepflow.errors import UsageError
 
         raise UsageError("stepflow run needs a TARGET (module:pipeline), or --resume RUN")
-    pipeline, default_targets = _load(args.target)
+    pipeline, default_targets = _load(args.target, full_trace=args.full_trace)
     params = {**getattr(args, "resumed_params", {}), **_parse_params(pipeline, args.params)}
     if getattr(args, "resumed_params", None) is not None:
         from stepflow._surfaces.resume import check_resumed

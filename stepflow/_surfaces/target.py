@@ -65,8 +65,13 @@ def load_target(text: str) -> tuple[Pipeline, list[str]]:
 def _exists(module_part: str) -> bool:
     if looks_like_path(module_part):
         return Path(module_part).is_file()
-    # The command line has put the project folder on sys.path already.
+    # The command line has put the project folder on sys.path already. find_spec imports
+    # the packages above the module, so their own errors surface here.
     try:
         return importlib.util.find_spec(module_part) is not None
-    except (ImportError, ValueError):
+    except ModuleNotFoundError as exc:
+        if exc.name and module_part.startswith(exc.name + "."):
+            return False  # a package on the way is missing: the target names nothing
+        raise  # a package's __init__ imports something missing: an error in user code
+    except ValueError:
         return False

@@ -173,6 +173,95 @@ class TestDefinitionErrors:
         with pytest.raises(MissingInputError, match="rename the parameter to 'prices'"):
             Pipeline("p", [prices, count])
 
+    def test_missing_input_names_every_fitting_producer(self):
+        """Two producers of the consumer's type are both named, with their outputs."""
+
+        @step
+        def houses() -> pd.DataFrame:
+            return pd.DataFrame()
+
+        @step
+        def cleaned(houses: pd.DataFrame) -> pd.DataFrame:
+            return houses
+
+        @step
+        def report(table: pd.DataFrame) -> int:
+            return len(table)
+
+        with pytest.raises(MissingInputError) as info:
+            Pipeline("p", [houses, cleaned, report])
+        err = info.value
+        assert err.fitting_outputs == ["houses", "cleaned"]
+        assert (
+            "steps producing pandas.DataFrame: 'houses' (output 'houses'), 'cleaned' "
+            "(output 'cleaned'); rename the parameter to one of those outputs"
+        ) in str(err)
+
+    def test_missing_input_fitting_producers_keep_did_you_mean(self):
+        """The close-name hint and the list of fitting producers appear together."""
+
+        @step
+        def houses() -> list[int]:
+            return [1]
+
+        @step
+        def flats() -> list[int]:
+            return [2]
+
+        @step
+        def count(housse: list[int]) -> int:
+            return len(housse)
+
+        with pytest.raises(MissingInputError) as info:
+            Pipeline("p", [houses, flats, count])
+        message = str(info.value)
+        assert "did you mean 'houses'?" in message
+        assert "'houses' (output 'houses'), 'flats' (output 'flats')" in message
+
+    def test_missing_input_narrower_producer_type_is_named(self):
+        """A producer whose type is a subclass of the wanted one fits, and its type is shown."""
+
+        @step
+        def flag() -> bool:
+            return True
+
+        @step
+        def n() -> int:
+            return 1
+
+        @step
+        def double(count: int) -> int:
+            return 2 * count
+
+        with pytest.raises(MissingInputError) as info:
+            Pipeline("p", [flag, n, double])
+        assert info.value.fitting_outputs == ["flag", "n"]
+        assert (
+            "steps producing a type that fits int: 'flag' (output 'flag', bool), 'n' (output 'n')"
+        ) in str(info.value)
+
+    def test_missing_input_vague_types_suggest_nothing(self):
+        """Unannotated outputs or an ``object`` parameter are no evidence of a fit."""
+
+        @step
+        def anything():
+            return 1
+
+        @step
+        def loose(value: object) -> int:
+            return 1
+
+        @step
+        def strict(number: int) -> int:
+            return number
+
+        with pytest.raises(MissingInputError) as info:
+            Pipeline("p", [anything, loose])
+        assert info.value.fitting_outputs == [] and "producing" not in str(info.value)
+        with pytest.raises(MissingInputError) as info:
+            Pipeline("p", [anything, strict])
+        assert info.value.fitting_outputs == [] and "produces" not in str(info.value)
+
     def test_type_mismatch(self, resource_module):
         """A consumer that rejects the producer's type names both steps and both types."""
         mod = resource_module("incompatible_types")

@@ -719,6 +719,47 @@ class TestTypeRepr:
         assert type_repr(thing) == "Script"
 
 
+class TestKnownFit:
+    """is_known_fit: compatibility on evidence only, for suggestions."""
+
+    @pytest.mark.parametrize(
+        ("provided", "expected"),
+        [
+            (int, int),
+            (bool, int),
+            (Dog, Animal),
+            (list[bool], abc.Sequence[int]),
+            (MyFrame, pd.DataFrame),
+        ],
+    )
+    def test_definite_fits(self, provided: object, expected: object) -> None:
+        """Types that fit by the ordinary rules are known fits."""
+        assert typecheck.is_known_fit(provided, expected)
+
+    @pytest.mark.parametrize(
+        ("provided", "expected"),
+        [
+            (Any, int),
+            (int, Any),
+            (inspect.Parameter.empty, int),
+            (int, object),
+            ("pd.DataFrame", pd.DataFrame),
+            (int, typing.ForwardRef("Frame")),
+            (T, int),
+            (NoReturn, int),
+            (Annotated[Any, "x"], int),
+        ],
+    )
+    def test_vague_annotations_never_fit(self, provided: object, expected: object) -> None:
+        """Where is_compatible is lenient for lack of information, is_known_fit says no."""
+        assert is_compatible(provided, expected)
+        assert not typecheck.is_known_fit(provided, expected)
+
+    def test_mismatch_is_no_fit(self) -> None:
+        """A clear mismatch is no fit either."""
+        assert not typecheck.is_known_fit(str, int)
+
+
 class TestModule:
     """Module-level properties."""
 
@@ -738,5 +779,5 @@ class TestModule:
         assert out.stdout.strip() == "[]"
 
     def test_public_names(self) -> None:
-        """__all__ lists exactly the two public functions."""
-        assert sorted(typecheck.__all__) == ["is_compatible", "type_repr"]
+        """__all__ lists exactly the three public functions."""
+        assert sorted(typecheck.__all__) == ["is_compatible", "is_known_fit", "type_repr"]

@@ -598,3 +598,36 @@ class TestStability:
         """A small float64 array keeps its frozen digest."""
         digest = hash_value(np.array([[1.0, -0.0], [np.nan, 2.5]]))
         assert digest == "be89a7bb300afe45c3c21c1d133a1379"
+
+
+class TestPublicRegisterHasher:
+    """``register_hasher`` is public API: used from ``stepflow`` as a user would."""
+
+    def test_exported_from_stepflow(self):
+        """``stepflow.register_hasher`` and ``stepflow.Hasher`` are listed in ``__all__``."""
+        import stepflow
+
+        assert {"register_hasher", "Hasher"} <= set(stepflow.__all__)
+        assert stepflow.register_hasher is register_hasher
+        assert stepflow.Hasher is Hasher
+
+    def test_error_advice_works(self):
+        """The unhashable-value error names ``stepflow.register_hasher``, and following that
+        advice makes the value hashable, by the parts the user chose."""
+        from stepflow import Hasher as PublicHasher
+        from stepflow import register_hasher as public_register_hasher
+
+        class Handle:
+            def __init__(self, name: str) -> None:
+                self.name = name
+                self.lock = threading.Lock()
+
+        with pytest.raises(UnhashableValueError, match=r"stepflow\.register_hasher\(Handle, fn\)"):
+            hash_value(Handle("a"))
+
+        def hash_handle(handle: Handle, hasher: PublicHasher) -> None:
+            hasher.add(handle.name)
+
+        public_register_hasher(Handle, hash_handle)
+        assert hash_value(Handle("a")) == hash_value(Handle("a"))
+        assert hash_value(Handle("a")) != hash_value(Handle("b"))

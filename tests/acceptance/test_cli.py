@@ -240,6 +240,87 @@ class TestRun:
             ["*importing 'flow.py' raised JSONDecodeError*", "*flow.py*line 2*"], stream="stderr"
         )
 
+    @pytest.mark.parametrize(
+        "command",
+        [("run", "flow.py:pipe"), ("show", "flow.py:pipe"), ("explain", "flow.py:pipe", "one")],
+    )
+    def test_syntax_error_in_user_file(self, stepflow_runner, command):
+        """A SyntaxError shows the user's file, line and caret, and none of the loader."""
+        stepflow_runner.makepyfile(
+            flow="""
+            from stepflow import Pipeline, step
+
+            @step
+            def one() -> int:
+                return 1 +
+
+            pipe = Pipeline("p", [one])
+            """
+        )
+        out = stepflow_runner.run(*command)
+        assert out.ret == 2, out.stderr
+        out.fnmatch_lines(
+            [
+                "stepflow: error: importing 'flow.py:pipe' raised SyntaxError:",
+                '  File "*flow.py", line 5',
+                "    return 1 +",
+                "*^",
+                "SyntaxError: *",
+            ],
+            stream="stderr",
+        )
+        assert "importlib" not in out.stderr
+        assert "stepflow/_" not in out.stderr and "Traceback" not in out.stderr
+
+    def test_import_error_in_user_module(self, stepflow_runner):
+        """An ImportError in a module target shows the user's frames and the message only."""
+        stepflow_runner.makepyfile(
+            **{
+                "pkg/__init__": "",
+                "pkg/flows": "from stepflow import step\nimport pkg.helpers\n",
+                "pkg/helpers": "from json import no_such_name\n",
+            }
+        )
+        out = stepflow_runner.run("run", "pkg.flows:pipe")
+        assert out.ret == 2, out.stderr
+        out.fnmatch_lines(
+            [
+                "stepflow: error: importing 'pkg.flows:pipe' raised ImportError:",
+                "Traceback (most recent call last):",
+                '  File "*flows.py", line 2, in <module>',
+                "    import pkg.helpers",
+                '  File "*helpers.py", line 1, in <module>',
+                "ImportError: cannot import name 'no_such_name' from 'json'*",
+            ],
+            stream="stderr",
+        )
+        assert "importlib" not in out.stderr and "stepflow/_" not in out.stderr
+
+    def test_missing_module_imported_by_user_code(self, stepflow_runner):
+        """A module the user's code imports is missing: that error, not "no such target"."""
+        stepflow_runner.makepyfile(
+            **{"p/__init__": "", "p/flows": "import p.nothing_here\n"},
+            broken="raise ImportError('the broken package cannot start')\n",
+        )
+        (stepflow_runner.path / "q").mkdir()
+        (stepflow_runner.path / "q" / "__init__.py").write_text("import broken\n")
+        (stepflow_runner.path / "q" / "flows.py").write_text("")
+        for target, error in [
+            ("p.flows", "No module named 'p.nothing_here'"),
+            ("q.flows:pipe", "ImportError: the broken package cannot start"),
+        ]:
+            out = stepflow_runner.run("show", target)
+            assert out.ret == 2, out.stderr
+            assert "no module or file named" not in out.stderr
+            assert error in out.stderr and "importlib" not in out.stderr
+
+    def test_import_error_full_trace(self, stepflow_runner):
+        """``run --full-trace`` keeps the loader's frames of an import error too."""
+        stepflow_runner.makepyfile(flow="import no_such_module_anywhere\n")
+        out = stepflow_runner.run("run", "--full-trace", "flow.py")
+        assert out.ret == 2
+        assert "importlib" in out.stderr and "flow.py" in out.stderr
+
     def test_interrupt(self, stepflow_runner):
         """Ctrl-C stops the run, prints the summary and exits 130."""
         stepflow_runner.makepyfile(
