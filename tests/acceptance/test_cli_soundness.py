@@ -83,3 +83,31 @@ class TestNegativeZero:
         out = stepflow_runner.run("run", "flow.py", "--param", "z=-nan")
         assert out.ret == 0
         out.fnmatch_lines(["sign *reused*"])
+
+
+LAMBDA_FLOW = """
+from stepflow import step
+from pkg import helpers
+
+@step
+def transformed(x: int = 3) -> int:
+    return helpers.TRANSFORM(x)
+"""
+
+
+class TestLambdaGlobal:
+    def test_explain_names_the_global_a_lambda_is_bound_to(self, stepflow_runner):
+        """A changed ``TRANSFORM = lambda ...`` in a helper module is named after the global,
+        ``pkg.helpers.TRANSFORM``, by explain, not ``pkg.helpers.<lambda>``."""
+        (stepflow_runner.path / "pkg").mkdir()
+        (stepflow_runner.path / "pkg" / "__init__.py").write_text("")
+        helpers = stepflow_runner.path / "pkg" / "helpers.py"
+        helpers.write_text("TRANSFORM = lambda x: x * 2\n")
+        stepflow_runner.makepyfile(flow=LAMBDA_FLOW)
+        assert stepflow_runner.run("run", "flow.py").ret == 0
+        helpers.write_text("TRANSFORM = lambda x: x * 3\n")
+        out = stepflow_runner.run("explain", "flow.py", "transformed")
+        out.fnmatch_lines(
+            ["step 'transformed' would be run", "  - code: pkg.helpers.TRANSFORM changed"]
+        )
+        assert "<lambda>" not in out.stdout
