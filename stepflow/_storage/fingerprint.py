@@ -12,19 +12,32 @@ What the fingerprint is made of
     external library. Pieces reference each other through *edges*: the dotted name written in the
     code (``helpers.clean``) and what it resolved to. ``Fingerprint.parts`` maps each piece's
     qualified name to its own digest (a version for libraries), so ``stepflow explain`` can say
-    which function, constant or library changed. ``Fingerprint.digest`` hashes the whole graph in
-    discovery order with pieces numbered rather than named, so importing the same files under
-    other module names (``flow`` or ``pkg.flow``) gives the same digest.
+    which function, constant or library changed. A lambda is named after the global (or
+    member) it is reached through: ``pkg.helpers.TRANSFORM``, not ``pkg.helpers.<lambda>``.
+    ``Fingerprint.digest`` hashes the whole graph in discovery order with pieces numbered
+    rather than named, so importing the same files under other module names (``flow`` or
+    ``pkg.flow``) gives the same digest.
 
 Known limits, each erring towards a miss rather than a wrong hit where it can
     - Renaming a local variable changes the fingerprint: names are part of the AST, and telling
       a rename from a change of meaning is not worth the risk.
     - A name that is local in one nested scope and global in another is resolved as a global
       too, which can only add dependencies.
-    - Values that are not simple constants (a DataFrame, a compiled regex, an instance) count by
-      their type and their ``repr`` with memory addresses removed; a ``repr`` that elides data
-      (large frames and arrays) hides changes in the elided part. Pass data as inputs or
-      parameters, not as module globals.
+    - Values count by content, never by ``repr`` (which elides the middle of a large array or
+      frame, and shows an address for an object without a repr of its own). Simple constants
+      (None, bool, int, float, complex, str, bytes, and tuples, lists, dicts, sets of them)
+      by a canonical encoding, the cheap path: every NaN alike, ``-0.0`` apart from ``0.0``.
+      Lists, tuples and dicts of up to 64 other items, and instances of user classes, member
+      by member (each member a value, function or class of its own, named ``TABLES['a']``,
+      ``CONFIG.k``). Anything else (arrays, frames, numpy scalars, larger containers, sets,
+      library objects) by ``hashing.hash_value``, like an input, plus its library's version;
+      there, a function inside counts by reference (pickled by name), not by its code. Data
+      globals are hashed again on each reuse check within a process, so a large one costs its
+      hashing time per step per run: pass data as inputs or parameters, not as globals.
+    - Code referred to as a value (a bound method, a ``functools.partial``, a builtin, a
+      wrapper, an enum member) counts by its type and ``repr`` with addresses removed, plus
+      edges to what it refers to; so does an object that cannot be hashed by content (a lock,
+      an open file).
     - Function default values and decorators count by their source text, not by the values
       computed when the ``def`` ran.
     - Lambdas and functions without source (``exec``, some REPLs) count by their code object,
