@@ -861,6 +861,8 @@ def _members(value: Any) -> list[tuple[str, str, Any]] | None:
                 item = getattr(value, name)
             except AttributeError:
                 continue  # a slot not assigned yet; the names below still say which are
+            except Exception:  # a __getattr__ of its own: count the object as a whole
+                return None
             found.append((f".{cls.__qualname__}.{name}", f".{name}", item))
     return found
 
