@@ -21,7 +21,7 @@ import attrs
 
 from stepflow._authoring.step import StepSpec
 from stepflow._storage.fingerprint import fingerprint
-from stepflow._storage.hashing import hash_strings, hash_value
+from stepflow._storage.hashing import HASH_ENCODING_VERSION, hash_strings, hash_value
 
 if TYPE_CHECKING:
     from stepflow._planning.plan import Plan
@@ -67,6 +67,10 @@ def environment(serializers: Any, backend_env: Mapping[str, str], spec: StepSpec
     """The environment items a result depends on."""
     env = {
         "python": _python(),
+        # How values are encoded for hashing: when it changes on purpose (version 2 told -0.0
+        # from 0.0), a result stored under an old key may answer for a value it was not made
+        # from, so every old key must miss.
+        "hashing": str(HASH_ENCODING_VERSION),
         "serializers": ",".join(f"{s.name}:{s.version}" for s in serializers),
     }
     env.update({f"backend:{k}": str(v) for k, v in backend_env.items()})

@@ -12,19 +12,32 @@ What the fingerprint is made of
     external library. Pieces reference each other through *edges*: the dotted name written in the
     code (``helpers.clean``) and what it resolved to. ``Fingerprint.parts`` maps each piece's
     qualified name to its own digest (a version for libraries), so ``stepflow explain`` can say
-    which function, constant or library changed. ``Fingerprint.digest`` hashes the whole graph in
-    discovery order with pieces numbered rather than named, so importing the same files under
-    other module names (``flow`` or ``pkg.flow``) gives the same digest.
+    which function, constant or library changed. A lambda is named after the global (or
+    member) it is reached through: ``pkg.helpers.TRANSFORM``, not ``pkg.helpers.<lambda>``.
+    ``Fingerprint.digest`` hashes the whole graph in discovery order with pieces numbered
+    rather than named, so importing the same files under other module names (``flow`` or
+    ``pkg.flow``) gives the same digest.
 
 Known limits, each erring towards a miss rather than a wrong hit where it can
     - Renaming a local variable changes the fingerprint: names are part of the AST, and telling
       a rename from a change of meaning is not worth the risk.
     - A name that is local in one nested scope and global in another is resolved as a global
       too, which can only add dependencies.
-    - Values that are not simple constants (a DataFrame, a compiled regex, an instance) count by
-      their type and their ``repr`` with memory addresses removed; a ``repr`` that elides data
-      (large frames and arrays) hides changes in the elided part. Pass data as inputs or
-      parameters, not as module globals.
+    - Values count by content, never by ``repr`` (which elides the middle of a large array or
+      frame, and shows an address for an object without a repr of its own). Simple constants
+      (None, bool, int, float, complex, str, bytes, and tuples, lists, dicts, sets of them)
+      by a canonical encoding, the cheap path: every NaN alike, ``-0.0`` apart from ``0.0``.
+      Lists, tuples and dicts of up to 64 other items, and instances of user classes, member
+      by member (each member a value, function or class of its own, named ``TABLES['a']``,
+      ``CONFIG.k``). Anything else (arrays, frames, numpy scalars, larger containers, sets,
+      library objects) by ``hashing.hash_value``, like an input, plus its library's version;
+      there, a function inside counts by reference (pickled by name), not by its code. Data
+      globals are hashed again on each reuse check within a process, so a large one costs its
+      hashing time per step per run: pass data as inputs or parameters, not as globals.
+    - Code referred to as a value (a bound method, a ``functools.partial``, a builtin, a
+      wrapper, an enum member) counts by its type and ``repr`` with addresses removed, plus
+      edges to what it refers to; so does an object that cannot be hashed by content (a lock,
+      an open file).
     - Function default values and decorators count by their source text, not by the values
       computed when the ``def`` ran.
     - Lambdas and functions without source (``exec``, some REPLs) count by their code object,
@@ -80,6 +93,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import attrs
 import xxhash
 
+from stepflow._storage.hashing import hash_value
 from stepflow._storage.kept import KeptFiles, import_path_signature
 
 if TYPE_CHECKING:
@@ -88,7 +102,7 @@ if TYPE_CHECKING:
 __all__ = ["Fingerprint", "fingerprint"]
 
 #: Changes whenever the algorithm does, so keys made by an older stepflow never match.
-_ALGORITHM = "stepflow-code-fingerprint-1"
+_ALGORITHM = "stepflow-code-fingerprint-2"
 
 
 @attrs.frozen
@@ -727,10 +741,9 @@ def _encode(value: Any, _active: set[int] | None = None) -> str | None:
     if kind is int:
         return f"i{value}"
     if kind is float:
-        # The bytes, not repr: -0.0 differs from 0.0, and NaN payloads differ.
-        return "f" + struct.pack("<d", value).hex()
+        return "f" + _float_hex(value)
     if kind is complex:
-        return "c" + struct.pack("<dd", value.real, value.imag).hex()
+        return "c" + _float_hex(value.real) + _float_hex(value.imag)
     if kind is str:
         return f"s{len(value)}:{value}"
     if kind is bytes or kind is bytearray:
@@ -763,6 +776,12 @@ def _encode(value: Any, _active: set[int] | None = None) -> str | None:
         active.discard(id(value))
 
 
+def _float_hex(value: float) -> str:
+    # The bytes, not repr: -0.0 differs from 0.0 (copysign and 1/x tell them apart); but every
+    # NaN is one value, whatever its payload or sign bits (hashing.py's rule for inputs).
+    return "nan" if value != value else struct.pack("<d", value).hex()
+
+
 def _immutable(value: Any) -> bool:
     """True for simple constants that cannot change in place (checked after _encode)."""
     kind = type(value)
@@ -774,8 +793,108 @@ def _immutable(value: Any) -> bool:
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
 
 
+def _is_reference(value: Any) -> bool:
+    """True for objects that name code rather than hold data (a bound method, a partial, a
+    builtin function, a wrapper, an enum member, a logger): they count by what they refer to,
+    through their type and ``repr`` and the edges ``expand_object`` adds."""
+    if isinstance(value, _REFERENCE_TYPES):
+        return True
+    try:
+        wrapped = getattr(value, "__wrapped__", None)
+    except Exception:  # a proxy whose __getattr__ fails in its own way wraps nothing
+        return False
+    return wrapped is not None and wrapped is not value
+
+
+_REFERENCE_TYPES = (
+    types.MethodType,
+    types.BuiltinFunctionType,
+    types.BuiltinMethodType,
+    types.MethodWrapperType,
+    types.WrapperDescriptorType,
+    types.MethodDescriptorType,
+    types.ClassMethodDescriptorType,
+    functools.partial,
+    enum.Enum,
+    logging.Logger,
+)
+
+
+def _members(value: Any) -> list[tuple[str, str, Any]] | None:
+    """The parts of a value that is fingerprinted member by member, as (name in the digest,
+    name for ``explain``, member), or None for a value that is not.
+
+    Lists, tuples and dicts (with simple keys) whose items are not all simple constants, and
+    instances of classes written in user code only: each member then counts as a reference of
+    its own, so a function in a dict counts by its code, an array in a list by its content, and
+    ``explain`` can name ``CONFIG.weights`` or ``TABLES['a']``.
+    """
+    kind = type(value)
+    if kind is list or kind is tuple or kind is dict:
+        if len(value) > _MEMBERS_MAX:
+            return None  # a large container counts as a whole, by content
+    if kind is list or kind is tuple:
+        return [(f"[{i}]", f"[{i}]", item) for i, item in enumerate(value)]
+    if kind is dict:
+        keyed = []
+        for key, item in value.items():
+            encoded = _encode(key)
+            if encoded is None:
+                return None  # counted as a whole, by content
+            keyed.append((f"[{encoded}]", f"[{key!r}]", item))
+        keyed.sort(key=_first)  # insertion order does not change what a dict means
+        return keyed
+    if not _user_instance(kind):
+        return None
+    found: list[tuple[str, str, Any]] = []
+    state = getattr(value, "__dict__", None)
+    if isinstance(state, dict):
+        for name in sorted(state):
+            if type(name) is str:
+                found.append((f".{name}", f".{name}", state[name]))
+    for cls in kind.__mro__:
+        slots = vars(cls).get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            try:
+                item = getattr(value, name)
+            except AttributeError:
+                continue  # a slot not assigned yet; the names below still say which are
+            except Exception:  # a __getattr__ of its own: count the object as a whole
+                return None
+            found.append((f".{cls.__qualname__}.{name}", f".{name}", item))
+    return found
+
+
+#: containers longer than this count as a whole: a piece per item would swell every record
+_MEMBERS_MAX = 64
+
+
+def _first(item: tuple[str, str, Any]) -> str:
+    return item[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _user_instance(kind: type) -> bool:
+    """True for a class built from user classes alone (and object): all of its instances'
+    state is then in ``__dict__`` and slots, which ``_members`` reads."""
+    return kind is not object and all(
+        cls is object or _module_kind(cls.__module__) == _USER for cls in kind.__mro__
+    )
+
+
+def _content(value: Any) -> str | None:
+    """A digest of a value's content, the way inputs are hashed (``hashing.hash_value``), or
+    None when it cannot be hashed that way (a lock, an open file)."""
+    try:
+        return _hash(f"content:{hash_value(value)}")
+    except Exception:  # whatever fails to hash falls back to its repr, as before
+        return None
+
+
 def _describe(value: Any) -> str:
-    """Type and ``repr`` of an object that is not a simple constant."""
+    """Type and ``repr`` of an object that neither holds data nor can be hashed by content."""
     kind = type(value)
     if isinstance(value, logging.Logger):
         # Loggers are used in steps all the time, and their repr shows the level, which is
@@ -865,6 +984,10 @@ class _Graph:
             # From the code and its globals: functools.wraps copies a wrapped function's
             # __module__ and __qualname__ onto the wrapper, which would name the wrong code.
             name = f"{obj.__globals__.get('__name__', obj.__module__)}.{obj.__code__.co_qualname}"
+            if obj.__code__.co_name == "<lambda>" and label:
+                # A lambda has no name of its own: the global (or member) it is bound to is
+                # what ``explain`` can point the user to.
+                name = label
             kind = _function_kind(obj)
             if kind == _USER:
                 return self.add(("id", id(obj)), lambda: _Piece("function", name, "", obj)), ""
@@ -886,7 +1009,29 @@ class _Graph:
                 # A list, dict or set can be changed in place, under the same name.
                 self.witnesses.append((_VALUE, obj, content))
             return self.add(("value", label, content), lambda: _Piece("value", label, content)), ""
-        # Any other object: its type and repr, with edges to whatever it wraps.
+        if not _is_reference(obj):
+            # Data counts by content, never by repr: a repr elides the middle of a large array
+            # or frame, and shows an address (identity, different in every process) for an
+            # object without a repr of its own.
+            members = _members(obj)
+            if members is not None:
+                names = ",".join(written for written, _, _ in members)
+                kind = type(obj)
+                content = _hash(f"members:{kind.__module__}.{kind.__qualname__}:{names}")
+                self.witnesses.append((_MEMBERS, obj, members))
+                return (
+                    self.add(("id", id(obj)), lambda: _Piece("members", label, content, obj)),
+                    "",
+                )
+            digest = _content(obj)
+            if digest is not None:
+                self.witnesses.append((_CONTENT, obj, digest))
+                return (
+                    self.add(("value", label, digest), lambda: _Piece("data", label, digest, obj)),
+                    "",
+                )
+        # Code referred to (a method, a partial, a wrapper), or an object that cannot be hashed
+        # by content: its type and repr, with edges to whatever it wraps.
         content = _hash(_describe(obj))
         self.witnesses.append((_OBJECT, obj, content))
         return (
@@ -917,6 +1062,14 @@ class _Graph:
             piece.content = _hash("".join(lines)) if lines else _hash(f"module:{obj.__name__}")
         elif piece.kind == "object":
             self.expand_object(piece, obj)
+        elif piece.kind == "data":
+            # What the value means can depend on its library's version (a fitted model).
+            self.edge(piece, "<type>", type(obj), "")
+        elif piece.kind == "members":
+            if _user_instance(type(obj)):
+                self.edge(piece, "<type>", type(obj), "")
+            for written, shown, member in _members(obj) or ():
+                self.edge(piece, written, member, f"{piece.label}{shown}")
 
     def expand_function(self, piece: _Piece, func: types.FunctionType, root: bool) -> None:
         static = _function_static(func, root)
@@ -1080,6 +1233,8 @@ _ATTR = 2  # (_ATTR, object, attribute name, value)
 _VALUE = 3  # (_VALUE, container, digest of its encoding)
 _OBJECT = 4  # (_OBJECT, object, digest of its type and repr)
 _IMPORTS = 5  # (_IMPORTS, imports, package, what they bound)
+_MEMBERS = 6  # (_MEMBERS, container or instance, its _members)
+_CONTENT = 7  # (_CONTENT, object, digest of its content)
 
 
 def _cell_contents(cell: types.CellType) -> Any:
@@ -1107,6 +1262,21 @@ def _still_valid(witnesses: tuple[tuple[Any, ...], ...]) -> bool:
                 return False
         elif kind == _OBJECT:
             if _hash(_describe(witness[1])) != witness[2]:
+                return False
+        elif kind == _MEMBERS:
+            now_members, then_members = _members(witness[1]), witness[2]
+            if (
+                now_members is None
+                or len(now_members) != len(then_members)
+                or any(
+                    a[0] != b[0] or a[2] is not b[2]
+                    for a, b in zip(now_members, then_members, strict=True)
+                )
+            ):
+                return False
+        elif kind == _CONTENT:
+            # Hashed again: an array or frame can be changed in place under the same name.
+            if _content(witness[1]) != witness[2]:
                 return False
         elif kind == _IMPORTS:
             now = _resolve_imports(witness[1], witness[2])

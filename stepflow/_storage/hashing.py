@@ -3,11 +3,13 @@
 ``hash_value(obj)`` is the 32-hex-character xxh3_128 digest of a canonical encoding of ``obj``.
 Two rules make cache keys sound (DESIGN.md sections 2 and 7):
 
-- **equal values hash equal**: dict and set order, ``-0.0`` against ``0.0``, NaN payload bits,
-  numpy memory layout (C or Fortran order, strided views) and byte order do not count;
+- **equal values hash equal**: dict and set order, NaN payload and sign bits, numpy memory
+  layout (C or Fortran order, strided views) and byte order do not count;
 - **different values differ**: every value starts with a type tag, so ``1``, ``1.0``, ``True``,
   ``"1"`` and ``b"1"`` all differ, a tuple differs from a list of the same items, and an int64
-  array differs from a float64 array holding the same numbers.
+  array differs from a float64 array holding the same numbers. ``-0.0`` and ``0.0`` differ too,
+  although they compare equal: a step can tell them apart (``math.copysign``, ``1 / x``), so a
+  result made from one is not an answer for the other.
 
 Hashing is stricter than ``==`` across types (``1 == 1.0`` but they hash apart): a step that gets
 ``1.0`` instead of ``1`` may well behave differently, and a needless rerun is cheap where a wrong
@@ -66,10 +68,10 @@ __all__ = [
 
 #: Bump when the canonical encoding changes on purpose: every digest changes with it, so it
 #: belongs in the environment part of a cache key.
-HASH_ENCODING_VERSION = 1
+HASH_ENCODING_VERSION = 2
 
 # Float arrays are checked and hashed in pieces of this size: small enough to stay in the L2
-# cache while the NaN / -0.0 checks read them again, large enough that Python's per-piece
+# cache while the NaN check reads them again, large enough that Python's per-piece
 # overhead is noise (256 KiB to 1 MiB measured best; benchmarks/bench_hashing.py).
 _CHUNK_BYTES = 512 << 10
 
@@ -82,7 +84,6 @@ _BIGINT = _I64.pack(-_INT64_LIMIT)
 _F64 = struct.Struct("<d")
 # One NaN bit pattern for every NaN: payload and sign bits are incidental, and NaN is NaN.
 _NAN_BYTES = _U64.pack(0x7FF8000000000000)
-_ZERO_BYTES = _F64.pack(0.0)
 
 
 class UnhashableValueError(StepflowError, TypeError):
@@ -238,8 +239,7 @@ def _int_bytes(number: int) -> bytes:
 def _float_bytes(number: float) -> bytes:
     if number != number:
         return _NAN_BYTES  # every NaN alike, whatever its payload or sign
-    if number == 0.0:
-        return _ZERO_BYTES  # -0.0 == 0.0, so they must not hash apart
+    # -0.0 keeps its sign bit: it equals 0.0 but copysign and 1/x tell them apart.
     return _F64.pack(number)
 
 
@@ -485,7 +485,7 @@ def _hash_float(obj: float, hasher: Hasher) -> None:
 
 
 def _hash_complex(obj: complex, hasher: Hasher) -> None:
-    # Each part canonicalised like a float, so -0.0 and NaN payloads do not count in either.
+    # Each part canonicalised like a float: NaN payloads do not count in either, signs of zero do.
     hasher._raw(_T_COMPLEX + _float_bytes(obj.real) + _float_bytes(obj.imag))
 
 
@@ -522,7 +522,9 @@ def _hash_decimal(obj: decimal.Decimal, hasher: Hasher) -> None:
     elif obj.is_infinite():
         text = "-Inf" if sign else "Inf"
     elif not any(digits):
-        text = "0"  # Decimal("-0.00") == Decimal("0"): the exponent and sign of zero are noise
+        # Decimal("0.00") == Decimal("0"): the exponent of zero is noise. Its sign is not, as
+        # for floats: float(Decimal("-0")) is -0.0.
+        text = "-0" if sign else "0"
     else:
         # Strip trailing zeros by hand: Decimal("1.0") == Decimal("1.00"), and normalize()
         # would also round to the context's precision, making different values alike.
@@ -949,33 +951,28 @@ def _hash_array_data(array: np.ndarray[Any, Any], hasher: Hasher) -> None:
 
 
 def _hash_float_data(array: np.ndarray[Any, Any], hasher: Hasher) -> None:
-    """Float and complex data with every NaN alike and -0.0 as 0.0, from memory where possible.
+    """Float and complex data with every NaN alike, from memory where possible.
 
     Each piece is checked while it sits in cache: its minimum is NaN exactly when it holds a
-    NaN (NaN propagates through min), and the minimum of its bits read as signed integers is the
-    most negative integer exactly when it holds -0.0 (whose pattern is the sign bit alone).
-    Only pieces that hold either are copied and canonicalised, so ordinary data is hashed from
-    memory; the two checks cost about as much as the hash itself.
+    NaN (NaN propagates through min). Only pieces that hold one are copied and canonicalised,
+    so ordinary data is hashed from memory; the check costs less than the hash itself. -0.0
+    keeps its sign bit, as for Python floats.
     """
     import numpy as np
 
     real = np.empty(0, dtype=array.dtype).real.dtype
     # x86's 80-bit long double sits in 12 or 16 bytes whose padding is garbage.
     significant = 10 if real.itemsize > 8 and np.finfo(real).nmant == 63 else real.itemsize
-    as_int = np.dtype(f"<i{real.itemsize}") if real.itemsize <= 8 else None
-    lowest = np.iinfo(as_int).min if as_int is not None else 0
+    long_double = real.itemsize > 8
     state = hasher._state
     # Signalling NaNs raise "invalid value" in arithmetic; they are data here, not an error.
     with np.errstate(invalid="ignore"):
         for piece in _c_order_chunks(array, _CHUNK_BYTES):
             values = piece.view(real)
             smallest = np.minimum.reduce(values)
-            if (
-                as_int is None  # long double: always canonicalise (rare; bytes need trimming)
-                or smallest != smallest
-                or np.minimum.reduce(values.view(as_int)) == lowest
-            ):
-                values = values + real.type(0)  # -0.0 + 0.0 == +0.0 in IEEE arithmetic
+            # A long double is always copied (rare; its bytes need trimming anyway).
+            if long_double or smallest != smallest:
+                values = values.copy()
                 values[np.isnan(values)] = np.nan  # one NaN bit pattern for every NaN
             if significant != real.itemsize:
                 values = values.view(np.uint8).reshape(-1, real.itemsize)[:, :significant]

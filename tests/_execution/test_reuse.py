@@ -244,6 +244,71 @@ class TestDamagedStore:
         assert result["total"] == 12
 
 
+class TestNeverAStaleAnswer:
+    """Values that compare or print alike but can give other results are other keys."""
+
+    def test_negative_zero_parameter(self, make_module, stepflow_home):
+        """-0.0 after 0.0 runs again (copysign tells them apart); every NaN is one key."""
+        mod = make_module(
+            "signs",
+            """
+            import math
+            from stepflow import step
+
+            @step
+            def sign(z: float = 1.0) -> float:
+                return math.copysign(1, z)
+            """,
+        )
+        pipeline = Pipeline("signs", [mod.sign])
+        assert pipeline.run(params={"z": 0.0})["sign"] == 1.0
+        negative = pipeline.run(params={"z": -0.0})
+        assert states(negative) == {"sign": "ran"} and negative["sign"] == -1.0
+        assert states(pipeline.run(params={"z": -0.0})) == {"sign": "reused"}
+        pipeline.run(params={"z": float("nan")})
+        assert states(pipeline.run(params={"z": -float("nan")})) == {"sign": "reused"}
+
+    def test_array_global_changed_in_place_in_process(self, make_module, stepflow_home):
+        """A module-level array changed in place between two runs of one process (a notebook)
+        is a new key, although its repr is the same."""
+        mod = make_module(
+            "lookup",
+            """
+            import numpy as np
+            from stepflow import step
+
+            LOOKUP = np.zeros(5000)
+
+            @step
+            def looked_up() -> float:
+                return float(LOOKUP.sum())
+            """,
+        )
+        pipeline = Pipeline("lookup", [mod.looked_up])
+        assert pipeline.run()["looked_up"] == 0.0
+        before = repr(mod.LOOKUP)
+        mod.LOOKUP[2500] = 1.0
+        assert repr(mod.LOOKUP) == before  # the elided middle: a repr could not tell
+        result = pipeline.run()
+        assert states(result) == {"looked_up": "ran"} and result["looked_up"] == 1.0
+
+    def test_hash_encoding_version_is_part_of_the_key(
+        self, make_module, stepflow_home, monkeypatch
+    ):
+        """Results stored under another value encoding are never reused: a -0.0 result once
+        sat under the key of 0.0."""
+        from stepflow._planning import cachekey
+
+        mod = make_module(
+            "one", "from stepflow import step\n\n@step\ndef one() -> int:\n    return 1\n"
+        )
+        pipeline = Pipeline("one", [mod.one])
+        pipeline.run()
+        assert states(pipeline.run()) == {"one": "reused"}
+        monkeypatch.setattr(cachekey, "HASH_ENCODING_VERSION", cachekey.HASH_ENCODING_VERSION + 1)
+        assert states(pipeline.run()) == {"one": "ran"}
+
+
 class TestMutationAndErrors:
     def test_mutating_step_does_not_leak(self, make_module, stepflow_home):
         """A step that changes its input in place does not change what others receive."""

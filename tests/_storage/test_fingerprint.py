@@ -347,6 +347,8 @@ class TestConstants:
     """Rule: module-level values count by a canonical encoding of their value."""
 
     STEP = """
+        import struct
+
         THRESHOLD = {}
 
         def fetched_data(x):
@@ -373,8 +375,18 @@ class TestConstants:
             ("{'a': 1, 'b': 2}", "{'b': 2, 'a': 1}"),
             ("{3, 1, 2}", "{2, 3, 1}"),
             ("frozenset({'x', 'y'})", "frozenset({'y', 'x'})"),
+            ("float('nan')", "-float('nan')"),
+            ("float('nan')", "struct.unpack('<d', bytes.fromhex('010000000000f87f'))[0]"),
+            ("complex(1, float('nan'))", "complex(1, -float('nan'))"),
         ],
-        ids=["dict-order", "set-order", "frozenset-order"],
+        ids=[
+            "dict-order",
+            "set-order",
+            "frozenset-order",
+            "nan-sign",
+            "nan-payload",
+            "complex-nan",
+        ],
     )
     def test_equal_values_hash_equal(self, load, one, other):
         """Equal constants written in another order give the same fingerprint."""
@@ -391,9 +403,13 @@ class TestConstants:
             ("(1, 2)", "[1, 2]"),
             ("'1'", "b'1'"),
             ("{'a': 1}", "{'a': 1.0}"),
-            ("float('nan')", "-float('nan')"),
+            ("complex(1, 0.0)", "complex(1, -0.0)"),
+            ("{0.0: 'a'}", "{-0.0: 'a'}"),
         ],
-        ids=["zero-sign", "bool-int", "int-float", "tuple-list", "str-bytes", "nested", "nan-sign"],
+        ids=[
+            *("zero-sign", "bool-int", "int-float", "tuple-list", "str-bytes", "nested"),
+            *("complex-zero-sign", "zero-sign-key"),
+        ],
     )
     def test_different_values_hash_different(self, load, one, other):
         """Values that compare equal or print alike but differ in type or bits do not collide."""
@@ -416,8 +432,8 @@ class TestConstants:
         after = fingerprint(load(flow=step.format("2")).f)
         assert changed(before, after) == {"flow.Mode"}
 
-    def test_other_objects_count_by_repr(self, load):
-        """A compiled regex counts by its type and repr, so a new pattern changes it."""
+    def test_other_objects_count_by_content(self, load):
+        """A compiled regex counts by its content and type, so a new pattern changes it."""
         step = "import re\n\nPATTERN = re.compile({!r})\n\ndef f(s):\n    return PATTERN.match(s)\n"
         before = fingerprint(load(flow=step.format("a+")).f)
         after = fingerprint(load(flow=step.format("b+")).f)
@@ -456,6 +472,194 @@ class TestConstants:
         flow.THRESHOLD = 4
         after = fingerprint(flow.fetched_data)
         assert changed(before, after) == {"flow.THRESHOLD"}
+
+
+class TestDataGlobals:
+    """Rule: module-level data counts by content, like an input, never by its repr."""
+
+    ARRAY = """
+        import numpy as np
+
+        LOOKUP = np.zeros(5000)
+        {}
+
+        def f(i):
+            return LOOKUP[i]
+    """
+
+    def test_array_middle_element_counts(self, load):
+        """One middle element of a 5000-element array (elided from its repr) changes it."""
+        before = fingerprint(load(flow=self.ARRAY.format("")).f)
+        after = fingerprint(load(flow=self.ARRAY.format("LOOKUP[2500] = 1.0")).f)
+        assert after.digest != before.digest
+        assert changed(before, after) == {"flow.LOOKUP"}
+        assert "dist:numpy" in before.parts  # what an array means is numpy's too
+
+    def test_equal_arrays_in_new_imports_agree(self, load):
+        """The same content in another object (another address) is the same fingerprint."""
+        before = fingerprint(load(flow=self.ARRAY.format("LOOKUP[7] = 2.0")).f)
+        assert fingerprint(load(flow=self.ARRAY.format("LOOKUP[7] = 2.0")).f) == before
+
+    def test_array_changed_in_place_in_process(self, load):
+        """An array global changed in place (a notebook cell) is seen on the next call."""
+        flow = load(flow=self.ARRAY.format(""))
+        before = fingerprint(flow.f)
+        flow.LOOKUP[2500] = 1.0
+        assert changed(before, fingerprint(flow.f)) == {"flow.LOOKUP"}
+        flow.LOOKUP[2500] = 0.0
+        assert fingerprint(flow.f) == before
+
+    def test_array_negative_zero_and_nan_payload(self, load):
+        """An array's -0.0 differs from 0.0; a NaN's payload does not count."""
+        base = fingerprint(load(flow=self.ARRAY.format("LOOKUP[9] = 0.0")).f)
+        assert fingerprint(load(flow=self.ARRAY.format("LOOKUP[9] = -0.0")).f) != base
+        nan = fingerprint(load(flow=self.ARRAY.format("LOOKUP[9] = np.nan")).f)
+        payload = "LOOKUP.view(np.uint64)[9] = 0x7FF8000000000123"
+        assert fingerprint(load(flow=self.ARRAY.format(payload)).f) == nan
+
+    def test_dataframe_middle_row_counts(self, load):
+        """A DataFrame global whose repr elides the changed row still changes it."""
+        step = """
+            import pandas as pd
+
+            TABLE = pd.DataFrame({{"x": range(1000), "y": [0.5] * 1000}})
+            {}
+
+            def f():
+                return TABLE["y"].sum()
+        """
+        before = fingerprint(load(flow=step.format("")).f)
+        after = fingerprint(load(flow=step.format('TABLE.loc[500, "y"] = 0.25')).f)
+        assert changed(before, after) == {"flow.TABLE"}
+
+    def test_containers_of_arrays_name_the_member(self, load):
+        """A list or dict holding arrays counts member by member, and names the one changed."""
+        step = """
+            import numpy as np
+
+            TABLES = {{"a": np.zeros(3000), "b": np.zeros(3000)}}
+            LAYERS = [np.ones(3000), np.ones(3000)]
+            {}
+
+            def f():
+                return TABLES["b"].sum() + LAYERS[1].sum()
+        """
+        before = fingerprint(load(flow=step.format("")).f)
+        in_dict = fingerprint(load(flow=step.format('TABLES["b"][1500] = 1.0')).f)
+        assert changed(before, in_dict) == {"flow.TABLES['b']"}
+        in_list = fingerprint(load(flow=step.format("LAYERS[1][1500] = 0.0")).f)
+        assert changed(before, in_list) == {"flow.LAYERS[1]"}
+        # Dict order is not content: the same members inserted the other way agree.
+        swapped = step.replace('{{"a": np.zeros(3000), "b": np.zeros(3000)}}', "{{}}")
+        swapped = swapped.format('TABLES["b"] = np.zeros(3000); TABLES["a"] = np.zeros(3000)')
+        assert fingerprint(load(flow=swapped).f) == before
+
+    def test_container_changed_in_place_in_process(self, load):
+        """A member replaced, added or changed in place in a running process is seen."""
+        flow = load(
+            flow="import numpy as np\n\nITEMS = [np.zeros(10)]\n\ndef f():\n    return ITEMS\n"
+        )
+        before = fingerprint(flow.f)
+        flow.ITEMS[0][3] = 1.0
+        assert changed(before, fingerprint(flow.f)) == {"flow.ITEMS[0]"}
+        flow.ITEMS.append(flow.np.zeros(2))
+        assert fingerprint(flow.f).digest != before.digest
+
+    def test_function_in_a_dict_counts_by_its_code(self, load):
+        """A lambda kept in a dict global counts by its code, named by its key."""
+        step = "OPS = {{'double': lambda x: x * {}}}\n\ndef f(x):\n    return OPS['double'](x)\n"
+        before = fingerprint(load(flow=step.format("2")).f)
+        after = fingerprint(load(flow=step.format("3")).f)
+        assert changed(before, after) == {"flow.OPS['double']"}
+
+    def test_instance_with_default_repr_counts_by_content(self, load):
+        """An instance whose repr is ``<Box object at 0x...>`` counts by its attributes: a
+        change is seen, and the same state at another address is the same fingerprint."""
+        step = """
+            import numpy as np
+
+            class Box:
+                def __init__(self, size, weights):
+                    self.size = size
+                    self.weights = weights
+
+            BOX = Box({}, np.arange(4000.0))
+            {}
+
+            def f():
+                return BOX.size * BOX.weights.sum()
+        """
+        before = fingerprint(load(flow=step.format(2, "")).f)
+        assert fingerprint(load(flow=step.format(2, "")).f) == before
+        assert changed(before, fingerprint(load(flow=step.format(3, "")).f)) == {"flow.BOX.size"}
+        middle = "BOX.weights[2000] = -1.0"
+        after = fingerprint(load(flow=step.format(2, middle)).f)
+        assert changed(before, after) == {"flow.BOX.weights"}
+        flow = load(flow=step.format(2, ""))
+        cached = fingerprint(flow.f)
+        flow.BOX.extra = 1  # an attribute added in a running process
+        assert fingerprint(flow.f).digest != cached.digest
+
+    def test_slots_instance_counts_by_content(self, load):
+        """An instance of a class with __slots__ counts by its slots."""
+        step = """
+            class Point:
+                __slots__ = ("x", "y")
+
+                def __init__(self, x, y):
+                    self.x, self.y = x, y
+
+            ORIGIN = Point(0, {})
+
+            def f():
+                return ORIGIN.y
+        """
+        before = fingerprint(load(flow=step.format(0)).f)
+        assert changed(before, fingerprint(load(flow=step.format(1)).f)) == {"flow.ORIGIN.y"}
+
+    def test_set_of_objects_ignores_order(self, load):
+        """A set of instances (ordered by address) counts by content, whatever its order."""
+        step = """
+            class Tag:
+                def __init__(self, name):
+                    self.name = name
+
+            TAGS = {{Tag(n) for n in {}}}
+
+            def f():
+                return len(TAGS)
+        """
+        before = fingerprint(load(flow=step.format("'abcdefgh'")).f)
+        assert fingerprint(load(flow=step.format("'hgfedcba'")).f) == before
+        assert fingerprint(load(flow=step.format("'abcdefgz'")).f).digest != before.digest
+
+    def test_numpy_scalars_count_by_value_and_dtype(self, load):
+        """numpy scalars differ by value, by dtype and by the sign of zero."""
+        step = "import numpy as np\n\nSCALE = {}\n\ndef f(x):\n    return x * SCALE\n"
+        digests = [
+            fingerprint(load(flow=step.format(value)).f).digest
+            for value in (
+                *("np.float64(0.5)", "np.float64(0.25)", "np.float32(0.5)"),
+                *("np.float64(0.0)", "np.float64(-0.0)"),
+            )
+        ]
+        assert len(set(digests)) == len(digests)
+
+    def test_large_list_counts_as_a_whole(self, load):
+        """A long list of non-constants counts by content, in one part."""
+        step = """
+            import numpy as np
+
+            ROWS = [np.zeros(2) for _ in range(500)]
+            {}
+
+            def f():
+                return ROWS
+        """
+        before = fingerprint(load(flow=step.format("")).f)
+        after = fingerprint(load(flow=step.format("ROWS[250][1] = 1.0")).f)
+        assert changed(before, after) == {"flow.ROWS"}
+        assert len(before.parts) < 10
 
 
 class TestClasses:
@@ -507,8 +711,8 @@ class TestClasses:
         assert fingerprint(two).digest != fingerprint(three).digest
         assert fingerprint(two) == fingerprint(flow.use(flow.make(2)))
 
-    def test_instance_counts_by_class_and_repr(self, load):
-        """A module-level instance counts by its class's code and its repr."""
+    def test_instance_counts_by_class_and_fields(self, load):
+        """A module-level instance counts by its class's code and its fields, each named."""
         step = """
             import dataclasses
 
@@ -523,7 +727,7 @@ class TestClasses:
         """
         before = fingerprint(load(flow=step.format("1")).f)
         after = fingerprint(load(flow=step.format("2")).f)
-        assert changed(before, after) == {"flow.CONFIG"}
+        assert changed(before, after) == {"flow.CONFIG.k"}
         assert "flow.Config" in before.parts
 
 
@@ -707,6 +911,15 @@ class TestWithoutSource:
         other = load(flow="K = 5\ndouble = lambda x: x * K\ntriple = lambda x: x * 3\n")
         assert changed(fp, fingerprint(other.double)) == {"flow.K"}
 
+    def test_lambda_global_is_named_after_the_global(self, load):
+        """A lambda a step reads through a global counts under that global's name, so a
+        changed body is reported as ``helpers.TRANSFORM``, not ``helpers.<lambda>``."""
+        step = "import helpers\n\ndef f(x):\n    return helpers.TRANSFORM(x)\n"
+        before = fingerprint(load(flow=step, helpers="TRANSFORM = lambda x: x * 2\n").f)
+        after = fingerprint(load(flow=step, helpers="TRANSFORM = lambda x: x * 3\n").f)
+        assert changed(before, after) == {"helpers.TRANSFORM"}
+        assert not any("<lambda>" in part for part in before.parts)
+
     def test_exec_defined_function(self):
         """A function defined by exec has no source; its code object stands in, docstring aside."""
         namespaces = []
@@ -776,7 +989,11 @@ class TestReuseWithinAProcess:
         step, _ = flow.make(2)
         before = fingerprint(step)
         sys.modules["helpers"].clean = lambda x: x
-        assert {"helpers.clean", "flow.make.<locals>.step"} <= changed(before, fingerprint(step))
+        after = fingerprint(step)
+        # The lambda is named after the global it replaced, so the step's own part (its code
+        # and the names its references resolve to) is unchanged; the digest is not.
+        assert "helpers.clean" in changed(before, after)
+        assert after.digest != before.digest
 
     def test_replaced_code_is_seen(self, load):
         """Assigning a new ``__code__`` to the step invalidates the reused result."""
@@ -809,6 +1026,42 @@ class TestStability:
             for seed in ("1", "2")
         }
         assert digests == {fingerprint(sys.modules["flow"].fetched_data).digest}
+
+    def test_data_globals_same_digest_in_fresh_processes(self, load):
+        """Arrays, sets and instances with default reprs digest alike in every process."""
+        load(
+            flow="""
+                import numpy as np
+
+                class Box:
+                    pass
+
+                BOX = Box()
+                BOX.weights = np.arange(3000.0)
+                BOX.tags = {"a", "b", "c", "d"}
+                TAGS = {Box(), Box()}
+
+                def f():
+                    return BOX, TAGS
+            """
+        )
+        folder = os.path.dirname(sys.modules["flow"].__file__)
+        script = (
+            f"import sys; sys.path.insert(0, {folder!r}); import flow; "
+            "from stepflow._storage.fingerprint import fingerprint; "
+            "print(fingerprint(flow.f).digest)"
+        )
+        digests = {
+            subprocess.run(
+                [sys.executable, "-c", script],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={"PYTHONHASHSEED": seed, "PATH": ""},
+            ).stdout.strip()
+            for seed in ("1", "2")
+        }
+        assert digests == {fingerprint(sys.modules["flow"].f).digest}
 
     def test_repeated_calls_agree(self, load):
         """Cached analysis gives the same answer as the first computation."""
