@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from stepflow._config import Config
-from stepflow._humanize import human_size, human_time
+from stepflow._humanize import human_size, human_time, iso_times
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.stores import open_datastore
@@ -273,6 +273,11 @@ def prune(
     finally:
         index.close()
     return PruneReport(len(doomed), len(objects), freed, kept_pinned, dry_run)
+
+
+def record_dict(record: CacheRecord) -> dict[str, Any]:
+    """A stored result as its ``--json`` form (times in ISO 8601)."""
+    return iso_times(record.to_dict(), "created")
 
 
 def format_records(records: list[CacheRecord]) -> str:

@@ -412,7 +412,7 @@ def _cmd_cache(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) 
         every = cachecmd.list_records(config)
         records = cachecmd.matching(every, pipeline=args.pipeline, step=args.step)
         if args.json:
-            print(json.dumps([r.to_dict() for r in records], indent=2))
+            print(json.dumps([cachecmd.record_dict(r) for r in records], indent=2))
         else:
             sys.stdout.write(cachecmd.format_records(records))
             if not records and (args.pipeline or args.step):
@@ -421,7 +421,7 @@ def _cmd_cache(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) 
     if args.cache_command == "info" and args.key is not None:
         record, present = cachecmd.find_record(config, args.key)
         if args.json:
-            print(json.dumps({**record.to_dict(), "present": present}, indent=2))
+            print(json.dumps({**cachecmd.record_dict(record), "present": present}, indent=2))
         else:
             sys.stdout.write(cachecmd.format_record(record, present))
         return ExitCode.OK

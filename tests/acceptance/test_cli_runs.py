@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
@@ -40,6 +41,12 @@ def project(stepflow_runner):
     return stepflow_runner
 
 
+def assert_iso_utc(value: object) -> None:
+    """``--json`` times are ISO 8601 strings with an explicit UTC offset, not epoch floats."""
+    assert isinstance(value, str), value
+    assert datetime.datetime.fromisoformat(value).utcoffset() == datetime.timedelta(0), value
+
+
 def _runs(project) -> list[dict]:
     out = project.run("runs", "list", "--json")
     assert out.ret == 0, out.stderr
@@ -52,6 +59,8 @@ def test_runs_list_show_and_filters(project) -> None:
     assert failed.ret == 1
     runs = _runs(project)
     assert [r["state"] for r in runs] == ["failed", "succeeded"]
+    assert_iso_utc(runs[0]["started"])
+    assert_iso_utc(runs[0]["finished"])
     assert runs[0]["params"] == {"n": 5, "scale": 1.0, "api_key": "***"}
     assert runs[0]["target"] == "flow.py:pipe"
     out = project.run("runs", "list", "--state", "failed")
@@ -76,6 +85,11 @@ def test_runs_list_show_and_filters(project) -> None:
     )
     data = json.loads(project.run("runs", "show", "last", "--json").stdout)
     assert [s["state"] for s in data["steps"]] == ["ran", "ran", "failed"]
+    assert_iso_utc(data["started"])
+    assert_iso_utc(data["steps"][0]["started"])
+    assert_iso_utc(data["steps"][0]["finished"])
+    (metric,) = data["steps"][1]["metrics"]
+    assert_iso_utc(metric["ts"])
 
 
 def test_logs_per_step_and_stream(project) -> None:
