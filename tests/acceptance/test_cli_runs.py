@@ -230,3 +230,20 @@ def test_run_started_from_python_needs_its_target(project, stepflow_home) -> Non
     assert "was started from Python" in out.stderr
     ok = project.run("run", "flow.py:pipe", "--resume", run_id, "--param", "api_key=k")
     assert ok.ret == 0, ok.stderr
+
+
+def test_color_flag_and_environment(project) -> None:
+    """Colour follows --color, then NO_COLOR, then FORCE_COLOR (output here is a pipe)."""
+    green = "\x1b[32m"
+    unset = {"NO_COLOR": "", "FORCE_COLOR": ""}  # empty counts as unset
+
+    def run(*flags: str, **env: str) -> str:
+        out = project.run("run", "flow.py:pipe", *flags, env={**unset, **env})
+        assert out.ret == 0, out.stderr
+        return out.stdout
+
+    assert green not in run()
+    assert green in run(FORCE_COLOR="1")
+    assert green not in run(FORCE_COLOR="1", NO_COLOR="1")
+    assert green in run("--color", "yes", FORCE_COLOR="1", NO_COLOR="1")
+    assert "\x1b[" not in run("--color", "no", FORCE_COLOR="1")
