@@ -247,3 +247,48 @@ def test_color_flag_and_environment(project) -> None:
     assert green not in run(FORCE_COLOR="1", NO_COLOR="1")
     assert green in run("--color", "yes", FORCE_COLOR="1", NO_COLOR="1")
     assert "\x1b[" not in run("--color", "no", FORCE_COLOR="1")
+
+
+ORDER_FLOW = """
+import os
+from stepflow import Pipeline, step
+
+@step
+def zeta() -> int:
+    return 1
+
+@step
+def beta(zeta: int) -> int:
+    return zeta + 1
+
+@step
+def alpha(beta: int) -> int:
+    if os.environ.get("ALPHA_FAILS") == "1":
+        raise RuntimeError("alpha is down")
+    return beta + 1
+
+@step
+def aardvark(alpha: int) -> int:
+    return alpha
+
+pipe = Pipeline("order", [zeta, beta, alpha, aardvark])
+"""
+
+
+def test_runs_show_lists_steps_in_run_order(stepflow_runner) -> None:
+    """Steps are listed as they ran (not by name); a skipped step comes after what ran."""
+    stepflow_runner.makepyfile(order=ORDER_FLOW)
+    assert stepflow_runner.run("run", "order.py:pipe").ret == 0
+    failed = stepflow_runner.run(
+        "run", "order.py:pipe", "--regenerate", "alpha", env={"ALPHA_FAILS": "1"}
+    )
+    assert failed.ret == 1
+    data = json.loads(stepflow_runner.run("runs", "show", "last", "--json").stdout)
+    assert [(s["name"], s["state"]) for s in data["steps"]] == [
+        ("zeta", "reused"),
+        ("beta", "reused"),
+        ("alpha", "failed"),
+        ("aardvark", "skipped"),
+    ]
+    shown = stepflow_runner.run("runs", "show", "last")
+    shown.fnmatch_lines(["STEP*", "zeta*reused*", "beta*reused*", "alpha*failed*", "aardvark*"])
