@@ -592,8 +592,12 @@ class RunRecords:
         return found[0]
 
     def steps(self, run_id: str) -> list[StepRow]:
+        """The run's steps in run order: as they started (a reused step when it was reused),
+        then the steps that never started (skipped) in the order they were recorded."""
+        # A skipped step has neither time; NULL sorts first in SQLite, which listed skipped
+        # steps before everything that ran.
         rows = self._db.execute(
-            "SELECT * FROM steps WHERE run_id = ? ORDER BY coalesce(started, finished), rowid",
+            "SELECT * FROM steps WHERE run_id = ? ORDER BY started IS NULL, started, rowid",
             (run_id,),
         ).fetchall()
         io: dict[str, list[StepIO]] = {}

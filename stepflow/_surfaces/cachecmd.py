@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from stepflow._config import Config
-from stepflow._humanize import human_size, human_time
+from stepflow._humanize import human_size, human_time, iso_times
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.stores import open_datastore
@@ -275,14 +275,23 @@ def prune(
     return PruneReport(len(doomed), len(objects), freed, kept_pinned, dry_run)
 
 
+def record_dict(record: CacheRecord) -> dict[str, Any]:
+    """A stored result as its ``--json`` form (times in ISO 8601)."""
+    return iso_times(record.to_dict(), "created")
+
+
 def format_records(records: list[CacheRecord]) -> str:
     if not records:
         return "no stored results\n"
     now = time.time()
-    lines = [f"{'key':<14} {'pipeline':<16} {'step':<20} {'age':>8} {'size':>10}  run"]
+    # Names are never cut: a cut name cannot be told from a shorter real one, so the columns
+    # widen to the longest. Keys are shown as 12-character prefixes, which ``cache info`` takes.
+    pipe_w = max(16, *(len(r.pipeline) for r in records))
+    step_w = max(20, *(len(r.step) for r in records))
+    lines = [f"{'key':<14} {'pipeline':<{pipe_w}} {'step':<{step_w}} {'age':>8} {'size':>10}  run"]
     for r in records:
         lines.append(
-            f"{r.key[:12]:<14} {r.pipeline[:16]:<16} {r.step[:20]:<20} "
+            f"{r.key[:12]:<14} {r.pipeline:<{pipe_w}} {r.step:<{step_w}} "
             f"{_age(now - r.created):>8} {human_size(r.size):>10}  {r.run_id}"
         )
     return "\n".join(lines) + "\n"

@@ -117,6 +117,12 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
         "--full-trace", action="store_true", help="do not cut stepflow's frames from tracebacks"
     )
     run.add_argument("-v", "--verbose", action="count", default=0, help="say more")
+    run.add_argument(
+        "--color",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="colour the report: auto (default) follows NO_COLOR, FORCE_COLOR and the terminal",
+    )
     resume = run.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume",
@@ -335,7 +341,7 @@ def _split_pairs(values: list[str], flag: str) -> dict[str, str]:
 def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
     import attrs
 
-    from stepflow._surfaces.reporter import TerminalReporter
+    from stepflow._surfaces.reporter import TerminalReporter, use_color
 
     if args.resume or args.last_failed:
         from stepflow._surfaces.resume import prepare_resume
@@ -360,6 +366,7 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
         full_trace=args.full_trace,
         verbosity=args.verbose,
         show_output=(args.capture or config.settings.get("capture")) == "quiet",
+        color=use_color(args.color),
     )
     pm.register(reporter, name="terminalreporter")
     result = pipeline.run(
@@ -417,7 +424,7 @@ def _cmd_cache(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) 
         every = cachecmd.list_records(config)
         records = cachecmd.matching(every, pipeline=args.pipeline, step=args.step)
         if args.json:
-            print(json.dumps([r.to_dict() for r in records], indent=2))
+            print(json.dumps([cachecmd.record_dict(r) for r in records], indent=2))
         else:
             sys.stdout.write(cachecmd.format_records(records))
             if not records and (args.pipeline or args.step):
@@ -426,7 +433,7 @@ def _cmd_cache(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) 
     if args.cache_command == "info" and args.key is not None:
         record, present = cachecmd.find_record(config, args.key)
         if args.json:
-            print(json.dumps({**record.to_dict(), "present": present}, indent=2))
+            print(json.dumps({**cachecmd.record_dict(record), "present": present}, indent=2))
         else:
             sys.stdout.write(cachecmd.format_record(record, present))
         return ExitCode.OK

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from stepflow._humanize import human_size, human_time
+from stepflow._humanize import human_size, human_time, iso_times
 
 if TYPE_CHECKING:
     from stepflow._config import Config
@@ -89,6 +89,10 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
+def _ds_dict(v: DatasetVersion) -> dict[str, Any]:
+    return iso_times(v.to_dict(), "created")
+
+
 def _source(source: Mapping[str, Any]) -> str:
     kind = source.get("kind")
     if kind == "run" or source.get("run_id"):
@@ -117,7 +121,7 @@ def _ds_register(args: argparse.Namespace, config: Config) -> int:
 
     version = stepflow.datasets.register(args.name, args.path, args.description, config=config)
     if args.json:
-        _print_json({**version.to_dict(), "new": version.new})
+        _print_json({**_ds_dict(version), "new": version.new})
     elif version.new:
         print(f"registered {version.label} ({version.describe()})")
     else:
@@ -133,7 +137,7 @@ def _ds_list(args: argparse.Namespace, config: Config) -> int:
 
     found = stepflow.datasets.list(config=config)
     if args.json:
-        _print_json([v.to_dict() for v in found])
+        _print_json([_ds_dict(v) for v in found])
         return 0
     if not found:
         print("no data sets registered; register one with `stepflow datasets register NAME PATH`")
@@ -184,13 +188,13 @@ def _ds_show(args: argparse.Namespace, config: Config) -> int:
         chosen = stepflow.datasets.get(args.name, args.number, config=config)
     if args.json:
         if args.number is not None:
-            _print_json(chosen.to_dict())
+            _print_json(_ds_dict(chosen))
         else:
             _print_json(
                 {
                     "name": args.name,
                     "latest": every[-1].version,
-                    "versions": [v.to_dict() for v in every],
+                    "versions": [_ds_dict(v) for v in every],
                 }
             )
         return 0
@@ -222,7 +226,7 @@ def _metrics(metrics: Mapping[str, float]) -> str:
 
 
 def _model_dict(v: ModelVersion) -> dict[str, Any]:
-    return {**v.to_dict(), "aliases": list(v.aliases)}
+    return {**iso_times(v.to_dict(), "created"), "aliases": list(v.aliases)}
 
 
 def _md_list(args: argparse.Namespace, config: Config) -> int:

@@ -1,19 +1,62 @@
 """The terminal reporter: live progress, failures cut to user code, and the summary line.
 
 It is a plugin of the run lifecycle hooks, registered by the command line.
+
+On a terminal it keeps a status line at the bottom (the steps running and the time since the
+run started). Steps' own output must never land on that line: while the run is live,
+``sys.stdout`` and ``sys.stderr`` pass through :class:`_LiveStream`, which wipes the status line
+before any write and draws it again once the written line is complete.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import sys
 import threading
+import time
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
 from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
 from stepflow.hookspecs import hookimpl
 
-__all__ = ["TerminalReporter"]
+__all__ = ["COLOR_CHOICES", "TerminalReporter", "use_color"]
+
+#: the values of ``stepflow run --color``
+COLOR_CHOICES = ("auto", "yes", "no")
+#: seconds between redraws of the status line's elapsed time
+_TICK = 0.5
+
+
+def use_color(
+    choice: str = "auto", out: TextIO | None = None, environ: Mapping[str, str] | None = None
+) -> bool:
+    """Whether to colour the report.
+
+    ``--color yes|no`` wins over the environment. With ``auto``: a non-empty ``NO_COLOR``
+    turns colour off (no-color.org), else a non-empty ``FORCE_COLOR`` turns it on
+    (force-color.org), else colour is on when ``out`` is a terminal and ``TERM`` is not ``dumb``.
+    ``NO_COLOR`` beats ``FORCE_COLOR`` when both are set: turning colour off is the safe reading.
+    """
+    if choice not in COLOR_CHOICES:
+        raise ValueError(f"--color {choice!r}: use one of {', '.join(COLOR_CHOICES)}")
+    if choice != "auto":
+        return choice == "yes"
+    environ = os.environ if environ is None else environ
+    if environ.get("NO_COLOR"):
+        return False
+    if environ.get("FORCE_COLOR"):
+        return True
+    out = sys.stdout if out is None else out
+    return _isatty(out) and environ.get("TERM") != "dumb"
+
+
+def _isatty(out: object) -> bool:
+    isatty = getattr(out, "isatty", None)
+    return bool(isatty and isatty())
+
 
 _COLORS = {
     StepState.RAN: "\x1b[32m",
@@ -34,26 +77,42 @@ class TerminalReporter:
         full_trace: bool = False,
         verbosity: int = 0,
         show_output: bool = False,
+        color: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.out = out or sys.stdout
         #: print failed steps' captured output (when it was not shown live)
         self.show_output = show_output
         self.full_trace = full_trace
         self.verbosity = verbosity
-        self.isatty = hasattr(self.out, "isatty") and self.out.isatty()
-        self._lock = threading.Lock()
+        #: a live status line needs a terminal (it is redrawn with ``\r``), whatever the colours
+        self.isatty = _isatty(self.out)
+        #: ``None``: decided by :func:`use_color` from the environment and the stream
+        self.color = use_color("auto", self.out) if color is None else color
+        self._clock = clock
+        # Re-entrant: a write through _LiveStream may come from a thread already holding it.
+        self._lock = threading.RLock()
         self._running: dict[str, int] = {}
         self._done = 0
         self._total = 0
+        self._started = clock()
         self._status_shown = False
+        #: a step wrote part of a line: no status line until it ends, our own lines start anew
+        self._line_open = False
+        self._streams: list[tuple[str, _LiveStream]] = []
+        self._stop_ticker = threading.Event()
+        self._ticker: threading.Thread | None = None
         self._width = max(40, min(shutil.get_terminal_size((80, 20)).columns, 120))
 
     def _write(self, text: str) -> None:
+        if self._line_open:
+            text = "\n" + text
+            self._line_open = False
         self.out.write(text)
         self.out.flush()
 
     def _color(self, state: StepState, text: str) -> str:
-        return f"{_COLORS[state]}{text}{_RESET}" if self.isatty else text
+        return f"{_COLORS[state]}{text}{_RESET}" if self.color else text
 
     def _rule(self, title: str, char: str = "=") -> str:
         title = f" {title} "
@@ -62,21 +121,61 @@ class TerminalReporter:
 
     def _clear_status(self) -> None:
         if self._status_shown:
-            self._write("\r\x1b[2K")
+            self.out.write("\r\x1b[2K")
+            self.out.flush()
             self._status_shown = False
 
+    def status_text(self) -> str:
+        """The status line: progress, the steps running, and the time since the run started."""
+        elapsed = f" ... {self._clock() - self._started:.1f}s"
+        text = f"[{self._done}/{self._total}] running {', '.join(self._running)}"
+        room = self._width - 1 - len(elapsed)
+        if len(text) > room:
+            text = text[: room - 1] + "…"
+        return text + elapsed
+
     def _show_status(self) -> None:
-        if not self.isatty or not self._running:
+        if not self.isatty or not self._running or self._line_open:
             return
-        names = ", ".join(self._running)
-        text = f"[{self._done}/{self._total}] running {names}"
-        self._write("\r\x1b[2K" + text[: self._width - 1])
+        self.out.write("\r\x1b[2K" + self.status_text())
+        self.out.flush()
         self._status_shown = True
+
+    def _tick(self) -> None:
+        while not self._stop_ticker.wait(_TICK):
+            with self._lock:
+                if self._status_shown:
+                    self._show_status()
+
+    def _go_live(self) -> None:
+        """Route ``sys.stdout``/``sys.stderr`` around the status line and start the clock."""
+        for name in ("stdout", "stderr"):
+            stream = _LiveStream(self, getattr(sys, name))
+            setattr(sys, name, stream)
+            self._streams.append((name, stream))
+        self._stop_ticker.clear()
+        self._ticker = threading.Thread(target=self._tick, name="stepflow-status", daemon=True)
+        self._ticker.start()
+
+    def close(self) -> None:
+        """Stop the clock and give ``sys.stdout``/``sys.stderr`` back (idempotent)."""
+        self._stop_ticker.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+        for name, stream in reversed(self._streams):
+            # Only undo our own replacement: if something replaced ours meanwhile, leave it.
+            if getattr(sys, name) is stream:
+                setattr(sys, name, stream.target)
+        self._streams.clear()
 
     @hookimpl
     def stepflow_run_start(self, run: RunInfo) -> None:
         with self._lock:
             self._total = len(run.steps)
+            self._started = self._clock()
+            if self.isatty and not self._streams:
+                self._go_live()
             workers = f", {run.workers} workers" if run.workers > 1 else ""
             self._write(self._rule(f"stepflow run {run.pipeline}") + "\n")
             noun = "step" if self._total == 1 else "steps"
@@ -129,6 +228,7 @@ class TerminalReporter:
 
     @hookimpl
     def stepflow_run_finish(self, run: RunInfo, result: RunResult) -> None:
+        self.close()
         with self._lock:
             self._clear_status()
             failed = [r for r in result.steps.values() if r.error is not None]
@@ -149,8 +249,48 @@ class TerminalReporter:
             summary = result.summary()
             if result.ok:
                 line = self._rule(summary)
-                line = f"\x1b[32m{line}{_RESET}" if self.isatty else line
+                line = f"\x1b[32m{line}{_RESET}" if self.color else line
             else:
                 line = self._rule(summary)
-                line = f"\x1b[31m{line}{_RESET}" if self.isatty else line
+                line = f"\x1b[31m{line}{_RESET}" if self.color else line
             self._write(line + "\n")
+
+
+class _LiveStream(io.TextIOBase):
+    """Stands in for ``sys.stdout``/``sys.stderr`` while the status line is live.
+
+    In-process steps print through here (under the capture router, which echoes to it): the
+    status line is wiped first, so the output starts at the left margin, and it is drawn again
+    below the output once the line is complete.
+    """
+
+    def __init__(self, reporter: TerminalReporter, target: TextIO) -> None:
+        self.reporter = reporter
+        self.target = target
+
+    def write(self, text: str) -> int:
+        reporter = self.reporter
+        with reporter._lock:
+            reporter._clear_status()
+            self.target.write(text)
+            self.target.flush()
+            if text:
+                reporter._line_open = not text.endswith("\n")
+            reporter._show_status()
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def isatty(self) -> bool:
+        return self.target.isatty()
+
+    def fileno(self) -> int:
+        return self.target.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.target, "encoding", None) or "utf-8"
+
+    def writable(self) -> bool:
+        return True

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from stepflow._humanize import human_time
+from stepflow._humanize import human_time, iso_time, iso_times
 
 if TYPE_CHECKING:
     from stepflow._config import Config
@@ -180,7 +180,7 @@ def _list(records: RunRecords, args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else None
     runs = records.runs(pipeline=args.pipeline, state=args.state, since=since, limit=args.limit)
     if args.json:
-        return _print_json([r.to_dict() for r in runs])
+        return _print_json([_run_dict(r) for r in runs])
     if not runs:
         print("no runs match")
         return 0
@@ -207,7 +207,7 @@ def _show(records: RunRecords, args: argparse.Namespace) -> int:
     run = records.run(args.run)
     steps = records.steps(run.id)
     if args.json:
-        data = run.to_dict()
+        data = _run_dict(run)
         data["steps"] = [_step_dict(s) for s in steps]
         return _print_json(data)
     out = [
@@ -269,11 +269,16 @@ def _show(records: RunRecords, args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dict(run: RunRow) -> dict[str, Any]:
+    return iso_times(run.to_dict(), "started", "finished")
+
+
 def _step_dict(step: StepRow) -> dict[str, Any]:
     import attrs
 
-    data = attrs.asdict(step)
+    data = iso_times(attrs.asdict(step), "started", "finished")
     data.pop("logs", None)
+    data["metrics"] = [{**m, "ts": iso_time(m["ts"])} for m in data["metrics"]]
     return data
 
 

@@ -124,6 +124,8 @@ def _text(pipeline: Pipeline) -> str:
 
 
 def _dot(pipeline: Pipeline) -> str:
+    # Every id is a quoted string, so DOT keywords (node, edge, graph, ...) are safe as names;
+    # step and pipeline names are validated to ASCII, so json.dumps quotes them exactly.
     lines = [f"digraph {json.dumps(pipeline.name)} {{", "  rankdir=LR;", "  node [shape=box];"]
     for name in pipeline.steps:
         lines.append(f"  {json.dumps(name)};")
@@ -134,13 +136,21 @@ def _dot(pipeline: Pipeline) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mermaid_label(text: str) -> str:
+    # Inside a quoted Mermaid label only the double quote is special; #quot; is its entity.
+    return '"' + text.replace('"', "#quot;") + '"'
+
+
 def _mermaid(pipeline: Pipeline) -> str:
+    # Node ids are generated (n0, n1, ...) and names are quoted labels: a step named ``end``,
+    # ``graph`` or ``subgraph`` is a Mermaid keyword and would break the chart as a bare id.
+    ids = {name: f"n{i}" for i, name in enumerate(pipeline.steps)}
     lines = ["flowchart LR"]
-    for name in pipeline.steps:
-        lines.append(f"  {name}[{name}]")
+    for name, node in ids.items():
+        lines.append(f"  {node}[{_mermaid_label(name)}]")
     for e in pipeline.dag.edges:
-        label = f"|{e.output}|" if e.output != e.producer else ""
-        lines.append(f"  {e.producer} -->{label} {e.consumer}")
+        label = f"|{_mermaid_label(e.output)}|" if e.output != e.producer else ""
+        lines.append(f"  {ids[e.producer]} -->{label} {ids[e.consumer]}")
     return "\n".join(lines) + "\n"
 
 

@@ -147,3 +147,20 @@ class TestFindRecord:
 
         with pytest.raises(UsageError, match=r"'abcd' is ambiguous \(abcd1.* \(p:one\), abcd2"):
             cachecmd.find_record(config, "abcd")
+
+
+def test_ls_shows_long_names_whole():
+    """``cache ls`` never cuts a pipeline or step name: the columns widen instead."""
+    from stepflow._storage.index import CacheRecord
+
+    step = "load_the_customer_transactions_table"
+    pipeline = "nightly.customer-scoring.v2"
+    records = [
+        CacheRecord("a" * 32, step, pipeline, "run-1", 0.0, {}),
+        CacheRecord("b" * 32, "short", "p", "run-2", 0.0, {}),
+    ]
+    lines = cachecmd.format_records(records).splitlines()
+    assert lines[1].split()[:3] == ["a" * 12, pipeline, step]
+    assert lines[2].split()[:3] == ["b" * 12, "p", "short"]
+    # The columns still line up: the run column starts at the same place on every line.
+    assert lines[0].rindex("run") == lines[1].index("run-1") == lines[2].index("run-2")

@@ -400,7 +400,8 @@ class TestShow:
         dot = stepflow_runner.run("show", "flow.py:pipe", "--format", "dot").stdout
         assert dot.startswith('digraph "demo" {') and '"stats" -> "report" [label="lo"];' in dot
         mermaid = stepflow_runner.run("show", "flow.py:pipe", "--format", "mermaid").stdout
-        assert mermaid.startswith("flowchart LR") and "stats -->|hi| report" in mermaid
+        assert mermaid.startswith("flowchart LR") and '  n2["stats"]' in mermaid
+        assert '  n2 -->|"hi"| n3' in mermaid
 
 
 class TestMisc:

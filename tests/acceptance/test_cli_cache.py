@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 FLOW = """
@@ -24,6 +25,12 @@ def total(scaled: list[int], token: Secret[str] = "s3cr3t-value") -> int:
 
 def _project(runner, helper_body: str = "return x * k") -> None:
     runner.makepyfile(flow=FLOW, helpers=f"def times(x, k):\n    {helper_body}\n")
+
+
+def assert_iso_utc(value: object) -> None:
+    """``--json`` times are ISO 8601 strings with an explicit UTC offset, not epoch floats."""
+    assert isinstance(value, str), value
+    assert datetime.datetime.fromisoformat(value).utcoffset() == datetime.timedelta(0), value
 
 
 class TestRunReuse:
@@ -189,6 +196,7 @@ class TestCacheCommands:
         rows = json.loads(stepflow_runner.run("cache", "ls", "--json").stdout)
         assert sorted(r["step"] for r in rows) == ["numbers", "scaled", "total"]
         assert all("s3cr3t" not in json.dumps(r) for r in rows)
+        assert_iso_utc(rows[0]["created"])
         text = stepflow_runner.run("cache", "ls", "--step", "total").stdout
         assert "total" in text and "numbers" not in text
         info = json.loads(stepflow_runner.run("cache", "info", "--json").stdout)
@@ -208,6 +216,7 @@ class TestCacheCommands:
         stepflow_runner.run("run", "flow.py")
         (row,) = json.loads(stepflow_runner.run("cache", "ls", "--step", "total", "--json").stdout)
         stored = row["outputs"]["total"]
+        assert_iso_utc(row["created"])
         out = stepflow_runner.run("cache", "info", row["key"][:6])
         assert out.ret == 0
         out.fnmatch_lines(
@@ -229,6 +238,7 @@ class TestCacheCommands:
         assert "s3cr3t" not in out.stdout and "MISSING" not in out.stdout
         data = json.loads(stepflow_runner.run("cache", "info", row["key"], "--json").stdout)
         assert data["key"] == row["key"] and data["present"] == {"total": True}
+        assert data["created"] == row["created"]
 
     def test_info_of_one_result_says_a_missing_object(self, stepflow_runner):
         """A result whose object was deleted is shown with its output marked missing."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
@@ -41,6 +42,12 @@ def project(stepflow_runner):
 def json_out(outcome):
     assert outcome.ret == 0, outcome.stdout + outcome.stderr
     return json.loads(outcome.stdout)
+
+
+def assert_iso_utc(value: object) -> None:
+    """``--json`` times are ISO 8601 strings with an explicit UTC offset, not epoch floats."""
+    assert isinstance(value, str), value
+    assert datetime.datetime.fromisoformat(value).utcoffset() == datetime.timedelta(0), value
 
 
 class TestDatasets:
@@ -89,6 +96,8 @@ class TestDatasets:
         assert (shown["name"], shown["latest"], len(shown["versions"])) == ("houses", 1, 1)
         one = json_out(project.run("datasets", "show", "houses", "--version", "1", "--json"))
         assert one["source"]["path"].endswith("houses.csv")
+        for when in (registered, *listed, *shown["versions"], one):
+            assert_iso_utc(when["created"])
 
     def test_empty_listing(self, project):
         out = project.run("datasets", "list")
@@ -161,6 +170,8 @@ class TestModels:
         assert version["source"]["step"] == "train"
         moved = json_out(project.run("models", "alias", "Scaler", "staging", "1", "--json"))
         assert moved["previous"] == 1
+        for when in (*listed, version, moved):
+            assert_iso_utc(when["created"])
 
     @pytest.mark.parametrize(
         ("args", "message"),

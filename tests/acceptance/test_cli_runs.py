@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
@@ -40,6 +41,12 @@ def project(stepflow_runner):
     return stepflow_runner
 
 
+def assert_iso_utc(value: object) -> None:
+    """``--json`` times are ISO 8601 strings with an explicit UTC offset, not epoch floats."""
+    assert isinstance(value, str), value
+    assert datetime.datetime.fromisoformat(value).utcoffset() == datetime.timedelta(0), value
+
+
 def _runs(project) -> list[dict]:
     out = project.run("runs", "list", "--json")
     assert out.ret == 0, out.stderr
@@ -52,6 +59,8 @@ def test_runs_list_show_and_filters(project) -> None:
     assert failed.ret == 1
     runs = _runs(project)
     assert [r["state"] for r in runs] == ["failed", "succeeded"]
+    assert_iso_utc(runs[0]["started"])
+    assert_iso_utc(runs[0]["finished"])
     assert runs[0]["params"] == {"n": 5, "scale": 1.0, "api_key": "***"}
     assert runs[0]["target"] == "flow.py:pipe"
     out = project.run("runs", "list", "--state", "failed")
@@ -76,6 +85,11 @@ def test_runs_list_show_and_filters(project) -> None:
     )
     data = json.loads(project.run("runs", "show", "last", "--json").stdout)
     assert [s["state"] for s in data["steps"]] == ["ran", "ran", "failed"]
+    assert_iso_utc(data["started"])
+    assert_iso_utc(data["steps"][0]["started"])
+    assert_iso_utc(data["steps"][0]["finished"])
+    (metric,) = data["steps"][1]["metrics"]
+    assert_iso_utc(metric["ts"])
 
 
 def test_logs_per_step_and_stream(project) -> None:
@@ -216,3 +230,65 @@ def test_run_started_from_python_needs_its_target(project, stepflow_home) -> Non
     assert "was started from Python" in out.stderr
     ok = project.run("run", "flow.py:pipe", "--resume", run_id, "--param", "api_key=k")
     assert ok.ret == 0, ok.stderr
+
+
+def test_color_flag_and_environment(project) -> None:
+    """Colour follows --color, then NO_COLOR, then FORCE_COLOR (output here is a pipe)."""
+    green = "\x1b[32m"
+    unset = {"NO_COLOR": "", "FORCE_COLOR": ""}  # empty counts as unset
+
+    def run(*flags: str, **env: str) -> str:
+        out = project.run("run", "flow.py:pipe", *flags, env={**unset, **env})
+        assert out.ret == 0, out.stderr
+        return out.stdout
+
+    assert green not in run()
+    assert green in run(FORCE_COLOR="1")
+    assert green not in run(FORCE_COLOR="1", NO_COLOR="1")
+    assert green in run("--color", "yes", FORCE_COLOR="1", NO_COLOR="1")
+    assert "\x1b[" not in run("--color", "no", FORCE_COLOR="1")
+
+
+ORDER_FLOW = """
+import os
+from stepflow import Pipeline, step
+
+@step
+def zeta() -> int:
+    return 1
+
+@step
+def beta(zeta: int) -> int:
+    return zeta + 1
+
+@step
+def alpha(beta: int) -> int:
+    if os.environ.get("ALPHA_FAILS") == "1":
+        raise RuntimeError("alpha is down")
+    return beta + 1
+
+@step
+def aardvark(alpha: int) -> int:
+    return alpha
+
+pipe = Pipeline("order", [zeta, beta, alpha, aardvark])
+"""
+
+
+def test_runs_show_lists_steps_in_run_order(stepflow_runner) -> None:
+    """Steps are listed as they ran (not by name); a skipped step comes after what ran."""
+    stepflow_runner.makepyfile(order=ORDER_FLOW)
+    assert stepflow_runner.run("run", "order.py:pipe").ret == 0
+    failed = stepflow_runner.run(
+        "run", "order.py:pipe", "--regenerate", "alpha", env={"ALPHA_FAILS": "1"}
+    )
+    assert failed.ret == 1
+    data = json.loads(stepflow_runner.run("runs", "show", "last", "--json").stdout)
+    assert [(s["name"], s["state"]) for s in data["steps"]] == [
+        ("zeta", "reused"),
+        ("beta", "reused"),
+        ("alpha", "failed"),
+        ("aardvark", "skipped"),
+    ]
+    shown = stepflow_runner.run("runs", "show", "last")
+    shown.fnmatch_lines(["STEP*", "zeta*reused*", "beta*reused*", "alpha*failed*", "aardvark*"])
