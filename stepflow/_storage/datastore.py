@@ -30,7 +30,7 @@ import attrs
 
 from stepflow.errors import StepflowError
 
-__all__ = ["ArtifactMissingError", "Datastore", "LocalDatastore"]
+__all__ = ["ArtifactMissingError", "CorruptedObjectError", "Datastore", "LocalDatastore"]
 
 _NAME_RE = re.compile(r"^[0-9a-f]{8,128}\.[a-z0-9_\-]{1,32}$")
 _DOC_PART_RE = re.compile(r"^[A-Za-z0-9_@+=,\-][A-Za-z0-9_.@+=,\-]{0,199}$")
@@ -38,6 +38,11 @@ _DOC_PART_RE = re.compile(r"^[A-Za-z0-9_@+=,\-][A-Za-z0-9_.@+=,\-]{0,199}$")
 
 class ArtifactMissingError(StepflowError):
     """An object is missing, or its bytes do not match the digest recorded for it."""
+
+
+class CorruptedObjectError(ArtifactMissingError):
+    """An object is there with its recorded size, but its bytes do not match its digest:
+    the cheap check before reuse passes, so whoever finds it must drop it."""
 
 
 def check_name(name: str) -> str:
@@ -86,6 +91,11 @@ class Datastore:
         :raises ArtifactMissingError: there is no such object.
         """
         raise NotImplementedError
+
+    def discard_copy(self, name: str) -> bool:
+        """Forget this machine's copy of a remote object, so that ``local_path`` fetches it
+        again; ``False`` when there is no separate copy (a local store)."""
+        return False
 
     def exists(self, name: str) -> bool:
         raise NotImplementedError

@@ -170,6 +170,15 @@ class TestVerifiedLoads:
         with pytest.raises(ArtifactMissingError, match="corrupted"):
             io_b.load(ref)
 
+    def test_damaged_local_copy_is_fetched_again(self, s3_server, tmp_path):
+        """A damaged copy in this home's cache is not a damaged object: it is downloaded
+        again and loads, instead of dropping a good result for every home."""
+        io = ArtifactIO(open_store(s3_server, tmp_path / "a"), builtin_serializers())
+        ref = io.save({"answer": 42})
+        local = io.store.local_path(ref.name)
+        local.write_bytes(bytes(b ^ 0xFF for b in local.read_bytes()))
+        assert io.load(ref) == {"answer": 42}
+
 
 class TestDocuments:
     def test_round_trip_and_overwrite(self, s3_server, tmp_path):
@@ -384,6 +393,33 @@ class TestPipelines:
             "numbers",  # ...then run again when its object failed verification
             "total",
         ]
+
+    def test_damaged_final_result_is_dropped_for_every_home(self, s3_server, make_module, tmp_path):
+        """A reused result whose object in the bucket is damaged is dropped from the index
+        (this home's and the shared one) when the user loads it, and computed again."""
+        pipe = self.chain(make_module, "s3_chain_f")
+        params = {"calls": str(tmp_path / "calls.txt")}
+        config_a = project_config(tmp_path / "project", s3_server, tmp_path / "a")
+        assert pipe.run(params, config=config_a).ok
+        index = CacheIndex(tmp_path / "a" / "index")
+        ref = index.last("chain", "total").outputs["total"]
+        remote = f"{s3_server.bucket}/stepflow/objects/{ref.name[:2]}/{ref.name[2:]}"
+        fs = s3_server.fs()
+        fs.pipe_file(remote, bytes(b ^ 0xFF for b in fs.cat_file(remote)))
+
+        config_b = project_config(tmp_path / "project", s3_server, tmp_path / "b")
+        result = pipe.run(params, config=config_b, targets=["total"])
+        assert result.steps["total"].state is StepState.REUSED
+        with pytest.raises(ArtifactMissingError, match=r"corrupted.*dropped"):
+            result["total"]
+        # The damaged object is gone, so the other home's own record of it is a miss too.
+        with pytest.warns(StepflowWarning, match="'total' is incomplete"):
+            again = pipe.run(params, config=config_a, targets=["total"])
+        assert again.steps["total"].state is StepState.RAN and again["total"] == 10
+        # The repaired result is then reused by the home that found the damage.
+        third = pipe.run(params, config=config_b, targets=["total"])
+        assert third.steps["total"].state is StepState.REUSED and third["total"] == 10
+        assert (tmp_path / "calls.txt").read_text().split() == ["numbers", "total", "total"]
 
     @pytest.mark.slow
     def test_unreachable_store_stops_the_run_before_any_step(
