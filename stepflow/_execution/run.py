@@ -385,6 +385,7 @@ class _Runner:
             serializers=self.serializers,
             backend_env=self.backends[self.plan.backends[name]].environment(),
             home=self.config.home,
+            store=self.io.store,
         )
         if refs:
             from stepflow._execution.references import with_references
