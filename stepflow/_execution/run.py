@@ -10,6 +10,7 @@ succeeded is committed to the cache index at once, so a failure loses nothing co
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import secrets
 import sys
@@ -32,7 +33,7 @@ from stepflow._planning.plan import Plan
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
-from stepflow._storage.datastore import ArtifactMissingError
+from stepflow._storage.datastore import ArtifactMissingError, CorruptedObjectError
 from stepflow._storage.hashing import UnhashableValueError, hash_value
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.locks import key_lock
@@ -230,8 +231,7 @@ class _Runner:
                 self._finish(StepReport(name, StepState.SKIPPED, reason=reason))
         if not interrupted:
             self._publish_outputs()
-        io = self.io
-        outputs = {out: (lambda a=artifact: a.load(io)) for out, artifact in self.artifacts.items()}
+        outputs = {out: functools.partial(self._load_output, out) for out in self.artifacts}
         result = RunResult(
             info=self.info,
             steps={n: self.reports[n] for n in self.plan.steps},
@@ -241,6 +241,30 @@ class _Runner:
             interrupted=interrupted,
         )
         return result
+
+    def _load_output(self, output: str) -> Any:
+        """An output for ``RunResult``; one that fails its check is dropped, so that the
+        next run computes it again instead of reusing it.
+
+        A missing object needs nothing: the next run's availability check misses. A
+        corrupted one keeps its size and passes that check, so its index entry is dropped
+        here, and the object too, which makes it a miss for every home sharing the store.
+        """
+        artifact = self.artifacts[output]
+        try:
+            return artifact.load(self.io)
+        except CorruptedObjectError as exc:
+            producer = self.dag.producers[output]
+            key = self.keys.get(producer)
+            if key is not None:
+                # A fresh handle: the run's own may have been closed since the run ended.
+                CacheIndex(self.config.home / "index", store=self.io.store).delete(key.digest)
+            if artifact.ref is not None:
+                self.io.store.delete(artifact.ref.name)
+            raise CorruptedObjectError(
+                f"output {output!r} of step {producer!r} cannot be loaded: {exc}. Its stored "
+                f"result was dropped from the cache, so the next run computes it again."
+            ) from exc
 
     def _run_sequential(self) -> None:
         for name in self.plan.steps:
@@ -361,6 +385,7 @@ class _Runner:
             serializers=self.serializers,
             backend_env=self.backends[self.plan.backends[name]].environment(),
             home=self.config.home,
+            store=self.io.store,
         )
         if refs:
             from stepflow._execution.references import with_references
@@ -454,6 +479,9 @@ class _Runner:
         backend = self.backends[self.plan.backends[name]]
         attempts = spec.options.retries + 1
         attempt = 1
+        #: inputs recomputed because they failed their check: a second failure is the
+        #: store's fault, and recomputing again would loop
+        recomputed: set[str] = set()
         while True:
             self.pm.hook.stepflow_step_start(run=self.info, step=name, attempt=attempt)
             started = time.perf_counter()
@@ -467,6 +495,16 @@ class _Runner:
                 ):
                     error = self._attempt(name, backend, attempt)
             except _BadInput as bad:
+                if bad.output in recomputed:
+                    error = StepFailedError(
+                        f"input {bad.output!r} failed its check again right after it was "
+                        f"recomputed ({bad}); the store at {self.io.store.uri} is damaged "
+                        f"or changing under the run: check its disk or bucket",
+                        step=name,
+                        exc_type="stepflow._storage.datastore.ArtifactMissingError",
+                    )
+                    return StepReport(name, StepState.FAILED, backend=backend.name, error=error)
+                recomputed.add(bad.output)
                 failure = self._recompute(bad.output, str(bad))
                 if failure is None:
                     continue

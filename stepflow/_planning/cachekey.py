@@ -10,9 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import platform
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +23,9 @@ from stepflow._storage.hashing import HASH_ENCODING_VERSION, hash_strings, hash_
 
 if TYPE_CHECKING:
     from stepflow._planning.plan import Plan
+    from stepflow._storage.datastore import Datastore
 
-__all__ = ["CacheKey", "describe_value", "environment", "make_key", "plan_key", "secret_key"]
+__all__ = ["CacheKey", "describe_value", "environment", "make_key", "plan_key"]
 
 
 @attrs.frozen
@@ -36,25 +35,6 @@ class CacheKey:
     digest: str
     #: ``{"code": {...}, "inputs": {...}, "params": {...}, "env": {...}}``
     components: Mapping[str, Mapping[str, str]]
-
-
-def secret_key(home: Path) -> bytes:
-    """The per-home key for hashing secret parameters (made on first use, owner-only)."""
-    path = home / "secret.key"
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        pass
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, key)
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
-    return key
 
 
 @functools.cache
@@ -92,7 +72,7 @@ def make_key(
     params: Mapping[str, Any],
     secret_params: frozenset[str],
     env: Mapping[str, str],
-    home_key: bytes | None,
+    secret_key: bytes | None,
     code_cache: Path | None = None,
 ) -> CacheKey:
     """The cache key of ``spec`` given its inputs' content hashes and its parameter values.
@@ -104,9 +84,10 @@ def make_key(
     for name, value in params.items():
         digest = hash_value(value)
         if name in secret_params:
-            # A keyed hash: the key cannot be used to guess the secret offline.
-            assert home_key is not None
-            digest = hashlib.blake2b(digest.encode(), key=home_key, digest_size=16).hexdigest()
+            # A keyed hash: without the store's key, a cache key cannot be used to guess
+            # the secret offline.
+            assert secret_key is not None
+            digest = hashlib.blake2b(digest.encode(), key=secret_key, digest_size=16).hexdigest()
         param_hashes[name] = digest
     components = {
         "code": {"digest": code.digest, **dict(code.parts)},
@@ -145,10 +126,13 @@ def plan_key(
     serializers: Any,
     backend_env: Mapping[str, str],
     home: Path,
+    store: Datastore,
 ) -> CacheKey:
     """The key of step ``name`` of ``plan``, given its inputs' content hashes.
 
     Shared by the run loop and ``stepflow explain``, so both compute the very same key.
+    ``Secret`` parameters are hashed with ``store``'s key, so every home sharing the store
+    makes the same keys.
     """
     spec = plan.dag.steps[name]
     params = plan.step_params[name]
@@ -159,6 +143,6 @@ def plan_key(
         params=params,
         secret_params=secret,
         env=environment(serializers, backend_env, spec),
-        home_key=secret_key(home) if secret else None,
+        secret_key=store.secret_key() if secret else None,
         code_cache=home / "fingerprints",
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from stepflow._storage.datastore import ArtifactMissingError, Datastore
+from stepflow._storage.datastore import ArtifactMissingError, CorruptedObjectError, Datastore
 from stepflow._storage.hashing import hash_file, hash_value
 from stepflow._storage.serializers import Serializer, serialization_error
 from stepflow.errors import StoreUnavailableError
@@ -85,11 +85,18 @@ class ArtifactIO:
     def load(self, ref: ArtifactRef) -> Any:
         """Load an artifact after checking its bytes.
 
-        :raises ArtifactMissingError: the object is missing or does not match its digest.
+        :raises ArtifactMissingError: the object is missing (``CorruptedObjectError``: it
+            does not match its digest).
         """
         path = self.store.local_path(ref.name)
-        if hash_file(path, mapped=True) != ref.digest:
-            raise ArtifactMissingError(
+        matches = hash_file(path, mapped=True) == ref.digest
+        if not matches and self.store.discard_copy(ref.name):
+            # Only this machine's copy of a remote object may be damaged: fetch it again
+            # before calling the stored object corrupted (which drops it for every home).
+            path = self.store.local_path(ref.name)
+            matches = hash_file(path, mapped=True) == ref.digest
+        if not matches:
+            raise CorruptedObjectError(
                 f"object {ref.name} in {self.store.uri} is corrupted (its bytes do not match "
                 f"the recorded digest)"
             )

@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import os
 import re
+import secrets
 import tempfile
 import threading
 import time
@@ -30,14 +31,24 @@ import attrs
 
 from stepflow.errors import StepflowError
 
-__all__ = ["ArtifactMissingError", "Datastore", "LocalDatastore"]
+__all__ = ["ArtifactMissingError", "CorruptedObjectError", "Datastore", "LocalDatastore"]
 
 _NAME_RE = re.compile(r"^[0-9a-f]{8,128}\.[a-z0-9_\-]{1,32}$")
 _DOC_PART_RE = re.compile(r"^[A-Za-z0-9_@+=,\-][A-Za-z0-9_.@+=,\-]{0,199}$")
 
 
+#: the document holding the key that hashes ``Secret`` parameters (see ``secret_key``)
+KEYED_HASH_DOC = "keys/secret-params.key"
+KEYED_HASH_SIZE = 32
+
+
 class ArtifactMissingError(StepflowError):
     """An object is missing, or its bytes do not match the digest recorded for it."""
+
+
+class CorruptedObjectError(ArtifactMissingError):
+    """An object is there with its recorded size, but its bytes do not match its digest:
+    the cheap check before reuse passes, so whoever finds it must drop it."""
 
 
 def check_name(name: str) -> str:
@@ -87,6 +98,11 @@ class Datastore:
         """
         raise NotImplementedError
 
+    def discard_copy(self, name: str) -> bool:
+        """Forget this machine's copy of a remote object, so that ``local_path`` fetches it
+        again; ``False`` when there is no separate copy (a local store)."""
+        return False
+
     def exists(self, name: str) -> bool:
         raise NotImplementedError
 
@@ -124,6 +140,38 @@ class Datastore:
 
     def close(self) -> None:
         """Release connections; the store may not be used afterwards."""
+
+    # --- the key that hashes ``Secret`` parameters ----------------------------------------
+
+    def secret_key(self) -> bytes:
+        """The key of the keyed hash that puts ``Secret`` parameters into cache keys.
+
+        It belongs to the store, not to a home, so every home sharing the store makes the
+        same cache keys and reuses the same results. Made on first use by an exclusive
+        write, so two homes racing to make it end up with one key. Never printed.
+
+        :raises StepflowError: the stored key is damaged.
+        """
+        cached = self.__dict__.get("_secret_key")
+        if cached is not None:
+            return cached
+        key = self.get_doc(KEYED_HASH_DOC)
+        if key is None:
+            # The loser of a race keeps nothing of its own and reads the winner's key.
+            self.put_doc(KEYED_HASH_DOC, self._new_secret_key(), exclusive=True)
+            key = self.get_doc(KEYED_HASH_DOC)
+        if key is None or len(key) != KEYED_HASH_SIZE:
+            size = "missing" if key is None else f"{len(key)} bytes, not {KEYED_HASH_SIZE}"
+            raise StepflowError(
+                f"the key that hashes secret parameters, document {KEYED_HASH_DOC!r} of "
+                f"store {self.uri}, is damaged ({size}); delete it and a new one is made "
+                f"(steps that take a Secret then run again once)"
+            )
+        self.__dict__["_secret_key"] = key
+        return key
+
+    def _new_secret_key(self) -> bytes:
+        return secrets.token_bytes(KEYED_HASH_SIZE)
 
 
 _TMP_IDS = itertools.count()
@@ -227,6 +275,16 @@ class LocalDatastore(Datastore):
                 for entry in sorted(folder.iterdir()):
                     if not entry.name.startswith(".tmp-"):
                         yield folder.name + entry.name
+
+    def _new_secret_key(self) -> bytes:
+        # A home made before the key moved into the store kept it at <home>/secret.key
+        # (the folder above the default objects folder): adopted, so that the results of
+        # steps taking a Secret are still reused.
+        with contextlib.suppress(OSError):
+            legacy = (self.root.parent / "secret.key").read_bytes()
+            if len(legacy) == KEYED_HASH_SIZE:
+                return legacy
+        return super()._new_secret_key()
 
     def sweep(self, older_than: float = 3600.0) -> int:
         """Remove temporary files left by crashed writers; returns how many."""

@@ -242,6 +242,12 @@ class FsspecDatastore(Datastore):
             tmp.unlink(missing_ok=True)
         return local
 
+    def discard_copy(self, name: str) -> bool:
+        local = self._local(name)
+        existed = local.exists()
+        local.unlink(missing_ok=True)
+        return existed
+
     def exists(self, name: str) -> bool:
         with self._errors(f"looking up object {name}"):
             return bool(self._fs.exists(self._remote(name)))

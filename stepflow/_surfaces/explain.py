@@ -119,6 +119,7 @@ def explain(
                     serializers=serializers,
                     backend_env=backends[plan.backends[name]].environment(),
                     home=config.home,
+                    store=store,
                 )
                 key = with_references(key, spec, refs.get(name, {}))
                 found = index.get(key.digest)

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from stepflow import Pipeline, StepState
+from stepflow._storage.datastore import ArtifactMissingError
+from stepflow._storage.index import CacheIndex
 from stepflow.errors import StepflowWarning
 
 FLOW = '''
@@ -188,20 +190,65 @@ class TestReuse:
         assert result["scaled"] == [0, 2, 4, 6] and result["label"] == "even"
 
 
+def flip_output(step: str, output: str | None = None) -> None:
+    """Flip one byte of the object holding ``step``'s last stored output (same size)."""
+    home = Path(os.environ["STEPFLOW_HOME"])
+    index = CacheIndex(home / "index")
+    ref = index.last("flow", step).outputs[output or step]
+    path = home / "objects" / ref.name[:2] / ref.name[2:]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 class TestDamagedStore:
-    def test_corrupted_input_is_recomputed(self, project):
-        """A consumer that must run and finds its stored input corrupted recomputes it."""
+    @pytest.mark.parametrize("workers", [1, 2])
+    def test_corrupted_input_is_recomputed(self, project, workers):
+        """A consumer that must run and finds its stored input corrupted recomputes it, in
+        the run's process or in a worker, in that same run; the repaired result is then
+        reused, never the damaged one."""
         project.run()
-        home = Path(os.environ["STEPFLOW_HOME"])
-        for path in (home / "objects").rglob("*.cloudpickle"):
-            data = bytearray(path.read_bytes())
-            data[-1] ^= 0xFF
-            path.write_bytes(bytes(data))
+        flip_output("numbers")
         project.scale = 5  # scaled must run, and its input 'numbers' is damaged
-        with pytest.warns(StepflowWarning, match="unusable"):
-            result = project.pipeline().run()
+        with pytest.warns(StepflowWarning, match="'numbers'.*unusable"):
+            result = project.pipeline().run(workers=workers)
         assert result.ok and result["total"] == 30
-        assert "numbers" in project.calls()
+        assert sorted(project.calls()) == ["always", "numbers", "scaled", "total"]
+        again, calls = project.run()
+        assert calls == ["always"] and again["numbers"] == [0, 1, 2, 3]
+
+    def test_input_failing_again_after_recompute_fails_the_step(self, project, monkeypatch):
+        """A store that damages an input again right after it was recomputed fails the
+        consumer with a clear error instead of recomputing forever."""
+        from stepflow._execution import run as run_module
+
+        project.run()
+        project.scale = 5
+
+        def always_bad(self, name):
+            raise run_module._BadInput(name, f"object of {name} is corrupted")
+
+        monkeypatch.setattr(run_module._Runner, "_input_value", always_bad)
+        with pytest.warns(StepflowWarning, match="unusable"):
+            result = project.pipeline("numbers", "scaled").run()
+        assert result.steps["scaled"].state is StepState.FAILED
+        assert "failed its check again" in str(result.steps["scaled"].error)
+        assert project.calls() == ["numbers"]
+
+    def test_corrupted_final_result_is_dropped_when_loaded(self, project):
+        """A reused result that fails its check when the user loads it is dropped from the
+        index: the next run computes it again instead of reporting it reused forever."""
+        project.run()
+        flip_output("total")
+        result = project.pipeline("numbers", "scaled", "total").run()
+        assert states(result)["total"] == "reused"
+        with pytest.raises(ArtifactMissingError, match=r"corrupted.*dropped"):
+            result["total"]
+        again = project.pipeline("numbers", "scaled", "total").run()
+        assert states(again)["total"] == "ran" and again["total"] == 12
+        assert project.calls() == ["total"]
+        third = project.pipeline("numbers", "scaled", "total").run()
+        assert states(third)["total"] == "reused" and third["total"] == 12
 
     def test_missing_object_is_a_miss(self, project):
         """A result whose object was deleted is recomputed, with a warning."""

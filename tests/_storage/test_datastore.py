@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from stepflow._storage.datastore import ArtifactMissingError, LocalDatastore
+from stepflow._storage.datastore import KEYED_HASH_DOC, ArtifactMissingError, LocalDatastore
+from stepflow.errors import StepflowError
 
 NAME = "ab" + "0" * 30 + ".pickle"
 OTHER = "cd" + "1" * 30 + ".pickle"
@@ -74,3 +75,42 @@ def test_a_folder_removed_between_runs_is_made_again(tmp_path, removed):
     store = LocalDatastore(root)
     write(store, NAME, b"again")
     assert store.local_path(NAME).read_bytes() == b"again"
+
+
+class TestSecretKey:
+    """The key that hashes ``Secret`` parameters belongs to the store (DESIGN section 2)."""
+
+    def test_made_once_owner_only_and_shared_by_every_user_of_the_store(self, tmp_path):
+        key = LocalDatastore(tmp_path / "objects").secret_key()
+        assert len(key) == 32
+        path = tmp_path / "refs" / KEYED_HASH_DOC
+        assert path.read_bytes() == key
+        assert path.stat().st_mode & 0o077 == 0
+        assert LocalDatastore(tmp_path / "objects").secret_key() == key
+
+    def test_a_racing_maker_keeps_the_first_key(self, tmp_path, monkeypatch):
+        """Two homes making the key at once end with one key: the later exclusive write
+        loses and reads the winner's."""
+        first = LocalDatastore(tmp_path / "objects")
+        late = LocalDatastore(tmp_path / "objects")
+        real_put = LocalDatastore.put_doc
+
+        def put_after_the_other(self, path, data, *, exclusive=False):
+            if self is late:
+                first.secret_key()  # the other home wins the race just before this write
+            return real_put(self, path, data, exclusive=exclusive)
+
+        monkeypatch.setattr(LocalDatastore, "put_doc", put_after_the_other)
+        assert late.secret_key() == first.secret_key()
+
+    def test_the_key_of_an_older_home_is_adopted(self, tmp_path):
+        """A home made before the key moved into the store keeps reusing its results."""
+        (tmp_path / "secret.key").write_bytes(b"k" * 32)
+        assert LocalDatastore(tmp_path / "objects").secret_key() == b"k" * 32
+
+    def test_a_damaged_key_is_a_clear_error_without_its_bytes(self, tmp_path):
+        store = LocalDatastore(tmp_path / "objects")
+        store.put_doc(KEYED_HASH_DOC, b"short-and-private")
+        with pytest.raises(StepflowError, match=r"damaged.*delete it") as caught:
+            store.secret_key()
+        assert "short-and-private" not in str(caught.value)

@@ -24,7 +24,7 @@ from stepflow import Pipeline, StepState
 from stepflow._config import load_config
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO
-from stepflow._storage.datastore import ArtifactMissingError
+from stepflow._storage.datastore import KEYED_HASH_DOC, ArtifactMissingError
 from stepflow._storage.index import CacheIndex
 from stepflow._storage.objectstore import FsspecDatastore
 from stepflow._storage.serializers import builtin_serializers
@@ -170,6 +170,15 @@ class TestVerifiedLoads:
         with pytest.raises(ArtifactMissingError, match="corrupted"):
             io_b.load(ref)
 
+    def test_damaged_local_copy_is_fetched_again(self, s3_server, tmp_path):
+        """A damaged copy in this home's cache is not a damaged object: it is downloaded
+        again and loads, instead of dropping a good result for every home."""
+        io = ArtifactIO(open_store(s3_server, tmp_path / "a"), builtin_serializers())
+        ref = io.save({"answer": 42})
+        local = io.store.local_path(ref.name)
+        local.write_bytes(bytes(b ^ 0xFF for b in local.read_bytes()))
+        assert io.load(ref) == {"answer": 42}
+
 
 class TestDocuments:
     def test_round_trip_and_overwrite(self, s3_server, tmp_path):
@@ -214,6 +223,23 @@ class TestDocuments:
         store.delete_doc("x/y")
         store.delete_doc("x/y")
         assert store.get_doc("x/y") is None and store.list_docs("x") == []
+
+    def test_secret_key_is_made_once_for_every_home(self, s3_server, tmp_path, monkeypatch):
+        """Two homes racing to make the store's secret key end with one: the exclusive
+        write (If-None-Match) of the later one fails, and it reads the winner's key."""
+        first = open_store(s3_server, tmp_path / "a")
+        late = open_store(s3_server, tmp_path / "b")
+        real_put = FsspecDatastore.put_doc
+
+        def put_after_the_other(self, path, data, *, exclusive=False):
+            if self is late:
+                first.secret_key()  # the other home wins the race just before this write
+            return real_put(self, path, data, exclusive=exclusive)
+
+        monkeypatch.setattr(FsspecDatastore, "put_doc", put_after_the_other)
+        key = late.secret_key()
+        assert key == first.secret_key() and len(key) == 32
+        assert open_store(s3_server, tmp_path / "c").secret_key() == key
 
     @pytest.mark.parametrize("bad", ["../escape", "/abs", "a//b", "a/./b", "", "sp ace"])
     def test_bad_paths_rejected(self, s3_server, tmp_path, bad):
@@ -384,6 +410,63 @@ class TestPipelines:
             "numbers",  # ...then run again when its object failed verification
             "total",
         ]
+
+    def test_damaged_final_result_is_dropped_for_every_home(self, s3_server, make_module, tmp_path):
+        """A reused result whose object in the bucket is damaged is dropped from the index
+        (this home's and the shared one) when the user loads it, and computed again."""
+        pipe = self.chain(make_module, "s3_chain_f")
+        params = {"calls": str(tmp_path / "calls.txt")}
+        config_a = project_config(tmp_path / "project", s3_server, tmp_path / "a")
+        assert pipe.run(params, config=config_a).ok
+        index = CacheIndex(tmp_path / "a" / "index")
+        ref = index.last("chain", "total").outputs["total"]
+        remote = f"{s3_server.bucket}/stepflow/objects/{ref.name[:2]}/{ref.name[2:]}"
+        fs = s3_server.fs()
+        fs.pipe_file(remote, bytes(b ^ 0xFF for b in fs.cat_file(remote)))
+
+        config_b = project_config(tmp_path / "project", s3_server, tmp_path / "b")
+        result = pipe.run(params, config=config_b, targets=["total"])
+        assert result.steps["total"].state is StepState.REUSED
+        with pytest.raises(ArtifactMissingError, match=r"corrupted.*dropped"):
+            result["total"]
+        # The damaged object is gone, so the other home's own record of it is a miss too.
+        with pytest.warns(StepflowWarning, match="'total' is incomplete"):
+            again = pipe.run(params, config=config_a, targets=["total"])
+        assert again.steps["total"].state is StepState.RAN and again["total"] == 10
+        # The repaired result is then reused by the home that found the damage.
+        third = pipe.run(params, config=config_b, targets=["total"])
+        assert third.steps["total"].state is StepState.REUSED and third["total"] == 10
+        assert (tmp_path / "calls.txt").read_text().split() == ["numbers", "total", "total"]
+
+    def test_secret_taking_step_is_reused_by_another_home(self, s3_server, make_module, tmp_path):
+        """The key that hashes secrets is the store's, so a second home sharing the store
+        makes the same cache key for a step that takes a ``Secret``, and reuses it."""
+        mod = make_module(
+            "s3_secret",
+            textwrap.dedent(
+                """
+                from stepflow import Param, Secret, step
+
+                @step
+                def fetched(calls: Param[str], token: Secret[str] = "s3cr3t") -> int:
+                    with open(calls, "a") as fh:
+                        fh.write("fetched\\n")
+                    return len(token)
+                """
+            ),
+        )
+        pipe = Pipeline("secret", [mod.fetched])
+        calls = tmp_path / "calls.txt"
+        params = {"calls": str(calls), "token": "abc"}
+        for home in ("a", "b"):
+            config = project_config(tmp_path / "project", s3_server, tmp_path / home)
+            result = pipe.run(params, config=config)
+            assert result.ok and result["fetched"] == 3
+        assert result.steps["fetched"].state is StepState.REUSED
+        assert calls.read_text().split() == ["fetched"]
+        key = s3_server.fs().cat_file(f"{s3_server.bucket}/stepflow/refs/{KEYED_HASH_DOC}")
+        assert len(key) == 32
+        assert not (tmp_path / "a" / "secret.key").exists()
 
     @pytest.mark.slow
     def test_unreachable_store_stops_the_run_before_any_step(

@@ -56,6 +56,40 @@ class TestSharedStore:
         pruned.fnmatch_lines(["removed 2 results and 2 objects*"])
         assert s3_server.fs().find(f"{s3_server.bucket}/stepflow/objects") == []
 
+    def test_second_home_reuses_a_step_taking_a_secret(
+        self, stepflow_runner, s3_server, tmp_path_factory
+    ):
+        """The key that hashes secrets lives in the store, so another home reuses a step
+        whose key includes a secret; the key itself is never printed."""
+        stepflow_runner.makepyfile(
+            flow=FLOW
+            + textwrap.dedent(
+                """
+                from stepflow import Secret
+
+                @step
+                def fetched(total: int, token: Secret[str] = "dev-token") -> int:
+                    return total + len(token)
+                """
+            )
+        )
+        configure(stepflow_runner, s3_server.url(), s3_server.endpoint_url)
+        args = ("run", "flow.py", "--param", "token=env:API_TOKEN")
+        env = {"API_TOKEN": "s3cr3t-value"}
+        first = stepflow_runner.run(*args, env=env)
+        assert first.ret == 0, first.stderr
+        first.fnmatch_lines(["*3 ran in*"])
+
+        other_home = {**env, "STEPFLOW_HOME": str(tmp_path_factory.mktemp("second-home"))}
+        second = stepflow_runner.run(*args, env=other_home)
+        assert second.ret == 0, second.stderr
+        second.fnmatch_lines(["fetched *reused*", "*3 reused in*"])
+        fs = s3_server.fs()
+        key = fs.cat_file(fs.find(f"{s3_server.bucket}/stepflow/refs/keys")[0])
+        for out in (first, second):
+            for text in (out.stdout, out.stderr):
+                assert key.hex() not in text and "s3cr3t-value" not in text
+
 
 class TestErrors:
     def test_unreachable_endpoint(self, stepflow_runner, s3_server):
