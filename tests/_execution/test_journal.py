@@ -293,6 +293,7 @@ def test_source_snapshot_is_recorded_in_the_background(
     (project / "pyproject.toml").write_text("[tool.stepflow]\nhome = '.stepflow'\n")
     (project / "notes.txt").write_text("v1")
     monkeypatch.chdir(project)
+    monkeypatch.delenv("STEPFLOW_HOME")  # the project's own home, from its pyproject.toml
     mod = make_module(
         "snapflow",
         """

@@ -1,0 +1,55 @@
+"""Guards for the whole test session, doctests in ``stepflow/`` included.
+
+They live at the repository root so that they apply to the package's doctests as well as to
+``tests/``; the suite's fixtures live in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: the checkout's own home (``[tool.stepflow] home`` in its pyproject.toml): tests never touch it
+CHECKOUT_HOME = Path(__file__).resolve().parent / ".stepflow"
+
+
+def _home_state() -> tuple[int, int] | None:
+    try:
+        stat = CHECKOUT_HOME.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_checkout_home_key] = _home_state()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_checkout_home_key, None)
+    if _home_state() != before:
+        # A test ran a pipeline without a home of its own and wrote into the developer's store.
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"ERROR: the test session wrote into the checkout's own home {CHECKOUT_HOME}; "
+                "every test must use a temporary home",
+                red=True,
+            )
+
+
+_checkout_home_key = pytest.StashKey["tuple[int, int] | None"]()
+
+
+@pytest.fixture(autouse=True)
+def _private_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test gets a home of its own, so none writes into the checkout's ``.stepflow``.
+
+    Tests that need a particular home set ``STEPFLOW_HOME`` (``stepflow_home``) or a
+    ``[tool.stepflow] home`` after deleting the variable.
+    """
+    monkeypatch.setenv("STEPFLOW_HOME", str(tmp_path_factory.mktemp("home", numbered=True)))
