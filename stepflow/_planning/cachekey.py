@@ -22,6 +22,7 @@ import attrs
 from stepflow._authoring.step import StepSpec
 from stepflow._storage.fingerprint import fingerprint
 from stepflow._storage.hashing import hash_strings, hash_value
+from stepflow._storage.home import make_private_dirs, make_private_file, shared_home
 
 if TYPE_CHECKING:
     from stepflow._planning.plan import Plan
@@ -45,10 +46,12 @@ def secret_key(home: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         pass
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(home)
     key = secrets.token_bytes(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        if shared_home():
+            make_private_file(fd)  # the team's runs hash secrets with the same key
         os.write(fd, key)
     except BaseException:
         os.close(fd)
