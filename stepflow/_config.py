@@ -129,18 +129,21 @@ def load_config(
     if not isinstance(store_options, dict):
         raise UsageError(f"{where}: store_options must be a table, [tool.stepflow.store_options]")
 
-    shared_raw = environ.get("STEPFLOW_SHARED_HOME") or table.get("shared_home", False)
-    if isinstance(shared_raw, str):
-        shared_text = shared_raw.strip().lower()
-        if shared_text not in _BOOL_TEXT:
+    shared_raw = environ.get("STEPFLOW_SHARED_HOME", "").strip().lower()
+    if shared_raw:
+        if shared_raw not in _BOOL_TEXT:
             raise UsageError(
                 f"STEPFLOW_SHARED_HOME must be 1 or 0 (true or false), got {shared_raw!r}"
             )
-        shared_raw = _BOOL_TEXT[shared_text]
-    if not isinstance(shared_raw, bool):
-        raise UsageError(f"{where}: shared_home must be true or false, got {shared_raw!r}")
+        shared = _BOOL_TEXT[shared_raw]
+    else:
+        shared = table.get("shared_home", False)
+        if not isinstance(shared, bool):
+            raise UsageError(
+                f"{where}: shared_home must be true or false (a TOML boolean), got {shared!r}"
+            )
     # The modes this process (and the workers it starts) gives what it writes in the home.
-    set_shared_home(shared_raw)
+    set_shared_home(shared)
 
     return Config(
         rootdir=rootdir,
@@ -154,5 +157,5 @@ def load_config(
         options=dict(options or {}),
         store=store,
         store_options=dict(store_options),
-        shared_home=shared_raw,
+        shared_home=shared,
     )

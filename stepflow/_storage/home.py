@@ -24,6 +24,7 @@ __all__ = [
     "check_home",
     "dir_mode",
     "file_mode",
+    "home_is_safe",
     "make_private_dirs",
     "make_private_file",
     "make_private_sqlite",
@@ -141,6 +142,15 @@ def check_home(home: Path | str) -> None:
         return
     _check(Path(os.path.abspath(home)), _shared)
     _checked.add(key)
+
+
+def home_is_safe(home: Path | str) -> bool:
+    """Whether :func:`check_home` passes, for writes that may be skipped instead of refused."""
+    try:
+        check_home(home)
+    except UnsafeHomeError:
+        return False
+    return True
 
 
 def _check(home: Path, shared: bool) -> None:
