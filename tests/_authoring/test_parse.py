@@ -837,9 +837,7 @@ class TestSecret:
         monkeypatch.setenv("API_PORT", "8443")
         assert parse_value("port", "env:API_PORT", int, secret=True) == 8443
 
-    def test_a_missing_environment_variable_names_it_and_the_parameter(
-        self, monkeypatch
-    ) -> None:
+    def test_a_missing_environment_variable_names_it_and_the_parameter(self, monkeypatch) -> None:
         monkeypatch.delenv("API_TOKEN", raising=False)
         with pytest.raises(ParameterParseError) as info:
             parse_value("token", "env:API_TOKEN", str, secret=True)
