@@ -140,7 +140,7 @@ def check_home(home: Path | str) -> None:
     key = (str(home), _shared)
     if key in _checked or not hasattr(os, "geteuid"):
         return
-    _check(Path(os.path.abspath(home)), _shared)
+    _check(os.path.abspath(home), _shared)
     _checked.add(key)
 
 
@@ -153,16 +153,17 @@ def home_is_safe(home: Path | str) -> bool:
     return True
 
 
-def _check(home: Path, shared: bool) -> None:
+def _check(home: str, shared: bool) -> None:
     uid = os.geteuid()
     own = (
         "use a home of your own (--home PATH, STEPFLOW_HOME or [tool.stepflow] home), or, for "
         "a folder a team shares on purpose, set [tool.stepflow] shared_home = true"
     )
     # Each component as the path spells it, so a symlink on the way is seen as a symlink.
-    prefix = Path(home.anchor)
-    for part in home.parts[1:]:
-        prefix = prefix / part
+    # Plain strings: the check is part of every start.
+    prefix = ""
+    for part in home.split(os.sep)[1:]:
+        prefix = f"{prefix}{os.sep}{part}"
         try:
             info = os.lstat(prefix)
         except (FileNotFoundError, NotADirectoryError):

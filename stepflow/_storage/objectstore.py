@@ -34,7 +34,7 @@ from stepflow._storage.datastore import (
     check_doc_path,
     check_name,
 )
-from stepflow._storage.home import make_private_dirs
+from stepflow._storage.home import make_private_dirs, make_private_file, shared_home
 from stepflow.errors import StoreUnavailableError, UsageError
 
 __all__ = ["FsspecDatastore", "open_object_store"]
@@ -197,6 +197,8 @@ class FsspecDatastore(Datastore):
         fd, tmp_name = tempfile.mkstemp(
             dir=self._local_folder(name), prefix=".tmp-", suffix=local.suffix
         )
+        if shared_home():
+            make_private_file(fd)  # mkstemp made it 0600: teammates read the copies too
         os.close(fd)
         tmp = Path(tmp_name)
         try:
@@ -222,6 +224,8 @@ class FsspecDatastore(Datastore):
         fd, tmp_name = tempfile.mkstemp(
             dir=self._local_folder(name), prefix=".tmp-", suffix=local.suffix
         )
+        if shared_home():
+            make_private_file(fd)  # mkstemp made it 0600: teammates read the copies too
         os.close(fd)
         tmp = Path(tmp_name)
         try:
