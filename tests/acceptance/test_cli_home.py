@@ -65,7 +65,7 @@ def test_everything_a_run_makes_in_a_new_home_is_owner_only(stepflow_runner) -> 
     found = modes(top)
     assert any(name.endswith(".cloudpickle") for name in found)
     assert any(name.endswith(".file") for name in found)
-    for name in ("a", "a/b", "a/b/home/runs.db", "a/b/home/index/cache.db", "secret.key"):
+    for name in ("a", "a/b", "a/b/home/runs.db", "a/b/home/index/cache.db", "secret-params.key"):
         assert any(key.endswith(name) for key in found), name
     loose = {name: oct(m) for name, m in found.items() if m & 0o077}
     assert not loose, f"readable or writable by others: {loose}"
