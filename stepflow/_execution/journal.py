@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from stepflow._execution.result import StepReport, StepState
+from stepflow._storage.faults import is_storage_fault, storage_error
 from stepflow._storage.records import (
     MetricRow,
     RunRecords,
@@ -27,7 +28,6 @@ from stepflow._storage.records import (
     StepRow,
     encode_params,
 )
-from stepflow._storage.faults import is_storage_fault, storage_error
 from stepflow._version import __version__
 from stepflow.errors import StepFailedError, StepflowWarning
 

@@ -115,9 +115,7 @@ class ArtifactIO:
         return False
 
 
-def _does_not_fit(
-    value: Any, serializer: str, written: list[Any], exc: BaseException
-) -> Exception:
+def _does_not_fit(value: Any, serializer: str, written: list[Any], exc: BaseException) -> Exception:
     """The error for an object the store had no room (or no right) to write: it names the
     folder it was going to, and how large the value is."""
     tmp, done = written

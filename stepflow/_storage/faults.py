@@ -53,9 +53,7 @@ def _is_diskcache_timeout(exc: BaseException) -> bool:
 
 def is_storage_fault(exc: BaseException) -> bool:
     """Whether ``exc`` is a failed write to disk or database (not a bug in stepflow)."""
-    return (
-        isinstance(exc, (OSError, sqlite3.Error, StorageError)) or _is_diskcache_timeout(exc)
-    )
+    return isinstance(exc, (OSError, sqlite3.Error, StorageError)) or _is_diskcache_timeout(exc)
 
 
 def is_known_fault(exc: BaseException) -> bool:
