@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not is_known_fault(exc):
             raise
         path = getattr(exc, "filename", None) or "the stepflow home"
-        error = storage_error(exc, path=path, what="a file")
+        error = storage_error(exc, path=path, what="files")
         print(f"stepflow: error: {error}", file=sys.stderr)
         return ExitCode.STORAGE_ERROR
 
