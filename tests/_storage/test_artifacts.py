@@ -102,7 +102,7 @@ def test_an_output_on_a_real_full_disk(tmp_path):
         pytest.skip("cannot mount a tmpfs here")
     try:
         io = ArtifactIO(LocalDatastore(folder / "objects"), serializers_of(make_plugin_manager()))
-        with pytest.raises(StorageError, match="2.0 MiB in memory.*the disk is full"):
+        with pytest.raises(StorageError, match=r"2\.0 MiB in memory.*the disk is full"):
             io.save(b"z" * (2 << 20))
         assert io.load(io.save(b"fits")) == b"fits"  # nothing was left behind
     finally:
