@@ -17,6 +17,8 @@ Our exception hierarchy::
     │   ├── UnsafeHomeError              the home is writable or owned by someone else
     │   └── NotRegisteredError           no such data set, model, version or alias (a LookupError)
     ├── PluginError                      a plugin cannot be loaded or registers something bad
+    ├── StorageError                     the home or datastore cannot be written: a full disk,
+    │                                    a read-only home, a locked index (.path, .what)
     ├── BackendError                     a backend cannot run a task (not the step's own error)
     │   └── BackendUnavailableError      checked before any step runs
     ├── StepFailedError                  a step raised; carries the cut traceback
@@ -24,6 +26,8 @@ Our exception hierarchy::
     └── StepOutputError                  a step returned something that does not fit its outputs
 
     StepflowWarning(UserWarning)
+    └── StorageWarning                   a record could not be written after its step
+                                         succeeded; the run goes on (carries .error)
 
 Each message names what is wrong, where (step, parameter, plugin) and how to fix it, and the
 pieces are kept on attributes so callers need not parse text.
@@ -50,6 +54,8 @@ __all__ = [
     "StepTimeoutError",
     "StepflowError",
     "StepflowWarning",
+    "StorageError",
+    "StorageWarning",
     "StoreUnavailableError",
     "TargetNotFoundError",
     "TypeMismatchError",
@@ -220,6 +226,28 @@ class PluginError(StepflowError):
         self.plugin = plugin
 
 
+class StorageError(StepflowError):
+    """Something stepflow keeps could not be written: the disk is full, the home is
+    read-only, or another process holds the cache index locked. The message names the path,
+    what was being written and the fix.
+
+    Raised for a write a caller asked for (``stepflow cache prune``, registering a data set,
+    an output that does not fit). During a run, a record written after a step succeeded
+    (its cache-index entry, the run records) never fails the step: the run goes on, and the
+    errors are kept on ``RunResult.storage_errors``.
+
+    :ivar path: the file or folder that could not be written.
+    :ivar what: what was being written, e.g. ``"the cache-index entry of step 'train'"``.
+    :ivar reason: why, in words (``"the disk is full"``, ``"the file system is read-only"``).
+    """
+
+    def __init__(self, message: str, *, path: str, what: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.what = what
+        self.reason = reason
+
+
 class BackendError(StepflowError):
     """A backend could not run a task; the step itself did not get to fail."""
 
@@ -267,6 +295,18 @@ class StepOutputError(StepflowError, TypeError):
 
 class StepflowWarning(UserWarning):
     """Base of every warning stepflow issues."""
+
+
+class StorageWarning(StepflowWarning):
+    """Something about a step that succeeded could not be recorded (its cache-index entry,
+    the run records): the step stays ``ran`` and the run goes on.
+
+    :ivar error: the ``StorageError`` saying what, where and why.
+    """
+
+    def __init__(self, error: StorageError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 for _name in __all__:

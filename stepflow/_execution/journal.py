@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from stepflow._execution.result import StepReport, StepState
+from stepflow._storage.faults import is_storage_fault, storage_error
 from stepflow._storage.records import (
     MetricRow,
     RunRecords,
@@ -116,10 +117,23 @@ class Journal:
             except Exception:  # noqa: S110 - already reporting the first problem
                 pass
         self.records = None
+        path = self.runner.config.home / "runs.db"
+        report = getattr(self.runner, "bookkeeping_failed", None)
+        if is_storage_fault(exc) and report is not None:
+            # A full disk, a read-only home, a locked database: the run's result and exit
+            # code say so (RunResult.storage_errors), the steps' states stand.
+            report(
+                storage_error(
+                    exc,
+                    path=path,
+                    what=f"the run records of run {self.runner.run_id}",
+                )
+            )
+            return
         warnings.warn(
             StepflowWarning(
                 f"run records are not being kept for this run ({type(exc).__name__}: {exc}); "
-                f"the run itself goes on. Check {self.runner.config.home / 'runs.db'}"
+                f"the run itself goes on. Check {path}"
             ),
             stacklevel=2,
         )
@@ -164,6 +178,12 @@ class Journal:
                 # home deleted and made anew); then there is no row left to update.
                 open_records(self.runner.config.home).set_source(self.runner.run_id, source)
             except Exception as exc:  # a missing snapshot must not fail the run
+                if is_storage_fault(exc):
+                    exc = storage_error(
+                        exc,
+                        path=self.runner.config.home / "runs.db",
+                        what=f"the source snapshot of run {self.runner.run_id}",
+                    )
                 warnings.warn(
                     StepflowWarning(f"the run's source snapshot was not recorded: {exc}"),
                     stacklevel=1,

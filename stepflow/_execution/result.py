@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from stepflow._sentinels import MISSING
-from stepflow.errors import StepFailedError
+from stepflow.errors import StepFailedError, StorageError
 
 __all__ = ["RunInfo", "RunResult", "StepReport", "StepState"]
 
@@ -96,6 +96,7 @@ class RunResult(Mapping[str, Any]):
         duration: float,
         producers: Mapping[str, str] | None = None,
         interrupted: bool = False,
+        storage_errors: Sequence[StorageError] = (),
     ) -> None:
         self.run_id = info.run_id
         self.pipeline = info.pipeline
@@ -103,6 +104,9 @@ class RunResult(Mapping[str, Any]):
         self.steps: Mapping[str, StepReport] = dict(steps)
         self.duration = duration
         self.interrupted = interrupted
+        #: what could not be recorded after its step succeeded (a full disk, a read-only
+        #: home, a locked index); the steps' states and outputs stand
+        self.storage_errors: tuple[StorageError, ...] = tuple(storage_errors)
         self._outputs = {name: _Output(loader) for name, loader in outputs.items()}
         #: output name → the step that makes it (whether or not it succeeded)
         self._producers = dict(producers or {})

@@ -44,6 +44,8 @@ from stepflow.errors import (
     StepFailedError,
     StepflowWarning,
     StepTimeoutError,
+    StorageError,
+    StorageWarning,
 )
 
 if TYPE_CHECKING:
@@ -129,6 +131,9 @@ class _Runner:
         #: transaction (for `explain`; a run killed before then keeps the earlier pointers)
         self._touched: list[tuple[str, str, str]] = []
         self._touch_lock = threading.Lock()
+        #: what could not be recorded after the steps it is about succeeded (a full disk, a
+        #: read-only home, a locked index): those steps stay `ran`, and the user is told
+        self.storage_errors: list[StorageError] = []
         check_home(config.home)  # before anything is made there
         make_private_dirs(config.home)
         self.serializers = serializers_of(pm)
@@ -202,6 +207,8 @@ class _Runner:
             self.journal.finish(
                 interrupted=not completed or result.interrupted, crashed=not completed
             )
+        # Again: the run records are written last, after the result was made.
+        result.storage_errors = tuple(self.storage_errors)
         self.pm.hook.stepflow_run_finish(run=self.info, result=result)
         return result
 
@@ -225,6 +232,9 @@ class _Runner:
                 backend.close()
             try:
                 self.index.touch_many(self._touched)
+            except StorageError as exc:
+                # The results are committed; only the "latest result" pointers are stale.
+                self.bookkeeping_failed(exc)
             finally:
                 self.index.close()
         for name in self.plan.steps:
@@ -241,6 +251,7 @@ class _Runner:
             duration=time.perf_counter() - start,
             producers={o: s for o, s in self.dag.producers.items() if s in self.reports},
             interrupted=interrupted,
+            storage_errors=self.storage_errors,
         )
         return result
 
@@ -336,6 +347,12 @@ class _Runner:
                             reason=f"upstream step {report.name!r} failed",
                         )
                     )
+
+    def bookkeeping_failed(self, error: StorageError) -> None:
+        """Something about a finished step could not be recorded: say so, fail nothing."""
+        with self._touch_lock:
+            self.storage_errors.append(error)
+        warnings.warn(StorageWarning(error), stacklevel=2)
 
     def _interrupted_report(self, name: str) -> StepReport:
         error = StepFailedError(
@@ -449,7 +466,13 @@ class _Runner:
         )
         # Committed before the step's lease is released, so a run that waited for the lease
         # finds the record.
-        self.index.put(record, last=False)
+        try:
+            self.index.put(record, last=False)
+        except StorageError as exc:
+            # The step succeeded and its outputs are stored: only its reuse by later runs is
+            # lost (it runs again then), and that is no reason to report it failed.
+            self.bookkeeping_failed(exc)
+            return
         with self._touch_lock:
             self._touched.append((self.pipeline, name, key.digest))
 
@@ -606,11 +629,12 @@ class _Runner:
                 try:
                     content_hash = hash_value(value)
                     ref = self.io.save(value, content_hash)
-                except (SerializationError, UnhashableValueError) as exc:
+                except (SerializationError, UnhashableValueError, StorageError) as exc:
+                    kind = "StorageError" if isinstance(exc, StorageError) else "SerializationError"
                     return StepFailedError(
                         f"output {out!r} of step {name!r}: {exc}",
                         step=name,
-                        exc_type="stepflow.errors.SerializationError",
+                        exc_type=f"stepflow.errors.{kind}",
                     )
                 self.artifacts[out] = _Artifact(content_hash, value=value, ref=ref)
             return None

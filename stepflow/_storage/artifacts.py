@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 
+from stepflow._humanize import human_size
 from stepflow._storage.datastore import ArtifactMissingError, CorruptedObjectError, Datastore
+from stepflow._storage.faults import is_known_fault, storage_error
 from stepflow._storage.hashing import hash_file, hash_value
 from stepflow._storage.serializers import Serializer, serialization_error
 from stepflow.errors import StoreUnavailableError
@@ -58,6 +61,8 @@ class ArtifactIO:
         """Store ``value`` (once per content) and return its reference.
 
         :raises SerializationError: no serializer can write the value.
+        :raises StorageError: the store cannot be written (a full disk, a read-only home):
+            another serializer would fail alike, so none is tried.
         """
         if content_hash is None:
             content_hash = hash_value(value)
@@ -68,15 +73,23 @@ class ArtifactIO:
             name = f"{content_hash}.{serializer.name}"
             # Written even when an object of that name exists: the existing file may be the
             # damaged copy that made this step run again, and replacing it repairs the store.
+            written: list[Any] = [f"{self.store.uri}/{name}", 0]
             try:
                 with self.store.writer(name) as tmp:
-                    digest = serializer.dump(value, tmp)
+                    written[0] = tmp
+                    try:
+                        digest = serializer.dump(value, tmp)
+                    finally:
+                        with contextlib.suppress(OSError):
+                            written[1] = os.stat(tmp).st_size
                     if not isinstance(digest, str):
                         digest = hash_file(tmp, mapped=True)
                     size = os.stat(tmp).st_size
             except StoreUnavailableError:
                 raise  # the store, not the value, failed: another serializer would fail alike
             except Exception as exc:
+                if is_known_fault(exc):
+                    raise _does_not_fit(value, serializer.name, written, exc) from exc
                 failures.append((serializer.name, exc))
                 continue
             return ArtifactRef(name, content_hash, serializer.name, size, digest)
@@ -107,3 +120,28 @@ class ArtifactIO:
         with contextlib.suppress(OSError, ArtifactMissingError):
             return self.store.size(ref.name) == ref.size
         return False
+
+
+def _does_not_fit(value: Any, serializer: str, written: list[Any], exc: BaseException) -> Exception:
+    """The error for an object the store had no room (or no right) to write: it names the
+    folder it was going to, and how large the value is."""
+    tmp, done = written
+    cls = type(value)
+    nbytes = _value_size(value)
+    size = f"{human_size(nbytes)} in memory" if nbytes is not None else "size unknown"
+    return storage_error(
+        exc,
+        path=tmp.parent if isinstance(tmp, Path) else tmp,
+        what=f"a {cls.__module__}.{cls.__qualname__} value ({size}, serializer {serializer!r})",
+        detail=f"{human_size(done)} of it had been written",
+    )
+
+
+def _value_size(value: Any) -> int | None:
+    """The value's size in bytes where it is cheap to know (bytes, arrays), else ``None``."""
+    if isinstance(value, memoryview):
+        return value.nbytes
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    nbytes = getattr(value, "nbytes", None)
+    return nbytes if isinstance(nbytes, int) else None

@@ -25,6 +25,7 @@ import attrs
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactRef
 from stepflow._storage.datastore import Datastore
+from stepflow._storage.faults import is_known_fault, is_storage_fault, storage_error, writing
 from stepflow._storage.home import make_private_dirs, make_private_sqlite
 from stepflow.errors import StepflowError, StepflowWarning, StoreUnavailableError
 
@@ -190,6 +191,9 @@ class _Open:
 
 
 def _unreadable(directory: Path, exc: BaseException) -> StepflowError:
+    if is_known_fault(exc):
+        # A full disk, a read-only home or a lock: moving the index away would not help.
+        return storage_error(exc, path=directory / "cache.db", what="the cache index")
     return StepflowError(
         f"the cache index in {directory} cannot be opened ({type(exc).__name__}: {exc}). "
         f"Stored results are kept in the objects folder beside it; move {directory} away "
@@ -241,6 +245,8 @@ class CacheIndex:
         self.store = store
         self._shared = store is not None and store.shared
         self._open = _diskcache(directory)
+        #: the index's database file, named in errors
+        self.path = directory / "cache.db"
 
     @property
     def _cache(self) -> Any:
@@ -275,14 +281,24 @@ class CacheIndex:
         record = None if raw is None else _parse_doc(raw, key)
         if record is None:
             return MISSING
-        self._cache.set(_result(key), record.to_dict())
+        try:
+            self._cache.set(_result(key), record.to_dict())
+        except Exception as exc:
+            # Keeping a local copy only saves the next lookup a read of the store.
+            if not is_storage_fault(exc):
+                raise
         self._open.remember(record)
         return record
 
     def put(self, record: CacheRecord, *, last: bool = True) -> None:
         """Commit ``record``; with ``last=False`` the caller marks it as its step's latest
-        result later, through ``touch_many`` (a run does so once, for all of its steps)."""
-        self._cache.set(_result(record.key), record.to_dict())
+        result later, through ``touch_many`` (a run does so once, for all of its steps).
+
+        :raises StorageError: the index cannot be written (a full disk, a read-only home,
+            another process holding it locked); nothing is committed then.
+        """
+        with writing(self.path, f"the cache-index entry of step {record.step!r}"):
+            self._cache.set(_result(record.key), record.to_dict())
         self._open.remember(record)
         if last:
             self.touch_many([(record.pipeline, record.step, record.key)])
@@ -306,12 +322,19 @@ class CacheIndex:
 
     def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
         """Remember each ``(pipeline, step, key)`` as that step's latest result (also when it
-        was reused), all in one transaction."""
+        was reused), all in one transaction.
+
+        :raises StorageError: the index cannot be written; the results themselves stay
+            committed (only ``explain``'s notion of each step's latest result is stale).
+        """
         latest: dict[str, dict[str, str]] = {}
         for pipeline, step, key in entries:
             latest.setdefault(pipeline, {})[step] = key
+        if not latest:
+            return
+        what = f"the latest-result pointers of {len(entries)} step(s)"
         # One transaction: two runs of one pipeline finishing together both keep their steps.
-        with self._cache.transact():
+        with writing(self.path, what), self._cache.transact():
             for pipeline, steps in latest.items():
                 known = self._last_keys(pipeline)
                 if any(known.get(step) != key for step, key in steps.items()):
@@ -327,7 +350,8 @@ class CacheIndex:
 
     def delete(self, key: str) -> None:
         self._open.records.pop(key, None)
-        self._cache.delete(_result(key))
+        with writing(self.path, "the removal of a cache-index entry"):
+            self._cache.delete(_result(key))
         if self._shared:
             assert self.store is not None
             self.store.delete_doc(_doc(key))

@@ -27,8 +27,9 @@ from typing import Any
 
 import attrs
 
+from stepflow._storage.faults import is_storage_fault, storage_error, writing
 from stepflow._storage.home import check_home, make_private_dirs, make_private_sqlite
-from stepflow.errors import UsageError
+from stepflow.errors import StorageError, UsageError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -304,7 +305,8 @@ class RunRecords:
                 # database nobody can read any more.
                 del _shared[key]
                 found._really_close()
-            records = cls(path)
+            with writing(path, "the run records"):
+                records = cls(path)
             records._is_shared = True
             records._file_id = _file_id(path)
             _shared[key] = records
@@ -369,15 +371,41 @@ class RunRecords:
             self.records = records
 
         def __enter__(self) -> sqlite3.Connection:
-            self.records._lock.acquire()
-            self.records._db.execute("BEGIN IMMEDIATE")
-            return self.records._db
-
-        def __exit__(self, exc_type: object, *_: object) -> None:
+            records = self.records
+            records._lock.acquire()
             try:
-                self.records._db.execute("ROLLBACK" if exc_type else "COMMIT")
+                records._db.execute("BEGIN IMMEDIATE")
+            except BaseException as exc:
+                # Released here: no __exit__ follows a failed __enter__, and a lock left held
+                # would hang the next write (a locked or full database fails at BEGIN).
+                records._lock.release()
+                if is_storage_fault(exc):
+                    raise storage_error(exc, path=records.path, what="the run records") from exc
+                raise
+            return records._db
+
+        def __exit__(self, exc_type: object, exc: BaseException | None, _: object) -> None:
+            records = self.records
+            try:
+                if exc_type is None:
+                    try:
+                        records._db.execute("COMMIT")
+                    except BaseException as error:
+                        # A COMMIT that failed (a full disk) leaves the transaction open,
+                        # and every later BEGIN would fail on it.
+                        if records._db.in_transaction:
+                            records._db.execute("ROLLBACK")
+                        exc = error
+                else:
+                    records._db.execute("ROLLBACK")
             finally:
-                self.records._lock.release()
+                records._lock.release()
+            if exc is None or isinstance(exc, StorageError):
+                return
+            if is_storage_fault(exc):
+                raise storage_error(exc, path=records.path, what="the run records") from exc
+            if exc_type is None:
+                raise exc
 
     def _transaction(self) -> RunRecords._Tx:
         return RunRecords._Tx(self)

@@ -34,6 +34,7 @@ import attrs
 
 from stepflow._storage.artifacts import ArtifactRef
 from stepflow._storage.datastore import Datastore
+from stepflow._storage.faults import writing
 from stepflow._storage.registry_records import (
     ALIAS_RE,
     DATASET_KINDS,
@@ -128,7 +129,9 @@ class Registry:
             data = build(latest + 1)
             path = f"{_SECTIONS[kind]}/{name}/{latest + 1:08d}.json"
             payload = json.dumps(data, indent=1, sort_keys=True).encode()
-            if self.store.put_doc(path, payload, exclusive=True):
+            with writing(f"{self.store.uri}/{path}", f"version {latest + 1} of {kind} {name!r}"):
+                made = self.store.put_doc(path, payload, exclusive=True)
+            if made:
                 return data, True
             # Another process took that number first: look again (it may even have
             # registered the very same content).
@@ -347,7 +350,9 @@ class Registry:
         self.model(name, check_version(version))  # refuses an unknown model or version
         previous = self.aliases(name).get(alias)
         payload = json.dumps({"version": version, "set": time.time()}).encode()
-        self.store.put_doc(f"models/{name}/aliases/{alias}.json", payload)
+        path = f"models/{name}/aliases/{alias}.json"
+        with writing(f"{self.store.uri}/{path}", f"alias {alias!r} of model {name!r}"):
+            self.store.put_doc(path, payload)
         return self.model(name, version), previous
 
     # --- pins -----------------------------------------------------------------------------

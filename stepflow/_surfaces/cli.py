@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,10 @@ class ExitCode(enum.IntEnum):
     STEP_FAILED = 1
     #: bad command line, target, parameter or pipeline definition; nothing ran
     USAGE_ERROR = 2
+    #: every step ran or was reused (or the command did its work), but something could not
+    #: be written to the home or store: a full disk, a read-only home, a locked index. The
+    #: message names the path; the steps' results stand
+    STORAGE_ERROR = 3
     #: stopped by Ctrl-C; what finished is kept
     INTERRUPTED = 130
 
@@ -228,10 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The fast path: no plugins needed to print the top-level help.
         build_parser().parse_args(argv or ["--help"])
         return ExitCode.OK
-    from stepflow.errors import StepflowError
+    from stepflow.errors import StepflowError, StorageError
 
     try:
         return _main(argv)
+    except StorageError as exc:
+        print(f"stepflow: error: {exc}", file=sys.stderr)
+        return ExitCode.STORAGE_ERROR
     except StepflowError as exc:
         print(f"stepflow: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE_ERROR
@@ -242,6 +250,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `stepflow run ... | head`: the reader left; say nothing more.
         sys.stdout = None  # type: ignore[assignment]
         return ExitCode.OK
+    except Exception as exc:
+        from stepflow._storage.faults import is_known_fault, storage_error
+
+        # The last net under every write not already named by the code that made it: a
+        # full disk or a read-only home is the user's to fix, not a stepflow bug.
+        if not is_known_fault(exc):
+            raise
+        path = getattr(exc, "filename", None) or "the stepflow home"
+        error = storage_error(exc, path=path, what="files")
+        print(f"stepflow: error: {error}", file=sys.stderr)
+        return ExitCode.STORAGE_ERROR
 
 
 def _main(argv: list[str]) -> int:
@@ -342,6 +361,7 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
     import attrs
 
     from stepflow._surfaces.reporter import TerminalReporter, use_color
+    from stepflow.errors import StorageWarning
 
     if args.resume or args.last_failed:
         from stepflow._surfaces.resume import prepare_resume
@@ -369,19 +389,27 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
         color=use_color(args.color),
     )
     pm.register(reporter, name="terminalreporter")
-    result = pipeline.run(
-        params,
-        targets=args.targets or default_targets or None,
-        workers=config.workers,
-        fail_fast=args.exitfirst,
-        regenerate=regenerate,
-        backends=backends,
-        config=config,
-        plugin_manager=pm,
-    )
+    with warnings.catch_warnings():
+        # Said once, after the summary line, from result.storage_errors.
+        warnings.simplefilter("ignore", StorageWarning)
+        result = pipeline.run(
+            params,
+            targets=args.targets or default_targets or None,
+            workers=config.workers,
+            fail_fast=args.exitfirst,
+            regenerate=regenerate,
+            backends=backends,
+            config=config,
+            plugin_manager=pm,
+        )
+    for error in result.storage_errors:
+        # After the summary line: the run's outcome is shown first, and stands.
+        print(f"stepflow: error: {error}", file=sys.stderr)
     if result.interrupted:
         return ExitCode.INTERRUPTED
-    return ExitCode.OK if result.ok else ExitCode.STEP_FAILED
+    if not result.ok:
+        return ExitCode.STEP_FAILED
+    return ExitCode.STORAGE_ERROR if result.storage_errors else ExitCode.OK
 
 
 def _parse_params(pipeline: Any, texts: list[str]) -> dict[str, Any]:

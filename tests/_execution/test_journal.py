@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from stepflow._storage.records import RunRecords
-from stepflow.errors import StepflowWarning
+from stepflow.errors import StorageWarning
 
 FLOW = """
 import logging
@@ -198,9 +198,12 @@ def test_run_killed_with_sigkill_is_marked_interrupted_later(tmp_path: Path) -> 
 
 def test_unwritable_records_warn_and_the_run_goes_on(flow, tmp_path: Path) -> None:
     (tmp_path / "runs.db").mkdir()  # a folder where the database file should be
-    with pytest.warns(StepflowWarning, match="run records are not being kept"):
+    with pytest.warns(StorageWarning, match="could not write the run records"):
         result = flow.pipe.run(home=tmp_path)
     assert result.ok and result["total"] == 3
+    # The run's outcome says what was not recorded, and where.
+    (error,) = result.storage_errors
+    assert error.path == str(tmp_path / "runs.db")
 
 
 def test_step_output_is_on_the_report(flow, tmp_path: Path, capsys) -> None:

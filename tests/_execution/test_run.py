@@ -405,3 +405,35 @@ def test_steps_of_a_script_run_in_workers(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "RESULT 2 2 ran" in out.stdout
+
+
+class TestBookkeepingFaults:
+    """A record that cannot be written after a step succeeded never fails the step."""
+
+    @pytest.mark.parametrize("workers", [1, 2])
+    def test_an_index_that_cannot_be_written_keeps_the_steps_ran(
+        self, make_module, stepflow_home, monkeypatch, workers
+    ):
+        from stepflow._storage.index import CacheIndex
+        from stepflow.errors import StorageError, StorageWarning
+
+        def full(self, *args, **kwargs):
+            raise StorageError(
+                "could not write it: the disk is full",
+                path=str(self.path),
+                what="the cache-index entry",
+                reason="the disk is full",
+            )
+
+        monkeypatch.setattr(CacheIndex, "put", full)
+        monkeypatch.setattr(CacheIndex, "touch_many", full)
+        mod = make_module("bookkeeping_flow", BRANCHES)
+        with pytest.warns(StorageWarning, match="the disk is full"):
+            result = Pipeline("p", [mod.root, mod.good]).run(workers=workers)
+        assert result.ok and result["good"] == 2
+        assert [r.state for r in result.steps.values()] == [StepState.RAN, StepState.RAN]
+        # Two cache-index entries and the latest-result pointers, each named with its path.
+        assert len(result.storage_errors) == 3
+        assert {e.path for e in result.storage_errors} == {
+            str(stepflow_home / "index" / "cache.db")
+        }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from stepflow._storage.artifacts import ArtifactIO
 from stepflow._storage.datastore import ArtifactMissingError, LocalDatastore
 from stepflow._storage.hashing import hash_file
 from stepflow._storage.serializers import SerializationError
+from stepflow.errors import StorageError
 
 
 @pytest.fixture
@@ -67,3 +71,39 @@ def test_a_value_no_serializer_can_store_names_its_type_and_each_failure(io):
     assert [name for name, _ in error.failures] == ["cloudpickle"]
     assert error.value_type is type(threading.Lock())
     assert list(io.store.names()) == []  # no partial object left behind
+
+
+def test_an_output_that_does_not_fit_names_its_size_and_folder(io, monkeypatch):
+    """ENOSPC while writing an object is the disk's fault, not the value's: no other
+    serializer is tried, and no serializer is asked for."""
+    serializer = io.serializers[-1]  # cloudpickle, which takes bytes
+
+    def full(value: object, path: Path) -> None:
+        path.write_bytes(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(serializer, "dump", full)
+    with pytest.raises(StorageError) as caught:
+        io.save(b"y" * 3_000_000)
+    message = str(caught.value)
+    assert "register a serializer" not in message
+    assert "builtins.bytes value (2.9 MiB in memory" in message
+    assert "the disk is full" in message and "1000 B of it had been written" in message
+    assert caught.value.path.startswith(str(io.store.root))
+    assert list(io.store.root.rglob(".tmp-*")) == []  # the partial file is gone
+
+
+def test_an_output_on_a_real_full_disk(tmp_path):
+    """The same on a 1 MB tmpfs (needs mount rights: skipped elsewhere)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)]
+    if not shutil.which("mount") or subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        io = ArtifactIO(LocalDatastore(folder / "objects"), serializers_of(make_plugin_manager()))
+        with pytest.raises(StorageError, match=r"2\.0 MiB in memory.*the disk is full"):
+            io.save(b"z" * (2 << 20))
+        assert io.load(io.save(b"fits")) == b"fits"  # nothing was left behind
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

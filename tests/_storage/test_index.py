@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ from stepflow._storage.artifacts import ArtifactRef
 from stepflow._storage.datastore import LocalDatastore
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.stores import open_datastore
-from stepflow.errors import StepflowError, StepflowWarning
+from stepflow.errors import StepflowError, StepflowWarning, StorageError
 
 KEY = "ab" + "0" * 62
 OTHER = "cd" + "1" * 62
@@ -284,3 +286,63 @@ def test_record_dict_holds_every_field_and_round_trips():
     expected["version"] = 1
     assert rec.to_dict() == expected
     assert CacheRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+
+
+# --- storage faults -----------------------------------------------------------------------
+
+
+def _locked(index: CacheIndex) -> sqlite3.Connection:
+    """Hold the index's SQLite write lock from another connection, as another process
+    writing to it would; the index gives up after 0.1 s instead of its minute."""
+    index._cache._timeout = 0.1  # this thread's connection is made with it
+    other = sqlite3.connect(str(index.path), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def test_a_locked_index_is_a_storage_error_naming_it(tmp_path) -> None:
+    index = CacheIndex(tmp_path / "index")
+    other = _locked(index)
+    try:
+        with pytest.raises(StorageError, match="locked") as put:
+            index.put(record(), last=False)
+        with pytest.raises(StorageError, match="locked") as touch:
+            index.touch_many([("p", "model", KEY)])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert put.value.path == str(tmp_path / "index" / "cache.db")
+    assert "cache-index entry of step 'model'" in str(put.value)
+    assert "latest-result pointers" in touch.value.what
+    # Once the other writer is done, the same index writes again.
+    stored = record()
+    index.put(stored)
+    assert index.last("training", "model") == stored
+
+
+def test_a_full_disk_under_the_index_is_a_storage_error(tmp_path, monkeypatch) -> None:
+    index = CacheIndex(tmp_path / "index")
+    index.get("warm")  # opened
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(index._cache, "set", full)
+    with pytest.raises(StorageError, match="the disk is full") as caught:
+        index.put(record())
+    assert caught.value.reason == "the disk is full"
+    assert str(tmp_path / "index" / "cache.db") in str(caught.value)
+    assert "free some space" in str(caught.value)
+
+
+def test_an_index_on_a_read_only_home_names_the_path(tmp_path, monkeypatch) -> None:
+    index = CacheIndex(tmp_path / "index")
+    index.get("warm")
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "index" / "x.val"))
+
+    monkeypatch.setattr(index._cache, "set", read_only)
+    with pytest.raises(StorageError, match="read-only") as caught:
+        index.touch_many([("p", "model", KEY)])
+    assert caught.value.path == str(tmp_path / "index" / "cache.db")

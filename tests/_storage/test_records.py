@@ -20,7 +20,7 @@ from stepflow._storage.records import (
     StepRow,
     encode_params,
 )
-from stepflow.errors import UsageError
+from stepflow.errors import StorageError, UsageError
 
 
 @pytest.fixture
@@ -276,3 +276,48 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     assert {r.state for r in runs} == {"succeeded"}
     assert all(len(recs.steps(r.id)) == 5 for r in runs[:10])
     recs.close()
+
+
+def test_a_locked_database_is_a_storage_error_and_releases_its_lock(
+    records: RunRecords, tmp_path: Path
+) -> None:
+    records.start_run(_run("r1"))
+    records._db.execute("PRAGMA busy_timeout = 50")  # not the half minute a run waits
+    other = sqlite3.connect(str(tmp_path / "runs.db"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StorageError, match="locked") as caught:
+            records.write_steps("r1", [StepRow(name="a", state="ran")])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert caught.value.path == str(tmp_path / "runs.db")
+    # The failed BEGIN left neither the records' own lock held nor a transaction open.
+    records.write_steps("r1", [StepRow(name="a", state="ran")])
+    assert [s.name for s in records.steps("r1")] == ["a"]
+
+
+def test_a_full_disk_at_commit_is_a_storage_error_and_rolled_back(
+    records: RunRecords, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records.start_run(_run("r1"))
+    real = records._db
+
+    class FullAtCommit:
+        """The connection, except that COMMIT finds the disk full."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def execute(self, sql: str, *args: object) -> object:
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("database or disk is full")
+            return real.execute(sql, *args)
+
+    monkeypatch.setattr(records, "_db", FullAtCommit())
+    with pytest.raises(StorageError, match="the disk is full"):
+        records.write_steps("r1", [StepRow(name="a", state="ran")])
+    assert not real.in_transaction
+    monkeypatch.setattr(records, "_db", real)
+    records.write_steps("r1", [StepRow(name="b", state="ran")])
+    assert [s.name for s in records.steps("r1")] == ["b"]

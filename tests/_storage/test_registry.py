@@ -6,6 +6,7 @@ the registry must keep all its state in the datastore, whatever kind it is.
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 
@@ -16,7 +17,7 @@ from stepflow._storage.datastore import LocalDatastore
 from stepflow._storage.registry import Registry
 from stepflow._storage.registry_records import DatasetVersion, check_alias, check_version
 from stepflow._storage.stores import open_datastore
-from stepflow.errors import NotRegisteredError, StepflowError, UsageError
+from stepflow.errors import NotRegisteredError, StepflowError, StorageError, UsageError
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -291,3 +292,16 @@ def test_pinned_holds_every_object_of_every_version(registry):
     add_model(registry, obj=ref(5))
     add_model(registry, content="m2", obj=ref(6))
     assert registry.pinned() == {ref(n).name for n in range(1, 7)}
+
+
+def test_a_registry_write_on_a_read_only_home_names_the_document(tmp_path, monkeypatch):
+    registry = Registry(LocalDatastore(tmp_path / "objects"))
+
+    def read_only(*args: object, **kwargs: object) -> bool:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(registry.store, "put_doc", read_only)
+    with pytest.raises(StorageError, match="read-only") as caught:
+        add(registry)
+    assert caught.value.path.endswith("datasets/houses/00000001.json")
+    assert "version 1 of data set 'houses'" in str(caught.value)
