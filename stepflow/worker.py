@@ -18,6 +18,7 @@ loads the inputs from the datastore (verified), runs the step, and stores the ou
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -92,6 +93,29 @@ def load_step(ref: StepRef) -> StepSpec:
     return _lookup(module, ref.qualname)
 
 
+def task_step(task: Task) -> StepSpec:
+    """The step ``task`` runs: unpickled from ``task.func``, or imported through ``task.ref``."""
+    if not task.func:
+        return load_step(task.ref)
+    ref = task.ref
+    if ref.module != "__main__" and ref.module not in sys.modules:
+        # What the step uses from its own module travels by reference: import the module
+        # the way ``load_step`` does, so that unpickling finds it even when it was loaded
+        # from a file. It may fail where the step was made (a notebook): unpickling then
+        # says what is missing.
+        with contextlib.suppress(Exception):
+            importlib.import_module(ref.module)
+        if ref.module not in sys.modules and ref.file:
+            with contextlib.suppress(Exception):
+                _load_file(ref.module, ref.file)
+    import cloudpickle
+
+    spec = cloudpickle.loads(task.func)
+    if not isinstance(spec, StepSpec):
+        raise TypeError(f"the step sent by value is a {type(spec).__name__}, not a step")
+    return spec
+
+
 def _load_file(name: str, path: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -144,7 +168,7 @@ def execute_task(task: Task) -> TaskResult:
         if entry not in sys.path:
             sys.path.insert(0, entry)
     try:
-        spec = load_step(task.ref)
+        spec = task_step(task)
         io = ArtifactIO(
             open_store(task),
             list(task.serializers) or builtin_serializers(),

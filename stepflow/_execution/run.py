@@ -574,13 +574,14 @@ class _Runner:
                     )
                 self.artifacts[out] = _Artifact(content_hash, value=value, ref=ref)
             return None
-        from stepflow._execution.task import Task
+        from stepflow._execution.task import Task, by_value
 
         task = Task(
             run_id=self.run_id,
             step=name,
             attempt=attempt,
             ref=spec.ref,
+            func=by_value(spec),
             inputs={e: self._stored(e) for e in edges},
             references=refs,
             params=params,
