@@ -14,6 +14,7 @@ Our exception hierarchy::
     ├── UsageError                       a bad call: unknown target, unknown parameter, bad flag
     │   ├── TargetNotFoundError          `stepflow run TARGET` names nothing loadable
     │   ├── StoreUnavailableError        the configured datastore cannot be opened or reached
+    │   ├── NestedRunError               a run started while a worker process imported a step
     │   └── NotRegisteredError           no such data set, model, version or alias (a LookupError)
     ├── PluginError                      a plugin cannot be loaded or registers something bad
     ├── BackendError                     a backend cannot run a task (not the step's own error)
@@ -38,6 +39,7 @@ __all__ = [
     "CycleError",
     "DuplicateOutputError",
     "MissingInputError",
+    "NestedRunError",
     "NotAStepError",
     "NotRegisteredError",
     "ParameterParseError",
@@ -152,6 +154,12 @@ class UsageError(StepflowError):
 
 class TargetNotFoundError(UsageError):
     """``stepflow run TARGET`` (or ``show``) names nothing that can be loaded."""
+
+
+class NestedRunError(UsageError):
+    """A module starts a run when it is imported, and a worker process imported it to load a
+    step: every worker would start a run of its own. The message says how to guard the run.
+    """
 
 
 class StoreUnavailableError(UsageError):

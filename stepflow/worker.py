@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 from stepflow._authoring.step import StepRef, StepSpec
 from stepflow._execution.capture import capturing, step_output
 from stepflow._execution.context import StepContext, activate
-from stepflow._execution.invoke import StepRaised, invoke, task_error
+from stepflow._execution.invoke import StepRaised, invoke, loading_step, task_error
 from stepflow._execution.task import Task, TaskError, TaskResult
 from stepflow._storage.artifacts import ArtifactIO
 from stepflow._storage.datastore import ArtifactMissingError, Datastore, LocalDatastore
@@ -168,7 +168,8 @@ def execute_task(task: Task) -> TaskResult:
         if entry not in sys.path:
             sys.path.insert(0, entry)
     try:
-        spec = task_step(task)
+        with loading_step(task.step, task.ref.file or task.ref.module):
+            spec = task_step(task)
         io = ArtifactIO(
             open_store(task),
             list(task.serializers) or builtin_serializers(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -103,3 +105,71 @@ def test_main_script_steps_run_in_workers_without_rerunning_it(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "RESULT 11 2 ran" in out.stdout
     assert (tmp_path / "imports.txt").read_text() == "imported\n"
+
+
+UNGUARDED = """
+from stepflow import Pipeline, step
+
+@step(timeout=60)
+def a() -> int:
+    return 1
+
+@step
+def b(a: int) -> int:
+    return a + 1
+
+result = Pipeline("p", [a, b]).run(workers=2, home="home")
+print("RESULT", result.summary())
+for name, report in result.steps.items():
+    if report.error:
+        print("ERROR", name, report.error)
+"""
+
+
+def _runs(folder) -> list[dict]:
+    out = subprocess.run(
+        [sys.executable, "-m", "stepflow", "runs", "list", "--json"],
+        cwd=folder,
+        env={**os.environ, "STEPFLOW_HOME": str(folder / "home")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+class TestRunAtImportTime:
+    def test_imported_module_that_runs_at_import_is_refused_in_the_worker(self, tmp_path):
+        """A module that starts a run when imported, loaded by reference in a worker, does not
+        start a second run there: the step fails with a NestedRunError naming the fix, and
+        only the one run is recorded, none left running."""
+        (tmp_path / "unguarded.py").write_text(UNGUARDED)
+        out = subprocess.run(
+            [sys.executable, "-c", "import unguarded"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "RESULT 1 failed, 1 skipped" in out.stdout
+        assert 'if __name__ == "__main__":' in out.stdout
+        assert "a run was started while a worker process imported" in out.stdout
+        runs = _runs(tmp_path)
+        assert [r["state"] for r in runs] == ["failed"]
+
+    def test_script_that_runs_at_import_runs_once(self, tmp_path):
+        """``python script.py`` with the run outside ``if __name__ == "__main__":``: its steps
+        travel by value, no worker imports the script, and exactly one run happens."""
+        (tmp_path / "unguarded.py").write_text(UNGUARDED)
+        out = subprocess.run(
+            [sys.executable, "unguarded.py"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "RESULT 2 ran" in out.stdout
+        assert [r["state"] for r in _runs(tmp_path)] == ["succeeded"]
