@@ -23,8 +23,10 @@ import importlib
 import importlib.util
 import os
 import pickle
+import signal
 import struct
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -39,12 +41,16 @@ from stepflow._storage.artifacts import ArtifactIO
 from stepflow._storage.datastore import ArtifactMissingError, Datastore, LocalDatastore
 from stepflow._storage.serializers import builtin_serializers
 
-__all__ = ["READY", "execute_task", "main", "read_frame", "write_frame"]
+__all__ = ["READY", "WATCH_ENV", "execute_task", "main", "read_frame", "write_frame"]
 
 _HEADER = struct.Struct(">Q")
 
 #: the first frame a serving worker sends, once it is imported and ready for tasks
 READY = "stepflow-worker-ready"
+
+#: environment variable naming the file descriptor of the pipe whose other end the run's
+#: process holds: end-of-file on it means the run is gone, and the worker stops at once
+WATCH_ENV = "STEPFLOW_WORKER_LIFELINE"
 
 
 def write_frame(stream: BinaryIO, obj: Any) -> None:
@@ -268,8 +274,36 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         write_frame(stdout, execute_task(task))
 
 
+def die_with_parent() -> None:
+    """Kill this worker's process group once the run's end of the lifeline pipe closes.
+
+    The run's process closes it when it drops the worker, or the kernel does when that
+    process dies (``kill -9`` included); either way nobody will read what the step produces,
+    so the step and everything it started stop rather than compute on as orphans.
+    """
+    value = os.environ.pop(WATCH_ENV, "")
+    if not value.isdigit():
+        return
+    fd = int(value)
+    # The step's own child processes must not hold the pipe open.
+    os.set_inheritable(fd, False)
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 1024):
+                pass
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="stepflow-lifeline", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    die_with_parent()
     if argv == ["--serve"]:
         # Keep the protocol on a private copy of fd 1, and send the step's prints (fd 1) to
         # stderr, so that a print() in user code can never corrupt a frame.

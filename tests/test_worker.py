@@ -173,3 +173,132 @@ class TestRunAtImportTime:
         assert out.returncode == 0, out.stderr
         assert "RESULT 2 ran" in out.stdout
         assert [r["state"] for r in _runs(tmp_path)] == ["succeeded"]
+
+
+SLOW = """
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from stepflow import step
+
+def _work(name):
+    # A child process of the step too: it must die with the run as well.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    Path(f"{name}.pids").write_text(f"{os.getpid()} {child.pid}")
+    time.sleep(600)
+    return 1
+
+@step(timeout=900)
+def one() -> int:
+    return _work("one")
+
+@step
+def two() -> int:
+    return _work("two")
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            # A zombie has finished; only its exit status is left for a parent to read.
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _wait_until(predicate, what: str, deadline: float = 60.0) -> None:
+    import time
+
+    end = time.monotonic() + deadline
+    while not predicate():
+        if time.monotonic() > end:
+            pytest.fail(f"still waiting after {deadline:g}s: {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def slow_run(tmp_path, stepflow_home):
+    """Start ``stepflow run slow.py``; yields (process, pids of the steps and their children).
+
+    Whatever happens in the test, every process it started is killed afterwards."""
+    import signal
+
+    (tmp_path / "slow.py").write_text(SLOW)
+    started: list[subprocess.Popen] = []
+    pids: list[int] = []
+
+    def start(*args: str, names: tuple[str, ...] = ("one", "two")) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stepflow", "run", "slow.py", *args],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(proc)
+        files = [tmp_path / f"{n}.pids" for n in names]
+        _wait_until(lambda: all(f.exists() and f.read_text() for f in files), "steps to start")
+        for f in files:
+            pids.extend(int(p) for p in f.read_text().split())
+        return proc
+
+    yield start, pids
+    # The steps first: an orphaned worker keeps the run's output pipes open.
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class TestNoOrphans:
+    @pytest.mark.parametrize(
+        ("args", "names"), [(("--workers", "2"), ("one", "two")), ((), ("one",))]
+    )
+    def test_kill_9_of_the_run_kills_its_workers(self, slow_run, args, names):
+        """After ``kill -9`` of ``stepflow run`` no worker (parallel, or the one a step with
+        a timeout uses) and no process a step started goes on computing."""
+        start, pids = slow_run
+        proc = start(*args, names=names)
+        proc.kill()
+        proc.wait()
+        _wait_until(lambda: not any(_alive(p) for p in pids), f"processes {pids} to die")
+
+    def test_sigterm_cancels_like_ctrl_c(self, slow_run, stepflow_home, tmp_path):
+        """``kill -TERM`` of ``stepflow run --workers 2`` stops the workers and their
+        children, prints the report, records the run ``interrupted`` and exits with 130."""
+        start, pids = slow_run
+        proc = start("--workers", "2")
+        proc.terminate()
+        proc.wait(timeout=120)
+        _wait_until(lambda: not any(_alive(p) for p in pids), f"processes {pids} to die")
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert "step 'one' was interrupted" in stdout
+        assert "(interrupted)" in stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "stepflow", "runs", "list", "--json"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert [r["state"] for r in json.loads(out.stdout)] == ["interrupted"]

@@ -3,6 +3,11 @@
 Each worker runs in its own process group, so a timeout or a cancel can kill the step and
 everything it started, and so the terminal's Ctrl-C reaches only the run loop, which then
 stops the workers itself.
+
+Workers die with the run's process however it ends, ``kill -9`` included: each holds the read
+end of a pipe whose only write end is in the run's process (``WATCH_ENV`` names it). When the
+run's process is gone the pipe reads end-of-file, and the worker kills its own process group,
+so no step goes on computing (and writing results) behind a run that no longer exists.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from stepflow._execution.task import Task, TaskError, TaskResult
-from stepflow.worker import READY
+from stepflow.worker import READY, WATCH_ENV
 
 __all__ = ["WorkerPool", "WorkerProcess"]
 
@@ -32,13 +37,25 @@ class WorkerProcess:
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         self.argv = list(argv)
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=dict(env) if env is not None else None,
-            start_new_session=True,
-        )
+        # Only this process holds the write end (os.pipe is not inherited by other workers).
+        watch, self._lifeline = os.pipe()
+        self._lifeline_lock = threading.Lock()
+        full_env = dict(os.environ if env is None else env)
+        full_env[WATCH_ENV] = str(watch)
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=full_env,
+                start_new_session=True,
+                pass_fds=(watch,),
+            )
+        except BaseException:
+            os.close(self._lifeline)
+            raise
+        finally:
+            os.close(watch)
         self._ready = False
 
     @property
@@ -138,6 +155,11 @@ class WorkerProcess:
                     stream.close()
                 except OSError:
                     pass
+        # kill() may race with itself (a cancel while a timeout fires): close the fd once.
+        with self._lifeline_lock:
+            lifeline, self._lifeline = self._lifeline, -1
+        if lifeline >= 0:
+            os.close(lifeline)
 
     def close(self) -> None:
         """Ask the worker to finish (stdin closed), then make sure it is gone."""

@@ -224,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.OK
     from stepflow.errors import StepflowError
 
+    _sigterm_interrupts()
     try:
         return _main(argv)
     except StepflowError as exc:
@@ -236,6 +237,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `stepflow run ... | head`: the reader left; say nothing more.
         sys.stdout = None  # type: ignore[assignment]
         return ExitCode.OK
+
+
+def _sigterm_interrupts() -> None:
+    """Handle SIGTERM (``kill``, a scheduler, a container stop) like Ctrl-C (DESIGN §4).
+
+    The run then cancels its workers, records itself ``interrupted``, prints its report and
+    exits with 130; a second SIGTERM is not caught, so it ends the process at once.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _main(argv: list[str]) -> int:
