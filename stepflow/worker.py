@@ -21,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import io
 import os
 import pickle
 import signal
 import struct
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,15 +35,16 @@ from types import ModuleType
 from typing import Any, BinaryIO
 
 from stepflow._authoring.step import StepRef, StepSpec
-from stepflow._execution.capture import capturing, step_output
+from stepflow._execution.capture import capturing, fd_output, step_output
 from stepflow._execution.context import StepContext, activate
-from stepflow._execution.invoke import StepRaised, invoke, loading_step, task_error
+from stepflow._execution.invoke import StepRaised, invoke, task_error
+from stepflow._execution.loading import loading_step
 from stepflow._execution.task import Task, TaskError, TaskResult
 from stepflow._storage.artifacts import ArtifactIO
 from stepflow._storage.datastore import ArtifactMissingError, Datastore, LocalDatastore
 from stepflow._storage.serializers import builtin_serializers
 
-__all__ = ["READY", "WATCH_ENV", "execute_task", "main", "read_frame", "write_frame"]
+__all__ = ["OUTPUT_ENV", "READY", "WATCH_ENV", "execute_task", "main", "read_frame", "write_frame"]
 
 _HEADER = struct.Struct(">Q")
 
@@ -51,6 +54,9 @@ READY = "stepflow-worker-ready"
 #: environment variable naming the file descriptor of the pipe whose other end the run's
 #: process holds: end-of-file on it means the run is gone, and the worker stops at once
 WATCH_ENV = "STEPFLOW_WORKER_LIFELINE"
+
+#: environment variable naming the folder where a serving worker captures each step's output
+OUTPUT_ENV = "STEPFLOW_WORKER_OUTPUT"
 
 
 def write_frame(stream: BinaryIO, obj: Any) -> None:
@@ -167,8 +173,13 @@ def _internal(task: Task, exc: BaseException, start: float, what: str, **extra: 
     )
 
 
-def execute_task(task: Task) -> TaskResult:
-    """Load inputs, run the step, store its outputs; never raises for a step's own error."""
+def execute_task(task: Task, output_dir: Path | None = None) -> TaskResult:
+    """Load inputs, run the step, store its outputs; never raises for a step's own error.
+
+    With ``output_dir``, the step's stdout and stderr are captured at the file-descriptor
+    level into files there (child processes included; see ``capture.fd_output``), which
+    changes this whole process's descriptors 1 and 2 while the step runs.
+    """
     start = time.perf_counter()
     for entry in reversed(task.sys_path):
         if entry not in sys.path:
@@ -216,7 +227,12 @@ def execute_task(task: Task) -> TaskResult:
         home=Path(task.home) if task.home else None,
         secrets=secrets,
     )
-    with capturing(), activate(ctx), step_output(echo=task.echo, secrets=secrets) as captured:
+    with (
+        capturing(),
+        activate(ctx),
+        step_output(echo=task.echo, secrets=secrets) as captured,
+        fd_output(output_dir, captured) if output_dir else contextlib.nullcontext(),
+    ):
         try:
             values = invoke(spec, kwargs)
         except StepRaised as raised:
@@ -263,7 +279,7 @@ def execute_task(task: Task) -> TaskResult:
     )
 
 
-def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+def serve(stdin: BinaryIO, stdout: BinaryIO, output_dir: Path | None = None) -> None:
     """Say ``READY``, then answer framed tasks until stdin closes."""
     write_frame(stdout, READY)
     while True:
@@ -271,7 +287,18 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
             task = read_frame(stdin)
         except EOFError:
             return
-        write_frame(stdout, execute_task(task))
+        write_frame(stdout, execute_task(task, output_dir))
+
+
+def _unbuffered(fd: int) -> io.TextIOWrapper:
+    # Every write reaches the descriptor at once: what a step printed is in its output file
+    # even when the step is then killed (timeout), and keeps its order with child processes.
+    return io.TextIOWrapper(
+        io.FileIO(fd, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        write_through=True,
+    )
 
 
 def die_with_parent() -> None:
@@ -309,13 +336,17 @@ def main(argv: list[str] | None = None) -> int:
         # stderr, so that a print() in user code can never corrupt a frame.
         proto = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
-        sys.stdout = sys.stderr
-        serve(sys.stdin.buffer, proto)
+        sys.stdout, sys.stderr = _unbuffered(1), _unbuffered(2)
+        # The run's process reads a killed step's output from here (``WorkerProcess``).
+        output = os.environ.pop(OUTPUT_ENV, "")
+        serve(sys.stdin.buffer, proto, Path(output) if output else None)
         return 0
     if len(argv) == 2:
         with open(argv[0], "rb") as fh:
             task = pickle.load(fh)  # noqa: S301 - written by our own parent
-        result = execute_task(task)
+        sys.stdout, sys.stderr = _unbuffered(1), _unbuffered(2)
+        with tempfile.TemporaryDirectory(prefix="stepflow-output-") as output_dir:
+            result = execute_task(task, Path(output_dir))
         with open(argv[1], "wb") as fh:
             pickle.dump(result, fh, protocol=5)
         return 0

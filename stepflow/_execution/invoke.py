@@ -6,46 +6,15 @@ it runs.
 
 from __future__ import annotations
 
-import contextlib
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from stepflow._authoring.step import StepSpec
 from stepflow._execution.task import TaskError
-from stepflow.errors import NestedRunError, StepOutputError
+from stepflow.errors import StepOutputError
 
-__all__ = ["StepRaised", "invoke", "loading_step", "refuse_nested_run", "split_outputs"]
-
-#: (step, module or file) a worker process is importing to load a step, while it does
-_loading: list[tuple[str, str]] = []
-
-
-@contextlib.contextmanager
-def loading_step(step: str, where: str) -> Iterator[None]:
-    """Mark the block as a worker process importing ``where`` to load ``step``."""
-    _loading.append((step, where))
-    try:
-        yield
-    finally:
-        _loading.pop()
-
-
-def refuse_nested_run() -> None:
-    """Raise ``NestedRunError`` when a run is started by a worker importing a step's module.
-
-    Such a module starts a run at import time, outside ``if __name__ == "__main__":``; each
-    worker would start a run of its own, with workers of their own (multiprocessing refuses
-    the same mistake for the same reason).
-    """
-    if _loading:
-        step, where = _loading[-1]
-        raise NestedRunError(
-            f"a run was started while a worker process imported {where} to load step "
-            f"{step!r}: the module starts a run whenever it is imported, so every worker "
-            f"would start another run. Start the run only when the file is run as a script, "
-            f'under `if __name__ == "__main__":`, or from a function'
-        )
+__all__ = ["StepRaised", "invoke", "split_outputs"]
 
 
 class StepRaised(Exception):

@@ -681,7 +681,7 @@ def run_plan(
     regenerate: Collection[str] = (),
 ) -> RunResult:
     """Execute ``plan`` and return its result; step errors never raise from here."""
-    from stepflow._execution.invoke import refuse_nested_run
+    from stepflow._execution.loading import refuse_nested_run
 
     refuse_nested_run()
     runner = _Runner(
