@@ -123,6 +123,8 @@ def task_step(task: Task) -> StepSpec:
     import cloudpickle
 
     spec = cloudpickle.loads(task.func)
+    if isinstance(spec, str):
+        raise TypeError(spec)  # why the run's process could not send the step (``by_value``)
     if not isinstance(spec, StepSpec):
         raise TypeError(f"the step sent by value is a {type(spec).__name__}, not a step")
     return spec

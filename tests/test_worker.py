@@ -302,3 +302,35 @@ class TestNoOrphans:
             check=True,
         )
         assert [r["state"] for r in json.loads(out.stdout)] == ["interrupted"]
+
+
+def test_a_step_that_cannot_travel_fails_with_the_reason(make_module, stepflow_home):
+    """A factory-made step that uses something unpicklable fails with a message that says
+    why it could not reach the worker and what to do; the run itself goes on."""
+    mod = make_module(
+        "unpicklable_steps",
+        """
+        import threading
+        from stepflow import step
+
+        def make():
+            lock = threading.Lock()
+
+            @step(name="locked")
+            def locked() -> int:
+                with lock:
+                    return 1
+            return locked
+
+        locked = make()
+
+        @step
+        def fine() -> int:
+            return 2
+        """,
+    )
+    result = Pipeline("p", [mod.locked, mod.fine]).run(workers=2)
+    assert result.steps["fine"].state is StepState.RAN
+    error = str(result.steps["locked"].error)
+    assert "cannot be imported by name in a worker process" in error
+    assert "Define it at the top level of a module" in error

@@ -118,7 +118,16 @@ def by_value(spec: StepSpec) -> bytes:
         if not _found_by_ref(spec):
             import cloudpickle
 
-            payload = cloudpickle.dumps(spec, protocol=5)
+            try:
+                payload = cloudpickle.dumps(spec, protocol=5)
+            except Exception as exc:
+                # Said by the worker, as the step's failure, rather than crashing the run.
+                payload = cloudpickle.dumps(
+                    f"step {spec.name!r} cannot be imported by name in a worker process "
+                    f"({spec.ref.module}:{spec.ref.qualname}), and sending it by value "
+                    f"failed: {type(exc).__name__}: {exc}. Define it at the top level of a "
+                    f"module, or keep what it uses picklable"
+                )
         _payloads[spec] = payload
     return payload
 
