@@ -210,7 +210,8 @@ def fd_output(directory: Path, captured: Captured) -> Iterator[None]:
     the block, so that child processes and C code are captured too; then fill ``captured``.
 
     For a process of its own (a worker): it changes process-wide descriptors. With
-    ``captured.echo`` a thread copies new output, secrets masked, to the original stderr.
+    ``captured.echo`` a thread copies new output, secrets masked, to where descriptors 1 and
+    2 pointed before.
     """
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
@@ -228,7 +229,7 @@ def fd_output(directory: Path, captured: Captured) -> Iterator[None]:
         captured.fd_level = True
         if captured.echo:
             echo = threading.Thread(
-                target=_echo, args=(directory, captured, saved[2], stop), daemon=True
+                target=_echo, args=(directory, captured, saved, stop), daemon=True
             )
             echo.start()
         yield
@@ -248,12 +249,14 @@ def fd_output(directory: Path, captured: Captured) -> Iterator[None]:
             captured.write(stream, text)
 
 
-def _echo(directory: Path, captured: Captured, fd: int, stop: threading.Event) -> None:
-    """Copy what the step prints to ``fd`` as it comes (``--capture tee``)."""
+def _echo(
+    directory: Path, captured: Captured, saved: dict[int, int], stop: threading.Event
+) -> None:
+    """Copy what the step prints to the saved descriptors as it comes (``--capture tee``)."""
     offsets = dict.fromkeys((name for name, _ in _FD_STREAMS), 0)
     while True:
         last = stop.is_set()
-        for stream in offsets:
+        for stream, fd in _FD_STREAMS:
             try:
                 with open(directory / stream, "rb") as fh:
                     fh.seek(offsets[stream])
@@ -263,7 +266,8 @@ def _echo(directory: Path, captured: Captured, fd: int, stop: threading.Event) -
             if data:
                 offsets[stream] += len(data)
                 with contextlib.suppress(OSError):
-                    os.write(fd, captured.mask(data.decode("utf-8", errors="replace")).encode())
+                    text = captured.mask(data.decode("utf-8", errors="replace"))
+                    os.write(saved[fd], text.encode())
         if last:
             return
         stop.wait(0.05)
