@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -224,9 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.OK
     from stepflow.errors import StepflowError
 
-    _sigterm_interrupts()
     try:
-        return _main(argv)
+        with _sigterm_interrupts():
+            return _main(argv)
     except StepflowError as exc:
         print(f"stepflow: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE_ERROR
@@ -239,23 +240,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.OK
 
 
-def _sigterm_interrupts() -> None:
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
     """Handle SIGTERM (``kill``, a scheduler, a container stop) like Ctrl-C (DESIGN §4).
 
     The run then cancels its workers, records itself ``interrupted``, prints its report and
-    exits with 130; a second SIGTERM is not caught, so it ends the process at once.
+    exits with 130; a second SIGTERM is not caught, so it ends the process at once. The
+    previous handler comes back afterwards (``main`` may be called inside another program).
     """
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return  # signal handlers can only be set from the main thread
+        yield  # signal handlers can only be set from the main thread
+        return
 
     def interrupt(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _main(argv: list[str]) -> int:
