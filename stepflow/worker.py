@@ -24,6 +24,7 @@ import importlib.util
 import io
 import os
 import pickle
+import shutil
 import signal
 import struct
 import sys
@@ -316,6 +317,8 @@ def die_with_parent() -> None:
     fd = int(value)
     # The step's own child processes must not hold the pipe open.
     os.set_inheritable(fd, False)
+    # Nobody is left to remove the output folder the run's process made for this worker.
+    output = os.environ.get(OUTPUT_ENV, "")
 
     def watch() -> None:
         try:
@@ -323,6 +326,8 @@ def die_with_parent() -> None:
                 pass
         except OSError:
             pass
+        if output:
+            shutil.rmtree(output, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.killpg(0, signal.SIGKILL)
         os._exit(1)
