@@ -30,6 +30,12 @@ def make(k):
 base = make_base()
 made = [make(k) for k in range(6)]
 
+def make_fixed(k):
+    @step(name="fixed")
+    def fixed(base: int) -> int:
+        return base + k
+    return fixed
+
 def make_slow():
     @step(name="slow", timeout=60)
     def slow(s5: int) -> int:
@@ -61,13 +67,15 @@ class TestStepsByValue:
         assert (result["loop10"], result["loop20"]) == (11, 21)
 
     def test_closure_values_stay_in_the_key(self, make_module, stepflow_home):
-        """Two factory-made steps of the same source but other closure values are not reused
-        for each other when they run in workers."""
+        """Two factory-made steps with the same name and source but other closure values are
+        not reused for each other when they run in workers; the same value is reused."""
         mod = make_module("factory_keys", FACTORY)
-        first = Pipeline("p", [mod.base, mod.made[0]]).run(workers=2)
-        again = Pipeline("p", [mod.base, mod.make(3)]).run(workers=2)
-        assert first["s0"] == 1
-        assert again.steps["s3"].state is StepState.RAN and again["s3"] == 4
+        first = Pipeline("p", [mod.base, mod.make_fixed(1)]).run(workers=2)
+        other = Pipeline("p", [mod.base, mod.make_fixed(2)]).run(workers=2)
+        same = Pipeline("p", [mod.base, mod.make_fixed(2)]).run(workers=2)
+        assert first["fixed"] == 2
+        assert other.steps["fixed"].state is StepState.RAN and other["fixed"] == 3
+        assert same.steps["fixed"].state is StepState.REUSED and same["fixed"] == 3
 
 
 def test_main_script_steps_run_in_workers_without_rerunning_it(tmp_path):
