@@ -15,6 +15,7 @@ Our exception hierarchy::
     │   ├── TargetNotFoundError          `stepflow run TARGET` names nothing loadable
     │   ├── StoreUnavailableError        the configured datastore cannot be opened or reached
     │   ├── UnsafeHomeError              the home is writable or owned by someone else
+    │   ├── NestedRunError               a run started while a worker process imported a step
     │   └── NotRegisteredError           no such data set, model, version or alias (a LookupError)
     ├── PluginError                      a plugin cannot be loaded or registers something bad
     ├── StorageError                     the home or datastore cannot be written: a full disk,
@@ -43,6 +44,7 @@ __all__ = [
     "CycleError",
     "DuplicateOutputError",
     "MissingInputError",
+    "NestedRunError",
     "NotAStepError",
     "NotRegisteredError",
     "ParameterParseError",
@@ -172,6 +174,12 @@ class UsageError(StepflowError):
 
 class TargetNotFoundError(UsageError):
     """``stepflow run TARGET`` (or ``show``) names nothing that can be loaded."""
+
+
+class NestedRunError(UsageError):
+    """A module starts a run when it is imported, and a worker process imported it to load a
+    step: every worker would start a run of its own. The message says how to guard the run.
+    """
 
 
 class StoreUnavailableError(UsageError):

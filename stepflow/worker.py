@@ -18,32 +18,46 @@ loads the inputs from the datastore (verified), runs the step, and stores the ou
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import os
 import pickle
+import shutil
+import signal
 import struct
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, BinaryIO
 
 from stepflow._authoring.step import StepRef, StepSpec
-from stepflow._execution.capture import capturing, step_output
+from stepflow._execution.capture import capturing, fd_output, step_output
 from stepflow._execution.context import StepContext, activate
 from stepflow._execution.invoke import StepRaised, invoke, task_error
+from stepflow._execution.loading import loading_step
 from stepflow._execution.task import Task, TaskError, TaskResult
 from stepflow._storage.artifacts import ArtifactIO
 from stepflow._storage.datastore import ArtifactMissingError, Datastore, LocalDatastore
 from stepflow._storage.serializers import builtin_serializers
 
-__all__ = ["READY", "execute_task", "main", "read_frame", "write_frame"]
+__all__ = ["OUTPUT_ENV", "READY", "WATCH_ENV", "execute_task", "main", "read_frame", "write_frame"]
 
 _HEADER = struct.Struct(">Q")
 
 #: the first frame a serving worker sends, once it is imported and ready for tasks
 READY = "stepflow-worker-ready"
+
+#: environment variable naming the file descriptor of the pipe whose other end the run's
+#: process holds: end-of-file on it means the run is gone, and the worker stops at once
+WATCH_ENV = "STEPFLOW_WORKER_LIFELINE"
+
+#: environment variable naming the folder where a serving worker captures each step's output
+OUTPUT_ENV = "STEPFLOW_WORKER_OUTPUT"
 
 
 def write_frame(stream: BinaryIO, obj: Any) -> None:
@@ -92,6 +106,31 @@ def load_step(ref: StepRef) -> StepSpec:
     return _lookup(module, ref.qualname)
 
 
+def task_step(task: Task) -> StepSpec:
+    """The step ``task`` runs: unpickled from ``task.func``, or imported through ``task.ref``."""
+    if not task.func:
+        return load_step(task.ref)
+    ref = task.ref
+    if ref.module != "__main__" and ref.module not in sys.modules:
+        # What the step uses from its own module travels by reference: import the module
+        # the way ``load_step`` does, so that unpickling finds it even when it was loaded
+        # from a file. It may fail where the step was made (a notebook): unpickling then
+        # says what is missing.
+        with contextlib.suppress(Exception):
+            importlib.import_module(ref.module)
+        if ref.module not in sys.modules and ref.file:
+            with contextlib.suppress(Exception):
+                _load_file(ref.module, ref.file)
+    import cloudpickle
+
+    spec = cloudpickle.loads(task.func)
+    if isinstance(spec, str):
+        raise TypeError(spec)  # why the run's process could not send the step (``by_value``)
+    if not isinstance(spec, StepSpec):
+        raise TypeError(f"the step sent by value is a {type(spec).__name__}, not a step")
+    return spec
+
+
 def _load_file(name: str, path: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -137,14 +176,20 @@ def _internal(task: Task, exc: BaseException, start: float, what: str, **extra: 
     )
 
 
-def execute_task(task: Task) -> TaskResult:
-    """Load inputs, run the step, store its outputs; never raises for a step's own error."""
+def execute_task(task: Task, output_dir: Path | None = None) -> TaskResult:
+    """Load inputs, run the step, store its outputs; never raises for a step's own error.
+
+    With ``output_dir``, the step's stdout and stderr are captured at the file-descriptor
+    level into files there (child processes included; see ``capture.fd_output``), which
+    changes this whole process's descriptors 1 and 2 while the step runs.
+    """
     start = time.perf_counter()
     for entry in reversed(task.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
     try:
-        spec = load_step(task.ref)
+        with loading_step(task.step, task.ref.file or task.ref.module):
+            spec = task_step(task)
         io = ArtifactIO(
             open_store(task),
             list(task.serializers) or builtin_serializers(),
@@ -185,7 +230,12 @@ def execute_task(task: Task) -> TaskResult:
         home=Path(task.home) if task.home else None,
         secrets=secrets,
     )
-    with capturing(), activate(ctx), step_output(echo=task.echo, secrets=secrets) as captured:
+    with (
+        capturing(),
+        activate(ctx),
+        step_output(echo=task.echo, secrets=secrets) as captured,
+        fd_output(output_dir, captured) if output_dir else contextlib.nullcontext(),
+    ):
         try:
             values = invoke(spec, kwargs)
         except StepRaised as raised:
@@ -232,7 +282,7 @@ def execute_task(task: Task) -> TaskResult:
     )
 
 
-def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+def serve(stdin: BinaryIO, stdout: BinaryIO, output_dir: Path | None = None) -> None:
     """Say ``READY``, then answer framed tasks until stdin closes."""
     write_frame(stdout, READY)
     while True:
@@ -240,23 +290,70 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
             task = read_frame(stdin)
         except EOFError:
             return
-        write_frame(stdout, execute_task(task))
+        write_frame(stdout, execute_task(task, output_dir))
+
+
+def _unbuffered(fd: int) -> io.TextIOWrapper:
+    # Every write reaches the descriptor at once: what a step printed is in its output file
+    # even when the step is then killed (timeout), and keeps its order with child processes.
+    return io.TextIOWrapper(
+        io.FileIO(fd, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        write_through=True,
+    )
+
+
+def die_with_parent() -> None:
+    """Kill this worker's process group once the run's end of the lifeline pipe closes.
+
+    The run's process closes it when it drops the worker, or the kernel does when that
+    process dies (``kill -9`` included); either way nobody will read what the step produces,
+    so the step and everything it started stop rather than compute on as orphans.
+    """
+    value = os.environ.pop(WATCH_ENV, "")
+    if not value.isdigit():
+        return
+    fd = int(value)
+    # The step's own child processes must not hold the pipe open.
+    os.set_inheritable(fd, False)
+    # Nobody is left to remove the output folder the run's process made for this worker.
+    output = os.environ.get(OUTPUT_ENV, "")
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 1024):
+                pass
+        except OSError:
+            pass
+        if output:
+            shutil.rmtree(output, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="stepflow-lifeline", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    die_with_parent()
     if argv == ["--serve"]:
         # Keep the protocol on a private copy of fd 1, and send the step's prints (fd 1) to
         # stderr, so that a print() in user code can never corrupt a frame.
         proto = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
-        sys.stdout = sys.stderr
-        serve(sys.stdin.buffer, proto)
+        sys.stdout, sys.stderr = _unbuffered(1), _unbuffered(2)
+        # The run's process reads a killed step's output from here (``WorkerProcess``).
+        output = os.environ.pop(OUTPUT_ENV, "")
+        serve(sys.stdin.buffer, proto, Path(output) if output else None)
         return 0
     if len(argv) == 2:
         with open(argv[0], "rb") as fh:
             task = pickle.load(fh)  # noqa: S301 - written by our own parent
-        result = execute_task(task)
+        sys.stdout, sys.stderr = _unbuffered(1), _unbuffered(2)
+        with tempfile.TemporaryDirectory(prefix="stepflow-output-") as output_dir:
+            result = execute_task(task, Path(output_dir))
         with open(argv[1], "wb") as fh:
             pickle.dump(result, fh, protocol=5)
         return 0

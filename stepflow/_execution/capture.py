@@ -4,8 +4,14 @@ run at once in one process.
 While a run is active, ``sys.stdout`` and ``sys.stderr`` are replaced by routers that send
 writes to the buffer of the step running in the calling thread (a context variable), and
 pass everything else through untouched; a ``logging`` handler on the root logger does the
-same for log records. Output written straight to file descriptor 1 or 2 by C code is not seen
-in the parent process (worker processes capture at the Python level the same way).
+same for log records. Output written straight to file descriptor 1 or 2 (by C code, or by a
+child process the step starts) is not seen this way.
+
+Worker processes therefore capture at the file-descriptor level (``fd_output``): during a
+step, descriptors 1 and 2 point at two files in a folder the run's process chose, and
+``sys.stdout``/``sys.stderr`` write straight through to them. Whatever the step or its child
+processes print is in those files the moment it is written, so the run's process can still
+read it after killing a step that ran past its timeout (``read_output``).
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ import contextlib
 import contextvars
 import io
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TextIO
 
-__all__ = ["Captured", "capturing", "step_output"]
+__all__ = ["Captured", "capturing", "fd_output", "read_output", "step_output"]
 
 #: how many characters of one stream a step keeps; more is cut in the middle
 MAX_CHARS = 2_000_000
@@ -33,6 +41,8 @@ class Captured:
         self.echo = echo
         #: values masked in what is echoed (a value split across two writes is not caught)
         self.secrets = tuple(s for s in secrets if s)
+        #: stdout and stderr go to file descriptors 1 and 2, which ``fd_output`` captures
+        self.fd_level = False
 
     def mask(self, text: str) -> str:
         for secret in self.secrets:
@@ -75,6 +85,14 @@ class _Router(io.TextIOBase):
         captured = _current.get()
         if captured is None:
             return self.original.write(text)
+        if captured.fd_level:
+            # Straight to the descriptor ``fd_output`` captures, in order with child
+            # processes, and on disk at once should the process be killed next.
+            data = text.encode("utf-8", errors="backslashreplace")
+            fd = 1 if self.stream == "stdout" else 2
+            while data:
+                data = data[os.write(fd, data) :]
+            return len(text)
         captured.write(self.stream, text)
         if captured.echo:
             self.original.write(captured.mask(text))
@@ -165,3 +183,91 @@ def step_output(*, echo: bool = False, secrets: tuple[str, ...] = ()) -> Iterato
         _current.reset(token)
         with contextlib.suppress(Exception):
             sys.stdout.flush()
+
+
+_FD_STREAMS = (("stdout", 1), ("stderr", 2))
+
+
+def read_output(directory: Path, secrets: tuple[str, ...] = ()) -> dict[str, str]:
+    """What ``fd_output`` captured in ``directory`` so far: stream → text, secrets masked.
+
+    Also after the process that wrote it was killed: it is what a step printed before it died.
+    """
+    captured = Captured()
+    for stream, _ in _FD_STREAMS:
+        try:
+            with open(directory / stream, "rb") as fh:
+                data = fh.read(MAX_CHARS * 4 + 4)
+        except OSError:
+            continue
+        captured.write(stream, data.decode("utf-8", errors="replace"))
+    return captured.texts(secrets)
+
+
+@contextlib.contextmanager
+def fd_output(directory: Path, captured: Captured) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at ``directory/stdout`` and ``directory/stderr`` for
+    the block, so that child processes and C code are captured too; then fill ``captured``.
+
+    For a process of its own (a worker): it changes process-wide descriptors. With
+    ``captured.echo`` a thread copies new output, secrets masked, to where descriptors 1 and
+    2 pointed before.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = {fd: os.dup(fd) for _, fd in _FD_STREAMS}
+    stop = threading.Event()
+    echo: threading.Thread | None = None
+    try:
+        for stream, fd in _FD_STREAMS:
+            target = os.open(directory / stream, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.dup2(target, fd)
+            finally:
+                os.close(target)
+        captured.fd_level = True
+        if captured.echo:
+            echo = threading.Thread(
+                target=_echo, args=(directory, captured, saved, stop), daemon=True
+            )
+            echo.start()
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        stop.set()
+        if echo is not None:
+            echo.join()  # before its descriptor (the saved stderr) is closed
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        captured.fd_level = False
+        for stream, text in read_output(directory).items():
+            captured.streams[stream] = io.StringIO()
+            captured.write(stream, text)
+
+
+def _echo(
+    directory: Path, captured: Captured, saved: dict[int, int], stop: threading.Event
+) -> None:
+    """Copy what the step prints to the saved descriptors as it comes (``--capture tee``)."""
+    offsets = dict.fromkeys((name for name, _ in _FD_STREAMS), 0)
+    while True:
+        last = stop.is_set()
+        for stream, fd in _FD_STREAMS:
+            try:
+                with open(directory / stream, "rb") as fh:
+                    fh.seek(offsets[stream])
+                    data = fh.read()
+            except OSError:
+                continue
+            if data:
+                offsets[stream] += len(data)
+                with contextlib.suppress(OSError):
+                    text = captured.mask(data.decode("utf-8", errors="replace"))
+                    os.write(saved[fd], text.encode())
+        if last:
+            return
+        stop.wait(0.05)

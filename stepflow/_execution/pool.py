@@ -3,6 +3,11 @@
 Each worker runs in its own process group, so a timeout or a cancel can kill the step and
 everything it started, and so the terminal's Ctrl-C reaches only the run loop, which then
 stops the workers itself.
+
+Workers die with the run's process however it ends, ``kill -9`` included: each holds the read
+end of a pipe whose only write end is in the run's process (``WATCH_ENV`` names it). When the
+run's process is gone the pipe reads end-of-file, and the worker kills its own process group,
+so no step goes on computing (and writing results) behind a run that no longer exists.
 """
 
 from __future__ import annotations
@@ -10,15 +15,19 @@ from __future__ import annotations
 import os
 import pickle
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+from stepflow._execution.capture import read_output
 from stepflow._execution.task import Task, TaskError, TaskResult
-from stepflow.worker import READY
+from stepflow.worker import OUTPUT_ENV, READY, WATCH_ENV
 
 __all__ = ["WorkerPool", "WorkerProcess"]
 
@@ -32,13 +41,30 @@ class WorkerProcess:
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         self.argv = list(argv)
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=dict(env) if env is not None else None,
-            start_new_session=True,
-        )
+        # Only this process holds the write end (os.pipe is not inherited by other workers).
+        watch, self._lifeline = os.pipe()
+        self._lifeline_lock = threading.Lock()
+        full_env = dict(os.environ if env is None else env)
+        full_env[WATCH_ENV] = str(watch)
+        # The worker captures each step's stdout and stderr in files here, so what a step
+        # printed survives when the worker is killed (timeout, crash).
+        self.output_dir = Path(tempfile.mkdtemp(prefix="stepflow-worker-"))
+        full_env[OUTPUT_ENV] = str(self.output_dir)
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=full_env,
+                start_new_session=True,
+                pass_fds=(watch,),
+            )
+        except BaseException:
+            os.close(self._lifeline)
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+            raise
+        finally:
+            os.close(watch)
         self._ready = False
 
     @property
@@ -92,8 +118,17 @@ class WorkerProcess:
             n -= len(chunk)
         return b"".join(chunks)
 
+    def _printed(self, task: Task) -> dict[str, str]:
+        """What the step of ``task`` printed before its worker died (call after it is dead)."""
+        secrets = tuple(
+            str(task.params[n]) for n in task.secret_params if str(task.params.get(n, ""))
+        )
+        return read_output(self.output_dir, secrets)
+
     def _timed_out(self, task: Task, timeout: float | None) -> TaskResult:
-        self.kill()
+        self.kill(keep_output=True)
+        logs = self._printed(task)
+        shutil.rmtree(self.output_dir, ignore_errors=True)
         return TaskResult(
             task.step,
             task.attempt,
@@ -106,10 +141,12 @@ class WorkerProcess:
                 timed_out=True,
             ),
             duration=float(timeout or 0),
+            logs=logs,
         )
 
     def _lost(self, task: Task) -> TaskResult:
         code = self.proc.wait()
+        logs = self._printed(task) if self._ready else {}
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
         return TaskResult(
             task.step,
@@ -122,10 +159,11 @@ class WorkerProcess:
                 traceback="",
                 internal=True,
             ),
+            logs=logs,
         )
 
-    def kill(self) -> None:
-        """Kill the worker's whole process group."""
+    def kill(self, *, keep_output: bool = False) -> None:
+        """Kill the worker's whole process group (and remove its output folder)."""
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -138,6 +176,13 @@ class WorkerProcess:
                     stream.close()
                 except OSError:
                     pass
+        # kill() may race with itself (a cancel while a timeout fires): close the fd once.
+        with self._lifeline_lock:
+            lifeline, self._lifeline = self._lifeline, -1
+        if lifeline >= 0:
+            os.close(lifeline)
+        if not keep_output:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
 
     def close(self) -> None:
         """Ask the worker to finish (stdin closed), then make sure it is gone."""

@@ -638,13 +638,14 @@ class _Runner:
                     )
                 self.artifacts[out] = _Artifact(content_hash, value=value, ref=ref)
             return None
-        from stepflow._execution.task import Task
+        from stepflow._execution.task import Task, by_value
 
         task = Task(
             run_id=self.run_id,
             step=name,
             attempt=attempt,
             ref=spec.ref,
+            func=by_value(spec),
             inputs={e: self._stored(e) for e in edges},
             references=refs,
             params=params,
@@ -744,6 +745,9 @@ def run_plan(
     regenerate: Collection[str] = (),
 ) -> RunResult:
     """Execute ``plan`` and return its result; step errors never raise from here."""
+    from stepflow._execution.loading import refuse_nested_run
+
+    refuse_nested_run()
     runner = _Runner(
         plan,
         pipeline=pipeline,

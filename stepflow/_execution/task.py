@@ -6,15 +6,17 @@ cluster) can carry them; see ``python -m stepflow.worker``.
 
 from __future__ import annotations
 
+import sys
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from stepflow._authoring.step import StepRef
+from stepflow._authoring.step import StepRef, StepSpec
 from stepflow._storage.artifacts import ArtifactRef
 
-__all__ = ["ArtifactRef", "Task", "TaskError", "TaskResult"]
+__all__ = ["ArtifactRef", "Task", "TaskError", "TaskResult", "by_value"]
 
 
 @attrs.frozen
@@ -25,6 +27,10 @@ class Task:
     step: str
     attempt: int
     ref: StepRef
+    #: the step itself, pickled with cloudpickle, when a worker cannot find it through ``ref``
+    #: (made in a function or a loop, or defined in ``__main__`` or a notebook); empty when
+    #: ``ref`` finds it (see ``by_value``)
+    func: bytes = attrs.field(default=b"", kw_only=True, repr=False)
     #: input parameter name → stored artifact
     inputs: Mapping[str, ArtifactRef]
     #: parameter name → value (pipeline parameters of this step)
@@ -93,3 +99,48 @@ class TaskResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+_payloads: weakref.WeakKeyDictionary[StepSpec, bytes] = weakref.WeakKeyDictionary()
+
+
+def by_value(spec: StepSpec) -> bytes:
+    """The step pickled by value for ``Task.func``, or ``b""`` when ``spec.ref`` finds it.
+
+    A worker imports ``ref.module`` and looks up ``ref.qualname``, which finds only a step
+    defined at the top level of an importable module. Any other step (made by a factory
+    function or in a loop, or defined in ``__main__`` or a notebook cell) travels by value,
+    its closure and the globals it uses included. Computed once per step.
+    """
+    payload = _payloads.get(spec)
+    if payload is None:
+        payload = b""
+        if not _found_by_ref(spec):
+            import cloudpickle
+
+            try:
+                payload = cloudpickle.dumps(spec, protocol=5)
+            except Exception as exc:
+                # Said by the worker, as the step's failure, rather than crashing the run.
+                payload = cloudpickle.dumps(
+                    f"step {spec.name!r} cannot be imported by name in a worker process "
+                    f"({spec.ref.module}:{spec.ref.qualname}), and sending it by value "
+                    f"failed: {type(exc).__name__}: {exc}. Define it at the top level of a "
+                    f"module, or keep what it uses picklable"
+                )
+        _payloads[spec] = payload
+    return payload
+
+
+def _found_by_ref(spec: StepSpec) -> bool:
+    ref = spec.ref
+    # A worker loads a script's ``__main__`` again under another name, which runs its
+    # top-level code a second time (a run started there would start again), and a notebook's
+    # ``__main__`` cannot be loaded at all.
+    if ref.module == "__main__" or "<locals>" in ref.qualname:
+        return False
+    obj: Any = sys.modules.get(ref.module)
+    for part in ref.qualname.split("."):
+        obj = getattr(obj, part, None)
+    # The name may hold another step by now: one redefined under the same name in a loop.
+    return getattr(obj, "spec", None) is spec

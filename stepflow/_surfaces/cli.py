@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import json
 import os
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -236,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stepflow.errors import StepflowError, StorageError
 
     try:
-        return _main(argv)
+        with _sigterm_interrupts():
+            return _main(argv)
     except StorageError as exc:
         print(f"stepflow: error: {exc}", file=sys.stderr)
         return ExitCode.STORAGE_ERROR
@@ -261,6 +263,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = storage_error(exc, path=path, what="files")
         print(f"stepflow: error: {error}", file=sys.stderr)
         return ExitCode.STORAGE_ERROR
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Handle SIGTERM (``kill``, a scheduler, a container stop) like Ctrl-C (DESIGN §4).
+
+    The run then cancels its workers, records itself ``interrupted``, prints its report and
+    exits with 130; a second SIGTERM is not caught, so it ends the process at once. The
+    previous handler comes back afterwards (``main`` may be called inside another program).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _main(argv: list[str]) -> int:

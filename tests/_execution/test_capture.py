@@ -94,3 +94,27 @@ def test_router_behaves_like_a_text_stream() -> None:
     finally:
         sys.stdout = old
     assert target.getvalue() == "plain"
+
+
+def test_fd_output_captures_descriptors_and_child_processes(tmp_path) -> None:
+    """``fd_output`` sees what bypasses ``sys.stdout``: raw writes to fd 1 and 2 and child
+    processes; the files keep it for ``read_output``; the descriptors are restored."""
+    import os
+    import subprocess
+
+    from stepflow._execution.capture import fd_output, read_output
+
+    with capturing(), step_output(secrets=("s3cret",)) as captured:
+        with fd_output(tmp_path, captured):
+            print("from python")
+            os.write(1, b"raw fd 1\n")
+            subprocess.run([sys.executable, "-c", "print('from a child')"], check=True)
+            subprocess.run(
+                [sys.executable, "-c", "import sys; print('child err s3cret', file=sys.stderr)"],
+                check=True,
+            )
+    texts = captured.texts(("s3cret",))
+    assert texts["stdout"].splitlines() == ["from python", "raw fd 1", "from a child"]
+    assert texts["stderr"] == "child err ***\n"
+    assert read_output(tmp_path, ("s3cret",)) == texts
+    assert not captured.fd_level

@@ -365,6 +365,44 @@ class TestRun:
         assert "1 ran, 1 failed, 1 skipped (interrupted) in" in stdout
 
 
+class TestWorkerOutput:
+    FLOW = """
+        import subprocess
+        import time
+        from stepflow import Secret, step
+
+        @step(timeout=60)  # in a worker process also when the run is sequential
+        def talk(token: Secret[str] = "hunter2") -> int:
+            print("python says hi")
+            subprocess.run(["echo", "child says hi"], check=True)
+            subprocess.run(["sh", "-c", "echo child err hunter2 >&2"], check=True)
+            return 1
+
+        @step(timeout=2)
+        def hang(talk: int, token: Secret[str] = "hunter2") -> int:
+            print("before the hang", token, end="")
+            subprocess.run(["echo", "child before hang"], check=True)
+            time.sleep(120)
+            return 2
+        """
+
+    @pytest.mark.parametrize("args", [("--workers", "2"), ()])
+    def test_child_processes_and_timed_out_steps_keep_their_output(self, stepflow_runner, args):
+        """In a worker process (``--workers``, or a step with a timeout), what a step's child
+        processes print reaches ``stepflow logs``, and a step killed by its timeout keeps what
+        it printed before (a partial line too), secrets masked."""
+        stepflow_runner.makepyfile(flow=self.FLOW)
+        outcome = stepflow_runner.run("run", "flow.py", "--capture", "quiet", *args)
+        assert outcome.ret == 1, outcome.stderr
+        logs = stepflow_runner.run("logs", "last", "--json")
+        assert logs.ret == 0, logs.stderr
+        text = logs.stdout
+        assert "python says hi" in text and "child says hi" in text
+        assert "child err ***" in text
+        assert "before the hang ***" in text and "child before hang" in text
+        assert "hunter2" not in text
+
+
 class TestShow:
     def test_text(self, stepflow_runner):
         """The text view lists parameters and steps with their inputs and outputs."""
