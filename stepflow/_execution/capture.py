@@ -12,6 +12,12 @@ step, descriptors 1 and 2 point at two files in a folder the run's process chose
 ``sys.stdout``/``sys.stderr`` write straight through to them. Whatever the step or its child
 processes print is in those files the moment it is written, so the run's process can still
 read it after killing a step that ran past its timeout (``read_output``).
+
+A step that runs in the run's own process (one worker, no timeout) is captured the same way
+(``inline_fd_output``), so what its child processes print reaches its log too. Descriptors are
+process-wide, so only one step at a time is captured so: a second run in another thread of
+the same process falls back to the Python-level routers for its steps rather than mix
+their output.
 """
 
 from __future__ import annotations
@@ -21,13 +27,23 @@ import contextvars
 import io
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["Captured", "capturing", "fd_output", "read_output", "step_output"]
+__all__ = [
+    "Captured",
+    "capturing",
+    "fd_output",
+    "inline_fd_output",
+    "read_output",
+    "set_echo_sink",
+    "step_output",
+]
 
 #: how many characters of one stream a step keeps; more is cut in the middle
 MAX_CHARS = 2_000_000
@@ -244,8 +260,8 @@ def fd_output(directory: Path, captured: Captured) -> Iterator[None]:
             os.dup2(copy, fd)
             os.close(copy)
         captured.fd_level = False
+        # After anything the step's thread wrote before the descriptors were switched.
         for stream, text in read_output(directory).items():
-            captured.streams[stream] = io.StringIO()
             captured.write(stream, text)
 
 
@@ -267,7 +283,76 @@ def _echo(
                 offsets[stream] += len(data)
                 with contextlib.suppress(OSError):
                     text = captured.mask(data.decode("utf-8", errors="replace"))
-                    os.write(saved[fd], text.encode())
+                    sink = _echo_sink
+                    if sink is not None:
+                        sink(stream, text)
+                    elif (python := _python_stream(fd)) is not None:
+                        python.write(text)
+                        python.flush()
+                    else:
+                        os.write(saved[fd], text.encode())
         if last:
             return
         stop.wait(0.05)
+
+
+#: where ``--capture tee`` copies what a step printed while descriptors 1 and 2 point at its
+#: files: ``sink(stream, text)``, set by a terminal reporter that keeps a status line (its copy
+#: goes around that line); ``None``: straight to the descriptors' earlier targets
+_echo_sink: Callable[[str, str], None] | None = None
+
+
+def set_echo_sink(sink: Callable[[str, str], None] | None) -> None:
+    """Send the live copy of steps' descriptor-level output to ``sink`` (``None``: undo)."""
+    global _echo_sink
+    _echo_sink = sink
+
+
+def _python_stream(fd: int) -> TextIO | None:
+    """The stream that ``sys.stdout``/``sys.stderr`` stood for before the run, when it does
+    not write to descriptor ``fd`` (a notebook's or pytest's capture): the live copy goes there,
+    where the user reads it. ``None`` when it does write to ``fd`` (now the step's file)."""
+    if _saved is None:
+        return None
+    stream = _saved[0] if fd == 1 else _saved[1]
+    try:
+        if stream.fileno() == fd:
+            return None
+    except (AttributeError, OSError, ValueError):
+        pass
+    return stream
+
+
+#: held while a step of this process has descriptors 1 and 2 pointed at its files
+_fd_lock = threading.Lock()
+_inline_dir: Path | None = None
+
+
+def _inline_directory() -> Path:
+    """A private folder for the in-process steps' output files, made once per process."""
+    global _inline_dir
+    if _inline_dir is None or not _inline_dir.is_dir():
+        _inline_dir = Path(tempfile.mkdtemp(prefix="stepflow-output-"))  # mode 0700
+        import atexit
+
+        atexit.register(shutil.rmtree, _inline_dir, ignore_errors=True)
+    return _inline_dir
+
+
+@contextlib.contextmanager
+def inline_fd_output() -> Iterator[None]:
+    """Capture the step running in this thread at the descriptor level, like a worker does.
+
+    The step's ``Captured`` is the one ``step_output`` made for this thread. Without one, or
+    while another step of this process holds the descriptors, the block runs with the
+    Python-level capture alone.
+    """
+    captured = _current.get()
+    if captured is None or not _fd_lock.acquire(blocking=False):
+        yield
+        return
+    try:
+        with fd_output(_inline_directory(), captured):
+            yield
+    finally:
+        _fd_lock.release()

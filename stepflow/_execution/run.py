@@ -618,10 +618,13 @@ class _Runner:
                         exc_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
                     )
             kwargs.update(params)
+            from stepflow._execution.capture import inline_fd_output
             from stepflow._execution.invoke import StepRaised, invoke
 
             try:
-                values = invoke(spec, kwargs)
+                # At the descriptor level, so what the step's child processes print is kept.
+                with inline_fd_output():
+                    values = invoke(spec, kwargs)
             except StepRaised as raised:
                 return _step_error(name, raised.error)
             self._check_mutation(name, edges, kwargs)

@@ -16,9 +16,11 @@ import shutil
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
+from stepflow._execution.capture import set_echo_sink
 from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
 from stepflow.hookspecs import hookimpl
 
@@ -53,6 +55,58 @@ def use_color(
     return _isatty(out) and environ.get("TERM") != "dumb"
 
 
+def _own_descriptor(out: TextIO) -> TextIO:
+    """``out``, or a stream on a copy of its file descriptor when it has one.
+
+    While a step runs in the run's process, descriptors 1 and 2 point at the step's output
+    files (``capture.inline_fd_output``); the report written through a copy of the descriptor
+    still reaches the terminal, and never lands in a step's log.
+    """
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return out  # a StringIO, pytest's capsys: no descriptor to keep
+    return _DescriptorCopy(out, fd)
+
+
+class _DescriptorCopy(io.TextIOBase):
+    """Writes go to a duplicate of ``stream``'s descriptor, after flushing ``stream`` itself
+    so that what went through it first comes out first."""
+
+    def __init__(self, stream: TextIO, fd: int) -> None:
+        self.stream = stream
+        self.fd = os.dup(fd)
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        weakref.finalize(self, os.close, self.fd)
+
+    def write(self, text: str) -> int:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+        data = text.encode(self._encoding, errors="replace")
+        while data:
+            data = data[os.write(self.fd, data) :]
+        return len(text)
+
+    def flush(self) -> None:
+        pass  # every write goes straight to the descriptor
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def fileno(self) -> int:
+        # The stream's own: a child process handed it writes where the stream's writes go.
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._encoding
+
+    def writable(self) -> bool:
+        return True
+
+
 def _isatty(out: object) -> bool:
     isatty = getattr(out, "isatty", None)
     return bool(isatty and isatty())
@@ -80,7 +134,7 @@ class TerminalReporter:
         color: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.out = out or sys.stdout
+        self.out = _own_descriptor(out or sys.stdout)
         #: print failed steps' captured output (when it was not shown live)
         self.show_output = show_output
         self.full_trace = full_trace
@@ -150,9 +204,10 @@ class TerminalReporter:
     def _go_live(self) -> None:
         """Route ``sys.stdout``/``sys.stderr`` around the status line and start the clock."""
         for name in ("stdout", "stderr"):
-            stream = _LiveStream(self, getattr(sys, name))
+            stream = _LiveStream(self, _own_descriptor(getattr(sys, name)))
             setattr(sys, name, stream)
             self._streams.append((name, stream))
+        set_echo_sink(self._echo)
         self._stop_ticker.clear()
         self._ticker = threading.Thread(target=self._tick, name="stepflow-status", daemon=True)
         self._ticker.start()
@@ -163,11 +218,20 @@ class TerminalReporter:
         if self._ticker is not None:
             self._ticker.join()
             self._ticker = None
+        if self._streams:
+            set_echo_sink(None)
         for name, stream in reversed(self._streams):
             # Only undo our own replacement: if something replaced ours meanwhile, leave it.
             if getattr(sys, name) is stream:
-                setattr(sys, name, stream.target)
+                setattr(sys, name, getattr(stream.target, "stream", stream.target))
         self._streams.clear()
+
+    def _echo(self, stream: str, text: str) -> None:
+        """The live copy of an in-process step's output (``--capture tee``), around the
+        status line like everything else written while it is shown."""
+        for name, live in self._streams:
+            if name == stream:
+                live.write(text)
 
     @hookimpl
     def stepflow_run_start(self, run: RunInfo) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 import threading
 
-from stepflow._execution.capture import Captured, capturing, step_output
+from stepflow._execution.capture import Captured, capturing, inline_fd_output, step_output
 
 
 def test_each_thread_writes_to_its_own_step() -> None:
@@ -118,3 +119,61 @@ def test_fd_output_captures_descriptors_and_child_processes(tmp_path) -> None:
     assert texts["stderr"] == "child err ***\n"
     assert read_output(tmp_path, ("s3cret",)) == texts
     assert not captured.fd_level
+
+
+def _descriptor_target(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def test_inline_step_keeps_child_process_output(make_module, tmp_path) -> None:
+    """A step run in the calling process is captured at the descriptor level: what its child
+    processes print is in its log, and descriptors 1 and 2 are given back afterwards."""
+    mod = make_module(
+        "inline_child_flow",
+        """
+        import subprocess
+        from stepflow import Pipeline, step
+
+        @step
+        def talk() -> int:
+            print("python line")
+            subprocess.run(["echo", "child line"], check=True)
+            subprocess.run(["sh", "-c", "echo child err >&2"], check=True)
+            return 1
+
+        pipe = Pipeline("inline_child", [talk])
+        """,
+    )
+    before = (_descriptor_target(1), _descriptor_target(2))
+    result = mod.pipe.run(home=tmp_path / "home")
+    logs = result.steps["talk"].logs
+    assert logs["stdout"] == "python line\nchild line\n"
+    assert logs["stderr"] == "child err\n"
+    assert (_descriptor_target(1), _descriptor_target(2)) == before
+
+
+def test_only_one_step_of_a_process_holds_the_descriptors(tmp_path) -> None:
+    """Two steps capturing at once in one process (two runs in two threads): the second falls
+    back to the Python-level capture instead of taking the descriptors from the first."""
+    first_in = threading.Event()
+    release = threading.Event()
+    seen: dict[str, dict[str, str]] = {}
+
+    def first() -> None:
+        with capturing(), step_output() as captured, inline_fd_output():
+            print("first step")
+            first_in.set()
+            release.wait(10)
+        seen["first"] = captured.texts()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert first_in.wait(10)
+    with capturing(), step_output() as captured, inline_fd_output():
+        print("second step")
+        assert not captured.fd_level
+    release.set()
+    thread.join(10)
+    assert seen["first"] == {"stdout": "first step\n"}
+    assert captured.texts() == {"stdout": "second step\n"}

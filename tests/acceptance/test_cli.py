@@ -402,6 +402,53 @@ class TestWorkerOutput:
         assert "before the hang ***" in text and "child before hang" in text
         assert "hunter2" not in text
 
+    INLINE = """
+        import ctypes
+        import subprocess
+        from stepflow import Secret, step
+
+        @step
+        def talk(token: Secret[str] = "hunter2") -> int:
+            print("python says hi")
+            subprocess.run(["echo", "child says hi"], check=True)
+            subprocess.run(["sh", "-c", "echo child err hunter2 >&2"], check=True)
+            ctypes.CDLL(None).puts(b"libc says hi")
+            return 1
+
+        @step
+        def after(talk: int) -> int:
+            print("after says hi")
+            return talk + 1
+        """
+
+    def test_steps_in_the_run_process_keep_child_output(self, stepflow_runner):
+        """A step run in the ``stepflow`` process itself (one worker, no timeout) is captured
+        at the descriptor level too: its child processes and C code reach ``stepflow logs``,
+        not the report, and the report's lines stay whole."""
+        stepflow_runner.makepyfile(flow=self.INLINE)
+        outcome = stepflow_runner.run("run", "flow.py", "--capture", "quiet")
+        assert outcome.ret == 0, outcome.stderr
+        assert "says hi" not in outcome.stdout + outcome.stderr
+        outcome.fnmatch_lines(["talk *ran*", "after *ran*", "*2 ran in*"])
+        logs = stepflow_runner.run("logs", "last", "--json")
+        assert logs.ret == 0, logs.stderr
+        by_step: dict[str, str] = {}
+        for entry in json.loads(logs.stdout):
+            by_step[entry["step"]] = by_step.get(entry["step"], "") + entry["text"]
+        for said in ("python says hi", "child says hi", "child err ***", "libc says hi"):
+            assert said in by_step["talk"]
+        assert "hunter2" not in logs.stdout
+        assert by_step["after"] == "after says hi\n"
+
+    def test_steps_in_the_run_process_echo_child_output_with_tee(self, stepflow_runner):
+        """``--capture tee`` shows a child process's output live as well as logging it."""
+        stepflow_runner.makepyfile(flow=self.INLINE)
+        outcome = stepflow_runner.run("run", "flow.py", "--capture", "tee")
+        assert outcome.ret == 0, outcome.stderr
+        assert "child says hi" in outcome.stdout
+        assert "child err ***" in outcome.stderr
+        assert "hunter2" not in outcome.stdout + outcome.stderr
+
 
 class TestShow:
     def test_text(self, stepflow_runner):
