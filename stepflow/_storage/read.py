@@ -13,8 +13,6 @@ takes a writer's lock; the one write left is marking runs whose process died as
 
 from __future__ import annotations
 
-import socket
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +71,9 @@ def open_run_records(config: Config) -> RunRecords:
     Runs of this host whose process died are marked ``interrupted`` first, as every reader
     of the records expects.
     """
+    import socket
+    import sqlite3
+
     from stepflow._storage.records import RunRecords
 
     path = config.home / "runs.db"
