@@ -11,9 +11,12 @@ from typing import Any
 
 import attrs
 
+from stepflow._storage.home import set_shared_home
 from stepflow.errors import UsageError
 
 __all__ = ["Config", "find_pyproject", "load_config"]
+
+_BOOL_TEXT = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 @attrs.frozen
@@ -40,6 +43,10 @@ class Config:
     #: keyword options for the store's plugin (``[tool.stepflow.store_options]``), e.g.
     #: ``endpoint_url`` for an S3-compatible server
     store_options: Mapping[str, Any] = attrs.field(factory=dict)
+    #: a home a team shares on purpose (``[tool.stepflow] shared_home``,
+    #: ``STEPFLOW_SHARED_HOME``): group-accessible folders and files, and a home owned by a
+    #: teammate is accepted (see ``stepflow._storage.home``)
+    shared_home: bool = False
 
 
 def find_pyproject(start: Path) -> Path | None:
@@ -122,6 +129,22 @@ def load_config(
     if not isinstance(store_options, dict):
         raise UsageError(f"{where}: store_options must be a table, [tool.stepflow.store_options]")
 
+    shared_raw = environ.get("STEPFLOW_SHARED_HOME", "").strip().lower()
+    if shared_raw:
+        if shared_raw not in _BOOL_TEXT:
+            raise UsageError(
+                f"STEPFLOW_SHARED_HOME must be 1 or 0 (true or false), got {shared_raw!r}"
+            )
+        shared = _BOOL_TEXT[shared_raw]
+    else:
+        shared = table.get("shared_home", False)
+        if not isinstance(shared, bool):
+            raise UsageError(
+                f"{where}: shared_home must be true or false (a TOML boolean), got {shared!r}"
+            )
+    # The modes this process (and the workers it starts) gives what it writes in the home.
+    set_shared_home(shared)
+
     return Config(
         rootdir=rootdir,
         home=home_path,
@@ -134,4 +157,5 @@ def load_config(
         options=dict(options or {}),
         store=store,
         store_options=dict(store_options),
+        shared_home=shared,
     )

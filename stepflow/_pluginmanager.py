@@ -13,6 +13,7 @@ from typing import Any
 import pluggy
 
 from stepflow import hookspecs
+from stepflow._storage.home import home_is_safe
 from stepflow.errors import PluginError
 
 __all__ = ["BUILTIN_PLUGINS", "make_plugin_manager", "serializers_of"]
@@ -161,6 +162,10 @@ def make_plugin_manager(
             if not pm.is_blocked(name):
                 _register(pm, importlib.import_module(name), name)
     if entrypoints:
+        # The scan is kept in a home only once the home passed its check: the refusal itself
+        # comes from the first use of the home's store or records.
+        if home is not None and not home_is_safe(home):
+            home = None
         try:
             pm.load_stepflow_entrypoints(None if home is None else home / "fingerprints")
         except PluginError:

@@ -14,6 +14,7 @@ Our exception hierarchy::
     ├── UsageError                       a bad call: unknown target, unknown parameter, bad flag
     │   ├── TargetNotFoundError          `stepflow run TARGET` names nothing loadable
     │   ├── StoreUnavailableError        the configured datastore cannot be opened or reached
+    │   ├── UnsafeHomeError              the home is writable or owned by someone else
     │   └── NotRegisteredError           no such data set, model, version or alias (a LookupError)
     ├── PluginError                      a plugin cannot be loaded or registers something bad
     ├── BackendError                     a backend cannot run a task (not the step's own error)
@@ -52,6 +53,7 @@ __all__ = [
     "StoreUnavailableError",
     "TargetNotFoundError",
     "TypeMismatchError",
+    "UnsafeHomeError",
     "UsageError",
 ]
 
@@ -176,6 +178,20 @@ class StoreUnavailableError(UsageError):
     def __init__(self, message: str, *, store: str) -> None:
         super().__init__(message)
         self.store = store
+
+
+class UnsafeHomeError(UsageError):
+    """The stepflow home could be changed by another user: it is world-writable, owned by
+    another user, or reached through a symlink another user owns. Stored results are
+    unpickled, so such a home is refused instead of used; the message names the path and the
+    fix (``[tool.stepflow] shared_home = true`` for a team folder).
+
+    :ivar path: the folder or symlink at fault.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class NotRegisteredError(UsageError, LookupError):

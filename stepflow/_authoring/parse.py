@@ -35,6 +35,9 @@ __all__ = ["check_value", "parse_value", "split_assignment"]
 
 _NoneType = type(None)
 
+# `--param token=env:VAR`: a secret parameter's value read from an environment variable.
+_ENV_PREFIX = "env:"
+
 # Text that means "no value" for an Optional parameter (compared after strip + lower).
 _NONE_TEXT = frozenset({"", "none", "null"})
 _BOOL_TEXT = {
@@ -146,7 +149,10 @@ def parse_value(name: str, text: str, annotation: object, *, secret: bool = Fals
 
     ``name`` is the parameter's name, used in error messages only. Unannotated parameters
     (``inspect.Parameter.empty``) and ``Any`` read the text as JSON when they can and keep the
-    text otherwise. With ``secret=True`` errors never show the text (``Secret[T]`` parameters).
+    text otherwise. With ``secret=True`` errors never show the text (``Secret[T]`` parameters),
+    and text ``env:VAR`` reads the value from the environment variable ``VAR``, so a secret
+    need not be typed on a command line where ``ps`` and the shell's history show it. For a
+    parameter that is not secret, ``env:...`` is plain text like any other.
 
     >>> parse_value("n", "1_000", int)
     1000
@@ -161,14 +167,36 @@ def parse_value(name: str, text: str, annotation: object, *, secret: bool = Fals
     ...
     stepflow.errors.ParameterParseError: parameter 'n' expects int, got 'ten'; pass a whole ...
 
-    :raises ParameterParseError: the text is not a valid value of ``annotation``.
+    :raises ParameterParseError: the text is not a valid value of ``annotation``, or names an
+        environment variable that is not set.
     """
+    if secret and text.startswith(_ENV_PREFIX):
+        text = _from_environment(name, text[len(_ENV_PREFIX) :])
     try:
         return _parse(text, annotation)
     except _Invalid as exc:
         got = "a secret value" if secret else _show(text)
         fix = _cli_fix(name, annotation)
         raise _error(name, got, exc.reason, fix, text, annotation, secret) from None
+
+
+def _from_environment(name: str, variable: str) -> str:
+    """The text of secret parameter ``name`` from environment variable ``variable``."""
+    example = f"--param {name}=env:API_TOKEN"
+    if not variable:
+        raise ParameterParseError(
+            f"parameter {name!r}: env: needs the name of an environment variable, e.g. {example}",
+            parameter=name,
+        )
+    value = os.environ.get(variable)
+    if value is None:
+        raise ParameterParseError(
+            f"parameter {name!r} is read from the environment variable {variable} "
+            f"(--param {name}=env:{variable}), which is not set; set it (export {variable}=...) "
+            f"in the shell that runs stepflow",
+            parameter=name,
+        )
+    return value
 
 
 def check_value(name: str, value: object, annotation: object, *, secret: bool = False) -> object:

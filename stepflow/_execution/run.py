@@ -35,6 +35,7 @@ from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
 from stepflow._storage.datastore import ArtifactMissingError, CorruptedObjectError
 from stepflow._storage.hashing import UnhashableValueError, hash_value
+from stepflow._storage.home import check_home, make_private_dirs
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.locks import key_lock
 from stepflow._storage.serializers import SerializationError
@@ -128,7 +129,8 @@ class _Runner:
         #: transaction (for `explain`; a run killed before then keeps the earlier pointers)
         self._touched: list[tuple[str, str, str]] = []
         self._touch_lock = threading.Lock()
-        config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_home(config.home)  # before anything is made there
+        make_private_dirs(config.home)
         self.serializers = serializers_of(pm)
         store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
         self.io = ArtifactIO(store, self.serializers)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import attrs
 
+from stepflow._storage.home import make_private_dirs, make_private_file, shared_home
 from stepflow.errors import StepflowError
 
 __all__ = ["ArtifactMissingError", "CorruptedObjectError", "Datastore", "LocalDatastore"]
@@ -235,7 +236,7 @@ class LocalDatastore(Datastore):
     def writer(self, name: str) -> Iterator[Path]:
         path = self._path(name)
         if path.parent not in self._folders:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(path.parent)
             self._folders.add(path.parent)
         # A name no other writer can pick (process, thread, counter), left for the serializer
         # to create: making the file here first would cost an open and a close per object.
@@ -244,6 +245,8 @@ class LocalDatastore(Datastore):
         )
         try:
             yield tmp
+            # Serializers create the file with open(): its mode follows the umask (0644).
+            make_private_file(tmp)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -306,9 +309,11 @@ class LocalDatastore(Datastore):
 
     def put_doc(self, path: str, data: bytes, *, exclusive: bool = False) -> bool:
         target = self._doc(path)
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(target.parent)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
+            if shared_home():
+                make_private_file(fd)  # mkstemp made it 0600
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()

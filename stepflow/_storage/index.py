@@ -25,6 +25,7 @@ import attrs
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactRef
 from stepflow._storage.datastore import Datastore
+from stepflow._storage.home import make_private_dirs, make_private_sqlite
 from stepflow.errors import StepflowError, StepflowWarning, StoreUnavailableError
 
 __all__ = ["CacheIndex", "CacheRecord", "NullIndex"]
@@ -158,6 +159,8 @@ class _Open:
             cache = diskcache.Cache(
                 str(self.directory), eviction_policy="none", cull_limit=0, timeout=60
             )
+            # diskcache makes cache.db (and its -wal, -shm) with the umask's mode.
+            make_private_sqlite(self.directory / "cache.db")
             self.file_id = _file_id(self.directory / "cache.db")
             self._cache = cache
         except BaseException as exc:  # raised again where the index is used
@@ -222,7 +225,7 @@ def _diskcache(directory: Path) -> _Open:
                 return found
             del _open[key]
             found.close()
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(directory)
         opened = _open[key] = _Open(directory)
         while len(_open) > _OPEN_MAX:
             _open.pop(next(iter(_open))).close()

@@ -21,6 +21,8 @@ from typing import Any
 
 import xxhash
 
+from stepflow._storage.home import make_private_dirs, private_opener
+
 __all__ = ["KeptFiles", "import_path_signature", "kept_for_import_path"]
 
 #: a folder changed this recently may change again within the same clock tick, unseen
@@ -57,8 +59,8 @@ class KeptFiles:
         # Unique per process and thread: concurrent writers never share a temporary file.
         tmp = os.path.join(self.folder, f".tmp-{os.getpid()}-{threading.get_ident()}-{name}")
         try:
-            os.makedirs(self.folder, mode=0o700, exist_ok=True)
-            with open(tmp, "wb") as fh:
+            make_private_dirs(self.folder)
+            with open(tmp, "wb", opener=private_opener) as fh:
                 fh.write(xxhash.xxh3_128_hexdigest(payload).encode() + b"\n" + payload)
             os.replace(tmp, path)
         except OSError:

@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from stepflow._storage.home import make_private_dirs, make_private_file, shared_home
+
 __all__ = ["LEASE_FILE", "key_lock"]
 
 #: the lease file's name in the home
@@ -92,8 +94,10 @@ def _open(path: Path) -> _LeaseFile:
         except FileNotFoundError:
             found = None
         if found is None:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(path.parent)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if shared_home():
+                make_private_file(fd)
             stat = os.fstat(fd)
             slot = (pid, stat.st_dev, stat.st_ino)
             found = _files.get(slot)

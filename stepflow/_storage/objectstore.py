@@ -34,6 +34,7 @@ from stepflow._storage.datastore import (
     check_doc_path,
     check_name,
 )
+from stepflow._storage.home import make_private_dirs, make_private_file, shared_home
 from stepflow.errors import StoreUnavailableError, UsageError
 
 __all__ = ["FsspecDatastore", "open_object_store"]
@@ -187,10 +188,7 @@ class FsspecDatastore(Datastore):
         folder = self._local(name).parent
         if not folder.is_dir():
             # Owner-only folders all the way down from the home, like the local store's.
-            home = self.cache_dir.parents[2]
-            home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            for part in (home / "cache", *reversed(folder.parents[:2]), folder):
-                part.mkdir(exist_ok=True, mode=0o700)
+            make_private_dirs(folder)
         return folder
 
     @contextlib.contextmanager
@@ -199,6 +197,8 @@ class FsspecDatastore(Datastore):
         fd, tmp_name = tempfile.mkstemp(
             dir=self._local_folder(name), prefix=".tmp-", suffix=local.suffix
         )
+        if shared_home():
+            make_private_file(fd)  # mkstemp made it 0600: teammates read the copies too
         os.close(fd)
         tmp = Path(tmp_name)
         try:
@@ -224,6 +224,8 @@ class FsspecDatastore(Datastore):
         fd, tmp_name = tempfile.mkstemp(
             dir=self._local_folder(name), prefix=".tmp-", suffix=local.suffix
         )
+        if shared_home():
+            make_private_file(fd)  # mkstemp made it 0600: teammates read the copies too
         os.close(fd)
         tmp = Path(tmp_name)
         try:

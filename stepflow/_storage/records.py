@@ -27,6 +27,7 @@ from typing import Any
 
 import attrs
 
+from stepflow._storage.home import check_home, make_private_dirs, make_private_sqlite
 from stepflow.errors import UsageError
 
 __all__ = [
@@ -332,7 +333,8 @@ class RunRecords:
         return records
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_home(path.parent)  # once per process: `stepflow runs` opens no store
+        make_private_dirs(path.parent)
         self.path = path
         self._lock = threading.Lock()
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE), so a writer takes the
@@ -340,8 +342,9 @@ class RunRecords:
         self._db = sqlite3.connect(
             str(path), timeout=30.0, isolation_level=None, check_same_thread=False
         )
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o600)
+        # SQLite makes the file with the umask's mode, and its -wal and -shm files later
+        # with the mode the file has then.
+        make_private_sqlite(path)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout = 30000")
         # A new file starts in rollback-journal mode, and its switch to WAL is a write of its

@@ -40,6 +40,7 @@ from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.files import fetch_file, store_file
 from stepflow._storage.hashing import UnhashableValueError, hash_value
+from stepflow._storage.home import file_mode, make_private_dirs, make_private_file
 from stepflow._storage.locks import key_lock
 from stepflow._storage.registry import DatasetVersion, ModelVersion
 from stepflow._storage.serializers import SerializationError
@@ -338,20 +339,21 @@ def materialize(version: DatasetVersion, store: Datastore, home: Path) -> Path:
 
 def _copy_in(entries: dict[str, ArtifactRef], store: Datastore, parent: Path, final: Path) -> None:
     """Copy ``entries`` into a new folder and put it at ``final``, replacing a damaged copy."""
-    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(parent)
     tmp = parent / f".tmp-{secrets.token_hex(6)}"
     try:
         stamp = {}
         for rel, ref in entries.items():
             target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(target.parent)
             shutil.copyfile(fetch_file(store, ref), target)
             # Read-only: a step that writes into its input fails instead of silently
-            # changing what the next consumer reads.
-            target.chmod(0o444)
+            # changing what the next consumer reads. Owner-only, like the rest of the home.
+            target.chmod(file_mode() & 0o444)
             stat = target.stat()
             stamp[rel] = [stat.st_size, stat.st_mtime_ns]
         (tmp / _STAMP).write_text(json.dumps(stamp))
+        make_private_file(tmp / _STAMP)
         if final.exists():
             stale = parent / f".old-{secrets.token_hex(6)}"
             with contextlib.suppress(OSError):

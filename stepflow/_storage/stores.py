@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepflow._storage.datastore import Datastore, LocalDatastore
+from stepflow._storage.home import check_home
 from stepflow.errors import UsageError
 
 if TYPE_CHECKING:
@@ -37,10 +38,15 @@ def open_datastore(
     """The datastore at ``uri`` (``None``: ``<home>/objects``).
 
     :raises UsageError: no installed plugin handles the URL's scheme.
+    :raises UnsafeHomeError: another user could change the home (or the local store's folder).
     """
+    # Once per process and folder: results stored there are unpickled.
+    check_home(home)
     kind = store_kind(uri)
     if kind == "local":
         root = Path(uri) if uri else home / "objects"
+        if uri:
+            check_home(root)
         return LocalDatastore(root)
     factories: dict[str, Any] = {}
     if pm is None:

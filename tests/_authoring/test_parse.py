@@ -830,6 +830,37 @@ class TestSecret:
         assert parse_value("token", "abc", str, secret=True) == "abc"
         assert check_value("token", "abc", str, secret=True) == "abc"
 
+    def test_a_secret_is_read_from_an_environment_variable(self, monkeypatch) -> None:
+        """`--param token=env:API_TOKEN` reads the secret from the environment."""
+        monkeypatch.setenv("API_TOKEN", "s3cr3t")
+        assert parse_value("token", "env:API_TOKEN", str, secret=True) == "s3cr3t"
+        monkeypatch.setenv("API_PORT", "8443")
+        assert parse_value("port", "env:API_PORT", int, secret=True) == 8443
+
+    def test_a_missing_environment_variable_names_it_and_the_parameter(self, monkeypatch) -> None:
+        monkeypatch.delenv("API_TOKEN", raising=False)
+        with pytest.raises(ParameterParseError) as info:
+            parse_value("token", "env:API_TOKEN", str, secret=True)
+        message = str(info.value)
+        assert "parameter 'token'" in message
+        assert "environment variable API_TOKEN" in message
+        assert "not set" in message
+        assert info.value.parameter == "token"
+        with pytest.raises(ParameterParseError, match="needs the name of an environment"):
+            parse_value("token", "env:", str, secret=True)
+
+    def test_a_bad_value_from_the_environment_stays_hidden(self, monkeypatch) -> None:
+        monkeypatch.setenv("API_PORT", "s3cr3t")
+        with pytest.raises(ParameterParseError) as info:
+            parse_value("port", "env:API_PORT", int, secret=True)
+        assert "s3cr3t" not in str(info.value)
+        assert info.value.value is None
+
+    def test_env_text_of_a_plain_parameter_stays_literal(self, monkeypatch) -> None:
+        """Only a Secret reads the environment: "env:..." is ordinary text elsewhere."""
+        monkeypatch.setenv("API_TOKEN", "s3cr3t")
+        assert parse_value("label", "env:API_TOKEN", str) == "env:API_TOKEN"
+
 
 # --- check_value -------------------------------------------------------------------------------
 

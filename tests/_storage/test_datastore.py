@@ -114,3 +114,18 @@ class TestSecretKey:
         with pytest.raises(StepflowError, match=r"damaged.*delete it") as caught:
             store.secret_key()
         assert "short-and-private" not in str(caught.value)
+
+
+def test_objects_and_documents_are_owner_only_whatever_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        store = LocalDatastore(tmp_path / "home" / "objects")
+        write(store, NAME, b"hello")
+        store.put_doc("datasets/prices/1.json", b"{}")
+    finally:
+        os.umask(old)
+    made = [tmp_path / "home", *(tmp_path / "home").rglob("*")]
+    assert len(made) == 8  # home, objects, ab, the object, refs, datasets, prices, 1.json
+    for path in made:
+        expected = 0o700 if path.is_dir() else 0o600
+        assert path.stat().st_mode & 0o777 == expected, path
