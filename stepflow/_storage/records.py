@@ -318,6 +318,7 @@ class RunRecords:
         """Open an existing database for reading only: nothing is created, migrated or
         locked for writing (a reader such as the web UI never holds up a run). A database
         of an older schema is opened for writing instead, to be migrated."""
+        check_home(path.parent)  # a reader is refused an unsafe home as a writer is
         records = cls.__new__(cls)
         records.path = path
         records._lock = threading.Lock()

@@ -148,6 +148,18 @@ class TestReadOnly:
         with ReadAPI(config) as api:
             assert api.run("dead").state == "interrupted"
 
+    def test_a_home_another_user_could_change_is_refused_to_readers_too(
+        self, config, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from stepflow._storage import home
+        from stepflow.errors import UnsafeHomeError
+
+        RunRecords(config.home / "runs.db").close()
+        config.home.chmod(0o777)
+        monkeypatch.setattr(home, "_checked", set())  # checked once per process: forget it
+        with ReadAPI(config) as api, pytest.raises(UnsafeHomeError, match="world-writable"):
+            api.runs()
+
 
 class TestCache:
     def test_entries_are_cache_records_oldest_first_and_filtered(self, api) -> None:
