@@ -315,6 +315,26 @@ class RunRecords:
                 oldest._really_close()
             return records
 
+    @classmethod
+    def read_only(cls, path: Path) -> RunRecords:
+        """Open an existing database for reading only: nothing is created, migrated or
+        locked for writing (a reader such as the web UI never holds up a run). A database
+        of an older schema is opened for writing instead, to be migrated."""
+        check_home(path.parent)  # a reader is refused an unsafe home as a writer is
+        records = cls.__new__(cls)
+        records.path = path
+        records._lock = threading.Lock()
+        uri = path.resolve().as_uri() + "?mode=ro"
+        records._db = sqlite3.connect(
+            uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        records._db.row_factory = sqlite3.Row
+        records._db.execute("PRAGMA busy_timeout = 30000")
+        if records.schema_version != SCHEMA_VERSION:
+            records._really_close()
+            return cls(path)
+        return records
+
     def __init__(self, path: Path) -> None:
         check_home(path.parent)  # once per process: `stepflow runs` opens no store
         make_private_dirs(path.parent)

@@ -2,14 +2,18 @@
 
 With a shared store (an object store several homes use), the results are this home's index
 plus the records every home published to the store, and pruning removes both the local
-entry and the shared document of each result it drops.
+entry and the shared document of each result it drops. The listings are the read API's
+(``stepflow._storage.read``); this module formats them, and prunes.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -17,8 +21,13 @@ from stepflow._config import Config
 from stepflow._humanize import human_size, human_time, iso_times
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.index import CacheIndex, CacheRecord
+from stepflow._storage.read import ReadAPI, all_cache_records, matching, referenced_objects
 from stepflow._storage.stores import open_datastore
+from stepflow._surfaces.table import Column, table
 from stepflow.errors import UsageError
+
+if TYPE_CHECKING:
+    import pluggy
 
 __all__ = [
     "PruneReport",
@@ -30,6 +39,7 @@ __all__ = [
     "matching",
     "parse_size",
     "prune",
+    "run_command",
 ]
 
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -53,38 +63,12 @@ def _open(config: Config) -> tuple[CacheIndex, Datastore]:
     return CacheIndex(config.home / "index", store=store), store
 
 
-def _all_records(index: CacheIndex) -> list[CacheRecord]:
-    """This home's records, then those only the shared store has (other homes' results)."""
-    records = {r.key: r for r in index.records()}
-    for record in index.shared_records():
-        records.setdefault(record.key, record)
-    return list(records.values())
-
-
-def _referenced(records: Iterable[CacheRecord]) -> set[str]:
-    return {ref.name for r in records for ref in r.outputs.values()}
-
-
 def list_records(
     config: Config, *, pipeline: str | None = None, step: str | None = None
 ) -> list[CacheRecord]:
-    index, _ = _open(config)
-    try:
-        records = matching(_all_records(index), pipeline=pipeline, step=step)
-    finally:
-        index.close()
-    return sorted(records, key=lambda r: r.created)
-
-
-def matching(
-    records: Iterable[CacheRecord], *, pipeline: str | None = None, step: str | None = None
-) -> list[CacheRecord]:
-    """The records of ``pipeline`` and ``step`` (``None``: any)."""
-    return [
-        r
-        for r in records
-        if (pipeline is None or r.pipeline == pipeline) and (step is None or r.step == step)
-    ]
+    """The stored results of ``pipeline`` and ``step``, oldest first."""
+    with ReadAPI(config) as api:
+        return api.cache_entries(pipeline=pipeline, step=step)
 
 
 def filter_hint(records: list[CacheRecord], pipeline: str | None, step: str | None) -> str:
@@ -105,24 +89,8 @@ def filter_hint(records: list[CacheRecord], pipeline: str | None, step: str | No
 
 
 def cache_info(config: Config) -> dict[str, Any]:
-    index, store = _open(config)
-    try:
-        records = _all_records(index)
-    finally:
-        index.close()
-    referenced = _referenced(records)
-    names = list(store.names())
-    sizes = {n: store.size(n) for n in names}
-    return {
-        "home": str(config.home),
-        "store": store.uri,
-        "shared": store.shared,
-        "results": len(records),
-        "objects": len(names),
-        "bytes": sum(sizes.values()),
-        "unreferenced_objects": sum(1 for n in names if n not in referenced),
-        "pipelines": sorted({r.pipeline for r in records}),
-    }
+    with ReadAPI(config) as api:
+        return api.cache_summary()
 
 
 def find_record(config: Config, key: str) -> tuple[CacheRecord, dict[str, bool]]:
@@ -131,27 +99,9 @@ def find_record(config: Config, key: str) -> tuple[CacheRecord, dict[str, bool]]
 
     :raises UsageError: no result has such a key, or more than one does.
     """
-    wanted = key.strip().lower()
-    if len(wanted) < 4 or any(c not in "0123456789abcdef" for c in wanted):
-        raise UsageError(
-            f"cache key {key!r}: give a key, or the first 4 or more of its hex digits, as "
-            f"`stepflow cache ls` shows them"
-        )
-    index, store = _open(config)
-    try:
-        found = [r for r in _all_records(index) if r.key.startswith(wanted)]
-        if len(found) == 1:
-            record = found[0]
-            return record, {out: store.exists(ref.name) for out, ref in record.outputs.items()}
-    finally:
-        index.close()
-    if not found:
-        raise UsageError(
-            f"no stored result has a cache key starting with {wanted!r} in {config.home}; "
-            f"`stepflow cache ls` lists them"
-        )
-    keys = ", ".join(f"{r.key[:12]} ({r.pipeline}:{r.step})" for r in found[:10])
-    raise UsageError(f"cache key {wanted!r} is ambiguous ({keys}); give more of it")
+    with ReadAPI(config) as api:
+        entry = api.cache_entry(key)
+    return entry.record, dict(entry.present)
 
 
 def format_record(record: CacheRecord, present: dict[str, bool]) -> str:
@@ -214,13 +164,13 @@ def prune(
 
     ``pinned`` object names (what registered data sets and models need) are never removed,
     and neither are the results that hold them. With a shared store, the results are every
-    home's (see ``_all_records``), and no object a kept shared record refers to is removed,
+    home's (see ``all_cache_records``), and no object a kept shared record refers to is removed,
     including records another home published while this prune ran.
     """
     pinned = set(pinned)
     index, store = _open(config)
     try:
-        records = sorted(_all_records(index), key=lambda r: r.created)
+        records = sorted(all_cache_records(index), key=lambda r: r.created)
         now = time.time()
 
         def holds_pinned(record: CacheRecord) -> bool:
@@ -252,7 +202,7 @@ def prune(
                 doomed.append(record)
                 total -= record.size
         survivors = [r for r in records if r not in doomed]
-        keep = _referenced(survivors) | pinned
+        keep = referenced_objects(survivors) | pinned
         if not dry_run:
             # Records first, objects after: a crash in between leaves unreferenced objects
             # (swept next time), never a record that points at nothing.
@@ -260,7 +210,7 @@ def prune(
                 index.delete(record.key)
             # Another home may have published results since they were listed: what the
             # store's records refer to now is kept too.
-            keep |= _referenced(index.shared_records())
+            keep |= referenced_objects(index.shared_records())
         objects = [n for n in store.names() if n not in keep]
         freed = sum(store.size(n) for n in objects)
         if not dry_run:
@@ -284,17 +234,20 @@ def format_records(records: list[CacheRecord]) -> str:
     if not records:
         return "no stored results\n"
     now = time.time()
-    # Names are never cut: a cut name cannot be told from a shorter real one, so the columns
-    # widen to the longest. Keys are shown as 12-character prefixes, which ``cache info`` takes.
-    pipe_w = max(16, *(len(r.pipeline) for r in records))
-    step_w = max(20, *(len(r.step) for r in records))
-    lines = [f"{'key':<14} {'pipeline':<{pipe_w}} {'step':<{step_w}} {'age':>8} {'size':>10}  run"]
-    for r in records:
-        lines.append(
-            f"{r.key[:12]:<14} {r.pipeline:<{pipe_w}} {r.step:<{step_w}} "
-            f"{_age(now - r.created):>8} {human_size(r.size):>10}  {r.run_id}"
-        )
-    return "\n".join(lines) + "\n"
+    # Keys are shown as 12-character prefixes, which ``cache info`` takes.
+    columns = [
+        Column("key", min_width=14),
+        Column("pipeline", min_width=16, gap=" "),
+        Column("step", min_width=20, gap=" "),
+        Column("age", ">", min_width=8, gap=" "),
+        Column("size", ">", min_width=10, gap=" "),
+        Column("run"),
+    ]
+    rows = [
+        (r.key[:12], r.pipeline, r.step, _age(now - r.created), human_size(r.size), r.run_id)
+        for r in records
+    ]
+    return table(rows, columns, strip=False)
 
 
 def _age(seconds: float) -> str:
@@ -302,3 +255,73 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
     return f"{seconds:.0f}s"
+
+
+def run_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager) -> int:
+    """Run ``stepflow cache ls|info|prune``; returns the exit code."""
+    if args.cache_command == "prune":
+        return _prune(args, config, pm)
+    with ReadAPI(config, pm=pm) as api:
+        if args.cache_command == "ls":
+            every = api.cache_entries()
+            records = matching(every, pipeline=args.pipeline, step=args.step)
+            if args.json:
+                print(json.dumps([record_dict(r) for r in records], indent=2))
+            else:
+                sys.stdout.write(format_records(records))
+                if not records and (args.pipeline or args.step):
+                    sys.stdout.write(filter_hint(every, args.pipeline, args.step))
+            return 0
+        if args.key is not None:
+            entry = api.cache_entry(args.key)
+            present = dict(entry.present)
+            if args.json:
+                print(json.dumps({**record_dict(entry.record), "present": present}, indent=2))
+            else:
+                sys.stdout.write(format_record(entry.record, present))
+            return 0
+        info = api.cache_summary()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            shown = f"{value} ({human_size(value)})" if key == "bytes" else value
+            print(f"{key}: {shown}")
+    return 0
+
+
+def _prune(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager) -> int:
+    from stepflow._authoring.step import parse_duration
+    from stepflow.errors import PipelineDefinitionError
+
+    if not (args.older_than or args.max_size or args.pipeline or args.all):
+        raise UsageError(
+            "cache prune needs --older-than AGE, --max-size SIZE, --pipeline NAME or --all"
+        )
+    try:
+        older = (
+            0.0
+            if args.all
+            else (parse_duration(args.older_than, "--older-than") if args.older_than else None)
+        )
+    except PipelineDefinitionError as exc:
+        raise UsageError(str(exc)) from None
+    pinned: set[str] = set()
+    for names in pm.hook.stepflow_cache_pinned(config=config):
+        pinned.update(names or ())
+    report = prune(
+        config,
+        older_than=older,
+        max_size=parse_size(args.max_size) if args.max_size else None,
+        pipeline=args.pipeline,
+        pinned=pinned,
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        print(json.dumps(attrs.asdict(report), indent=2))
+    else:
+        sys.stdout.write(report.text())
+        if args.pipeline and not report.removed_results and not report.kept_pinned:
+            # Most likely a misspelt name: say which pipelines have results.
+            sys.stdout.write(filter_hint(list_records(config), args.pipeline, None))
+    return 0

@@ -339,7 +339,9 @@ def _main(argv: list[str]) -> int:
         if args.command == "explain":
             return _cmd_explain(args, config, pm)
         if args.command == "cache":
-            return _cmd_cache(args, config, pm)
+            from stepflow._surfaces.cachecmd import run_command as cache_command
+
+            return cache_command(args, config, pm)
         if args.command in ("datasets", "models"):
             from stepflow._surfaces.registrycmd import run_command as registry_command
 
@@ -466,76 +468,6 @@ def _cmd_explain(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager
         print(json.dumps(result.to_dict(), indent=2))
     else:
         sys.stdout.write(result.text())
-    return ExitCode.OK
-
-
-def _cmd_cache(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
-    import attrs
-
-    from stepflow._authoring.step import parse_duration
-    from stepflow._surfaces import cachecmd
-    from stepflow.errors import PipelineDefinitionError, UsageError
-
-    if args.cache_command == "ls":
-        every = cachecmd.list_records(config)
-        records = cachecmd.matching(every, pipeline=args.pipeline, step=args.step)
-        if args.json:
-            print(json.dumps([cachecmd.record_dict(r) for r in records], indent=2))
-        else:
-            sys.stdout.write(cachecmd.format_records(records))
-            if not records and (args.pipeline or args.step):
-                sys.stdout.write(cachecmd.filter_hint(every, args.pipeline, args.step))
-        return ExitCode.OK
-    if args.cache_command == "info" and args.key is not None:
-        record, present = cachecmd.find_record(config, args.key)
-        if args.json:
-            print(json.dumps({**cachecmd.record_dict(record), "present": present}, indent=2))
-        else:
-            sys.stdout.write(cachecmd.format_record(record, present))
-        return ExitCode.OK
-    if args.cache_command == "info":
-        from stepflow._humanize import human_size
-
-        info = cachecmd.cache_info(config)
-        if args.json:
-            print(json.dumps(info, indent=2))
-        else:
-            for key, value in info.items():
-                shown = f"{value} ({human_size(value)})" if key == "bytes" else value
-                print(f"{key}: {shown}")
-        return ExitCode.OK
-    if not (args.older_than or args.max_size or args.pipeline or args.all):
-        raise UsageError(
-            "cache prune needs --older-than AGE, --max-size SIZE, --pipeline NAME or --all"
-        )
-    try:
-        older = (
-            0.0
-            if args.all
-            else (parse_duration(args.older_than, "--older-than") if args.older_than else None)
-        )
-    except PipelineDefinitionError as exc:
-        raise UsageError(str(exc)) from None
-    pinned: set[str] = set()
-    for names in pm.hook.stepflow_cache_pinned(config=config):
-        pinned.update(names or ())
-    report = cachecmd.prune(
-        config,
-        older_than=older,
-        max_size=cachecmd.parse_size(args.max_size) if args.max_size else None,
-        pipeline=args.pipeline,
-        pinned=pinned,
-        dry_run=args.dry_run,
-    )
-    if args.json:
-        print(json.dumps(attrs.asdict(report), indent=2))
-    else:
-        sys.stdout.write(report.text())
-        if args.pipeline and not report.removed_results and not report.kept_pinned:
-            # Most likely a misspelt name: say which pipelines have results.
-            sys.stdout.write(
-                cachecmd.filter_hint(cachecmd.list_records(config), args.pipeline, None)
-            )
     return ExitCode.OK
 
 

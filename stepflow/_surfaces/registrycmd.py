@@ -1,7 +1,8 @@
 """``stepflow datasets register|list|show`` and ``stepflow models list|show|alias``.
 
-Parsers are built here with argparse only; the registry loads when a command runs, so the
-CLI starts fast.
+Listings are the read API's (``stepflow._storage.read``); this module formats them, and
+registers and moves aliases. Parsers are built here with argparse only; the registry loads
+when a command runs, so the CLI starts fast.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from stepflow._humanize import human_size, human_time, iso_times
+from stepflow._surfaces.table import table
 
 if TYPE_CHECKING:
     from stepflow._config import Config
+    from stepflow._storage.read import ReadAPI
     from stepflow._storage.registry import DatasetVersion, ModelVersion
 
 __all__ = ["add_parsers", "run_command"]
@@ -107,12 +110,6 @@ def _source(source: Mapping[str, Any]) -> str:
     return "Python API"
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines) + "\n"
-
-
 # --- data sets -------------------------------------------------------------------------------
 
 
@@ -132,17 +129,22 @@ def _ds_register(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _ds_list(args: argparse.Namespace, config: Config) -> int:
-    import stepflow.datasets
+def _reading(config: Config) -> ReadAPI:
+    from stepflow._storage.read import ReadAPI
 
-    found = stepflow.datasets.list(config=config)
+    return ReadAPI(config)
+
+
+def _ds_list(args: argparse.Namespace, config: Config) -> int:
+    with _reading(config) as api:
+        found = api.datasets()
     if args.json:
         _print_json([_ds_dict(v) for v in found])
         return 0
     if not found:
         print("no data sets registered; register one with `stepflow datasets register NAME PATH`")
         return 0
-    rows = [["name", "latest", "kind", "size", "created", "source"]]
+    rows = []
     for v in found:
         rows.append(
             [
@@ -154,7 +156,7 @@ def _ds_list(args: argparse.Namespace, config: Config) -> int:
                 _source(v.source),
             ]
         )
-    sys.stdout.write(_table(rows))
+    sys.stdout.write(table(rows, ["name", "latest", "kind", "size", "created", "source"]))
     return 0
 
 
@@ -180,12 +182,11 @@ def _dataset_detail(v: DatasetVersion) -> list[str]:
 
 
 def _ds_show(args: argparse.Namespace, config: Config) -> int:
-    import stepflow.datasets
-
-    every = stepflow.datasets.versions(args.name, config=config)
-    chosen = every[-1]
-    if args.number is not None:
-        chosen = stepflow.datasets.get(args.name, args.number, config=config)
+    with _reading(config) as api:
+        every = api.dataset_versions(args.name)
+        chosen = every[-1]
+        if args.number is not None:
+            chosen = api.dataset(args.name, args.number)
     if args.json:
         if args.number is not None:
             _print_json(_ds_dict(chosen))
@@ -201,7 +202,7 @@ def _ds_show(args: argparse.Namespace, config: Config) -> int:
     lines = _dataset_detail(chosen)
     lines.append("")
     lines.append(f"versions of data set {args.name}:")
-    rows = [["", "version", "kind", "size", "created", "source"]]
+    rows = []
     for v in every:
         mark = "*" if v.version == chosen.version else ""
         rows.append(
@@ -214,7 +215,8 @@ def _ds_show(args: argparse.Namespace, config: Config) -> int:
                 _source(v.source),
             ]
         )
-    sys.stdout.write("\n".join(lines) + "\n" + _table(rows))
+    header = ["", "version", "kind", "size", "created", "source"]
+    sys.stdout.write("\n".join(lines) + "\n" + table(rows, header))
     return 0
 
 
@@ -230,20 +232,16 @@ def _model_dict(v: ModelVersion) -> dict[str, Any]:
 
 
 def _md_list(args: argparse.Namespace, config: Config) -> int:
-    import stepflow.models
-    from stepflow._execution.session import registry_session
-    from stepflow._storage.registry import Registry
-
-    found = stepflow.models.list(config=config)
-    with registry_session(config=config) as session:
-        aliases = {v.name: Registry(session.store).aliases(v.name) for v in found}
+    with _reading(config) as api:
+        found = api.models()
+        aliases = {v.name: api.model_aliases(v.name) for v in found}
     if args.json:
         _print_json([{**_model_dict(v), "all_aliases": aliases[v.name]} for v in found])
         return 0
     if not found:
         print("no models registered; register one with stepflow.models.register(NAME, model)")
         return 0
-    rows = [["name", "latest", "aliases", "metrics", "created", "source"]]
+    rows = []
     for v in found:
         named = ", ".join(f"{a}=v{n}" for a, n in aliases[v.name].items()) or "-"
         rows.append(
@@ -256,16 +254,16 @@ def _md_list(args: argparse.Namespace, config: Config) -> int:
                 _source(v.source),
             ]
         )
-    sys.stdout.write(_table(rows))
+    sys.stdout.write(table(rows, ["name", "latest", "aliases", "metrics", "created", "source"]))
     return 0
 
 
 def _md_show(args: argparse.Namespace, config: Config) -> int:
-    import stepflow.models
-
-    every = stepflow.models.versions(args.name, config=config)
-    if args.number is not None:
-        every = [stepflow.models.get(args.name, args.number, config=config)]
+    with _reading(config) as api:
+        if args.number is not None:
+            every = [api.model(args.name, args.number)]
+        else:
+            every = api.model_versions(args.name)
     if args.json:
         _print_json({"name": args.name, "versions": [_model_dict(v) for v in every]})
         return 0

@@ -1,7 +1,8 @@
-"""``stepflow runs list|show|compare|lineage`` and ``stepflow logs``: read the run records.
+"""``stepflow runs list|show|compare|lineage`` and ``stepflow logs``: show the run records.
 
-Parsers are built here with argparse only; the records and formatting load when a command
-runs, so the CLI starts fast.
+The queries are the read API's (``stepflow._storage.read``); this module only formats what it
+returns. Parsers are built here with argparse only; the records load when a command runs, so
+the CLI starts fast.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import datetime
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from stepflow._humanize import human_time, iso_time, iso_times
+from stepflow._surfaces.table import table
 
 if TYPE_CHECKING:
     from stepflow._config import Config
+    from stepflow._storage.read import ReadAPI
     from stepflow._storage.records import RunRecords, RunRow, StepRow
 
 __all__ = ["add_parsers", "run_command"]
@@ -71,35 +74,26 @@ def add_parsers(
 
 
 def open_existing(config: Config) -> RunRecords:
-    """The home's run records; a clear error when nothing was ever recorded there."""
-    from stepflow._storage.records import RunRecords
-    from stepflow.errors import UsageError
+    """The home's run records, opened read-only; a clear error when nothing was ever
+    recorded there."""
+    from stepflow._storage.read import open_run_records
 
-    path = config.home / "runs.db"
-    if not path.is_file():
-        raise UsageError(
-            f"no run records in {config.home} (no run has been recorded there yet); run a "
-            f"pipeline first, or point --home / STEPFLOW_HOME at the right folder"
-        )
-    records = RunRecords(path)
-    records.mark_abandoned()
-    return records
+    return open_run_records(config)
 
 
 def run_command(args: argparse.Namespace, config: Config) -> int:
-    records = open_existing(config)
-    try:
+    from stepflow._storage.read import ReadAPI
+
+    with ReadAPI(config) as api:
         if args.command == "logs":
-            return _logs(records, args)
+            return _logs(api, args)
         action = {
             "list": _list,
             "show": _show,
             "compare": _compare,
             "lineage": _lineage,
         }[args.runs_command]
-        return action(records, args)
-    finally:
-        records.close()
+        return action(api, args)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -144,41 +138,19 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _git(run: RunRow) -> str:
-    if not run.git_commit:
-        return "-"
-    return run.git_commit[:10] + (" (dirty)" if run.git_dirty else "")
-
-
-def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    for row in rows:
-        cells = zip(row, widths, strict=True)
-        lines.append("  ".join(str(c).ljust(w) for c, w in cells).rstrip())
-    return "\n".join(lines) + "\n"
-
-
 def _print_json(data: Any) -> int:
     print(json.dumps(data, indent=2, default=str))
     return 0
 
 
-def _last_metrics(steps: Sequence[StepRow]) -> dict[str, float | None]:
-    """``step.metric`` → the last value logged."""
-    found: dict[str, float | None] = {}
-    for step in steps:
-        for metric in step.metrics:
-            found[f"{step.name}.{metric.name}"] = metric.value
-    return found
-
-
 # --- runs list -----------------------------------------------------------------------------
 
 
-def _list(records: RunRecords, args: argparse.Namespace) -> int:
+def _list(api: ReadAPI, args: argparse.Namespace) -> int:
+    from stepflow._storage.read import git_label
+
     since = parse_since(args.since) if args.since else None
-    runs = records.runs(pipeline=args.pipeline, state=args.state, since=since, limit=args.limit)
+    runs = api.runs(pipeline=args.pipeline, state=args.state, since=since, limit=args.limit)
     if args.json:
         return _print_json([_run_dict(r) for r in runs])
     if not runs:
@@ -192,20 +164,22 @@ def _list(records: RunRecords, args: argparse.Namespace) -> int:
             human_time(r.started),
             _secs(r.duration),
             _counts(r.counts),
-            _git(r),
+            git_label(r),
         )
         for r in runs
     ]
-    sys.stdout.write(_table(rows, ("RUN", "PIPELINE", "STATE", "STARTED", "TOOK", "STEPS", "GIT")))
+    sys.stdout.write(table(rows, ("RUN", "PIPELINE", "STATE", "STARTED", "TOOK", "STEPS", "GIT")))
     return 0
 
 
 # --- runs show -----------------------------------------------------------------------------
 
 
-def _show(records: RunRecords, args: argparse.Namespace) -> int:
-    run = records.run(args.run)
-    steps = records.steps(run.id)
+def _show(api: ReadAPI, args: argparse.Namespace) -> int:
+    from stepflow._storage.read import git_label
+
+    run = api.run(args.run)
+    steps = api.steps(run)
     if args.json:
         data = _run_dict(run)
         data["steps"] = [_step_dict(s) for s in steps]
@@ -217,7 +191,7 @@ def _show(records: RunRecords, args: argparse.Namespace) -> int:
         f"  started:   {human_time(run.started)}   took {_secs(run.duration)}",
         f"  where:     {run.user or '?'}@{run.host or '?'}, python {run.python_version}, "
         f"stepflow {run.stepflow_version}",
-        f"  git:       {_git(run)}",
+        f"  git:       {git_label(run)}",
         f"  source:    {run.source_hash[:16] if run.source_hash else '-'}"
         + (f" ({_plural(len(run.source_files), 'file')})" if run.source_files else ""),
     ]
@@ -242,7 +216,7 @@ def _show(records: RunRecords, args: argparse.Namespace) -> int:
         rows.append(
             (s.name, s.state, _secs(s.duration) if s.duration else "", tries, s.backend or "", note)
         )
-    text = _table(rows, ("STEP", "STATE", "TOOK", "TRIES", "BACKEND", "NOTE"))
+    text = table(rows, ("STEP", "STATE", "TOOK", "TRIES", "BACKEND", "NOTE"))
     metrics = [(s.name, m) for s in steps for m in s.metrics]
     if metrics:
         text += "\nmetrics:\n"
@@ -255,16 +229,16 @@ def _show(records: RunRecords, args: argparse.Namespace) -> int:
             )
             for step, m in metrics
         ]
-        text += _table(mrows, ("STEP", "METRIC", "VALUE", "AT"))
+        text += table(mrows, ("STEP", "METRIC", "VALUE", "AT"))
     files = [(s.name, io) for s in steps for io in s.io if io.direction == "file"]
     if files:
-        text += "\nfiles:\n" + _table(
+        text += "\nfiles:\n" + table(
             [(step, io.name, io.object or "", str(io.size)) for step, io in files],
             ("STEP", "FILE", "OBJECT", "BYTES"),
         )
     logged = [(s.name, k, v) for s in steps for k, v in s.params.items()]
     if logged:
-        text += "\nlogged parameters:\n" + _table(logged, ("STEP", "NAME", "VALUE"))
+        text += "\nlogged parameters:\n" + table(logged, ("STEP", "NAME", "VALUE"))
     sys.stdout.write("\n".join(out) + "\n" + text)
     return 0
 
@@ -285,45 +259,8 @@ def _step_dict(step: StepRow) -> dict[str, Any]:
 # --- runs compare --------------------------------------------------------------------------
 
 
-def compare_runs(records: RunRecords, a_ref: str, b_ref: str) -> dict[str, Any]:
-    """What differs between two runs, as plain data."""
-    a, b = records.run(a_ref), records.run(b_ref)
-    a_steps = {s.name: s for s in records.steps(a.id)}
-    b_steps = {s.name: s for s in records.steps(b.id)}
-    pa, pb = a.display_params(), b.display_params()
-    params = {k: [pa.get(k), pb.get(k)] for k in sorted({*pa, *pb}) if pa.get(k) != pb.get(k)}
-    ma, mb = _last_metrics(list(a_steps.values())), _last_metrics(list(b_steps.values()))
-    metrics = {k: [ma.get(k), mb.get(k)] for k in sorted({*ma, *mb})}
-    steps = {}
-    for name in [*a_steps, *(n for n in b_steps if n not in a_steps)]:
-        sa, sb = a_steps.get(name), b_steps.get(name)
-        if sa is None or sb is None:
-            steps[name] = {"a": sa and sa.state, "b": sb and sb.state, "why": "only in one run"}
-        elif sa.cache_key != sb.cache_key:
-            steps[name] = {"a": sa.state, "b": sb.state, "why": "different cache key"}
-        elif sa.state != sb.state and {sa.state, sb.state} != {"ran", "reused"}:
-            # Ran in one and reused in the other with one key is the same result: not listed.
-            steps[name] = {"a": sa.state, "b": sb.state, "why": "same cache key"}
-    source: dict[str, Any] | None = None
-    if a.source_files is not None and b.source_files is not None:
-        from stepflow._storage.source import diff
-
-        d = diff(a.source_files, b.source_files)
-        source = {"added": d.added, "removed": d.removed, "changed": d.changed}
-    return {
-        "a": a.id,
-        "b": b.id,
-        "pipelines": [a.pipeline, b.pipeline],
-        "params": params,
-        "metrics": metrics,
-        "steps": steps,
-        "git": [_git(a), _git(b)],
-        "source": source,
-    }
-
-
-def _compare(records: RunRecords, args: argparse.Namespace) -> int:
-    data = compare_runs(records, args.run_a, args.run_b)
+def _compare(api: ReadAPI, args: argparse.Namespace) -> int:
+    data = api.compare(args.run_a, args.run_b)
     if args.json:
         return _print_json(data)
     out = [
@@ -369,75 +306,8 @@ def _compare(records: RunRecords, args: argparse.Namespace) -> int:
 # --- runs lineage --------------------------------------------------------------------------
 
 
-def lineage(records: RunRecords, artifact: str, *, depth: int = 50) -> dict[str, Any]:
-    """Who made ``artifact`` (hash, object name, prefix, or ``RUN:OUTPUT``), recursively."""
-    from stepflow.errors import UsageError
-
-    if ":" in artifact:
-        run_ref, output = artifact.split(":", 1)
-        run = records.run(run_ref)
-        for step in records.steps(run.id):
-            for io in step.io:
-                if io.direction == "out" and io.name == output and io.content_hash:
-                    return lineage(records, io.content_hash, depth=depth)
-        raise UsageError(f"run {run.id} recorded no output named {output!r}")
-    matches = list(records.producers(artifact))
-    hashes = {io.content_hash for _, _, io in matches}
-    if not matches:
-        raise UsageError(
-            f"no recorded run produced an artifact {artifact!r}; give a content hash or object "
-            f"name from `stepflow runs show RUN --json`, or RUN:OUTPUT"
-        )
-    if len(hashes) > 1:
-        listed = ", ".join(sorted(h or "" for h in hashes))
-        raise UsageError(f"{artifact!r} matches several artifacts ({listed}); give more of it")
-    return _lineage_node(records, matches, depth)
-
-
-def _lineage_node(
-    records: RunRecords, matches: list[tuple[str, str, Any]], depth: int
-) -> dict[str, Any]:
-    # The earliest run whose step actually ran made it; later ones reused or re-made it.
-    made = None
-    for run_id, step_name, io in matches:
-        step = next((s for s in records.steps(run_id) if s.name == step_name), None)
-        if step is not None and step.state == "ran":
-            made = (run_id, step, io)
-            break
-    if made is None:
-        run_id, step_name, io = matches[0]
-        step = next(s for s in records.steps(run_id) if s.name == step_name)
-        made = (run_id, step, io)
-    run_id, step, io = made
-    node: dict[str, Any] = {
-        "content_hash": io.content_hash,
-        "object": io.object,
-        "output": io.name,
-        "size": io.size,
-        "run": run_id,
-        "step": step.name,
-        "state": step.state,
-        "used_by_runs": sorted({m[0] for m in matches} - {run_id}),
-        "inputs": [],
-    }
-    for inp in step.io:
-        if inp.direction != "in":
-            continue
-        child: dict[str, Any] = {
-            "input": inp.name,
-            "content_hash": inp.content_hash,
-            "object": inp.object,
-        }
-        found = list(records.producers(inp.content_hash)) if inp.content_hash else []
-        if found and depth > 0:
-            child.update(_lineage_node(records, found, depth - 1))
-        child["input"] = inp.name
-        node["inputs"].append(child)
-    return node
-
-
-def _lineage(records: RunRecords, args: argparse.Namespace) -> int:
-    node = lineage(records, args.artifact)
+def _lineage(api: ReadAPI, args: argparse.Namespace) -> int:
+    node = api.lineage(args.artifact)
     if args.json:
         return _print_json(node)
     lines: list[str] = []
@@ -465,27 +335,22 @@ def _lineage(records: RunRecords, args: argparse.Namespace) -> int:
 # --- logs ----------------------------------------------------------------------------------
 
 
-def _logs(records: RunRecords, args: argparse.Namespace) -> int:
-    from stepflow.errors import UsageError
-
-    run = records.run(args.run)
-    if args.step is not None:
-        names = {s.name for s in records.steps(run.id)}
-        if args.step not in names:
-            raise UsageError(
-                f"run {run.id} has no step {args.step!r}; steps: {', '.join(sorted(names))}"
-            )
-    entries = [e for e in records.logs(run.id, args.step) if not args.stream or e[2] == args.stream]
+def _logs(api: ReadAPI, args: argparse.Namespace) -> int:
+    run = api.run(args.run)
+    entries = api.step_log(run, args.step, stream=args.stream)
     if args.json:
         return _print_json(
-            [{"step": s, "attempt": a, "stream": st, "text": t} for s, a, st, t in entries]
+            [
+                {"step": e.step, "attempt": e.attempt, "stream": e.stream, "text": e.text}
+                for e in entries
+            ]
         )
     if not entries:
         where = f"step {args.step!r} of run {run.id}" if args.step else f"run {run.id}"
         print(f"no output was captured for {where}")
         return 0
-    for step, attempt, stream, text in entries:
-        tries = f", attempt {attempt}" if attempt > 1 else ""
-        print(f"----- {step}{tries}: {stream} -----")
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    for entry in entries:
+        tries = f", attempt {entry.attempt}" if entry.attempt > 1 else ""
+        print(f"----- {entry.step}{tries}: {entry.stream} -----")
+        sys.stdout.write(entry.text if entry.text.endswith("\n") else entry.text + "\n")
     return 0
