@@ -5,6 +5,10 @@
 the git commit and dirty flag. Two runs with equal ``content_hash`` ran with the same files;
 :func:`diff` of two manifests says which files differ (``stepflow runs compare``, ``--resume``).
 
+Storing the files themselves, each once by hash in the datastore, and restoring them is
+:mod:`stepflow._storage.source.store` (``store_snapshot``, ``snapshot_manifest``,
+``restore_snapshot``): the snapshot id is the ``content_hash`` below.
+
 Which files count
     Ignore files use git's syntax and are compiled by :mod:`pathspec` (``GitIgnoreSpec``), never
     matched by hand. For each path, the first of these that has an opinion decides:
