@@ -2,9 +2,9 @@
 
 The journal keeps per-step facts while a run goes (when it started, what each attempt wrote,
 what it logged through ``stepflow.context()``), turns each finished step into a record row,
-and writes rows in batches (see ``stepflow._storage.records``). The source snapshot is taken
-in a background thread while steps run. If the records cannot be opened, the run still runs
-and a warning says what was lost.
+and writes rows in batches (see ``stepflow._storage.records``). The source snapshot is taken,
+and its files stored in the run's datastore, in a background thread while steps run. If the
+records cannot be opened, the run still runs and a warning says what was lost.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from stepflow._execution.context import StepContext
     from stepflow._execution.task import TaskResult
     from stepflow._storage.index import CacheRecord
+    from stepflow._storage.source import Scan
 
 __all__ = ["Journal", "open_records"]
 
@@ -166,12 +167,15 @@ class Journal:
         )
 
     def _take_snapshot(self) -> None:
+        config = self.runner.config
         try:
-            from stepflow._storage.source import snapshot
+            from stepflow._storage.source import scan
 
-            source = snapshot(self.runner.config.rootdir, home=self.runner.config.home).to_dict()
+            found = scan(config.rootdir, home=config.home)
+            source = found.snapshot.to_dict()
         except Exception:  # a missing snapshot must not fail the run
             return
+        self._store_snapshot(found)
         if self.records is not None:
             try:
                 # Looked up again: the run's own handle may have been closed meanwhile (a
@@ -188,6 +192,34 @@ class Journal:
                     StepflowWarning(f"the run's source snapshot was not recorded: {exc}"),
                     stacklevel=1,
                 )
+
+    def _store_snapshot(self, found: Scan) -> None:
+        """Store the files of the snapshot in the run's datastore (each file once, by hash),
+        so that ``stepflow runs source RUN --to DIR`` can give them back."""
+        config = self.runner.config
+        try:
+            from stepflow._storage.source.store import save_scan
+            from stepflow._storage.stores import open_datastore
+
+            # A store of its own: the run's store may be closed before the snapshot is done.
+            store = open_datastore(
+                config.store,
+                home=config.home,
+                options=config.store_options,
+                pm=getattr(self.runner, "pm", None),
+            )
+            try:
+                save_scan(found, store, home=config.home)
+            finally:
+                store.close()
+        except Exception as exc:  # a missing snapshot must not fail the run
+            warnings.warn(
+                StepflowWarning(
+                    f"the code of run {self.runner.run_id} was not stored, so `stepflow runs "
+                    f"source` cannot give it back (its list of files is recorded): {exc}"
+                ),
+                stacklevel=1,
+            )
 
     def finish(self, *, interrupted: bool, crashed: bool = False) -> None:
         """Say how the run ended; ``crashed``: stepflow itself raised (recorded as failed)."""

@@ -326,6 +326,10 @@ def _main(argv: list[str]) -> int:
     )
     pm.hook.stepflow_configure(config=config)
     try:
+        if args.command == "runs" and args.runs_command == "source":
+            from stepflow._surfaces import sourcecmd
+
+            return sourcecmd.run_command(args, config, pm)
         if args.command in ("runs", "logs"):
             from stepflow._surfaces.runscmd import run_command
 

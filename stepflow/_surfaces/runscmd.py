@@ -65,6 +65,10 @@ def add_parsers(
     lineage.add_argument("--json", action="store_true", help="print JSON")
     add_common(lineage)
 
+    from stepflow._surfaces import sourcecmd
+
+    sourcecmd.add_parser(runs_sub, add_common)
+
     logs = sub.add_parser("logs", help="print what a run's steps wrote (stdout, stderr, logging)")
     logs.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
     logs.add_argument("step", metavar="STEP", nargs="?", help="only this step")

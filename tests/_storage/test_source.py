@@ -14,15 +14,27 @@ from pathlib import Path
 import pytest
 
 from stepflow._storage import source as source_module
-from stepflow._storage.hashing import hash_file
+from stepflow._storage.datastore import LocalDatastore
+from stepflow._storage.hashing import hash_bytes, hash_file
 from stepflow._storage.source import (
     CACHE_NAME,
     SourceDiff,
     SourceRecordError,
     SourceSnapshot,
+    content_hash,
     diff,
     git_facts,
     snapshot,
+)
+from stepflow._storage.source import store as store_module
+from stepflow._storage.source.store import (
+    SnapshotError,
+    SnapshotFile,
+    SnapshotManifest,
+    manifest_doc,
+    restore_snapshot,
+    snapshot_manifest,
+    store_snapshot,
 )
 from stepflow.errors import StepflowWarning, UsageError
 
@@ -700,3 +712,195 @@ def test_diff_of_two_snapshots(project):
     assert diff(before.files, snapshot(project).files).text() == (
         "changed: a.py; added: c.py; removed: b.py"
     )
+
+
+# --- the stored snapshot (stepflow._storage.source.store) ----------------------------------
+
+
+class CountingStore(LocalDatastore):
+    """A local store that counts the documents written to it."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.puts: list[str] = []
+
+    def put_doc(self, path, data, *, exclusive=False):
+        self.puts.append(path)
+        return super().put_doc(path, data, exclusive=exclusive)
+
+
+class TestStoredSnapshot:
+    @pytest.fixture
+    def store(self, tmp_path):
+        return CountingStore(tmp_path / "store" / "objects")
+
+    @pytest.fixture
+    def home(self, tmp_path):
+        return tmp_path / "home"
+
+    def test_store_and_restore_the_exact_files(self, project, store, home, tmp_path):
+        write(project, {"pkg/mod.py": "x = 1\n", "run.sh": "#!/bin/sh\n"})
+        (project / "run.sh").chmod(0o755)
+        (project / "alias.py").symlink_to("pkg/mod.py")
+        snap = store_snapshot(project, store, home=home)
+        done = restore_snapshot(snap.content_hash, store, tmp_path / "out")
+        out = tmp_path / "out"
+        for rel in snap.files:
+            if (project / rel).is_symlink():
+                assert os.readlink(out / rel) == os.readlink(project / rel)
+            else:
+                assert (out / rel).read_bytes() == (project / rel).read_bytes(), rel
+        assert os.access(out / "run.sh", os.X_OK) and not os.access(out / "pkg/mod.py", os.X_OK)
+        assert done.written == len(snap.files) and not done.skipped
+        manifest = snapshot_manifest(snap.content_hash, store)
+        assert {f.path: f.size for f in manifest.files}["pkg/mod.py"] == 6
+
+    def test_each_file_stored_once_and_unchanged_code_stores_nothing(self, project, store, home):
+        write(project, {"a.py": "a\n", "b.py": "b\n", "copy.py": "a\n"})
+        first = store_snapshot(project, store, home=home)
+        files = [p for p in store.puts if p.startswith("source/files/")]
+        assert len(files) == 2  # a.py and copy.py share their bytes
+        store.puts.clear()
+        assert store_snapshot(project, store, home=home) == first
+        assert store.puts == []
+        (project / "b.py").write_text("b, edited\n")
+        second = store_snapshot(project, store, home=home)
+        assert second.content_hash != first.content_hash
+        assert len([p for p in store.puts if p.startswith("source/files/")]) == 1
+        assert store.puts[-1] == manifest_doc(second.content_hash)
+
+    def test_unchanged_files_are_not_read_again(self, project, store, home, monkeypatch):
+        write(project, {"a.py": "a\n", "b.py": "b\n"})
+        for path in project.rglob("*"):
+            age(path)
+        store_snapshot(project, store, home=home)
+        (project / "b.py").write_text("b, edited\n")
+        opened: list[str] = []
+        real_open = open
+
+        def spy(path, *args, **kwargs):
+            opened.append(os.fspath(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(store_module, "open", spy, raising=False)
+        store_snapshot(project, store, home=home)
+        assert [os.path.basename(p) for p in opened] == ["b.py"]
+
+    def test_a_store_emptied_behind_the_memo_is_filled_again(self, project, store, home, tmp_path):
+        write(project, {"a.py": "a\n"})
+        store_snapshot(project, store, home=home)
+        shutil.rmtree(store.docs_root)
+        (project / "b.py").write_text("b\n")
+        snap = store_snapshot(project, store, home=home)
+        restore_snapshot(snap.content_hash, store, tmp_path / "out")
+        assert (tmp_path / "out" / "a.py").read_text() == "a\n"
+
+    def test_restore_checks_each_files_hash(self, project, store, home, tmp_path):
+        write(project, {"a.py": "a\n"})
+        snap = store_snapshot(project, store, home=home)
+        doc = store.docs_root / "source" / "files" / snap.files["a.py"][:2] / snap.files["a.py"]
+        doc.write_bytes(b"tampered\n")
+        with pytest.raises(SnapshotError, match=r"'a\.py' is damaged"):
+            restore_snapshot(snap.content_hash, store, tmp_path / "out")
+        doc.unlink()
+        with pytest.raises(SnapshotError, match=r"'a\.py' .*is missing"):
+            restore_snapshot(snap.content_hash, store, tmp_path / "out2")
+
+    def test_a_manifest_that_does_not_match_its_id_is_refused(self, project, store, home):
+        write(project, {"a.py": "a\n"})
+        snap = store_snapshot(project, store, home=home)
+        path = store.docs_root / manifest_doc(snap.content_hash)
+        data = json.loads(path.read_text())
+        data["files"]["b.py"] = data["files"]["a.py"]
+        path.write_text(json.dumps(data))
+        with pytest.raises(SnapshotError, match="do not hash to its id"):
+            snapshot_manifest(snap.content_hash, store)
+
+    def test_non_empty_destination_needs_force(self, project, store, home, tmp_path):
+        write(project, {"a.py": "a\n"})
+        snap = store_snapshot(project, store, home=home)
+        (tmp_path / "busy").mkdir()
+        (tmp_path / "busy" / "mine.txt").write_text("mine")
+        with pytest.raises(UsageError, match=r"not empty.*--force"):
+            restore_snapshot(snap.content_hash, store, tmp_path / "busy")
+        restore_snapshot(snap.content_hash, store, tmp_path / "busy", force=True)
+        assert (tmp_path / "busy" / "a.py").read_text() == "a\n"
+        assert (tmp_path / "busy" / "mine.txt").read_text() == "mine"
+
+    def test_big_files_are_listed_but_left_out(self, project, store, home, tmp_path, monkeypatch):
+        monkeypatch.setattr(store_module, "MAX_FILE_SIZE", 10)
+        write(project, {"a.py": "a\n", "data.csv": "x" * 100})
+        snap = store_snapshot(project, store, home=home)
+        left = {f.path: f.left_out for f in snapshot_manifest(snap.content_hash, store).files}
+        assert left["a.py"] is None and "larger than" in left["data.csv"]
+        done = restore_snapshot(snap.content_hash, store, tmp_path / "out")
+        assert "data.csv" in done.skipped and not (tmp_path / "out" / "data.csv").exists()
+
+
+def plant(store: LocalDatastore, files: dict[str, dict]) -> str:
+    """Store a hand-made manifest (as someone with write access to the store could)."""
+    snapshot_id = content_hash({p: e["hash"] for p, e in files.items()})
+    raw = json.dumps({"format": "stepflow-source-manifest-1", "id": snapshot_id, "files": files})
+    store.put_doc(manifest_doc(snapshot_id), raw.encode())
+    return snapshot_id
+
+
+class TestHostileManifest:
+    @pytest.mark.parametrize(
+        "name", ["../evil.py", "/tmp/evil.py", "a/../../evil.py", "./x", "a//b", "a\\..\\b"]
+    )
+    def test_names_escaping_the_folder_are_refused(self, tmp_path, name):
+        store = LocalDatastore(tmp_path / "objects")
+        data = b"evil\n"
+        digest = hash_bytes(data)
+        store.put_doc(f"source/files/{digest[:2]}/{digest}", data)
+        snapshot_id = plant(store, {"ok.py": {"hash": digest, "size": 5}, name: {"hash": digest}})
+        dest = tmp_path / "deep" / "out"
+        with pytest.raises(SnapshotError, match="outside the folder"):
+            restore_snapshot(snapshot_id, store, dest)
+        assert not dest.exists()  # refused before anything was written
+        assert not (tmp_path / "deep" / "evil.py").exists()
+
+    def test_links_leading_outside_are_not_made(self, tmp_path):
+        store = LocalDatastore(tmp_path / "objects")
+
+        def link(target):
+            return {
+                "hash": hash_bytes(b"symlink\0" + target.encode()),
+                "kind": "link",
+                "link": target,
+            }
+
+        snapshot_id = plant(
+            store,
+            {
+                "abs": link("/etc"),
+                "up": link("../outside"),
+                "here": link("."),
+                "chain": link("here/.."),
+                "fine": link("here"),
+            },
+        )
+        done = restore_snapshot(snapshot_id, store, tmp_path / "out")
+        assert set(done.skipped) == {"abs", "up", "chain"}
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fine", "here"]
+
+    def test_a_file_under_a_link_of_the_snapshot_is_refused(self, tmp_path):
+        store = LocalDatastore(tmp_path / "objects")
+        (tmp_path / "victim").mkdir()
+        data = b"evil\n"
+        digest = hash_bytes(data)
+        store.put_doc(f"source/files/{digest[:2]}/{digest}", data)
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "sub").symlink_to(tmp_path / "victim")
+        snapshot_id = plant(store, {"sub/x.py": {"hash": digest, "size": 5}})
+        with pytest.raises(SnapshotError, match="is a link"):
+            restore_snapshot(snapshot_id, store, out, force=True)
+        assert not (tmp_path / "victim" / "x.py").exists()
+
+
+def test_manifest_round_trip():
+    digest = "0" * 32
+    manifest = SnapshotManifest(content_hash({"a.py": digest}), (SnapshotFile("a.py", digest, 3),))
+    assert SnapshotManifest.from_json(manifest.to_json(), manifest.id) == manifest

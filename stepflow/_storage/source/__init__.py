@@ -5,6 +5,10 @@
 the git commit and dirty flag. Two runs with equal ``content_hash`` ran with the same files;
 :func:`diff` of two manifests says which files differ (``stepflow runs compare``, ``--resume``).
 
+Storing the files themselves, each once by hash in the datastore, and restoring them is
+:mod:`stepflow._storage.source.store` (``store_snapshot``, ``snapshot_manifest``,
+``restore_snapshot``): the snapshot id is the ``content_hash`` below.
+
 Which files count
     Ignore files use git's syntax and are compiled by :mod:`pathspec` (``GitIgnoreSpec``), never
     matched by hand. For each path, the first of these that has an opinion decides:
@@ -75,11 +79,14 @@ if TYPE_CHECKING:
     import pathspec
 
 __all__ = [
+    "Scan",
     "SourceDiff",
     "SourceRecordError",
     "SourceSnapshot",
+    "content_hash",
     "diff",
     "git_facts",
+    "scan",
     "snapshot",
 ]
 
@@ -229,6 +236,25 @@ def snapshot(rootdir: Path, *, home: Path | None = None) -> SourceSnapshot:
 
     :raises UsageError: ``rootdir`` is not a folder.
     """
+    return scan(rootdir, home=home).snapshot
+
+
+@attrs.frozen
+class Scan:
+    """A snapshot with what storing it needs: where the project is and each file's stat."""
+
+    snapshot: SourceSnapshot
+    root: Path
+    #: relative posix path -> the ``lstat`` taken when the file was hashed (absent for the
+    #: entries that are ``UNREADABLE``)
+    stats: Mapping[str, os.stat_result] = attrs.field(hash=False)
+
+
+def scan(rootdir: Path, *, home: Path | None = None) -> Scan:
+    """:func:`snapshot`, keeping each file's stat (for sizes and modes) beside it.
+
+    :raises UsageError: ``rootdir`` is not a folder.
+    """
     root = Path(rootdir)
     if not root.is_dir():
         raise UsageError(
@@ -248,13 +274,19 @@ def snapshot(rootdir: Path, *, home: Path | None = None) -> SourceSnapshot:
         ]
         cache.keep_walk(seen.record(home_rel))
     files: dict[str, str] = {}
+    stats: dict[str, os.stat_result] = {}
     for rel, path in listing:
-        digest = UNREADABLE if path is None else _digest(rel, path, cache, now)
+        if path is None:
+            files[rel] = UNREADABLE
+            continue
+        digest, st = _digest(rel, path, cache, now)
         if digest is not None:
             files[rel] = digest
+            if st is not None and digest != UNREADABLE:
+                stats[rel] = st
     cache.save()
     commit, dirty = git_facts(root, exclude=() if home_rel is None else (home_rel,))
-    return SourceSnapshot(_content_hash(files), files, commit, dirty)
+    return Scan(SourceSnapshot(content_hash(files), files, commit, dirty), root, stats)
 
 
 def git_facts(rootdir: Path, *, exclude: tuple[str, ...] = ()) -> tuple[str | None, bool | None]:
@@ -468,34 +500,43 @@ def _unchanged_walk(
     return listing
 
 
-def _digest(rel: str, path: str, cache: _StatCache, now: int) -> str | None:
-    """The hash of one file or symlink (None if it vanished), through the stat cache."""
+def _digest(
+    rel: str, path: str, cache: _StatCache, now: int
+) -> tuple[str | None, os.stat_result | None]:
+    """The hash of one file or symlink (None if it vanished) and its stat, through the stat
+    cache."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return None
+        return None, None
     except OSError:
-        return UNREADABLE
+        return UNREADABLE, None
     stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
     cached = cache.get(rel, stamp)
     if cached is not None:
-        return cached
+        return cached, st
     try:
         if stat.S_ISLNK(st.st_mode):
             # Tagged, so a link and a file holding its target text hash apart.
-            digest = hash_bytes(b"symlink\0" + os.fsencode(os.readlink(path)))
+            digest = hash_bytes(link_bytes(os.readlink(path)))
         else:
             digest = hash_file(path)
     except FileNotFoundError:
-        return None
+        return None, None
     except OSError:
-        return UNREADABLE
+        return UNREADABLE, None
     if now - st.st_mtime_ns > _RACY_NS:
         cache.put(rel, stamp, digest)
-    return digest
+    return digest, st
 
 
-def _content_hash(files: Mapping[str, str]) -> str:
+def link_bytes(target: str) -> bytes:
+    """What a symlink's manifest hash is taken over: its target text, tagged."""
+    return b"symlink\0" + os.fsencode(target)
+
+
+def content_hash(files: Mapping[str, str]) -> str:
+    """The hash over a manifest (path -> file hash): a snapshot's ``content_hash``."""
     state = xxhash.xxh3_128(_ALGORITHM)
     for path in sorted(files):
         # Length prefixes: no two different manifests can produce the same byte stream.
