@@ -1383,8 +1383,9 @@ class TestKeptOnDisk:
         flow = load(flow=self.STEP, helpers=HELPERS)
         without = fingerprint(flow.fetched_data)
         from stepflow._storage import fingerprint as module
+        from stepflow._storage.fingerprint import _store
 
         module._results.clear()
-        module._files.clear()
+        _store._files.clear()
         with_cache = fingerprint(flow.fetched_data, cache_dir=tmp_path / "fp")
         assert with_cache == without

@@ -1,0 +1,197 @@
+"""What a fingerprint computed in this process depends on, and whether each of those still holds.
+
+Each witness records one lookup or value the walk read (a global, a closure cell, an attribute,
+a mutable value, what an import inside a function binds), with what it found; ``holds()`` asks
+again. A reused fingerprint is one whose witnesses all still hold.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from stepflow._storage.fingerprint._kinds import _USER, _External, _locate, _located
+from stepflow._storage.fingerprint._source import _hash, _Import
+from stepflow._storage.fingerprint._values import _content, _describe, _encode, _members
+
+#: what a lookup finds when the name is not bound (unlike None, which a name can be bound to)
+_MISSING = object()
+
+
+def _cell_contents(cell: types.CellType) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return _MISSING
+
+
+class _Lookup(NamedTuple):
+    """A name looked up in a namespace (module globals, a module's attributes)."""
+
+    mapping: Mapping[str, Any]
+    key: str
+    #: the object found, or _MISSING
+    found: Any
+
+    def holds(self) -> bool:
+        return self.mapping.get(self.key, _MISSING) is self.found
+
+
+class _Cell(NamedTuple):
+    """A closure variable."""
+
+    cell: types.CellType
+    #: its contents, or _MISSING while the variable is not assigned
+    contents: Any
+
+    def holds(self) -> bool:
+        return _cell_contents(self.cell) is self.contents
+
+
+class _Attr(NamedTuple):
+    """An attribute of a function that the result depends on (``__code__``, defaults)."""
+
+    obj: Any
+    name: str
+    value: Any
+
+    def holds(self) -> bool:
+        return getattr(self.obj, self.name, _MISSING) is self.value
+
+
+class _Value(NamedTuple):
+    """A mutable simple constant (a list, dict or set of constants), by its encoding."""
+
+    value: Any
+    #: digest of its encoding
+    digest: str
+
+    def holds(self) -> bool:
+        encoded = _encode(self.value)
+        return encoded is not None and _hash(encoded) == self.digest
+
+
+class _Object(NamedTuple):
+    """Code referred to as a value, or an object that cannot be hashed, by type and repr."""
+
+    obj: Any
+    #: digest of its type and repr
+    digest: str
+
+    def holds(self) -> bool:
+        return _hash(_describe(self.obj)) == self.digest
+
+
+class _Members(NamedTuple):
+    """A container or user-class instance counted member by member."""
+
+    obj: Any
+    #: its ``_members`` then: which members, and which object each one was
+    members: list[tuple[str, str, Any]]
+
+    def holds(self) -> bool:
+        now = _members(self.obj)
+        return (
+            now is not None
+            and len(now) == len(self.members)
+            and all(a[0] == b[0] and a[2] is b[2] for a, b in zip(now, self.members, strict=True))
+        )
+
+
+class _Content(NamedTuple):
+    """Data counted by content (an array, a frame, a large container)."""
+
+    obj: Any
+    #: digest of its content
+    digest: str
+
+    def holds(self) -> bool:
+        # Hashed again: an array or frame can be changed in place under the same name.
+        return _content(self.obj) == self.digest
+
+
+class _Imports(NamedTuple):
+    """The imports inside a function or class, and what they bound."""
+
+    imports: tuple[_Import, ...]
+    package: str | None
+    bound: dict[str, Any]
+
+    def holds(self) -> bool:
+        now = _resolve_imports(self.imports, self.package)
+        then = self.bound
+        return now.keys() == then.keys() and all(
+            # _Unimported markers are made afresh each time: compare them by value.
+            now[k] is then[k] or (isinstance(now[k], _Unimported) and now[k] == then[k])
+            for k in now
+        )
+
+
+_Witness = _Lookup | _Cell | _Attr | _Value | _Object | _Members | _Content | _Imports
+
+
+def _still_valid(witnesses: tuple[_Witness, ...]) -> bool:
+    for witness in witnesses:
+        if not witness.holds():
+            return False
+    return True
+
+
+class _Unimported(NamedTuple):
+    """A library module (or a name in one) that a function imports but nobody has yet."""
+
+    kind: _External
+    name: str
+
+
+def _resolve_imports(imports: tuple[_Import, ...], package: str | None) -> dict[str, Any]:
+    """What each import inside a function binds, without importing any library."""
+    bound: dict[str, Any] = {}
+    for imp in imports:
+        target = _import(imp.module, imp.level, package)
+        if target is None:
+            continue  # fails when it runs; failures are never cached
+        if imp.top and isinstance(target, types.ModuleType):
+            target = sys.modules.get(imp.module.partition(".")[0], target)
+        elif imp.top:
+            target = _Unimported(target.kind, imp.module.partition(".")[0])
+        if imp.attr:
+            if isinstance(target, _Unimported):
+                target = _Unimported(target.kind, f"{target.name}.{imp.attr}")
+            else:
+                attr = vars(target).get(imp.attr, _MISSING)
+                if attr is _MISSING:
+                    # ``from pkg import submodule``, with the submodule not imported yet
+                    attr = _import(f"{target.__name__}.{imp.attr}", 0, None)
+                if attr is None or attr is _MISSING:
+                    continue
+                target = attr
+        bound[imp.bound] = target
+    return bound
+
+
+def _import(module: str, level: int, package: str | None) -> types.ModuleType | _Unimported | None:
+    """The module, imported if it is user code; a library is only located, never imported:
+    a fully cached run must not pay for importing pandas."""
+    try:
+        name = importlib.util.resolve_name("." * level + module, package) if level else module
+    except (ImportError, ValueError):
+        return None
+    found = sys.modules.get(name)
+    if found is not None:
+        return found
+    top = name.partition(".")[0]
+    kind = _located.get(top) or _locate(top)
+    if kind is None:
+        return None
+    if kind != _USER:
+        return _Unimported(kind, name)  # type: ignore[arg-type]
+    try:
+        # User code imported inside a step: importing it here is what running the step does.
+        return importlib.import_module(name)
+    except Exception:  # an import that fails fails the step too, and is never cached
+        return None
