@@ -63,10 +63,18 @@ Reuse across processes
     Given ``cache_dir`` (``<home>/fingerprints``, passed by the cache-key code), the parts that
     follow from files alone are kept there: every function and class of a source file,
     normalized, under a hash of the file's text, and library versions under a signature of
-    the import path (see ``_Store``). A later process then reads a file's text and hashes it
+    the import path (see ``_store._Store``). A later process then reads a file's text and hashes it
     instead of parsing it. Everything that resolves names (globals, module constants, closure
     variables, which file an import finds) is done again in each process: a constant that a
     module computes from an environment variable must count by this process's value.
+
+How the code is laid out, each module depending only on those before it
+    ``_source`` parses a file and normalizes its functions and classes; ``_store`` keeps that
+    analysis per file in this process and in the home; ``_kinds`` tells user code from
+    libraries and the standard library; ``_values`` says how a value counts; ``_witnesses``
+    records what a result depends on, to reuse it while all of that holds; ``_graph`` walks
+    from the function over everything it references; this module puts the pieces into a
+    digest.
 """
 
 from __future__ import annotations

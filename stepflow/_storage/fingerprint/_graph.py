@@ -51,6 +51,8 @@ from stepflow._storage.fingerprint._witnesses import (
     _Witness,
 )
 
+# --- what a function's or class's code says ----------------------------------------------
+
 
 def _function_source(func: types.FunctionType) -> _FunctionEntry | None:
     """The definition of ``func`` in its source file, or None when there is none to trust."""
@@ -157,7 +159,12 @@ def _class_static(cls: type) -> _Static | None:
     return static
 
 
+# --- the graph ---------------------------------------------------------------------------
+
+
 class _Piece:
+    """One thing that goes into a fingerprint: a function, class, module, value or library."""
+
     __slots__ = ("content", "edges", "kind", "label", "obj")
 
     def __init__(self, kind: str, label: str, content: str, obj: Any = None) -> None:
@@ -172,6 +179,8 @@ class _Piece:
 
 
 class _Graph:
+    """The pieces reached from one function, in discovery order, and what they depend on."""
+
     def __init__(self) -> None:
         self.pieces: list[_Piece] = []
         self.keys: dict[Any, int] = {}

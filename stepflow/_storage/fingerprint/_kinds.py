@@ -203,6 +203,8 @@ def _function_kind(func: types.FunctionType) -> _Kind:
     return _module_kind(module) if isinstance(module, str) else _USER
 
 
+# --- import names nobody has imported yet ------------------------------------------------
+
 #: top-level library names located without importing them; user code is not kept here,
 #: since it ends up in sys.modules
 _located: dict[str, _External] = {}

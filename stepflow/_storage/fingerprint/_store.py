@@ -33,31 +33,6 @@ def _text_digest(text: str) -> str:
     return _hash(f"{_ALGORITHM}|{_STORE_FORMAT}|{sys.implementation.cache_tag}|{text}")
 
 
-_files: dict[str, _FileIndex] = {}
-
-
-def _file_index(filename: str, module_globals: Mapping[str, Any] | None) -> _FileIndex | None:
-    linecache.checkcache(filename)
-    lines = linecache.getlines(filename, module_globals)
-    if not lines:
-        return None
-    store = _active_store.get()
-    found = _files.get(filename)
-    # linecache replaces the list when the file changes, so identity says "same text".
-    if found is None or found.lines is not lines:
-        text = "".join(lines)
-        digest = _text_digest(text)
-        found = store.source(digest, lines) if store is not None else None
-        if found is None:
-            found = _analyse(filename, text, lines, digest)
-            if found is None:
-                return None
-        _files[filename] = found
-    if store is not None and store.folder not in found.saved:
-        store.save_source(found)
-    return found
-
-
 class _Store:
     """Analysis that later processes can reuse, in a folder of the stepflow home.
 
@@ -208,3 +183,30 @@ def _store_at(folder: str | os.PathLike[str]) -> _Store:
     if store is None:
         store = _stores[key] = _Store(key)
     return store
+
+
+#: filename -> its analysis, for as long as linecache holds the same text
+_files: dict[str, _FileIndex] = {}
+
+
+def _file_index(filename: str, module_globals: Mapping[str, Any] | None) -> _FileIndex | None:
+    """A source file's analysis: from this process, from the active store, or made now."""
+    linecache.checkcache(filename)
+    lines = linecache.getlines(filename, module_globals)
+    if not lines:
+        return None
+    store = _active_store.get()
+    found = _files.get(filename)
+    # linecache replaces the list when the file changes, so identity says "same text".
+    if found is None or found.lines is not lines:
+        text = "".join(lines)
+        digest = _text_digest(text)
+        found = store.source(digest, lines) if store is not None else None
+        if found is None:
+            found = _analyse(filename, text, lines, digest)
+            if found is None:
+                return None
+        _files[filename] = found
+    if store is not None and store.folder not in found.saved:
+        store.save_source(found)
+    return found

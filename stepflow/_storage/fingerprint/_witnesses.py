@@ -141,6 +141,9 @@ def _still_valid(witnesses: tuple[_Witness, ...]) -> bool:
     return True
 
 
+# --- what an import inside a function binds ----------------------------------------------
+
+
 class _Unimported(NamedTuple):
     """A library module (or a name in one) that a function imports but nobody has yet."""
 
