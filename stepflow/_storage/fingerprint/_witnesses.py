@@ -29,69 +29,100 @@ def _cell_contents(cell: types.CellType) -> Any:
         return _MISSING
 
 
-class _Lookup(NamedTuple):
+class _Witness:
+    """One thing a fingerprint depends on, with what was found; ``holds()`` looks again.
+
+    Plain slotted classes rather than NamedTuples or attrs: each of those costs a fraction of a
+    millisecond to define, and this module is imported on every run, cached or not.
+    """
+
+    __slots__ = ()
+
+    def holds(self) -> bool:
+        raise NotImplementedError
+
+
+class _Lookup(_Witness):
     """A name looked up in a namespace (module globals, a module's attributes)."""
 
-    mapping: Mapping[str, Any]
-    key: str
-    #: the object found, or _MISSING
-    found: Any
+    __slots__ = ("found", "key", "mapping")
+
+    def __init__(self, mapping: Mapping[str, Any], key: str, found: Any) -> None:
+        self.mapping = mapping
+        self.key = key
+        #: the object found, or _MISSING
+        self.found = found
 
     def holds(self) -> bool:
         return self.mapping.get(self.key, _MISSING) is self.found
 
 
-class _Cell(NamedTuple):
+class _Cell(_Witness):
     """A closure variable."""
 
-    cell: types.CellType
-    #: its contents, or _MISSING while the variable is not assigned
-    contents: Any
+    __slots__ = ("cell", "contents")
+
+    def __init__(self, cell: types.CellType, contents: Any) -> None:
+        self.cell = cell
+        #: its contents, or _MISSING while the variable is not assigned
+        self.contents = contents
 
     def holds(self) -> bool:
         return _cell_contents(self.cell) is self.contents
 
 
-class _Attr(NamedTuple):
+class _Attr(_Witness):
     """An attribute of a function that the result depends on (``__code__``, defaults)."""
 
-    obj: Any
-    name: str
-    value: Any
+    __slots__ = ("name", "obj", "value")
+
+    def __init__(self, obj: Any, name: str, value: Any) -> None:
+        self.obj = obj
+        self.name = name
+        self.value = value
 
     def holds(self) -> bool:
         return getattr(self.obj, self.name, _MISSING) is self.value
 
 
-class _Value(NamedTuple):
+class _Value(_Witness):
     """A mutable simple constant (a list, dict or set of constants), by its encoding."""
 
-    value: Any
-    #: digest of its encoding
-    digest: str
+    __slots__ = ("digest", "value")
+
+    def __init__(self, value: Any, digest: str) -> None:
+        self.value = value
+        #: digest of its encoding
+        self.digest = digest
 
     def holds(self) -> bool:
         encoded = _encode(self.value)
         return encoded is not None and _hash(encoded) == self.digest
 
 
-class _Object(NamedTuple):
+class _Object(_Witness):
     """Code referred to as a value, or an object that cannot be hashed, by type and repr."""
 
-    obj: Any
-    #: digest of its type and repr
-    digest: str
+    __slots__ = ("digest", "obj")
+
+    def __init__(self, obj: Any, digest: str) -> None:
+        self.obj = obj
+        #: digest of its type and repr
+        self.digest = digest
 
     def holds(self) -> bool:
         return _hash(_describe(self.obj)) == self.digest
 
 
-class _Members(NamedTuple):
+class _Members(_Witness):
     """A container or user-class instance counted member by member."""
 
-    obj: Any
-    #: its ``_members`` then: which members, and which object each one was
-    members: list[tuple[str, str, Any]]
+    __slots__ = ("members", "obj")
+
+    def __init__(self, obj: Any, members: list[tuple[str, str, Any]]) -> None:
+        self.obj = obj
+        #: its ``_members`` then: which members, and which object each one was
+        self.members = members
 
     def holds(self) -> bool:
         now = _members(self.obj)
@@ -102,24 +133,32 @@ class _Members(NamedTuple):
         )
 
 
-class _Content(NamedTuple):
+class _Content(_Witness):
     """Data counted by content (an array, a frame, a large container)."""
 
-    obj: Any
-    #: digest of its content
-    digest: str
+    __slots__ = ("digest", "obj")
+
+    def __init__(self, obj: Any, digest: str) -> None:
+        self.obj = obj
+        #: digest of its content
+        self.digest = digest
 
     def holds(self) -> bool:
         # Hashed again: an array or frame can be changed in place under the same name.
         return _content(self.obj) == self.digest
 
 
-class _Imports(NamedTuple):
+class _Imports(_Witness):
     """The imports inside a function or class, and what they bound."""
 
-    imports: tuple[_Import, ...]
-    package: str | None
-    bound: dict[str, Any]
+    __slots__ = ("bound", "imports", "package")
+
+    def __init__(
+        self, imports: tuple[_Import, ...], package: str | None, bound: dict[str, Any]
+    ) -> None:
+        self.imports = imports
+        self.package = package
+        self.bound = bound
 
     def holds(self) -> bool:
         now = _resolve_imports(self.imports, self.package)
@@ -129,9 +168,6 @@ class _Imports(NamedTuple):
             now[k] is then[k] or (isinstance(now[k], _Unimported) and now[k] == then[k])
             for k in now
         )
-
-
-_Witness = _Lookup | _Cell | _Attr | _Value | _Object | _Members | _Content | _Imports
 
 
 def _still_valid(witnesses: tuple[_Witness, ...]) -> bool:
