@@ -36,42 +36,70 @@ class _Import(NamedTuple):
     top: bool = False
 
 
-class _Static(NamedTuple):
+# The records below are plain slotted classes, not NamedTuples: a NamedTuple costs about a
+# quarter of a millisecond to define, and this package is imported on every run. _Import stays
+# one: it is written to disk as a JSON list.
+
+
+class _Static:
     """What a function or class's code says, independent of what its names are bound to."""
 
-    #: digest of the normalized AST (or of the code object, when there is no source)
-    content: str
-    #: dotted names read by the code, e.g. ("helpers", "clean"), sorted
-    refs: tuple[tuple[str, ...], ...]
-    #: False when the code object stood in for missing source
-    source: bool
-    #: imports inside the code; the names they bind resolve through them, not the globals
-    imports: tuple[_Import, ...] = ()
+    __slots__ = ("content", "imports", "refs", "source")
+
+    def __init__(
+        self,
+        content: str,
+        refs: tuple[tuple[str, ...], ...],
+        source: bool,
+        imports: tuple[_Import, ...] = (),
+    ) -> None:
+        #: digest of the normalized AST (or of the code object, when there is no source)
+        self.content = content
+        #: dotted names read by the code, e.g. ("helpers", "clean"), sorted
+        self.refs = refs
+        #: False when the code object stood in for missing source
+        self.source = source
+        #: imports inside the code; the names they bind resolve through them, not the globals
+        self.imports = imports
 
 
-class _NodeStatic(NamedTuple):
+class _NodeStatic:
     """What one function definition says, from the file's text alone (so it can be kept on
     disk under a hash of that text); ``_ast_static`` completes it with the compiled code."""
 
-    #: digest of the normalized AST
-    content: str
-    #: dotted names read outside the body (decorators, defaults, annotations), sorted
-    head: tuple[tuple[str, ...], ...]
-    #: dotted names read in the body, sorted; only the compiled code can tell which of them
-    #: are globals or closure variables rather than locals
-    body: tuple[tuple[str, ...], ...]
-    imports: tuple[_Import, ...]
+    __slots__ = ("body", "content", "head", "imports")
+
+    def __init__(
+        self,
+        content: str,
+        head: tuple[tuple[str, ...], ...],
+        body: tuple[tuple[str, ...], ...],
+        imports: tuple[_Import, ...],
+    ) -> None:
+        #: digest of the normalized AST
+        self.content = content
+        #: dotted names read outside the body (decorators, defaults, annotations), sorted
+        self.head = head
+        #: dotted names read in the body, sorted; only the compiled code can tell which of
+        #: them are globals or closure variables rather than locals
+        self.body = body
+        self.imports = imports
 
 
-class _FunctionEntry(NamedTuple):
+class _FunctionEntry:
     """A function definition in a file."""
 
-    #: parameter names in ``co_varnames`` order, to tell same-named definitions apart
-    params: tuple[str, ...]
-    #: normalized as the step being fingerprinted: all its decorators dropped
-    as_root: _NodeStatic
-    #: normalized as a helper: only ``@step`` decorators dropped
-    as_helper: _NodeStatic
+    __slots__ = ("as_helper", "as_root", "params")
+
+    def __init__(
+        self, params: tuple[str, ...], as_root: _NodeStatic, as_helper: _NodeStatic
+    ) -> None:
+        #: parameter names in ``co_varnames`` order, to tell same-named definitions apart
+        self.params = params
+        #: normalized as the step being fingerprinted: all its decorators dropped
+        self.as_root = as_root
+        #: normalized as a helper: only ``@step`` decorators dropped
+        self.as_helper = as_helper
 
 
 class _FileIndex:
