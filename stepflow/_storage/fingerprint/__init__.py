@@ -121,7 +121,7 @@ def fingerprint(
 
     :param cache_dir: a folder where the analysis of source files and the versions of
         libraries are kept for later processes (``<home>/fingerprints``); only what cannot
-        go stale is kept there (see ``_Store``), so the result is the same with or without.
+        go stale is kept there (see ``_store._Store``), so the result is the same with or without.
     """
     cached = _results.get(id(func))
     if cached is not None and cached[0] is func and _still_valid(cached[1]):
