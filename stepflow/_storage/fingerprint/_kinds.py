@@ -1,5 +1,7 @@
-"""Where code comes from: user code, a library (by distribution and version), the standard
-library, or nothing at all (builtins)."""
+"""Where code comes from: user code, a library (by distribution and version), or Python itself.
+
+Builtins count as nothing; the standard library by the Python version.
+"""
 
 from __future__ import annotations
 
