@@ -88,7 +88,7 @@ import attrs
 from stepflow._storage.fingerprint._graph import _Graph, _Piece
 from stepflow._storage.fingerprint._source import _ALGORITHM, _hash
 from stepflow._storage.fingerprint._store import _active_store, _store_at
-from stepflow._storage.fingerprint._witnesses import _still_valid, _Witness
+from stepflow._storage.fingerprint._witnesses import _MISSING, _still_valid, _Witness
 
 __all__ = ["Fingerprint", "fingerprint"]
 
@@ -134,7 +134,11 @@ def fingerprint(
 
 
 def _fingerprint(func: Callable[..., Any]) -> Fingerprint:
-    label = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+    # repr() only when there is no __qualname__: a default argument is computed every time.
+    qualname = getattr(func, "__qualname__", _MISSING)
+    if qualname is _MISSING:
+        qualname = repr(func)
+    label = f"{getattr(func, '__module__', '?')}.{qualname}"
     graph = _Graph()
     graph.root = func
     index, detail = graph.visit(func, label)
