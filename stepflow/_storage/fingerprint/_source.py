@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import threading
 import types
-from typing import Any, NamedTuple
+from typing import Any
 
 import xxhash
 
@@ -22,23 +22,25 @@ def _hash(text: str) -> str:
     return xxhash.xxh3_128_hexdigest(text.encode("utf-8", "surrogatepass"))
 
 
-class _Import(NamedTuple):
+# The records below are plain slotted classes, not NamedTuples: a NamedTuple costs about a
+# quarter of a millisecond to define, and this package is imported on every run.
+
+
+class _Import:
     """An import statement inside a function or class: it binds a name there, not globally."""
 
-    #: the name it binds
-    bound: str
-    #: the module it imports (relative to the package when ``level`` > 0)
-    module: str
-    #: ``from module import attr``; empty for ``import module``
-    attr: str
-    level: int
-    #: ``import a.b`` binds the top-level package ``a``
-    top: bool = False
+    __slots__ = ("attr", "bound", "level", "module", "top")
 
-
-# The records below are plain slotted classes, not NamedTuples: a NamedTuple costs about a
-# quarter of a millisecond to define, and this package is imported on every run. _Import stays
-# one: it is written to disk as a JSON list.
+    def __init__(self, bound: str, module: str, attr: str, level: int, top: bool = False) -> None:
+        #: the name it binds
+        self.bound = bound
+        #: the module it imports (relative to the package when ``level`` > 0)
+        self.module = module
+        #: ``from module import attr``; empty for ``import module``
+        self.attr = attr
+        self.level = level
+        #: ``import a.b`` binds the top-level package ``a``
+        self.top = top
 
 
 class _Static:

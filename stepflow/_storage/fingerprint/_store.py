@@ -103,7 +103,7 @@ class _Store:
             for entry in entries
         ]
         classes = [
-            [name, static.content, static.refs, static.imports]
+            [name, static.content, static.refs, _imports_to_json(static.imports)]
             for name, static in index.classes.items()
         ]
         self.files.write(f"src-{index.digest}.json", {"functions": functions, "classes": classes})
@@ -161,8 +161,12 @@ def _imports(values: Any) -> tuple[_Import, ...]:
     return tuple(found)
 
 
+def _imports_to_json(imports: tuple[_Import, ...]) -> list[list[Any]]:
+    return [[i.bound, i.module, i.attr, i.level, i.top] for i in imports]
+
+
 def _node_to_json(node: _NodeStatic) -> list[Any]:
-    return [node.content, node.head, node.body, node.imports]
+    return [node.content, node.head, node.body, _imports_to_json(node.imports)]
 
 
 def _node_from_json(data: Any) -> _NodeStatic:

@@ -12,7 +12,7 @@ import importlib.util
 import sys
 import types
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from stepflow._storage.fingerprint._kinds import _USER, _External, _locate, _located
 from stepflow._storage.fingerprint._source import _hash, _Import
@@ -180,11 +180,23 @@ def _still_valid(witnesses: tuple[_Witness, ...]) -> bool:
 # --- what an import inside a function binds ----------------------------------------------
 
 
-class _Unimported(NamedTuple):
+class _Unimported:
     """A library module (or a name in one) that a function imports but nobody has yet."""
 
-    kind: _External
-    name: str
+    __slots__ = ("kind", "name")
+
+    def __init__(self, kind: _External, name: str) -> None:
+        self.kind = kind
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        # Made afresh on each resolution: equal when they name the same thing.
+        if not isinstance(other, _Unimported):
+            return NotImplemented
+        return self.kind == other.kind and self.name == other.name
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.name))
 
 
 def _resolve_imports(imports: tuple[_Import, ...], package: str | None) -> dict[str, Any]:
