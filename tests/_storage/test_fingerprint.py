@@ -1069,6 +1069,112 @@ class TestStability:
         assert fingerprint(flow.fetched_data) == fingerprint(flow.fetched_data)
 
 
+class TestPinnedDigests:
+    """Rule: a digest changes only with the algorithm's name (``_ALGORITHM``), never by accident.
+
+    The digests below were computed by the single-module fingerprint.py, before it became a
+    package; keys already in users' homes depend on them. The AST and bytecode differ between
+    Python versions (and the ``python:`` piece names the version), so they are pinned for one.
+    """
+
+    HELPERS = """
+        LIMIT = 2
+
+
+        def step(func):
+            return func
+
+
+        def clean(x):
+            return x + LIMIT
+
+
+        class Scale:
+            def __init__(self, k):
+                self.k = k
+
+            def apply(self, x):
+                return x * self.k
+    """
+    FLOW = """
+        import functools
+        import logging
+
+        import helpers
+        from helpers import clean, step
+
+        LOG = logging.getLogger("pinned")
+        TABLE = {"a": helpers.clean, "b": 2.5}
+        TAGS = {"x", "y"}
+        SCALE = helpers.Scale(3)
+        TWICE = functools.partial(helpers.clean, 2)
+        TRANSFORM = lambda x: x * 2  # noqa: E731
+        ROWS = [helpers.Scale(i) for i in range(70)]
+
+
+        @step
+        def fetched(x: int, limit: int = helpers.LIMIT) -> float:
+            '''Docstrings do not count.'''
+            import json
+
+            total = clean(x) + len(TAGS) + TABLE["b"] + SCALE.apply(x)
+            return total + TWICE(x) + len(json.dumps(x))
+
+
+        def outer(k):
+            def inner(x):
+                return x * k + helpers.LIMIT
+
+            return inner
+
+
+        closure = outer(3)
+
+
+        class Model:
+            def __init__(self, w):
+                self.w = w
+
+            def predict(self, x):
+                return clean(x) * self.w * len(ROWS)
+
+
+        def uses_class(x):
+            LOG.info("x")
+            return Model(2).predict(TRANSFORM(x))
+    """
+    #: Python 3.11: function, helper, constants, a set, a dict and an instance member by
+    #: member, a partial and a logger as objects, a large list by content, a local import,
+    #: a closure, a class, and a lambda by its code object
+    PINNED = {
+        "fetched": "345c4eee491e33f24dcc5bb58ffd8979",
+        "closure": "b6e5bf87c64e70e3b6dc57c0d4522be7",
+        "uses_class": "a240fa67340cb67fd86b4ba658d3009a",
+        "TRANSFORM": "becef34813fad36fdfe80f89bddef079",
+    }
+
+    @pytest.fixture(autouse=True)
+    def _python_3_11(self):
+        if sys.version_info[:2] != (3, 11):
+            pytest.skip("digests are pinned for Python 3.11, whose AST and bytecode they hash")
+
+    def test_digests_in_process(self, load):
+        """Fingerprints computed here, without a kept analysis, match the pinned digests."""
+        flow = load(flow=self.FLOW, helpers=self.HELPERS)
+        digests = {name: fingerprint(getattr(flow, name)).digest for name in self.PINNED}
+        assert digests == self.PINNED
+
+    def test_digests_with_kept_analysis(self, tmp_path):
+        """The same digests from a fresh process that keeps, then reads, its analysis."""
+        write(tmp_path / "src", flow=self.FLOW, helpers=self.HELPERS)
+        cache = tmp_path / "fingerprints"
+        for name, digest in self.PINNED.items():
+            assert fresh(tmp_path / "src", cache, func=name)[0] == digest
+        # Every file's analysis is on disk now: a process that cannot parse agrees too.
+        for name, digest in self.PINNED.items():
+            assert fresh(tmp_path / "src", cache, func=name, setup=_NO_PARSING)[0] == digest
+
+
 # A fingerprint computed in a fresh process; the script patches out what the test forbids.
 _FRESH = """
 import json, sys
@@ -1277,8 +1383,9 @@ class TestKeptOnDisk:
         flow = load(flow=self.STEP, helpers=HELPERS)
         without = fingerprint(flow.fetched_data)
         from stepflow._storage import fingerprint as module
+        from stepflow._storage.fingerprint import _store
 
         module._results.clear()
-        module._files.clear()
+        _store._files.clear()
         with_cache = fingerprint(flow.fetched_data, cache_dir=tmp_path / "fp")
         assert with_cache == without
