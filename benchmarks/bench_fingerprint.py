@@ -96,7 +96,9 @@ for func in funcs:
 t4 = time.perf_counter()
 out = {{"import": t1 - t0, "fingerprint": t3 - t2, "again": t4 - t3}}
 if {keys!r}:
+    from stepflow._storage.datastore import LocalDatastore
     from stepflow._storage.serializers import builtin_serializers
+    store = LocalDatastore(home / "objects")
     plan = pipe.plan()
     serializers = builtin_serializers()
     def keys():
@@ -105,7 +107,8 @@ if {keys!r}:
             spec = plan.dag.steps[name]
             inputs = {{p.name: hashes[p.name] for p in spec.inputs if p.name in hashes}}
             key = cachekey.plan_key(
-                plan, name, inputs=inputs, serializers=serializers, backend_env={{}}, home=home
+                plan, name, inputs=inputs, serializers=serializers, backend_env={{}}, home=home,
+                store=store,
             )
             for port in spec.outputs:
                 hashes[port.name] = key.digest
