@@ -180,7 +180,11 @@ class Journal:
             try:
                 # Looked up again: the run's own handle may have been closed meanwhile (a
                 # home deleted and made anew); then there is no row left to update.
-                open_records(self.runner.config.home).set_source(self.runner.run_id, source)
+                records = open_records(self.runner.config.home)
+                try:
+                    records.set_source(self.runner.run_id, source)
+                finally:
+                    records.close()
             except Exception as exc:  # a missing snapshot must not fail the run
                 if is_storage_fault(exc):
                     exc = storage_error(

@@ -300,19 +300,20 @@ class RunRecords:
             if found is not None:
                 if found._file_id == _file_id(path) != -1:
                     _shared[key] = _shared.pop(key)  # most recently used last
+                    found._users += 1
                     return found
                 # The file was deleted or replaced (rm -rf .stepflow): never write to a
                 # database nobody can read any more.
                 del _shared[key]
-                found._really_close()
+                found._retire()
             with writing(path, "the run records"):
                 records = cls(path)
             records._is_shared = True
             records._file_id = _file_id(path)
+            records._users = 1
             _shared[key] = records
             while len(_shared) > _SHARED_MAX:
-                oldest = _shared.pop(next(iter(_shared)))
-                oldest._really_close()
+                _shared.pop(next(iter(_shared)))._retire()
             return records
 
     @classmethod
@@ -432,10 +433,27 @@ class RunRecords:
 
     _is_shared = False
     _file_id = -1
+    #: holders of a shared handle that have not closed it yet
+    _users = 0
+    #: no longer handed out by ``shared``: really closed by its last ``close``
+    _retired = False
 
     def close(self) -> None:
         """Close the database (a ``shared`` one stays open for the next run)."""
         if not self._is_shared:
+            self._really_close()
+            return
+        with _shared_lock:
+            self._users -= 1
+            if self._users <= 0 and self._retired:
+                self._really_close()
+
+    def _retire(self) -> None:
+        """Taken out of the shared handles (called under ``_shared_lock``): closed now if
+        nobody uses it, else by its last user's ``close``. A run, or a run's snapshot
+        thread, must never find its handle closed under it because other homes were opened."""
+        self._retired = True
+        if self._users <= 0:
             self._really_close()
 
     def _really_close(self) -> None:

@@ -185,7 +185,11 @@ def _earlier_outputs(
     if not path.is_file():
         return None
     try:
-        return RunRecords.shared(path).last_outputs(pipeline, step, key)
+        records = RunRecords.shared(path)
+        try:
+            return records.last_outputs(pipeline, step, key)
+        finally:
+            records.close()
     except Exception:  # explaining must not fail on damaged records; it just knows less
         return None
 

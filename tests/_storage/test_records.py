@@ -321,3 +321,16 @@ def test_a_full_disk_at_commit_is_a_storage_error_and_rolled_back(
     monkeypatch.setattr(records, "_db", real)
     records.write_steps("r1", [StepRow(name="b", state="ran")])
     assert [s.name for s in records.steps("r1")] == ["b"]
+
+
+def test_a_shared_handle_in_use_is_not_closed_by_opening_other_homes(tmp_path) -> None:
+    """Opening more homes than are kept open retires the oldest handle, but one still held
+    (a run in progress, its snapshot thread) stays usable until its holder closes it."""
+    held = RunRecords.shared(tmp_path / "held" / "runs.db")
+    others = [RunRecords.shared(tmp_path / f"other{i}" / "runs.db") for i in range(6)]
+    for other in others:
+        other.close()
+    assert held.runs() == []  # would raise "Cannot operate on a closed database"
+    held.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        held.runs()  # retired and no longer held: really closed
