@@ -20,9 +20,9 @@ __all__ = ["BUILTIN_PLUGINS", "make_plugin_manager", "serializers_of"]
 
 #: loaded first, through the same hooks third-party plugins use
 BUILTIN_PLUGINS = (
-    "stepflow._storage.builtin",
-    "stepflow._execution.local",
-    "stepflow._storage.registry_pins",
+    "stepflow._plugins.storage",
+    "stepflow._plugins.backends",
+    "stepflow._plugins.registry_pins",
 )
 
 

@@ -13,7 +13,7 @@ import pluggy
 import pytest
 
 from stepflow import _pluginmanager, hookspecs
-from stepflow._execution.local import LocalBackend, ProcessBackend
+from stepflow._plugins.backends import LocalBackend, ProcessBackend
 from stepflow._pluginmanager import BUILTIN_PLUGINS, make_plugin_manager
 from stepflow._storage import kept
 from stepflow.errors import PluginError
@@ -84,10 +84,10 @@ class TestBuiltins:
         assert pm.get_plugins() == set()
 
     def test_block_builtin(self):
-        """``no:stepflow._execution.local`` blocks the built-in plugin like any other."""
-        pm = make_plugin_manager(["no:stepflow._execution.local"], entrypoints=False)
-        assert not pm.has_plugin("stepflow._execution.local")
-        assert pm.is_blocked("stepflow._execution.local")
+        """``no:stepflow._plugins.backends`` blocks the built-in plugin like any other."""
+        pm = make_plugin_manager(["no:stepflow._plugins.backends"], entrypoints=False)
+        assert not pm.has_plugin("stepflow._plugins.backends")
+        assert pm.is_blocked("stepflow._plugins.backends")
         assert _kinds(pm) == {}
 
     def test_every_hook_has_a_caller(self):

@@ -388,7 +388,7 @@ def _split_pairs(values: list[str], flag: str) -> dict[str, str]:
 def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
     import attrs
 
-    from stepflow._surfaces.reporter import TerminalReporter, use_color
+    from stepflow._plugins.reporter import TerminalReporter, use_color
     from stepflow.errors import StorageWarning
 
     if args.resume or args.last_failed:
