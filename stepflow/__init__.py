@@ -34,7 +34,7 @@ _LAZY = {
     "Task": "stepflow._execution.task",
     "TaskError": "stepflow._execution.task",
     "TaskResult": "stepflow._execution.task",
-    "Pipeline": "stepflow._planning.pipeline",
+    "Pipeline": "stepflow._pipeline",
     "Datastore": "stepflow._storage.datastore",
     "Serializer": "stepflow._storage.serializers",
     "Hasher": "stepflow._storage.hashing",
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from stepflow._execution.context import StepContext, context
     from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
     from stepflow._execution.task import ArtifactRef, Task, TaskError, TaskResult
-    from stepflow._planning.pipeline import Pipeline
+    from stepflow._pipeline import Pipeline
     from stepflow._storage.datastore import Datastore
     from stepflow._storage.hashing import Hasher, register_hasher
     from stepflow._storage.serializers import Serializer

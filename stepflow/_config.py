@@ -11,7 +11,6 @@ from typing import Any
 
 import attrs
 
-from stepflow._storage.home import set_shared_home
 from stepflow.errors import UsageError
 
 __all__ = ["Config", "find_pyproject", "load_config"]
@@ -142,8 +141,12 @@ def load_config(
             raise UsageError(
                 f"{where}: shared_home must be true or false (a TOML boolean), got {shared!r}"
             )
-    # The modes this process (and the workers it starts) gives what it writes in the home.
-    set_shared_home(shared)
+    # The modes this process (and the workers it starts) gives what it writes in the home:
+    # storage reads the variable (``stepflow._storage.home.shared_home``).
+    if shared:
+        os.environ["STEPFLOW_SHARED_HOME"] = "1"
+    else:
+        os.environ.pop("STEPFLOW_SHARED_HOME", None)
 
     return Config(
         rootdir=rootdir,

@@ -6,25 +6,27 @@ import importlib
 import inspect
 import re
 import sys
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pluggy
 
 from stepflow import hookspecs
-from stepflow._storage.home import home_is_safe
 from stepflow.errors import PluginError
 
-__all__ = ["BUILTIN_PLUGINS", "make_plugin_manager", "serializers_of"]
+__all__ = ["BUILTIN_PLUGINS", "Keep", "make_plugin_manager", "serializers_of"]
 
 #: loaded first, through the same hooks third-party plugins use
 BUILTIN_PLUGINS = (
-    "stepflow._storage.builtin",
-    "stepflow._execution.local",
-    "stepflow._storage.registry_pins",
+    "stepflow._plugins.storage",
+    "stepflow._plugins.backends",
+    "stepflow._plugins.registry_pins",
 )
 
+
+#: ``keep(kind, compute)``: ``compute()``, or what it returned in an earlier process with the
+#: same import path (``stepflow._storage.kept.kept_in_home`` makes one for a home)
+Keep = Callable[[str, Callable[[], Any]], Any]
 
 #: (distribution, its version, entry-point name, entry-point value)
 _EntryPoint = tuple[str, str, str, str]
@@ -32,22 +34,20 @@ _EntryPoint = tuple[str, str, str, str]
 _ENTRY_POINTS: tuple[tuple[str, ...], list[_EntryPoint]] | None = None
 
 
-def _stepflow_entry_points(cache_dir: Path | None = None) -> list[_EntryPoint]:
+def _stepflow_entry_points(keep: Keep | None = None) -> list[_EntryPoint]:
     """The entry points of the ``stepflow`` group, scanned once per process and import path.
 
     Reading every installed distribution's metadata costs a fresh process 10-20 ms (with the
-    import of ``importlib.metadata``). With ``cache_dir`` (``<home>/fingerprints``) the scan
-    is kept for later processes until a ``sys.path`` folder changes, as installing or
+    import of ``importlib.metadata``). With ``keep`` (files in ``<home>/fingerprints``) the
+    scan is kept for later processes until a ``sys.path`` folder changes, as installing or
     removing a distribution does.
     """
     global _ENTRY_POINTS
     path = tuple(sys.path)
     if _ENTRY_POINTS is None or _ENTRY_POINTS[0] != path:
         found = None
-        if cache_dir is not None:
-            from stepflow._storage.kept import kept_for_import_path
-
-            found = _valid(kept_for_import_path(cache_dir, "entry-points", _scan_entry_points))
+        if keep is not None:
+            found = _valid(keep("entry-points", _scan_entry_points))
         if found is None:
             found = _scan_entry_points()
         _ENTRY_POINTS = (path, found)
@@ -107,8 +107,8 @@ class _PluginManager(pluggy.PluginManager):
         super().__init__(project_name)
         self._dists: list[tuple[object, _DistInfo]] = []
 
-    def load_stepflow_entrypoints(self, cache_dir: Path | None = None) -> None:
-        for dist, version, name, value in _stepflow_entry_points(cache_dir):
+    def load_stepflow_entrypoints(self, keep: Keep | None = None) -> None:
+        for dist, version, name, value in _stepflow_entry_points(keep):
             if self.get_plugin(name) is not None or self.is_blocked(name):
                 continue
             plugin = _load_entry_point(value)
@@ -139,14 +139,15 @@ def make_plugin_manager(
     *,
     entrypoints: bool = True,
     builtins: bool = True,
-    home: Path | None = None,
+    keep: Keep | None = None,
 ) -> pluggy.PluginManager:
     """Create the plugin manager.
 
     :param plugins: module names (``-p`` and ``[tool.stepflow] plugins``); ``no:NAME``
         blocks a plugin, as in pytest.
     :param entrypoints: load the ``stepflow`` entry-point group.
-    :param home: the stepflow home, where the scan of entry points is kept between processes.
+    :param keep: where the scan of entry points is kept between processes (see ``Keep``);
+        the plugin manager sits below storage, so the home's files are handed in.
     """
     pm = _PluginManager("stepflow")
     pm.add_hookspecs(hookspecs)
@@ -162,12 +163,8 @@ def make_plugin_manager(
             if not pm.is_blocked(name):
                 _register(pm, importlib.import_module(name), name)
     if entrypoints:
-        # The scan is kept in a home only once the home passed its check: the refusal itself
-        # comes from the first use of the home's store or records.
-        if home is not None and not home_is_safe(home):
-            home = None
         try:
-            pm.load_stepflow_entrypoints(None if home is None else home / "fingerprints")
+            pm.load_stepflow_entrypoints(keep)
         except PluginError:
             raise
         except Exception as exc:

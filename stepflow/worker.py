@@ -5,8 +5,8 @@ only transport. Two modes:
 
 ``python -m stepflow.worker --serve``
     Say ``READY``, then read framed tasks from stdin and write framed results to stdout
-    until stdin closes. A frame is an 8-byte big-endian length followed by a pickle. The
-    step's own prints go to stderr so they cannot corrupt the protocol.
+    until stdin closes (the protocol is in ``stepflow._execution.frames``). The step's own
+    prints go to stderr so they cannot corrupt the protocol.
 
 ``python -m stepflow.worker TASK_FILE RESULT_FILE``
     Run the pickled task in ``TASK_FILE`` and write the pickled result to ``RESULT_FILE``
@@ -26,7 +26,6 @@ import os
 import pickle
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from typing import Any, BinaryIO
 from stepflow._authoring.step import StepRef, StepSpec
 from stepflow._execution.capture import capturing, fd_output, step_output
 from stepflow._execution.context import StepContext, activate
+from stepflow._execution.frames import OUTPUT_ENV, READY, WATCH_ENV, read_frame, write_frame
 from stepflow._execution.invoke import StepRaised, invoke, task_error
 from stepflow._execution.loading import loading_step
 from stepflow._execution.task import Task, TaskError, TaskResult
@@ -46,43 +46,6 @@ from stepflow._storage.datastore import ArtifactMissingError, Datastore, LocalDa
 from stepflow._storage.serializers import builtin_serializers
 
 __all__ = ["OUTPUT_ENV", "READY", "WATCH_ENV", "execute_task", "main", "read_frame", "write_frame"]
-
-_HEADER = struct.Struct(">Q")
-
-#: the first frame a serving worker sends, once it is imported and ready for tasks
-READY = "stepflow-worker-ready"
-
-#: environment variable naming the file descriptor of the pipe whose other end the run's
-#: process holds: end-of-file on it means the run is gone, and the worker stops at once
-WATCH_ENV = "STEPFLOW_WORKER_LIFELINE"
-
-#: environment variable naming the folder where a serving worker captures each step's output
-OUTPUT_ENV = "STEPFLOW_WORKER_OUTPUT"
-
-
-def write_frame(stream: BinaryIO, obj: Any) -> None:
-    """Write one pickled object, length-prefixed."""
-    data = pickle.dumps(obj, protocol=5)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
-def read_frame(stream: BinaryIO) -> Any:
-    """Read one frame; raise ``EOFError`` when the stream ends cleanly before a frame."""
-    header = _read_exact(stream, _HEADER.size)
-    (length,) = _HEADER.unpack(header)
-    return pickle.loads(_read_exact(stream, length))  # noqa: S301 - our own parent process
-
-
-def _read_exact(stream: BinaryIO, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = stream.read(n)
-        if not chunk:
-            raise EOFError("stream closed")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
 
 
 def load_step(ref: StepRef) -> StepSpec:

@@ -13,9 +13,10 @@ import pluggy
 import pytest
 
 from stepflow import _pluginmanager, hookspecs
-from stepflow._execution.local import LocalBackend, ProcessBackend
 from stepflow._pluginmanager import BUILTIN_PLUGINS, make_plugin_manager
+from stepflow._plugins.backends import LocalBackend, ProcessBackend
 from stepflow._storage import kept
+from stepflow._storage.kept import kept_in_home
 from stepflow.errors import PluginError
 
 HOW_TO = Path(__file__).parents[1] / "docs" / "how-to" / "write-a-plugin.md"
@@ -84,10 +85,10 @@ class TestBuiltins:
         assert pm.get_plugins() == set()
 
     def test_block_builtin(self):
-        """``no:stepflow._execution.local`` blocks the built-in plugin like any other."""
-        pm = make_plugin_manager(["no:stepflow._execution.local"], entrypoints=False)
-        assert not pm.has_plugin("stepflow._execution.local")
-        assert pm.is_blocked("stepflow._execution.local")
+        """``no:stepflow._plugins.backends`` blocks the built-in plugin like any other."""
+        pm = make_plugin_manager(["no:stepflow._plugins.backends"], entrypoints=False)
+        assert not pm.has_plugin("stepflow._plugins.backends")
+        assert pm.is_blocked("stepflow._plugins.backends")
         assert _kinds(pm) == {}
 
     def test_every_hook_has_a_caller(self):
@@ -244,10 +245,10 @@ class TestEntryPointScanKept:
             "fake-echo", {"fake": "fakeplugin_ep"}, {"fakeplugin_ep": RECORDING.format(kind="fake")}
         )
         home = tmp_path / "home"
-        make_plugin_manager(home=home)
+        make_plugin_manager(keep=kept_in_home(home))
         assert [p.name[:13] for p in (home / "fingerprints").iterdir()] == ["entry-points-"]
         self.new_process(monkeypatch, can_scan=False)
-        pm = make_plugin_manager(home=home)
+        pm = make_plugin_manager(keep=kept_in_home(home))
         assert pm.get_plugin("fake").__name__ == "fakeplugin_ep"
         assert {n: d.project_name for n, d in _distinfo(pm)}["fake"] == "fake-echo"
         assert {n: d.version for n, d in _distinfo(pm)}["fake"] == "1.0"
@@ -259,12 +260,12 @@ class TestEntryPointScanKept:
         )
         past = time.time() - 60
         os.utime(site, (past, past))
-        assert make_plugin_manager(home=home).has_plugin("one")
+        assert make_plugin_manager(keep=kept_in_home(home)).has_plugin("one")
         self.new_process(monkeypatch)
         fake_dist(
             "fake-two", {"two": "fakeplugin_two"}, {"fakeplugin_two": RECORDING.format(kind="two")}
         )
-        pm = make_plugin_manager(home=home)
+        pm = make_plugin_manager(keep=kept_in_home(home))
         assert pm.has_plugin("one") and pm.has_plugin("two")
 
     def test_a_damaged_record_is_scanned_again(self, fake_dist, tmp_path, monkeypatch):
@@ -272,11 +273,14 @@ class TestEntryPointScanKept:
             "fake-echo", {"fake": "fakeplugin_ep"}, {"fakeplugin_ep": RECORDING.format(kind="fake")}
         )
         home = tmp_path / "home"
-        make_plugin_manager(home=home)
+        make_plugin_manager(keep=kept_in_home(home))
         (kept,) = (home / "fingerprints").iterdir()
         kept.write_text(kept.read_text().replace("fakeplugin_ep", "fakeplugin_xx"))
         self.new_process(monkeypatch)
-        assert make_plugin_manager(home=home).get_plugin("fake").__name__ == "fakeplugin_ep"
+        assert (
+            make_plugin_manager(keep=kept_in_home(home)).get_plugin("fake").__name__
+            == "fakeplugin_ep"
+        )
 
     def test_malformed_entry_point_value(self, fake_dist):
         fake_dist("fake-bad", {"bad": "not a module path"})

@@ -158,7 +158,7 @@ class TestListing:
         assert out.ret == 0, out.stderr
         out.fnmatch_lines(
             [
-                "stepflow._execution.local",
+                "stepflow._plugins.backends",
                 "  backends: local, process",
                 "echo (stepflow-echo 0.1.0)",
                 "  backends: echo",

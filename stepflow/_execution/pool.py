@@ -26,12 +26,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from stepflow._execution.capture import read_output
+from stepflow._execution.frames import (
+    HEADER,
+    OUTPUT_ENV,
+    READY,
+    WATCH_ENV,
+    encode_frame,
+    frame_length,
+)
 from stepflow._execution.task import Task, TaskError, TaskResult
-from stepflow.worker import OUTPUT_ENV, READY, WATCH_ENV
 
 __all__ = ["WorkerPool", "WorkerProcess"]
 
-_HEADER_SIZE = 8
 #: seconds a new worker may take to import stepflow and say it is ready
 _START_TIMEOUT = 120.0
 
@@ -77,26 +83,26 @@ class WorkerProcess:
         if not self._ready:
             # A step's timeout starts when the worker can take it, not while Python starts.
             try:
-                header = self._read(_HEADER_SIZE, time.monotonic() + _START_TIMEOUT)
-                hello = None if header is None else self._read(int.from_bytes(header, "big"), None)
+                header = self._read(HEADER.size, time.monotonic() + _START_TIMEOUT)
+                hello = None if header is None else self._read(frame_length(header), None)
             except EOFError:
                 return self._lost(task)
             if hello is None or pickle.loads(hello) != READY:  # noqa: S301 - our own worker
                 self.kill()
                 return self._lost(task)
             self._ready = True
-        data = pickle.dumps(task, protocol=5)
+        data = encode_frame(task)
         try:
-            self.proc.stdin.write(len(data).to_bytes(_HEADER_SIZE, "big") + data)
+            self.proc.stdin.write(data)
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return self._lost(task)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            header = self._read(_HEADER_SIZE, deadline)
+            header = self._read(HEADER.size, deadline)
             if header is None:
                 return self._timed_out(task, timeout)
-            body = self._read(int.from_bytes(header, "big"), None)
+            body = self._read(frame_length(header), None)
         except EOFError:
             return self._lost(task)
         assert body is not None

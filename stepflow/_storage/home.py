@@ -34,23 +34,21 @@ __all__ = [
 ]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
-# Read once at import: worker processes learn the mode from the variable their run set.
-_shared = os.environ.get("STEPFLOW_SHARED_HOME", "").strip().lower() in _TRUE
 #: homes already checked by this process (one check per process, not per use)
 _checked: set[tuple[str, bool]] = set()
 
 
 def shared_home() -> bool:
     """Whether this process writes group-accessible folders and files (a shared home)."""
-    return _shared
+    # The variable is the one switch, read on each use: the configuration (which sits below
+    # storage and cannot call into it) sets it, and a run's workers inherit it.
+    return os.environ.get("STEPFLOW_SHARED_HOME", "").strip().lower() in _TRUE
 
 
 def set_shared_home(shared: bool) -> None:
     """Make this process (and the workers it starts) write private or group modes."""
-    global _shared
-    _shared = shared
     # Workers are other processes that open the store without a configuration: they read
-    # the variable when they import this module.
+    # the variable too.
     if shared:
         os.environ["STEPFLOW_SHARED_HOME"] = "1"
     else:
@@ -59,12 +57,12 @@ def set_shared_home(shared: bool) -> None:
 
 def dir_mode() -> int:
     """The mode of a folder stepflow makes in the home."""
-    return 0o2770 if _shared else 0o700
+    return 0o2770 if shared_home() else 0o700
 
 
 def file_mode() -> int:
     """The mode of a file stepflow writes in the home."""
-    return 0o660 if _shared else 0o600
+    return 0o660 if shared_home() else 0o600
 
 
 def make_private_dirs(path: Path | str) -> None:
@@ -106,7 +104,7 @@ def make_private_file(path: Path | str | int) -> None:
 def private_opener(path: str, flags: int) -> int:
     """An ``opener`` for :func:`open` that creates the file with :func:`file_mode`."""
     fd = os.open(path, flags, file_mode())
-    if _shared:
+    if shared_home():
         os.fchmod(fd, file_mode())  # the umask may have taken the group bits away
     return fd
 
@@ -137,10 +135,11 @@ def check_home(home: Path | str) -> None:
 
     :raises UnsafeHomeError: naming the path and the fix.
     """
-    key = (str(home), _shared)
+    shared = shared_home()
+    key = (str(home), shared)
     if key in _checked or not hasattr(os, "geteuid"):
         return
-    _check(os.path.abspath(home), _shared)
+    _check(os.path.abspath(home), shared)
     _checked.add(key)
 
 

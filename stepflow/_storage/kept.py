@@ -17,13 +17,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import xxhash
 
-from stepflow._storage.home import make_private_dirs, private_opener
+from stepflow._storage.home import home_is_safe, make_private_dirs, private_opener
 
-__all__ = ["KeptFiles", "import_path_signature", "kept_for_import_path"]
+__all__ = ["KeptFiles", "import_path_signature", "kept_for_import_path", "kept_in_home"]
 
 #: a folder changed this recently may change again within the same clock tick, unseen
 SETTLE_NS = 2_000_000_000
@@ -123,3 +124,16 @@ def kept_for_import_path(
     if settled:
         files.write(name, found)
     return found
+
+
+def kept_in_home(home: Path | None) -> Callable[[str, Callable[[], Any]], Any] | None:
+    """What the plugin manager keeps between processes (its ``keep``): files in
+    ``<home>/fingerprints``, or ``None`` without a home.
+
+    Kept in a home only once the home passed its check: the refusal itself comes from the
+    first use of the home's store or records.
+    """
+    if home is None or not home_is_safe(home):
+        return None
+    folder = Path(home) / "fingerprints"
+    return lambda kind, compute: kept_for_import_path(folder, kind, compute)

@@ -17,7 +17,7 @@ overwrites the other; the loser of a race reads the registry again and retries. 
 is made only when the content changed: registering what the latest version already holds
 returns that version (``.new`` is ``False``).
 
-``stepflow._storage.registry_pins`` is the plugin that keeps what registered versions need
+``stepflow._plugins.registry_pins`` is the plugin that keeps what registered versions need
 when ``stepflow cache prune`` runs.
 """
 

@@ -307,7 +307,12 @@ def _main(argv: list[str]) -> int:
             sys.path.insert(0, folder)
     # The scan of installed plugins is kept in an existing home only: a command run in some
     # other folder must not leave a .stepflow behind.
-    pm = make_plugin_manager(config.plugins, home=config.home if config.home.is_dir() else None)
+    keep = None
+    if config.home.is_dir():
+        from stepflow._storage.kept import kept_in_home
+
+        keep = kept_in_home(config.home)
+    pm = make_plugin_manager(config.plugins, keep=keep)
     parser = build_parser(pm)
     args = parser.parse_args(argv)
     if args.version:
@@ -394,7 +399,7 @@ def _split_pairs(values: list[str], flag: str) -> dict[str, str]:
 def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
     import attrs
 
-    from stepflow._surfaces.reporter import TerminalReporter, use_color
+    from stepflow._plugins.reporter import TerminalReporter, use_color
     from stepflow.errors import StorageWarning
 
     if args.resume or args.last_failed:

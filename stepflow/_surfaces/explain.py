@@ -21,8 +21,8 @@ import attrs
 from stepflow._config import Config
 from stepflow._execution.backend import open_backends
 from stepflow._execution.references import reference_hashes, resolve_references, with_references
+from stepflow._pipeline import Pipeline
 from stepflow._planning.cachekey import describe_value, plan_key
-from stepflow._planning.pipeline import Pipeline
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO

@@ -17,7 +17,7 @@ from stepflow.errors import UsageError
 
 if TYPE_CHECKING:
     from stepflow._config import Config
-    from stepflow._planning.pipeline import Pipeline
+    from stepflow._pipeline import Pipeline
     from stepflow._storage.records import RunRow
 
 __all__ = ["check_resumed", "prepare_resume"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from stepflow._planning.pipeline import Pipeline
+from stepflow._pipeline import Pipeline
 from stepflow._planning.typecheck import type_repr
 from stepflow._sentinels import MISSING
 

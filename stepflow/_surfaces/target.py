@@ -12,7 +12,7 @@ from pathlib import Path
 
 from stepflow._authoring.loader import import_module_or_path, looks_like_path
 from stepflow._authoring.step import is_step
-from stepflow._planning.pipeline import Pipeline
+from stepflow._pipeline import Pipeline
 from stepflow.errors import TargetNotFoundError
 
 __all__ = ["load_target"]

@@ -506,5 +506,5 @@ class TestMisc:
         """``stepflow plugins --json`` shows the built-in backends as a plugin."""
         out = stepflow_runner.run("plugins", "--json")
         rows = json.loads(out.stdout)
-        local = next(r for r in rows if r["name"] == "stepflow._execution.local")
+        local = next(r for r in rows if r["name"] == "stepflow._plugins.backends")
         assert local["backends"] == ["local", "process"]

@@ -167,7 +167,11 @@ class Pipeline:
                     )
             # A regenerated step's dependants run again too, whatever early cutoff would say.
             forced = self._dag.descendants(names)
-        pm = plugin_manager or make_plugin_manager(config.plugins, home=config.home)
+        if plugin_manager is None:
+            from stepflow._storage.kept import kept_in_home
+
+            plugin_manager = make_plugin_manager(config.plugins, keep=kept_in_home(config.home))
+        pm = plugin_manager
         return run_plan(
             plan,
             pipeline=self.name,

@@ -11,7 +11,7 @@ from stepflow import Pipeline, step
 from stepflow._config import load_config
 from stepflow._execution.result import RunInfo
 from stepflow._pluginmanager import make_plugin_manager
-from stepflow._surfaces.reporter import TerminalReporter, use_color
+from stepflow._plugins.reporter import TerminalReporter, use_color
 
 CLEAR = "\r\x1b[2K"
 
