@@ -343,8 +343,9 @@ class ReadAPI:
             pm = self._pm
             if pm is None and store_kind(self.config.store) != "local":
                 from stepflow._pluginmanager import make_plugin_manager
+                from stepflow._storage.kept import kept_in_home
 
-                pm = make_plugin_manager(self.config.plugins, home=self.config.home)
+                pm = make_plugin_manager(self.config.plugins, keep=kept_in_home(self.config.home))
             self._store = open_datastore(
                 self.config.store,
                 home=self.config.home,
