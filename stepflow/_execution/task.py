@@ -6,13 +6,13 @@ cluster) can carry them; see ``python -m stepflow.worker``.
 
 from __future__ import annotations
 
+import functools
 import os
 import site
 import sys
 import sysconfig
 import weakref
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -227,14 +227,15 @@ def user_sys_path(paths: Iterable[str] | None = None) -> tuple[str, ...]:
     kept: dict[str, None] = {}
     for entry in sys.path if paths is None else paths:
         path = os.getcwd() if entry == "" else entry
-        resolved = Path(path).resolve()
-        if not any(resolved == d or resolved.is_relative_to(d) for d in own):
+        real = os.path.realpath(path)
+        if not any(real == d or real.startswith(d + os.sep) for d in own):
             kept[path] = None
     return tuple(kept)
 
 
-def _interpreter_dirs() -> tuple[Path, ...]:
-    # Computed each call, not cached: tests and ``site.addsitedir`` may change them.
+@functools.cache
+def _interpreter_dirs() -> tuple[str, ...]:
+    # Cached: they follow from the interpreter and its prefixes, which a process keeps.
     dirs = set()
     for scheme_vars in ({}, {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}):
         paths = sysconfig.get_paths(vars=scheme_vars)
@@ -246,4 +247,4 @@ def _interpreter_dirs() -> tuple[Path, ...]:
     version = f"{sys.version_info.major}{sys.version_info.minor}"
     for prefix in {sys.prefix, sys.base_prefix}:
         dirs.add(os.path.join(prefix, "lib", f"python{version}.zip"))
-    return tuple(Path(d).resolve() for d in dirs if d)
+    return tuple(os.path.realpath(d) for d in dirs if d)
