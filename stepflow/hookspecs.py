@@ -38,6 +38,11 @@ def stepflow_backend_types() -> Mapping[str, BackendFactory]:
     ``[tool.stepflow.backends.NAME]`` gives ``plugin = "KIND"`` and the options, and a bare
     kind name works as a backend name with no options.
 
+    A backend is transport: it runs ``python -m stepflow.worker`` where the step should run.
+    What it needs (worker processes with their own ``argv`` and ``env``, the frame codec,
+    ready-made results for a timeout or a lost worker) is in ``stepflow.backends``; see
+    ``docs/how-to/write-a-backend.md``.
+
     Use in plugins::
 
         @stepflow.hookimpl

@@ -4,9 +4,11 @@ Every backend except the in-process one runs steps through this module, so a new
 only transport. Two modes:
 
 ``python -m stepflow.worker --serve``
-    Say ``READY``, then read framed tasks from stdin and write framed results to stdout
-    until stdin closes (the protocol is in ``stepflow._execution.frames``). The step's own
-    prints go to stderr so they cannot corrupt the protocol.
+    Say ``READY`` with this worker's stepflow and Python versions (the run refuses a worker
+    whose versions differ from its own, naming both), then read framed tasks from stdin and
+    write framed results to stdout until stdin closes (the protocol is in
+    ``stepflow._execution.frames``). The step's own prints go to stderr so they cannot
+    corrupt the protocol.
 
 ``python -m stepflow.worker TASK_FILE RESULT_FILE``
     Run the pickled task in ``TASK_FILE`` and write the pickled result to ``RESULT_FILE``
@@ -37,7 +39,14 @@ from typing import Any, BinaryIO
 from stepflow._authoring.step import StepRef, StepSpec
 from stepflow._execution.capture import capturing, fd_output, step_output
 from stepflow._execution.context import StepContext, activate
-from stepflow._execution.frames import OUTPUT_ENV, READY, WATCH_ENV, read_frame, write_frame
+from stepflow._execution.frames import (
+    OUTPUT_ENV,
+    READY,
+    WATCH_ENV,
+    read_frame,
+    ready_frame,
+    write_frame,
+)
 from stepflow._execution.invoke import StepRaised, invoke, task_error
 from stepflow._execution.loading import loading_step
 from stepflow._execution.task import Task, TaskError, TaskResult
@@ -246,8 +255,8 @@ def execute_task(task: Task, output_dir: Path | None = None) -> TaskResult:
 
 
 def serve(stdin: BinaryIO, stdout: BinaryIO, output_dir: Path | None = None) -> None:
-    """Say ``READY``, then answer framed tasks until stdin closes."""
-    write_frame(stdout, READY)
+    """Say ``READY`` (``ready_frame()``), then answer framed tasks until stdin closes."""
+    write_frame(stdout, ready_frame())
     while True:
         try:
             task = read_frame(stdin)

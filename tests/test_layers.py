@@ -59,6 +59,7 @@ LAYER_OF = {
     "stepflow._pipeline": "api",
     "stepflow.datasets": "api",
     "stepflow.models": "api",
+    "stepflow.backends": "api",
     "stepflow._surfaces": "surfaces",
     "stepflow.testing": "surfaces",
     "stepflow.__main__": "surfaces",

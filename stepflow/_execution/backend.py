@@ -8,7 +8,9 @@ name configured instances (``plugin = "KIND"`` plus the kind's own options).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
     from stepflow._planning.plan import Plan
 
 __all__ = ["Backend", "BackendContext", "BackendFactory", "open_backends"]
+
+# Makes each backend's ``submit`` thread pool once, however many threads submit at once.
+_executor_lock = threading.Lock()
 
 
 @attrs.frozen
@@ -41,6 +46,9 @@ class Backend:
 
     Subclasses implement ``execute``; the rest have working defaults. ``execute`` is called
     from several threads at once when the run has ``workers > 1``, and must be thread-safe.
+    The building blocks a backend needs (worker processes, the frame codec, ready-made
+    results for a timeout or a lost worker) are in ``stepflow.backends``; see
+    ``docs/how-to/write-a-backend.md``.
     """
 
     #: the kind this class implements, e.g. ``"docker"``
@@ -57,9 +65,16 @@ class Backend:
         """Raise ``BackendUnavailableError`` if the backend cannot work; runs before any step."""
 
     def environment(self) -> dict[str, str]:
-        """What results made on this backend depend on, beyond the Python version.
+        """What results made on this backend depend on, beyond the step's code and inputs.
 
-        Part of every cache key: a Docker backend returns its image digest, say.
+        Part of every cache key (each item as ``backend:NAME``), so a result made in one
+        environment is not reused in another, and shown by ``stepflow explain``. The key
+        already holds the run's own Python version, which is right only for a backend that
+        runs this interpreter. A backend that runs another interpreter (a virtualenv, a
+        container, a remote host) returns that interpreter's Python version as ``"python"``
+        and the versions of the packages installed there (distribution name → version), or
+        something that stands for all of them (a Docker image digest, a lock file's hash).
+        It is called for every step, so compute it once.
         """
         return {}
 
@@ -68,14 +83,37 @@ class Backend:
         return False
 
     def execute(self, task: Task, *, timeout: float | None) -> TaskResult:
-        """Run ``task`` and return its result; stop it and report a timeout after ``timeout``."""
+        """Run ``task`` and return its result; stop it and report a timeout after ``timeout``.
+
+        ``timeout`` is the step's (``task.timeout``), in seconds, or ``None``.
+        """
         raise NotImplementedError
+
+    def submit(self, task: Task) -> Future[TaskResult]:
+        """Start ``task`` and return a future of its result, with ``task.timeout``.
+
+        For engines that have futures of their own (Dask), which override this so a step in
+        flight needs no thread. The default runs ``execute`` on a pool of ``context.workers``
+        threads that ``close()`` shuts down. The run loop calls ``execute`` today; ``submit``
+        is what an asynchronous loop will call.
+        """
+        with _executor_lock:
+            executor: ThreadPoolExecutor | None = self.__dict__.get("_submit_executor")
+            if executor is None:
+                workers = max(1, getattr(getattr(self, "context", None), "workers", 1))
+                executor = ThreadPoolExecutor(workers, thread_name_prefix=f"stepflow-{self.name}")
+                self.__dict__["_submit_executor"] = executor
+        return executor.submit(self.execute, task, timeout=task.timeout)
 
     def cancel(self) -> None:
         """Stop everything in flight now (Ctrl-C, fail-fast); results come back as failures."""
 
     def close(self) -> None:
-        """Release resources at the end of the run."""
+        """Release resources at the end of the run; an override calls ``super().close()``."""
+        with _executor_lock:
+            executor = self.__dict__.pop("_submit_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

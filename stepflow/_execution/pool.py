@@ -8,6 +8,10 @@ Workers die with the run's process however it ends, ``kill -9`` included: each h
 end of a pipe whose only write end is in the run's process (``WATCH_ENV`` names it). When the
 run's process is gone the pipe reads end-of-file, and the worker kills its own process group,
 so no step goes on computing (and writing results) behind a run that no longer exists.
+
+Both classes are public, as ``stepflow.backends.WorkerProcess`` and ``WorkerPool``: a backend
+that runs steps with another interpreter (a virtualenv, ``docker exec``, ``ssh host python``)
+gives them its own ``argv`` and ``env``.
 """
 
 from __future__ import annotations
@@ -33,24 +37,36 @@ from stepflow._execution.frames import (
     WATCH_ENV,
     encode_frame,
     frame_length,
+    version_mismatch,
 )
-from stepflow._execution.task import Task, TaskError, TaskResult
+from stepflow._execution.task import Task, TaskResult, user_sys_path
+from stepflow.errors import BackendError
 
-__all__ = ["WorkerPool", "WorkerProcess"]
+__all__ = ["WorkerPool", "WorkerProcess", "worker_argv", "worker_env"]
 
 #: seconds a new worker may take to import stepflow and say it is ready
 _START_TIMEOUT = 120.0
 
 
+def worker_argv(python: str | os.PathLike[str] | None = None) -> list[str]:
+    """The command of a serving worker run by ``python`` (default: this interpreter)."""
+    return [os.fspath(python or sys.executable), "-m", "stepflow.worker", "--serve"]
+
+
 class WorkerProcess:
-    """One long-lived worker process speaking the framed protocol on its stdin/stdout."""
+    """One long-lived worker process speaking the framed protocol on its stdin/stdout.
+
+    ``argv`` starts a serving worker (``worker_argv()``, or that command behind a transport
+    such as ``ssh host``), with the environment ``env`` (default: ``worker_env()``). The
+    process starts at once; ``execute`` sends it one task at a time.
+    """
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         self.argv = list(argv)
         # Only this process holds the write end (os.pipe is not inherited by other workers).
         watch, self._lifeline = os.pipe()
         self._lifeline_lock = threading.Lock()
-        full_env = dict(os.environ if env is None else env)
+        full_env = dict(worker_env() if env is None else env)
         full_env[WATCH_ENV] = str(watch)
         # The worker captures each step's stdout and stderr in files here, so what a step
         # printed survives when the worker is killed (timeout, crash).
@@ -72,25 +88,51 @@ class WorkerProcess:
         finally:
             os.close(watch)
         self._ready = False
+        #: the worker's ready frame once it said it (its stepflow and Python versions)
+        self.hello: dict[str, str] = {}
 
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def wait_ready(self) -> bool:
+        """Wait until the worker says it is ready; ``False`` when it died or never said so.
+
+        :raises BackendError: the worker runs another stepflow or Python version than this
+            process (it is killed); the message names both versions and its interpreter.
+        """
+        if self._ready:
+            return True
+        try:
+            header = self._read(HEADER.size, time.monotonic() + _START_TIMEOUT)
+            hello = None if header is None else self._read(frame_length(header), None)
+        except EOFError:
+            return False
+        frame = None if hello is None else pickle.loads(hello)  # noqa: S301 - our own worker
+        mismatch = version_mismatch(frame, self.argv[0])
+        if mismatch is not None:
+            self.kill()
+            raise BackendError(mismatch)
+        if not (isinstance(frame, dict) and frame.get("ready") == READY):
+            self.kill()
+            return False
+        self.hello = frame
+        self._ready = True
+        return True
+
     def execute(self, task: Task, timeout: float | None) -> TaskResult:
-        """Send ``task`` and wait for its result; kill the worker if ``timeout`` passes."""
+        """Send ``task`` and wait for its result; kill the worker if ``timeout`` passes.
+
+        Never raises for a step or a worker that fails: a timeout, a lost worker or a worker
+        of another version comes back as a failed ``TaskResult``.
+        """
         assert self.proc.stdin is not None
-        if not self._ready:
-            # A step's timeout starts when the worker can take it, not while Python starts.
-            try:
-                header = self._read(HEADER.size, time.monotonic() + _START_TIMEOUT)
-                hello = None if header is None else self._read(frame_length(header), None)
-            except EOFError:
+        # A step's timeout starts when the worker can take it, not while Python starts.
+        try:
+            if not self.wait_ready():
                 return self._lost(task)
-            if hello is None or pickle.loads(hello) != READY:  # noqa: S301 - our own worker
-                self.kill()
-                return self._lost(task)
-            self._ready = True
+        except BackendError as exc:
+            return TaskResult.failed(task, str(exc))
         data = encode_frame(task)
         try:
             self.proc.stdin.write(data)
@@ -135,36 +177,15 @@ class WorkerProcess:
         self.kill(keep_output=True)
         logs = self._printed(task)
         shutil.rmtree(self.output_dir, ignore_errors=True)
-        return TaskResult(
-            task.step,
-            task.attempt,
-            run_id=task.run_id,
-            error=TaskError(
-                exc_type="stepflow.errors.StepTimeoutError",
-                message=f"step {task.step!r} ran past its timeout of {timeout:g}s and its "
-                f"process was killed",
-                traceback="",
-                timed_out=True,
-            ),
-            duration=float(timeout or 0),
-            logs=logs,
-        )
+        return TaskResult.timed_out(task, timeout, logs=logs)
 
     def _lost(self, task: Task) -> TaskResult:
         code = self.proc.wait()
         logs = self._printed(task) if self._ready else {}
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        return TaskResult(
-            task.step,
-            task.attempt,
-            run_id=task.run_id,
-            error=TaskError(
-                exc_type="stepflow.errors.BackendError",
-                message=f"the worker process running step {task.step!r} {how} before it "
-                f"answered (out of memory, os._exit() or a crash in native code?)",
-                traceback="",
-                internal=True,
-            ),
+        return TaskResult.lost(
+            task,
+            f"{how} before it answered (out of memory, os._exit() or a crash in native code?)",
             logs=logs,
         )
 
@@ -205,9 +226,14 @@ class WorkerProcess:
 
 
 def worker_env() -> dict[str, str]:
-    """The environment for a worker: ours, with our import path so it finds user modules."""
+    """The environment for a worker: ours, with our import path so it finds user modules.
+
+    Only the user's code paths go on ``PYTHONPATH`` (``user_sys_path``), never this
+    interpreter's standard library or site-packages, so a worker running another interpreter
+    imports its own packages.
+    """
     env = dict(os.environ)
-    paths = [os.getcwd() if p == "" else p for p in sys.path]
+    paths = list(user_sys_path())
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
@@ -215,23 +241,38 @@ def worker_env() -> dict[str, str]:
 
 
 class WorkerPool:
-    """Up to ``size`` worker processes, started on demand and reused between tasks."""
+    """Up to ``size`` worker processes, started on demand and reused between tasks.
 
-    def __init__(self, size: int, argv: Sequence[str] | None = None) -> None:
+    Each is a ``WorkerProcess(argv, env)``: ``argv`` defaults to ``worker_argv()`` (this
+    interpreter) and ``env`` to ``worker_env()``. ``execute`` is thread-safe; call it from as
+    many threads as the pool has workers.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        argv: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.size = size
-        self.argv = list(argv or [sys.executable, "-m", "stepflow.worker", "--serve"])
+        self.argv = list(argv or worker_argv())
         self._idle: list[WorkerProcess] = []
         self._busy: set[WorkerProcess] = set()
         self._lock = threading.Lock()
         self._closed = False
-        self._env = worker_env()
+        self._cancelled = False
+        self._env = dict(worker_env() if env is None else env)
 
     def execute(self, task: Task, timeout: float | None) -> TaskResult:
+        """Run ``task`` on an idle worker (or a new one); see ``WorkerProcess.execute``."""
         worker = self._acquire()
         try:
             result = worker.execute(task, timeout)
         finally:
             self._release(worker)
+        if self._cancelled and result.error is not None and result.error.internal:
+            # Killed by ``cancel``, not lost: say so rather than "killed by signal 9".
+            return TaskResult.cancelled(task, logs=result.logs)
         return result
 
     def _acquire(self) -> WorkerProcess:
@@ -258,13 +299,14 @@ class WorkerPool:
     def cancel(self) -> None:
         """Kill every worker, busy ones included; their tasks come back as lost."""
         with self._lock:
-            self._closed = True
+            self._closed = self._cancelled = True
             workers = list(self._busy) + self._idle
             self._idle = []
         for worker in workers:
             worker.kill()
 
     def close(self) -> None:
+        """Let idle workers finish, kill busy ones; the pool takes no more tasks."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []

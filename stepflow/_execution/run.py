@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-import os
 import secrets
-import sys
 import threading
 import time
 import warnings
@@ -126,7 +124,11 @@ class _Runner:
         self.reports: dict[str, StepReport] = {}
         self.keys: dict[str, CacheKey] = {}
         self.cancelled = threading.Event()
-        self._sys_path = tuple(os.getcwd() if p == "" else p for p in sys.path)
+        from stepflow._execution.task import user_sys_path
+
+        # Only the user's code paths travel with a task: a worker running another
+        # interpreter must import its own packages, not this one's site-packages first.
+        self._sys_path = user_sys_path()
         #: steps whose "last result" pointer is written at the end of the run, in one
         #: transaction (for `explain`; a run killed before then keeps the earlier pointers)
         self._touched: list[tuple[str, str, str]] = []
@@ -661,6 +663,9 @@ class _Runner:
             echo=self.echo,
             serializers=tuple(self.serializers),
             sys_path=self._sys_path,
+            env=spec.options.env,
+            resources=spec.options.resources,
+            timeout=spec.options.timeout,
         )
         try:
             result = backend.execute(task, timeout=spec.options.timeout)

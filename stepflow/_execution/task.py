@@ -6,17 +6,21 @@ cluster) can carry them; see ``python -m stepflow.worker``.
 
 from __future__ import annotations
 
+import functools
+import os
+import site
 import sys
+import sysconfig
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from stepflow._authoring.step import StepRef, StepSpec
+from stepflow._authoring.step import Resources, StepRef, StepSpec
 from stepflow._storage.artifacts import ArtifactRef
 
-__all__ = ["ArtifactRef", "Task", "TaskError", "TaskResult", "by_value"]
+__all__ = ["ArtifactRef", "Task", "TaskError", "TaskResult", "by_value", "user_sys_path"]
 
 
 @attrs.frozen
@@ -49,11 +53,20 @@ class Task:
     echo: bool = False
     #: the serializers to store outputs with, in priority order
     serializers: tuple[Any, ...] = ()
-    #: ``sys.path`` entries the worker needs to import the step's module
+    #: ``sys.path`` entries the worker needs to import the step's module: the user's code
+    #: only, never the run's standard library or site-packages (``user_sys_path``), so a
+    #: worker running another interpreter keeps its own packages
     sys_path: tuple[str, ...] = ()
     #: parameter name → the registered data-set or model version it reads (resolved when the
     #: run started); the worker loads it (``stepflow._execution.references``)
     references: Mapping[str, Any] = attrs.field(factory=dict)
+    #: the step's ``@step(env=...)``: what the environment it runs in must be (an image, the
+    #: requirements); a backend that builds environments reads it, the worker ignores it
+    env: Mapping[str, Any] = attrs.field(factory=dict)
+    #: the step's ``@step(resources=...)``: CPUs, memory and GPUs it asks for
+    resources: Resources = attrs.field(factory=Resources)
+    #: the step's timeout in seconds (``None``: none), the one ``Backend.execute`` is given
+    timeout: float | None = None
 
 
 @attrs.frozen
@@ -100,6 +113,63 @@ class TaskResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @classmethod
+    def timed_out(
+        cls, task: Task, seconds: float | None, *, logs: Mapping[str, str] | None = None
+    ) -> TaskResult:
+        """The result of ``task`` when it ran past its timeout of ``seconds`` and was killed.
+
+        stepflow reports the step as timed out and retries it if it has retries. ``logs`` is
+        what the step printed before it was killed, if the backend could get it.
+        """
+        return cls(
+            task.step,
+            task.attempt,
+            run_id=task.run_id,
+            error=TaskError(
+                exc_type="stepflow.errors.StepTimeoutError",
+                message=f"step {task.step!r} ran past its timeout of {seconds or 0:g}s and its "
+                f"process was killed",
+                traceback="",
+                timed_out=True,
+            ),
+            duration=float(seconds or 0),
+            logs=dict(logs or {}),
+        )
+
+    @classmethod
+    def lost(cls, task: Task, why: str, *, logs: Mapping[str, str] | None = None) -> TaskResult:
+        """The result of ``task`` when its worker went away before it answered.
+
+        ``why`` completes "the worker process running step 'NAME' ...": say what happened
+        (``"exited with code 137 before it answered"``, ``"lost its SSH connection"``). The
+        report shows the message, not a traceback, since the step's own code did not raise.
+        """
+        return cls.failed(task, f"the worker process running step {task.step!r} {why}", logs=logs)
+
+    @classmethod
+    def cancelled(cls, task: Task, *, logs: Mapping[str, str] | None = None) -> TaskResult:
+        """The result of ``task`` when the run stopped it (Ctrl-C, fail-fast) before it ended."""
+        return cls.failed(task, f"step {task.step!r} was cancelled before it finished", logs=logs)
+
+    @classmethod
+    def failed(
+        cls, task: Task, message: str, *, logs: Mapping[str, str] | None = None
+    ) -> TaskResult:
+        """The result of ``task`` when the backend itself failed: a ``BackendError``."""
+        return cls(
+            task.step,
+            task.attempt,
+            run_id=task.run_id,
+            error=TaskError(
+                exc_type="stepflow.errors.BackendError",
+                message=message,
+                traceback="",
+                internal=True,
+            ),
+            logs=dict(logs or {}),
+        )
+
 
 _payloads: weakref.WeakKeyDictionary[StepSpec, bytes] = weakref.WeakKeyDictionary()
 
@@ -144,3 +214,37 @@ def _found_by_ref(spec: StepSpec) -> bool:
         obj = getattr(obj, part, None)
     # The name may hold another step by now: one redefined under the same name in a loop.
     return getattr(obj, "spec", None) is spec
+
+
+def user_sys_path(paths: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The entries of ``paths`` (default ``sys.path``) that hold the user's code.
+
+    The running interpreter's standard library and site-packages are left out: a worker
+    running another interpreter (another virtualenv, a container) must import its own
+    packages, not be handed ours first. ``""`` is the working folder.
+    """
+    own = _interpreter_dirs()
+    kept: dict[str, None] = {}
+    for entry in sys.path if paths is None else paths:
+        path = os.getcwd() if entry == "" else entry
+        real = os.path.realpath(path)
+        if not any(real == d or real.startswith(d + os.sep) for d in own):
+            kept[path] = None
+    return tuple(kept)
+
+
+@functools.cache
+def _interpreter_dirs() -> tuple[str, ...]:
+    # Cached: they follow from the interpreter and its prefixes, which a process keeps.
+    dirs = set()
+    for scheme_vars in ({}, {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}):
+        paths = sysconfig.get_paths(vars=scheme_vars)
+        dirs.update(paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib"))
+    dirs.update(site.getsitepackages())
+    if site.ENABLE_USER_SITE and site.getusersitepackages():
+        dirs.add(site.getusersitepackages())
+    # The zipped standard library on sys.path (``lib/python311.zip``), present or not.
+    version = f"{sys.version_info.major}{sys.version_info.minor}"
+    for prefix in {sys.prefix, sys.base_prefix}:
+        dirs.add(os.path.join(prefix, "lib", f"python{version}.zip"))
+    return tuple(os.path.realpath(d) for d in dirs if d)

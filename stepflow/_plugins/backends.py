@@ -59,6 +59,7 @@ class ProcessBackend(Backend):
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
+        super().close()
 
 
 class LocalBackend(ProcessBackend):
