@@ -23,12 +23,12 @@ import numbers
 import operator
 import os
 import pathlib
-import re
 import shlex
 import types
 import typing
 from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
+from stepflow._humanize import NOT_FINITE, parse_seconds, type_name
 from stepflow.errors import ParameterParseError
 
 __all__ = ["check_value", "parse_value", "split_assignment"]
@@ -75,10 +75,6 @@ _KEEP: dict[object, tuple[type, ...]] = {
     abc.Set: (set, frozenset),
 }
 _MAPPINGS = frozenset({dict, abc.Mapping, abc.MutableMapping})
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|[smhdw])")
-_DURATION_FULL = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|[smhdw]))+")
 
 # How much of a value a message shows; long values would bury the message.
 _SHOW_LIMIT = 60
@@ -263,46 +259,13 @@ def _error(
 def _type_name(annotation: object) -> str:
     """A readable name for an annotation, as a user would write it: ``list[int]``, ``int | None``.
 
+    Classes go by their bare name (``Path``): a ``--param`` message speaks of the value, not of
+    where its class lives.
+
     >>> _type_name(typing.Optional[typing.List[int]])
     'list[int] | None'
     """
-    tp = annotation
-    if tp is inspect.Parameter.empty or tp is Any:
-        return "Any"
-    if tp is None or tp is _NoneType:
-        return "None"
-    if tp is Ellipsis:
-        return "..."
-    if isinstance(tp, str):
-        return tp
-    if isinstance(tp, typing.ForwardRef):
-        return tp.__forward_arg__
-    if isinstance(tp, list):  # the argument list of Callable[[int], str]
-        return "[" + ", ".join(_type_name(a) for a in tp) + "]"
-    if isinstance(tp, (typing.TypeVar, typing.NewType)):
-        return tp.__name__
-    origin = get_origin(tp)
-    if origin is Annotated:
-        return _type_name(get_args(tp)[0])
-    if origin is Union or origin is types.UnionType:
-        return " | ".join(_type_name(a) for a in get_args(tp))
-    if origin is Literal:
-        return "Literal[" + ", ".join(_literal_repr(v) for v in get_args(tp)) + "]"
-    if origin is not None:
-        args = get_args(tp)
-        if origin is tuple and getattr(tp, "__args__", None) == ():
-            return "tuple[()]"
-        base = _type_name(origin)
-        return f"{base}[{', '.join(_type_name(a) for a in args)}]" if args else base
-    if isinstance(tp, type):
-        return tp.__name__ if tp.__module__ == "builtins" else tp.__qualname__
-    return repr(tp).replace("typing.", "")
-
-
-def _literal_repr(value: object) -> str:
-    if isinstance(value, enum.Enum):
-        return f"{type(value).__qualname__}.{value.name}"
-    return repr(value)
+    return type_name(annotation, qualified=False)
 
 
 def _describe(annotation: object) -> _Desc:
@@ -776,25 +739,14 @@ _SIMPLE_PARSERS: dict[type, abc.Callable[[str], object]] = {
 
 
 def _parse_duration(text: str) -> datetime.timedelta:
-    body = text.strip().lower().replace(" ", "")
-    sign = 1.0
-    if body[:1] in ("+", "-"):
-        sign, body = (-1.0 if body[0] == "-" else 1.0), body[1:]
-    if body[:1] in ("+", "-"):
-        raise _Invalid()  # '--5': float() would take the second sign
-    seconds: float
     try:
-        seconds = float(body)
-    except ValueError:
-        if not _DURATION_FULL.fullmatch(body):
-            raise _Invalid() from None
-        seconds = sum(
-            float(m.group(1)) * _DURATION_UNITS[m.group(2)] for m in _DURATION_PART.finditer(body)
-        )
-    if not math.isfinite(seconds):
-        raise _Invalid("a duration must be finite")
+        seconds = parse_seconds(text)
+    except ValueError as exc:
+        # The type's description already says what a duration looks like; only a reason the
+        # shape does not show (not finite) is added.
+        raise _Invalid(NOT_FINITE if str(exc) == NOT_FINITE else None) from None
     try:
-        return datetime.timedelta(seconds=sign * seconds)
+        return datetime.timedelta(seconds=seconds)
     except OverflowError:
         raise _Invalid("the duration is too large") from None
 
@@ -975,7 +927,7 @@ def _check_class(value: object, cls: type, *, strict: bool) -> object:
 
 def _check_seconds(value: int | float) -> datetime.timedelta:
     if isinstance(value, float) and not math.isfinite(value):
-        raise _Invalid("a duration must be finite")
+        raise _Invalid(NOT_FINITE)
     try:
         return datetime.timedelta(seconds=value)
     except OverflowError:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar, get_args, get_origin
 import attrs
 
 from stepflow._authoring.markers import REFERENCE_MARKERS, Dataset, Model, _ParamMarker
+from stepflow._humanize import NOT_FINITE, parse_seconds
 from stepflow._sentinels import MISSING
 from stepflow.errors import StepDeclarationError
 
@@ -187,12 +188,13 @@ def _caller_locals(depth: int) -> dict[str, Any]:
 
 # --- options -------------------------------------------------------------------------------
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
 
 def parse_duration(value: float | str | datetime.timedelta, what: str) -> float:
-    """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"1h30m"`` or a ``timedelta``."""
+    """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"1h30m"``, ``"1w"`` or a ``timedelta``.
+
+    Strings are read by :func:`stepflow._humanize.parse_seconds`, the grammar ``--param``
+    durations use too.
+    """
     if isinstance(value, datetime.timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool):
@@ -200,21 +202,15 @@ def parse_duration(value: float | str | datetime.timedelta, what: str) -> float:
     elif isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        pos, seconds = 0, 0.0
-        for match in _DURATION_RE.finditer(text):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-            pos = match.end()
-        if pos != len(text) or not text:
-            try:
-                seconds = float(text)
-            except ValueError:
-                raise StepDeclarationError(
-                    f"{what}={value!r} is not a duration; write seconds (90) or a string "
-                    f"such as '90s', '30m', '1h30m'"
-                ) from None
+        try:
+            seconds = parse_seconds(value)
+        except ValueError as exc:
+            reason = (
+                NOT_FINITE
+                if str(exc) == NOT_FINITE
+                else ("write seconds (90) or a string such as '90s', '30m', '1h30m'")
+            )
+            raise StepDeclarationError(f"{what}={value!r} is not a duration; {reason}") from None
     else:
         raise StepDeclarationError(f"{what} must be a duration, got {type(value).__name__}")
     if seconds < 0:

@@ -20,14 +20,12 @@ no numpy): third-party classes are only ever looked up in :data:`sys.modules`.
 from __future__ import annotations
 
 import collections.abc
-import enum
-import functools
 import inspect
-import re
-import sys
 import types
 import typing
 from typing import Any
+
+from stepflow._humanize import type_name
 
 __all__ = ["is_compatible", "is_known_fit", "type_repr"]
 
@@ -107,13 +105,7 @@ def type_repr(tp: object) -> str:
     >>> type_repr(dict[str, list[int]]), type_repr(typing.Optional[int])
     ('dict[str, list[int]]', 'int | None')
     """
-    try:
-        return _repr(tp, 0)
-    except Exception:  # a message helper must not hide the error it reports
-        try:
-            return repr(tp)
-        except Exception:  # objects whose __repr__ itself fails
-            return object.__repr__(tp)
+    return type_name(tp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,84 +372,3 @@ def _compatible_tuples(
     if len(provided_args) != len(expected_args):
         return False
     return all(_compatible(p, e, depth) for p, e in zip(provided_args, expected_args, strict=True))
-
-
-# --------------------------------------------------------------------------------------------
-# Names for messages
-
-# "typing.Never" reads as "Never", like "Any"; the lookbehind keeps "mytyping.X" intact.
-_TYPING_PREFIX = re.compile(r"(?<![\w.])typing\.")
-
-
-def _repr(tp: object, depth: int) -> str:
-    """Recursive worker of :func:`type_repr`."""
-    if depth > _MAX_DEPTH:
-        return "..."
-    depth += 1
-    tp = _normalize(tp)
-    if tp is Any:
-        return "Any"
-    if tp is type(None):
-        return "None"
-    if tp is Ellipsis:
-        return "..."
-    if isinstance(tp, str):
-        return tp
-    if isinstance(tp, typing.ForwardRef):
-        return tp.__forward_arg__
-    if isinstance(tp, list):  # the parameter list of Callable[[int, str], R]
-        return "[" + ", ".join(_repr(a, depth) for a in tp) + "]"
-    if isinstance(tp, (typing.TypeVar, typing.ParamSpec)):
-        return tp.__name__
-    if _is_newtype(tp):
-        return _qualified_name(tp)
-    if _is_union(tp):
-        return " | ".join(_repr(a, depth) for a in typing.get_args(tp))
-    if _is_literal(tp):
-        return "Literal[" + ", ".join(_literal_repr(v) for v in typing.get_args(tp)) + "]"
-
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if isinstance(origin, type):
-        # typing.List[int] and list[int] both read 'list[int]'; bare typing.List reads 'list'
-        name = _qualified_name(origin)
-        return name + "[" + ", ".join(_repr(a, depth) for a in args) + "]" if args else name
-    if isinstance(tp, type):
-        return _qualified_name(tp)
-    return _TYPING_PREFIX.sub("", repr(tp))
-
-
-def _literal_repr(value: object) -> str:
-    """``Color.RED`` for enum members (their repr is ``<Color.RED: 1>``), repr otherwise."""
-    if isinstance(value, enum.Enum):
-        return f"{_qualified_name(type(value))}.{value.name}"
-    return repr(value)
-
-
-def _qualified_name(obj: object) -> str:
-    """``module.QualName`` by the shortest already-imported module path that re-exports it.
-
-    ``pandas.core.frame.DataFrame`` is reachable as ``pandas.DataFrame``, which is how users
-    write it. Only :data:`sys.modules` is consulted: naming a type must not import anything.
-    """
-    qualname: str = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", repr(obj))
-    module = getattr(obj, "__module__", None)
-    if not isinstance(module, str) or module in ("builtins", "__main__"):
-        return qualname
-    parts = module.split(".")
-    for end in range(1, len(parts)):
-        prefix = ".".join(parts[:end])
-        if _resolve(sys.modules.get(prefix), qualname) is obj:
-            return f"{prefix}.{qualname}"
-    return f"{module}.{qualname}"
-
-
-def _resolve(module: object, qualname: str) -> object:
-    """Follow a dotted qualname from ``module``; None when any step is missing."""
-    if module is None or "<locals>" in qualname:
-        return None
-    first, *rest = qualname.split(".")
-    # The module's own namespace, not getattr: a module-level __getattr__ may import lazily or
-    # warn about deprecated names (pandas does), and naming a type must do neither.
-    namespace = getattr(module, "__dict__", {})
-    return functools.reduce(lambda obj, name: getattr(obj, name, None), rest, namespace.get(first))

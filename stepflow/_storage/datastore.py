@@ -21,7 +21,6 @@ import itertools
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import attrs
 
-from stepflow._storage.home import make_private_dirs, make_private_file, shared_home
+from stepflow._storage.home import atomic_write, make_private_dirs, make_private_file
 from stepflow.errors import StepflowError
 
 __all__ = ["ArtifactMissingError", "CorruptedObjectError", "Datastore", "LocalDatastore"]
@@ -238,8 +237,10 @@ class LocalDatastore(Datastore):
         if path.parent not in self._folders:
             make_private_dirs(path.parent)
             self._folders.add(path.parent)
-        # A name no other writer can pick (process, thread, counter), left for the serializer
-        # to create: making the file here first would cost an open and a close per object.
+        # Not home.atomic_write: a serializer writes the file itself (a path, not bytes), and
+        # this is every step's hot path. A name no other writer can pick (process, thread,
+        # counter), left for the serializer to create: making the file here first, as mkstemp
+        # does, would cost an open and a close per object.
         tmp = path.parent / (
             f".tmp-{os.getpid()}-{threading.get_ident()}-{next(_TMP_IDS)}{path.suffix}"
         )
@@ -308,28 +309,9 @@ class LocalDatastore(Datastore):
         return self.docs_root / check_doc_path(path)
 
     def put_doc(self, path: str, data: bytes, *, exclusive: bool = False) -> bool:
-        target = self._doc(path)
-        make_private_dirs(target.parent)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            if shared_home():
-                make_private_file(fd)  # mkstemp made it 0600
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if exclusive:
-                # link() fails when the target exists: an atomic create-if-absent.
-                try:
-                    os.link(tmp_name, target)
-                except FileExistsError:
-                    return False
-            else:
-                os.replace(tmp_name, target)
-            return True
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
+        # Documents (index entries, registry versions, the secret key) are few and small, so
+        # unlike objects (see the module's docstring) they are fsynced.
+        return atomic_write(self._doc(path), data, fsync=True, exclusive=exclusive)
 
     def get_doc(self, path: str) -> bytes | None:
         target = self._doc(path)

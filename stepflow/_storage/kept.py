@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import xxhash
 
-from stepflow._storage.home import home_is_safe, make_private_dirs, private_opener
+from stepflow._storage.home import atomic_write, home_is_safe
 
 __all__ = ["KeptFiles", "import_path_signature", "kept_for_import_path", "kept_in_home"]
 
@@ -56,17 +55,10 @@ class KeptFiles:
         payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(
             "utf-8", "surrogatepass"
         )
-        path = os.path.join(self.folder, name)
-        # Unique per process and thread: concurrent writers never share a temporary file.
-        tmp = os.path.join(self.folder, f".tmp-{os.getpid()}-{threading.get_ident()}-{name}")
+        content = xxhash.xxh3_128_hexdigest(payload).encode() + b"\n" + payload
         try:
-            make_private_dirs(self.folder)
-            with open(tmp, "wb", opener=private_opener) as fh:
-                fh.write(xxhash.xxh3_128_hexdigest(payload).encode() + b"\n" + payload)
-            os.replace(tmp, path)
+            atomic_write(os.path.join(self.folder, name), content)
         except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             return
         self._prune()
 

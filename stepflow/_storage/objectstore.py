@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -34,7 +33,7 @@ from stepflow._storage.datastore import (
     check_doc_path,
     check_name,
 )
-from stepflow._storage.home import make_private_dirs, make_private_file, shared_home
+from stepflow._storage.home import make_private_dirs, replacing
 from stepflow.errors import StoreUnavailableError, UsageError
 
 __all__ = ["FsspecDatastore", "open_object_store"]
@@ -194,21 +193,12 @@ class FsspecDatastore(Datastore):
     @contextlib.contextmanager
     def writer(self, name: str) -> Iterator[Path]:
         local = self._local(name)
-        fd, tmp_name = tempfile.mkstemp(
-            dir=self._local_folder(name), prefix=".tmp-", suffix=local.suffix
-        )
-        if shared_home():
-            make_private_file(fd)  # mkstemp made it 0600: teammates read the copies too
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        self._local_folder(name)
+        # Only once the upload succeeded does the local copy take the object's name.
+        with replacing(local, suffix=local.suffix) as tmp:
             yield tmp
             with self._errors(f"uploading object {name}"):
                 self._fs.put_file(str(tmp), self._remote(name))
-            # Only once the upload succeeded does the local copy take the object's name.
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def local_path(self, name: str) -> Path:
         """A local copy of the object, downloaded once into ``<home>/cache``.
@@ -221,14 +211,8 @@ class FsspecDatastore(Datastore):
         with contextlib.suppress(OSError):
             if not local.is_symlink() and local.stat().st_size == remote_size:
                 return local
-        fd, tmp_name = tempfile.mkstemp(
-            dir=self._local_folder(name), prefix=".tmp-", suffix=local.suffix
-        )
-        if shared_home():
-            make_private_file(fd)  # mkstemp made it 0600: teammates read the copies too
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        self._local_folder(name)
+        with replacing(local, suffix=local.suffix) as tmp:
             try:
                 with self._errors(f"downloading object {name}"):
                     self._fs.get_file(self._remote(name), str(tmp))
@@ -239,9 +223,6 @@ class FsspecDatastore(Datastore):
                     f"object {name} from {self.uri} arrived truncated or changed while it was "
                     f"downloaded ({tmp.stat().st_size} bytes, expected {remote_size})"
                 )
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
         return local
 
     def discard_copy(self, name: str) -> bool:

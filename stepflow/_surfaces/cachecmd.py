@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from stepflow._config import Config
-from stepflow._humanize import human_size, human_time, iso_times
+from stepflow._humanize import human_age, human_size, human_time, iso_times
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.read import ReadAPI, all_cache_records, matching, referenced_objects
@@ -106,7 +106,7 @@ def find_record(config: Config, key: str) -> tuple[CacheRecord, dict[str, bool]]
 
 def format_record(record: CacheRecord, present: dict[str, bool]) -> str:
     """One stored result: what made it, its outputs, and the parts of its key."""
-    age = _age(time.time() - record.created)
+    age = human_age(time.time() - record.created)
     lines = [
         f"key: {record.key}",
         f"pipeline: {record.pipeline}",
@@ -244,17 +244,10 @@ def format_records(records: list[CacheRecord]) -> str:
         Column("run"),
     ]
     rows = [
-        (r.key[:12], r.pipeline, r.step, _age(now - r.created), human_size(r.size), r.run_id)
+        (r.key[:12], r.pipeline, r.step, human_age(now - r.created), human_size(r.size), r.run_id)
         for r in records
     ]
     return table(rows, columns, strip=False)
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def run_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager) -> int:

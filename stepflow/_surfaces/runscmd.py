@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from stepflow._humanize import human_time, iso_time, iso_times
+from stepflow._humanize import human_duration, human_time, iso_time, iso_times
 from stepflow._surfaces.table import table
 
 if TYPE_CHECKING:
@@ -121,18 +121,6 @@ def parse_since(text: str, now: float | None = None) -> float:
         ) from None
 
 
-def _secs(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 60:
-        return f"{value:.2f}s"
-    minutes, seconds = divmod(value, 60)
-    if minutes < 60:
-        return f"{int(minutes)}m{seconds:02.0f}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{int(hours)}h{int(minutes):02d}m"
-
-
 def _counts(counts: Mapping[str, int]) -> str:
     order = ("ran", "reused", "failed", "skipped")
     return ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k)) or "no steps"
@@ -166,7 +154,7 @@ def _list(api: ReadAPI, args: argparse.Namespace) -> int:
             r.pipeline,
             r.state,
             human_time(r.started),
-            _secs(r.duration),
+            human_duration(r.duration),
             _counts(r.counts),
             git_label(r),
         )
@@ -192,7 +180,7 @@ def _show(api: ReadAPI, args: argparse.Namespace) -> int:
         f"run {run.id}",
         f"  pipeline:  {run.pipeline}" + (f"  (target {run.target})" if run.target else ""),
         f"  state:     {run.state}  ({_counts(run.counts)})",
-        f"  started:   {human_time(run.started)}   took {_secs(run.duration)}",
+        f"  started:   {human_time(run.started)}   took {human_duration(run.duration)}",
         f"  where:     {run.user or '?'}@{run.host or '?'}, python {run.python_version}, "
         f"stepflow {run.stepflow_version}",
         f"  git:       {git_label(run)}",
@@ -218,7 +206,14 @@ def _show(api: ReadAPI, args: argparse.Namespace) -> int:
             note = s.error.splitlines()[0][:80]
         tries = str(s.attempts) if s.attempts > 1 else ""
         rows.append(
-            (s.name, s.state, _secs(s.duration) if s.duration else "", tries, s.backend or "", note)
+            (
+                s.name,
+                s.state,
+                human_duration(s.duration) if s.duration else "",
+                tries,
+                s.backend or "",
+                note,
+            )
         )
     text = table(rows, ("STEP", "STATE", "TOOK", "TRIES", "BACKEND", "NOTE"))
     metrics = [(s.name, m) for s in steps for m in s.metrics]

@@ -271,6 +271,8 @@ class TestOptions:
             ("1h30m", 5400.0),
             ("250ms", 0.25),
             ("1.5", 1.5),
+            ("1w", 604800.0),
+            ("1d12h", 129600.0),
             (datetime.timedelta(minutes=2), 120.0),
         ],
     )

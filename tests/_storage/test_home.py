@@ -12,10 +12,12 @@ import pytest
 
 from stepflow._storage import home as home_mod
 from stepflow._storage.home import (
+    atomic_write,
     check_home,
     make_private_dirs,
     make_private_sqlite,
     private_opener,
+    replacing,
     set_shared_home,
 )
 from stepflow.errors import UnsafeHomeError, UsageError
@@ -160,3 +162,59 @@ def test_a_home_is_checked_once_per_process(tmp_path: Path) -> None:
     home_mod._checked.clear()
     with pytest.raises(UnsafeHomeError):
         check_home(home)
+
+
+# --- atomic_write and replacing: the one write-then-rename ------------------------------------
+
+
+class TestAtomicWrite:
+    def test_writes_bytes_and_text_owner_only(self, tmp_path: Path) -> None:
+        """Bytes and text (as UTF-8) land whole, in missing folders made owner-only."""
+        target = tmp_path / "a" / "b" / "doc.json"
+        assert atomic_write(target, b"\x00bytes") is True
+        assert target.read_bytes() == b"\x00bytes"
+        assert atomic_write(target, "tëxt", fsync=True) is True
+        assert target.read_text(encoding="utf-8") == "tëxt"
+        assert mode(target) == 0o600 and mode(target.parent) == 0o700
+        assert os.listdir(target.parent) == ["doc.json"]  # no temporary file is left
+
+    def test_shared_home_is_group_readable(self, tmp_path: Path) -> None:
+        """In a shared home the written file is 0660, like every other file."""
+        set_shared_home(True)
+        atomic_write(tmp_path / "doc", b"x")
+        assert mode(tmp_path / "doc") == 0o660
+
+    def test_exclusive_keeps_the_first(self, tmp_path: Path) -> None:
+        """``exclusive`` creates the file only if absent and says whether it did."""
+        target = tmp_path / "key"
+        assert atomic_write(target, b"first", exclusive=True) is True
+        assert atomic_write(target, b"second", exclusive=True) is False
+        assert target.read_bytes() == b"first"
+        assert os.listdir(tmp_path) == ["key"]
+
+    def test_failure_leaves_old_file_and_no_temporary(self, tmp_path: Path) -> None:
+        """A failed write raises and leaves the old contents and no temporary file behind."""
+        target = tmp_path / "doc"
+        target.write_bytes(b"old")
+        with pytest.raises(TypeError):
+            atomic_write(target, 42)  # type: ignore[arg-type]
+        assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["doc"]
+
+
+class TestReplacing:
+    def test_renamed_on_success(self, tmp_path: Path) -> None:
+        """The temporary file takes the target's name when the block ends."""
+        target = tmp_path / "obj.pkl"
+        with replacing(target, suffix=".pkl") as tmp:
+            assert tmp.parent == tmp_path and tmp.name.endswith(".pkl")
+            assert mode(tmp) == 0o600
+            tmp.write_bytes(b"payload")
+        assert target.read_bytes() == b"payload" and os.listdir(tmp_path) == ["obj.pkl"]
+
+    def test_removed_on_error(self, tmp_path: Path) -> None:
+        """A block that raises leaves neither the target nor the temporary file."""
+        target = tmp_path / "obj"
+        with pytest.raises(RuntimeError), replacing(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("serializer failed")
+        assert os.listdir(tmp_path) == []

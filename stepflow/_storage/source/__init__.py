@@ -61,7 +61,6 @@ import os
 import stat
 import struct
 import subprocess
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -72,7 +71,7 @@ import attrs
 import xxhash
 
 from stepflow._storage.hashing import hash_bytes, hash_file
-from stepflow._storage.home import make_private_dirs, make_private_file, shared_home
+from stepflow._storage.home import atomic_write
 from stepflow.errors import StepflowError, StepflowWarning, UsageError
 
 if TYPE_CHECKING:
@@ -620,18 +619,8 @@ class _StatCache:
         data = {"version": _CACHE_VERSION, "roots": roots, "walks": self._walks}
         text = json.dumps(data, separators=(",", ":"))
         try:
-            make_private_dirs(self.path.parent)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-source-cache-")
-            try:
-                if shared_home():
-                    make_private_file(fd)  # mkstemp made it 0600
-                # No fsync: after a power loss a torn cache is only a miss, never a wrong hash.
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(text)
-                os.replace(tmp, self.path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            # No fsync: after a power loss a torn cache is only a miss, never a wrong hash.
+            atomic_write(self.path, text, prefix=".tmp-source-cache-")
         except OSError as exc:
             warnings.warn(
                 StepflowWarning(

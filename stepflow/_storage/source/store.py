@@ -54,7 +54,6 @@ import json
 import os
 import posixpath
 import stat
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,7 @@ from stepflow._humanize import human_size
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.faults import writing
 from stepflow._storage.hashing import hash_bytes
-from stepflow._storage.home import make_private_dirs, make_private_file, shared_home
+from stepflow._storage.home import atomic_write
 from stepflow._storage.source import UNREADABLE, Scan, SourceSnapshot, content_hash, link_bytes
 from stepflow._storage.source import scan as scan_folder
 from stepflow.errors import StepflowError, UsageError
@@ -328,18 +327,7 @@ class _Memo:
         }
         text = json.dumps({"version": _MEMO_VERSION, "stores": stores}, separators=(",", ":"))
         with writing(self.path, "the memo of stored source snapshots"):
-            make_private_dirs(self.path.parent)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-source-stored-")
-            try:
-                if shared_home():
-                    make_private_file(fd)  # mkstemp made it 0600
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(text)
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            atomic_write(self.path, text, prefix=".tmp-source-stored-")
 
 
 # --- reading and restoring -----------------------------------------------------------------
