@@ -220,9 +220,7 @@ def _answers(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> Iterator[tup
             yield plugin, answer
 
 
-def implementations(
-    pm: pluggy.PluginManager, hook: str
-) -> list[tuple[str, Callable[..., Any]]]:
+def implementations(pm: pluggy.PluginManager, hook: str) -> list[tuple[str, Callable[..., Any]]]:
     """(plugin name, ``fn(**hook_kwargs)``) of each implementation of ``hook`` (not the
     wrappers), in the order a hook call would call them: to tell whose answer is whose."""
     found = []
@@ -263,8 +261,7 @@ def _registered(
             wrong = problem(value)
             if wrong is not None:
                 raise PluginError(
-                    f"plugin {plugin!r}: {hook}() gave {what} {name!r} = {value!r}, which "
-                    f"{wrong}",
+                    f"plugin {plugin!r}: {hook}() gave {what} {name!r} = {value!r}, which {wrong}",
                     plugin=plugin,
                 )
             _one_owner(found, name, plugin, what)
@@ -277,7 +274,7 @@ def _one_owner(found: Mapping[Any, tuple[str, Any]], name: Any, plugin: str, wha
         shown = name.__qualname__ if isinstance(name, type) else name
         raise PluginError(
             f"two plugins register the {what} {shown!r}: {found[name][0]!r} and {plugin!r}; "
-            f"uninstall one, or block it with -p no:NAME (or plugins = [\"no:NAME\"] in "
+            f'uninstall one, or block it with -p no:NAME (or plugins = ["no:NAME"] in '
             f"[tool.stepflow])",
             plugin=plugin,
         )

@@ -469,7 +469,9 @@ def install_plugin_hashers() -> None:
         try:
             register_hasher(cls, fn)
         except TypeError as exc:
-            raise PluginError(f"plugin {plugin!r}: stepflow_hashers(): {exc}", plugin=plugin) from None
+            raise PluginError(
+                f"plugin {plugin!r}: stepflow_hashers(): {exc}", plugin=plugin
+            ) from None
 
 
 def _load_lazy_handlers() -> None:

@@ -301,7 +301,6 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
         sub.choices[name].set_defaults(handler=_cmd_registry)
 
 
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stepflow`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
