@@ -546,7 +546,7 @@ class TestHashers:
                 return {"Point": lambda p, hasher: None}
             """,
         )
-        with pytest.raises(PluginError, match="fakeplugin_nokey.*stepflow_hashers.*not a class"):
+        with pytest.raises(PluginError, match=r"fakeplugin_nokey.*stepflow_hashers.*not a class"):
             make_plugin_manager(["fakeplugin_nokey"], entrypoints=False)
 
     def test_builtin_encoding_refused(self, make_module):
@@ -562,7 +562,7 @@ class TestHashers:
         )
         import stepflow._storage.hashing  # noqa: F401  (loaded: refused at once)
 
-        with pytest.raises(PluginError, match="fakeplugin_int.*cannot replace the built-in"):
+        with pytest.raises(PluginError, match=r"fakeplugin_int.*cannot replace the built-in"):
             make_plugin_manager(["fakeplugin_int"], entrypoints=False)
 
 
