@@ -6,7 +6,7 @@ import importlib
 import inspect
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pluggy
@@ -14,7 +14,17 @@ import pluggy
 from stepflow import hookspecs
 from stepflow.errors import PluginError
 
-__all__ = ["BUILTIN_PLUGINS", "Keep", "make_plugin_manager", "serializers_of"]
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "Keep",
+    "backend_types",
+    "datastore_types",
+    "hashers_of",
+    "implementations",
+    "make_plugin_manager",
+    "plugin_hashers",
+    "serializers_of",
+]
 
 #: loaded first, through the same hooks third-party plugins use
 BUILTIN_PLUGINS = (
@@ -188,12 +198,215 @@ def make_plugin_manager(
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"{exc}", plugin=getattr(exc.plugin, "__name__", None)) from exc
+    _install_hashers(hashers_of(pm))
     return pm
 
 
-def serializers_of(pm: pluggy.PluginManager) -> list[Any]:
-    """Every serializer the plugins provide, in priority order (built-ins last)."""
-    found: list[Any] = []
-    for group in pm.hook.stepflow_serializer_types():
-        found.extend(group or ())
+# -------------------------------------------------------------------------------------------
+# What the registration hooks return: checked, and one owner per name
+# -------------------------------------------------------------------------------------------
+
+
+def _answers(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+    """(plugin name, answer) of each implementation of ``hook``, in pluggy's call order.
+
+    The implementations are called one by one, not through ``pm.hook``, because a hook call
+    returns bare answers and the errors below must name the plugin that gave a wrong one.
+    Registration hooks take no part in hook wrappers; a wrapper around one is not called.
+    """
+    for plugin, function in implementations(pm, hook):
+        answer = function(**kwargs)
+        if answer is not None:
+            yield plugin, answer
+
+
+def implementations(pm: pluggy.PluginManager, hook: str) -> list[tuple[str, Callable[..., Any]]]:
+    """(plugin name, ``fn(**hook_kwargs)``) of each implementation of ``hook`` (not the
+    wrappers), in the order a hook call would call them: to tell whose answer is whose."""
+    found = []
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        if impl.hookwrapper or getattr(impl, "wrapper", False):
+            continue
+
+        def call(*, _impl: Any = impl, **kwargs: Any) -> Any:
+            return _impl.function(*(kwargs[name] for name in _impl.argnames))
+
+        found.append((impl.plugin_name, call))
     return found
+
+
+def _registered(
+    pm: pluggy.PluginManager, hook: str, what: str, problem: Callable[[Any], str | None]
+) -> dict[str, tuple[str, Any]]:
+    """``{name: (plugin, value)}`` from a hook that returns ``{name: value}`` mappings.
+
+    :raises PluginError: an answer is not a mapping, a value fails ``problem`` (which says
+        what is wrong with it, or ``None``), or two plugins give the same name.
+    """
+    found: dict[str, tuple[str, Any]] = {}
+    for plugin, mapping in _answers(pm, hook):
+        if not isinstance(mapping, Mapping):
+            raise PluginError(
+                f"plugin {plugin!r}: {hook}() returned {type(mapping).__name__}, not a dict "
+                f"of {what}s by name",
+                plugin=plugin,
+            )
+        for name, value in mapping.items():
+            if not isinstance(name, str) or not name:
+                raise PluginError(
+                    f"plugin {plugin!r}: {hook}() gave a {what} named {name!r}; names are "
+                    f"non-empty strings",
+                    plugin=plugin,
+                )
+            wrong = problem(value)
+            if wrong is not None:
+                raise PluginError(
+                    f"plugin {plugin!r}: {hook}() gave {what} {name!r} = {value!r}, which {wrong}",
+                    plugin=plugin,
+                )
+            _one_owner(found, name, plugin, what)
+            found[name] = (plugin, value)
+    return found
+
+
+def _one_owner(found: Mapping[Any, tuple[str, Any]], name: Any, plugin: str, what: str) -> None:
+    if name in found and found[name][0] != plugin:
+        shown = name.__qualname__ if isinstance(name, type) else name
+        raise PluginError(
+            f"two plugins register the {what} {shown!r}: {found[name][0]!r} and {plugin!r}; "
+            f'uninstall one, or block it with -p no:NAME (or plugins = ["no:NAME"] in '
+            f"[tool.stepflow])",
+            plugin=plugin,
+        )
+
+
+def _loaded_class(module: str, name: str) -> type | None:
+    """A class of a layer above, if its module is imported; not importing it is exact: an
+    instance or subclass of a class exists only once the class's module has run."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
+
+
+def _backend_problem(value: Any) -> str | None:
+    backend = _loaded_class("stepflow._execution.backend", "Backend")
+    if isinstance(value, type):
+        if backend is None or not issubclass(value, backend):
+            return "is not a stepflow.Backend subclass"
+        return None
+    if not callable(value):
+        return "is neither a stepflow.Backend subclass nor a factory(name, options, context)"
+    return None
+
+
+def backend_types(pm: pluggy.PluginManager) -> dict[str, Any]:
+    """``{kind: Backend subclass or factory}`` from every plugin's ``stepflow_backend_types``.
+
+    :raises PluginError: two plugins give the same kind, or a value is not a backend.
+    """
+    found = _registered(pm, "stepflow_backend_types", "backend kind", _backend_problem)
+    return {kind: factory for kind, (_, factory) in found.items()}
+
+
+def _factory_problem(value: Any) -> str | None:
+    return None if callable(value) else "is not callable: give a factory(uri, *, home, options)"
+
+
+def datastore_types(pm: pluggy.PluginManager) -> dict[str, tuple[str, Any]]:
+    """``{kind: (plugin, factory)}`` from every plugin's ``stepflow_datastore_types``.
+
+    :raises PluginError: two plugins give the same kind or URL scheme, or a factory is not
+        callable.
+    """
+    return _registered(pm, "stepflow_datastore_types", "datastore kind", _factory_problem)
+
+
+def serializers_of(pm: pluggy.PluginManager) -> list[Any]:
+    """Every serializer the plugins provide, in priority order (built-ins last).
+
+    :raises PluginError: an answer holds something that is not a ``stepflow.Serializer``, or
+        two plugins give serializers of the same ``name``.
+    """
+    hook = "stepflow_serializer_types"
+    found: list[Any] = []
+    owners: dict[str, tuple[str, Any]] = {}
+    for plugin, group in _answers(pm, hook):
+        if isinstance(group, str | bytes | Mapping) or not isinstance(group, Iterable):
+            raise PluginError(
+                f"plugin {plugin!r}: {hook}() returned {type(group).__name__}, not a list of "
+                f"stepflow.Serializer instances",
+                plugin=plugin,
+            )
+        serializer = _loaded_class("stepflow._storage.serializers", "Serializer")
+        for item in group:
+            if serializer is None or not isinstance(item, serializer):
+                kind = "a class; return an instance" if isinstance(item, type) else "not one"
+                raise PluginError(
+                    f"plugin {plugin!r}: {hook}() gave {item!r}, which is not a "
+                    f"stepflow.Serializer instance ({kind})",
+                    plugin=plugin,
+                )
+            _one_owner(owners, item.name, plugin, "serializer")
+            owners[item.name] = (plugin, item)
+            found.append(item)
+    return found
+
+
+def _hasher_problem(value: Any) -> str | None:
+    return None if callable(value) else "is not callable: give a function fn(obj, hasher)"
+
+
+def hashers_of(pm: pluggy.PluginManager) -> dict[type, tuple[str, Any]]:
+    """``{class: (plugin, fn)}`` from every plugin's ``stepflow_hashers``.
+
+    :raises PluginError: a key is not a class, a value is not callable, or two plugins give
+        a hasher for the same class.
+    """
+    hook = "stepflow_hashers"
+    found: dict[type, tuple[str, Any]] = {}
+    for plugin, mapping in _answers(pm, hook):
+        if not isinstance(mapping, Mapping):
+            raise PluginError(
+                f"plugin {plugin!r}: {hook}() returned {type(mapping).__name__}, not a dict "
+                f"{{class: fn(obj, hasher)}}",
+                plugin=plugin,
+            )
+        for cls, fn in mapping.items():
+            if not isinstance(cls, type):
+                raise PluginError(
+                    f"plugin {plugin!r}: {hook}() gave the key {cls!r}, which is not a class",
+                    plugin=plugin,
+                )
+            wrong = _hasher_problem(fn)
+            if wrong is not None:
+                raise PluginError(
+                    f"plugin {plugin!r}: {hook}() gave the hasher of {cls.__qualname__} = "
+                    f"{fn!r}, which {wrong}",
+                    plugin=plugin,
+                )
+            _one_owner(found, cls, plugin, "hasher of class")
+            found[cls] = (plugin, fn)
+    return found
+
+
+#: every hasher plugin managers of this process were given, in order, as (class, plugin, fn):
+#: the plugin manager sits below storage and does not import it, so hashing reads them
+_PLUGIN_HASHERS: list[tuple[type, str, Callable[..., Any]]] = []
+
+
+def plugin_hashers() -> list[tuple[type, str, Callable[..., Any]]]:
+    """``(class, plugin, fn)`` of each hasher plugins gave in this process so far, oldest
+    first; ``stepflow._storage.hashing`` registers the ones it has not seen yet."""
+    return _PLUGIN_HASHERS
+
+
+def _install_hashers(found: Mapping[type, tuple[str, Any]]) -> None:
+    latest = {cls: fn for cls, _, fn in _PLUGIN_HASHERS}
+    new = [(cls, plugin, fn) for cls, (plugin, fn) in found.items() if latest.get(cls) is not fn]
+    if not new:
+        return
+    _PLUGIN_HASHERS.extend(new)
+    # Already imported: register them now (a hasher it refuses is an error here, naming the
+    # plugin); otherwise hashing registers them when it is first used.
+    hashing = sys.modules.get("stepflow._storage.hashing")
+    if hashing is not None:
+        hashing.install_plugin_hashers()

@@ -339,3 +339,262 @@ class TestHookSpecs:
         text = HOW_TO.read_text()
         for name in _specs():
             assert f"| `{name}" in text, name
+
+
+BACKEND_KIND = """
+import stepflow
+
+class Kind(stepflow.Backend):
+    kind = "gpu"
+
+@stepflow.hookimpl
+def stepflow_backend_types():
+    return {{"gpu": {value}}}
+"""
+
+
+class TestOneOwner:
+    """A name a registration hook gives belongs to one plugin: two is an error naming both."""
+
+    def test_two_plugins_same_backend_kind(self, make_module):
+        make_module("fakeplugin_fast", BACKEND_KIND.format(value="Kind"))
+        make_module("fakeplugin_cheap", BACKEND_KIND.format(value="Kind"))
+        pm = make_plugin_manager(["fakeplugin_fast", "fakeplugin_cheap"], entrypoints=False)
+        with pytest.raises(PluginError, match="backend kind 'gpu'") as caught:
+            _pluginmanager.backend_types(pm)
+        assert "'fakeplugin_fast'" in str(caught.value)
+        assert "'fakeplugin_cheap'" in str(caught.value)
+        assert "-p no:NAME" in str(caught.value)
+
+    def test_datastore_scheme_of_a_builtin(self, make_module):
+        make_module(
+            "fakeplugin_s3",
+            """
+            import stepflow
+
+            @stepflow.hookimpl
+            def stepflow_datastore_types():
+                return {"s3": lambda uri, *, home, options: None}
+            """,
+        )
+        pm = make_plugin_manager(["fakeplugin_s3"], entrypoints=False)
+        with pytest.raises(PluginError, match="datastore kind 's3'") as caught:
+            _pluginmanager.datastore_types(pm)
+        assert "'stepflow._plugins.storage'" in str(caught.value)
+        assert "'fakeplugin_s3'" in str(caught.value)
+
+    def test_serializer_name(self, make_module):
+        make_module(
+            "fakeplugin_npy",
+            """
+            import stepflow
+            from stepflow._storage.serializers import NumpySerializer
+
+            @stepflow.hookimpl
+            def stepflow_serializer_types():
+                return [NumpySerializer()]
+            """,
+        )
+        pm = make_plugin_manager(["fakeplugin_npy"], entrypoints=False)
+        with pytest.raises(PluginError, match="serializer 'npy'") as caught:
+            _pluginmanager.serializers_of(pm)
+        assert "'fakeplugin_npy'" in str(caught.value)
+        assert "'stepflow._plugins.storage'" in str(caught.value)
+
+    def test_one_plugin_alone_is_fine(self, make_module):
+        module = make_module("fakeplugin_fast", BACKEND_KIND.format(value="Kind"))
+        pm = make_plugin_manager(["fakeplugin_fast"], entrypoints=False)
+        assert _pluginmanager.backend_types(pm)["gpu"] is module.Kind
+
+
+class TestTypeChecks:
+    """What a registration hook returns is checked, and a wrong answer names plugin and hook."""
+
+    @pytest.mark.parametrize("value", ["int", "'LocalBackend'", "42"])
+    def test_backend_not_a_backend(self, make_module, value):
+        make_module("fakeplugin_bad", BACKEND_KIND.format(value=value))
+        pm = make_plugin_manager(["fakeplugin_bad"], entrypoints=False)
+        with pytest.raises(PluginError, match="stepflow_backend_types") as caught:
+            _pluginmanager.backend_types(pm)
+        assert "plugin 'fakeplugin_bad'" in str(caught.value)
+        assert caught.value.plugin == "fakeplugin_bad"
+
+    def test_backend_factory_function_accepted(self, make_module):
+        make_module("fakeplugin_fn", BACKEND_KIND.format(value="lambda n, o, c: Kind(n, o, c)"))
+        pm = make_plugin_manager(["fakeplugin_fn"], entrypoints=False)
+        assert callable(_pluginmanager.backend_types(pm)["gpu"])
+
+    def test_backend_hook_returns_a_list(self, make_module):
+        make_module(
+            "fakeplugin_list",
+            """
+            import stepflow
+
+            @stepflow.hookimpl
+            def stepflow_backend_types():
+                return ["gpu"]
+            """,
+        )
+        pm = make_plugin_manager(["fakeplugin_list"], entrypoints=False)
+        with pytest.raises(PluginError, match="returned list, not a dict"):
+            _pluginmanager.backend_types(pm)
+
+    def test_serializer_class_not_instance(self, make_module):
+        make_module(
+            "fakeplugin_cls",
+            """
+            import stepflow
+
+            class Arrow(stepflow.Serializer):
+                name = "arrow"
+
+            @stepflow.hookimpl
+            def stepflow_serializer_types():
+                return [Arrow]
+            """,
+        )
+        pm = make_plugin_manager(["fakeplugin_cls"], entrypoints=False)
+        with pytest.raises(PluginError, match="a class; return an instance") as caught:
+            _pluginmanager.serializers_of(pm)
+        assert "plugin 'fakeplugin_cls': stepflow_serializer_types()" in str(caught.value)
+
+    def test_datastore_factory_returns_no_datastore(self, make_module, tmp_path):
+        from stepflow._storage.stores import open_datastore
+
+        make_module(
+            "fakeplugin_dav",
+            """
+            import stepflow
+
+            @stepflow.hookimpl
+            def stepflow_datastore_types():
+                return {"dav": lambda uri, *, home, options: {"not": "a store"}}
+            """,
+        )
+        pm = make_plugin_manager(["fakeplugin_dav"], entrypoints=False)
+        home = tmp_path / "home"
+        home.mkdir(mode=0o700)
+        with pytest.raises(PluginError, match="returned dict, not a stepflow Datastore") as c:
+            open_datastore("dav://x/y", home=home, pm=pm)
+        assert "plugin 'fakeplugin_dav'" in str(c.value)
+        assert "stepflow_datastore_types" in str(c.value)
+
+    def test_local_datastore_through_the_hook(self, tmp_path):
+        from stepflow._plugins.storage import stepflow_datastore_types
+        from stepflow._storage.datastore import LocalDatastore
+        from stepflow._storage.stores import open_datastore
+
+        pm = make_plugin_manager(entrypoints=False)
+        assert _pluginmanager.datastore_types(pm)["local"][0] == "stepflow._plugins.storage"
+        assert "local" in stepflow_datastore_types()
+        home = tmp_path / "home"
+        home.mkdir(mode=0o700)
+        assert isinstance(open_datastore(None, home=home, pm=pm), LocalDatastore)
+
+
+POINT = """
+import stepflow
+
+class Point:
+    def __init__(self, x, y, scratch=None):
+        self.x, self.y, self.scratch = x, y, scratch
+
+@stepflow.hookimpl
+def stepflow_hashers():
+    # scratch does not count: two points with the same x and y are one value
+    return {Point: lambda p, hasher: hasher.add((p.x, p.y))}
+"""
+
+
+class TestHashers:
+    def test_registered_when_the_manager_is_made(self, make_module):
+        from stepflow._storage.hashing import hash_value
+
+        module = make_module("fakeplugin_point", POINT)
+        a, b = module.Point(1, 2, scratch=[1]), module.Point(1, 2, scratch=[2])
+        make_plugin_manager(["fakeplugin_point"], entrypoints=False)
+        assert hash_value(a) == hash_value(b)
+        assert hash_value(a) != hash_value(module.Point(1, 3))
+
+    def test_two_plugins_same_class(self, make_module):
+        module = make_module("fakeplugin_point", POINT)
+        make_module(
+            "fakeplugin_point2",
+            """
+            import stepflow
+            from fakeplugin_point import Point
+
+            @stepflow.hookimpl
+            def stepflow_hashers():
+                return {Point: lambda p, hasher: hasher.add(p.x)}
+            """,
+        )
+        with pytest.raises(PluginError, match="hasher of class 'Point'") as caught:
+            make_plugin_manager(["fakeplugin_point", "fakeplugin_point2"], entrypoints=False)
+        assert "'fakeplugin_point'" in str(caught.value)
+        assert "'fakeplugin_point2'" in str(caught.value)
+        assert module.Point  # the module stays importable
+
+    def test_key_not_a_class(self, make_module):
+        make_module(
+            "fakeplugin_nokey",
+            """
+            import stepflow
+
+            @stepflow.hookimpl
+            def stepflow_hashers():
+                return {"Point": lambda p, hasher: None}
+            """,
+        )
+        with pytest.raises(PluginError, match=r"fakeplugin_nokey.*stepflow_hashers.*not a class"):
+            make_plugin_manager(["fakeplugin_nokey"], entrypoints=False)
+
+    def test_builtin_encoding_refused(self, make_module):
+        make_module(
+            "fakeplugin_int",
+            """
+            import stepflow
+
+            @stepflow.hookimpl
+            def stepflow_hashers():
+                return {int: lambda p, hasher: None}
+            """,
+        )
+        import stepflow._storage.hashing  # noqa: F401  (loaded: refused at once)
+
+        with pytest.raises(PluginError, match=r"fakeplugin_int.*cannot replace the built-in"):
+            make_plugin_manager(["fakeplugin_int"], entrypoints=False)
+
+
+class TestStepReportMetrics:
+    def test_step_finish_gets_the_logged_metrics(self, make_module, tmp_path):
+        import stepflow
+
+        plugin = make_module(
+            "fakeplugin_metrics",
+            """
+            import stepflow
+
+            SEEN = {}
+
+            @stepflow.hookimpl
+            def stepflow_step_finish(run, report):
+                SEEN[report.name] = [(m.name, m.value, m.step) for m in report.metrics]
+            """,
+        )
+
+        @stepflow.step
+        def trained() -> int:
+            ctx = stepflow.context()
+            ctx.log_metric("loss", 0.5, step=1)
+            ctx.log_metric("loss", 0.25, step=2)
+            return 1
+
+        pipeline = stepflow.Pipeline("metrics", [trained])
+        home = tmp_path / "home"
+        result = pipeline.run(home=home, plugins=["fakeplugin_metrics"])
+        assert plugin.SEEN["trained"] == [("loss", 0.5, 1), ("loss", 0.25, 2)]
+        assert [m.value for m in result.steps["trained"].metrics] == [0.5, 0.25]
+        plugin.SEEN.clear()
+        pipeline.run(home=home, plugins=["fakeplugin_metrics"])
+        assert plugin.SEEN["trained"] == []  # reused: nothing was logged this time

@@ -484,3 +484,86 @@ class TestHowTo:
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "2 passed" in proc.stdout
+
+
+HELLO = """
+import stepflow
+
+
+def greet(args, config, pm):
+    print(f"HELLO {args.name} home={config.home.name}")
+    return 4
+
+
+@stepflow.hookimpl
+def stepflow_add_commands(subparsers):
+    hello = subparsers.add_parser("hello", help="greet someone")
+    hello.add_argument("--name", default="world")
+    hello.set_defaults(handler=greet)
+"""
+
+
+def _entry_point_site(root, name, module, source):
+    """A distribution with a ``stepflow`` entry point, as pip would leave it (no pip needed)."""
+    site = root / "site"
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[stepflow]\nhello = {module}\n")
+    (site / f"{module}.py").write_text(source)
+    return {
+        "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    }
+
+
+class TestCommands:
+    """``stepflow_add_commands``: a third party adds a sub-command, as the built-ins do."""
+
+    def test_command_from_module(self, stepflow_runner):
+        (stepflow_runner.path / "hello_plugin.py").write_text(HELLO)
+        out = stepflow_runner.run("hello", "--name", "ada", "-p", "hello_plugin")
+        assert out.ret == 4, out.stderr
+        assert "HELLO ada home=" in out.stdout
+        listed = stepflow_runner.run("plugins", "--json", "-p", "hello_plugin")
+        rows = {row["name"]: row for row in json.loads(listed.stdout)}
+        assert rows["hello_plugin"]["commands"] == ["hello"]
+        assert "run" in rows["stepflow.commands"]["commands"]
+
+    def test_command_from_entry_point(self, stepflow_runner, tmp_path):
+        env = _entry_point_site(tmp_path, "stepflow-hello", "stepflow_hello", HELLO)
+        out = stepflow_runner.run("hello", env=env)
+        assert out.ret == 4, out.stderr
+        assert "HELLO world" in out.stdout
+        helped = stepflow_runner.run("hello", "--help", env=env)
+        assert helped.ret == 0 and "--name" in helped.stdout and "--home" in helped.stdout
+        # plugins loaded (-p given): the top-level help lists the plugin's command too
+        full = stepflow_runner.run("-p", "no:nothing", "--help", env=env)
+        assert "greet someone" in full.stdout
+        # the plain --help stays on its fast path, without plugins, and says where they are
+        fast = stepflow_runner.run("--help", env=env)
+        assert "greet someone" not in fast.stdout and "stepflow plugins" in fast.stdout
+        assert "run a pipeline" in fast.stdout
+        blocked = stepflow_runner.run("hello", "-p", "no:hello", env=env)
+        assert blocked.ret == 2 and "invalid choice: 'hello'" in blocked.stderr
+
+    def test_two_plugins_same_command(self, stepflow_runner, tmp_path):
+        env = _entry_point_site(tmp_path, "stepflow-hello", "stepflow_hello", HELLO)
+        (stepflow_runner.path / "hello_plugin.py").write_text(HELLO)
+        out = stepflow_runner.run("hello", "-p", "hello_plugin", env=env)
+        assert out.ret == 2
+        assert "'hello'" in out.stderr and "'hello_plugin'" in out.stderr
+        assert "-p no:NAME" in out.stderr
+
+    def test_command_shadowing_a_builtin(self, stepflow_runner):
+        (stepflow_runner.path / "shadow.py").write_text(HELLO.replace('"hello"', '"run"'))
+        out = stepflow_runner.run("plugins", "-p", "shadow")
+        assert out.ret == 2
+        assert "'stepflow.commands' and 'shadow'" in out.stderr
+
+    def test_command_without_handler(self, stepflow_runner):
+        (stepflow_runner.path / "nohandler.py").write_text(
+            HELLO.replace("    hello.set_defaults(handler=greet)\n", "")
+        )
+        out = stepflow_runner.run("hello", "-p", "nohandler")
+        assert out.ret == 2
+        assert "plugin 'nohandler': command 'hello' has no handler" in out.stderr

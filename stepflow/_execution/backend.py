@@ -136,10 +136,10 @@ def open_backends(
     :raises BackendUnavailableError: a backend name is unknown or its check fails; the
         backends already opened are closed again.
     """
-    kinds: dict[str, Any] = {}
-    for mapping in pm.hook.stepflow_backend_types():
-        for kind, factory in (mapping or {}).items():
-            kinds.setdefault(kind, factory)
+    from stepflow._pluginmanager import backend_types
+
+    # Checked, and a kind two plugins give is an error naming both.
+    kinds = backend_types(pm)
     context = BackendContext(config=config, workers=workers, run_id=run_id)
     backends: dict[str, Backend] = {}
     try:

@@ -296,10 +296,13 @@ class Journal:
         self._fact(name).reused = record
 
     def step_finished(self, report: StepReport) -> StepReport:
-        """Record a finished step; returns the report with its captured output attached."""
+        """Record a finished step; returns the report with its captured output and metrics
+        attached."""
         fact = self._fact(report.name)
         if fact.last_logs and not report.logs:
             report = attrs.evolve(report, logs=dict(fact.last_logs))
+        if fact.metrics and not report.metrics:
+            report = attrs.evolve(report, metrics=tuple(fact.metrics))
         if report.error is not None and self.runner.secret_values:
             report = attrs.evolve(report, error=self._masked_error(report.error))
         if self.records is None:

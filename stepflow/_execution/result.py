@@ -5,12 +5,15 @@ from __future__ import annotations
 import enum
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from stepflow._sentinels import MISSING
 from stepflow.errors import StepFailedError, StorageError
+
+if TYPE_CHECKING:
+    from stepflow._execution.context import Metric
 
 __all__ = ["RunInfo", "RunResult", "StepReport", "StepState"]
 
@@ -48,6 +51,9 @@ class StepReport:
     outputs: tuple[str, ...] = ()
     #: what the final attempt wrote: ``{"stdout": ..., "stderr": ..., "log": ...}``
     logs: Mapping[str, str] = attrs.field(factory=dict)
+    #: the metrics the final attempt logged with ``stepflow.context().log_metric``, in order
+    #: (each has ``name``, ``value``, ``step`` and ``timestamp``); empty for a reused step
+    metrics: tuple[Metric, ...] = ()
 
 
 @attrs.frozen(eq=False)

@@ -1,5 +1,5 @@
-"""Registers the built-in serializers and object-store datastores through the same hooks
-plugins use."""
+"""Registers the built-in serializers and datastores (the local folder store and the
+object stores) through the same hooks plugins use."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.serializers import Serializer, builtin_serializers
+from stepflow._storage.stores import open_local_datastore
 from stepflow.hookspecs import hookimpl
 
 
@@ -20,7 +21,9 @@ def stepflow_serializer_types() -> list[Serializer]:
 @hookimpl
 def stepflow_datastore_types() -> Mapping[str, Any]:
     # One fsspec-based store for every object-store scheme; only s3:// is tested.
-    return {scheme: _open_object_store for scheme in ("s3", "gs", "gcs", "az", "abfs")}
+    kinds: dict[str, Any] = {"local": open_local_datastore}
+    kinds.update((scheme, _open_object_store) for scheme in ("s3", "gs", "gcs", "az", "abfs"))
+    return kinds
 
 
 def _open_object_store(uri: str, *, home: Path, options: Mapping[str, Any]) -> Datastore:

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from stepflow.errors import StepflowError
+from stepflow.errors import PluginError, StepflowError
 
 if TYPE_CHECKING:
     import fractions
@@ -63,6 +63,7 @@ __all__ = [
     "hash_file",
     "hash_strings",
     "hash_value",
+    "install_plugin_hashers",
     "register_hasher",
 ]
 
@@ -444,10 +445,40 @@ def _builtin_subclass_handler(base_handler: _Handler) -> _Handler:
     return encode
 
 
+#: how many of the plugin manager's hashers (``plugin_hashers()``) are registered
+_plugin_hashers_seen = 0
+
+
+def install_plugin_hashers() -> None:
+    """Register the hashers plugins gave through the ``stepflow_hashers`` hook.
+
+    The plugin manager keeps them (it sits below storage and does not import it); they are
+    registered when a plugin manager is made after this module, or on this module's first
+    use otherwise.
+
+    :raises PluginError: a plugin's hasher is refused by :func:`register_hasher`.
+    """
+    global _plugin_hashers_seen
+    manager = sys.modules.get("stepflow._pluginmanager")
+    if manager is None:
+        return
+    given = manager.plugin_hashers()
+    while _plugin_hashers_seen < len(given):
+        cls, plugin, fn = given[_plugin_hashers_seen]
+        _plugin_hashers_seen += 1
+        try:
+            register_hasher(cls, fn)
+        except TypeError as exc:
+            raise PluginError(
+                f"plugin {plugin!r}: stepflow_hashers(): {exc}", plugin=plugin
+            ) from None
+
+
 def _load_lazy_handlers() -> None:
     """Register handlers for the classes of a library once someone has imported it: numpy,
     pandas, and the standard library's fractions and uuid (a few milliseconds of a fresh
-    process's start-up, when no value needs them)."""
+    process's start-up, when no value needs them); and the hashers plugins gave."""
+    install_plugin_hashers()
     for module, name, handler in _LAZY_FIXED:
         if module not in _lazy_loaded and module in sys.modules:
             _lazy_loaded.add(module)

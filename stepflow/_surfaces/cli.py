@@ -66,6 +66,9 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
     parser = argparse.ArgumentParser(
         prog="stepflow",
         description="Run machine-learning pipelines made of plain Python functions.",
+        # The plain `stepflow --help` loads no plugins (it must start fast).
+        epilog="Plugins can add commands: `stepflow plugins` lists them, and "
+        "`stepflow -p MODULE --help` shows them here.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument(
@@ -78,6 +81,73 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    if pm is None:
+        # The fast path (``stepflow --help``): no plugins loaded, the built-in commands only.
+        add_builtin_commands(sub)
+    else:
+        from stepflow._surfaces import commands
+
+        if pm.get_plugin(commands.PLUGIN_NAME) is None:
+            pm.register(commands, name=commands.PLUGIN_NAME)
+        owners = _add_plugin_commands(sub, pm)
+        parser.set_defaults(command_plugins=owners)
+        for subparser in {id(p): p for p in sub.choices.values()}.values():
+            _add_common_to_leaves(subparser)
+        for name, subparser in sub.choices.items():
+            pm.hook.stepflow_addoption(parser=subparser, command=name)
+    return parser
+
+
+def _add_plugin_commands(
+    sub: argparse._SubParsersAction[Any], pm: pluggy.PluginManager
+) -> dict[str, str]:
+    """Every plugin's ``stepflow_add_commands``, the built-in commands' first; returns
+    ``{command: plugin}``.
+
+    :raises PluginError: two plugins add a command of the same name.
+    """
+    import re
+
+    from stepflow._pluginmanager import implementations
+    from stepflow.errors import PluginError
+
+    owners: dict[str, str] = {}
+    for plugin, add in implementations(pm, "stepflow_add_commands"):
+        before = set(sub.choices)
+        try:
+            add(subparsers=sub)
+        except argparse.ArgumentError as exc:
+            match = re.search(r"conflicting subparser(?: alias)?: (\S+)", str(exc))
+            other = owners.get(match[1]) if match else None
+            both = f"{other!r} and {plugin!r}" if other else repr(plugin)
+            raise PluginError(
+                f"plugin {plugin!r}: stepflow_add_commands(): {exc}; the command is added by "
+                f"{both}: uninstall one, or block it with -p no:NAME",
+                plugin=plugin,
+            ) from None
+        for name in sub.choices:
+            if name not in before:
+                owners[name] = plugin
+    return owners
+
+
+def _add_common_to_leaves(parser: argparse.ArgumentParser) -> None:
+    """``-p`` and ``--home`` on every command a plugin added (and its sub-commands)."""
+    children = [
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ]
+    if not children:
+        if "--home" not in parser._option_string_actions:
+            _add_common(parser)
+        return
+    for action in children:
+        for child in {id(p): p for p in action.choices.values()}.values():
+            _add_common_to_leaves(child)
+
+
+def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """The built-in commands, each with its ``handler``; registered through the
+    ``stepflow_add_commands`` hook (``stepflow._surfaces.commands``) like a plugin's."""
     run = sub.add_parser("run", help="run a pipeline", description="Run a pipeline.")
     run.add_argument(
         "target",
@@ -146,11 +216,13 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
         help="steps' output is always recorded; tee (default) also shows it as it happens, "
         "quiet shows it only for failed steps",
     )
+    run.set_defaults(handler=_cmd_run)
     _add_common(run)
 
     show = sub.add_parser("show", help="show a pipeline's steps and graph")
     show.add_argument("target", metavar="TARGET")
     show.add_argument("--format", choices=["text", "dot", "mermaid", "json"], default="text")
+    show.set_defaults(handler=_cmd_show)
     _add_common(show)
 
     explain = sub.add_parser(
@@ -166,9 +238,11 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
         "--param", dest="params", action="append", default=[], metavar="NAME=VALUE"
     )
     explain.add_argument("--json", action="store_true", help="print JSON")
+    explain.set_defaults(handler=_cmd_explain)
     _add_common(explain)
 
     cache = sub.add_parser("cache", help="list, inspect and prune stored results")
+    cache.set_defaults(handler=_cmd_cache)
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     cache_ls = cache_sub.add_parser(
         "ls",
@@ -212,19 +286,19 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
     from stepflow._surfaces import runscmd
 
     runscmd.add_parsers(sub, _add_common)
+    for name in ("runs", "logs"):
+        sub.choices[name].set_defaults(handler=_cmd_runs)
 
     plugins = sub.add_parser("plugins", help="list the plugins loaded and what they provide")
     plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.set_defaults(handler=_cmd_plugins)
     _add_common(plugins)
 
     from stepflow._surfaces import registrycmd
 
     registrycmd.add_parsers(sub, _add_common)
-
-    if pm is not None:
-        for name, subparser in sub.choices.items():
-            pm.hook.stepflow_addoption(parser=subparser, command=name)
-    return parser
+    for name in ("datasets", "models"):
+        sub.choices[name].set_defaults(handler=_cmd_registry)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -329,35 +403,45 @@ def _main(argv: list[str]) -> int:
         workers=getattr(args, "workers", None),
         options=vars(args),
     )
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        from stepflow.errors import PluginError
+
+        owner = args.command_plugins.get(args.command, "?")
+        raise PluginError(
+            f"plugin {owner!r}: command {args.command!r} has no handler; in "
+            f"stepflow_add_commands call parser.set_defaults(handler=fn), where "
+            f"fn(args, config, pm) returns the exit code",
+            plugin=owner,
+        )
     pm.hook.stepflow_configure(config=config)
     try:
-        if args.command == "runs" and args.runs_command == "source":
-            from stepflow._surfaces import sourcecmd
-
-            return sourcecmd.run_command(args, config, pm)
-        if args.command in ("runs", "logs"):
-            from stepflow._surfaces.runscmd import run_command
-
-            return run_command(args, config)
-        if args.command == "run":
-            return _cmd_run(args, config, pm)
-        if args.command == "show":
-            return _cmd_show(args)
-        if args.command == "plugins":
-            return _cmd_plugins(args, pm)
-        if args.command == "explain":
-            return _cmd_explain(args, config, pm)
-        if args.command == "cache":
-            from stepflow._surfaces.cachecmd import run_command as cache_command
-
-            return cache_command(args, config, pm)
-        if args.command in ("datasets", "models"):
-            from stepflow._surfaces.registrycmd import run_command as registry_command
-
-            return registry_command(args, config)
-        raise AssertionError(args.command)
+        code = handler(args, config, pm)
+        return ExitCode.OK if code is None else int(code)
     finally:
         pm.hook.stepflow_unconfigure(config=config)
+
+
+def _cmd_runs(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
+    if args.command == "runs" and args.runs_command == "source":
+        from stepflow._surfaces import sourcecmd
+
+        return sourcecmd.run_command(args, config, pm)
+    from stepflow._surfaces.runscmd import run_command
+
+    return run_command(args, config)
+
+
+def _cmd_cache(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
+    from stepflow._surfaces.cachecmd import run_command
+
+    return run_command(args, config, pm)
+
+
+def _cmd_registry(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
+    from stepflow._surfaces.registrycmd import run_command
+
+    return run_command(args, config)
 
 
 def _load(target: str, *, full_trace: bool = False) -> tuple[Any, list[str]]:
@@ -480,14 +564,17 @@ def _cmd_explain(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager
     return ExitCode.OK
 
 
-def _cmd_show(args: argparse.Namespace) -> int:
+def _cmd_show(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
     from stepflow._surfaces.show import render
 
     sys.stdout.write(render(_load(args.target)[0], args.format))
     return ExitCode.OK
 
 
-def _cmd_plugins(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
+def _cmd_plugins(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
+    commands: dict[str, list[str]] = {}
+    for command, owner in getattr(args, "command_plugins", {}).items():
+        commands.setdefault(owner, []).append(command)
     rows = []
     dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     for name, plugin in pm.list_name_plugin():
@@ -507,6 +594,7 @@ def _cmd_plugins(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
                 "module": getattr(plugin, "__name__", type(plugin).__name__),
                 "distribution": f"{dist.project_name} {dist.version}" if dist else None,
                 "backends": backends,
+                "commands": sorted(commands.get(name, [])),
                 "hooks": hooks,
             }
         )
@@ -518,5 +606,7 @@ def _cmd_plugins(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
         print(f"{row['name']}{origin}")
         if row["backends"]:
             print(f"  backends: {', '.join(row['backends'])}")
+        if row["commands"]:
+            print(f"  commands: {', '.join(row['commands'])}")
         print(f"  hooks: {', '.join(row['hooks'])}")
     return ExitCode.OK
