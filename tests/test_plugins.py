@@ -238,7 +238,8 @@ class TestEchoBackend:
             import os, time
             from stepflow import step
 
-            @step(backend="gpu", timeout=0.5)
+            # Long enough for the worker to start and write pid.txt on a loaded machine.
+            @step(backend="gpu", timeout=4)
             def stuck() -> int:
                 with open("pid.txt", "w") as fh:
                     fh.write(str(os.getpid()))
@@ -249,7 +250,7 @@ class TestEchoBackend:
         _pyproject(stepflow_runner, GPU_ECHO)
         out = stepflow_runner.run("run", "flow.py", env=env, timeout=30)
         assert out.ret == 1
-        out.fnmatch_lines(["stuck *failed*", "*ran past its timeout of 0.5s on backend 'gpu'*"])
+        out.fnmatch_lines(["stuck *failed*", "*ran past its timeout of 4s on backend 'gpu'*"])
         assert (stepflow_runner.path / "echo.log").read_text().split()[-1] == "timeout"
         pid = int((stepflow_runner.path / "pid.txt").read_text())
         with pytest.raises(ProcessLookupError):
