@@ -18,7 +18,6 @@ import threading
 import time
 import warnings
 from collections.abc import Collection, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -26,8 +25,9 @@ import pluggy
 from stepflow._config import Config
 from stepflow._execution.backend import Backend, open_backends
 from stepflow._execution.capture import Captured, capturing, step_output
-from stepflow._execution.journal import Journal
+from stepflow._execution.journal import Journal, RunFacts
 from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
+from stepflow._execution.schedule import run_parallel, run_sequential
 from stepflow._planning.cachekey import CacheKey, describe_value
 from stepflow._planning.plan import Plan
 from stepflow._planning.reuse import CACHE_OFF, REGENERATE, Decision, decide, look_up
@@ -166,7 +166,22 @@ class _Runner:
             str(v) for k, v in plan.params.items() if k in plan.secret_params and str(v)
         )
         #: step → (attempt, stream, text) of every attempt, and what it logged
-        self.journal = Journal(self)
+        self.journal = Journal(
+            RunFacts(
+                run_id=self.run_id,
+                pipeline=pipeline,
+                plan=plan,
+                config=config,
+                workers=workers,
+                secret_values=self.secret_values,
+                reports=self.reports,
+                outputs=self.artifacts,
+                keys=self.keys,
+                references=self.references,
+                bookkeeping_failed=self.bookkeeping_failed,
+                pm=pm,
+            )
+        )
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -218,14 +233,12 @@ class _Runner:
         try:
             with capturing():
                 if self.workers == 1:
-                    self._run_sequential()
+                    run_sequential(self)
                 else:
-                    self._run_parallel()
+                    run_parallel(self, self.workers)
         except KeyboardInterrupt:
             interrupted = True
-            self.cancelled.set()
-            for backend in self.backends.values():
-                backend.cancel()
+            self.cancel()
         finally:
             for backend in self.backends.values():
                 backend.close()
@@ -278,54 +291,21 @@ class _Runner:
                 f"result was dropped from the cache, so the next run computes it again."
             ) from exc
 
-    def _run_sequential(self) -> None:
-        for name in self.plan.steps:
-            if name in self.reports:
-                continue
-            if self.cancelled.is_set():
-                break
-            try:
-                report = self._run_step(name)
-            except KeyboardInterrupt:
-                self._finish(self._interrupted_report(name))
-                raise
-            self._finish(report)
+    # --- what scheduling calls (``schedule.Steps``) ------------------------------------------
 
-    def _run_parallel(self) -> None:
-        selected = set(self.plan.steps)
-        waiting = {n: set(self.dag.upstream[n]) & selected for n in self.plan.steps}
-        ready = [n for n in self.plan.steps if not waiting[n]]
-        running: dict[Future[StepReport], str] = {}
-        executor = ThreadPoolExecutor(self.workers, thread_name_prefix="stepflow-dispatch")
-        try:
-            while ready or running:
-                while ready and len(running) < self.workers and not self.cancelled.is_set():
-                    name = ready.pop(0)
-                    if name not in self.reports:
-                        running[executor.submit(self._run_step, name)] = name
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in sorted(done, key=lambda f: self.plan.steps.index(running[f])):
-                    name = running.pop(future)
-                    report = future.result()
-                    self._finish(report)
-                    if report.state in (StepState.RAN, StepState.REUSED):
-                        for child in self.dag.downstream[name]:
-                            if child in waiting:
-                                waiting[child].discard(name)
-                                if not waiting[child] and child not in self.reports:
-                                    ready.append(child)
-        except KeyboardInterrupt:
-            self.cancelled.set()
-            for backend in self.backends.values():
-                backend.cancel()
-            for future, name in running.items():
-                future.cancel()
-                self._finish(self._interrupted_report(name))
-            raise
-        finally:
-            executor.shutdown(wait=False, cancel_futures=True)
+    def run_step(self, name: str) -> StepReport:
+        return self._run_step(name)
+
+    def finish(self, report: StepReport) -> None:
+        self._finish(report)
+
+    def interrupted(self, name: str) -> StepReport:
+        return self._interrupted_report(name)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        for backend in self.backends.values():
+            backend.cancel()
 
     def _finish(self, report: StepReport) -> None:
         if report.name in self.reports:
