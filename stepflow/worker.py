@@ -21,6 +21,7 @@ loads the inputs from the datastore (verified), runs the step, and stores the ou
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import io
@@ -37,6 +38,7 @@ from types import ModuleType
 from typing import Any, BinaryIO
 
 from stepflow._authoring.step import StepRef, StepSpec
+from stepflow._execution.attempt import internal_error, run_attempt
 from stepflow._execution.capture import capturing, fd_output, step_output
 from stepflow._execution.context import StepContext, activate
 from stepflow._execution.frames import (
@@ -47,11 +49,10 @@ from stepflow._execution.frames import (
     ready_frame,
     write_frame,
 )
-from stepflow._execution.invoke import StepRaised, invoke, task_error
 from stepflow._execution.loading import loading_step
-from stepflow._execution.task import Task, TaskError, TaskResult
+from stepflow._execution.task import Task, TaskResult
 from stepflow._storage.artifacts import ArtifactIO
-from stepflow._storage.datastore import ArtifactMissingError, Datastore, LocalDatastore
+from stepflow._storage.datastore import Datastore, LocalDatastore
 from stepflow._storage.serializers import builtin_serializers
 
 __all__ = ["OUTPUT_ENV", "READY", "WATCH_ENV", "execute_task", "main", "read_frame", "write_frame"]
@@ -130,20 +131,12 @@ def open_store(task: Task) -> Datastore:
     return open_datastore(task.store_uri, home=home, options=task.store_options)
 
 
-def _internal(task: Task, exc: BaseException, start: float, what: str, **extra: Any) -> TaskResult:
-    error = task_error(exc, cut=None)
+def _internal(task: Task, exc: BaseException, start: float, what: str) -> TaskResult:
     return TaskResult(
         task.step,
         task.attempt,
         run_id=task.run_id,
-        error=TaskError(
-            exc_type=error.exc_type,
-            message=f"{what}: {error.message}",
-            traceback=error.full_traceback,
-            full_traceback=error.full_traceback,
-            internal=True,
-            **extra,
-        ),
+        error=internal_error(exc, what),
         duration=time.perf_counter() - start,
     )
 
@@ -168,30 +161,8 @@ def execute_task(task: Task, output_dir: Path | None = None) -> TaskResult:
         )
     except Exception as exc:
         return _internal(task, exc, start, f"the worker could not prepare step {task.step!r}")
-    kwargs: dict[str, Any] = {}
-    for name, ref in task.inputs.items():
-        try:
-            kwargs[name] = io.load(ref)
-        except ArtifactMissingError as exc:
-            return _internal(task, exc, start, f"input {name!r}", bad_input=name)
-        except Exception as exc:
-            return _internal(task, exc, start, f"input {name!r} could not be loaded")
-    if task.references:
-        from stepflow._execution.references import load_reference
-
-        for name, version in task.references.items():
-            try:
-                kwargs[name] = load_reference(
-                    version,
-                    spec.input(name).annotation,
-                    store=io.store,
-                    serializers=io.serializers,
-                    home=Path(task.home) if task.home else Path.cwd() / ".stepflow",
-                )
-            except Exception as exc:
-                return _internal(task, exc, start, f"input {name!r} ({version.label})")
-    kwargs.update(task.params)
     secrets = tuple(str(task.params[n]) for n in task.secret_params if str(task.params.get(n, "")))
+    home = Path(task.home) if task.home else None
     ctx = StepContext(
         run_id=task.run_id,
         pipeline=task.pipeline or None,
@@ -199,20 +170,27 @@ def execute_task(task: Task, output_dir: Path | None = None) -> TaskResult:
         attempt=task.attempt,
         store=io.store,
         serializers=tuple(io.serializers),
-        home=Path(task.home) if task.home else None,
+        home=home,
         secrets=secrets,
     )
     with (
         capturing(),
         activate(ctx),
         step_output(echo=task.echo, secrets=secrets) as captured,
-        fd_output(output_dir, captured) if output_dir else contextlib.nullcontext(),
     ):
-        try:
-            values = invoke(spec, kwargs)
-        except StepRaised as raised:
-            values = None
-            error = raised.error
+        # The same attempt as the in-process backend's (``_execution.attempt``).
+        attempt = run_attempt(
+            spec,
+            step=task.step,
+            inputs={name: functools.partial(io.load, ref) for name, ref in task.inputs.items()},
+            references=task.references,
+            params=task.params,
+            io=io,
+            home=home or Path.cwd() / ".stepflow",
+            output=lambda: (
+                fd_output(output_dir, captured) if output_dir else contextlib.nullcontext()
+            ),
+        )
     logged = {
         "logs": captured.texts(secrets),
         "metrics": tuple(ctx.metrics),
@@ -220,35 +198,20 @@ def execute_task(task: Task, output_dir: Path | None = None) -> TaskResult:
         "tags": dict(ctx.tags),
         "files": {k: v for k, v in ctx.artifacts.items() if v is not None},
     }
-    if values is None:
+    if attempt.error is not None:
         return TaskResult(
             task.step,
             task.attempt,
             run_id=task.run_id,
-            error=error,
+            error=attempt.error,
             duration=time.perf_counter() - start,
             **logged,
         )
-    outputs = {}
-    for name, value in values.items():
-        try:
-            outputs[name] = io.save(value)
-        except Exception as exc:
-            error = task_error(exc, cut=None)
-            message = f"output {name!r} of step {task.step!r}: {error.message}"
-            return TaskResult(
-                task.step,
-                task.attempt,
-                run_id=task.run_id,
-                error=TaskError(error.exc_type, message, error.traceback, error.full_traceback),
-                duration=time.perf_counter() - start,
-                **logged,
-            )
     return TaskResult(
         task.step,
         task.attempt,
         run_id=task.run_id,
-        outputs=outputs,
+        outputs=attempt.outputs,
         duration=time.perf_counter() - start,
         **logged,
     )

@@ -14,7 +14,8 @@ import sys
 import threading
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -32,13 +33,18 @@ from stepflow._version import __version__
 from stepflow.errors import StepFailedError, StepflowWarning
 
 if TYPE_CHECKING:
+    from stepflow._config import Config
     from stepflow._execution.capture import Captured
     from stepflow._execution.context import StepContext
     from stepflow._execution.task import TaskResult
+    from stepflow._planning.cachekey import CacheKey
+    from stepflow._planning.plan import Plan
+    from stepflow._storage.artifacts import ArtifactRef
     from stepflow._storage.index import CacheRecord
     from stepflow._storage.source import Scan
+    from stepflow.errors import StorageError
 
-__all__ = ["Journal", "open_records"]
+__all__ = ["Journal", "RunFacts", "open_records"]
 
 #: seconds between writes of finished steps while a run goes on
 _FLUSH_EVERY = 1.0
@@ -48,6 +54,41 @@ def open_records(home: os.PathLike[str] | str) -> RunRecords:
     from pathlib import Path
 
     return RunRecords.shared(Path(home) / "runs.db")
+
+
+class Output(Protocol):
+    """An output made or reused during the run."""
+
+    content_hash: str
+    ref: ArtifactRef | None
+
+
+@attrs.frozen
+class RunFacts:
+    """What the journal reads of a run: exactly this, and nothing else of the run loop.
+
+    The mappings are the run loop's own, read as they fill while the run goes on.
+    """
+
+    run_id: str
+    pipeline: str
+    plan: Plan
+    config: Config
+    workers: int
+    #: parameter values to mask as ``***`` in everything recorded
+    secret_values: tuple[str, ...]
+    #: step → its report, once finished
+    reports: Mapping[str, StepReport]
+    #: output → the artifact made or reused for it
+    outputs: Mapping[str, Output]
+    #: step → its cache key, once computed
+    keys: Mapping[str, CacheKey]
+    #: step → parameter → the registry version it reads
+    references: Mapping[str, Mapping[str, Any]]
+    #: told about what could not be recorded because the home's storage failed
+    bookkeeping_failed: Callable[[StorageError], None]
+    #: the plugin manager, for the datastore plugin that stores the code snapshot
+    pm: Any = None
 
 
 @attrs.define
@@ -74,8 +115,8 @@ def _user() -> str | None:
 class Journal:
     """Collects a run's facts and writes them to the run records."""
 
-    def __init__(self, runner: Any) -> None:
-        self.runner = runner
+    def __init__(self, run: RunFacts) -> None:
+        self.run = run
         self.facts: dict[str, _StepFacts] = {}
         self._pending: list[StepRow] = []
         self._flushed = time.monotonic()
@@ -89,22 +130,22 @@ class Journal:
         return fact
 
     def _mask(self, text: str) -> str:
-        for secret in self.runner.secret_values:
+        for secret in self.run.secret_values:
             text = text.replace(secret, "***")
         return text
 
     # --- run ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        runner = self.runner
+        run = self.run
         try:
-            self.records = open_records(runner.config.home)
+            self.records = open_records(run.config.home)
             self.records.mark_abandoned()
             self.records.start_run(self._run_row())
         except Exception as exc:  # the run goes on without records (see _lost)
             self._lost(exc)
             return
-        if runner.config.settings.get("record_source", True):
+        if run.config.settings.get("record_source", True):
             # Not a daemon: the snapshot writes itself to the record when it is done, after
             # the run has returned if need be, and the process waits for it before exiting.
             threading.Thread(
@@ -118,16 +159,16 @@ class Journal:
             except Exception:  # noqa: S110 - already reporting the first problem
                 pass
         self.records = None
-        path = self.runner.config.home / "runs.db"
-        report = getattr(self.runner, "bookkeeping_failed", None)
-        if is_storage_fault(exc) and report is not None:
+        path = self.run.config.home / "runs.db"
+        report = self.run.bookkeeping_failed
+        if is_storage_fault(exc):
             # A full disk, a read-only home, a locked database: the run's result and exit
             # code say so (RunResult.storage_errors), the steps' states stand.
             report(
                 storage_error(
                     exc,
                     path=path,
-                    what=f"the run records of run {self.runner.run_id}",
+                    what=f"the run records of run {self.run.run_id}",
                 )
             )
             return
@@ -140,8 +181,8 @@ class Journal:
         )
 
     def _run_row(self) -> RunRow:
-        runner = self.runner
-        plan = runner.plan
+        run = self.run
+        plan = run.plan
         selected = set(plan.steps)
         if selected == set(plan.dag.steps):
             targets: tuple[str, ...] = ()
@@ -149,17 +190,17 @@ class Journal:
             # The steps nothing selected depends on: selecting them again selects the same set.
             targets = tuple(n for n in plan.steps if not (set(plan.dag.downstream[n]) & selected))
         user = _user()
-        options = runner.config.options
+        options = run.config.options
         return RunRow(
-            id=runner.run_id,
-            pipeline=runner.pipeline,
+            id=run.run_id,
+            pipeline=run.pipeline,
             state="running",
             started=time.time(),
             target=options.get("target") if isinstance(options.get("target"), str) else None,
             params=encode_params(plan.params, plan.secret_params),
             secret_params=tuple(sorted(plan.secret_params)),
             targets=targets,
-            workers=runner.workers,
+            workers=run.workers,
             user=user,
             stepflow_version=__version__,
             python_version=sys.version.split()[0],
@@ -167,7 +208,7 @@ class Journal:
         )
 
     def _take_snapshot(self) -> None:
-        config = self.runner.config
+        config = self.run.config
         try:
             from stepflow._storage.source import scan
 
@@ -180,17 +221,17 @@ class Journal:
             try:
                 # Looked up again: the run's own handle may have been closed meanwhile (a
                 # home deleted and made anew); then there is no row left to update.
-                records = open_records(self.runner.config.home)
+                records = open_records(self.run.config.home)
                 try:
-                    records.set_source(self.runner.run_id, source)
+                    records.set_source(self.run.run_id, source)
                 finally:
                     records.close()
             except Exception as exc:  # a missing snapshot must not fail the run
                 if is_storage_fault(exc):
                     exc = storage_error(
                         exc,
-                        path=self.runner.config.home / "runs.db",
-                        what=f"the source snapshot of run {self.runner.run_id}",
+                        path=self.run.config.home / "runs.db",
+                        what=f"the source snapshot of run {self.run.run_id}",
                     )
                 warnings.warn(
                     StepflowWarning(f"the run's source snapshot was not recorded: {exc}"),
@@ -200,7 +241,7 @@ class Journal:
     def _store_snapshot(self, found: Scan) -> None:
         """Store the files of the snapshot in the run's datastore (each file once, by hash),
         so that ``stepflow runs source RUN --to DIR`` can give them back."""
-        config = self.runner.config
+        config = self.run.config
         try:
             from stepflow._storage.source.store import save_scan
             from stepflow._storage.stores import open_datastore
@@ -210,7 +251,7 @@ class Journal:
                 config.store,
                 home=config.home,
                 options=config.store_options,
-                pm=getattr(self.runner, "pm", None),
+                pm=self.run.pm,
             )
             try:
                 save_scan(found, store, home=config.home)
@@ -219,7 +260,7 @@ class Journal:
         except Exception as exc:  # a missing snapshot must not fail the run
             warnings.warn(
                 StepflowWarning(
-                    f"the code of run {self.runner.run_id} was not stored, so `stepflow runs "
+                    f"the code of run {self.run.run_id} was not stored, so `stepflow runs "
                     f"source` cannot give it back (its list of files is recorded): {exc}"
                 ),
                 stacklevel=1,
@@ -229,8 +270,8 @@ class Journal:
         """Say how the run ended; ``crashed``: stepflow itself raised (recorded as failed)."""
         if self.records is None:
             return
-        runner = self.runner
-        reports = runner.reports
+        run = self.run
+        reports = run.reports
         if crashed:
             state = "failed"
         elif interrupted:
@@ -247,7 +288,7 @@ class Journal:
         try:
             # The source snapshot is not waited for: it records itself when it is done.
             self.records.finish_run(
-                runner.run_id,
+                run.run_id,
                 state=state,
                 counts={k: v for k, v in counts.items() if v},
                 tags=tags,
@@ -271,7 +312,7 @@ class Journal:
         """What an inline attempt wrote and logged (worker attempts arrive separately)."""
         fact = self._fact(name)
         if captured is not None:
-            texts = captured.texts(self.runner.secret_values)
+            texts = captured.texts(self.run.secret_values)
             if texts:
                 fact.last_logs = texts
                 fact.logs.extend((attempt, stream, text) for stream, text in texts.items())
@@ -303,7 +344,7 @@ class Journal:
             report = attrs.evolve(report, logs=dict(fact.last_logs))
         if fact.metrics and not report.metrics:
             report = attrs.evolve(report, metrics=tuple(fact.metrics))
-        if report.error is not None and self.runner.secret_values:
+        if report.error is not None and self.run.secret_values:
             report = attrs.evolve(report, error=self._masked_error(report.error))
         if self.records is None:
             return report
@@ -335,14 +376,12 @@ class Journal:
         return masked
 
     def _row(self, report: StepReport, fact: _StepFacts) -> StepRow:
-        runner = self.runner
+        run = self.run
         now = time.time()
-        spec = runner.dag.steps[report.name]
+        spec = run.plan.dag.steps[report.name]
         io: list[StepIO] = []
         for port in spec.inputs:
-            artifact = (
-                runner.artifacts.get(port.name) if port.name in runner.dag.producers else None
-            )
+            artifact = run.outputs.get(port.name) if port.name in run.plan.dag.producers else None
             if artifact is not None:
                 ref = artifact.ref
                 io.append(
@@ -354,14 +393,14 @@ class Journal:
                         ref.size if ref else None,
                     )
                 )
-        for param, version in getattr(runner, "references", {}).get(report.name, {}).items():
+        for param, version in run.references.get(report.name, {}).items():
             # A registered data set or model read by the step: named by registry version.
             kind = "model" if hasattr(version, "metrics") else "dataset"
             label = f"{kind}:{version.name}@v{version.version}"
             io.append(StepIO("in", param, label, version.content_hash, version.size))
         if report.state in (StepState.RAN, StepState.REUSED):
             for port in spec.outputs:
-                artifact = runner.artifacts.get(port.name)
+                artifact = run.outputs.get(port.name)
                 if artifact is not None and artifact.ref is not None:
                     ref = artifact.ref
                     io.append(StepIO("out", port.name, ref.name, ref.content_hash, ref.size))
@@ -369,7 +408,7 @@ class Journal:
             if ref is not None:
                 io.append(StepIO("file", file_name, ref.name, ref.content_hash, ref.size))
         error = report.error
-        key = runner.keys.get(report.name)
+        key = run.keys.get(report.name)
         reused = fact.reused if report.state is StepState.REUSED else None
         return StepRow(
             name=report.name,
@@ -401,4 +440,4 @@ class Journal:
     def _flush(self) -> None:
         rows = self._take_pending()
         if rows and self.records is not None:
-            self.records.write_steps(self.runner.run_id, rows)
+            self.records.write_steps(self.run.run_id, rows)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from stepflow._authoring.markers import Dataset, Model
+from stepflow._planning.reuse import reference_hashes, with_references
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.registry import DatasetVersion, ModelVersion, Registry, check_name
 from stepflow._storage.registry_content import (
@@ -38,8 +39,6 @@ from stepflow._storage.registry_content import (
 from stepflow.errors import NotRegisteredError, StepflowWarning, UsageError
 
 if TYPE_CHECKING:
-    from stepflow._authoring.step import StepSpec
-    from stepflow._planning.cachekey import CacheKey
     from stepflow._planning.plan import Plan
     from stepflow._storage.artifacts import ArtifactRef
 
@@ -130,30 +129,6 @@ def resolve_references(plan: Plan, store: Datastore) -> Resolved:
                     raise UsageError(f"{where}: {reason}")
             resolved.setdefault(sname, {})[port.name] = version
     return resolved
-
-
-def _label(version: DatasetVersion | ModelVersion, marker: Any) -> str:
-    alias = getattr(marker, "alias", None)
-    return f"{version.label} (alias {alias})" if alias else version.label
-
-
-def reference_hashes(refs: Mapping[str, DatasetVersion | ModelVersion]) -> dict[str, str]:
-    """Parameter → content hash: what the cache key's inputs hold for references."""
-    return {param: version.content_hash for param, version in refs.items()}
-
-
-def with_references(
-    key: CacheKey, spec: StepSpec, refs: Mapping[str, DatasetVersion | ModelVersion]
-) -> CacheKey:
-    """``key`` with a ``references`` component naming the versions (``data set houses v3``).
-
-    Only for ``stepflow explain``: the versions' content hashes are in the ``inputs``
-    component already, and the digest does not change.
-    """
-    if not refs:
-        return key
-    labels = {p: _label(v, spec.input(p).reference) for p, v in sorted(refs.items())}
-    return attrs.evolve(key, components={**key.components, "references": labels})
 
 
 def load_reference(

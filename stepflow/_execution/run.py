@@ -16,7 +16,6 @@ import threading
 import time
 import warnings
 from collections.abc import Collection, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -24,24 +23,24 @@ import pluggy
 from stepflow._config import Config
 from stepflow._execution.backend import Backend, open_backends
 from stepflow._execution.capture import Captured, capturing, step_output
-from stepflow._execution.journal import Journal
+from stepflow._execution.journal import Journal, RunFacts
 from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
-from stepflow._planning.cachekey import CacheKey, describe_value, plan_key
+from stepflow._execution.schedule import run_parallel, run_sequential
+from stepflow._planning.cachekey import CacheKey, describe_value
 from stepflow._planning.plan import Plan
+from stepflow._planning.reuse import CACHE_OFF, REGENERATE, Decision, decide, look_up
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
-from stepflow._storage.datastore import ArtifactMissingError, CorruptedObjectError
+from stepflow._storage.datastore import CorruptedObjectError
 from stepflow._storage.hashing import UnhashableValueError, hash_value
 from stepflow._storage.home import check_home, make_private_dirs
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.locks import key_lock
-from stepflow._storage.serializers import SerializationError
 from stepflow._storage.stores import open_datastore
 from stepflow.errors import (
     StepFailedError,
     StepflowWarning,
-    StepTimeoutError,
     StorageError,
     StorageWarning,
 )
@@ -169,7 +168,22 @@ class _Runner:
             str(v) for k, v in plan.params.items() if k in plan.secret_params and str(v)
         )
         #: step → (attempt, stream, text) of every attempt, and what it logged
-        self.journal = Journal(self)
+        self.journal = Journal(
+            RunFacts(
+                run_id=self.run_id,
+                pipeline=pipeline,
+                plan=plan,
+                config=config,
+                workers=workers,
+                secret_values=self.secret_values,
+                reports=self.reports,
+                outputs=self.artifacts,
+                keys=self.keys,
+                references=self.references,
+                bookkeeping_failed=self.bookkeeping_failed,
+                pm=pm,
+            )
+        )
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -221,14 +235,12 @@ class _Runner:
         try:
             with capturing():
                 if self.workers == 1:
-                    self._run_sequential()
+                    run_sequential(self)
                 else:
-                    self._run_parallel()
+                    run_parallel(self, self.workers)
         except KeyboardInterrupt:
             interrupted = True
-            self.cancelled.set()
-            for backend in self.backends.values():
-                backend.cancel()
+            self.cancel()
         finally:
             for backend in self.backends.values():
                 backend.close()
@@ -281,54 +293,21 @@ class _Runner:
                 f"result was dropped from the cache, so the next run computes it again."
             ) from exc
 
-    def _run_sequential(self) -> None:
-        for name in self.plan.steps:
-            if name in self.reports:
-                continue
-            if self.cancelled.is_set():
-                break
-            try:
-                report = self._run_step(name)
-            except KeyboardInterrupt:
-                self._finish(self._interrupted_report(name))
-                raise
-            self._finish(report)
+    # --- what scheduling calls (``schedule.Steps``) ------------------------------------------
 
-    def _run_parallel(self) -> None:
-        selected = set(self.plan.steps)
-        waiting = {n: set(self.dag.upstream[n]) & selected for n in self.plan.steps}
-        ready = [n for n in self.plan.steps if not waiting[n]]
-        running: dict[Future[StepReport], str] = {}
-        executor = ThreadPoolExecutor(self.workers, thread_name_prefix="stepflow-dispatch")
-        try:
-            while ready or running:
-                while ready and len(running) < self.workers and not self.cancelled.is_set():
-                    name = ready.pop(0)
-                    if name not in self.reports:
-                        running[executor.submit(self._run_step, name)] = name
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in sorted(done, key=lambda f: self.plan.steps.index(running[f])):
-                    name = running.pop(future)
-                    report = future.result()
-                    self._finish(report)
-                    if report.state in (StepState.RAN, StepState.REUSED):
-                        for child in self.dag.downstream[name]:
-                            if child in waiting:
-                                waiting[child].discard(name)
-                                if not waiting[child] and child not in self.reports:
-                                    ready.append(child)
-        except KeyboardInterrupt:
-            self.cancelled.set()
-            for backend in self.backends.values():
-                backend.cancel()
-            for future, name in running.items():
-                future.cancel()
-                self._finish(self._interrupted_report(name))
-            raise
-        finally:
-            executor.shutdown(wait=False, cancel_futures=True)
+    def run_step(self, name: str) -> StepReport:
+        return self._run_step(name)
+
+    def finish(self, report: StepReport) -> None:
+        self._finish(report)
+
+    def interrupted(self, name: str) -> StepReport:
+        return self._interrupted_report(name)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        for backend in self.backends.values():
+            backend.cancel()
 
     def _finish(self, report: StepReport) -> None:
         if report.name in self.reports:
@@ -386,50 +365,41 @@ class _Runner:
 
     # --- reuse ----------------------------------------------------------------------------
 
-    def _key(self, name: str) -> CacheKey:
+    def _decide(self, name: str, *, quick: bool = False) -> Decision:
         spec = self.dag.steps[name]
         inputs = {
             p.name: self.artifacts[p.name].content_hash
             for p in spec.inputs
             if p.name in self.dag.producers
         }
-        refs = self.references.get(name)
-        if refs:
-            from stepflow._execution.references import reference_hashes
-
-            # A registered data set or model counts by the content of the version read.
-            inputs.update(reference_hashes(refs))
-        key = plan_key(
+        decision = decide(
             self.plan,
             name,
             inputs=inputs,
+            references=self.references.get(name),
             serializers=self.serializers,
             backend_env=self.backends[self.plan.backends[name]].environment(),
             home=self.config.home,
-            store=self.io.store,
+            index=self.index,
+            io=self.io,
+            regenerate=self.regenerate,
+            quick=quick,
         )
-        if refs:
-            from stepflow._execution.references import with_references
+        self.keys[name] = decision.key
+        return self._usable(decision)
 
-            key = with_references(key, spec, refs)
-        self.keys[name] = key
-        return key
-
-    def _lookup(self, key: CacheKey, *, quick: bool = False) -> CacheRecord | None:
-        record = self.index.get(key.digest, quick=quick)
-        if record is MISSING:
-            return None
-        if not all(self.io.available(ref) for ref in record.outputs.values()):
+    def _usable(self, decision: Decision) -> Decision:
+        """``decision``, after dropping a stored result that is incomplete (said once)."""
+        if decision.record is not None and not decision.available:
             warnings.warn(
                 StepflowWarning(
-                    f"stored result of step {record.step!r} is incomplete (an object is "
-                    f"missing or damaged); recomputing it"
+                    f"stored result of step {decision.record.step!r} is incomplete (an object "
+                    f"is missing or damaged); recomputing it"
                 ),
                 stacklevel=1,
             )
-            self.index.delete(key.digest)
-            return None
-        return record
+            self.index.delete(decision.key.digest)
+        return decision
 
     def _reuse(self, name: str, record: CacheRecord) -> StepReport:
         self.journal.reused(name, record)
@@ -481,21 +451,22 @@ class _Runner:
     # --- one step -------------------------------------------------------------------------
 
     def _run_step(self, name: str) -> StepReport:
-        spec = self.dag.steps[name]
-        key = self._key(name)
-        if not spec.options.cache or name in self.regenerate:
-            return self._execute(name, key)
         # Quick: a brand-new index still being created holds nothing; if another run made
         # the result meanwhile, it holds the lease, and the look after waiting finds it.
-        record = self._lookup(key, quick=True)
-        if record is not None:
-            return self._reuse(name, record)
+        decision = self._decide(name, quick=True)
+        if decision.reuse:
+            assert decision.record is not None
+            return self._reuse(name, decision.record)
+        if decision.reason in (CACHE_OFF, REGENERATE):
+            return self._execute(name, decision.key)
+        key = decision.key
         with key_lock(self.config.home, key.digest) as waited:
             if waited:
                 # Another run computed it while we waited: use theirs (single flight).
-                record = self._lookup(key)
-                if record is not None:
-                    return self._reuse(name, record)
+                decision = self._usable(look_up(key, index=self.index, io=self.io))
+                if decision.reuse:
+                    assert decision.record is not None
+                    return self._reuse(name, decision.record)
             return self._execute(name, key)
 
     def _execute(self, name: str, key: CacheKey) -> StepReport:
@@ -582,16 +553,9 @@ class _Runner:
             ),
             stacklevel=1,
         )
-        key = self.keys.get(producer) or self._key(producer)
+        key = self.keys.get(producer) or self._decide(producer).key
         self.index.delete(key.digest)
         return self._execute(producer, key).error
-
-    def _input_value(self, name: str) -> Any:
-        artifact = self.artifacts[name]
-        try:
-            return artifact.load(self.io)
-        except ArtifactMissingError as exc:
-            raise _BadInput(name, str(exc)) from exc
 
     def _attempt(self, name: str, backend: Backend, attempt: int) -> StepFailedError | None:
         """Run one attempt; store its outputs and return ``None``, or return the error."""
@@ -600,49 +564,26 @@ class _Runner:
         edges = [p.name for p in spec.inputs if p.name in self.dag.producers]
         refs = self.references.get(name, {})
         if backend.runs_inline(spec):
-            kwargs = {e: self._input_value(e) for e in edges}
-            for param, version in refs.items():
-                from stepflow._execution.references import load_reference
-
-                # Loaded only now that the step runs: a reused step never reads it.
-                try:
-                    kwargs[param] = load_reference(
-                        version,
-                        spec.input(param).annotation,
-                        store=self.io.store,
-                        serializers=self.serializers,
-                        home=self.config.home,
-                    )
-                except Exception as exc:
-                    return StepFailedError(
-                        f"input {param!r} ({version.label}) could not be loaded: {exc}",
-                        step=name,
-                        exc_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-                    )
-            kwargs.update(params)
+            from stepflow._execution.attempt import run_attempt
             from stepflow._execution.capture import inline_fd_output
-            from stepflow._execution.invoke import StepRaised, invoke
 
-            try:
+            artifacts = self.artifacts
+            outcome = run_attempt(
+                spec,
+                step=name,
+                # Values it holds in memory are not read back from the store.
+                inputs={e: functools.partial(artifacts[e].load, self.io) for e in edges},
+                references=refs,
+                params=params,
+                io=self.io,
+                home=self.config.home,
                 # At the descriptor level, so what the step's child processes print is kept.
-                with inline_fd_output():
-                    values = invoke(spec, kwargs)
-            except StepRaised as raised:
-                return _step_error(name, raised.error)
-            self._check_mutation(name, edges, kwargs)
-            for out, value in values.items():
-                try:
-                    content_hash = hash_value(value)
-                    ref = self.io.save(value, content_hash)
-                except (SerializationError, UnhashableValueError, StorageError) as exc:
-                    kind = "StorageError" if isinstance(exc, StorageError) else "SerializationError"
-                    return StepFailedError(
-                        f"output {out!r} of step {name!r}: {exc}",
-                        step=name,
-                        exc_type=f"stepflow.errors.{kind}",
-                    )
-                self.artifacts[out] = _Artifact(content_hash, value=value, ref=ref)
-            return None
+                output=inline_fd_output,
+                check_inputs=functools.partial(self._check_mutation, name, edges),
+            )
+            for out, ref in outcome.outputs.items():
+                artifacts[out] = _Artifact(ref.content_hash, value=outcome.values[out], ref=ref)
+            return _failure(name, outcome.error)
         from stepflow._execution.task import Task, by_value
 
         task = Task(
@@ -691,13 +632,10 @@ class _Runner:
                 exc_type="stepflow.errors.BackendError",
             )
         self.journal.worker_output(name, attempt, result)
-        if result.error is not None:
-            if result.error.bad_input is not None:
-                raise _BadInput(result.error.bad_input, result.error.message)
-            return _step_error(name, result.error)
-        for out, ref in result.outputs.items():
-            self.artifacts[out] = _Artifact(ref.content_hash, ref=ref)
-        return None
+        if result.error is None:
+            for out, ref in result.outputs.items():
+                self.artifacts[out] = _Artifact(ref.content_hash, ref=ref)
+        return _failure(name, result.error)
 
     def _stored(self, output: str) -> ArtifactRef:
         ref = self.artifacts[output].ref
@@ -728,18 +666,18 @@ class _Runner:
                 artifact.value = MISSING
 
 
-def _step_error(name: str, error: TaskError) -> StepFailedError:
-    cls = StepTimeoutError if error.timed_out else StepFailedError
-    message = f"{error.exc_type}: {error.message}" if error.message else error.exc_type
-    if error.timed_out or error.internal:
-        message = error.message
-    return cls(
-        message,
-        step=name,
-        exc_type=error.exc_type,
-        traceback=error.traceback,
-        full_traceback=error.full_traceback,
-    )
+def _failure(name: str, error: TaskError | None) -> StepFailedError | None:
+    """The step error for an attempt's outcome, ``None`` when it succeeded.
+
+    :raises _BadInput: a stored input failed verification; its producer must run again.
+    """
+    if error is None:
+        return None
+    if error.bad_input is not None:
+        raise _BadInput(error.bad_input, error.message)
+    from stepflow._execution.attempt import step_error
+
+    return step_error(name, error)
 
 
 def run_plan(

@@ -20,9 +20,10 @@ import attrs
 
 from stepflow._config import Config
 from stepflow._execution.backend import open_backends
-from stepflow._execution.references import reference_hashes, resolve_references, with_references
+from stepflow._execution.references import resolve_references
 from stepflow._pipeline import Pipeline
-from stepflow._planning.cachekey import describe_value, plan_key
+from stepflow._planning.cachekey import describe_value
+from stepflow._planning.reuse import decide
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO
@@ -109,28 +110,23 @@ def explain(
                 verdict = "run"
                 why_run[name] = "inputs change"
             else:
-                key = plan_key(
+                decision = decide(
                     plan,
                     name,
-                    inputs={
-                        **{e: hashes[e] for e in edges},  # type: ignore[misc]
-                        **reference_hashes(refs.get(name, {})),
-                    },
+                    inputs={e: hashes[e] for e in edges},  # type: ignore[misc]
+                    references=refs.get(name),
                     serializers=serializers,
                     backend_env=backends[plan.backends[name]].environment(),
                     home=config.home,
-                    store=store,
+                    index=index,
+                    io=io,
                 )
-                key = with_references(key, spec, refs.get(name, {}))
-                found = index.get(key.digest)
-                if not spec.options.cache:
-                    verdict = "run"
-                    why_run[name] = "cache=False"
-                elif found is not MISSING and all(io.available(r) for r in found.outputs.values()):
-                    verdict, record = "reuse", found
+                key = decision.key
+                if decision.reuse:
+                    verdict, record = "reuse", decision.record
                 else:
                     verdict = "run"
-                    why_run[name] = "no stored result for its current key"
+                    why_run[name] = decision.reason
             verdicts[name] = (verdict, record, key)
             earlier = (
                 _earlier_outputs(config.home, pipeline.name, name, key.digest)

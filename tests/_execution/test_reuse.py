@@ -221,14 +221,16 @@ class TestDamagedStore:
         """A store that damages an input again right after it was recomputed fails the
         consumer with a clear error instead of recomputing forever."""
         from stepflow._execution import run as run_module
+        from stepflow._storage.datastore import CorruptedObjectError
 
         project.run()
         project.scale = 5
 
-        def always_bad(self, name):
-            raise run_module._BadInput(name, f"object of {name} is corrupted")
+        def always_bad(self, io):
+            raise CorruptedObjectError(f"object {self.content_hash} is corrupted")
 
-        monkeypatch.setattr(run_module._Runner, "_input_value", always_bad)
+        # Every input the step is handed fails its check, the way a damaged store does.
+        monkeypatch.setattr(run_module._Artifact, "load", always_bad)
         with pytest.warns(StepflowWarning, match="unusable"):
             result = project.pipeline("numbers", "scaled").run()
         assert result.steps["scaled"].state is StepState.FAILED
