@@ -123,11 +123,6 @@ class _Runner:
         self.reports: dict[str, StepReport] = {}
         self.keys: dict[str, CacheKey] = {}
         self.cancelled = threading.Event()
-        from stepflow._execution.task import user_sys_path
-
-        # Only the user's code paths travel with a task: a worker running another
-        # interpreter must import its own packages, not this one's site-packages first.
-        self._sys_path = user_sys_path()
         #: steps whose "last result" pointer is written at the end of the run, in one
         #: transaction (for `explain`; a run killed before then keeps the earlier pointers)
         self._touched: list[tuple[str, str, str]] = []
@@ -603,7 +598,7 @@ class _Runner:
             secret_params=tuple(sorted(self.plan.secret_params)),
             echo=self.echo,
             serializers=tuple(self.serializers),
-            sys_path=self._sys_path,
+            sys_path=self._user_sys_path,
             env=spec.options.env,
             resources=spec.options.resources,
             timeout=spec.options.timeout,
@@ -636,6 +631,15 @@ class _Runner:
             for out, ref in result.outputs.items():
                 self.artifacts[out] = _Artifact(ref.content_hash, ref=ref)
         return _failure(name, result.error)
+
+    @functools.cached_property
+    def _user_sys_path(self) -> tuple[str, ...]:
+        """Only the user's code paths travel with a task: a worker running another
+        interpreter must import its own packages, not this one's site-packages first.
+        Computed for the first task, so a fully cached run never imports the task module."""
+        from stepflow._execution.task import user_sys_path
+
+        return user_sys_path()
 
     def _stored(self, output: str) -> ArtifactRef:
         ref = self.artifacts[output].ref
