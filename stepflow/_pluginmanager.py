@@ -220,6 +220,23 @@ def _answers(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> Iterator[tup
             yield plugin, answer
 
 
+def _mapping_answers(
+    pm: pluggy.PluginManager, hook: str, expected: str
+) -> Iterator[tuple[str, Mapping[Any, Any]]]:
+    """``_answers`` of a hook whose answers are dicts; ``expected`` describes the dict.
+
+    :raises PluginError: an answer is not a mapping.
+    """
+    for plugin, mapping in _answers(pm, hook):
+        if not isinstance(mapping, Mapping):
+            raise PluginError(
+                f"plugin {plugin!r}: {hook}() returned {type(mapping).__name__}, not a dict "
+                f"{expected}",
+                plugin=plugin,
+            )
+        yield plugin, mapping
+
+
 def implementations(pm: pluggy.PluginManager, hook: str) -> list[tuple[str, Callable[..., Any]]]:
     """(plugin name, ``fn(**hook_kwargs)``) of each implementation of ``hook`` (not the
     wrappers), in the order a hook call would call them: to tell whose answer is whose."""
@@ -244,13 +261,7 @@ def _registered(
         what is wrong with it, or ``None``), or two plugins give the same name.
     """
     found: dict[str, tuple[str, Any]] = {}
-    for plugin, mapping in _answers(pm, hook):
-        if not isinstance(mapping, Mapping):
-            raise PluginError(
-                f"plugin {plugin!r}: {hook}() returned {type(mapping).__name__}, not a dict "
-                f"of {what}s by name",
-                plugin=plugin,
-            )
+    for plugin, mapping in _mapping_answers(pm, hook, f"of {what}s by name"):
         for name, value in mapping.items():
             if not isinstance(name, str) or not name:
                 raise PluginError(
@@ -363,13 +374,7 @@ def hashers_of(pm: pluggy.PluginManager) -> dict[type, tuple[str, Any]]:
     """
     hook = "stepflow_hashers"
     found: dict[type, tuple[str, Any]] = {}
-    for plugin, mapping in _answers(pm, hook):
-        if not isinstance(mapping, Mapping):
-            raise PluginError(
-                f"plugin {plugin!r}: {hook}() returned {type(mapping).__name__}, not a dict "
-                f"{{class: fn(obj, hasher)}}",
-                plugin=plugin,
-            )
+    for plugin, mapping in _mapping_answers(pm, hook, "{class: fn(obj, hasher)}"):
         for cls, fn in mapping.items():
             if not isinstance(cls, type):
                 raise PluginError(
