@@ -550,7 +550,14 @@ class _Runner:
         )
         key = self.keys.get(producer) or self._decide(producer).key
         self.index.delete(key.digest)
-        return self._execute(producer, key).error
+        report = self._execute(producer, key)
+        if report.error is None and producer in self.reports:
+            # Reported reused before its stored output turned out damaged: it ran after all,
+            # and the run's report, records and summary say so.
+            report = self.journal.step_finished(report)
+            self.reports[producer] = report
+            self.pm.hook.stepflow_step_finish(run=self.info, report=report)
+        return report.error
 
     def _attempt(self, name: str, backend: Backend, attempt: int) -> StepFailedError | None:
         """Run one attempt; store its outputs and return ``None``, or return the error."""

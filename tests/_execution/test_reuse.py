@@ -214,6 +214,8 @@ class TestDamagedStore:
             result = project.pipeline().run(workers=workers)
         assert result.ok and result["total"] == 30
         assert sorted(project.calls()) == ["always", "numbers", "scaled", "total"]
+        # It was first reported reused, then recomputed: the run says it ran.
+        assert result.steps["numbers"].state is StepState.RAN
         again, calls = project.run()
         assert calls == ["always"] and again["numbers"] == [0, 1, 2, 3]
 
