@@ -220,80 +220,130 @@ def read_output(directory: Path, secrets: tuple[str, ...] = ()) -> dict[str, str
     return captured.texts(secrets)
 
 
+#: the output files of each folder ``fd_output`` used, kept open for the next step: opening
+#: two files per step cost more than the rest of the capture together on a slow disk
+_open_files: dict[Path, dict[str, int]] = {}
+
+
+def _files(directory: Path) -> dict[str, int]:
+    """Stream → descriptor of ``directory``'s output files, emptied for a new step."""
+    fds = _open_files.get(directory)
+    if fds is None:
+        # O_APPEND: after a truncation the next write lands at the start, whoever writes.
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        fds = {stream: os.open(directory / stream, flags, 0o600) for stream, _ in _FD_STREAMS}
+        _open_files[directory] = fds
+    else:
+        for fd in fds.values():
+            os.ftruncate(fd, 0)
+    return fds
+
+
+def _read_fd(fd: int, offset: int = 0, limit: int = MAX_CHARS * 4 + 4) -> bytes:
+    chunks = []
+    while limit > 0:
+        data = os.pread(fd, min(limit, 1 << 20), offset)
+        if not data:
+            break
+        chunks.append(data)
+        offset += len(data)
+        limit -= len(data)
+    return b"".join(chunks)
+
+
 @contextlib.contextmanager
 def fd_output(directory: Path, captured: Captured) -> Iterator[None]:
     """Point file descriptors 1 and 2 at ``directory/stdout`` and ``directory/stderr`` for
     the block, so that child processes and C code are captured too; then fill ``captured``.
 
-    For a process of its own (a worker): it changes process-wide descriptors. With
-    ``captured.echo`` a thread copies new output, secrets masked, to where descriptors 1 and
-    2 pointed before.
+    For a process of its own (a worker), or one step of a process at a time: it changes
+    process-wide descriptors. With ``captured.echo`` the process's echo thread copies new
+    output, secrets masked, to where descriptors 1 and 2 pointed before.
     """
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
     saved = {fd: os.dup(fd) for _, fd in _FD_STREAMS}
-    stop = threading.Event()
-    echo: threading.Thread | None = None
+    files = _files(directory)
     try:
         for stream, fd in _FD_STREAMS:
-            target = os.open(directory / stream, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.dup2(target, fd)
-            finally:
-                os.close(target)
+            os.dup2(files[stream], fd)
         captured.fd_level = True
         if captured.echo:
-            echo = threading.Thread(
-                target=_echo, args=(directory, captured, saved, stop), daemon=True
-            )
-            echo.start()
+            _ECHO.follow(files, saved, captured)
         yield
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        stop.set()
-        if echo is not None:
-            echo.join()  # before its descriptor (the saved stderr) is closed
+        if captured.echo:
+            _ECHO.done()  # before its descriptors (the saved ones) are closed
         for fd, copy in saved.items():
             os.dup2(copy, fd)
             os.close(copy)
         captured.fd_level = False
         # After anything the step's thread wrote before the descriptors were switched.
-        for stream, text in read_output(directory).items():
-            captured.write(stream, text)
-
-
-def _echo(
-    directory: Path, captured: Captured, saved: dict[int, int], stop: threading.Event
-) -> None:
-    """Copy what the step prints to the saved descriptors as it comes (``--capture tee``)."""
-    offsets = dict.fromkeys((name for name, _ in _FD_STREAMS), 0)
-    while True:
-        last = stop.is_set()
-        for stream, fd in _FD_STREAMS:
-            try:
-                with open(directory / stream, "rb") as fh:
-                    fh.seek(offsets[stream])
-                    data = fh.read()
-            except OSError:
-                continue
+        for stream, fd in files.items():
+            data = _read_fd(fd)
             if data:
-                offsets[stream] += len(data)
-                with contextlib.suppress(OSError):
-                    text = captured.mask(data.decode("utf-8", errors="replace"))
-                    sink = _echo_sink
-                    if sink is not None:
-                        sink(stream, text)
-                    elif (python := _python_stream(fd)) is not None:
-                        python.write(text)
-                        python.flush()
-                    else:
-                        os.write(saved[fd], text.encode())
-        if last:
-            return
-        stop.wait(0.05)
+                captured.write(stream, data.decode("utf-8", errors="replace"))
+
+
+class _Echo:
+    """One thread per process copies what the current step prints as it comes
+    (``--capture tee``): a thread started and joined per step cost about a millisecond."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        #: (stream → file descriptor, saved descriptors, the step's Captured, offsets)
+        self._job: tuple[dict[str, int], dict[int, int], Captured, dict[str, int]] | None = None
+
+    def follow(self, files: dict[str, int], saved: dict[int, int], captured: Captured) -> None:
+        with self._cond:
+            self._job = (files, saved, captured, dict.fromkeys(files, 0))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="stepflow-echo", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def done(self) -> None:
+        """Copy what is left, in the caller's thread, and stop following."""
+        with self._cond:
+            if self._job is not None:
+                self._copy(self._job)
+            self._job = None
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._job is None:
+                    self._cond.wait()
+                    continue
+                self._copy(self._job)
+                self._cond.wait(0.05)
+
+    @staticmethod
+    def _copy(job: tuple[dict[str, int], dict[int, int], Captured, dict[str, int]]) -> None:
+        files, saved, captured, offsets = job
+        for stream, fd in _FD_STREAMS:
+            data = _read_fd(files[stream], offsets[stream], 1 << 20)
+            if not data:
+                continue
+            offsets[stream] += len(data)
+            with contextlib.suppress(OSError):
+                text = captured.mask(data.decode("utf-8", errors="replace"))
+                sink = _echo_sink
+                if sink is not None:
+                    sink(stream, text)
+                elif (python := _python_stream(fd)) is not None:
+                    python.write(text)
+                    python.flush()
+                else:
+                    os.write(saved[fd], text.encode())
+
+
+_ECHO = _Echo()
 
 
 #: where ``--capture tee`` copies what a step printed while descriptors 1 and 2 point at its
