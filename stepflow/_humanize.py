@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import enum
 import functools
-import inspect
 import math
 import re
 import sys
@@ -180,6 +179,8 @@ def _type_name(tp: object, depth: int, qualified: bool) -> str:
     depth += 1
     while typing.get_origin(tp) is typing.Annotated:
         tp = typing.get_args(tp)[0]
+    import inspect  # here: this module is imported for `stepflow --help`, inspect is not cheap
+
     if tp is inspect.Parameter.empty or tp is Any:
         return "Any"
     if tp is None or tp is type(None):
