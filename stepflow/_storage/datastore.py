@@ -122,9 +122,13 @@ class Datastore:
     #: published to it as documents (see ``stepflow._storage.index``)
     shared: bool = False
 
-    def put_doc(self, path: str, data: bytes, *, exclusive: bool = False) -> bool:
+    def put_doc(
+        self, path: str, data: bytes, *, exclusive: bool = False, sync: bool = True
+    ) -> bool:
         """Write document ``path`` atomically; return ``False`` (and write nothing) when
-        ``exclusive`` and it exists already."""
+        ``exclusive`` and it exists already. ``sync=False``: the document is checked by its
+        hash when read, so like an object it need not be flushed to the disk first (a store
+        whose writes are durable anyway ignores it)."""
         raise NotImplementedError
 
     def get_doc(self, path: str) -> bytes | None:
@@ -308,10 +312,13 @@ class LocalDatastore(Datastore):
     def _doc(self, path: str) -> Path:
         return self.docs_root / check_doc_path(path)
 
-    def put_doc(self, path: str, data: bytes, *, exclusive: bool = False) -> bool:
+    def put_doc(
+        self, path: str, data: bytes, *, exclusive: bool = False, sync: bool = True
+    ) -> bool:
         # Documents (index entries, registry versions, the secret key) are few and small, so
-        # unlike objects (see the module's docstring) they are fsynced.
-        return atomic_write(self._doc(path), data, fsync=True, exclusive=exclusive)
+        # unlike objects (see the module's docstring) they are fsynced, unless the caller
+        # checks them by hash on reading (a code snapshot's files).
+        return atomic_write(self._doc(path), data, fsync=sync, exclusive=exclusive)
 
     def get_doc(self, path: str) -> bytes | None:
         target = self._doc(path)

@@ -284,7 +284,9 @@ class FsspecDatastore(Datastore):
     def _doc(self, path: str) -> str:
         return f"{self._root}/refs/{check_doc_path(path)}"
 
-    def put_doc(self, path: str, data: bytes, *, exclusive: bool = False) -> bool:
+    def put_doc(
+        self, path: str, data: bytes, *, exclusive: bool = False, sync: bool = True
+    ) -> bool:
         """Write document ``path`` with one PUT (atomic: readers see the old or the new).
 
         With ``exclusive``, an existing document is never overwritten, and ``False`` is

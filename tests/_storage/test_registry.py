@@ -191,7 +191,7 @@ class TestVersionClaims:
         class Racing(LocalDatastore):
             raced = False
 
-            def put_doc(self, path, data, *, exclusive=False):
+            def put_doc(self, path, data, *, exclusive=False, sync=True):
                 if exclusive and not self.raced:
                     self.raced = True
                     # Another process registers the same content just before us.

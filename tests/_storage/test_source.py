@@ -724,7 +724,7 @@ class CountingStore(LocalDatastore):
         super().__attrs_post_init__()
         self.puts: list[str] = []
 
-    def put_doc(self, path, data, *, exclusive=False):
+    def put_doc(self, path, data, *, exclusive=False, sync=True):
         self.puts.append(path)
         return super().put_doc(path, data, exclusive=exclusive)
 

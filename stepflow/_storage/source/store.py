@@ -280,7 +280,8 @@ def _store_file(
             return SnapshotFile(path, digest, size, executable=executable, left_out=_CHANGED)
         doc = file_doc(digest)
         with writing(f"{datastore.uri}/{doc}", f"the source file {path}"):
-            datastore.put_doc(doc, data)
+            # Not fsynced, as objects are not: a restore checks every file's hash.
+            datastore.put_doc(doc, data, sync=False)
         known.add(digest)
     return SnapshotFile(path, digest, size, executable=executable)
 
