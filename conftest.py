@@ -6,6 +6,8 @@ They live at the repository root so that they apply to the package's doctests as
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,13 @@ def _private_home(
     ``[tool.stepflow] home`` after deleting the variable.
     """
     monkeypatch.setenv("STEPFLOW_HOME", str(tmp_path_factory.mktemp("home", numbered=True)))
+
+
+@pytest.fixture(autouse=True)
+def _snapshot_threads_end_with_their_test() -> Iterator[None]:
+    """Wait for the code-snapshot threads a test's runs started (they outlive ``run()`` by
+    design), so that one test's background writes never land in the next test."""
+    yield
+    for thread in threading.enumerate():
+        if thread.name == "stepflow-source":
+            thread.join(timeout=60)
