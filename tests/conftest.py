@@ -112,6 +112,31 @@ def _need(what: str) -> None:
     pytest.skip(what)
 
 
+@pytest.fixture
+def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real 1 MB tmpfs, mounted for the test: a disk that fills up (needs mount rights)."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("small-disk")
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(folder)]
+    if not shutil.which("mount") or subprocess.run(mount, capture_output=True).returncode:
+        _need("cannot mount a tmpfs here (needs mount rights)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.fixture
+def needs_root() -> None:
+    """Skip (fail when CI=true, which runs as root) unless the tests run as root."""
+    import os
+
+    if os.geteuid() != 0:
+        _need("giving a folder to another user needs root")
+
+
 class _MotoProcess:
     """``moto`` serving the S3 API on a free loopback port, in a child process."""
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import errno
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 
@@ -93,17 +91,9 @@ def test_an_output_that_does_not_fit_names_its_size_and_folder(io, monkeypatch):
     assert list(io.store.root.rglob(".tmp-*")) == []  # the partial file is gone
 
 
-def test_an_output_on_a_real_full_disk(tmp_path):
+def test_an_output_on_a_real_full_disk(small_disk):
     """The same on a 1 MB tmpfs (needs mount rights: skipped elsewhere)."""
-    folder = tmp_path / "small"
-    folder.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)]
-    if not shutil.which("mount") or subprocess.run(mount, capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        io = ArtifactIO(LocalDatastore(folder / "objects"), serializers_of(make_plugin_manager()))
-        with pytest.raises(StorageError, match=r"2\.0 MiB in memory.*the disk is full"):
-            io.save(b"z" * (2 << 20))
-        assert io.load(io.save(b"fits")) == b"fits"  # nothing was left behind
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
+    io = ArtifactIO(LocalDatastore(small_disk / "objects"), serializers_of(make_plugin_manager()))
+    with pytest.raises(StorageError, match=r"2\.0 MiB in memory.*the disk is full"):
+        io.save(b"z" * (2 << 20))
+    assert io.load(io.save(b"fits")) == b"fits"  # nothing was left behind

@@ -46,12 +46,6 @@ def fresh_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     set_shared_home(False)
 
 
-@pytest.fixture
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("giving a folder to another user needs root")
-
-
 def test_make_private_dirs_makes_every_level_owner_only(tmp_path: Path) -> None:
     make_private_dirs(tmp_path / "a" / "b" / "c")
     for path in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c"):

@@ -7,27 +7,10 @@ are skipped (the same faults are unit-tested with injected errors in tests/_stor
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from stepflow.testing import StepflowRunner
-
-
-@pytest.fixture
-def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("small-disk")
-    mount = ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(folder)]
-    if not shutil.which("mount") or subprocess.run(mount, capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs mount rights)")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
-
 
 #: a step that fills the disk the home is on, all but a page, and succeeds
 FILLS_THE_DISK = """

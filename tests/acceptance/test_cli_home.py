@@ -83,8 +83,9 @@ def test_a_world_writable_home_is_refused(stepflow_runner) -> None:
     assert list(home.iterdir()) == []  # nothing was written there
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
-def test_a_home_owned_by_another_user_is_refused_unless_shared(stepflow_runner) -> None:
+def test_a_home_owned_by_another_user_is_refused_unless_shared(
+    stepflow_runner, needs_root: None
+) -> None:
     stepflow_runner.makepyfile(flow=FLOW)
     home = stepflow_runner.home
     os.chown(home, 12345, -1)
