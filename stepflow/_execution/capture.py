@@ -381,7 +381,8 @@ _inline_dir: Path | None = None
 def _inline_directory() -> Path:
     """A private folder for the in-process steps' output files, made once per process."""
     global _inline_dir
-    if _inline_dir is None or not _inline_dir.is_dir():
+    # Made once: its files stay open (``_open_files``), so a cleaner removing it later is harmless.
+    if _inline_dir is None:
         _inline_dir = Path(tempfile.mkdtemp(prefix="stepflow-output-"))  # mode 0700
         import atexit
 

@@ -1003,29 +1003,35 @@ class TestReuseWithinAProcess:
         assert fingerprint(flow.f).digest != before.digest
 
 
+def _digests_in_fresh_processes(name: str) -> set[str]:
+    """The digests of ``flow.<name>`` in two fresh processes with different hash seeds."""
+    folder = os.path.dirname(sys.modules["flow"].__file__)
+    script = (
+        f"import sys; sys.path.insert(0, {folder!r}); import flow; "
+        "from stepflow._storage.fingerprint import fingerprint; "
+        f"print(fingerprint(flow.{name}).digest)"
+    )
+    return {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": ""},
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+
+
 class TestStability:
     """Rule: the digest is the same in every process."""
 
     def test_same_digest_in_fresh_processes(self, load, tmp_path):
         """The digest does not depend on the process: hash seeds and import order aside."""
         load(flow=TestHelpers.STEP, helpers=HELPERS)
-        folder = os.path.dirname(sys.modules["flow"].__file__)
-        script = (
-            f"import sys; sys.path.insert(0, {folder!r}); import flow; "
-            "from stepflow._storage.fingerprint import fingerprint; "
-            "print(fingerprint(flow.fetched_data).digest)"
-        )
-        digests = {
-            subprocess.run(
-                [sys.executable, "-c", script],
-                capture_output=True,
-                text=True,
-                check=True,
-                env={"PYTHONHASHSEED": seed, "PATH": ""},
-            ).stdout.strip()
-            for seed in ("1", "2")
+        assert _digests_in_fresh_processes("fetched_data") == {
+            fingerprint(sys.modules["flow"].fetched_data).digest
         }
-        assert digests == {fingerprint(sys.modules["flow"].fetched_data).digest}
 
     def test_data_globals_same_digest_in_fresh_processes(self, load):
         """Arrays, sets and instances with default reprs digest alike in every process."""
@@ -1045,23 +1051,7 @@ class TestStability:
                     return BOX, TAGS
             """
         )
-        folder = os.path.dirname(sys.modules["flow"].__file__)
-        script = (
-            f"import sys; sys.path.insert(0, {folder!r}); import flow; "
-            "from stepflow._storage.fingerprint import fingerprint; "
-            "print(fingerprint(flow.f).digest)"
-        )
-        digests = {
-            subprocess.run(
-                [sys.executable, "-c", script],
-                capture_output=True,
-                text=True,
-                check=True,
-                env={"PYTHONHASHSEED": seed, "PATH": ""},
-            ).stdout.strip()
-            for seed in ("1", "2")
-        }
-        assert digests == {fingerprint(sys.modules["flow"].f).digest}
+        assert _digests_in_fresh_processes("f") == {fingerprint(sys.modules["flow"].f).digest}
 
     def test_repeated_calls_agree(self, load):
         """Cached analysis gives the same answer as the first computation."""
