@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -110,6 +110,13 @@ def _need(what: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{what}, and CI=true requires it (pip install -e '.[test]')")
     pytest.skip(what)
+
+
+@pytest.fixture
+def need() -> Callable[[str], None]:
+    """``need("no docker engine: ...")`` skips the test with that reason, or fails it when
+    CI=true, where every real component of DESIGN.md section 5 must be present."""
+    return _need
 
 
 @pytest.fixture
