@@ -1,0 +1,81 @@
+"""stepflow-mlflow: mirror each stepflow run to an MLflow tracking server or store.
+
+Configured in the project's ``pyproject.toml``::
+
+    [tool.stepflow.mlflow]
+    tracking_uri = "sqlite:///mlflow.db"   # or http://mlflow.internal:5000, databricks, ...
+
+Each run becomes an MLflow run (in the experiment named after the pipeline, or
+``experiment``) with the run's parameters (``Secret`` values masked), every metric the steps
+logged with ``stepflow.context().log_metric`` (as ``STEP/NAME``, with their steps), tags
+(pipeline, stepflow run id, each step's state, the stepflow version) and, for every model a
+step registered with ``stepflow.models.register``, an artifact and a new version of the MLflow
+registered model of the same name. ``STEPFLOW_MLFLOW_TRACKING_URI`` overrides the URI (``off``
+turns mirroring off). A tracking failure is a warning naming the URI; the run goes on.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import stepflow
+from stepflow_mlflow._mirror import Mirror, MlflowTrackingWarning
+from stepflow_mlflow._settings import Settings, read_settings
+
+if TYPE_CHECKING:
+    from stepflow import RunInfo, RunResult, StepReport
+    from stepflow._config import Config
+
+__all__ = ["MlflowTrackingWarning", "Settings"]
+
+
+class _State:
+    """What ``stepflow_configure`` read, and the runs being mirrored (by stepflow run id)."""
+
+    def __init__(self) -> None:
+        self.settings: Settings | None = None
+        self.config: Config | None = None
+        self.mirrors: dict[str, Mirror] = {}
+        self.lock = threading.Lock()
+
+
+_state = _State()
+
+
+@stepflow.hookimpl
+def stepflow_configure(config: Config) -> None:
+    # Checked here, before any step runs: a wrong table is a usage error (exit code 2).
+    _state.settings = read_settings(config.settings, config.rootdir)
+    _state.config = config
+
+
+@stepflow.hookimpl
+def stepflow_unconfigure(config: Any) -> None:
+    _state.settings = None
+    _state.config = None
+
+
+@stepflow.hookimpl
+def stepflow_run_start(run: RunInfo) -> None:
+    if _state.settings is None:
+        return
+    mirror = Mirror(_state.settings, _state.config, run)
+    with _state.lock:
+        _state.mirrors[run.run_id] = mirror
+    mirror.start()
+
+
+@stepflow.hookimpl
+def stepflow_step_finish(run: RunInfo, report: StepReport) -> None:
+    mirror = _state.mirrors.get(run.run_id)
+    if mirror is not None:
+        mirror.step_finished(report)
+
+
+@stepflow.hookimpl
+def stepflow_run_finish(run: RunInfo, result: RunResult) -> None:
+    with _state.lock:
+        mirror = _state.mirrors.pop(run.run_id, None)
+    if mirror is not None:
+        mirror.finish(result)

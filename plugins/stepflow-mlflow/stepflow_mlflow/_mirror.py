@@ -1,0 +1,317 @@
+"""One stepflow run mirrored to one MLflow run, through ``mlflow.tracking.MlflowClient``.
+
+Every MLflow call goes through ``Mirror._guarded``: the first failure (a server that does not
+answer, a store that cannot be written, a value MLflow refuses) becomes one
+``MlflowTrackingWarning`` naming the tracking URI, and the mirror stops for the rest of that
+run. The stepflow run itself never fails because of MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from stepflow.errors import StepflowWarning
+from stepflow_mlflow._settings import Settings, shown_uri
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from stepflow import RunInfo, RunResult, StepReport
+    from stepflow._config import Config
+
+__all__ = ["Mirror", "MlflowTrackingWarning"]
+
+# MLflow's limits (mlflow.utils.validation): longer values are refused, so they are cut.
+_MAX_PARAM_VALUE = 6000
+_MAX_TAG_VALUE = 8000
+_MAX_BATCH_METRICS = 1000
+#: how far back (seconds) a model version may be dated and still belong to this run, for
+#: clocks of remote workers that run behind
+_CLOCK_SKEW = 3600.0
+#: where a mirrored model's bytes go in its MLflow run's artifacts
+MODELS_ARTIFACT_PATH = "stepflow-models"
+
+
+class MlflowTrackingWarning(StepflowWarning):
+    """Mirroring a run to MLflow failed; the run itself went on."""
+
+
+class Mirror:
+    """The MLflow side of one stepflow run: a run created at start, fed as steps finish,
+    terminated (with the run's models registered) at the end."""
+
+    def __init__(self, settings: Settings, config: Config | None, run: RunInfo) -> None:
+        self.settings = settings
+        self.config = config
+        self.run = run
+        self.started = time.time()
+        self.client: MlflowClient | None = None
+        #: the MLflow run's id, once created
+        self.run_id: str | None = None
+        self.artifact_uri: str | None = None
+        #: set after the first failure: nothing more is sent for this run
+        self.broken = False
+        #: (step, metric name) → how many values without a step of their own were sent
+        self._counters: dict[tuple[str, str], int] = {}
+        # Step hooks may come from the run's dispatch threads (a step recomputed).
+        self._lock = threading.Lock()
+
+    # --- the lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._guarded("start the MLflow run", self._start)
+
+    def step_finished(self, report: StepReport) -> None:
+        self._guarded(f"log step {report.name!r}", lambda: self._step_finished(report))
+
+    def finish(self, result: RunResult) -> None:
+        self._guarded("finish the MLflow run", lambda: self._finish(result))
+
+    # --- the work -------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        _check_reachable(self.settings)
+        from mlflow.entities import Param, RunTag
+
+        import stepflow
+
+        self.client = _client(self.settings)
+        experiment = self.settings.experiment or self.run.pipeline
+        experiment_id = _experiment_id(self.client, experiment, self.settings.artifact_location)
+        tags = {
+            "stepflow.pipeline": self.run.pipeline,
+            "stepflow.run_id": self.run.run_id,
+            "stepflow.version": stepflow.__version__,
+            "stepflow.workers": str(self.run.workers),
+            "stepflow.steps": _cut(", ".join(self.run.steps), _MAX_TAG_VALUE),
+        }
+        created = self.client.create_run(experiment_id, run_name=self.run.run_id, tags=tags)
+        self.run_id = created.info.run_id
+        self.artifact_uri = created.info.artifact_uri
+        # The run's parameters as stepflow hands them to plugins: secrets are already "***".
+        params = [
+            Param(name, _cut(str(value), _MAX_PARAM_VALUE))
+            for name, value in sorted(self.run.params.items())
+        ]
+        running = [RunTag("stepflow.state", "running")]
+        self.client.log_batch(self.run_id, params=params, tags=running)
+
+    def _step_finished(self, report: StepReport) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        assert self.client is not None and self.run_id is not None
+        tags = [RunTag(f"stepflow.step.{report.name}", str(report.state))]
+        if report.error is not None:
+            # The error's type only: its message may quote values the run was given.
+            kind = getattr(report.error, "exc_type", None) or type(report.error).__name__
+            tags.append(RunTag(f"stepflow.step.{report.name}.error", str(kind)))
+        metrics = []
+        for metric in report.metrics:
+            key = (report.name, metric.name)
+            if metric.step is None:
+                step = self._counters.get(key, 0)
+                self._counters[key] = step + 1
+            else:
+                step = metric.step
+            stamp = metric.timestamp or time.time()
+            metrics.append(
+                Metric(f"{report.name}/{metric.name}", float(metric.value), int(stamp * 1000), step)
+            )
+        self.client.log_batch(self.run_id, tags=tags, metrics=metrics[:_MAX_BATCH_METRICS])
+        for start in range(_MAX_BATCH_METRICS, len(metrics), _MAX_BATCH_METRICS):
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + _MAX_BATCH_METRICS])
+
+    def _finish(self, result: RunResult) -> None:
+        from mlflow.entities import RunTag
+
+        assert self.client is not None and self.run_id is not None
+        outcome = "interrupted" if result.interrupted else "ok" if result.ok else "failed"
+        tags = [RunTag("stepflow.state", outcome), RunTag("stepflow.summary", result.summary())]
+        models = self._models() if self.settings.register_models else []
+        if models:
+            names = ", ".join(f"{m.name} v{m.version}" for m in models)
+            tags.append(RunTag("stepflow.models", _cut(names, _MAX_TAG_VALUE)))
+        self.client.log_batch(self.run_id, tags=tags)
+        for model in models:
+            self._register(model)
+        status = "KILLED" if result.interrupted else "FINISHED" if result.ok else "FAILED"
+        self.client.set_terminated(self.run_id, status)
+
+    # --- models ---------------------------------------------------------------------------
+
+    def _models(self) -> list[Any]:
+        """The model versions registered by a step of this run, oldest first."""
+        import stepflow
+
+        since = self.started - _CLOCK_SKEW
+        found = []
+        for latest in stepflow.models.list(config=self.config):
+            if latest.created < since:
+                continue
+            for version in reversed(stepflow.models.versions(latest.name, config=self.config)):
+                if version.created < since:
+                    break
+                if version.source.get("run_id") == self.run.run_id:
+                    found.append(version)
+        return sorted(found, key=lambda v: (v.created, v.name, v.version))
+
+    def _register(self, model: Any) -> None:
+        """Log the model's object as an artifact of the MLflow run, then register that
+        artifact as a new version of the MLflow registered model of the same name."""
+        import joblib
+
+        import stepflow
+
+        assert self.client is not None and self.run_id is not None
+        path = f"{MODELS_ARTIFACT_PATH}/{model.name}/v{model.version}"
+        value = stepflow.models.load(model.name, version=model.version, config=self.config)
+        with tempfile.TemporaryDirectory(prefix="stepflow-mlflow-") as folder:
+            joblib.dump(value, Path(folder) / "model.joblib")
+            self.client.log_artifacts(self.run_id, folder, path)
+        _ensure_registered_model(self.client, model.name)
+        tags = {
+            "stepflow.model.version": str(model.version),
+            "stepflow.model.content_hash": model.content_hash,
+            "stepflow.model.type": model.type,
+            "stepflow.run_id": self.run.run_id,
+            "stepflow.pipeline": self.run.pipeline,
+            "stepflow.step": str(model.source.get("step", "")),
+        }
+        tags.update({f"stepflow.metric.{k}": repr(v) for k, v in model.metrics.items()})
+        tags.update({f"stepflow.tag.{k}": _cut(v, _MAX_TAG_VALUE) for k, v in model.tags.items()})
+        created = self.client.create_model_version(
+            model.name,
+            source=f"{self.artifact_uri}/{path}",
+            run_id=self.run_id,
+            tags=tags,
+            description=model.description,
+        )
+        for alias in model.aliases:
+            self.client.set_registered_model_alias(model.name, alias, created.version)
+
+    # --- failures -------------------------------------------------------------------------
+
+    def _guarded(self, what: str, action: Callable[[], None]) -> None:
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                with _quiet_mlflow():
+                    action()
+            except Exception as exc:  # any failure of MLflow: the run must go on
+                self.broken = True
+                warn(
+                    f"MLflow tracking at {shown_uri(self.settings.tracking_uri)} failed to "
+                    f"{what} of run {self.run.run_id} ({type(exc).__name__}: "
+                    f"{_first_line(exc)}); the rest of this run is not mirrored to MLflow, "
+                    f"and the run goes on"
+                )
+
+
+def warn(message: str) -> None:
+    """Warn without ever raising: where warnings are errors (``-W error``, pytest's
+    ``filterwarnings = error``) the message goes to stderr instead, because a tracking
+    problem must not fail the run."""
+    try:
+        warnings.warn(MlflowTrackingWarning(message), stacklevel=3)
+    except Warning:
+        print(f"stepflow-mlflow: warning: {message}", file=sys.stderr)
+
+
+# --- MLflow, wrapped ------------------------------------------------------------------------
+
+
+def _client(settings: Settings) -> MlflowClient:
+    # Imported only when a run is mirrored: importing MLflow costs seconds.
+    from mlflow.tracking import MlflowClient
+
+    # MLflow announces creating and migrating a new SQLite store at INFO, in the middle of
+    # stepflow's report; say it only when something goes wrong.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    if settings.tracking_uri.startswith("sqlite:////"):
+        # SQLite makes the database file, not the folders above it.
+        Path(settings.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(
+        tracking_uri=settings.tracking_uri,
+        registry_uri=settings.registry_uri or settings.tracking_uri,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """Deprecation warnings MLflow's own code triggers (SQLAlchemy 2.1 deprecating the
+    loader options MLflow 3.17 uses, say) are for MLflow's developers, not for the user of
+    a pipeline; where warnings are errors they would stop the mirror."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", category=DeprecationWarning, module=r"(mlflow|sqlalchemy|alembic)(\.|$)"
+        )
+        yield
+
+
+def _check_reachable(settings: Settings) -> None:
+    """Fail fast on an HTTP(S) server that does not answer: MLflow's own retries would hold
+    the run for minutes before giving up."""
+    for uri in {settings.tracking_uri, settings.registry_uri or settings.tracking_uri}:
+        parts = urlsplit(uri)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            continue
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), settings.connect_timeout).close()
+        except OSError as exc:
+            raise ConnectionError(
+                f"cannot connect to {parts.hostname}:{port} within "
+                f"{settings.connect_timeout:g}s: {exc}"
+            ) from exc
+
+
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(name, artifact_location=artifact_location))
+    except MlflowException as exc:
+        # Another run created it in the meantime.
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise exc from None
+        return str(found.experiment_id)
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(
+                name, tags={"stepflow.registry": "mirrored from stepflow's model registry"}
+            )
+        except MlflowException:
+            client.get_registered_model(name)  # made meanwhile by another run; else raise
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else "no message"
