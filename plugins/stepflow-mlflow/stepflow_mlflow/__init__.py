@@ -16,18 +16,50 @@ turns mirroring off). A tracking failure is a warning naming the URI; the run go
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import stepflow
-from stepflow_mlflow._mirror import Mirror, MlflowTrackingWarning
+from stepflow.errors import UsageError
+from stepflow_mlflow._mirror import Mirror, MlflowTrackingWarning, mlflow_client
 from stepflow_mlflow._settings import Settings, read_settings
 
 if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
     from stepflow import RunInfo, RunResult, StepReport
     from stepflow._config import Config
 
-__all__ = ["MlflowTrackingWarning", "Settings"]
+__all__ = ["MlflowTrackingWarning", "Settings", "client", "settings"]
+
+
+def settings(project: str | os.PathLike[str] | None = None) -> Settings | None:
+    """The plugin's settings for the project found from ``project`` (default: the working
+    folder), as a run would use them; ``None`` when mirroring is off there.
+
+    :raises UsageError: the ``[tool.stepflow.mlflow]`` table is wrong.
+    """
+    from stepflow._config import load_config
+
+    config = load_config(None if project is None else Path(project))
+    return read_settings(config.settings, config.rootdir)
+
+
+def client(project: str | os.PathLike[str] | None = None) -> MlflowClient:
+    """An ``MlflowClient`` for the tracking and registry URIs the project's runs are
+    mirrored to (relative paths resolved as the plugin resolves them), to read them back.
+
+    :raises UsageError: the project has no ``[tool.stepflow.mlflow]`` table.
+    """
+    found = settings(project)
+    if found is None:
+        raise UsageError(
+            'MLflow mirroring is off here: add [tool.stepflow.mlflow] tracking_uri = "..." to '
+            "the project's pyproject.toml, or set STEPFLOW_MLFLOW_TRACKING_URI"
+        )
+    return mlflow_client(found)
 
 
 class _State:

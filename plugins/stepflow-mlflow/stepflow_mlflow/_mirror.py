@@ -232,6 +232,16 @@ def warn(message: str) -> None:
 # --- MLflow, wrapped ------------------------------------------------------------------------
 
 
+def mlflow_client(settings: Settings) -> MlflowClient:
+    """An ``MlflowClient`` for ``settings``, its stores opened."""
+    with _quiet_mlflow():
+        client = _client(settings)
+        # Opening the stores imports MLflow's SQL modules, which is where SQLAlchemy warns.
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    return client
+
+
 def _client(settings: Settings) -> MlflowClient:
     # Imported only when a run is mirrored: importing MLflow costs seconds.
     from mlflow.tracking import MlflowClient

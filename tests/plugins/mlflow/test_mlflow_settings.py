@@ -110,3 +110,34 @@ def test_shown_uri_masks_a_password(settings_module):
     )
     assert shown("http://mlflow:5000") == "http://mlflow:5000"
     assert shown("sqlite:////srv/m.db") == "sqlite:////srv/m.db"
+
+
+class TestClient:
+    def test_client_reads_what_a_run_mirrored(self, mlflow_store, make_module):
+        """``stepflow_mlflow.client()`` opens the store the project's runs go to (a relative
+        path resolved from the project), with no warning from MLflow's own code."""
+        import stepflow_mlflow
+
+        from stepflow import Pipeline
+
+        mod = make_module(
+            "mlflow_client_flow",
+            "from stepflow import step\n\n@step\ndef one(k: int = 2) -> int:\n    return k\n",
+        )
+        (mlflow_store.project / "pyproject.toml").write_text(
+            '[tool.stepflow.mlflow]\ntracking_uri = "sqlite:///../mlflow/mlflow.db"\n'
+        )
+        result = Pipeline("client_flow", [mod.one]).run()
+        client = stepflow_mlflow.client()
+        experiment = client.get_experiment_by_name("client_flow")
+        (run,) = client.search_runs([experiment.experiment_id])
+        assert run.data.tags["stepflow.run_id"] == result.run_id
+        assert run.data.params == {"k": "2"}
+        assert stepflow_mlflow.settings().tracking_uri == mlflow_store.uri
+
+    def test_client_without_the_table(self, mlflow_store):
+        import stepflow_mlflow
+
+        (mlflow_store.project / "pyproject.toml").write_text("[tool.stepflow]\n")
+        with pytest.raises(UsageError, match="MLflow mirroring is off here"):
+            stepflow_mlflow.client()
