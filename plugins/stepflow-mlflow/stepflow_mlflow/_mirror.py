@@ -16,12 +16,12 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from stepflow.errors import StepflowWarning
+from stepflow.errors import StepflowError, StepflowWarning
 from stepflow_mlflow._settings import Settings, shown_uri
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ __all__ = ["Mirror", "MlflowTrackingWarning"]
 # MLflow's limits (mlflow.utils.validation): longer values are refused, so they are cut.
 _MAX_PARAM_VALUE = 6000
 _MAX_TAG_VALUE = 8000
-_MAX_BATCH_METRICS = 1000
 #: how far back (seconds) a model version may be dated and still belong to this run, for
 #: clocks of remote workers that run behind
 _CLOCK_SKEW = 3600.0
@@ -82,7 +81,7 @@ class Mirror:
 
     def _start(self) -> None:
         _check_reachable(self.settings)
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         import stepflow
 
@@ -104,8 +103,8 @@ class Mirror:
             Param(name, _cut(str(value), _MAX_PARAM_VALUE))
             for name, value in sorted(self.run.params.items())
         ]
-        running = [RunTag("stepflow.state", "running")]
-        self.client.log_batch(self.run_id, params=params, tags=running)
+        _log_batches(self.client, self.run_id, params=params)
+        self.client.set_tag(self.run_id, "stepflow.state", "running")
 
     def _step_finished(self, report: StepReport) -> None:
         from mlflow.entities import Metric, RunTag
@@ -128,25 +127,63 @@ class Mirror:
             metrics.append(
                 Metric(f"{report.name}/{metric.name}", float(metric.value), int(stamp * 1000), step)
             )
-        self.client.log_batch(self.run_id, tags=tags, metrics=metrics[:_MAX_BATCH_METRICS])
-        for start in range(_MAX_BATCH_METRICS, len(metrics), _MAX_BATCH_METRICS):
-            self.client.log_batch(self.run_id, metrics=metrics[start : start + _MAX_BATCH_METRICS])
+        _log_batches(self.client, self.run_id, tags=tags, metrics=metrics)
 
     def _finish(self, result: RunResult) -> None:
         from mlflow.entities import RunTag
 
         assert self.client is not None and self.run_id is not None
+        params, tags = self._recorded()
         outcome = "interrupted" if result.interrupted else "ok" if result.ok else "failed"
-        tags = [RunTag("stepflow.state", outcome), RunTag("stepflow.summary", result.summary())]
+        tags += [RunTag("stepflow.state", outcome), RunTag("stepflow.summary", result.summary())]
         models = self._models() if self.settings.register_models else []
         if models:
             names = ", ".join(f"{m.name} v{m.version}" for m in models)
             tags.append(RunTag("stepflow.models", _cut(names, _MAX_TAG_VALUE)))
-        self.client.log_batch(self.run_id, tags=tags)
+        _log_batches(self.client, self.run_id, params=params, tags=tags)
         for model in models:
             self._register(model)
         status = "KILLED" if result.interrupted else "FINISHED" if result.ok else "FAILED"
         self.client.set_terminated(self.run_id, status)
+
+    def _recorded(self) -> tuple[list[Any], list[Any]]:
+        """What only the run records hold: the parameters and tags steps logged with
+        ``stepflow.context()`` (secret values already masked there), the run that made each
+        reused step's result, and the run's commit, user, host and code snapshot."""
+        from mlflow.entities import Param, RunTag
+
+        from stepflow._storage.read import ReadAPI
+
+        assert self.config is not None
+        try:
+            with ReadAPI(self.config) as api:
+                recorded = api.run(self.run.run_id)
+                steps = api.steps(recorded)
+        except StepflowError as exc:
+            # The records could not be written or read (a full disk, say): the run's own
+            # outcome still reaches MLflow, without what only the records hold.
+            warn(
+                f"the records of run {self.run.run_id} cannot be read ({exc}); the parameters "
+                f"and tags its steps logged are not mirrored to MLflow"
+            )
+            return [], []
+        params, tags = [], []
+        for step in steps:
+            for name, value in step.params.items():
+                params.append(Param(f"{step.name}/{name}", _cut(str(value), _MAX_PARAM_VALUE)))
+            for name, value in step.tags.items():
+                tags.append(RunTag(name, _cut(str(value), _MAX_TAG_VALUE)))
+            if step.reused_from:
+                tags.append(RunTag(f"stepflow.step.{step.name}.reused_from", step.reused_from))
+        for key, value in (
+            ("mlflow.source.git.commit", recorded.git_commit),
+            ("mlflow.user", recorded.user),
+            ("stepflow.host", recorded.host),
+            ("stepflow.source_hash", recorded.source_hash),
+        ):
+            if value:
+                tags.append(RunTag(key, str(value)))
+        return params, tags
 
     # --- models ---------------------------------------------------------------------------
 
@@ -316,6 +353,26 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
             )
         except MlflowException:
             client.get_registered_model(name)  # made meanwhile by another run; else raise
+
+
+def _log_batches(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    params: Sequence[Any] = (),
+    tags: Sequence[Any] = (),
+    metrics: Sequence[Any] = (),
+) -> None:
+    """``log_batch`` within MLflow's limits on one request (100 parameters, 100 tags and
+    1,000 metrics)."""
+    batches = max(-(-len(params) // 100), -(-len(tags) // 100), -(-len(metrics) // 1000))
+    for i in range(batches):
+        client.log_batch(
+            run_id,
+            params=list(params[i * 100 : (i + 1) * 100]),
+            tags=list(tags[i * 100 : (i + 1) * 100]),
+            metrics=list(metrics[i * 1000 : (i + 1) * 1000]),
+        )
 
 
 def _cut(text: str, limit: int) -> str:

@@ -25,6 +25,9 @@ def trained(rate: float = 0.1, token: Secret[str] = "default-token") -> dict:
         context.log_metric("loss", 1.0 / (epoch + 1), step=epoch)
     context.log_metric("mae", 12.5)
     context.log_metric("mae", 11.0)
+    context.log_param("optimizer", "sgd")
+    context.log_param("auth_header", f"Bearer {token}")
+    context.set_tag("owner", "pricing-team")
     return {"rate": rate}
 
 
@@ -57,7 +60,8 @@ class TestRun:
         run = mlflow_store.only_run("training")
         assert run.info.status == "FINISHED"
         assert run.info.run_name == result.run_id
-        assert run.data.params == {"rate": "0.25", "token": "***"}
+        pipeline_params = {k: v for k, v in run.data.params.items() if "/" not in k}
+        assert pipeline_params == {"rate": "0.25", "token": "***"}
         tags = run.data.tags
         assert tags["stepflow.pipeline"] == "training"
         assert tags["stepflow.run_id"] == result.run_id
@@ -73,6 +77,45 @@ class TestRun:
         mae = client.get_metric_history(run.info.run_id, "trained/mae")
         assert sorted((m.step, m.value) for m in mae) == [(0, 12.5), (1, 11.0)]
 
+    def test_what_steps_logged_with_the_context(self, mlflow_store, training):
+        """Parameters a step logged (``log_param``) become ``STEP/NAME`` parameters and tags
+        it set (``set_tag``) become run tags; the run's user and code snapshot come along."""
+        mlflow_store.configure()
+        training.run()
+        run = mlflow_store.only_run("training")
+        assert run.data.params["trained/optimizer"] == "sgd"
+        assert run.data.params["trained/auth_header"] == "Bearer ***"
+        assert run.data.tags["owner"] == "pricing-team"
+        assert run.data.tags["stepflow.source_hash"]
+        assert run.data.tags["mlflow.user"]
+
+    def test_hundreds_of_values(self, mlflow_store, make_module):
+        """More parameters, tags and metric values than MLflow takes in one request."""
+        mod = make_module(
+            "mlflow_many",
+            """
+import stepflow
+from stepflow import step
+
+@step
+def many(n: int = 250) -> int:
+    context = stepflow.context()
+    for i in range(n):
+        context.log_param(f"p{i}", i)
+        context.set_tag(f"t{i}", i)
+    for i in range(2500):
+        context.log_metric("curve", float(i), step=i)
+    return n
+""",
+        )
+        mlflow_store.configure()
+        assert Pipeline("many", [mod.many]).run().ok
+        run = mlflow_store.only_run("many")
+        assert sum(1 for k in run.data.params if k.startswith("many/p")) == 250
+        assert sum(1 for k in run.data.tags if k.startswith("t")) == 250
+        history = mlflow_store.client().get_metric_history(run.info.run_id, "many/curve")
+        assert len(history) == 2500 and max(m.step for m in history) == 2499
+
     def test_reused_steps_are_tagged_and_log_no_metrics(self, mlflow_store, training):
         """A rerun is a second MLflow run; a reused step says so and logs nothing again."""
         mlflow_store.configure()
@@ -83,6 +126,7 @@ class TestRun:
         assert second.data.tags["stepflow.run_id"] == again.run_id
         assert second.data.tags["stepflow.step.trained"] == "reused"
         assert second.data.tags["stepflow.step.registered"] == "ran"
+        assert second.data.tags["stepflow.step.trained.reused_from"] == first.info.run_name
         assert "trained/loss" in first.data.metrics
         assert "trained/loss" not in second.data.metrics
 
@@ -151,6 +195,7 @@ class TestSecrets:
         assert training.run({"token": secret}).ok
         run = mlflow_store.only_run("training")
         assert run.data.params["token"] == "***"
+        assert run.data.params["trained/auth_header"] == "Bearer ***"
         assert mlflow_store.files_containing("PriceModel")  # the search itself can find text
         assert mlflow_store.files_containing(secret) == []
 
