@@ -84,6 +84,10 @@ def stepflow_configure(config: Config) -> None:
 
 @stepflow.hookimpl
 def stepflow_unconfigure(config: Any) -> None:
+    with _state.lock:
+        left, _state.mirrors = list(_state.mirrors.values()), {}
+    for mirror in left:
+        mirror.abandon()
     _state.settings = None
     _state.config = None
 

@@ -1,5 +1,10 @@
 """One stepflow run mirrored to one MLflow run, through ``mlflow.tracking.MlflowClient``.
 
+The MLflow calls run in a thread of their own, in the order the run's hooks queued them, so
+importing MLflow, opening its store and every request overlap with the steps instead of
+holding them up; the run's end waits for the queue to drain, so the MLflow run is complete
+when ``Pipeline.run`` returns or ``stepflow run`` exits.
+
 Every MLflow call goes through ``Mirror._guarded``: the first failure (a server that does not
 answer, a store that cannot be written, a value MLflow refuses) becomes one
 ``MlflowTrackingWarning`` naming the tracking URI, and the mirror stops for the rest of that
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import sys
 import tempfile
@@ -63,19 +69,42 @@ class Mirror:
         self.broken = False
         #: (step, metric name) → how many values without a step of their own were sent
         self._counters: dict[tuple[str, str], int] = {}
-        # Step hooks may come from the run's dispatch threads (a step recomputed).
-        self._lock = threading.Lock()
+        #: (what, action) in hook order; ``None`` ends the thread
+        self._queue: queue.SimpleQueue[tuple[str, Callable[[], None]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._work, name=f"stepflow-mlflow-{run.run_id}", daemon=True
+        )
 
-    # --- the lifecycle --------------------------------------------------------------------
+    # --- the lifecycle (called by the hooks, in the run's threads) ------------------------
 
     def start(self) -> None:
-        self._guarded("start the MLflow run", self._start)
+        self._queue.put(("start the MLflow run", self._start))
+        self._thread.start()
 
     def step_finished(self, report: StepReport) -> None:
-        self._guarded(f"log step {report.name!r}", lambda: self._step_finished(report))
+        self._queue.put((f"log step {report.name!r}", lambda: self._step_finished(report)))
 
     def finish(self, result: RunResult) -> None:
-        self._guarded("finish the MLflow run", lambda: self._finish(result))
+        """Queue the end of the MLflow run and wait until everything queued was sent."""
+        self._queue.put(("finish the MLflow run", lambda: self._finish(result)))
+        self._queue.put(None)
+        self._thread.join()
+
+    def abandon(self) -> None:
+        """The run never reached its end (stepflow itself failed): mark the MLflow run
+        failed rather than leave it running forever, and end the thread."""
+        self._queue.put(("end the abandoned MLflow run", self._abandon))
+        self._queue.put(None)
+        self._thread.join()
+
+    def _abandon(self) -> None:
+        if self.client is not None and self.run_id is not None:
+            self.client.set_tag(self.run_id, "stepflow.state", "crashed")
+            self.client.set_terminated(self.run_id, "FAILED")
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._guarded(*item)
 
     # --- the work -------------------------------------------------------------------------
 
@@ -240,20 +269,19 @@ class Mirror:
     # --- failures -------------------------------------------------------------------------
 
     def _guarded(self, what: str, action: Callable[[], None]) -> None:
-        with self._lock:
-            if self.broken:
-                return
-            try:
-                with _quiet_mlflow():
-                    action()
-            except Exception as exc:  # any failure of MLflow: the run must go on
-                self.broken = True
-                warn(
-                    f"MLflow tracking at {shown_uri(self.settings.tracking_uri)} failed to "
-                    f"{what} of run {self.run.run_id} ({type(exc).__name__}: "
-                    f"{_first_line(exc)}); the rest of this run is not mirrored to MLflow, "
-                    f"and the run goes on"
-                )
+        if self.broken:
+            return
+        try:
+            _ignore_mlflow_deprecations()
+            action()
+        except Exception as exc:  # any failure of MLflow: the run must go on
+            self.broken = True
+            warn(
+                f"MLflow tracking at {shown_uri(self.settings.tracking_uri)} failed to "
+                f"{what} of run {self.run.run_id} ({type(exc).__name__}: "
+                f"{_first_line(exc)}); the rest of this run is not mirrored to MLflow, "
+                f"and the run goes on"
+            )
 
 
 def warn(message: str) -> None:
@@ -296,15 +324,25 @@ def _client(settings: Settings) -> MlflowClient:
     )
 
 
+#: deprecation warnings MLflow's own code triggers (SQLAlchemy 2.1 deprecating a loader
+#: option MLflow 3.17 uses, say) are for MLflow's developers, not for the user of a pipeline,
+#: and where warnings are errors they would stop the mirror
+_MLFLOW_MODULES = r"(mlflow|sqlalchemy|alembic)(\.|$)"
+
+
+def _ignore_mlflow_deprecations() -> None:
+    """Put the filter first, as each action starts: from the mirror's thread, where
+    ``catch_warnings`` would race with the steps' own (restoring its copy of the filters
+    could undo theirs). Python's default filters already hide these warnings outside
+    ``__main__``; this keeps them hidden under ``-W error`` and pytest's filters too."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=_MLFLOW_MODULES)
+
+
 @contextlib.contextmanager
 def _quiet_mlflow() -> Iterator[None]:
-    """Deprecation warnings MLflow's own code triggers (SQLAlchemy 2.1 deprecating the
-    loader options MLflow 3.17 uses, say) are for MLflow's developers, not for the user of
-    a pipeline; where warnings are errors they would stop the mirror."""
+    """The same, for a call in the caller's own thread (``stepflow_mlflow.client()``)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", category=DeprecationWarning, module=r"(mlflow|sqlalchemy|alembic)(\.|$)"
-        )
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=_MLFLOW_MODULES)
         yield
 
 
