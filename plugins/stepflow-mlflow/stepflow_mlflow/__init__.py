@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import stepflow
 from stepflow.errors import UsageError
-from stepflow_mlflow._mirror import Mirror, MlflowTrackingWarning, mlflow_client
+from stepflow_mlflow._errors import MlflowTrackingWarning
 from stepflow_mlflow._settings import Settings, read_settings
 
 if TYPE_CHECKING:
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
     from stepflow import RunInfo, RunResult, StepReport
     from stepflow._config import Config
+    from stepflow_mlflow._mirror import Mirror
+
+# ``_mirror`` is imported when a run is mirrored: every ``stepflow`` command loads installed
+# plugins, and a project without [tool.stepflow.mlflow] should not pay for it.
 
 __all__ = ["MlflowTrackingWarning", "Settings", "client", "settings"]
 
@@ -59,6 +63,8 @@ def client(project: str | os.PathLike[str] | None = None) -> MlflowClient:
             'MLflow mirroring is off here: add [tool.stepflow.mlflow] tracking_uri = "..." to '
             "the project's pyproject.toml, or set STEPFLOW_MLFLOW_TRACKING_URI"
         )
+    from stepflow_mlflow._mirror import mlflow_client
+
     return mlflow_client(found)
 
 
@@ -96,6 +102,8 @@ def stepflow_unconfigure(config: Any) -> None:
 def stepflow_run_start(run: RunInfo) -> None:
     if _state.settings is None:
         return
+    from stepflow_mlflow._mirror import Mirror
+
     mirror = Mirror(_state.settings, _state.config, run)
     with _state.lock:
         _state.mirrors[run.run_id] = mirror

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from stepflow.errors import StepflowError, StepflowWarning
+from stepflow.errors import StepflowError
+from stepflow_mlflow._errors import MlflowTrackingWarning
 from stepflow_mlflow._settings import Settings, shown_uri
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from stepflow import RunInfo, RunResult, StepReport
     from stepflow._config import Config
 
-__all__ = ["Mirror", "MlflowTrackingWarning"]
+__all__ = ["Mirror", "mlflow_client", "warn"]
 
 # MLflow's limits (mlflow.utils.validation): longer values are refused, so they are cut.
 _MAX_PARAM_VALUE = 6000
@@ -46,10 +47,6 @@ _MAX_TAG_VALUE = 8000
 _CLOCK_SKEW = 3600.0
 #: where a mirrored model's bytes go in its MLflow run's artifacts
 MODELS_ARTIFACT_PATH = "stepflow-models"
-
-
-class MlflowTrackingWarning(StepflowWarning):
-    """Mirroring a run to MLflow failed; the run itself went on."""
 
 
 class Mirror:
