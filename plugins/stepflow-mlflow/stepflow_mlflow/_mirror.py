@@ -286,7 +286,15 @@ def warn(message: str) -> None:
     ``filterwarnings = error``) the message goes to stderr instead, because a tracking
     problem must not fail the run."""
     try:
-        warnings.warn(MlflowTrackingWarning(message), stacklevel=3)
+        # Attributed to the plugin, not to a line of its thread: the report shows
+        # "stepflow-mlflow:0: MlflowTrackingWarning: ..." without a line of source under it.
+        warnings.warn_explicit(
+            MlflowTrackingWarning(message),
+            MlflowTrackingWarning,
+            filename="stepflow-mlflow",
+            lineno=0,
+            module="stepflow_mlflow",
+        )
     except Warning:
         print(f"stepflow-mlflow: warning: {message}", file=sys.stderr)
 

@@ -97,3 +97,20 @@ def test_listed_by_stepflow_plugins(mlflow_store, runner):
             "stepflow_step_finish, stepflow_unconfigure",
         ]
     )
+
+
+def test_unreachable_server_is_a_warning(mlflow_store, runner):
+    """MLflow down: ``stepflow run`` succeeds (exit 0) and says so once, naming the URI."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mlflow_store.configure(uri=f"http://127.0.0.1:{port}")
+    out = runner.run("run", "flow.py:scoring", "--param", "api_token=x")
+    assert out.ret == 0, out.stderr
+    assert "1 ran" in out.stdout
+    warning = (
+        f"stepflow-mlflow:0: MlflowTrackingWarning: MLflow tracking at http://127.0.0.1:{port}"
+    )
+    assert out.stderr.count(warning) == 1, out.stderr
