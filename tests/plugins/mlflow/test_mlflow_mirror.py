@@ -249,3 +249,22 @@ class TestModels:
         training.run()
         assert mlflow_store.only_run("training").data.tags["stepflow.state"] == "ok"
         assert mlflow_store.client().search_registered_models() == []
+
+
+class TestFileStore:
+    def test_folder_store(self, mlflow_store, training, monkeypatch):
+        """MLflow's file store (in maintenance mode, opened only with
+        MLFLOW_ALLOW_FILE_STORE=true): a relative folder is the project's."""
+        from mlflow.tracking import MlflowClient
+
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow_store.configure(uri="mlruns")
+        assert training.run().ok
+        folder = mlflow_store.project / "mlruns"
+        client = MlflowClient(tracking_uri=folder.as_uri(), registry_uri=folder.as_uri())
+        experiment = client.get_experiment_by_name("training")
+        (run,) = client.search_runs([experiment.experiment_id])
+        assert run.data.tags["stepflow.step.trained"] == "ran"
+        assert run.data.params["token"] == "***"
+        (version,) = client.search_model_versions("name='PriceModel'")
+        assert version.tags["stepflow.model.version"] == "1"
