@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 import socket
 import sys
 import tempfile
@@ -150,9 +151,8 @@ class Mirror:
             else:
                 step = metric.step
             stamp = metric.timestamp or time.time()
-            metrics.append(
-                Metric(f"{report.name}/{metric.name}", float(metric.value), int(stamp * 1000), step)
-            )
+            name = _key(f"{report.name}/{metric.name}")
+            metrics.append(Metric(name, float(metric.value), int(stamp * 1000), step))
         _log_batches(self.client, self.run_id, tags=tags, metrics=metrics)
 
     def _finish(self, result: RunResult) -> None:
@@ -196,9 +196,10 @@ class Mirror:
         params, tags = [], []
         for step in steps:
             for name, value in step.params.items():
-                params.append(Param(f"{step.name}/{name}", _cut(str(value), _MAX_PARAM_VALUE)))
+                value = _cut(str(value), _MAX_PARAM_VALUE)
+                params.append(Param(_key(f"{step.name}/{name}"), value))
             for name, value in step.tags.items():
-                tags.append(RunTag(name, _cut(str(value), _MAX_TAG_VALUE)))
+                tags.append(RunTag(_key(name), _cut(str(value), _MAX_TAG_VALUE)))
             if step.reused_from:
                 tags.append(RunTag(f"stepflow.step.{step.name}.reused_from", step.reused_from))
         for key, value in (
@@ -416,6 +417,16 @@ def _log_batches(
             tags=list(tags[i * 100 : (i + 1) * 100]),
             metrics=list(metrics[i * 1000 : (i + 1) * 1000]),
         )
+
+
+#: what MLflow accepts in a metric, parameter or tag name (mlflow.utils.validation)
+_NOT_IN_MLFLOW_NAMES = re.compile(r"[^\w./ :-]")
+
+
+def _key(name: str) -> str:
+    """A stepflow name as MLflow accepts it: other characters (``acc@top5``) become ``_``,
+    so one odd name does not stop the mirror."""
+    return _NOT_IN_MLFLOW_NAMES.sub("_", name)
 
 
 def _cut(text: str, limit: int) -> str:
