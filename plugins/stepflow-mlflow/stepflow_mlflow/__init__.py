@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import stepflow
 from stepflow.errors import UsageError
@@ -69,12 +69,18 @@ def client(project: str | os.PathLike[str] | None = None) -> MlflowClient:
 
 
 class _State:
-    """What ``stepflow_configure`` read, and the runs being mirrored (by stepflow run id)."""
+    """The configurations in force, with their settings, and the runs being mirrored.
+
+    ``Pipeline.run`` configures and unconfigures the plugins around each run, and two runs
+    may overlap in one process (threads): each ``stepflow_unconfigure`` removes its own
+    configuration and ends only the mirrors started under it.
+    """
 
     def __init__(self) -> None:
-        self.settings: Settings | None = None
-        self.config: Config | None = None
-        self.mirrors: dict[str, Mirror] = {}
+        #: (config, its settings), in configure order; a run uses the latest
+        self.configured: list[tuple[Config, Settings | None]] = []
+        #: stepflow run id → (the config it started under, its mirror)
+        self.mirrors: dict[str, tuple[Config, Mirror]] = {}
         self.lock = threading.Lock()
 
 
@@ -84,42 +90,48 @@ _state = _State()
 @stepflow.hookimpl
 def stepflow_configure(config: Config) -> None:
     # Checked here, before any step runs: a wrong table is a usage error (exit code 2).
-    _state.settings = read_settings(config.settings, config.rootdir)
-    _state.config = config
+    found = read_settings(config.settings, config.rootdir)
+    with _state.lock:
+        _state.configured.append((config, found))
 
 
 @stepflow.hookimpl
-def stepflow_unconfigure(config: Any) -> None:
+def stepflow_unconfigure(config: Config) -> None:
     with _state.lock:
-        left, _state.mirrors = list(_state.mirrors.values()), {}
-    for mirror in left:
+        _state.configured = [(c, s) for c, s in _state.configured if c is not config]
+        left = [run_id for run_id, (c, _) in _state.mirrors.items() if c is config]
+        abandoned = [_state.mirrors.pop(run_id)[1] for run_id in left]
+    for mirror in abandoned:
         mirror.abandon()
-    _state.settings = None
-    _state.config = None
 
 
 @stepflow.hookimpl
 def stepflow_run_start(run: RunInfo) -> None:
-    if _state.settings is None:
+    with _state.lock:
+        if not _state.configured:
+            return
+        config, found = _state.configured[-1]
+    if found is None:
         return
     from stepflow_mlflow._mirror import Mirror
 
-    mirror = Mirror(_state.settings, _state.config, run)
+    mirror = Mirror(found, config, run)
     with _state.lock:
-        _state.mirrors[run.run_id] = mirror
+        _state.mirrors[run.run_id] = (config, mirror)
     mirror.start()
 
 
 @stepflow.hookimpl
 def stepflow_step_finish(run: RunInfo, report: StepReport) -> None:
-    mirror = _state.mirrors.get(run.run_id)
-    if mirror is not None:
-        mirror.step_finished(report)
+    with _state.lock:
+        entry = _state.mirrors.get(run.run_id)
+    if entry is not None:
+        entry[1].step_finished(report)
 
 
 @stepflow.hookimpl
 def stepflow_run_finish(run: RunInfo, result: RunResult) -> None:
     with _state.lock:
-        mirror = _state.mirrors.pop(run.run_id, None)
-    if mirror is not None:
-        mirror.finish(result)
+        entry = _state.mirrors.pop(run.run_id, None)
+    if entry is not None:
+        entry[1].finish(result)

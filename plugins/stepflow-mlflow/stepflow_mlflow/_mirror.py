@@ -54,7 +54,7 @@ class Mirror:
     """The MLflow side of one stepflow run: a run created at start, fed as steps finish,
     terminated (with the run's models registered) at the end."""
 
-    def __init__(self, settings: Settings, config: Config | None, run: RunInfo) -> None:
+    def __init__(self, settings: Settings, config: Config, run: RunInfo) -> None:
         self.settings = settings
         self.config = config
         self.run = run
@@ -180,7 +180,6 @@ class Mirror:
 
         from stepflow._storage.read import ReadAPI
 
-        assert self.config is not None
         try:
             with ReadAPI(self.config) as api:
                 recorded = api.run(self.run.run_id)

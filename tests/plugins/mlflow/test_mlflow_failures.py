@@ -152,3 +152,41 @@ def test_run_that_never_ends_is_marked_failed(mlflow_store):
     assert run.info.status == "FAILED"
     assert run.data.tags["stepflow.state"] == "crashed"
     assert run.data.params == {"n": "1"}
+
+
+def test_overlapping_runs_in_one_process(mlflow_store, make_module):
+    """Two ``Pipeline.run`` calls in two threads of one process overlap: the first to end
+    unconfigures the plugin for itself only, and both runs are mirrored whole."""
+    import threading
+
+    mod = make_module(
+        "mlflow_overlap",
+        """
+import threading
+from stepflow import step
+
+BOTH_STARTED = threading.Barrier(2, timeout=120)
+
+@step(cache=False)
+def waits(label: str = "a") -> str:
+    BOTH_STARTED.wait()
+    return label
+""",
+    )
+    mlflow_store.configure()
+    pipe = Pipeline("overlap", [mod.waits])
+    results = {}
+
+    def run(label):
+        results[label] = pipe.run({"label": label})
+
+    threads = [threading.Thread(target=run, args=(label,)) for label in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert results["a"].ok and results["b"].ok
+    runs = mlflow_store.runs("overlap")
+    assert sorted(r.data.params["label"] for r in runs) == ["a", "b"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["stepflow.state"] for r in runs} == {"ok"}
