@@ -45,7 +45,14 @@ def add_parsers(
     add_common(pub_list)
     pub_show = pub_sub.add_parser("show", help="one published pipeline and its versions")
     pub_show.add_argument("name", metavar="NAME")
-    pub_show.add_argument("--version", type=int, metavar="V", help="this version (default: latest)")
+    # dest: the top-level --version (print stepflow's version) owns args.version
+    pub_show.add_argument(
+        "--version",
+        dest="pub_version",
+        type=int,
+        metavar="V",
+        help="this version (default: latest)",
+    )
     pub_show.add_argument("--json", action="store_true", help="print JSON")
     add_common(pub_show)
 
@@ -105,7 +112,7 @@ def add_parsers(
     )
     export.add_argument("name", metavar="NAME")
     export.add_argument("--format", required=True, choices=["cron", "systemd"])
-    export.add_argument("--output", metavar="DIR", help="write the systemd files into DIR")
+    export.add_argument("-o", "--output", metavar="DIR", help="write the systemd files into DIR")
     add_common(export)
 
     scheduler = sub.add_parser("scheduler", help="the scheduling daemon")
@@ -212,9 +219,12 @@ def _published(args: argparse.Namespace, config: Config) -> int:
         ]
         sys.stdout.write(table(data, ["name", "latest", "target", "created", "description"]))
         return 0
-    found = get_published(args.name, args.version, config=config)
+    from stepflow._scheduling.publishing import split_ref
+
+    name, version = split_ref(args.name)
+    found = get_published(name, args.pub_version or version, config=config)
     with ScheduleDB(config.home) as db:
-        versions = [PublishedPipeline.from_row(r) for r in db.published_versions(args.name)]
+        versions = [PublishedPipeline.from_row(r) for r in db.published_versions(name)]
     if args.json:
         print(json.dumps({**found.to_dict(), "versions": [v.version for v in versions]}, indent=2))
         return 0
