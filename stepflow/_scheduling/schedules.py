@@ -96,12 +96,9 @@ def make_trigger(
     if poll is not None and poll <= 0:
         raise UsageError(f"--poll must be a number of seconds above 0, got {poll}")
     if on_dataset:
-        from stepflow._storage.registry import check_name
+        from stepflow._storage.registry_records import check_name
 
-        try:
-            check_name(on_dataset)
-        except Exception as exc:
-            raise UsageError(f"--on-dataset {on_dataset!r}: {exc}") from None
+        check_name("--on-dataset: data set", on_dataset)
         return {"kind": "dataset", "name": on_dataset, "poll": poll or 60.0}
     if on_change:
         return {"kind": "change", "path": on_change, "poll": poll or 60.0}

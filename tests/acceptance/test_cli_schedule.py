@@ -66,7 +66,10 @@ def published(stepflow_runner):
 
 
 def runs(runner) -> list[dict]:
-    return json.loads(ok(runner.run("runs", "list", "--json")).stdout)
+    out = runner.run("runs", "list", "--json")
+    if out.ret == 2 and "no run records" in out.stderr:
+        return []
+    return json.loads(ok(out).stdout)
 
 
 def ticks(runner, name: str) -> list[dict]:
@@ -211,7 +214,7 @@ class TestScheduleCommands:
             published.run(
                 "schedule", "create", "twice_daily", "--pipeline", "stamp",
                 "--frequency", "day", "--hours", "1,13", "--minutes", "30",
-                "--time-zone", "Europe/London",
+                "--time-zone", "Europe/London", "--start", "2026-01-01T00:00",
             )
         )  # fmt: skip
         out = ok(
@@ -229,7 +232,7 @@ class TestScheduleCommands:
         text.fnmatch_lines(["schedule twice_daily (active): every day at hours 1,13 minutes 30*"])
         ok(published.run("schedule", "pause", "twice_daily"))
         listed = ok(published.run("schedule", "list"))
-        listed.fnmatch_lines(["twice_daily  stamp  every day*  paused*"])
+        listed.fnmatch_lines(["twice_daily *stamp *every day*paused*"])
         ok(published.run("schedule", "resume", "twice_daily"))
         assert not json.loads(ok(published.run("schedule", "list", "--json")).stdout)[0]["paused"]
         ok(published.run("schedule", "delete", "twice_daily"))
@@ -389,7 +392,7 @@ class TestTicks:
         with ScheduleDB(published.home) as db:
             sched = db.schedule("daily")
             made = db.claim(sched.id, [("2026-03-28T01:30:00Z", 0.0, "claimed")], owner=dead,
-                            cursor=1e12)  # fmt: skip
+                            cursor=4e9)  # fmt: skip
             assert len(made) == 1
         out = ok(published.run("scheduler", "serve", "--once", "--now", "2026-03-28T01:31Z"))
         assert "resumed" in out.stdout
