@@ -236,7 +236,9 @@ def checkout(
 
 
 def _resolve_target(pipeline: Pipeline, target: str | None, rootdir: Path) -> str:
-    """The target text that loads ``pipeline``, relative to the project folder."""
+    """The target text that loads ``pipeline``, as a path relative to the project folder
+    when its module is a file there (so the command line's ``pkg/flows.py:pipe`` or
+    ``pkg.flows:pipe`` and Python's ``stepflow.publish(pipe)`` publish the same content)."""
     from stepflow._authoring.loader import looks_like_path
     from stepflow._pipeline import Pipeline
 
@@ -246,8 +248,16 @@ def _resolve_target(pipeline: Pipeline, target: str | None, rootdir: Path) -> st
         text = target.strip()
         module_part, sep, attr = text.rpartition(":") if ":" in text else (text, "", "")
         if looks_like_path(module_part):
-            module_part = _relative(Path(module_part), rootdir, text)
-        return f"{module_part}{sep}{attr}"
+            return f"{_relative(Path(module_part), rootdir, text)}{sep}{attr}"
+        module = sys.modules.get(module_part)
+        path = getattr(module, "__file__", None)
+        if path and _inside(Path(path), rootdir):
+            return f"{_relative(Path(path), rootdir, text)}{sep}{attr}"
+        raise UsageError(
+            f"TARGET {text!r}: module {module_part!r} is not a file inside the project folder "
+            f"{rootdir}, so its code snapshot cannot hold it; publish from the project that "
+            f"contains it"
+        )
     for spec in pipeline.steps.values():
         module = sys.modules.get(getattr(spec.func, "__module__", ""))
         if module is None:
@@ -255,14 +265,22 @@ def _resolve_target(pipeline: Pipeline, target: str | None, rootdir: Path) -> st
         for attr, value in vars(module).items():
             if value is pipeline:
                 path = getattr(module, "__file__", None)
-                if path and module.__name__ == "__main__":
-                    return f"{_relative(Path(path), rootdir, attr)}:{attr}"
-                return f"{module.__name__}:{attr}"
+                if not path:
+                    break
+                return f"{_relative(Path(path), rootdir, attr)}:{attr}"
     raise UsageError(
         f"pipeline {pipeline.name!r} is not a module-level name of the module of its steps; "
         f"define it at module level (name = Pipeline(...)), or publish it from the command "
         f"line: stepflow publish path/to/file.py:name --name NAME"
     )
+
+
+def _inside(path: Path, rootdir: Path) -> bool:
+    try:
+        path.resolve().relative_to(rootdir.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def _relative(path: Path, rootdir: Path, text: str) -> str:

@@ -146,10 +146,13 @@ class TestPublish:
         first = stepflow.publish(apiflow.pipe, name="api_stamp", description="from Python")
         assert (first.ref, first.target, first.description) == (
             "api_stamp@1",
-            "apiflow:pipe",
+            "apiflow.py:pipe",
             "from Python",
         )
         assert stepflow.publish(apiflow.pipe, name="api_stamp").version == 1
+        # The command line, naming it as a module, publishes the same content.
+        cli = ok(stepflow_runner.run("publish", "apiflow:pipe", "--name", "api_stamp"))
+        assert cli.stdout.strip() == "api_stamp@1"
         assert stepflow.published.get("api_stamp").snapshot == first.snapshot
         with pytest.raises(stepflow.errors.UsageError, match="has no version 3"):
             stepflow.published.get("api_stamp", version=3)
