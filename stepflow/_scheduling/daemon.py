@@ -93,12 +93,18 @@ class Scheduler:
         for sched in db.schedules():
             if sched.paused:
                 continue
-            if sched.rule is not None:
-                self._claim_timed(db, sched, now)
-            elif sched.trigger is not None:
-                poll = float(sched.trigger.get("poll", 60.0))
-                if poll_all or sched.last_poll is None or now.timestamp() >= sched.last_poll + poll:
-                    self._poll(db, sched, now)
+            try:
+                if sched.rule is not None:
+                    self._claim_timed(db, sched, now)
+                elif sched.trigger is not None:
+                    poll = float(sched.trigger.get("poll", 60.0))
+                    last = sched.last_poll
+                    if poll_all or last is None or now.timestamp() >= last + poll:
+                        self._poll(db, sched, now)
+            except Exception as exc:
+                # One schedule's trouble (a locked database, a store that does not answer)
+                # must not stop the others; the next pass tries again.
+                self.say(f"schedule {sched.name}: {type(exc).__name__}: {exc}")
 
     def _claim_timed(self, db: ScheduleDB, sched: ScheduleRow, now: datetime) -> None:
         due = due_ticks(sched, now, grace=self.grace)
@@ -118,7 +124,8 @@ class Scheduler:
         if sched.overlap == "allow":
             return "claimed"
         if busy:
-            return "skipped" if sched.overlap == "skip" and index == 0 else "queued"
+            return "skipped" if sched.overlap == "skip" else "queued"
+        # Fire times caught up together run one after another, oldest first.
         return "claimed" if index == 0 else "queued"
 
     def _poll(self, db: ScheduleDB, sched: ScheduleRow, now: datetime) -> None:
@@ -200,6 +207,16 @@ class Scheduler:
                 continue
             del self.children[key]
             self.say(f"tick {key[1]}: its run exited with {code}")
+            with ScheduleDB(self.config.home) as db:
+                # A run that exited before taking its tick over (the published version could
+                # not be loaded, a bad parameter) would otherwise be started again and again.
+                db.finish_tick(
+                    key[0],
+                    key[1],
+                    owner=self.owner,
+                    state="failed",
+                    detail=f"its run exited with {code} before it started",
+                )
 
     # --- the loop ------------------------------------------------------------------------
 

@@ -123,6 +123,9 @@ def acquire_tick(
             if not db.take_over(sched.id, key, owner=owner, expect=holder):
                 session.reason = f"tick {key} of schedule {name!r} is held by another process"
                 return session
+        elif sched.paused:
+            session.reason = f"schedule {name!r} is paused (`stepflow schedule resume {name}`)"
+            return session
         elif not _claim_here(db, sched, session, wait):
             return session
         if not db.start_tick(sched.id, key, owner=owner):

@@ -353,6 +353,53 @@ class TestTicks:
         assert sum("tick 2026-03-28T00:11:00Z started" in text for text in stopped) == 1
         assert [r["tags"]["tick"] for r in runs(published)].count("2026-03-28T00:11:00Z") == 1
 
+    def test_overlap_skip_and_queue(self, published, tmp_path):
+        """A tick that comes due while its schedule's run still runs: ``skip`` records it as
+        skipped, ``queue`` runs it when that run ends."""
+        for name, policy in (("skipper", "skip"), ("queuer", "queue")):
+            ok(
+                published.run(
+                    "schedule", "create", name, "--pipeline", "stamp", "--frequency",
+                    "minute", "--start", "2026-03-28T00:00:30Z", "--overlap", policy,
+                    "--param", "label={schedule}-{tick}",
+                )
+            )  # fmt: skip
+        gate = tmp_path / "gate"
+        daemon = start_daemon(
+            published, "--now", "2026-03-28T00:00:59Z", "--interval", "0.2",
+            env={"GATE": str(gate)},
+        )  # fmt: skip
+        started = Path(str(gate) + ".started")
+        wait_for(started.exists, what="the 00:01 runs to start")
+        out = ok(published.run("scheduler", "serve", "--once", "--now", "2026-03-28T00:02:05Z"))
+        assert "schedule skipper: tick 2026-03-28T00:02:00Z skipped" in out.stdout
+        assert "schedule queuer: tick 2026-03-28T00:02:00Z queued" in out.stdout
+        gate.write_text("open")
+        done = published.path / "out" / "queuer-20260328T0002Z.txt"
+        wait_for(done.exists, what="the queued tick to run")
+        wait_for(
+            lambda: ticks(published, "queuer")[0]["state"] == "succeeded",
+            what="the queued tick to be recorded",
+        )
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=60)
+        assert daemon.returncode == 0
+        skipped = ticks(published, "skipper")
+        assert [(t["tick"], t["state"]) for t in skipped] == [
+            ("2026-03-28T00:02:00Z", "skipped"),
+            ("2026-03-28T00:01:00Z", "succeeded"),
+        ]
+        assert "overlap" in skipped[0]["detail"]
+        assert not (published.path / "out" / "skipper-20260328T0002Z.txt").exists()
+
+    def test_paused_schedule_is_not_run(self, published):
+        ok(published.run("schedule", "create", "daily", "--pipeline", "stamp", *TWICE_DAILY))
+        ok(published.run("schedule", "pause", "daily"))
+        ok(published.run("scheduler", "serve", "--once", "--now", "2026-03-28T01:31Z"))
+        out = ok(published.run("run", "stamp", "--tick", "daily@2026-03-28T01:30:00Z"))
+        assert "schedule 'daily' is paused" in out.stderr
+        assert runs(published) == []
+
     def test_kill_9_mid_tick_is_resumed(self, published, tmp_path):
         """A daemon killed with -9 while its tick runs: its run dies with it, and the next
         daemon resumes the same tick row (attempt 2) instead of making a new one."""
