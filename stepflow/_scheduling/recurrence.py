@@ -275,6 +275,12 @@ class Recurrence:
         else:
             dtstart = after_wall.replace(second=0, microsecond=0)
         minutes = self.minutes or ((0,) if self.hours else None)
+        if self.frequency in ("minute", "hour") and after_wall > dtstart:
+            # rrule walks from dtstart to the instant asked about: a year of minutes is half
+            # a million steps. Moving dtstart forward by whole intervals keeps the same
+            # occurrences (the defaults it lends, its minute and second, do not change).
+            step = timedelta(**{f"{self.frequency}s": self.interval})
+            dtstart += ((after_wall - dtstart) // step) * step
         return rrule.rrule(
             {
                 "minute": rrule.MINUTELY,

@@ -217,3 +217,32 @@ class TestCron:
         with pytest.raises(UsageError) as info:
             CronRule(expr)
         assert fnmatch.fnmatch(str(info.value), message), str(info.value)
+
+
+@pytest.mark.parametrize(("frequency", "interval"), [("minute", 7), ("hour", 5), ("minute", 1)])
+def test_far_from_start_same_as_rrule(frequency, interval):
+    """Far from its start, a minute or hour recurrence gives what dateutil's rrule counted
+    from the start gives (stepflow starts rrule closer, to stay fast)."""
+    from dateutil import rrule
+
+    rule = Recurrence(
+        frequency=frequency,
+        interval=interval,
+        minutes=[10] if frequency == "hour" else (),
+        start="2026-01-01T00:03",
+    )
+    freq = rrule.MINUTELY if frequency == "minute" else rrule.HOURLY
+    expected = rrule.rrule(
+        freq,
+        dtstart=datetime(2026, 1, 1, 0, 3),
+        interval=interval,
+        byminute=[10] if frequency == "hour" else None,
+        bysecond=0,
+    )
+    after = datetime(2026, 2, 17, 5, 41)
+    want = []
+    for wall in expected.xafter(after):
+        want.append(wall.replace(tzinfo=UTC))
+        if len(want) == 5:
+            break
+    assert rule.fire_times(after.replace(tzinfo=UTC), count=5) == want
