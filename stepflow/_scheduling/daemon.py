@@ -137,11 +137,19 @@ class Scheduler:
             return
         rows = []
         if seen is not None and seen != sched.last_seen:
-            # Everything that changed since the last poll makes this one tick.
+            # Everything that changed since the last poll makes this one tick. Files can
+            # change back to an earlier state, so a change's key also holds when it was seen;
+            # the compare-and-set on last_seen keeps two daemons from both claiming it.
+            key = seen if seen.startswith("dataset:") else f"{seen}:{tick_key(now)}"
             busy = bool(db.active_ticks(sched.id))
-            rows.append((seen, now.timestamp(), self._state(sched, busy, 0)))
+            rows.append((key, now.timestamp(), self._state(sched, busy, 0)))
         made = db.claim(
-            sched.id, rows, owner=self.owner, last_seen=seen or "", last_poll=now.timestamp()
+            sched.id,
+            rows,
+            owner=self.owner,
+            last_seen=seen or "",
+            last_poll=now.timestamp(),
+            expect_seen=(sched.last_seen,),
         )
         self._report(sched, made)
 

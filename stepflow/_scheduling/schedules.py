@@ -21,6 +21,7 @@ unless ``allow``.
 from __future__ import annotations
 
 import collections
+import os
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -101,7 +102,11 @@ def make_trigger(
         check_name("--on-dataset: data set", on_dataset)
         return {"kind": "dataset", "name": on_dataset, "poll": poll or 60.0}
     if on_change:
-        return {"kind": "change", "path": on_change, "poll": poll or 60.0}
+        from stepflow._storage.watch import is_url
+
+        # A local path is kept absolute: the daemon may run from another folder.
+        path = on_change if is_url(on_change) else os.path.abspath(on_change)
+        return {"kind": "change", "path": path, "poll": poll or 60.0}
     return None
 
 

@@ -59,7 +59,7 @@ class TickSession:
         if kind == "dataset":
             tags["dataset"] = seen
         elif kind == "change":
-            tags["change"] = seen
+            tags["change"] = seen.partition(":")[0]  # the files' fingerprint
         return tags
 
     def params(self) -> dict[str, str]:

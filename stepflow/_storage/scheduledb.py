@@ -400,14 +400,24 @@ class ScheduleDB:
         cursor: float | None = None,
         last_seen: str | None = None,
         last_poll: float | None = None,
+        expect_seen: tuple[str | None] | None = None,
     ) -> list[TickRow]:
         """Insert tick rows ``(key, fire time, state)`` in one transaction; returns the rows
         this call inserted (a tick someone else holds is left alone). ``cursor``,
         ``last_seen``, ``last_poll`` move the schedule's bookkeeping in the same transaction,
-        so a crash never leaves a tick claimed without its cursor moved, or the reverse."""
+        so a crash never leaves a tick claimed without its cursor moved, or the reverse.
+        ``expect_seen``: ``(value,)`` when the claim holds only if the schedule's
+        ``last_seen`` is still ``value`` (a data trigger: another daemon may have seen the
+        change first)."""
         now = time.time()
         made = []
         with self.transaction() as db:
+            if expect_seen is not None:
+                current = db.execute(
+                    "SELECT last_seen FROM schedules WHERE id = ?", (schedule_id,)
+                ).fetchone()
+                if current is None or current[0] != expect_seen[0]:
+                    return []
             for key, fire, state in ticks:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO ticks (schedule_id, tick, fire_time, state, owner,"

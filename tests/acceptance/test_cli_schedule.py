@@ -474,6 +474,15 @@ class TestDataTriggers:
         (run,) = runs(published)
         assert run["tags"]["schedule"] == "fresh"
         assert run["tags"]["change"] and run["tags"]["tick"].startswith("change:")
+        # Back to an earlier state (the same files, sizes and times) is a change too.
+        stamp = (data / "b.csv").stat().st_mtime_ns
+        (data / "b.csv").unlink()
+        ok(published.run("scheduler", "serve", "--once"))
+        (data / "b.csv").write_text("2")
+        os.utime(data / "b.csv", ns=(stamp, stamp))
+        ok(published.run("scheduler", "serve", "--once"))
+        changes = [r["tags"]["change"] for r in sorted(runs(published), key=lambda r: r["started"])]
+        assert len(changes) == 3 and changes[0] == changes[2] != changes[1]
 
     def test_on_dataset(self, published):
         """Two new versions seen in one poll make one run, which records the version."""
