@@ -66,7 +66,12 @@ def add_parsers(
         "option is wrong.",
     )
     create.add_argument("name", metavar="NAME")
-    create.add_argument("--pipeline", required=True, metavar="PUB[@V]")
+    create.add_argument(
+        "--pipeline",
+        required=True,
+        metavar="PUB[@V]",
+        help="the published pipeline (its latest version at each run, or version V)",
+    )
     create.add_argument("--frequency", metavar="minute|hour|day|week|month")
     create.add_argument("--interval", type=int, metavar="N", help="every N periods (default 1)")
     create.add_argument("--hours", metavar="H,H", help="hours of the day, e.g. 1,13")
@@ -75,14 +80,35 @@ def add_parsers(
     create.add_argument("--time-zone", metavar="ZONE", help="IANA zone (default UTC)")
     create.add_argument("--start", metavar="ISO-TIME", help="nothing fires before it")
     create.add_argument("--cron", metavar="EXPR", help='a cron expression, e.g. "30 1,13 * * *"')
-    create.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE")
-    create.add_argument("--catchup", default="none", metavar="none|latest|all")
-    create.add_argument("--max-catchup", type=int, default=10, metavar="N")
-    create.add_argument("--overlap", default="skip", metavar="skip|queue|allow")
+    create.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a parameter of every run (repeatable); {tick} and {schedule} in a value become "
+        "the tick's UTC fire time (20260329T0100Z) and the schedule's name",
+    )
+    create.add_argument(
+        "--catchup",
+        default="none",
+        metavar="none|latest|all",
+        help="missed fire times: none run (default), the latest, or all (up to --max-catchup)",
+    )
+    create.add_argument(
+        "--max-catchup", type=int, default=10, metavar="N", help="at most N with --catchup all"
+    )
+    create.add_argument(
+        "--overlap",
+        default="skip",
+        metavar="skip|queue|allow",
+        help="a tick due while the schedule's run still runs: skip it (default), queue it, "
+        "or allow it to run at once",
+    )
     create.add_argument("--on-dataset", metavar="NAME", help="run on each new version")
     create.add_argument("--on-change", metavar="PATH", help="run when files under PATH change")
     create.add_argument("--poll", type=float, metavar="SECONDS", help="data trigger poll (60)")
-    create.add_argument("--description")
+    create.add_argument("--description", help="what the schedule is for")
     create.add_argument("--json", action="store_true", help="print JSON")
     add_common(create)
     sched_list = sched_sub.add_parser("list", help="every schedule")

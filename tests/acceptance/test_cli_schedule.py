@@ -317,6 +317,7 @@ class TestTicks:
         started = [r["tags"]["tick"] for r in sorted(runs(published), key=lambda r: r["started"])]
         assert started == ["2026-03-29T01:30:00Z", "2026-03-29T13:30:00Z", "2026-03-30T01:30:00Z"]
 
+    @pytest.mark.slow
     def test_two_daemons_one_home(self, published):
         """Two daemons race for ten due ticks at once, then two long-running daemons meet at
         one fire time: every tick runs exactly once, and SIGTERM stops both cleanly."""
@@ -353,6 +354,7 @@ class TestTicks:
         assert sum("tick 2026-03-28T00:11:00Z started" in text for text in stopped) == 1
         assert [r["tags"]["tick"] for r in runs(published)].count("2026-03-28T00:11:00Z") == 1
 
+    @pytest.mark.slow
     def test_overlap_skip_and_queue(self, published, tmp_path):
         """A tick that comes due while its schedule's run still runs: ``skip`` records it as
         skipped, ``queue`` runs it when that run ends."""
@@ -400,6 +402,10 @@ class TestTicks:
         assert "schedule 'daily' is paused" in out.stderr
         assert runs(published) == []
 
+    @pytest.mark.slow
+    @pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="runs die with their daemon on Linux only"
+    )
     def test_kill_9_mid_tick_is_resumed(self, published, tmp_path):
         """A daemon killed with -9 while its tick runs: its run dies with it, and the next
         daemon resumes the same tick row (attempt 2) instead of making a new one."""
@@ -505,6 +511,7 @@ class TestDataTriggers:
         (run,) = runs(published)
         assert run["tags"]["dataset"] == "houses@v3"
 
+    @pytest.mark.slow
     def test_s3_store(self, stepflow_runner, s3_server):
         """With an S3 store: publishing stores the snapshot there, and both data triggers
         watch S3 (a prefix of objects, and a data set registered in the store)."""

@@ -45,6 +45,7 @@ def ok(out):
     return out
 
 
+@pytest.mark.slow
 def test_twice_a_day_for_two_days(project):
     ok(project.run("run", "examples/house_prices/pipeline.py:training",
                    "--param", "n_estimators=40"))  # fmt: skip
