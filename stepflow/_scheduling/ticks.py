@@ -136,7 +136,10 @@ def acquire_tick(
 
 
 def fire_reason(sched: ScheduleRow, now: datetime | None) -> str:
-    return f"no fire time of schedule {sched.name!r} is due yet"
+    rule = rule_from_dict(dict(sched.rule or {}))
+    upcoming = rule.fire_times(now or datetime.now(UTC), 1)
+    first = f" (the first: {format_instant(upcoming[0])})" if upcoming else ""
+    return f"no fire time of schedule {sched.name!r} is due yet{first}"
 
 
 def _resolve_key(sched: ScheduleRow, key: str | None, now: datetime) -> tuple[str | None, float]:
