@@ -8,6 +8,7 @@ key is the attempt's identity. What runs inside the Dask worker is in ``_remote`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import os
@@ -97,32 +98,40 @@ class DaskAttempt(Future):  # type: ignore[type-arg]  # Future[TaskResult] at ru
         with contextlib.suppress(Exception):  # InvalidStateError: it has one
             self.set_result(result)
 
-    def collect(self, dask_future: distributed.Future) -> None:
-        """The Dask future's done-callback: turn its outcome into the attempt's result."""
-        self.settle(self._outcome(dask_future))
+    async def collect(self) -> None:
+        """Wait for the Dask future in the client's event loop, then give its outcome as the
+        attempt's result.
+
+        Run as a coroutine in the loop (not in a thread blocking on ``result()``), so that
+        many attempts' results are fetched at once rather than one after another.
+        """
+        dask_future = self.dask_future
+        if dask_future is None:
+            return
+        try:
+            result = await dask_future
+        except asyncio.CancelledError:
+            result = TaskResult.cancelled(self.task)
+        except Exception as exc:
+            result = self._failure(exc)
         self.dask_future = None
         # Frees the (small) result on the cluster now, not when the garbage collector runs.
         with contextlib.suppress(Exception):
             dask_future.release()
+        self.settle(result)
 
-    def _outcome(self, dask_future: distributed.Future) -> TaskResult:
+    def _failure(self, exc: Exception) -> TaskResult:
+        from distributed.scheduler import KilledWorker
+
         task = self.task
-        if dask_future.status == "cancelled":
-            return TaskResult.cancelled(task)
-        try:
-            return dask_future.result()
-        except Exception as exc:
-            from distributed.scheduler import KilledWorker
-
-            if isinstance(exc, KilledWorker):
-                return TaskResult.lost(
-                    task, f"was lost with its Dask worker ({exc}); Dask did not run it again"
-                )
-            return TaskResult.failed(
-                task,
-                f"Dask could not run step {task.step!r} (key {self.key}): "
-                f"{type(exc).__name__}: {exc}",
+        if isinstance(exc, KilledWorker):
+            return TaskResult.lost(
+                task, f"was lost with its Dask worker ({exc}); Dask did not run it again"
             )
+        return TaskResult.failed(
+            task,
+            f"Dask could not run step {task.step!r} (key {self.key}): {type(exc).__name__}: {exc}",
+        )
 
 
 class DaskBackend(Backend):
@@ -431,7 +440,7 @@ class DaskBackend(Backend):
             attempt = DaskAttempt(task, dask_future)
             self._attempts[key] = attempt
         attempt.add_done_callback(self._forget)
-        dask_future.add_done_callback(attempt.collect)
+        self.client.loop.add_callback(attempt.collect)
         return attempt
 
     def _forget(self, attempt: Future[TaskResult]) -> None:
