@@ -6,7 +6,8 @@ turn on that same cluster:
 - **bare Dask task**: ``client.submit(f).result()`` of a function returning an int, one at
   a time: Dask's own per-task cost (submit, schedule, run, fetch the result);
 - **Dask step, backend alone**: ``DaskBackend.execute(task)`` of a step returning an int,
-  one at a time, once every worker has started its stepflow worker, with its output stored (the stepflow worker in the Dask worker, the frame
+  one at a time, once every worker has started its stepflow worker, with its output stored
+  (the stepflow worker in the Dask worker, the frame
   round trip, the store): minus the bare task, what the backend adds to Dask's own cost;
 - **Dask step in a run**: chains of 1 and N steps on the ``dask`` backend (``address`` of
   the same cluster), each adding one to an int, run by ``Pipeline.run`` into a brand-new

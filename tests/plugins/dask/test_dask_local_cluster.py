@@ -174,3 +174,34 @@ def test_bad_options_stop_the_command_line_with_exit_code_2(stepflow_runner, wri
     assert out.ret == 2, out.stdout + out.stderr
     assert "unknown option(s) ['adress']" in out.stderr, out.stderr
     assert "ran" not in out.stdout
+
+
+@pytest.mark.slow
+def test_dask_workers_share_results_through_an_s3_store(
+    stepflow_runner, s3_server, write_project, tmp_path_factory
+):
+    """With an object store, the workers of a ``LocalCluster`` read their inputs from and
+    write their outputs to the bucket; another home on the same bucket reuses them all."""
+    flow = """
+        from stepflow import step
+
+        @step(backend="cluster")
+        def numbers() -> list[int]:
+            return list(range(10))
+
+        @step(backend="cluster")
+        def total(numbers: list[int]) -> int:
+            return sum(numbers)
+        """
+    extra = f'store = "{s3_server.url()}"\n\n[tool.stepflow.store_options]\n'
+    extra += f'endpoint_url = "{s3_server.endpoint_url}"\n'
+    write_project(stepflow_runner.path, LOCAL_CLUSTER, flow, extra=extra)
+    out = stepflow_runner.run("run", "flow.py")
+    assert out.ret == 0, out.stdout + out.stderr
+    out.fnmatch_lines(["*2 ran in*"])
+    objects = s3_server.fs().find(f"{s3_server.bucket}/stepflow/objects")
+    assert len(objects) >= 2, objects
+    other_home = tmp_path_factory.mktemp("other-home")
+    again = stepflow_runner.run("run", "flow.py", env={"STEPFLOW_HOME": str(other_home)})
+    assert again.ret == 0, again.stdout + again.stderr
+    again.fnmatch_lines(["*2 reused*"])
