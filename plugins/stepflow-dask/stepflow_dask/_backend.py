@@ -74,7 +74,8 @@ class DaskAttempt(Future):  # type: ignore[type-arg]  # Future[TaskResult] at ru
     ``TaskResult``: a lost Dask worker, an error of Dask itself and a cancel come back as
     failed results, never as exceptions. ``cancel()`` stops the attempt on the cluster (its
     process tree is killed there) and returns ``False``, as for any running future; the
-    result then says it was cancelled.
+    result then says it was cancelled. Its done-callbacks run in the Dask client's event loop
+    thread: keep them short, and never wait there for Dask.
     """
 
     def __init__(self, task: Task, dask_future: distributed.Future) -> None:
@@ -153,7 +154,12 @@ class DaskBackend(Backend):
     def __init__(self, name: str, options: Mapping[str, Any], context: BackendContext) -> None:
         super().__init__(name, options, context)
         self.settings: DaskOptions = parse_options(name, self.options)
+        #: held while connecting, probing and submitting (network calls)
         self._lock = threading.RLock()
+        #: guards ``_attempts`` and ``_stopped`` only, never held across a network call:
+        #: attempts are settled in the client's event loop, which must never wait for a
+        #: thread that waits for the event loop
+        self._state = threading.Lock()
         self._client: distributed.Client | None = None
         self._cluster: Any = None
         #: key → attempt in flight
@@ -418,18 +424,19 @@ class DaskBackend(Backend):
             wanted = dask_resources(task.resources)
         except ValueError as exc:
             return _done(TaskResult.failed(task, f"step {task.step!r}: {exc}"))
-        with self._lock:
-            if self._stopped:
-                return _done(TaskResult.cancelled(task))
-            attempt = self._attempts.get(key)
-            if attempt is not None:
-                return attempt  # the same attempt again: reattach, never relaunch
+        with self._lock:  # one submission at a time: the same attempt twice finds the first
+            with self._state:
+                attempt = self._attempts.get(key)
+                if self._stopped or attempt is not None:
+                    # Reattach to the same attempt, never relaunch it.
+                    return attempt or _done(TaskResult.cancelled(task))
             unmet = self._unmet(task.step, wanted)
             if unmet is not None:
                 return _done(TaskResult.failed(task, unmet))
             from stepflow_dask import _remote
 
-            dask_future = self.client.submit(
+            client = self.client
+            dask_future = client.submit(
                 _remote.run_attempt,
                 task,
                 key=key,
@@ -438,13 +445,15 @@ class DaskBackend(Backend):
                 resources=wanted or None,
             )
             attempt = DaskAttempt(task, dask_future)
-            self._attempts[key] = attempt
+            with self._state:
+                self._attempts[key] = attempt
         attempt.add_done_callback(self._forget)
-        self.client.loop.add_callback(attempt.collect)
+        client.loop.add_callback(attempt.collect)
         return attempt
 
     def _forget(self, attempt: Future[TaskResult]) -> None:
-        with self._lock:
+        # Runs in the client's event loop (or wherever the attempt was settled).
+        with self._state:
             if isinstance(attempt, DaskAttempt):
                 self._attempts.pop(attempt.key, None)
 
@@ -460,13 +469,12 @@ class DaskBackend(Backend):
     def cancel(self) -> None:
         """Cancel every attempt in flight (Ctrl-C, fail-fast): their process trees are killed
         on the workers, and their results say they were cancelled. No new attempt starts."""
-        with self._lock:
+        with self._state:
             self._stopped = True
-            client = self._client
-        self._cancel_all(client)
+        self._cancel_all(self._client)
 
     def _cancel_all(self, client: distributed.Client | None) -> None:
-        with self._lock:
+        with self._state:
             attempts = list(self._attempts.values())
         futures = [a.dask_future for a in attempts if a.dask_future is not None]
         if client is not None and futures:
@@ -478,9 +486,10 @@ class DaskBackend(Backend):
     def close(self) -> None:
         """Cancel what is left, stop the workers' idle stepflow processes, disconnect, and
         close the cluster if stepflow started it (one given by address keeps running)."""
+        with self._state:
+            self._stopped = True
         with self._lock:
             client, self._client = self._client, None
-            self._stopped = True
         self._cancel_all(client)
         if client is not None:
             from stepflow_dask import _remote
