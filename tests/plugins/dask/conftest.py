@@ -37,11 +37,17 @@ class DaskCluster:
     def address(self) -> str:
         return json.loads(self.scheduler_file.read_text())["address"]
 
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def start(
+        self,
+        name: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         log = open(self.folder / f"{name}.log", "wb")
         self._logs.append(log)
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_" + args[0], *args[1:]],
+            [*prefix, sys.executable, "-m", "distributed.cli.dask_" + args[0], *args[1:]],
             stdout=log,
             stderr=subprocess.STDOUT,
             # Its own group: the teardown stops it and everything it started.
@@ -49,7 +55,7 @@ class DaskCluster:
             env={**os.environ, **(env or {})},
         )
 
-    def worker(self, name: str, *extra: str) -> None:
+    def worker(self, name: str, *extra: str, prefix: tuple[str, ...] = ()) -> None:
         self.start(
             name,
             "worker",
@@ -63,6 +69,7 @@ class DaskCluster:
             "--host",
             "127.0.0.1",
             *extra,
+            prefix=prefix,
         )
 
     def wait_for_workers(self, n: int) -> None:

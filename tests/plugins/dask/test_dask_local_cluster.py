@@ -212,3 +212,42 @@ def test_dask_workers_share_results_through_an_s3_store(
     again = stepflow_runner.run("run", "flow.py", env={"STEPFLOW_HOME": str(other_home)})
     assert again.ret == 0, again.stdout + again.stderr
     again.fnmatch_lines(["*2 reused*"])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("needs_root")
+def test_workers_that_cannot_see_the_store_fail_the_check(
+    stepflow_runner, lonely_scheduler, write_project, need
+):
+    """A worker that sees another folder where the run's store is (here an empty tmpfs
+    mounted over the home, in the worker's own mount namespace) fails the check before any
+    step runs, naming the store and the ways to share one."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        need("no unshare command: apt-get install util-linux")
+    home = str(stepflow_runner.home)
+    hide_home = (
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount -t tmpfs -o mode=700 none "$0" && exec "$@"',
+        home,
+    )
+    lonely_scheduler.worker("blind-worker", prefix=hide_home)
+    lonely_scheduler.wait_for_workers(1)
+    backends = f"""
+        [tool.stepflow.backends.cluster]
+        plugin = "dask"
+        address = "{lonely_scheduler.address}"
+        """
+    write_project(stepflow_runner.path, backends, FLOW)
+    out = stepflow_runner.run("run", "flow.py")
+    assert out.ret == 2, out.stdout + out.stderr
+    assert "cannot read the run's datastore at" in out.stderr, out.stderr
+    assert "is not in the store" in out.stderr, out.stderr
+    assert "s3://" in out.stderr, out.stderr
+    assert " ran" not in out.stdout
