@@ -366,10 +366,12 @@ class DaskBackend(Backend):
         result: TaskResult = info["result"]
         if result.error is not None:
             error = result.error
-            if error.internal:
-                why = error.message
-            else:
-                why = f"{error.exc_type.rsplit('.', 1)[-1]}: {error.message}"
+            if error.exc_type == "stepflow.errors.BackendError":
+                # The stepflow worker itself failed: another version, a crash, lost.
+                raise BackendUnavailableError(
+                    f"{where} cannot run stepflow's probe step: {error.message}"
+                )
+            why = f"{error.exc_type.rsplit('.', 1)[-1]}: {error.message}"
             raise BackendUnavailableError(
                 f"{where} cannot read the run's datastore at {store_uri} ({why}). Every "
                 f"worker must reach the store: a shared folder mounted at the same path on "
