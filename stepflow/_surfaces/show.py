@@ -49,6 +49,8 @@ def as_dict(pipeline: Pipeline) -> dict[str, Any]:
                     "timeout": opts.timeout,
                     "cache": opts.cache,
                     "tags": list(opts.tags),
+                    "after": list(opts.after),
+                    "foreach": opts.foreach,
                 },
             }
         )
@@ -68,7 +70,16 @@ def as_dict(pipeline: Pipeline) -> dict[str, Any]:
             }
         )
     edges = [{"from": e.producer, "to": e.consumer, "output": e.output} for e in pipeline.dag.edges]
-    return {"pipeline": pipeline.name, "steps": steps, "edges": edges, "params": params}
+    # Ordering without data (``after=``) is kept apart from the data edges, which all carry
+    # an output.
+    order = [{"from": before, "to": after} for before, after in pipeline.dag.after]
+    return {
+        "pipeline": pipeline.name,
+        "steps": steps,
+        "edges": edges,
+        "after": order,
+        "params": params,
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -118,6 +129,10 @@ def _text(pipeline: Pipeline) -> str:
             extra.append(f"timeout={spec.options.timeout:g}s")
         if not spec.options.cache:
             extra.append("cache=False")
+        if spec.options.foreach:
+            extra.append(f"foreach={spec.options.foreach}")
+        if spec.options.after:
+            extra.append(f"after={','.join(spec.options.after)}")
         tail = f"  [{', '.join(extra)}]" if extra else ""
         lines.append(f"  {name}({', '.join(ins)}) -> {outs}{tail}")
     return "\n".join(lines) + "\n"
@@ -132,6 +147,8 @@ def _dot(pipeline: Pipeline) -> str:
     for e in pipeline.dag.edges:
         label = f" [label={json.dumps(e.output)}]" if e.output != e.producer else ""
         lines.append(f"  {json.dumps(e.producer)} -> {json.dumps(e.consumer)}{label};")
+    for before, after in pipeline.dag.after:
+        lines.append(f"  {json.dumps(before)} -> {json.dumps(after)} [style=dashed];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -151,6 +168,8 @@ def _mermaid(pipeline: Pipeline) -> str:
     for e in pipeline.dag.edges:
         label = f"|{_mermaid_label(e.output)}|" if e.output != e.producer else ""
         lines.append(f"  {ids[e.producer]} -->{label} {ids[e.consumer]}")
+    for before, after in pipeline.dag.after:
+        lines.append(f"  {ids[before]} -.-> {ids[after]}")
     return "\n".join(lines) + "\n"
 
 
