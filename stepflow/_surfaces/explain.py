@@ -1,4 +1,5 @@
-"""``stepflow explain TARGET STEP``: would STEP be reused, and if not, what changed?
+"""``stepflow explain TARGET [STEP]``: would STEP (or each step) be reused, and if not, what
+changed? ``stepflow run --dry-run`` prints the same plan.
 
 The prediction walks the step's ancestors the way a run would, using only the cache index:
 a step whose key is stored would be reused (its outputs' content hashes are known); a step
@@ -12,7 +13,7 @@ successful run, as the run records have them, and every verdict that rests on th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +24,16 @@ from stepflow._execution.backend import open_backends
 from stepflow._execution.references import resolve_references
 from stepflow._pipeline import Pipeline
 from stepflow._planning.cachekey import describe_value
-from stepflow._planning.reuse import decide
+from stepflow._planning.reuse import REGENERATE, decide, earlier_results
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO
+from stepflow._storage.hashing import hash_value
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.stores import open_datastore
 from stepflow.errors import UsageError
 
-__all__ = ["Explanation", "explain"]
+__all__ = ["Explanation", "PlanExplanation", "explain", "explain_plan"]
 
 
 @attrs.frozen
@@ -60,6 +62,39 @@ class Explanation:
         return "\n".join([head, *(f"  - {r}" for r in self.reasons)]) + "\n"
 
 
+@attrs.frozen
+class PlanExplanation:
+    """``stepflow explain TARGET`` and ``stepflow run --dry-run``: every selected step."""
+
+    pipeline: str
+    steps: tuple[Explanation, ...]
+    #: outputs taken from outside the run: output → where from (``--from``, stubs)
+    given: Mapping[str, str] = attrs.field(factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "steps": [e.to_dict() for e in self.steps],
+            "given": dict(self.given),
+        }
+
+    def text(self) -> str:
+        runs = sum(1 for e in self.steps if e.verdict == "run")
+        head = (
+            f"plan of pipeline {self.pipeline}: {runs} run, {len(self.steps) - runs} reuse "
+            f"(nothing has run)"
+        )
+        lines = [head]
+        for output, where in self.given.items():
+            lines.append(f"  given   {output}: {where}")
+        width = max((len(e.step) for e in self.steps), default=0)
+        for e in self.steps:
+            reasons = list(e.reasons) or [""]
+            lines.append(f"  {e.verdict:<6}  {e.step:<{width}}  {reasons[0]}")
+            lines.extend(f"  {'':<6}  {'':<{width}}  {r}" for r in reasons[1:])
+        return "\n".join(lines) + "\n"
+
+
 def explain(
     pipeline: Pipeline,
     step: str,
@@ -74,6 +109,48 @@ def explain(
             f"pipeline {pipeline.name!r} has no step {step!r}; steps: {', '.join(pipeline.steps)}"
         )
     plan = pipeline.plan(params, targets=[step], default_backend=config.default_backend)
+    return _walk(plan, pipeline.name, config=config, pm=pm, focus=step).steps[-1]
+
+
+def explain_plan(
+    pipeline: Pipeline,
+    *,
+    params: Mapping[str, Any] | None,
+    config: Config,
+    pm: Any,
+    targets: Iterable[str] | None = None,
+    start: Iterable[str] | None = None,
+    regenerate: Collection[str] = (),
+    backends: Mapping[str, str] | None = None,
+    stubs: Mapping[str, Any] | None = None,
+) -> PlanExplanation:
+    """Predict, for every step a run would select, ``run`` or ``reuse`` and why.
+
+    Takes what ``Pipeline.run`` takes; ``regenerate`` is the set of steps forced to run
+    (already widened to their dependants). Nothing runs and nothing is written.
+    """
+    plan = pipeline.plan(
+        params,
+        targets=targets,
+        backends=backends,
+        default_backend=config.default_backend,
+        start=start,
+        stub=stubs,
+    )
+    return _walk(plan, pipeline.name, config=config, pm=pm, regenerate=regenerate)
+
+
+def _walk(
+    plan: Any,
+    pipeline: str,
+    *,
+    config: Config,
+    pm: Any,
+    regenerate: Collection[str] = (),
+    focus: str | None = None,
+) -> PlanExplanation:
+    """The verdicts of ``plan``'s steps, walked in order as a run would; only ``focus``
+    when given (its ancestors are walked, not explained)."""
     serializers = serializers_of(pm)
     backends = open_backends(plan, config, pm, workers=1, run_id="explain", check=False)
     store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
@@ -88,6 +165,19 @@ def explain(
     io = ArtifactIO(store, serializers)
     try:
         hashes: dict[str, str | None] = {}
+        given: dict[str, str] = {}
+        if plan.given:
+            earlier = earlier_results(plan, pipeline=pipeline, index=index, io=io)
+            for output in plan.given:
+                producer = plan.dag.producers[output]
+                if output in plan.stubs:
+                    hashes[output] = hash_value(plan.stubs[output])
+                    given[output] = f"stubbed (step {producer!r} does not run)"
+                else:
+                    hashes[output] = earlier[output].content_hash
+                    last = index.last(pipeline, producer)
+                    run = f" of run {last.run_id}" if last is not MISSING else ""
+                    given[output] = f"the earlier result{run} of step {producer!r} (--from)"
         why_run: dict[str, str] = {}
         verdicts: dict[str, tuple[str, CacheRecord | None, Any]] = {}
         #: cache=False step → the run whose outputs are assumed for it
@@ -100,13 +190,16 @@ def explain(
             rests_on[name] = {}
             for edge in edges:
                 producer = plan.dag.producers[edge]
-                rests_on[name].update(rests_on[producer])
+                rests_on[name].update(rests_on.get(producer, {}))
                 if producer in assumed:
                     rests_on[name][producer] = assumed[producer]
             unknown = [e for e in edges if hashes.get(e) is None]
             key = None
             record = None
-            if unknown:
+            if unknown and name in regenerate:
+                verdict = "run"
+                why_run[name] = REGENERATE
+            elif unknown:
                 verdict = "run"
                 why_run[name] = "inputs change"
             else:
@@ -120,6 +213,7 @@ def explain(
                     home=config.home,
                     index=index,
                     io=io,
+                    regenerate=regenerate,
                 )
                 key = decision.key
                 if decision.reuse:
@@ -128,45 +222,65 @@ def explain(
                     verdict = "run"
                     why_run[name] = decision.reason
             verdicts[name] = (verdict, record, key)
-            earlier = (
-                _earlier_outputs(config.home, pipeline.name, name, key.digest)
+            earlier_run = (
+                _earlier_outputs(config.home, pipeline, name, key.digest)
                 if not spec.options.cache and key is not None
                 else None
             )
-            if earlier is not None and all(p.name in earlier[1] for p in spec.outputs):
-                assumed[name] = earlier[0]
-                record_hashes = earlier[1]
+            if earlier_run is not None and all(p.name in earlier_run[1] for p in spec.outputs):
+                assumed[name] = earlier_run[0]
+                record_hashes = earlier_run[1]
             elif record is not None:
                 record_hashes = {o: ref.content_hash for o, ref in record.outputs.items()}
             else:
                 record_hashes = {}
             for port in spec.outputs:
                 hashes[port.name] = record_hashes.get(port.name)
-        verdict, record, key = verdicts[step]
-        if not plan.dag.steps[step].options.cache:
-            rests_on[step] = {}  # it runs whatever its inputs are
-        assumptions = _assumptions(rests_on[step])
-        if verdict == "reuse":
-            assert record is not None
-            return Explanation(
-                step,
-                "reuse",
-                (f"its key matches the result stored by run {record.run_id}", *assumptions),
-                record,
-                rests_on[step],
-            )
-        reasons = _reasons(plan, step, verdicts, why_run, assumed, index, pipeline.name)
-        return Explanation(
-            step,
-            "run",
-            tuple(reasons + assumptions),
-            _last(index, pipeline.name, step),
-            rests_on[step],
-        )
+        explained = [
+            _explanation(plan, step, verdicts, why_run, assumed, rests_on, index, pipeline)
+            for step in ([focus] if focus is not None else plan.steps)
+        ]
+        return PlanExplanation(pipeline, tuple(explained), given)
     finally:
         index.close()
         for backend in backends.values():
             backend.close()
+
+
+def _explanation(
+    plan: Any,
+    step: str,
+    verdicts: Mapping[str, tuple[str, CacheRecord | None, Any]],
+    why_run: Mapping[str, str],
+    assumed: Mapping[str, str],
+    rests_on: dict[str, dict[str, str]],
+    index: CacheIndex,
+    pipeline: str,
+) -> Explanation:
+    verdict, record, _ = verdicts[step]
+    if not plan.dag.steps[step].options.cache:
+        rests_on[step] = {}  # it runs whatever its inputs are
+    assumptions = _assumptions(rests_on[step])
+    if verdict == "reuse":
+        assert record is not None
+        return Explanation(
+            step,
+            "reuse",
+            (f"its key matches the result stored by run {record.run_id}", *assumptions),
+            record,
+            rests_on[step],
+        )
+    if why_run.get(step) == REGENERATE:
+        reasons = ["asked to regenerate it (--regenerate, or a step it depends on)"]
+    else:
+        reasons = _reasons(plan, step, verdicts, why_run, assumed, index, pipeline)
+    return Explanation(
+        step,
+        "run",
+        tuple(reasons + assumptions),
+        _last(index, pipeline, step),
+        rests_on[step],
+    )
 
 
 def _earlier_outputs(
