@@ -161,10 +161,9 @@ def _select(dag: DAG, targets: Iterable[str] | None, stubs: Mapping[str, Any]) -
         # Every step but the replaced ones and those that only fed them.
         needed = set()
         for name in reversed(dag.order):
-            if name in replaced:
-                continue
             below = dag.downstream[name]
-            if not below or any(d in needed and name in deps(d) for d in below):
+            read = any(d in needed and name in deps(d) for d in below)
+            if read or (not below and name not in replaced):
                 needed.add(name)
     # A replaced step that still has to run for another of its outputs cannot be half stubbed.
     for name in needed & replaced:
