@@ -68,6 +68,9 @@ class RunOutputs:
         self._lock = threading.Lock()
         #: what could not be recorded after the steps it is about succeeded
         self.storage_errors: list[StorageError] = []
+        for output, (ref, value) in setup.given.items():
+            # Made before this run (``--from``) or given by a test (stubs).
+            self.artifacts[output] = Artifact(ref.content_hash, value=value, ref=ref)
 
     # --- deciding ---------------------------------------------------------------------------
 

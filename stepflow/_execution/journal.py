@@ -322,6 +322,16 @@ class Journal:
             fact.tags = dict(ctx.tags)
             fact.files = dict(ctx.artifacts)
 
+    def item_output(self, name: str, item: int, attempt: int, texts: Mapping[str, str]) -> None:
+        """What one item of a fan-out step wrote (secrets masked already): its own log
+        entries, as streams ``item N stdout`` (``stepflow logs`` shows and filters them)."""
+        if not texts:
+            return
+        fact = self._fact(name)
+        # Not the step's "last logs" (the report's): 10,000 items' output would be shown on
+        # failure; the fan-out puts its failed items' output in the report itself.
+        fact.logs.extend((attempt, f"item {item} {stream}", text) for stream, text in texts.items())
+
     def worker_output(self, name: str, attempt: int, result: TaskResult) -> None:
         fact = self._fact(name)
         if result.logs:

@@ -54,6 +54,9 @@ class StepReport:
     #: the metrics the final attempt logged with ``stepflow.context().log_metric``, in order
     #: (each has ``name``, ``value``, ``step`` and ``timestamp``); empty for a reused step
     metrics: tuple[Metric, ...] = ()
+    #: for a fan-out step (``foreach``): how many items ran, were reused or failed
+    #: (``{"ran": 3, "reused": 97}``); empty for other steps
+    items: Mapping[str, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen(eq=False)

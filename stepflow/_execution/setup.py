@@ -18,7 +18,8 @@ import attrs
 from stepflow._execution.backend import Backend, open_backends
 from stepflow._execution.result import RunInfo
 from stepflow._pluginmanager import serializers_of
-from stepflow._storage.artifacts import ArtifactIO
+from stepflow._sentinels import MISSING
+from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
 from stepflow._storage.home import check_home, make_private_dirs
 from stepflow._storage.index import CacheIndex
 from stepflow._storage.stores import open_datastore
@@ -68,6 +69,9 @@ class RunSetup:
     echo: bool
     #: parameter values to mask as ``***`` in everything recorded
     secret_values: tuple[str, ...]
+    #: outputs the run takes from outside (``plan.given``): output → ``(stored result, value
+    #: in memory or MISSING)``, from earlier results (``--from``) or stubs
+    given: Mapping[str, tuple[ArtifactRef, Any]] = attrs.field(factory=dict)
 
     def backend_of(self, step: str) -> Backend:
         return self.backends[self.plan.backends[step]]
@@ -108,7 +112,9 @@ def open_run(
             store.close()
             raise
     index = CacheIndex(config.home / "index", store=store)
+    io = ArtifactIO(store, serializers)
     try:
+        given = _given(plan, pipeline=pipeline, index=index, io=io)
         backends = open_backends(plan, config, pm, workers=workers, run_id=run_id)
     except BaseException:
         index.close()
@@ -134,7 +140,7 @@ def open_run(
             fail_fast=fail_fast,
         ),
         serializers=serializers,
-        io=ArtifactIO(store, serializers),
+        io=io,
         index=index,
         backends=backends,
         references=references,
@@ -143,4 +149,26 @@ def open_run(
         secret_values=tuple(
             str(v) for k, v in plan.params.items() if k in plan.secret_params and str(v)
         ),
+        given=given,
     )
+
+
+def _given(
+    plan: Plan, *, pipeline: str, index: CacheIndex, io: ArtifactIO
+) -> dict[str, tuple[ArtifactRef, Any]]:
+    """The outputs the run does not make: earlier results (``--from``; a missing one is a
+    usage error naming it) and stubs, stored like any output so every backend can read them.
+    """
+    if not plan.given:
+        return {}
+    from stepflow._planning.reuse import earlier_results
+    from stepflow._storage.hashing import hash_value
+
+    given: dict[str, tuple[ArtifactRef, Any]] = {}
+    for output, ref in earlier_results(plan, pipeline=pipeline, index=index, io=io).items():
+        given[output] = (ref, MISSING)
+    for output in plan.given:
+        if output in plan.stubs:
+            value = plan.stubs[output]
+            given[output] = (io.save(value, hash_value(value)), value)
+    return given

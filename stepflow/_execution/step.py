@@ -98,6 +98,10 @@ class StepRunner:
     def execute(self, name: str, key: CacheKey) -> StepReport:
         """Run step ``name``'s attempts until one succeeds, retries run out, or the run is
         cancelled; commit what the successful one made under ``key``."""
+        if self.dag.steps[name].options.foreach is not None:
+            from stepflow._execution.fanout import run_foreach
+
+            return run_foreach(self, name, key)
         # Imported here: a fully cached run never makes a step context.
         from stepflow._execution.capture import step_output
         from stepflow._execution.context import activate

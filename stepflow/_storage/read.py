@@ -220,7 +220,8 @@ class ReadAPI:
         return [
             LogEntry(*entry)
             for entry in self.records.logs(found.id, step)
-            if stream is None or entry[2] == stream
+            # A fan-out step's items write streams ``item N stdout``: ``stdout`` takes them too.
+            if stream is None or entry[2] == stream or entry[2].endswith(f" {stream}")
         ]
 
     def metrics(self, run: str | RunRow, step: str | None = None) -> dict[str, list[MetricRow]]:

@@ -334,7 +334,7 @@ def _reasons(
         producer = plan.dag.producers.get(port.name)
         if producer in assumed:
             continue  # its output is taken as last time's: the key below says the rest
-        if producer is not None and verdicts[producer][0] == "run":
+        if producer in verdicts and verdicts[producer][0] == "run":
             reasons.append(
                 f"input {port.name!r} comes from step {producer!r}, which would run "
                 f"({why_run[producer]}); if it makes identical output, {step!r} may still "
