@@ -279,6 +279,11 @@ class TerminalReporter:
                 detail = f"  {report.duration:.2f}s"
                 if report.attempts > 1:
                     detail += f" after {report.attempts} attempts"
+            if report.items:
+                # A fan-out step: how its items went (``foreach``).
+                total = sum(report.items.values())
+                parts = ", ".join(f"{n} {state}" for state, n in report.items.items())
+                detail += f"  [{total} items: {parts}]"
             if report.state is StepState.FAILED and report.error is not None:
                 first = str(report.error).splitlines()[0]
                 detail += f"  {first[:120]}"

@@ -13,6 +13,7 @@ successful run, as the run records have them, and every verdict that rests on th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from stepflow._config import Config
 from stepflow._execution.backend import open_backends
 from stepflow._execution.references import resolve_references
 from stepflow._pipeline import Pipeline
-from stepflow._planning.cachekey import describe_value
-from stepflow._planning.reuse import REGENERATE, decide, earlier_results
+from stepflow._planning.cachekey import describe_value, item_key
+from stepflow._planning.reuse import NOT_STORED, REGENERATE, decide, earlier_results
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO
@@ -165,6 +166,10 @@ def _walk(
     io = ArtifactIO(store, serializers)
     try:
         hashes: dict[str, str | None] = {}
+        #: output → how to load its value, where it is stored (for fan-out item counts)
+        values: dict[str, Any] = {}
+        #: fan-out step → how many of its items would run, of how many
+        item_counts: dict[str, tuple[int, int]] = {}
         given: dict[str, str] = {}
         if plan.given:
             earlier = earlier_results(plan, pipeline=pipeline, index=index, io=io)
@@ -172,9 +177,11 @@ def _walk(
                 producer = plan.dag.producers[output]
                 if output in plan.stubs:
                     hashes[output] = hash_value(plan.stubs[output])
+                    values[output] = functools.partial(_same, plan.stubs[output])
                     given[output] = f"stubbed (step {producer!r} does not run)"
                 else:
                     hashes[output] = earlier[output].content_hash
+                    values[output] = functools.partial(io.load, earlier[output])
                     last = index.last(pipeline, producer)
                     run = f" of run {last.run_id}" if last is not MISSING else ""
                     given[output] = f"the earlier result{run} of step {producer!r} (--from)"
@@ -221,6 +228,11 @@ def _walk(
                 else:
                     verdict = "run"
                     why_run[name] = decision.reason
+                    foreach = spec.options.foreach
+                    if foreach is not None and foreach in values and decision.reason == NOT_STORED:
+                        item_counts[name] = _items_to_run(
+                            decision.key, foreach, values[foreach], index, io
+                        )
             verdicts[name] = (verdict, record, key)
             earlier_run = (
                 _earlier_outputs(config.home, pipeline, name, key.digest)
@@ -232,12 +244,17 @@ def _walk(
                 record_hashes = earlier_run[1]
             elif record is not None:
                 record_hashes = {o: ref.content_hash for o, ref in record.outputs.items()}
+                for o, ref in record.outputs.items():
+                    values[o] = functools.partial(io.load, ref)
             else:
                 record_hashes = {}
             for port in spec.outputs:
                 hashes[port.name] = record_hashes.get(port.name)
         explained = [
-            _explanation(plan, step, verdicts, why_run, assumed, rests_on, index, pipeline)
+            _with_items(
+                _explanation(plan, step, verdicts, why_run, assumed, rests_on, index, pipeline),
+                item_counts.get(step),
+            )
             for step in ([focus] if focus is not None else plan.steps)
         ]
         return PlanExplanation(pipeline, tuple(explained), given)
@@ -281,6 +298,38 @@ def _explanation(
         _last(index, pipeline, step),
         rests_on[step],
     )
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _items_to_run(
+    key: Any, foreach: str, load: Any, index: CacheIndex, io: ArtifactIO
+) -> tuple[int, int] | None:
+    """For a fan-out step that would run: how many of its items have no stored result
+    (they would run), of how many; ``None`` when the list cannot be read."""
+    try:
+        items = list(load())
+    except Exception:  # explaining must not fail on a damaged object: it just knows less
+        return None
+    missing = 0
+    for item in items:
+        record = index.get(item_key(key, foreach, hash_value(item)).digest)
+        if record is MISSING or not all(io.available(r) for r in record.outputs.values()):
+            missing += 1
+    return missing, len(items)
+
+
+def _with_items(explanation: Explanation, counts: tuple[int, int] | None) -> Explanation:
+    if counts is None:
+        return explanation
+    missing, total = counts
+    note = (
+        f"{missing} of its {total} items would run (no stored result for their keys); "
+        f"the other {total - missing} would be reused"
+    )
+    return attrs.evolve(explanation, reasons=(*explanation.reasons, note))
 
 
 def _earlier_outputs(
