@@ -28,6 +28,7 @@ __all__ = [
     "iso_time",
     "iso_times",
     "parse_seconds",
+    "parse_size",
     "type_name",
 ]
 
@@ -57,6 +58,33 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes in ``"500M"``, ``"10G"``, ``"1.5GB"``, ``"8 GiB"`` or a number of bytes.
+
+    >>> parse_size("500M"), parse_size("1.5 GiB"), parse_size(2048)
+    (524288000, 1610612736, 2048)
+
+    :raises ValueError: ``text`` is no size (the caller says where it came from).
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        raw = str(text).strip().upper().removesuffix("IB").removesuffix("B").strip()
+        number, unit = raw, ""
+        if raw and raw[-1] in _SIZE_UNITS:
+            number, unit = raw[:-1].strip(), raw[-1]
+        try:
+            value = float(number) * _SIZE_UNITS[unit]
+        except ValueError:
+            raise ValueError(f"{text!r} is not a size; write one such as 500M or 10G") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{text!r} is not a size; write one such as 500M or 10G")
+    return int(value)
 
 
 def human_time(ts: float | None) -> str:

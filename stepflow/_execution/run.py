@@ -92,10 +92,12 @@ class _Runner:
         setup.pm.hook.stepflow_run_start(run=setup.info)
         try:
             with capturing():
-                if setup.workers == 1:
+                if self._run_workers() == 1:
                     run_sequential(self)
                 else:
-                    run_parallel(self, setup.workers)
+                    from stepflow._execution.placement import Placement
+
+                    run_parallel(self, Placement(self.plan, setup.backends))
         except KeyboardInterrupt:
             interrupted = True
             self.cancel()
@@ -119,6 +121,12 @@ class _Runner:
             interrupted=interrupted,
             storage_errors=outputs.storage_errors,
         )
+
+    def _run_workers(self) -> int:
+        """1 when the run goes one step after another (see ``placement.run_workers_of``)."""
+        for backend in self.setup.backends.values():
+            return backend.context.run_workers or backend.context.workers
+        return 1
 
     # --- what scheduling calls (``schedule.Steps``) ------------------------------------------
 

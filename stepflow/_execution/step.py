@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from stepflow._execution.context import StepContext
     from stepflow._execution.journal import Journal
     from stepflow._execution.setup import RunSetup
-    from stepflow._execution.task import TaskError
+    from stepflow._execution.task import Task, TaskError, TaskResult
     from stepflow._planning.cachekey import CacheKey
     from stepflow._storage.index import CacheRecord
 
@@ -277,7 +277,7 @@ class StepRunner:
             timeout=spec.options.timeout,
         )
         try:
-            result = backend.execute(task, timeout=spec.options.timeout)
+            result = _run_task(backend, task)
         except Exception as exc:
             return StepFailedError(
                 f"backend {backend.name!r} failed to run step {name!r}: "
@@ -335,6 +335,25 @@ class StepRunner:
                     stacklevel=1,
                 )
                 artifact.value = MISSING
+
+
+def _run_task(backend: Backend, task: Task) -> TaskResult:
+    """``task``'s result from ``backend``: through its own ``submit`` when it has one (an
+    engine with futures), else ``execute`` in this thread (the default ``submit`` would only
+    hand it to another thread)."""
+    from stepflow._execution.backend import Backend
+
+    if type(backend).submit is Backend.submit:
+        return backend.execute(task, timeout=task.timeout)
+    from concurrent.futures import CancelledError
+
+    future = backend.submit(task)
+    try:
+        return future.result()
+    except CancelledError:
+        from stepflow._execution.task import TaskResult
+
+        return TaskResult.cancelled(task)
 
 
 def _failure(name: str, error: TaskError | None) -> StepFailedError | None:

@@ -42,20 +42,15 @@ __all__ = [
     "run_command",
 ]
 
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
 
 def parse_size(text: str) -> int:
     """``"500M"``, ``"10G"``, ``"1.5GB"`` or a number of bytes."""
-    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
-    number, unit = raw, ""
-    if raw and raw[-1] in _SIZE_UNITS:
-        number, unit = raw[:-1], raw[-1]
+    from stepflow._humanize import parse_size as parse
+
     try:
-        value = float(number) * _SIZE_UNITS[unit]
+        return parse(text)
     except ValueError:
         raise UsageError(f"--max-size {text!r}: give a size such as 500M or 10G") from None
-    return int(value)
 
 
 def _open(config: Config) -> tuple[CacheIndex, Datastore]:

@@ -625,7 +625,8 @@ def _cmd_explain(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager
 def _cmd_show(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
     from stepflow._surfaces.show import render
 
-    sys.stdout.write(render(_load(args.target)[0], args.format))
+    pipeline = _load(args.target)[0]
+    sys.stdout.write(render(pipeline, args.format, default_backend=config.default_backend))
     return ExitCode.OK
 
 
