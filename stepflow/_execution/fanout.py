@@ -297,14 +297,16 @@ class _FanOut:
         stored = {e: self.steps.outputs.stored(e) for e in self.edges}
         func = by_value(self.spec)
         attempt_fn = functools.partial(self._remote_attempt, stored, func)
-        pool = ThreadPoolExecutor(
-            max(1, self.setup.workers), thread_name_prefix=f"stepflow-{self.name}"
-        )
+        # As many items in flight as the backend has slots (its table's ``workers``, else
+        # the run's); its own pool of processes, containers or hosts bounds them too.
+        context = getattr(self.backend, "context", None)
+        slots = max(1, getattr(context, "workers", 0) or self.setup.workers)
+        pool = ThreadPoolExecutor(slots, thread_name_prefix=f"stepflow-{self.name}")
         running: dict[Future[None], _Item] = {}
         queue = list(todo)
         try:
             while queue or running:
-                while queue and len(running) < max(1, self.setup.workers):
+                while queue and len(running) < slots:
                     item = queue.pop(0)
                     if self._stopped():
                         self._cancel(item)
@@ -409,8 +411,10 @@ class _FanOut:
             resources=self.spec.options.resources,
             timeout=self.spec.options.timeout,
         )
+        from stepflow._execution.step import _run_task
+
         try:
-            result = self.backend.execute(task, timeout=self.spec.options.timeout)
+            result = _run_task(self.backend, task)
         except Exception as exc:
             return StepFailedError(
                 f"backend {self.backend.name!r} failed to run item {item.index} of step "
