@@ -114,9 +114,7 @@ class TestFrom:
         feeds doubled, which runs because its own code changed."""
         stepflow_runner.makepyfile(flow=FLOW)
         stepflow_runner.run("run", "flow.py:pipe").assert_outcomes(ran=3)
-        edited = FLOW.replace("list(range(n))", "list(range(n + 100))").replace(
-            "2 * x", "3 * x"
-        )
+        edited = FLOW.replace("list(range(n))", "list(range(n + 100))").replace("2 * x", "3 * x")
         stepflow_runner.makepyfile(flow=edited)
         dry = stepflow_runner.run("run", "flow.py:pipe", "--from", "doubled", "--dry-run")
         assert "  given   numbers: the earlier result of run " in dry.stdout
