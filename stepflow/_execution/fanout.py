@@ -282,7 +282,18 @@ class _FanOut:
         if not todo:
             return
         if self.backend.runs_inline(self.spec):
-            shared = {e: self.steps.outputs.artifacts[e].load(self.io) for e in self.edges}
+            try:
+                shared = self._shared_inputs()
+            except Exception as exc:
+                error = StepFailedError(
+                    f"the inputs of step {self.name!r} could not be loaded: "
+                    f"{type(exc).__name__}: {exc}",
+                    step=self.name,
+                    exc_type=type(exc).__name__,
+                )
+                for item in todo:
+                    item.error = error
+                return
             for item in todo:
                 if self._stopped():
                     self._cancel(item)
@@ -321,6 +332,23 @@ class _FanOut:
                     self._done(item)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _shared_inputs(self) -> dict[str, Any]:
+        """What every item gets besides its item, loaded once: the other inputs, and the
+        registered models or data sets the step reads."""
+        shared = {e: self.steps.outputs.artifacts[e].load(self.io) for e in self.edges}
+        if self.refs:
+            from stepflow._execution.references import load_reference
+
+            for param, version in self.refs.items():
+                shared[param] = load_reference(
+                    version,
+                    self.spec.input(param).annotation,
+                    store=self.io.store,
+                    serializers=self.io.serializers,
+                    home=self.setup.config.home,
+                )
+        return shared
 
     def _stopped(self) -> bool:
         return self.steps.cancelled.is_set()
@@ -364,7 +392,7 @@ class _FanOut:
                 self.spec,
                 step=self.name,
                 inputs=inputs,
-                references=self.refs,
+                references={},  # loaded once, in ``shared``
                 params=self.params,
                 io=self.io,
                 home=setup.config.home,
