@@ -17,6 +17,7 @@ Imported only when a fan-out step runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -30,7 +31,7 @@ from stepflow._execution.attempt import run_attempt, step_error
 from stepflow._execution.capture import inline_fd_output, step_output
 from stepflow._execution.context import activate
 from stepflow._execution.result import StepReport, StepState
-from stepflow._planning.cachekey import CacheKey, describe_value, item_key
+from stepflow._planning.cachekey import CacheKey, describe_value, item_keys
 from stepflow._sentinels import MISSING
 from stepflow._storage.datastore import ArtifactMissingError
 from stepflow._storage.hashing import hash_value
@@ -217,13 +218,12 @@ class _FanOut:
         assert self.foreach is not None
         by_hash: dict[str, _Item] = {}
         positions = []
+        key_of = item_keys(self.key, self.foreach)
         for index, value in enumerate(values):
             content = hash_value(value)
             item = by_hash.get(content)
             if item is None:
-                item = by_hash[content] = _Item(
-                    index, value, item_key(self.key, self.foreach, content)
-                )
+                item = by_hash[content] = _Item(index, value, key_of(content))
             positions.append(item)
         return positions, list(by_hash.values())
 
@@ -294,12 +294,7 @@ class _FanOut:
                 for item in todo:
                     item.error = error
                 return
-            for item in todo:
-                if self._stopped():
-                    self._cancel(item)
-                    continue
-                self._run_item(item, functools.partial(self._inline_attempt, shared))
-                self._done(item)
+            self._inline_items(todo, shared)
             return
         # Every item is a Task of its own; as many in flight as the run has workers, so the
         # backend's workers (processes, containers, hosts, a cluster) all take items.
@@ -332,6 +327,34 @@ class _FanOut:
                     self._done(item)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _inline_items(self, todo: list[_Item], shared: Mapping[str, Any]) -> None:
+        """The items in this process, one after another.
+
+        Each item's Python-level output (``print``, ``logging``) is captured alone, as its
+        log. Output below Python (child processes, C code) is captured once for all the items
+        at the descriptor level, as the step's own log, so nothing printed is lost: switching
+        descriptors for every item cost more than a small item's work. With ``--capture tee``
+        that step log has the items' output too, in the order it was written.
+        """
+        setup = self.setup
+        ctx = self.steps._context(self.name, 1)
+        whole: Any = None
+        try:
+            with (
+                activate(ctx),
+                step_output(echo=setup.echo, secrets=setup.secret_values) as whole,
+                inline_fd_output(),
+            ):
+                attempt = functools.partial(self._inline_attempt, shared)
+                for item in todo:
+                    if self._stopped():
+                        self._cancel(item)
+                        continue
+                    self._run_item(item, attempt)
+                    self._done(item)
+        finally:
+            self.steps.journal.attempt_output(self.name, 1, whole, ctx)
 
     def _shared_inputs(self) -> dict[str, Any]:
         """What every item gets besides its item, loaded once: the other inputs, and the
@@ -386,8 +409,7 @@ class _FanOut:
         assert self.foreach is not None
         inputs = {e: functools.partial(_value, v) for e, v in shared.items()}
         inputs[self.foreach] = functools.partial(_value, item.value)
-        ctx = self.steps._context(self.name, attempt)
-        with activate(ctx), step_output(echo=setup.echo, secrets=setup.secret_values) as captured:
+        with step_output(echo=setup.echo, secrets=setup.secret_values) as captured:
             outcome = run_attempt(
                 self.spec,
                 step=self.name,
@@ -396,7 +418,7 @@ class _FanOut:
                 params=self.params,
                 io=self.io,
                 home=setup.config.home,
-                output=inline_fd_output,
+                output=contextlib.nullcontext,
             )
         item.logs = captured.texts(setup.secret_values)
         self.steps.journal.item_output(self.name, item.index, attempt, item.logs)

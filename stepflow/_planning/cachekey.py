@@ -11,7 +11,7 @@ import functools
 import hashlib
 import json
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from stepflow._planning.plan import Plan
     from stepflow._storage.datastore import Datastore
 
-__all__ = ["CacheKey", "describe_value", "environment", "item_key", "make_key", "plan_key"]
+__all__ = ["CacheKey", "describe_value", "environment", "item_keys", "make_key", "plan_key"]
 
 
 @attrs.frozen
@@ -121,17 +121,28 @@ def _digest(components: Mapping[str, Mapping[str, str]]) -> str:
     return digest
 
 
-def item_key(key: CacheKey, foreach: str, item_hash: str) -> CacheKey:
-    """The key of one item of a fan-out step whose whole key is ``key``: the same parts,
-    with the item's content hash as input ``foreach`` instead of the whole list's.
+def item_keys(key: CacheKey, foreach: str) -> Callable[[str], CacheKey]:
+    """The keys of the items of a fan-out step whose whole key is ``key``: a function from
+    an item's content hash to its key.
 
-    So an item's key depends on its content only, not on its place in the list: editing one
-    item, adding one or reordering them leaves every other item's key unchanged.
+    An item's key holds the same parts as the step's, with the item's content hash as input
+    ``foreach`` instead of the whole list's. So it depends on the item's content only, not
+    on its place in the list: editing one item, adding one or reordering them leaves every
+    other item's key unchanged. The parts other than the item are hashed once for all items.
     """
-    inputs = dict(key.components["inputs"])
-    inputs[foreach] = item_hash
-    components = {**key.components, "inputs": dict(sorted(inputs.items()))}
-    return CacheKey(digest=_digest(components), components=components)
+    template = {**key.components, "inputs": {**key.components["inputs"], foreach: ""}}
+    base = _digest(template)
+    shared = template["inputs"]
+
+    def make(item_hash: str) -> CacheKey:
+        inputs = dict(shared)
+        inputs[foreach] = item_hash
+        return CacheKey(
+            digest=hash_strings(("foreach-item", base, item_hash)),
+            components={**template, "inputs": inputs},
+        )
+
+    return make
 
 
 #: key digests by the tuple of strs they hash (a pure function, so never stale)

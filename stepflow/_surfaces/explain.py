@@ -24,7 +24,7 @@ from stepflow._config import Config
 from stepflow._execution.backend import open_backends
 from stepflow._execution.references import resolve_references
 from stepflow._pipeline import Pipeline
-from stepflow._planning.cachekey import describe_value, item_key
+from stepflow._planning.cachekey import describe_value, item_keys
 from stepflow._planning.reuse import NOT_STORED, REGENERATE, decide, earlier_results
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
@@ -314,8 +314,9 @@ def _items_to_run(
     except Exception:  # explaining must not fail on a damaged object: it just knows less
         return None
     missing = 0
+    key_of = item_keys(key, foreach)
     for item in items:
-        record = index.get(item_key(key, foreach, hash_value(item)).digest)
+        record = index.get(key_of(hash_value(item)).digest)
         if record is MISSING or not all(io.available(r) for r in record.outputs.values()):
             missing += 1
     return missing, len(items)

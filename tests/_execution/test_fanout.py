@@ -58,6 +58,13 @@ def slow(chunks: int) -> int:
 def split(chunks: int) -> tuple[Annotated[int, "lo"], Annotated[int, "hi"]]:
     return chunks - 1, chunks + 1
 
+@step(foreach="chunks")
+def shout(chunks: int) -> int:
+    import subprocess, sys
+    print(f"python {chunks}")
+    subprocess.run([sys.executable, "-c", f"print('child {chunks}')"], check=True)
+    return chunks
+
 @step
 def not_a_list():
     return {"a": 1}
@@ -189,6 +196,23 @@ class TestFailures:
         assert result.steps["over_dict"].state is StepState.FAILED
         assert "has foreach='not_a_list', but 'not_a_list' is a builtins.dict" in str(error)
         assert "make its producer return a list" in str(error)
+
+
+class TestLogs:
+    def test_item_and_child_process_output_is_kept(self, fan, stepflow_home):
+        """Each item's Python output is its own log; what child processes print is in the
+        step's log (captured at the descriptor level), so nothing printed is lost."""
+        from stepflow._config import load_config
+        from stepflow._storage.read import ReadAPI
+
+        result = Pipeline("p", [fan.chunks, fan.shout]).run({"items": "1,2"})
+        assert result.ok, result.steps["shout"].error
+        with ReadAPI(load_config(home=stepflow_home)) as api:
+            entries = api.step_log(result.run_id, "shout")
+        by_stream = {e.stream: e.text for e in entries}
+        assert by_stream["item 0 stdout"] == "python 1\n"
+        assert by_stream["item 1 stdout"] == "python 2\n"
+        assert "child 1" in by_stream["stdout"] and "child 2" in by_stream["stdout"]
 
 
 class TestWorkers:
