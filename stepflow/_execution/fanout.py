@@ -210,7 +210,16 @@ class _FanOut:
                     exc_type=failure.exc_type,
                     traceback=failure.traceback,
                 ) from None
-            value = self.steps.outputs.artifacts[self.foreach].load(self.io)
+            try:
+                value = self.steps.outputs.artifacts[self.foreach].load(self.io)
+            except ArtifactMissingError as again:
+                raise StepFailedError(
+                    f"input {self.foreach!r} failed its check again right after it was "
+                    f"recomputed ({again}); the store at {self.io.store.uri} is damaged or "
+                    f"changing under the run: check its disk or bucket",
+                    step=self.name,
+                    exc_type="stepflow._storage.datastore.ArtifactMissingError",
+                ) from None
         return _as_items(self.name, self.foreach, value)
 
     def _distinct(self, values: list[Any]) -> tuple[list[_Item], list[_Item]]:

@@ -190,6 +190,28 @@ class TestFailures:
         # The others finished and are stored: a rerun does not run them again.
         assert report.items == {"ran": 2, "failed": 1}
 
+    def test_damaged_list_is_made_again(self, fan, stepflow_home, tmp_path):
+        """A stored list that fails its check when the fan-out reads it makes its producer
+        run again; the items then run from the good list."""
+        from stepflow._storage.index import CacheIndex
+
+        calls = tmp_path / "calls"
+        pipe = Pipeline("p", [fan.chunks, fan.scored])
+        pipe.run({"calls": str(calls)})
+        record = CacheIndex(stepflow_home / "index").last("p", "chunks")
+        name = record.outputs["chunks"].name
+        stored = next(stepflow_home.rglob(name[2:]))  # objects live as <ab>/<cdef...>
+        data = bytearray(stored.read_bytes())
+        data[-2] ^= 0xFF  # same size, different bytes: only the digest check sees it
+        stored.write_bytes(bytes(data))
+        with pytest.warns(
+            UserWarning, match=r"stored output 'chunks' of step 'chunks' is unusable"
+        ):
+            result = pipe.run({"calls": str(calls)}, regenerate=["scored"])
+        assert result.ok, result.steps["scored"].error
+        assert result.steps["chunks"].state is StepState.RAN
+        assert result["scored"] == [10, 20, 30]
+
     def test_not_a_sequence(self, fan, stepflow_home):
         result = Pipeline("p", [fan.not_a_list, fan.over_dict]).run()
         error = result.steps["over_dict"].error
