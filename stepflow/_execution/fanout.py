@@ -46,8 +46,11 @@ if TYPE_CHECKING:
 
 __all__ = ["run_foreach"]
 
-#: item records committed per index transaction
+#: items whose results are stored together, in one object per output, and committed in one
+#: index transaction: a file per small result cost more than the work of most items
 _BATCH = 512
+#: the record component that says where an item's results are in its batch's objects
+PART = "part"
 _MAX_RETRY_DELAY = 60.0
 
 
@@ -68,6 +71,9 @@ class _Item:
     #: what its last attempt wrote, by stream
     logs: Mapping[str, str] = attrs.field(factory=dict)
     ran: bool = False
+    #: where its results are in ``outputs``' objects when those hold a batch of items' results
+    #: (a list; ``PART`` in its record says where); -1: each object is this item's alone
+    part: int = -1
 
 
 class _NotASequence(TypeError):
@@ -99,8 +105,12 @@ class _FanOut:
             for p in self.spec.inputs
             if p.name in steps.dag.producers and p.name != self.foreach
         ]
-        self._pending: list[CacheRecord] = []
+        #: finished items not yet committed
+        self._pending: list[_Item] = []
         self._lock = threading.Lock()
+        #: object name → its value, or the error loading it gave (batches are read once)
+        self._loaded: dict[str, Any] = {}
+        self._available: dict[str, bool] = {}
 
     # --- the whole step -------------------------------------------------------------------
 
@@ -244,11 +254,39 @@ class _FanOut:
         todo = []
         for item in items:
             record = index.get(item.key.digest)
-            if record is not MISSING and all(self.io.available(r) for r in record.outputs.values()):
+            if record is not MISSING and all(
+                self._is_available(r) for r in record.outputs.values()
+            ):
                 item.outputs = dict(record.outputs)
+                item.part = int(record.components.get(PART, {}).get("index", -1))
             else:
                 todo.append(item)
         return todo
+
+    def _is_available(self, ref: ArtifactRef) -> bool:
+        found = self._available.get(ref.name)
+        if found is None:
+            found = self._available[ref.name] = self.io.available(ref)
+        return found
+
+    def _load(self, ref: ArtifactRef, part: int) -> Any:
+        """One item's result: the object's value, or element ``part`` of a batch's list.
+
+        :raises ArtifactMissingError: missing, damaged, or not the batch the record says.
+        """
+        if ref.name not in self._loaded:
+            try:
+                self._loaded[ref.name] = self.io.load(ref)
+            except ArtifactMissingError as exc:
+                self._loaded[ref.name] = exc
+        value = self._loaded[ref.name]
+        if isinstance(value, ArtifactMissingError):
+            raise value
+        if part < 0:
+            return value
+        if not isinstance(value, list) or part >= len(value):
+            raise ArtifactMissingError(f"object {ref.name} does not hold item result {part}")
+        return value[part]
 
     def _assemble_missing(self, items: list[_Item]) -> list[_Item]:
         """Load every item's results (kept on the item); those that cannot be read are
@@ -258,7 +296,7 @@ class _FanOut:
             if item.error is not None or item.outputs is None or item.values:
                 continue
             try:
-                item.values = {out: self.io.load(ref) for out, ref in item.outputs.items()}
+                item.values = {out: self._load(ref, item.part) for out, ref in item.outputs.items()}
             except ArtifactMissingError:
                 self.steps.outputs.forget(item.key)
                 item.outputs = None
@@ -428,12 +466,13 @@ class _FanOut:
                 io=self.io,
                 home=setup.config.home,
                 output=contextlib.nullcontext,
+                # Stored with the other items of its batch (``_flush``).
+                store=False,
             )
         item.logs = captured.texts(setup.secret_values)
         self.steps.journal.item_output(self.name, item.index, attempt, item.logs)
         if outcome.error is not None:
             return self._error(outcome.error)
-        item.outputs = dict(outcome.outputs)
         item.values = dict(outcome.values)
         return None
 
@@ -506,33 +545,67 @@ class _FanOut:
     # --- committing -----------------------------------------------------------------------
 
     def _done(self, item: _Item) -> None:
-        if item.error is not None or item.outputs is None or not self.spec.options.cache:
+        """A finished item; committed with its batch."""
+        if item.error is not None or not item.ran:
             return
-        setup = self.setup
-        record = CacheRecord(
-            key=item.key.digest,
-            step=self.name,
-            pipeline=setup.pipeline,
-            run_id=setup.run_id,
-            created=time.time(),
-            outputs=item.outputs,
-            components=item.key.components,
-            param_values={
-                k: ("***" if k in setup.plan.secret_params else describe_value(v))
-                for k, v in self.params.items()
-            },
-        )
         with self._lock:
-            self._pending.append(record)
+            self._pending.append(item)
             full = len(self._pending) >= _BATCH
         if full:
             self._flush()
 
     def _flush(self) -> None:
+        """Store the results of the pending items that ran here (one object per output, the
+        list of their results) and commit a record per item, in one transaction."""
         with self._lock:
-            records, self._pending = self._pending, []
-        if not records:
-            return
+            items, self._pending = self._pending, []
+        if not self.spec.options.cache:
+            return  # nothing to keep: the values are in memory until the list is stored
+        batch = [item for item in items if item.outputs is None]
+        if batch:
+            try:
+                for port in self.spec.outputs:
+                    values = [item.values[port.name] for item in batch]
+                    ref = self.io.save(values, hash_value(values))
+                    for part, item in enumerate(batch):
+                        item.outputs = {**(item.outputs or {}), port.name: ref}
+                        item.part = part
+            except StorageError:
+                raise
+            except Exception as exc:
+                error = StepFailedError(
+                    f"the results of {len(batch)} item(s) of step {self.name!r} could not be "
+                    f"stored: {type(exc).__name__}: {exc}",
+                    step=self.name,
+                    exc_type=type(exc).__name__,
+                )
+                for item in batch:
+                    item.error, item.outputs = error, None
+                return
+        setup = self.setup
+        params = {
+            k: ("***" if k in setup.plan.secret_params else describe_value(v))
+            for k, v in self.params.items()
+        }
+        records = []
+        for item in items:
+            if item.outputs is None:
+                continue
+            components = item.key.components
+            if item.part >= 0:
+                components = {**components, PART: {"index": str(item.part)}}
+            records.append(
+                CacheRecord(
+                    key=item.key.digest,
+                    step=self.name,
+                    pipeline=setup.pipeline,
+                    run_id=setup.run_id,
+                    created=time.time(),
+                    outputs=item.outputs,
+                    components=components,
+                    param_values=params,
+                )
+            )
         try:
             self.setup.index.put_many(records)
         except StorageError as exc:

@@ -144,6 +144,41 @@ class TestReuse:
         assert result["scored"] == [40, 40, 40, 50]
         assert sorted(_calls(calls)) == [4, 5]
 
+    def test_items_over_several_batches(self, fan, stepflow_home, tmp_path):
+        """Small results are stored in batches (one object per 512 items); each item is still
+        found by its own key."""
+        calls = tmp_path / "calls"
+        pipe = Pipeline("p", [fan.chunks, fan.scored])
+        items = [str(i) for i in range(600)]
+        pipe.run({"items": ",".join(items), "calls": str(calls)})
+        items[550] = "9999"
+        result = pipe.run({"items": ",".join(items), "calls": str(calls)})
+        assert result.steps["scored"].items == {"ran": 1, "reused": 599}
+        assert result["scored"][549:552] == [5490, 99990, 5510]
+        assert _calls(calls)[600:] == [9999]
+
+    def test_damaged_batch_reruns_its_items(self, fan, stepflow_home, tmp_path):
+        """A batch object that fails its check is a miss for its items: they run again."""
+        from stepflow._storage.index import CacheIndex
+
+        calls = tmp_path / "calls"
+        pipe = Pipeline("p", [fan.chunks, fan.scored])
+        pipe.run({"items": "1,2,3", "calls": str(calls)})
+        index = CacheIndex(stepflow_home / "index")
+        item_records = [r for r in index.records() if r.step == "scored" and "part" in r.components]
+        assert len(item_records) == 3
+        batch = item_records[0].outputs["scored"].name
+        assert {r.outputs["scored"].name for r in item_records} == {batch}
+        stored = next(stepflow_home.rglob(batch[2:]))
+        data = bytearray(stored.read_bytes())
+        data[-2] ^= 0xFF
+        stored.write_bytes(bytes(data))
+        result = pipe.run({"items": "1,2,3,4", "calls": str(calls)})
+        assert result.ok, result.steps["scored"].error
+        assert result["scored"] == [10, 20, 30, 40]
+        assert result.steps["scored"].items == {"ran": 4}
+        assert sorted(_calls(calls)[3:]) == [1, 2, 3, 4]
+
     def test_regenerate_reruns_every_item(self, fan, stepflow_home, tmp_path):
         calls = tmp_path / "calls"
         pipe = Pipeline("p", [fan.chunks, fan.scored])
