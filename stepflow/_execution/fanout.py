@@ -483,9 +483,16 @@ class _FanOut:
 
         setup = self.setup
         assert self.foreach is not None
-        # The item travels through the store, as every input does (DESIGN §8: data moves
-        # through the store, never through the backend's own channel).
-        item_ref = self.io.save(item.value, item.key.components["inputs"][self.foreach])
+        # A small item travels in the task itself, as a parameter value does; a larger one
+        # through the store, as every input does (DESIGN §8: data moves through the store).
+        inputs = dict(stored)
+        params = dict(self.params)
+        if _small(item.value):
+            params[self.foreach] = item.value
+        else:
+            inputs[self.foreach] = self.io.save(
+                item.value, item.key.components["inputs"][self.foreach]
+            )
         task_step = f"{self.name}.{item.index}"
         task = Task(
             run_id=setup.run_id,
@@ -493,9 +500,9 @@ class _FanOut:
             attempt=attempt,
             ref=self.spec.ref,
             func=func,
-            inputs={**stored, self.foreach: item_ref},
+            inputs=inputs,
             references=self.refs,
-            params=self.params,
+            params=params,
             store_uri=self.io.store.uri,
             store_kind=self.io.store.kind,
             store_options=setup.config.store_options,
@@ -615,6 +622,19 @@ class _FanOut:
 
 def _value(value: Any) -> Any:
     return value
+
+
+#: an item whose pickle is at most this big is sent inside its task
+_SMALL = 32 * 1024
+
+
+def _small(value: Any) -> bool:
+    import pickle
+
+    try:
+        return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)) <= _SMALL
+    except Exception:  # not picklable by pickle: the store's serializers may still manage
+        return False
 
 
 def _as_items(step: str, name: str, value: Any) -> list[Any]:
