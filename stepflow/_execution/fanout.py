@@ -34,7 +34,7 @@ from stepflow._execution.result import StepReport, StepState
 from stepflow._planning.cachekey import CacheKey, describe_value, item_keys
 from stepflow._sentinels import MISSING
 from stepflow._storage.datastore import ArtifactMissingError
-from stepflow._storage.hashing import hash_value
+from stepflow._storage.hashing import UnhashableValueError, hash_value
 from stepflow._storage.index import CacheRecord
 from stepflow.errors import StepFailedError, StorageError
 
@@ -126,7 +126,16 @@ class _FanOut:
             return self._failed(started, StepFailedError(str(exc), step=name, exc_type="TypeError"))
         except StepFailedError as exc:
             return self._failed(started, exc)
-        positions, items = self._distinct(values)
+        try:
+            positions, items = self._distinct(values)
+        except UnhashableValueError as exc:
+            error = StepFailedError(
+                f"step {name!r} has foreach={self.foreach!r}, but an item of {self.foreach!r} "
+                f"cannot be hashed, so it can have no cache key: {exc}",
+                step=name,
+                exc_type="stepflow.errors.UnhashableValueError",
+            )
+            return self._failed(started, error)
         todo = self._look_up(items)
         try:
             self._execute(todo)
@@ -570,12 +579,14 @@ class _FanOut:
             return  # nothing to keep: the values are in memory until the list is stored
         batch = [item for item in items if item.outputs is None]
         if batch:
+            for item in batch:
+                item.outputs = {}  # also for a step that returns nothing
             try:
                 for port in self.spec.outputs:
                     values = [item.values[port.name] for item in batch]
                     ref = self.io.save(values, hash_value(values))
                     for part, item in enumerate(batch):
-                        item.outputs = {**(item.outputs or {}), port.name: ref}
+                        item.outputs[port.name] = ref
                         item.part = part
             except StorageError:
                 raise

@@ -65,6 +65,11 @@ def shout(chunks: int) -> int:
     subprocess.run([sys.executable, "-c", f"print('child {chunks}')"], check=True)
     return chunks
 
+@step(foreach="chunks")
+def notify(chunks: int, calls: str = "") -> None:
+    with open(calls, "a") as f:
+        f.write(f"{chunks}\\n")
+
 @step
 def not_a_list():
     return {"a": 1}
@@ -178,6 +183,16 @@ class TestReuse:
         assert result["scored"] == [10, 20, 30, 40]
         assert result.steps["scored"].items == {"ran": 4}
         assert sorted(_calls(calls)[3:]) == [1, 2, 3, 4]
+
+    def test_sink_items_are_kept_too(self, fan, stepflow_home, tmp_path):
+        """A fan-out step that returns nothing still records each item: a longer list runs
+        only the new items."""
+        calls = tmp_path / "calls"
+        pipe = Pipeline("p", [fan.chunks, fan.notify])
+        pipe.run({"items": "1,2", "calls": str(calls)})
+        result = pipe.run({"items": "1,2,3", "calls": str(calls)})
+        assert result.steps["notify"].items == {"ran": 1, "reused": 2}
+        assert _calls(calls) == [1, 2, 3]
 
     def test_regenerate_reruns_every_item(self, fan, stepflow_home, tmp_path):
         calls = tmp_path / "calls"
