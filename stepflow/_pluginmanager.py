@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = (
     "stepflow._plugins.storage",
     "stepflow._plugins.backends",
     "stepflow._plugins.registry_pins",
+    "stepflow._plugins.reporter",
 )
 
 

@@ -159,7 +159,9 @@ class RunResult(Mapping[str, Any]):
         text = ", ".join(parts) or "no steps"
         if self.interrupted:
             text += " (interrupted)"
-        return f"{text} in {self.duration:.2f}s"
+        from stepflow._humanize import human_duration
+
+        return f"{text} in {human_duration(self.duration)}"
 
     def raise_for_failures(self) -> None:
         """Raise the first failed step's ``StepFailedError`` (for scripts and tests)."""
