@@ -115,16 +115,20 @@ def iso_times(data: Mapping[str, Any], *keys: str) -> dict[str, Any]:
     return {k: iso_time(v) if k in keys and v is not None else v for k, v in data.items()}
 
 
-def human_duration(seconds: float | None) -> str:
+def human_duration(seconds: float | None, *, digits: int = 2) -> str:
     """How long something took: ``1.25s``, ``2m05s``, ``1h02m``; ``-`` for none.
+
+    ``digits``: decimals under a minute (a live clock shows one).
 
     >>> human_duration(1.25), human_duration(125), human_duration(3720), human_duration(None)
     ('1.25s', '2m05s', '1h02m', '-')
+    >>> human_duration(3.21, digits=1)
+    '3.2s'
     """
     if seconds is None:
         return "-"
     if seconds < 60:
-        return f"{seconds:.2f}s"
+        return f"{seconds:.{digits}f}s"
     minutes, rest = divmod(seconds, 60)
     if minutes < 60:
         return f"{int(minutes)}m{rest:02.0f}s"

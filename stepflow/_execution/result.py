@@ -162,7 +162,9 @@ class RunResult(Mapping[str, Any]):
         text = ", ".join(parts) or "no steps"
         if self.interrupted:
             text += " (interrupted)"
-        return f"{text} in {self.duration:.2f}s"
+        from stepflow._humanize import human_duration
+
+        return f"{text} in {human_duration(self.duration)}"
 
     def assert_outcomes(
         self, *, ran: int = 0, reused: int = 0, failed: int = 0, skipped: int = 0

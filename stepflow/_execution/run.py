@@ -58,7 +58,7 @@ class _Runner:
                 keys=self.outputs.keys,
                 references=setup.references,
                 bookkeeping_failed=self.outputs.bookkeeping_failed,
-                pm=setup.pm,
+                open_store=setup.open_store,
             )
         )
         self.steps = StepRunner(

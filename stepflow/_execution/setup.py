@@ -17,7 +17,7 @@ import attrs
 
 from stepflow._execution.backend import Backend, open_backends
 from stepflow._execution.result import RunInfo
-from stepflow._pluginmanager import serializers_of
+from stepflow._pluginmanager import datastore_kinds, serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
 from stepflow._storage.home import check_home, make_private_dirs
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from stepflow._config import Config
     from stepflow._planning.plan import Plan
+    from stepflow._storage.datastore import Datastore
     from stepflow._storage.serializers import Serializer
 
 __all__ = ["RunSetup", "new_run_id", "open_run"]
@@ -76,6 +77,17 @@ class RunSetup:
     def backend_of(self, step: str) -> Backend:
         return self.backends[self.plan.backends[step]]
 
+    def open_store(self) -> Datastore:
+        """A handle of its own on the run's datastore, for work that may outlive the run's
+        (the code snapshot, stored in the background)."""
+        config = self.config
+        return open_datastore(
+            config.store,
+            home=config.home,
+            options=config.store_options,
+            kinds=datastore_kinds(self.pm),
+        )
+
 
 def open_run(
     plan: Plan,
@@ -96,7 +108,9 @@ def open_run(
     check_home(config.home)  # before anything is made there
     make_private_dirs(config.home)
     serializers = tuple(serializers_of(pm))
-    store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
+    store = open_datastore(
+        config.store, home=config.home, options=config.store_options, kinds=datastore_kinds(pm)
+    )
     has_references = any(
         port.reference is not None
         for name in plan.steps

@@ -275,6 +275,7 @@ class StepRunner:
             env=spec.options.env,
             resources=spec.options.resources,
             timeout=spec.options.timeout,
+            hasher_plugins=self._hasher_plugins,
         )
         try:
             result = _run_task(backend, task)
@@ -312,6 +313,12 @@ class StepRunner:
         from stepflow._execution.task import user_sys_path
 
         return user_sys_path()
+
+    @functools.cached_property
+    def _hasher_plugins(self) -> tuple[str, ...]:
+        from stepflow._pluginmanager import hasher_plugin_modules
+
+        return hasher_plugin_modules(self.setup.pm)
 
     def _check_mutation(self, name: str, edges: list[str], kwargs: Mapping[str, Any]) -> None:
         """A step that changed its input in place must not hand the change to other steps."""

@@ -1,6 +1,9 @@
 """The terminal reporter: live progress, failures cut to user code, and the summary line.
 
-It is a plugin of the run lifecycle hooks, registered by the command line.
+A built-in plugin like the others (``_pluginmanager.BUILTIN_PLUGINS``): when the command line
+configures a ``stepflow run`` (``stepflow_configure``), it makes a ``TerminalReporter`` from
+the command's options, and its run lifecycle hooks report to it; in any other process (a
+``Pipeline.run`` from Python, another command) they do nothing.
 
 On a terminal it keeps a status line at the bottom (the steps running and the time since the
 run started). Steps' own output must never land on that line: while the run is live,
@@ -18,11 +21,15 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from stepflow._execution.capture import set_echo_sink
 from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
+from stepflow._humanize import human_duration
 from stepflow.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from stepflow._config import Config
 
 __all__ = ["COLOR_CHOICES", "TerminalReporter", "use_color"]
 
@@ -181,7 +188,7 @@ class TerminalReporter:
 
     def status_text(self) -> str:
         """The status line: progress, the steps running, and the time since the run started."""
-        elapsed = f" ... {self._clock() - self._started:.1f}s"
+        elapsed = f" ... {human_duration(self._clock() - self._started, digits=1)}"
         text = f"[{self._done}/{self._total}] running {', '.join(self._running)}"
         room = self._width - 1 - len(elapsed)
         if len(text) > room:
@@ -262,7 +269,7 @@ class TerminalReporter:
             why = str(error).splitlines()[0] if error else "failed"
             self._write(
                 f"{report.name} attempt {report.attempts} failed ({why}); "
-                f"retrying in {delay:.1f}s\n"
+                f"retrying in {human_duration(delay, digits=1)}\n"
             )
             self._show_status()
 
@@ -276,7 +283,7 @@ class TerminalReporter:
             if report.state is StepState.SKIPPED and report.reason:
                 detail = f"  ({report.reason})"
             elif report.state in (StepState.RAN, StepState.FAILED):
-                detail = f"  {report.duration:.2f}s"
+                detail = f"  {human_duration(report.duration)}"
                 if report.attempts > 1:
                     detail += f" after {report.attempts} attempts"
             if report.items:
@@ -363,3 +370,62 @@ class _LiveStream(io.TextIOBase):
 
     def writable(self) -> bool:
         return True
+
+
+#: the reporter of this process's ``stepflow run`` command, from ``stepflow_configure``
+_REPORTER: TerminalReporter | None = None
+
+
+@hookimpl
+def stepflow_configure(config: Config) -> None:
+    """Report a ``stepflow run`` of the command line to the terminal, as its options say."""
+    global _REPORTER
+    options = config.options
+    if options.get("command") != "run":
+        return
+    capture = options.get("capture") or config.settings.get("capture")
+    _REPORTER = TerminalReporter(
+        full_trace=bool(options.get("full_trace")),
+        verbosity=int(options.get("verbose") or 0),
+        # Failed steps' output goes in the report when it was not shown as it happened.
+        show_output=capture == "quiet",
+        color=use_color(options.get("color") or "auto"),
+    )
+
+
+@hookimpl
+def stepflow_unconfigure(config: Config) -> None:
+    global _REPORTER
+    if _REPORTER is not None:
+        _REPORTER.close()
+        _REPORTER = None
+
+
+@hookimpl
+def stepflow_run_start(run: RunInfo) -> None:
+    if _REPORTER is not None:
+        _REPORTER.stepflow_run_start(run)
+
+
+@hookimpl
+def stepflow_step_start(run: RunInfo, step: str, attempt: int) -> None:
+    if _REPORTER is not None:
+        _REPORTER.stepflow_step_start(run, step, attempt)
+
+
+@hookimpl
+def stepflow_step_retry(run: RunInfo, report: StepReport, delay: float) -> None:
+    if _REPORTER is not None:
+        _REPORTER.stepflow_step_retry(run, report, delay)
+
+
+@hookimpl
+def stepflow_step_finish(run: RunInfo, report: StepReport) -> None:
+    if _REPORTER is not None:
+        _REPORTER.stepflow_step_finish(run, report)
+
+
+@hookimpl
+def stepflow_run_finish(run: RunInfo, result: RunResult) -> None:
+    if _REPORTER is not None:
+        _REPORTER.stepflow_run_finish(run, result)

@@ -498,7 +498,6 @@ def _split_pairs(values: list[str], flag: str) -> dict[str, str]:
 def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
     import attrs
 
-    from stepflow._plugins.reporter import TerminalReporter, use_color
     from stepflow.errors import StorageWarning
 
     if args.resume or args.last_failed:
@@ -522,13 +521,8 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
         regenerate = args.regenerate or True
     if args.dry_run:
         return _dry_run(args, pipeline, params, default_targets, backends, regenerate, config, pm)
-    reporter = TerminalReporter(
-        full_trace=args.full_trace,
-        verbosity=args.verbose,
-        show_output=(args.capture or config.settings.get("capture")) == "quiet",
-        color=use_color(args.color),
-    )
-    pm.register(reporter, name="terminalreporter")
+    # The terminal reporter is the built-in plugin stepflow._plugins.reporter, configured
+    # for this command by stepflow_configure.
     with warnings.catch_warnings():
         # Said once, after the summary line, from result.storage_errors.
         warnings.simplefilter("ignore", StorageWarning)

@@ -26,7 +26,7 @@ from stepflow._execution.references import resolve_references
 from stepflow._pipeline import Pipeline
 from stepflow._planning.cachekey import describe_value, item_keys
 from stepflow._planning.reuse import NOT_STORED, REGENERATE, decide, earlier_results
-from stepflow._pluginmanager import serializers_of
+from stepflow._pluginmanager import datastore_kinds, serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO
 from stepflow._storage.hashing import hash_value
@@ -154,7 +154,9 @@ def _walk(
     when given (its ancestors are walked, not explained)."""
     serializers = serializers_of(pm)
     backends = open_backends(plan, config, pm, workers=1, run_id="explain", check=False)
-    store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
+    store = open_datastore(
+        config.store, home=config.home, options=config.store_options, kinds=datastore_kinds(pm)
+    )
     try:
         # The versions a run would read now; a missing one is the run's own usage error.
         refs = resolve_references(plan, store)
