@@ -88,9 +88,13 @@ class PlanExplanation:
         lines = [head]
         for output, where in self.given.items():
             lines.append(f"  given   {output}: {where}")
+        # What a cache=False step is assumed to make is said once, not under every step
+        # that rests on it.
+        assumed = list(dict.fromkeys(r for e in self.steps for r in e.reasons if _assumes(r)))
+        lines.extend(f"  note    {r}" for r in assumed)
         width = max((len(e.step) for e in self.steps), default=0)
         for e in self.steps:
-            reasons = list(e.reasons) or [""]
+            reasons = [r for r in e.reasons if not _assumes(r)] or [""]
             lines.append(f"  {e.verdict:<6}  {e.step:<{width}}  {reasons[0]}")
             lines.extend(f"  {'':<6}  {'':<{width}}  {r}" for r in reasons[1:])
         return "\n".join(lines) + "\n"
@@ -354,6 +358,10 @@ def _earlier_outputs(
             records.close()
     except Exception:  # explaining must not fail on damaged records; it just knows less
         return None
+
+
+def _assumes(reason: str) -> bool:
+    return reason.startswith("assuming step ")
 
 
 def _assumptions(rests_on: Mapping[str, str]) -> list[str]:

@@ -142,3 +142,19 @@ class TestFrom:
         outcome = stepflow_runner.run("run", "flow.py:pipe", "--from", "totl")
         assert outcome.ret == 2
         assert "unknown step 'totl'; did you mean 'total'?" in outcome.stderr
+
+
+def test_assumption_is_said_once(stepflow_runner):
+    """A cache=False step's assumed output is noted once, not under every step after it."""
+    stepflow_runner.makepyfile(
+        flow=FLOW.replace("@step\ndef numbers", "@step(cache=False)\ndef numbers")
+    )
+    stepflow_runner.run("run", "flow.py:pipe").assert_outcomes(ran=3)
+    outcome = stepflow_runner.run("run", "flow.py:pipe", "--dry-run", "--param", "offset=1")
+    notes = [line for line in outcome.lines if line.startswith("  note    assuming step")]
+    assert len(notes) == 1, outcome.stdout
+    assert "assuming step 'numbers' makes the same output as in run " in notes[0]
+    rows = _plan_lines(outcome)
+    assert rows["numbers"] == ("run", "it has cache=False, so it always runs")
+    assert rows["doubled"][0] == "reuse"
+    assert rows["total"] == ("run", "parameter 'offset' changed: 0 -> 1")
