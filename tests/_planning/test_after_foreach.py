@@ -147,6 +147,31 @@ class TestAfterGraph:
         assert result.steps["later"].state == "skipped"
         assert "upstream step 'broken' failed" in result.steps["later"].reason
 
+    def test_parallel_run_honours_order(self, stepflow_home, tmp_path):
+        """With worker processes too: the later step sees what the earlier one did."""
+        marker = tmp_path / "ready"
+
+        @step(cache=False)
+        def make_ready(path: str = str(marker)) -> None:
+            import time
+
+            time.sleep(0.3)
+            with open(path, "w") as fh:
+                fh.write("ready")
+
+        @step(after=[make_ready], cache=False)
+        def check_ready(path: str = str(marker)) -> str:
+            with open(path) as fh:
+                return fh.read()
+
+        @step(cache=False)
+        def unrelated() -> int:
+            return 1
+
+        result = Pipeline("p", [check_ready, unrelated, make_ready]).run(workers=2)
+        assert result.ok, result.summary()
+        assert result["check_ready"] == "ready"
+
 
 class TestForeachDeclaration:
     def test_output_is_a_list_of_the_item_results(self):
