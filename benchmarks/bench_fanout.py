@@ -109,6 +109,31 @@ def _measure(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _summary(
+    n: int,
+    repeats: int,
+    capture: str,
+    rows: dict[str, list[float]],
+    ratios: dict[str, list[float]],
+    notes: dict[str, object],
+) -> None:
+    print()
+    print(f"{n} items, median of {repeats} [min - max], capture={capture}")
+    for name, values in rows.items():
+        median = statistics.median(values)
+        print(
+            f"  {name:<34} {median:8.3f} s  [{min(values):.3f} - {max(values):.3f}]  "
+            f"({median / n * 1e6:.0f} µs/item)"
+        )
+    for phase, values in ratios.items():
+        verdict = "within" if statistics.median(values) <= 1.0 else "OVER"
+        print(
+            f"  stepflow / joblib, {phase:<5}            {statistics.median(values):8.3f}x "
+            f"[{min(values):.3f} - {max(values):.3f}]  budget <= 1.0x: {verdict}"
+        )
+    print(f"  {notes}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=10_000)
@@ -157,21 +182,8 @@ def main() -> None:
             ratios["first"].append(sf_first["seconds"] / jl_first["seconds"])
             ratios["rerun"].append(sf_rerun["seconds"] / jl_rerun["seconds"])
             print(f"repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in rows.items()))
-    print()
-    print(f"{n} items, median of {args.repeats} [min - max], capture={args.capture}")
-    for name, values in rows.items():
-        median = statistics.median(values)
-        print(
-            f"  {name:<34} {median:8.3f} s  [{min(values):.3f} - {max(values):.3f}]  "
-            f"({median / n * 1e6:.0f} µs/item)"
-        )
-    for phase, values in ratios.items():
-        verdict = "within" if statistics.median(values) <= 1.0 else "OVER"
-        print(
-            f"  stepflow / joblib, {phase:<5}            {statistics.median(values):8.3f}x "
-            f"[{min(values):.3f} - {max(values):.3f}]  budget <= 1.0x: {verdict}"
-        )
-    print(f"  {notes}")
+        # Before the temporary folder goes: removing 10,000s of files takes a while.
+        _summary(n, args.repeats, args.capture, rows, ratios, notes)
 
 
 if __name__ == "__main__":
