@@ -129,6 +129,15 @@ class Placement:
     def slots(self) -> int:
         return sum(self._free_slots.values())
 
+    def has_room(self, step: str) -> bool:
+        """Whether ``step``'s backend has a free slot (read without the lock: a hint)."""
+        return self._free_slots[self.plan.backends[step]] > 0
+
+    @property
+    def full(self) -> bool:
+        """Whether every backend's slots are taken (read without the lock: a hint)."""
+        return not any(n > 0 for n in self._free_slots.values())
+
     def take(self, step: str) -> bool:
         """Take a slot and the resources of ``step`` if all are free; else take nothing."""
         backend = self.plan.backends[step]
@@ -175,6 +184,8 @@ def check_placement(
 def _beyond_pool(spec: StepSpec, backend: Backend) -> str | None:
     """A step asking more than its backend's pool holds would wait forever."""
     pools = backend.context.resources
+    if not pools:
+        return None
     for key, need in needs_of(spec).items():
         if key in pools and need > pools[key]:
             return (

@@ -504,7 +504,7 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
     regenerate: Any = None
     if args.regenerate is not None:
         regenerate = args.regenerate or True
-    # The terminal reporter is the built-in plugin stepflow._plugins.reporter, configured
+    # The terminal reporter is the built-in plugin stepflow._plugins.terminal, configured
     # for this command by stepflow_configure.
     with warnings.catch_warnings():
         # Said once, after the summary line, from result.storage_errors.
