@@ -101,10 +101,23 @@ def run_workers_of(workers: int, limits: Iterable[Limits]) -> int:
     return max(1, sum(lim.slots for lim in limits))
 
 
-def needs_of(spec: StepSpec) -> dict[str, float]:
+def needs_of(spec: StepSpec, pooled: Iterable[str]) -> dict[str, float]:
+    """What step ``spec`` takes from the ``pooled`` resources of its backend.
+
+    :raises BackendUnavailableError: an amount it asks for is not a number (or a size).
+    """
     from stepflow._execution.backend import step_resources
 
-    return {k: amount(k, v) for k, v in step_resources(spec).items()}
+    needs = {}
+    for key, value in step_resources(spec).items():
+        if key in pooled:
+            try:
+                needs[key] = amount(key, value)
+            except ValueError as exc:
+                raise BackendUnavailableError(
+                    f"step {spec.name!r}: resources {key}={value!r}: {exc}"
+                ) from None
+    return needs
 
 
 class Placement:
@@ -116,11 +129,7 @@ class Placement:
         self._free = {name: dict(b.context.resources) for name, b in backends.items()}
         #: step → what it takes from its backend's pools (only pooled resources)
         self._needs = {
-            step: {
-                k: v
-                for k, v in needs_of(plan.dag.steps[step]).items()
-                if k in self._free[plan.backends[step]]
-            }
+            step: needs_of(plan.dag.steps[step], self._free[plan.backends[step]])
             for step in plan.steps
         }
         self._lock = threading.Lock()
@@ -186,8 +195,8 @@ def _beyond_pool(spec: StepSpec, backend: Backend) -> str | None:
     pools = backend.context.resources
     if not pools:
         return None
-    for key, need in needs_of(spec).items():
-        if key in pools and need > pools[key]:
+    for key, need in needs_of(spec, pools).items():
+        if need > pools[key]:
             return (
                 f"it asks {key}={_shown(key, need)} but its pool lends at most "
                 f"{_shown(key, pools[key])} at once (resources.{key} in "
