@@ -35,7 +35,7 @@ BUILTIN_PLUGINS = (
     "stepflow._plugins.storage",
     "stepflow._plugins.backends",
     "stepflow._plugins.registry_pins",
-    "stepflow._plugins.reporter",
+    "stepflow._plugins.terminal",
 )
 
 

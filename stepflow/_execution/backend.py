@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from stepflow._authoring.step import Resources
 from stepflow.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ __all__ = [
 #: keys of a ``[tool.stepflow.backends.NAME]`` table the run loop reads for every backend (its
 #: slots and resource pools); a backend gets them in ``context``, not in ``options``
 RUN_LOOP_OPTIONS = ("workers", "resources")
+
+#: the resources of a step that asks for none
+_NOTHING = Resources()
 
 # Makes each backend's ``submit`` thread pool once, however many threads submit at once.
 _executor_lock = threading.Lock()
@@ -112,6 +116,8 @@ class Backend:
         values too (more GPUs than a host lends), calling ``super().refusal(spec)`` first.
         The reason completes "backend 'NAME' cannot run step 'STEP': ...".
         """
+        if not spec.options.env and spec.options.resources == _NOTHING:
+            return None  # most steps ask for nothing: checked once per step and run
         env = sorted(set(spec.options.env) - self.supported_env)
         pooled = set(getattr(getattr(self, "context", None), "resources", None) or ())
         resources = sorted(set(step_resources(spec)) - self.supported_resources - pooled)

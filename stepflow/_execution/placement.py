@@ -101,10 +101,23 @@ def run_workers_of(workers: int, limits: Iterable[Limits]) -> int:
     return max(1, sum(lim.slots for lim in limits))
 
 
-def needs_of(spec: StepSpec) -> dict[str, float]:
+def needs_of(spec: StepSpec, pooled: Iterable[str]) -> dict[str, float]:
+    """What step ``spec`` takes from the ``pooled`` resources of its backend.
+
+    :raises BackendUnavailableError: an amount it asks for is not a number (or a size).
+    """
     from stepflow._execution.backend import step_resources
 
-    return {k: amount(k, v) for k, v in step_resources(spec).items()}
+    needs = {}
+    for key, value in step_resources(spec).items():
+        if key in pooled:
+            try:
+                needs[key] = amount(key, value)
+            except ValueError as exc:
+                raise BackendUnavailableError(
+                    f"step {spec.name!r}: resources {key}={value!r}: {exc}"
+                ) from None
+    return needs
 
 
 class Placement:
@@ -116,11 +129,7 @@ class Placement:
         self._free = {name: dict(b.context.resources) for name, b in backends.items()}
         #: step → what it takes from its backend's pools (only pooled resources)
         self._needs = {
-            step: {
-                k: v
-                for k, v in needs_of(plan.dag.steps[step]).items()
-                if k in self._free[plan.backends[step]]
-            }
+            step: needs_of(plan.dag.steps[step], self._free[plan.backends[step]])
             for step in plan.steps
         }
         self._lock = threading.Lock()
@@ -128,6 +137,15 @@ class Placement:
     @property
     def slots(self) -> int:
         return sum(self._free_slots.values())
+
+    def has_room(self, step: str) -> bool:
+        """Whether ``step``'s backend has a free slot (read without the lock: a hint)."""
+        return self._free_slots[self.plan.backends[step]] > 0
+
+    @property
+    def full(self) -> bool:
+        """Whether every backend's slots are taken (read without the lock: a hint)."""
+        return not any(n > 0 for n in self._free_slots.values())
 
     def take(self, step: str) -> bool:
         """Take a slot and the resources of ``step`` if all are free; else take nothing."""
@@ -175,8 +193,10 @@ def check_placement(
 def _beyond_pool(spec: StepSpec, backend: Backend) -> str | None:
     """A step asking more than its backend's pool holds would wait forever."""
     pools = backend.context.resources
-    for key, need in needs_of(spec).items():
-        if key in pools and need > pools[key]:
+    if not pools:
+        return None
+    for key, need in needs_of(spec, pools).items():
+        if need > pools[key]:
             return (
                 f"it asks {key}={_shown(key, need)} but its pool lends at most "
                 f"{_shown(key, pools[key])} at once (resources.{key} in "

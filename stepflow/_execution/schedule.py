@@ -69,12 +69,17 @@ def run_parallel(run: Steps, placement: Placement) -> None:
     try:
         while ready or running:
             if not run.cancelled.is_set():
-                for name in list(ready):
+                gone = set()
+                for name in ready:
+                    if placement.full:
+                        break  # scanning further would only find steps that must wait
                     if name in run.reports:
-                        ready.remove(name)
-                    elif placement.take(name):
-                        ready.remove(name)
+                        gone.add(name)
+                    elif placement.has_room(name) and placement.take(name):
+                        gone.add(name)
                         running[executor.submit(run.run_step, name)] = name
+                if gone:
+                    ready = [n for n in ready if n not in gone]
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -1,9 +1,7 @@
 """The terminal reporter: live progress, failures cut to user code, and the summary line.
 
-A built-in plugin like the others (``_pluginmanager.BUILTIN_PLUGINS``): when the command line
-configures a ``stepflow run`` (``stepflow_configure``), it makes a ``TerminalReporter`` from
-the command's options, and its run lifecycle hooks report to it; in any other process (a
-``Pipeline.run`` from Python, another command) they do nothing.
+Registered as the built-in plugin ``stepflow._plugins.terminal``, which makes a
+``TerminalReporter`` when the command line configures a ``stepflow run``.
 
 On a terminal it keeps a status line at the bottom (the steps running and the time since the
 run started). Steps' own output must never land on that line: while the run is live,
@@ -21,15 +19,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from stepflow._execution.capture import set_echo_sink
 from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
 from stepflow._humanize import human_duration
 from stepflow.hookspecs import hookimpl
-
-if TYPE_CHECKING:
-    from stepflow._config import Config
 
 __all__ = ["COLOR_CHOICES", "TerminalReporter", "use_color"]
 
@@ -370,62 +365,3 @@ class _LiveStream(io.TextIOBase):
 
     def writable(self) -> bool:
         return True
-
-
-#: the reporter of this process's ``stepflow run`` command, from ``stepflow_configure``
-_REPORTER: TerminalReporter | None = None
-
-
-@hookimpl
-def stepflow_configure(config: Config) -> None:
-    """Report a ``stepflow run`` of the command line to the terminal, as its options say."""
-    global _REPORTER
-    options = config.options
-    if options.get("command") != "run":
-        return
-    capture = options.get("capture") or config.settings.get("capture")
-    _REPORTER = TerminalReporter(
-        full_trace=bool(options.get("full_trace")),
-        verbosity=int(options.get("verbose") or 0),
-        # Failed steps' output goes in the report when it was not shown as it happened.
-        show_output=capture == "quiet",
-        color=use_color(options.get("color") or "auto"),
-    )
-
-
-@hookimpl
-def stepflow_unconfigure(config: Config) -> None:
-    global _REPORTER
-    if _REPORTER is not None:
-        _REPORTER.close()
-        _REPORTER = None
-
-
-@hookimpl
-def stepflow_run_start(run: RunInfo) -> None:
-    if _REPORTER is not None:
-        _REPORTER.stepflow_run_start(run)
-
-
-@hookimpl
-def stepflow_step_start(run: RunInfo, step: str, attempt: int) -> None:
-    if _REPORTER is not None:
-        _REPORTER.stepflow_step_start(run, step, attempt)
-
-
-@hookimpl
-def stepflow_step_retry(run: RunInfo, report: StepReport, delay: float) -> None:
-    if _REPORTER is not None:
-        _REPORTER.stepflow_step_retry(run, report, delay)
-
-
-@hookimpl
-def stepflow_step_finish(run: RunInfo, report: StepReport) -> None:
-    if _REPORTER is not None:
-        _REPORTER.stepflow_step_finish(run, report)
-
-
-@hookimpl
-def stepflow_run_finish(run: RunInfo, result: RunResult) -> None:
-    if _REPORTER is not None:
-        _REPORTER.stepflow_run_finish(run, result)

@@ -521,7 +521,7 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
         regenerate = args.regenerate or True
     if args.dry_run:
         return _dry_run(args, pipeline, params, default_targets, backends, regenerate, config, pm)
-    # The terminal reporter is the built-in plugin stepflow._plugins.reporter, configured
+    # The terminal reporter is the built-in plugin stepflow._plugins.terminal, configured
     # for this command by stepflow_configure.
     with warnings.catch_warnings():
         # Said once, after the summary line, from result.storage_errors.

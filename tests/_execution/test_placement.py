@@ -171,6 +171,30 @@ class TestRefusals:
         assert "asks gpus=2 but its pool lends at most 1 at once" in str(info.value)
         assert "resources.gpus in [tool.stepflow.backends.gpu]" in str(info.value)
 
+    def test_a_bad_amount_against_a_pool_is_named(self, make_module, tmp_path):
+        mod = make_module(
+            "bad_amount",
+            """
+            from stepflow import step
+
+            @step(backend="gpu", resources={"memory": "plenty"})
+            def hungry() -> int:
+                return 1
+            """,
+        )
+        project = _project(
+            tmp_path,
+            """
+            [tool.stepflow.backends.gpu]
+            plugin = "process"
+            resources = {memory = "1G"}
+            """,
+        )
+        with pytest.raises(BackendUnavailableError) as info:
+            Pipeline("p", [mod.hungry]).run(config=load_config(project))
+        assert "step 'hungry': resources memory='plenty'" in str(info.value)
+        assert "is not a size" in str(info.value)
+
     def test_gpus_without_a_pool_are_refused_on_process(self, make_module, tmp_path):
         mod = make_module(
             "nogpu",

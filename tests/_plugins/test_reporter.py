@@ -132,7 +132,7 @@ def test_a_builtin_plugin_configured_for_stepflow_run(monkeypatch, stepflow_home
         return 1
 
     pm = make_plugin_manager(entrypoints=False)
-    assert pm.has_plugin("stepflow._plugins.reporter")
+    assert pm.has_plugin("stepflow._plugins.terminal")
     assert Pipeline("p", [one]).run(config=load_config(), plugin_manager=pm).ok
     assert term.getvalue() == ""
     config = load_config(options={"command": "run", "color": "no", "verbose": 0})
