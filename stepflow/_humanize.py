@@ -28,6 +28,7 @@ __all__ = [
     "iso_time",
     "iso_times",
     "parse_seconds",
+    "parse_size",
     "type_name",
 ]
 
@@ -59,6 +60,33 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes in ``"500M"``, ``"10G"``, ``"1.5GB"``, ``"8 GiB"`` or a number of bytes.
+
+    >>> parse_size("500M"), parse_size("1.5 GiB"), parse_size(2048)
+    (524288000, 1610612736, 2048)
+
+    :raises ValueError: ``text`` is no size (the caller says where it came from).
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        raw = str(text).strip().upper().removesuffix("IB").removesuffix("B").strip()
+        number, unit = raw, ""
+        if raw and raw[-1] in _SIZE_UNITS:
+            number, unit = raw[:-1].strip(), raw[-1]
+        try:
+            value = float(number) * _SIZE_UNITS[unit]
+        except ValueError:
+            raise ValueError(f"{text!r} is not a size; write one such as 500M or 10G") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{text!r} is not a size; write one such as 500M or 10G")
+    return int(value)
+
+
 def human_time(ts: float | None) -> str:
     """A timestamp in local time to the second, or ``-`` for none."""
     if ts is None:
@@ -87,16 +115,20 @@ def iso_times(data: Mapping[str, Any], *keys: str) -> dict[str, Any]:
     return {k: iso_time(v) if k in keys and v is not None else v for k, v in data.items()}
 
 
-def human_duration(seconds: float | None) -> str:
+def human_duration(seconds: float | None, *, digits: int = 2) -> str:
     """How long something took: ``1.25s``, ``2m05s``, ``1h02m``; ``-`` for none.
+
+    ``digits``: decimals under a minute (a live clock shows one).
 
     >>> human_duration(1.25), human_duration(125), human_duration(3720), human_duration(None)
     ('1.25s', '2m05s', '1h02m', '-')
+    >>> human_duration(3.21, digits=1)
+    '3.2s'
     """
     if seconds is None:
         return "-"
     if seconds < 60:
-        return f"{seconds:.2f}s"
+        return f"{seconds:.{digits}f}s"
     minutes, rest = divmod(seconds, 60)
     if minutes < 60:
         return f"{int(minutes)}m{rest:02.0f}s"

@@ -101,17 +101,43 @@ class Pipeline:
         targets: Iterable[str] | str | None = None,
         backends: Mapping[str, str] | None = None,
         default_backend: str = "local",
+        start: Iterable[str] | str | None = None,
+        stub: Mapping[str, Any] | None = None,
     ) -> Plan:
         """Decide what a run would do, without running anything."""
         if isinstance(targets, str):
             targets = [targets]
+        if isinstance(start, str):
+            start = [start]
         return make_plan(
             self._dag,
             params=params,
             targets=targets,
             backends=backends,
             default_backend=default_backend,
+            start=start,
+            stubs=stub,
         )
+
+    def regenerated(self, regenerate: bool | Iterable[str] | None, plan: Plan) -> set[str]:
+        """The steps ``regenerate`` forces to run: all of the plan's for ``True``, else the
+        named steps and everything that depends on them.
+
+        :raises UsageError: an unknown step name.
+        """
+        if regenerate is True:
+            return set(plan.steps)
+        if regenerate in (None, False):
+            return set()
+        assert regenerate is not None and not isinstance(regenerate, bool)
+        names = [regenerate] if isinstance(regenerate, str) else list(regenerate)
+        for name in names:
+            if name not in self.steps:
+                raise UsageError(
+                    f"--regenerate: unknown step {name!r}; steps: {', '.join(self.steps)}"
+                )
+        # A regenerated step's dependants run again too, whatever early cutoff would say.
+        return self._dag.descendants(names)
 
     def run(
         self,
@@ -126,6 +152,8 @@ class Pipeline:
         plugins: Iterable[str] = (),
         config: Config | None = None,
         plugin_manager: pluggy.PluginManager | None = None,
+        start: Iterable[str] | str | None = None,
+        stub: Mapping[str, Any] | None = None,
     ) -> RunResult:
         """Run the pipeline and return a ``RunResult``; step failures do not raise.
 
@@ -142,6 +170,10 @@ class Pipeline:
         :param plugin_manager: a plugin manager the caller made and configured (the command
             line does); by default one is made, and its plugins' ``stepflow_configure`` and
             ``stepflow_unconfigure`` are called before and after the run.
+        :param start: step names (``--from``): run them and what depends on them, taking
+            what they read from other steps from those steps' latest results in this home.
+        :param stub: output name → value (for tests): the value stands in for the output,
+            and its producer, with whatever only it needed, does not run.
         :raises UsageError: unknown parameters, targets or steps; nothing has run.
         :raises BackendUnavailableError: a backend cannot be used; nothing has run.
         """
@@ -156,21 +188,14 @@ class Pipeline:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise UsageError(f"workers must be a whole number >= 1, got {workers!r}")
         plan = self.plan(
-            params, targets=targets, backends=backends, default_backend=config.default_backend
+            params,
+            targets=targets,
+            backends=backends,
+            default_backend=config.default_backend,
+            start=start,
+            stub=stub,
         )
-        forced: set[str] = set()
-        if regenerate is True:
-            forced = set(plan.steps)
-        elif regenerate not in (None, False):
-            assert regenerate is not None and not isinstance(regenerate, bool)
-            names = [regenerate] if isinstance(regenerate, str) else list(regenerate)
-            for name in names:
-                if name not in self.steps:
-                    raise UsageError(
-                        f"--regenerate: unknown step {name!r}; steps: {', '.join(self.steps)}"
-                    )
-            # A regenerated step's dependants run again too, whatever early cutoff would say.
-            forced = self._dag.descendants(names)
+        forced = self.regenerated(regenerate, plan)
         if plugin_manager is not None:
             # The caller made the plugin manager (the command line): it configured it.
             return run_plan(

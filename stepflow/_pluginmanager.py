@@ -6,6 +6,7 @@ import importlib
 import inspect
 import re
 import sys
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -18,9 +19,12 @@ __all__ = [
     "BUILTIN_PLUGINS",
     "Keep",
     "backend_types",
+    "datastore_kinds",
     "datastore_types",
+    "hasher_plugin_modules",
     "hashers_of",
     "implementations",
+    "install_hasher_plugins",
     "make_plugin_manager",
     "plugin_hashers",
     "serializers_of",
@@ -31,6 +35,7 @@ BUILTIN_PLUGINS = (
     "stepflow._plugins.storage",
     "stepflow._plugins.backends",
     "stepflow._plugins.registry_pins",
+    "stepflow._plugins.terminal",
 )
 
 
@@ -331,6 +336,44 @@ def datastore_types(pm: pluggy.PluginManager) -> dict[str, tuple[str, Any]]:
     return _registered(pm, "stepflow_datastore_types", "datastore kind", _factory_problem)
 
 
+#: the built-in storage plugin's datastore kinds, ``{kind: (plugin, factory)}``, once loaded
+_BUILTIN_STORES: dict[str, tuple[str, Any]] | None = None
+
+
+def datastore_kinds(
+    pm: pluggy.PluginManager | None = None,
+    *,
+    plugins: Iterable[str] = (),
+    keep: Keep | None = None,
+) -> Callable[[str], dict[str, tuple[str, Any]]]:
+    """What ``stepflow._storage.stores.open_datastore`` takes as ``kinds``.
+
+    With ``pm``, its plugins' ``stepflow_datastore_types``. Without, the built-in storage
+    plugin's when it has the kind asked for (every command and worker opens the local
+    store; making a plugin manager, and scanning installed plugins, only for that would cost
+    each of them milliseconds), else those of a plugin manager made with ``plugins``.
+    """
+
+    def kinds(kind: str) -> dict[str, tuple[str, Any]]:
+        if pm is not None:
+            return datastore_types(pm)
+        builtin = _builtin_datastore_types()
+        if kind in builtin:
+            return builtin
+        return datastore_types(make_plugin_manager(plugins, keep=keep))
+
+    return kinds
+
+
+def _builtin_datastore_types() -> dict[str, tuple[str, Any]]:
+    global _BUILTIN_STORES
+    if _BUILTIN_STORES is None:
+        name = BUILTIN_PLUGINS[0]
+        module = importlib.import_module(name)
+        _BUILTIN_STORES = {k: (name, f) for k, f in module.stepflow_datastore_types().items()}
+    return _BUILTIN_STORES
+
+
 def serializers_of(pm: pluggy.PluginManager) -> list[Any]:
     """Every serializer the plugins provide, in priority order (built-ins last).
 
@@ -402,6 +445,37 @@ def plugin_hashers() -> list[tuple[type, str, Callable[..., Any]]]:
     """``(class, plugin, fn)`` of each hasher plugins gave in this process so far, oldest
     first; ``stepflow._storage.hashing`` registers the ones it has not seen yet."""
     return _PLUGIN_HASHERS
+
+
+def hasher_plugin_modules(pm: pluggy.PluginManager) -> tuple[str, ...]:
+    """The importable module names of the plugins that give ``stepflow_hashers`` (built-ins
+    excluded): what a worker process loads with ``install_hasher_plugins`` so that it hashes
+    values the way this process does. A plugin registered as an object, not a module, has no
+    name a worker could import, and is left out."""
+    names = []
+    for _, (plugin_name, _fn) in hashers_of(pm).items():
+        plugin = pm.get_plugin(plugin_name)
+        module = getattr(plugin, "__name__", None)
+        if isinstance(plugin, types.ModuleType) and module and module not in BUILTIN_PLUGINS:
+            names.append(module)
+    return tuple(dict.fromkeys(names))
+
+
+#: hasher plugin modules a worker process has installed (``install_hasher_plugins``)
+_INSTALLED_HASHER_PLUGINS: set[str] = set()
+
+
+def install_hasher_plugins(modules: Iterable[str]) -> None:
+    """Install the hashers of plugin ``modules`` (``hasher_plugin_modules`` of the run), once
+    per process: a worker hashes the outputs it stores the way the run would.
+
+    :raises PluginError: a module cannot be imported or gives a wrong hasher.
+    """
+    wanted = [m for m in modules if m not in _INSTALLED_HASHER_PLUGINS]
+    if not wanted:
+        return
+    make_plugin_manager(wanted, entrypoints=False, builtins=False)
+    _INSTALLED_HASHER_PLUGINS.update(wanted)
 
 
 def _install_hashers(found: Mapping[type, tuple[str, Any]]) -> None:

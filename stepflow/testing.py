@@ -20,6 +20,14 @@ Fixtures:
             outcome = stepflow_runner.run("run", "flow.py")
             assert outcome.ret == 0
             outcome.fnmatch_lines(["*1 ran in*"])
+            outcome.assert_outcomes(ran=1)
+
+    Given a ``Pipeline`` instead of command-line words, it runs the pipeline in this
+    process (in the test's home) and returns its ``RunResult``; ``stub={"houses": df}``
+    replaces an upstream output, so its producer does not run::
+
+        result = stepflow_runner.run(pipeline, stub={"houses": small_frame})
+        result.assert_outcomes(ran=2)
 
 This module is imported by every pytest session in an environment where stepflow is
 installed, so it must import nothing heavy.
@@ -29,14 +37,20 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
 
 import attrs
 import pytest
+
+if TYPE_CHECKING:
+    from stepflow._execution.result import RunResult
+    from stepflow._pipeline import Pipeline
 
 __all__ = ["RunOutcome", "StepflowRunner"]
 
@@ -53,6 +67,27 @@ class RunOutcome:
     def lines(self) -> list[str]:
         return self.stdout.splitlines()
 
+    def parseoutcomes(self) -> dict[str, int]:
+        """The counts of the summary line (``3 ran, 1 failed in 0.20s``) by state.
+
+        :raises ValueError: the output has no summary line (the run never started).
+        """
+        for line in reversed(_ANSI.sub("", self.stdout).splitlines()):
+            if _SUMMARY.search(line):
+                return {state: int(n) for n, state in _COUNT.findall(line)}
+        raise ValueError(f"no summary line in the output of stepflow:\n{self.stdout}")
+
+    def assert_outcomes(
+        self, *, ran: int = 0, reused: int = 0, failed: int = 0, skipped: int = 0
+    ) -> None:
+        """Assert the summary line's counts, like pytester's ``assert_outcomes``: every
+        state not named must be 0."""
+        __tracebackhide__ = True
+        from stepflow._execution.result import assert_counts
+
+        expected = {"ran": ran, "reused": reused, "failed": failed, "skipped": skipped}
+        assert_counts(self.parseoutcomes(), expected)
+
     def fnmatch_lines(self, patterns: Sequence[str], *, stream: str = "stdout") -> None:
         """Assert that each pattern matches a line, in order (like pytest's ``LineMatcher``)."""
         __tracebackhide__ = True
@@ -66,6 +101,11 @@ class RunOutcome:
             else:
                 text = "\n".join(lines)
                 pytest.fail(f"no line matches {pattern!r} (after line {pos}) in {stream}:\n{text}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SUMMARY = re.compile(r"\bin \d+\.\d+s\b")
+_COUNT = re.compile(r"(\d+) (ran|reused|failed|skipped)\b")
 
 
 class StepflowRunner:
@@ -85,10 +125,56 @@ class StepflowRunner:
             written.write_text(textwrap.dedent(source).lstrip("\n"))
         return written
 
+    @overload
     def run(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> RunOutcome: ...
+
+    @overload
+    def run(
+        self,
+        pipeline: Pipeline,
+        /,
+        *,
+        stub: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> RunResult: ...
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Run ``stepflow ARGS`` in a fresh process (``python -m stepflow``) and return a
+        ``RunOutcome``; or, given a ``Pipeline``, run it here and return its ``RunResult``.
+
+        For a pipeline, ``stub`` maps output names to values that stand in for them (their
+        producers do not run), ``params`` sets parameters, and other keywords go to
+        ``Pipeline.run`` (``targets``, ``workers``, ``regenerate``, ...). The run uses
+        this test's stepflow home.
+        """
+        from stepflow._pipeline import Pipeline
+
+        if args and isinstance(args[0], Pipeline):
+            if len(args) > 1:
+                raise TypeError(
+                    "stepflow_runner.run(pipeline, ...) takes keywords after the pipeline: "
+                    "stub={...}, params={...}, targets=[...]"
+                )
+            return self._run_pipeline(args[0], **kwargs)
+        return self._run_cli(*args, **kwargs)
+
+    def _run_pipeline(
+        self,
+        pipeline: Pipeline,
+        *,
+        stub: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> RunResult:
+        options.setdefault("home", self.home)
+        return pipeline.run(params, stub=stub, **options)
+
+    def _run_cli(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
     ) -> RunOutcome:
-        """Run ``stepflow ARGS`` in a fresh process (``python -m stepflow``)."""
         full_env = dict(os.environ)
         full_env["STEPFLOW_HOME"] = str(self.home)
         full_env.update(env or {})

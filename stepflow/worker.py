@@ -52,7 +52,7 @@ from stepflow._execution.frames import (
 from stepflow._execution.loading import loading_step
 from stepflow._execution.task import Task, TaskResult
 from stepflow._storage.artifacts import ArtifactIO
-from stepflow._storage.datastore import Datastore, LocalDatastore
+from stepflow._storage.datastore import Datastore
 from stepflow._storage.serializers import builtin_serializers
 
 __all__ = ["OUTPUT_ENV", "READY", "WATCH_ENV", "execute_task", "main", "read_frame", "write_frame"]
@@ -122,13 +122,14 @@ def _lookup(module: ModuleType, qualname: str) -> StepSpec:
 
 
 def open_store(task: Task) -> Datastore:
-    """The datastore a task names."""
-    if task.store_kind == "local":
-        return LocalDatastore(task.store_uri)
+    """The datastore a task names, made by the factory its kind's plugin registers."""
+    from stepflow._pluginmanager import datastore_kinds
     from stepflow._storage.stores import open_datastore
 
     home = Path(task.home or Path.cwd() / ".stepflow")
-    return open_datastore(task.store_uri, home=home, options=task.store_options)
+    return open_datastore(
+        task.store_uri, home=home, options=task.store_options, kinds=datastore_kinds()
+    )
 
 
 def _internal(task: Task, exc: BaseException, start: float, what: str) -> TaskResult:
@@ -153,6 +154,11 @@ def execute_task(task: Task, output_dir: Path | None = None) -> TaskResult:
         if entry not in sys.path:
             sys.path.insert(0, entry)
     try:
+        if task.hasher_plugins:
+            from stepflow._pluginmanager import install_hasher_plugins
+
+            # Before the step's outputs are hashed: their hashes go into later steps' keys.
+            install_hasher_plugins(task.hasher_plugins)
         with loading_step(task.step, task.ref.file or task.ref.module):
             spec = task_step(task)
         io = ArtifactIO(

@@ -24,6 +24,9 @@ tasks = []
 
 class Recording(Backend):
     kind = "recording"
+    # What the step below asks for: a backend must declare it, or the step is refused.
+    supported_env = frozenset({"requirements"})
+    supported_resources = frozenset({"cpus", "memory", "gpus"})
 
     def execute(self, task, *, timeout):
         tasks.append((task, timeout))

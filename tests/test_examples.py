@@ -144,7 +144,7 @@ class TestStepsAsFunctions:
         batch = hp.fetched_data(hp.houses(n_houses=400), n=4)
         batch.loc[0, "Neighborhood"] = "Atlantis"
         batch.loc[1, ["GrLivArea", "KitchenQual"]] = [None, None]
-        scored = hp.predictions(batch, fitted)
+        scored = hp.scored_batches(batch, fitted)
         assert scored["PredictedSalePrice"].notna().all()
         assert (scored["PredictedSalePrice"] > 0).all()
 
@@ -179,9 +179,12 @@ class TestPipelinesApi:
         assert set(hp.batch_scoring.steps) == {
             "houses",
             "fetched_data",
+            "batches",
+            "scored_batches",
             "predictions",
             "saved_predictions",
         }
+        assert hp.batch_scoring.steps["scored_batches"].options.foreach == "batches"
 
     def test_training_on_embedded_data(self, hp, stepflow_home):
         """Training on the embedded houses splits 80/20 and scores R² well above 0.8."""
@@ -255,6 +258,33 @@ class TestRegistry:
             stepflow.datasets.load(hp.SCORED_DATASET, home=trained), result["predictions"]
         )
 
+    def test_scoring_in_chunks(self, hp, trained):
+        """Each chunk is scored as its own task: the table is the chunks in order, and a
+        run whose fetched rows changed in one chunk only scores that chunk again."""
+        result = hp.batch_scoring.run(
+            params={"n": 10, "batch_size": 4}, targets="predictions", home=trained
+        )
+        assert result.ok, result.summary()
+        assert [len(b) for b in result["batches"]] == [4, 4, 2]
+        assert result.steps["scored_batches"].items == {"ran": 3}
+        assert result["predictions"]["PID"].tolist() == result["fetched_data"]["PID"].tolist()
+        # The same houses with one changed in the last chunk (a stubbed fetch): only that
+        # chunk is scored again.
+        edited = result["fetched_data"].copy()
+        edited.loc[9, "GrLivArea"] = edited.loc[9, "GrLivArea"] + 500
+        again = hp.batch_scoring.run(
+            params={"batch_size": 4},
+            targets="predictions",
+            home=trained,
+            stub={"fetched_data": edited},
+        )
+        assert again.ok, again.summary()
+        assert again.steps["scored_batches"].items == {"ran": 1, "reused": 2}
+        before, after = result["predictions"], again["predictions"]
+        assert after[hp.PREDICTION][:8].tolist() == before[hp.PREDICTION][:8].tolist()
+        with pytest.raises(ValueError, match="batch_size must be at least 1"):
+            hp.batches(result["fetched_data"], batch_size=0)
+
     def test_scoring_without_a_model_says_to_train(self, hp, stepflow_home):
         """Batch scoring in a fresh home stops before running, naming the fix."""
         with pytest.raises(stepflow.errors.UsageError, match=r"models.register\('HousePrices'"):
@@ -263,7 +293,7 @@ class TestRegistry:
 
 class TestCommandLine:
     def test_batch_scoring_cli(self, hp, stepflow_runner, tmp_path):
-        """Training then ``stepflow run .../pipeline.py:batch_scoring`` (4 steps) writes the
+        """Training then ``stepflow run .../pipeline.py:batch_scoring`` (6 steps) writes the
         CSV, with the model from the registry."""
         trained = stepflow_runner.run(
             "run", f"{PIPELINE_FILE}:training", "--param", "n_estimators=60"
@@ -279,7 +309,12 @@ class TestCommandLine:
         )
         assert outcome.ret == 0, outcome.stdout + outcome.stderr
         outcome.fnmatch_lines(
-            ["*stepflow run batch_scoring*", "saved_predictions *ran*", "*4 ran in*"]
+            [
+                "*stepflow run batch_scoring*",
+                "scored_batches *ran*[[]3 items: 3 ran[]]",
+                "saved_predictions *ran*",
+                "*6 ran in*",
+            ]
         )
         stepflow_runner.run("datasets", "list").fnmatch_lines(["scored_houses *v1 *table *"])
         check_predictions_csv(out / "latest_predictions.csv", hp, rows=10)

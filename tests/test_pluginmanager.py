@@ -475,7 +475,7 @@ class TestTypeChecks:
         home = tmp_path / "home"
         home.mkdir(mode=0o700)
         with pytest.raises(PluginError, match="returned dict, not a stepflow Datastore") as c:
-            open_datastore("dav://x/y", home=home, pm=pm)
+            open_datastore("dav://x/y", home=home, kinds=_pluginmanager.datastore_kinds(pm))
         assert "plugin 'fakeplugin_dav'" in str(c.value)
         assert "stepflow_datastore_types" in str(c.value)
 
@@ -489,7 +489,29 @@ class TestTypeChecks:
         assert "local" in stepflow_datastore_types()
         home = tmp_path / "home"
         home.mkdir(mode=0o700)
-        assert isinstance(open_datastore(None, home=home, pm=pm), LocalDatastore)
+        kinds = _pluginmanager.datastore_kinds(pm)
+        assert isinstance(open_datastore(None, home=home, kinds=kinds), LocalDatastore)
+
+    def test_storage_opens_only_the_kinds_it_is_given(self, tmp_path):
+        """Storage sits below the plugins: it makes no plugin manager and knows no kind of
+        its own, not even the local folder store; the caller hands the factories in."""
+        import ast
+        import inspect
+
+        from stepflow._storage import stores
+        from stepflow.errors import UsageError
+
+        home = tmp_path / "home"
+        home.mkdir(mode=0o700)
+        with pytest.raises(UsageError, match="no datastore plugin handles local:// URLs"):
+            stores.open_datastore(None, home=home, kinds=lambda kind: {})
+        imported = {
+            node.module
+            for node in ast.walk(ast.parse(inspect.getsource(stores)))
+            if isinstance(node, ast.ImportFrom)
+        }
+        assert "stepflow._pluginmanager" not in imported
+        assert "LocalDatastore" not in inspect.getsource(stores)
 
 
 POINT = """
@@ -507,6 +529,36 @@ def stepflow_hashers():
 
 
 class TestHashers:
+    def test_installed_in_worker_processes(self, make_module, stepflow_home):
+        """A worker hashes the outputs it stores with the plugins' hashers too, so a value
+        made in a worker has the hash it would have in the run's process, and the step that
+        reads it is reused (without them its hash came from pickle, and differed)."""
+        from stepflow import Pipeline, StepState
+
+        make_module("fakeplugin_point", POINT)
+        mod = make_module(
+            "on_points",
+            """
+            import time
+            from stepflow import step
+            from fakeplugin_point import Point
+
+            @step(cache=False)
+            def point() -> Point:
+                return Point(1, 2, scratch=time.time())  # scratch differs every time
+
+            @step
+            def total(point: Point) -> int:
+                return point.x + point.y
+            """,
+        )
+        pipe = Pipeline("p", [mod.point, mod.total])
+        first = pipe.run(plugins=["fakeplugin_point"])  # both in this process
+        assert first.ok and first.steps["total"].state is StepState.RAN
+        again = pipe.run(plugins=["fakeplugin_point"], backends={"point": "process"})
+        assert again.steps["point"].state is StepState.RAN
+        assert again.steps["total"].state is StepState.REUSED
+
     def test_registered_when_the_manager_is_made(self, make_module):
         from stepflow._storage.hashing import hash_value
 

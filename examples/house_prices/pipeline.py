@@ -5,8 +5,9 @@ Two pipelines share their steps:
 
 ``training``       houses -> prepared (train, test) -> model -> evaluation;
                    (model, evaluation) -> registered_model: model "HousePrices" in the registry
-``batch_scoring``  houses -> fetched_data; (fetched_data, Model("HousePrices")) -> predictions
-                   -> saved_predictions; predictions are registered as data set "scored_houses"
+``batch_scoring``  houses -> fetched_data -> batches; for each batch, (batch,
+                   Model("HousePrices")) -> scored_batches; -> predictions -> saved_predictions;
+                   predictions are registered as data set "scored_houses"
 
 Run them from the repository root, training first (it registers the model scoring reads)::
 
@@ -40,6 +41,7 @@ __all__ = [
     "TARGET",
     "Regressor",
     "batch_scoring",
+    "batches",
     "evaluation",
     "features",
     "fetched_data",
@@ -49,6 +51,7 @@ __all__ = [
     "prepared",
     "registered_model",
     "saved_predictions",
+    "scored_batches",
     "training",
 ]
 
@@ -219,18 +222,41 @@ def fetched_data(houses: pd.DataFrame, n: int = 10, sample_seed: int = 0) -> pd.
 
 
 @step
-def predictions(
-    fetched_data: pd.DataFrame, model: Annotated[Regressor, Model(MODEL_NAME)]
-) -> Annotated[pd.DataFrame, Dataset(SCORED_DATASET)]:
-    """The fetched houses with a ``PredictedSalePrice`` column (the seed's run step).
+def batches(fetched_data: pd.DataFrame, batch_size: int = 4) -> list[pd.DataFrame]:
+    """The fetched houses in chunks of ``batch_size`` rows, each scored as a task of its own."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return [
+        fetched_data.iloc[start : start + batch_size]
+        for start in range(0, len(fetched_data), batch_size)
+    ]
+
+
+# foreach: one task per chunk (Azure ML's ParallelRunStep), each with its own cache key, so a
+# chunk that did not change is never scored twice; with --workers N the chunks run at once.
+@step(foreach="batches")
+def scored_batches(
+    batches: pd.DataFrame, model: Annotated[Regressor, Model(MODEL_NAME)]
+) -> pd.DataFrame:
+    """One chunk of houses with a ``PredictedSalePrice`` column (the seed's run step).
 
     ``model`` is the latest registered ``HousePrices`` (in a pipeline that also has the
-    ``model`` step, that step's output instead). When the run succeeds, the scored table is
-    registered as a new version of data set ``scored_houses`` (if it changed).
+    ``model`` step, that step's output instead).
     """
-    scored = fetched_data.copy()
-    scored[PREDICTION] = model.predict(features(fetched_data)).round(2)
+    scored = batches.copy()
+    scored[PREDICTION] = model.predict(features(batches)).round(2)
     return scored
+
+
+@step
+def predictions(
+    scored_batches: list[pd.DataFrame],
+) -> Annotated[pd.DataFrame, Dataset(SCORED_DATASET)]:
+    """The scored chunks as one table, in the fetched order. When the run succeeds, it is
+    registered as a new version of data set ``scored_houses`` (if it changed)."""
+    if not scored_batches:
+        raise ValueError("no houses were fetched, so there is nothing to score")
+    return pd.concat(scored_batches, ignore_index=True)
 
 
 # cache=False: the file it writes lives outside stepflow's store; a reused result would not
@@ -255,5 +281,9 @@ def saved_predictions(predictions: pd.DataFrame, output_dir: Param[str] = "predi
 
 training = Pipeline("training", [houses, prepared, model, evaluation, registered_model])
 
-# The seed's three steps; the model comes from the registry, where `training` put it.
-batch_scoring = Pipeline("batch_scoring", [houses, fetched_data, predictions, saved_predictions])
+# The seed's three steps, scoring in chunks; the model comes from the registry, where
+# `training` put it.
+batch_scoring = Pipeline(
+    "batch_scoring",
+    [houses, fetched_data, batches, scored_batches, predictions, saved_predictions],
+)

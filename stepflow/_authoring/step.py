@@ -12,6 +12,7 @@ import datetime
 import inspect
 import re
 import sys
+import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeVar, get_args, get_origin
@@ -77,6 +78,10 @@ class StepOptions:
     tags: tuple[str, ...] = ()
     #: output name → data set it is registered as when the run succeeds (``register_as``)
     register_as: Mapping[str, str] = attrs.field(factory=dict)
+    #: names of steps that must finish first, though no data passes (``StepSequence``)
+    after: tuple[str, ...] = ()
+    #: the input run item by item (fan-out): one task per item, the output a list
+    foreach: str | None = None
 
 
 @attrs.frozen
@@ -127,6 +132,8 @@ def step(
     env: Mapping[str, Any] | None = None,
     tags: typing.Iterable[str] = (),
     register_as: str | Mapping[str, str] | None = None,
+    after: typing.Iterable[Any] | Any = (),
+    foreach: str | None = None,
 ) -> Any:
     """Declare a function as a pipeline step; use as ``@step`` or ``@step(...)``.
 
@@ -146,6 +153,13 @@ def step(
     :param register_as: register the output as a new version of this data set when the run
         succeeds (like ``-> Annotated[T, Dataset("name")]``); a dict maps output names to
         data-set names for a step with several outputs.
+    :param after: steps (or step names) that must finish first although this step reads
+        none of their outputs, like Azure ML's ``StepSequence``; this step is skipped when
+        one of them fails.
+    :param foreach: the name of an input, made by another step as a list (or other
+        sequence), to run the step on item by item: inside the function the parameter is
+        one item, each item is its own task (own cache key, retries, timeout and log), and
+        the output is the list of the items' results, in item order.
     """
     if func is not None and not callable(func):
         # ``@step("load")`` passes the name where the function should be.
@@ -164,6 +178,8 @@ def step(
         env=env,
         tags=tags,
         register_as=register_as,
+        after=after,
+        foreach=foreach,
     )
 
     def decorate(fn: F, localns: dict[str, Any] | None = None) -> F:
@@ -230,6 +246,8 @@ def _make_options(
     env: Mapping[str, Any] | None,
     tags: typing.Iterable[str],
     register_as: str | Mapping[str, str] | None = None,
+    after: typing.Iterable[Any] | Any = (),
+    foreach: str | None = None,
 ) -> StepOptions:
     if name is not None and (not isinstance(name, str) or not _NAME_RE.match(name)):
         raise StepDeclarationError(
@@ -277,7 +295,50 @@ def _make_options(
         env=dict(env or {}),
         tags=tuple(tags),
         register_as=dict(register_as or {}),
+        after=_after_names(after),
+        foreach=_foreach_name(foreach),
     )
+
+
+def _after_names(after: typing.Iterable[Any] | Any) -> tuple[str, ...]:
+    """``after=[load, "clean"]`` → ``("load", "clean")``: steps by function or by name."""
+    if is_step(after) or isinstance(after, str):
+        after = [after]
+    if not isinstance(after, typing.Iterable):
+        raise StepDeclarationError(
+            f"@step(after={after!r}): give a list of steps, e.g. after=[prepare_folder]"
+        )
+    names: list[str] = []
+    for item in after:
+        if is_step(item):
+            name = item.spec.name
+        elif isinstance(item, str) and _NAME_RE.match(item):
+            name = item
+        elif callable(item):
+            label = getattr(item, "__qualname__", repr(item))
+            raise StepDeclarationError(
+                f"@step(after=[...]): {label} is not a step; decorate it with @step, or "
+                f"name the step as a string"
+            )
+        else:
+            raise StepDeclarationError(
+                f"@step(after=[...]): {item!r} is neither a step nor a step name; give the "
+                f"step function itself or its name as a string"
+            )
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def _foreach_name(foreach: str | None) -> str | None:
+    if foreach is None:
+        return None
+    if not isinstance(foreach, str) or not _NAME_RE.match(foreach):
+        raise StepDeclarationError(
+            f"@step(foreach={foreach!r}): give the name of the input to run item by item, "
+            f"e.g. foreach='chunks'"
+        )
+    return foreach
 
 
 # --- signature → ports ---------------------------------------------------------------------
@@ -309,6 +370,14 @@ def _make_spec(
             )
         inputs.append(_input_port(step_name, param, hints.get(param.name, Any)))
     outputs, kind = _output_ports(step_name, hints.get("return", inspect.Signature.empty))
+    if step_name in options.after:
+        raise StepDeclarationError(
+            f"step {step_name!r} lists itself in after=[...]; name the steps that must "
+            f"finish before it",
+            step=step_name,
+        )
+    if options.foreach is not None:
+        outputs = _foreach_ports(step_name, options.foreach, inputs, outputs)
     if options.register_as:
         outputs, options = _register_as(step_name, outputs, options)
     ref = StepRef(
@@ -324,6 +393,33 @@ def _make_spec(
         output_kind=kind,
         options=options,
         ref=ref,
+    )
+
+
+def _foreach_ports(
+    step_name: str, foreach: str, inputs: list[Port], outputs: tuple[Port, ...]
+) -> tuple[Port, ...]:
+    """Check ``foreach`` names a plain input; each output becomes the list of item results."""
+    names = [p.name for p in inputs]
+    if foreach not in names:
+        raise StepDeclarationError(
+            f"step {step_name!r}: foreach={foreach!r} names no parameter of the function; "
+            f"its parameters: {', '.join(names) or 'none'}. Name the input that holds the "
+            f"items, e.g. def {step_name}(chunks: Item) with @step(foreach='chunks')",
+            step=step_name,
+            parameter=foreach,
+        )
+    port = inputs[names.index(foreach)]
+    if port.is_param or port.reference is not None:
+        what = "a Param" if port.is_param else f"a {type(port.reference).__name__} reference"
+        raise StepDeclarationError(
+            f"step {step_name!r}: foreach={foreach!r} names {what}; foreach runs over a "
+            f"list made by another step, so name an input that a step produces",
+            step=step_name,
+            parameter=foreach,
+        )
+    return tuple(
+        attrs.evolve(p, annotation=types.GenericAlias(list, (p.annotation,))) for p in outputs
     )
 
 

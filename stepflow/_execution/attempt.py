@@ -66,9 +66,13 @@ def run_attempt(
     home: Path,
     output: Callable[[], AbstractContextManager[Any]],
     check_inputs: Callable[[Mapping[str, Any]], None] | None = None,
+    store: bool = True,
 ) -> Attempt:
     """Run ``spec`` (step ``step`` of the run) once; never raises for the step's own
     error, nor for a bad input.
+
+    ``store=False`` returns the values without storing them (``Attempt.outputs`` is empty):
+    for the caller that stores many small results together (the items of a fan-out).
 
     ``inputs`` maps each input made by another step to a function that gives its value
     (verified). ``references`` maps parameters to the registry versions they read.
@@ -109,6 +113,8 @@ def run_attempt(
         return Attempt(error=raised.error)
     if check_inputs is not None:
         check_inputs(kwargs)
+    if not store:
+        return Attempt({}, values)
     outputs: dict[str, ArtifactRef] = {}
     for name, value in values.items():
         try:

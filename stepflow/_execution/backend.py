@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from stepflow._authoring.step import Resources
 from stepflow.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -25,7 +26,21 @@ if TYPE_CHECKING:
     from stepflow._execution.task import Task, TaskResult
     from stepflow._planning.plan import Plan
 
-__all__ = ["Backend", "BackendContext", "BackendFactory", "open_backends"]
+__all__ = [
+    "RUN_LOOP_OPTIONS",
+    "Backend",
+    "BackendContext",
+    "BackendFactory",
+    "open_backends",
+    "step_resources",
+]
+
+#: keys of a ``[tool.stepflow.backends.NAME]`` table the run loop reads for every backend (its
+#: slots and resource pools); a backend gets them in ``context``, not in ``options``
+RUN_LOOP_OPTIONS = ("workers", "resources")
+
+#: the resources of a step that asks for none
+_NOTHING = Resources()
 
 # Makes each backend's ``submit`` thread pool once, however many threads submit at once.
 _executor_lock = threading.Lock()
@@ -36,9 +51,17 @@ class BackendContext:
     """What a backend may need to know about the run it serves."""
 
     config: Config
-    #: how many steps the run executes at once
+    #: how many of the run's steps this backend runs at once: its table's ``workers``, by
+    #: default the run's ``--workers``
     workers: int
     run_id: str
+    #: how much of each resource (``cpus``, ``memory`` in bytes, ``gpus``) the run lends this
+    #: backend's steps at once: its table's ``resources``; the run loop counts it, so a step
+    #: waits for what it asks, and a key here is honoured even if not in ``supported_resources``
+    resources: Mapping[str, float] = attrs.field(factory=dict)
+    #: how many steps the whole run executes at once (1: one after another, in this thread);
+    #: ``None``: the same as ``workers``
+    run_workers: int | None = None
 
 
 class Backend:
@@ -53,6 +76,11 @@ class Backend:
 
     #: the kind this class implements, e.g. ``"docker"``
     kind: str = ""
+    #: keys of ``@step(env=...)`` this backend honours, e.g. ``{"image", "requirements"}``;
+    #: a step asking for any other is refused before the run starts
+    supported_env: frozenset[str] = frozenset()
+    #: keys of ``@step(resources=...)`` this backend honours (``cpus``, ``memory``, ``gpus``)
+    supported_resources: frozenset[str] = frozenset({"cpus", "memory"})
 
     def __init__(self, name: str, options: Mapping[str, Any], context: BackendContext) -> None:
         #: the configured name steps use in ``@step(backend=...)``
@@ -78,6 +106,35 @@ class Backend:
         """
         return {}
 
+    def refusal(self, spec: StepSpec) -> str | None:
+        """Why this backend cannot run step ``spec`` as declared, or ``None`` if it can.
+
+        Called for every step before any runs; a reason fails the run at once (exit 2), naming
+        the step and the configured backends that could run it. The default refuses ``env``
+        keys not in ``supported_env`` and ``resources`` keys neither in
+        ``supported_resources`` nor pooled in ``context.resources``. Override it to refuse
+        values too (more GPUs than a host lends), calling ``super().refusal(spec)`` first.
+        The reason completes "backend 'NAME' cannot run step 'STEP': ...".
+        """
+        if not spec.options.env and spec.options.resources == _NOTHING:
+            return None  # most steps ask for nothing: checked once per step and run
+        env = sorted(set(spec.options.env) - self.supported_env)
+        pooled = set(getattr(getattr(self, "context", None), "resources", None) or ())
+        resources = sorted(set(step_resources(spec)) - self.supported_resources - pooled)
+        reasons = []
+        if env:
+            honoured = ", ".join(sorted(self.supported_env)) or "none"
+            reasons.append(
+                f"it does not provide env {', '.join(env)} (env keys it honours: {honoured})"
+            )
+        if resources:
+            honoured = ", ".join(sorted(self.supported_resources | pooled)) or "none"
+            reasons.append(
+                f"it does not provide resources {', '.join(resources)} (resources it honours: "
+                f"{honoured})"
+            )
+        return "; ".join(reasons) or None
+
     def runs_inline(self, spec: StepSpec) -> bool:
         """True when ``spec`` may be called in the run loop's own process, skipping the worker."""
         return False
@@ -93,9 +150,11 @@ class Backend:
         """Start ``task`` and return a future of its result, with ``task.timeout``.
 
         For engines that have futures of their own (Dask), which override this so a step in
-        flight needs no thread. The default runs ``execute`` on a pool of ``context.workers``
-        threads that ``close()`` shuts down. The run loop calls ``execute`` today; ``submit``
-        is what an asynchronous loop will call.
+        flight needs no thread of the backend's. The default runs ``execute`` on a pool of
+        ``context.workers`` threads that ``close()`` shuts down. The run loop calls ``submit``
+        for a backend that overrides it and waits for the future; for one that does not, it
+        calls ``execute`` directly, which is the same without a thread hand-over. A future
+        cancelled (by ``cancel()``) reports the step cancelled.
         """
         with _executor_lock:
             executor: ThreadPoolExecutor | None = self.__dict__.get("_submit_executor")
@@ -122,6 +181,12 @@ class Backend:
 BackendFactory = Callable[[str, Mapping[str, Any], BackendContext], Backend]
 
 
+def step_resources(spec: StepSpec) -> dict[str, Any]:
+    """The resources step ``spec`` asks for: ``{"gpus": 1, "memory": "4G"}`` (only those given)."""
+    res = spec.options.resources
+    return {k: getattr(res, k) for k in ("cpus", "memory", "gpus") if getattr(res, k) is not None}
+
+
 def open_backends(
     plan: Plan,
     config: Config,
@@ -131,28 +196,45 @@ def open_backends(
     run_id: str,
     check: bool = True,
 ) -> dict[str, Backend]:
-    """Create (and check) every backend the plan uses, before any step runs.
+    """Create every backend the plan uses, then (``check``) refuse the steps a backend
+    cannot run as declared and check each backend, before any step runs.
 
-    :raises BackendUnavailableError: a backend name is unknown or its check fails; the
+    Each backend gets its slots (``workers`` in its table, default ``workers``) and
+    resource pools (``resources`` in its table) in its ``context``.
+
+    :raises BackendUnavailableError: a backend name is unknown, a step asks for an ``env``
+        or ``resources`` its backend cannot provide, or a backend's check fails; the
         backends already opened are closed again.
     """
+    from stepflow._execution.placement import check_placement, limits_of, run_workers_of
     from stepflow._pluginmanager import backend_types
 
     # Checked, and a kind two plugins give is an error naming both.
     kinds = backend_types(pm)
-    context = BackendContext(config=config, workers=workers, run_id=run_id)
+    names = list(dict.fromkeys(plan.backends.values()))
+    tables = {name: dict(config.backends.get(name, {"plugin": name})) for name in names}
+    limits = {name: limits_of(name, tables[name], workers) for name in names}
+    run_workers = run_workers_of(workers, limits.values())
     backends: dict[str, Backend] = {}
     try:
-        for name in dict.fromkeys(plan.backends.values()):
-            options = dict(config.backends.get(name, {"plugin": name}))
+        for name in names:
+            options = {k: v for k, v in tables[name].items() if k not in RUN_LOOP_OPTIONS}
             kind = options.pop("plugin")
             factory = kinds.get(kind)
             if factory is None:
                 users = [s for s, b in plan.backends.items() if b == name]
                 raise BackendUnavailableError(_unknown_backend(name, kind, users, kinds))
-            backend = factory(name, options, context)
-            backends[name] = backend
-            if check:
+            context = BackendContext(
+                config=config,
+                workers=limits[name].slots,
+                run_id=run_id,
+                resources=limits[name].pools,
+                run_workers=run_workers,
+            )
+            backends[name] = factory(name, options, context)
+        if check:
+            check_placement(plan, backends, config, kinds)
+            for backend in backends.values():
                 backend.check()
     except BaseException:
         for backend in backends.values():

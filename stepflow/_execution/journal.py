@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from stepflow._planning.cachekey import CacheKey
     from stepflow._planning.plan import Plan
     from stepflow._storage.artifacts import ArtifactRef
+    from stepflow._storage.datastore import Datastore
     from stepflow._storage.index import CacheRecord
     from stepflow._storage.source import Scan
     from stepflow.errors import StorageError
@@ -87,8 +88,9 @@ class RunFacts:
     references: Mapping[str, Mapping[str, Any]]
     #: told about what could not be recorded because the home's storage failed
     bookkeeping_failed: Callable[[StorageError], None]
-    #: the plugin manager, for the datastore plugin that stores the code snapshot
-    pm: Any = None
+    #: opens a datastore of its own for the code snapshot (the run's may be closed before
+    #: the snapshot is stored); ``None``: the snapshot's files are not stored
+    open_store: Callable[[], Datastore] | None = None
 
 
 @attrs.define
@@ -246,15 +248,11 @@ class Journal:
         config = self.run.config
         try:
             from stepflow._storage.source.store import save_scan
-            from stepflow._storage.stores import open_datastore
 
+            if self.run.open_store is None:
+                return
             # A store of its own: the run's store may be closed before the snapshot is done.
-            store = open_datastore(
-                config.store,
-                home=config.home,
-                options=config.store_options,
-                pm=self.run.pm,
-            )
+            store = self.run.open_store()
             try:
                 save_scan(found, store, home=config.home)
             finally:
@@ -323,6 +321,16 @@ class Journal:
             fact.params = dict(ctx.params)
             fact.tags = dict(ctx.tags)
             fact.files = dict(ctx.artifacts)
+
+    def item_output(self, name: str, item: int, attempt: int, texts: Mapping[str, str]) -> None:
+        """What one item of a fan-out step wrote (secrets masked already): its own log
+        entries, as streams ``item N stdout`` (``stepflow logs`` shows and filters them)."""
+        if not texts:
+            return
+        fact = self._fact(name)
+        # Not the step's "last logs" (the report's): 10,000 items' output would be shown on
+        # failure; the fan-out puts its failed items' output in the report itself.
+        fact.logs.extend((attempt, f"item {item} {stream}", text) for stream, text in texts.items())
 
     def worker_output(self, name: str, attempt: int, result: TaskResult) -> None:
         fact = self._fact(name)

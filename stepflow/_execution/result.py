@@ -15,7 +15,7 @@ from stepflow.errors import StepFailedError, StorageError
 if TYPE_CHECKING:
     from stepflow._execution.context import Metric
 
-__all__ = ["RunInfo", "RunResult", "StepReport", "StepState"]
+__all__ = ["RunInfo", "RunResult", "StepReport", "StepState", "assert_counts"]
 
 
 class StepState(enum.StrEnum):
@@ -54,6 +54,9 @@ class StepReport:
     #: the metrics the final attempt logged with ``stepflow.context().log_metric``, in order
     #: (each has ``name``, ``value``, ``step`` and ``timestamp``); empty for a reused step
     metrics: tuple[Metric, ...] = ()
+    #: for a fan-out step (``foreach``): how many items ran, were reused or failed
+    #: (``{"ran": 3, "reused": 97}``); empty for other steps
+    items: Mapping[str, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen(eq=False)
@@ -159,7 +162,21 @@ class RunResult(Mapping[str, Any]):
         text = ", ".join(parts) or "no steps"
         if self.interrupted:
             text += " (interrupted)"
-        return f"{text} in {self.duration:.2f}s"
+        from stepflow._humanize import human_duration
+
+        return f"{text} in {human_duration(self.duration)}"
+
+    def assert_outcomes(
+        self, *, ran: int = 0, reused: int = 0, failed: int = 0, skipped: int = 0
+    ) -> None:
+        """Assert how many steps ended in each state, like pytester's ``assert_outcomes``:
+        every state not named must be 0.
+
+        >>> result.assert_outcomes(ran=2, reused=3)  # doctest: +SKIP
+        """
+        __tracebackhide__ = True
+        expected = {"ran": ran, "reused": reused, "failed": failed, "skipped": skipped}
+        assert_counts({s.value: self.count(s) for s in StepState}, expected, self.steps)
 
     def raise_for_failures(self) -> None:
         """Raise the first failed step's ``StepFailedError`` (for scripts and tests)."""
@@ -169,3 +186,26 @@ class RunResult(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"<RunResult {self.pipeline!r} {self.run_id}: {self.summary()}>"
+
+
+def assert_counts(
+    actual: Mapping[str, int],
+    expected: Mapping[str, int],
+    steps: Mapping[str, StepReport] | None = None,
+) -> None:
+    """Raise ``AssertionError`` naming each state whose count differs (and, when the
+    reports are known, which steps ended in it)."""
+    __tracebackhide__ = True
+    wrong = {k: (actual.get(k, 0), v) for k, v in expected.items() if actual.get(k, 0) != v}
+    if not wrong:
+        return
+    lines = [
+        f"{state}: expected {want}, got {got}"
+        + (
+            f" ({', '.join(n for n, r in steps.items() if r.state == state)})"
+            if steps is not None and got
+            else ""
+        )
+        for state, (got, want) in wrong.items()
+    ]
+    raise AssertionError("step outcomes differ:\n  " + "\n  ".join(lines))

@@ -1,8 +1,10 @@
-"""The order steps run in: one after another (``workers=1``), or up to ``workers`` at once.
+"""The order steps run in: one after another (``workers=1``), or several at once.
 
 Either way a step runs only once the steps it depends on succeeded or were reused; what a
-failed step's dependants become (skipped) is the run's ``finish``. A Ctrl-C marks the steps in
-flight as interrupted and is raised again for the run to stop.
+failed step's dependants become (skipped) is the run's ``finish``. In parallel, a ready step
+starts only when its backend has a free slot and the resources it asks for (``placement``);
+until then it waits holding nothing, and steps behind it that fit go first. A Ctrl-C marks the
+steps in flight as interrupted and is raised again for the run to stop.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from stepflow._execution.result import StepReport, StepState
 
 if TYPE_CHECKING:
+    from stepflow._execution.placement import Placement
     from stepflow._planning.plan import Plan
 
 __all__ = ["Steps", "run_parallel", "run_sequential"]
@@ -55,25 +58,34 @@ def run_sequential(run: Steps) -> None:
         run.finish(report)
 
 
-def run_parallel(run: Steps, workers: int) -> None:
+def run_parallel(run: Steps, placement: Placement) -> None:
     plan = run.plan
     dag = plan.dag
     selected = set(plan.steps)
     waiting = {n: set(dag.upstream[n]) & selected for n in plan.steps}
     ready = [n for n in plan.steps if not waiting[n]]
     running: dict[Future[StepReport], str] = {}
-    executor = ThreadPoolExecutor(workers, thread_name_prefix="stepflow-dispatch")
+    executor = ThreadPoolExecutor(placement.slots, thread_name_prefix="stepflow-dispatch")
     try:
         while ready or running:
-            while ready and len(running) < workers and not run.cancelled.is_set():
-                name = ready.pop(0)
-                if name not in run.reports:
-                    running[executor.submit(run.run_step, name)] = name
+            if not run.cancelled.is_set():
+                gone = set()
+                for name in ready:
+                    if placement.full:
+                        break  # scanning further would only find steps that must wait
+                    if name in run.reports:
+                        gone.add(name)
+                    elif placement.has_room(name) and placement.take(name):
+                        gone.add(name)
+                        running[executor.submit(run.run_step, name)] = name
+                if gone:
+                    ready = [n for n in ready if n not in gone]
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in sorted(done, key=lambda f: plan.steps.index(running[f])):
                 name = running.pop(future)
+                placement.give_back(name)
                 report = future.result()
                 run.finish(report)
                 if report.state in (StepState.RAN, StepState.REUSED):

@@ -67,6 +67,10 @@ class Task:
     resources: Resources = attrs.field(factory=Resources)
     #: the step's timeout in seconds (``None``: none), the one ``Backend.execute`` is given
     timeout: float | None = None
+    #: importable modules of the run's plugins that give ``stepflow_hashers``: the worker
+    #: loads them too, so the hashes of the outputs it stores (and so the keys of the steps
+    #: that read them) are the ones the run's own process would compute
+    hasher_plugins: tuple[str, ...] = ()
 
 
 @attrs.frozen

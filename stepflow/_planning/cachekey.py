@@ -11,7 +11,7 @@ import functools
 import hashlib
 import json
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from stepflow._planning.plan import Plan
     from stepflow._storage.datastore import Datastore
 
-__all__ = ["CacheKey", "describe_value", "environment", "make_key", "plan_key"]
+__all__ = ["CacheKey", "describe_value", "environment", "item_keys", "make_key", "plan_key"]
 
 
 @attrs.frozen
@@ -54,6 +54,10 @@ def environment(serializers: Any, backend_env: Mapping[str, str], spec: StepSpec
         "serializers": ",".join(f"{s.name}:{s.version}" for s in serializers),
     }
     env.update({f"backend:{k}": str(v) for k, v in backend_env.items()})
+    if spec.options.foreach is not None:
+        # A fan-out's result is the list of per-item results, not the function of the whole
+        # list: the two must never share a key.
+        env["foreach"] = spec.options.foreach
     for name, value in sorted(spec.options.env.items()):
         env[f"env:{name}"] = json.dumps(value, sort_keys=True, default=str)
     return env
@@ -96,10 +100,14 @@ def make_key(
         "env": dict(sorted(env.items())),
         "outputs": {"names": ",".join(p.name for p in spec.outputs)},
     }
+    return CacheKey(digest=_digest(components), components=components)
+
+
+def _digest(components: Mapping[str, Mapping[str, str]]) -> str:
     # hash_value's digest of this tuple of strs, made in one call (it is made for every step
     # of every run), and remembered: a rerun in the same process asks for the same tuples.
     parts = (
-        code.digest,
+        components["code"]["digest"],
         tuple(components["inputs"].items()),
         tuple(components["params"].items()),
         tuple(components["env"].items()),
@@ -110,7 +118,31 @@ def make_key(
         if len(_DIGESTS) >= _DIGESTS_MAX:
             _DIGESTS.clear()
         digest = _DIGESTS[parts] = hash_strings(parts)
-    return CacheKey(digest=digest, components=components)
+    return digest
+
+
+def item_keys(key: CacheKey, foreach: str) -> Callable[[str], CacheKey]:
+    """The keys of the items of a fan-out step whose whole key is ``key``: a function from
+    an item's content hash to its key.
+
+    An item's key holds the same parts as the step's, with the item's content hash as input
+    ``foreach`` instead of the whole list's. So it depends on the item's content only, not
+    on its place in the list: editing one item, adding one or reordering them leaves every
+    other item's key unchanged. The parts other than the item are hashed once for all items.
+    """
+    template = {**key.components, "inputs": {**key.components["inputs"], foreach: ""}}
+    base = _digest(template)
+    shared = template["inputs"]
+
+    def make(item_hash: str) -> CacheKey:
+        inputs = dict(shared)
+        inputs[foreach] = item_hash
+        return CacheKey(
+            digest=hash_strings(("foreach-item", base, item_hash)),
+            components={**template, "inputs": inputs},
+        )
+
+    return make
 
 
 #: key digests by the tuple of strs they hash (a pure function, so never stale)

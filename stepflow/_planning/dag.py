@@ -7,8 +7,10 @@ with that name (an edge); a ``Param[T]`` or defaulted parameter (a pipeline para
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import heapq
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -66,6 +68,9 @@ class DAG:
     upstream: Mapping[str, tuple[str, ...]]
     #: step name → names of the steps that read from it
     downstream: Mapping[str, tuple[str, ...]]
+    #: ordering without data, ``(before, after)``, from ``@step(after=[...])``; these pairs
+    #: are in ``upstream`` and ``downstream`` too, so selection, order and skipping follow them
+    after: tuple[tuple[str, str], ...] = ()
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -111,6 +116,8 @@ def build_dag(steps: Sequence[object], *, compatible: Compatible = is_compatible
             if producer is not None:
                 _check_edge(spec, port, producer, outputs_by_name[port.name][1], compatible)
                 edges.append(Edge(producer, port.name, spec.name))
+            elif port.name == spec.options.foreach:
+                raise _foreach_unproduced(spec, port, outputs_by_name)
             elif port.is_param or port.has_default:
                 _merge_param(params, param_ports, spec.name, port, compatible)
             elif port.reference is not None:
@@ -123,7 +130,12 @@ def build_dag(steps: Sequence[object], *, compatible: Compatible = is_compatible
         if edge.producer not in upstream[edge.consumer]:
             upstream[edge.consumer].append(edge.producer)
             downstream[edge.producer].append(edge.consumer)
-    order = _toposort(list(specs), upstream, downstream)
+    after = _after_pairs(specs)
+    for before, later in after:
+        if before not in upstream[later]:
+            upstream[later].append(before)
+            downstream[before].append(later)
+    order = _toposort(list(specs), upstream, downstream, set(after))
     param_specs = {
         name: ParamSpec(
             name=name,
@@ -140,6 +152,40 @@ def build_dag(steps: Sequence[object], *, compatible: Compatible = is_compatible
         params=param_specs,
         upstream={k: tuple(v) for k, v in upstream.items()},
         downstream={k: tuple(v) for k, v in downstream.items()},
+        after=tuple(after),
+    )
+
+
+def _after_pairs(specs: Mapping[str, StepSpec]) -> list[tuple[str, str]]:
+    """``(before, after)`` for every ``@step(after=[...])``; a name outside the pipeline is
+    an error (a misspelt or forgotten step would otherwise silently order nothing)."""
+    pairs = []
+    for spec in specs.values():
+        for name in spec.options.after:
+            if name not in specs:
+                close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.6)
+                hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+                raise PipelineDefinitionError(
+                    f"step {spec.name!r} has after=[{name!r}], but the pipeline has no step "
+                    f"{name!r}; {hint}add that step to the pipeline or drop it from after=[...]"
+                    f"\nsteps: {', '.join(specs)}",
+                    step=spec.name,
+                )
+            pairs.append((name, spec.name))
+    return pairs
+
+
+def _foreach_unproduced(
+    spec: StepSpec, port: Port, outputs: Mapping[str, tuple[str, Port]]
+) -> PipelineDefinitionError:
+    close = difflib.get_close_matches(port.name, list(outputs), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return PipelineDefinitionError(
+        f"step {spec.name!r} has foreach={port.name!r}, but no step of the pipeline produces "
+        f"{port.name!r}{hint}\nforeach runs over a list made by another step: add the step "
+        f"that makes {port.name!r}, or rename the parameter to the output holding the items",
+        step=spec.name,
+        parameter=port.name,
     )
 
 
@@ -202,6 +248,22 @@ def _producers(specs: Mapping[str, StepSpec]) -> dict[str, str]:
 def _check_edge(
     consumer: StepSpec, port: Port, producer: str, output: Port, compatible: Compatible
 ) -> None:
+    if port.name == consumer.options.foreach:
+        # The parameter is one item: the producer must make a sequence of such items.
+        wanted = collections.abc.Sequence[port.annotation]  # type: ignore[name-defined]
+        if compatible(output.annotation, wanted):
+            return
+        raise TypeMismatchError(
+            f"step {consumer.name!r} has foreach={port.name!r}, so it needs a sequence of "
+            f"{type_repr(port.annotation)} (each item is one call), but step {producer!r} "
+            f"produces {port.name!r} as {type_repr(output.annotation)}; make {producer!r} "
+            f"return a list, e.g. -> list[{type_repr(port.annotation)}]",
+            step=consumer.name,
+            parameter=port.name,
+            producer=producer,
+            expected=wanted,
+            provided=output.annotation,
+        )
     if compatible(output.annotation, port.annotation):
         return
     raise TypeMismatchError(
@@ -305,7 +367,10 @@ def _type_note(annotation: Any, wanted: str) -> str:
 
 
 def _toposort(
-    names: list[str], upstream: Mapping[str, list[str]], downstream: Mapping[str, list[str]]
+    names: list[str],
+    upstream: Mapping[str, list[str]],
+    downstream: Mapping[str, list[str]],
+    after: set[tuple[str, str]] | None = None,
 ) -> list[str]:
     position = {name: i for i, name in enumerate(names)}
     indegree = {name: len(upstream[name]) for name in names}
@@ -321,9 +386,15 @@ def _toposort(
                 heapq.heappush(ready, (position[child], child))
     if len(order) != len(names):
         path = _find_cycle([n for n in names if indegree[n] > 0], upstream)
+        ordered = [
+            f"{a!r} -> {b!r}" for a, b in itertools.pairwise(path) if (a, b) in (after or ())
+        ]
+        fix = "renaming one parameter or output"
+        if ordered:
+            fix += f", or dropping an after=[...] ordering ({', '.join(ordered)})"
         raise CycleError(
             f"the steps form a cycle: {' -> '.join(path)}; a step cannot depend on its own "
-            f"output, so break the cycle by renaming one parameter or output",
+            f"output, so break the cycle by {fix}",
             path=path,
         )
     return order

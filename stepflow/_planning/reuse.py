@@ -20,7 +20,7 @@ from stepflow._sentinels import MISSING
 if TYPE_CHECKING:
     from stepflow._authoring.step import StepSpec
     from stepflow._planning.plan import Plan
-    from stepflow._storage.artifacts import ArtifactIO
+    from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
     from stepflow._storage.datastore import Datastore
     from stepflow._storage.index import CacheIndex, CacheRecord
     from stepflow._storage.registry import DatasetVersion, ModelVersion
@@ -31,6 +31,7 @@ __all__ = [
     "REGENERATE",
     "Decision",
     "decide",
+    "earlier_results",
     "look_up",
     "reference_hashes",
     "step_key",
@@ -98,6 +99,39 @@ def decide(
     if step in regenerate:
         return Decision(key, None, False, REGENERATE)
     return look_up(key, index=index, io=io, quick=quick)
+
+
+def earlier_results(
+    plan: Plan, *, pipeline: str, index: CacheIndex, io: ArtifactIO
+) -> dict[str, ArtifactRef]:
+    """``--from``: each output in ``plan.earlier`` as its producer's latest result in this
+    home has it (the one ``explain`` compares with).
+
+    :raises UsageError: one is missing (never made here, pruned, or its object is gone);
+        the message names every missing output and its step.
+    """
+    found: dict[str, ArtifactRef] = {}
+    missing: list[str] = []
+    for output in plan.earlier:
+        producer = plan.dag.producers[output]
+        record = index.last(pipeline, producer)
+        ref = None if record is MISSING else record.outputs.get(output)
+        if ref is None or not io.available(ref):
+            missing.append(
+                f"step {producer!r}" + (f" (output {output!r})" if output != producer else "")
+            )
+        else:
+            found[output] = ref
+    if missing:
+        from stepflow.errors import UsageError
+
+        starts = ", ".join(plan.start)
+        raise UsageError(
+            f"--from {starts}: no earlier result of {'; '.join(missing)} in this stepflow "
+            f"home (never made here, pruned, or its stored object is gone); run the "
+            f"pipeline once without --from, or start from an earlier step"
+        )
+    return found
 
 
 def look_up(key: CacheKey, *, index: CacheIndex, io: ArtifactIO, quick: bool = False) -> Decision:

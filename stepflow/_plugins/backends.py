@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from stepflow._authoring.step import StepSpec
 from stepflow._execution.backend import Backend, BackendContext
-from stepflow.errors import BackendUnavailableError
 from stepflow.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -24,19 +23,15 @@ if TYPE_CHECKING:
 class ProcessBackend(Backend):
     """Runs each task in a pool of ``python -m stepflow.worker`` processes.
 
-    Options: ``workers`` (pool size; default the run's ``workers``).
+    Its pool has one process per slot (``workers`` in its table; default the run's
+    ``workers``).
     """
 
     kind = "process"
 
     def __init__(self, name: str, options: Mapping[str, Any], context: BackendContext) -> None:
         super().__init__(name, options, context)
-        size = self.options.get("workers", context.workers)
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise BackendUnavailableError(
-                f"backend {name!r}: option workers={size!r} must be a whole number >= 1"
-            )
-        self._size = size
+        self._size = context.workers
         self._pool: WorkerPool | None = None
         self._lock = threading.Lock()
 
@@ -72,7 +67,8 @@ class LocalBackend(ProcessBackend):
     kind = "local"
 
     def runs_inline(self, spec: StepSpec) -> bool:
-        return self.context.workers == 1 and spec.options.timeout is None
+        run_workers = self.context.run_workers or self.context.workers
+        return run_workers == 1 and spec.options.timeout is None
 
 
 @hookimpl

@@ -1,6 +1,7 @@
 """The terminal reporter: live progress, failures cut to user code, and the summary line.
 
-It is a plugin of the run lifecycle hooks, registered by the command line.
+Registered as the built-in plugin ``stepflow._plugins.terminal``, which makes a
+``TerminalReporter`` when the command line configures a ``stepflow run``.
 
 On a terminal it keeps a status line at the bottom (the steps running and the time since the
 run started). Steps' own output must never land on that line: while the run is live,
@@ -22,6 +23,7 @@ from typing import TextIO
 
 from stepflow._execution.capture import set_echo_sink
 from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
+from stepflow._humanize import human_duration
 from stepflow.hookspecs import hookimpl
 
 __all__ = ["COLOR_CHOICES", "TerminalReporter", "use_color"]
@@ -181,7 +183,7 @@ class TerminalReporter:
 
     def status_text(self) -> str:
         """The status line: progress, the steps running, and the time since the run started."""
-        elapsed = f" ... {self._clock() - self._started:.1f}s"
+        elapsed = f" ... {human_duration(self._clock() - self._started, digits=1)}"
         text = f"[{self._done}/{self._total}] running {', '.join(self._running)}"
         room = self._width - 1 - len(elapsed)
         if len(text) > room:
@@ -262,7 +264,7 @@ class TerminalReporter:
             why = str(error).splitlines()[0] if error else "failed"
             self._write(
                 f"{report.name} attempt {report.attempts} failed ({why}); "
-                f"retrying in {delay:.1f}s\n"
+                f"retrying in {human_duration(delay, digits=1)}\n"
             )
             self._show_status()
 
@@ -276,9 +278,14 @@ class TerminalReporter:
             if report.state is StepState.SKIPPED and report.reason:
                 detail = f"  ({report.reason})"
             elif report.state in (StepState.RAN, StepState.FAILED):
-                detail = f"  {report.duration:.2f}s"
+                detail = f"  {human_duration(report.duration)}"
                 if report.attempts > 1:
                     detail += f" after {report.attempts} attempts"
+            if report.items:
+                # A fan-out step: how its items went (``foreach``).
+                total = sum(report.items.values())
+                parts = ", ".join(f"{n} {state}" for state, n in report.items.items())
+                detail += f"  [{total} items: {parts}]"
             if report.state is StepState.FAILED and report.error is not None:
                 first = str(report.error).splitlines()[0]
                 detail += f"  {first[:120]}"

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from stepflow._storage.datastore import Datastore
+from stepflow._storage.datastore import Datastore, LocalDatastore
+from stepflow._storage.home import check_home
 from stepflow._storage.serializers import Serializer, builtin_serializers
-from stepflow._storage.stores import open_local_datastore
 from stepflow.hookspecs import hookimpl
 
 
@@ -31,3 +31,13 @@ def _open_object_store(uri: str, *, home: Path, options: Mapping[str, Any]) -> D
     from stepflow._storage.objectstore import open_object_store
 
     return open_object_store(uri, home=home, options=options)
+
+
+def open_local_datastore(
+    uri: str | None, *, home: Path, options: Mapping[str, Any]
+) -> LocalDatastore:
+    """The ``local`` kind: the folder store at ``uri`` (a path), or ``<home>/objects``."""
+    root = Path(uri) if uri else home / "objects"
+    if uri:
+        check_home(root)
+    return LocalDatastore(root)

@@ -305,6 +305,25 @@ class CacheIndex:
         if self._shared:
             self._share(record)
 
+    def put_many(self, records: list[CacheRecord]) -> None:
+        """Commit several records in one transaction (the items of a fan-out step); none
+        becomes anyone's latest result.
+
+        :raises StorageError: the index cannot be written; none of them is committed then.
+        """
+        if not records:
+            return
+        with (
+            writing(self.path, f"the cache-index entries of {len(records)} item(s)"),
+            self._cache.transact(),
+        ):
+            for record in records:
+                self._cache.set(_result(record.key), record.to_dict())
+        for record in records:
+            self._open.remember(record)
+            if self._shared:
+                self._share(record)
+
     def _share(self, record: CacheRecord) -> None:
         assert self.store is not None
         data = json.dumps(record.to_dict(), sort_keys=True).encode()
@@ -388,6 +407,9 @@ class NullIndex:
         return MISSING
 
     def put(self, record: CacheRecord, *, last: bool = True) -> None:
+        return None
+
+    def put_many(self, records: list[CacheRecord]) -> None:
         return None
 
     def touch_many(self, entries: list[tuple[str, str, str]]) -> None:

@@ -220,7 +220,8 @@ class ReadAPI:
         return [
             LogEntry(*entry)
             for entry in self.records.logs(found.id, step)
-            if stream is None or entry[2] == stream
+            # A fan-out step's items write streams ``item N stdout``: ``stdout`` takes them too.
+            if stream is None or entry[2] == stream or entry[2].endswith(f" {stream}")
         ]
 
     def metrics(self, run: str | RunRow, step: str | None = None) -> dict[str, list[MetricRow]]:
@@ -337,20 +338,19 @@ class ReadAPI:
     # --- cache --------------------------------------------------------------------------
 
     def _datastore(self) -> Datastore:
-        from stepflow._storage.stores import open_datastore, store_kind
+        from stepflow._pluginmanager import datastore_kinds
+        from stepflow._storage.kept import kept_in_home
+        from stepflow._storage.stores import open_datastore
 
         if self._store is None:
-            pm = self._pm
-            if pm is None and store_kind(self.config.store) != "local":
-                from stepflow._pluginmanager import make_plugin_manager
-                from stepflow._storage.kept import kept_in_home
-
-                pm = make_plugin_manager(self.config.plugins, keep=kept_in_home(self.config.home))
+            config = self.config
             self._store = open_datastore(
-                self.config.store,
-                home=self.config.home,
-                options=self.config.store_options,
-                pm=pm,
+                config.store,
+                home=config.home,
+                options=config.store_options,
+                kinds=datastore_kinds(
+                    self._pm, plugins=config.plugins, keep=kept_in_home(config.home)
+                ),
             )
         return self._store
 

@@ -1,25 +1,28 @@
 """Open the datastore a configuration (or a task) names.
 
 ``None`` or a plain path is the ``local`` kind (a folder store), a URL the kind registered for
-its scheme; every kind comes from the ``stepflow_datastore_types`` hook (``local`` and
-``s3://`` from the built-in storage plugin). Workers call the same function with what the
+its scheme. Every kind, ``local`` included, is a factory a plugin registers through the
+``stepflow_datastore_types`` hook (``local`` and ``s3://`` come from the built-in storage
+plugin); storage sits below the plugins, so the caller hands the factories in
+(``stepflow._pluginmanager.datastore_kinds``). Workers call the same function with what the
 ``Task`` carries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from stepflow._storage.datastore import Datastore, LocalDatastore
+from stepflow._storage.datastore import Datastore
 from stepflow._storage.home import check_home
 from stepflow.errors import PluginError, UsageError
 
-if TYPE_CHECKING:
-    import pluggy
+__all__ = ["DatastoreKinds", "open_datastore", "store_kind"]
 
-__all__ = ["open_datastore", "open_local_datastore", "store_kind"]
+#: ``kinds(kind)``: the registered datastore factories, ``{kind: (plugin, factory)}``, among
+#: which the one for ``kind`` (the caller may look further for a kind it lacks)
+DatastoreKinds = Callable[[str], Mapping[str, tuple[str, Any]]]
 
 
 def store_kind(uri: str | None) -> str:
@@ -34,9 +37,9 @@ def open_datastore(
     *,
     home: Path,
     options: Mapping[str, Any] | None = None,
-    pm: pluggy.PluginManager | None = None,
+    kinds: DatastoreKinds,
 ) -> Datastore:
-    """The datastore at ``uri`` (``None``: ``<home>/objects``).
+    """The datastore at ``uri`` (``None``: ``<home>/objects``), made by its kind's factory.
 
     :raises UsageError: no installed plugin handles the URL's scheme.
     :raises UnsafeHomeError: another user could change the home (or the local store's folder).
@@ -44,17 +47,7 @@ def open_datastore(
     # Once per process and folder: results stored there are unpickled.
     check_home(home)
     kind = store_kind(uri)
-    if kind == "local" and pm is None:
-        # Every command and worker opens the local store; making a plugin manager (and
-        # scanning installed plugins) only for that would cost each of them milliseconds.
-        return open_local_datastore(uri, home=home, options=options or {})
-    if pm is None:
-        from stepflow._pluginmanager import make_plugin_manager
-
-        pm = make_plugin_manager(())
-    from stepflow._pluginmanager import datastore_types
-
-    factories = datastore_types(pm)
+    factories = kinds(kind)
     if kind not in factories:
         known = ", ".join(sorted(factories)) or "none"
         raise UsageError(
@@ -70,14 +63,3 @@ def open_datastore(
             plugin=plugin,
         )
     return store
-
-
-def open_local_datastore(
-    uri: str | None, *, home: Path, options: Mapping[str, Any]
-) -> LocalDatastore:
-    """The folder store at ``uri`` (a path), or ``<home>/objects``: the ``local`` kind the
-    built-in storage plugin registers."""
-    root = Path(uri) if uri else home / "objects"
-    if uri:
-        check_home(root)
-    return LocalDatastore(root)

@@ -19,8 +19,10 @@ import attrs
 
 from stepflow._config import Config
 from stepflow._humanize import human_age, human_size, human_time, iso_times
+from stepflow._pluginmanager import datastore_kinds
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.index import CacheIndex, CacheRecord
+from stepflow._storage.kept import kept_in_home
 from stepflow._storage.read import ReadAPI, all_cache_records, matching, referenced_objects
 from stepflow._storage.stores import open_datastore
 from stepflow._surfaces.table import Column, table
@@ -42,24 +44,24 @@ __all__ = [
     "run_command",
 ]
 
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
 
 def parse_size(text: str) -> int:
     """``"500M"``, ``"10G"``, ``"1.5GB"`` or a number of bytes."""
-    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
-    number, unit = raw, ""
-    if raw and raw[-1] in _SIZE_UNITS:
-        number, unit = raw[:-1], raw[-1]
+    from stepflow._humanize import parse_size as parse
+
     try:
-        value = float(number) * _SIZE_UNITS[unit]
+        return parse(text)
     except ValueError:
         raise UsageError(f"--max-size {text!r}: give a size such as 500M or 10G") from None
-    return int(value)
 
 
 def _open(config: Config) -> tuple[CacheIndex, Datastore]:
-    store = open_datastore(config.store, home=config.home, options=config.store_options)
+    store = open_datastore(
+        config.store,
+        home=config.home,
+        options=config.store_options,
+        kinds=datastore_kinds(plugins=config.plugins, keep=kept_in_home(config.home)),
+    )
     return CacheIndex(config.home / "index", store=store), store
 
 

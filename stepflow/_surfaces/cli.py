@@ -171,6 +171,20 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="STEP",
         help="run only this step (or output) and what it needs (repeatable)",
     )
+    run.add_argument(
+        "--from",
+        dest="from_steps",
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="run STEP and what depends on it, taking what it reads from other steps from "
+        "their latest results in this home (repeatable)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (each step: run or reuse, and why) and run nothing",
+    )
     run.add_argument("--workers", type=int, metavar="N", help="run up to N steps at once")
     run.add_argument(
         "--regenerate",
@@ -233,13 +247,14 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
 
     explain = sub.add_parser(
         "explain",
-        help="say whether a step would be reused, and what changed if not",
+        help="say whether a step (or each step) would be reused, and what changed if not",
         description="Say whether STEP would be reused; if not, which part of its cache key "
         "changed since its last result (code of which function, which input, which "
-        "parameter, which environment item).",
+        "parameter, which environment item). Without STEP: the whole plan, each step run "
+        "or reuse and why (what `stepflow run --dry-run` prints).",
     )
     explain.add_argument("target", metavar="TARGET")
-    explain.add_argument("step", metavar="STEP")
+    explain.add_argument("step", metavar="STEP", nargs="?")
     explain.add_argument(
         "--param", dest="params", action="append", default=[], metavar="NAME=VALUE"
     )
@@ -514,7 +529,6 @@ def _run_target(
     args: argparse.Namespace, config: Any, pm: pluggy.PluginManager, target: str
 ) -> tuple[int, Any]:
     """Run ``target``; returns the exit code and the ``RunResult``."""
-    from stepflow._plugins.reporter import TerminalReporter, use_color
     from stepflow.errors import StorageWarning
 
     pipeline, default_targets = _load(target, full_trace=args.full_trace)
@@ -527,13 +541,11 @@ def _run_target(
     regenerate: Any = None
     if args.regenerate is not None:
         regenerate = args.regenerate or True
-    reporter = TerminalReporter(
-        full_trace=args.full_trace,
-        verbosity=args.verbose,
-        show_output=(args.capture or config.settings.get("capture")) == "quiet",
-        color=use_color(args.color),
-    )
-    pm.register(reporter, name="terminalreporter")
+    if args.dry_run:
+        code = _dry_run(args, pipeline, params, default_targets, backends, regenerate, config, pm)
+        return code, None
+    # The terminal reporter is the built-in plugin stepflow._plugins.terminal, configured
+    # for this command by stepflow_configure.
     with warnings.catch_warnings():
         # Said once, after the summary line, from result.storage_errors.
         warnings.simplefilter("ignore", StorageWarning)
@@ -546,6 +558,7 @@ def _run_target(
             backends=backends,
             config=config,
             plugin_manager=pm,
+            start=args.from_steps or None,
         )
     for error in result.storage_errors:
         # After the summary line: the run's outcome is shown first, and stands.
@@ -555,6 +568,41 @@ def _run_target(
     if not result.ok:
         return ExitCode.STEP_FAILED, result
     return ExitCode.STORAGE_ERROR if result.storage_errors else ExitCode.OK, result
+
+
+def _dry_run(
+    args: argparse.Namespace,
+    pipeline: Any,
+    params: dict[str, Any],
+    default_targets: list[str],
+    backends: dict[str, str],
+    regenerate: Any,
+    config: Any,
+    pm: pluggy.PluginManager,
+) -> int:
+    """``stepflow run --dry-run``: the plan ``explain`` makes, with the run's own choices."""
+    from stepflow._surfaces.explain import explain_plan
+
+    targets = args.targets or default_targets or None
+    plan = pipeline.plan(
+        params,
+        targets=targets,
+        backends=backends,
+        default_backend=config.default_backend,
+        start=args.from_steps or None,
+    )
+    result = explain_plan(
+        pipeline,
+        params=params,
+        config=config,
+        pm=pm,
+        targets=targets,
+        start=args.from_steps or None,
+        regenerate=pipeline.regenerated(regenerate, plan),
+        backends=backends,
+    )
+    sys.stdout.write(result.text())
+    return ExitCode.OK
 
 
 def _parse_params(pipeline: Any, texts: list[str]) -> dict[str, Any]:
@@ -573,12 +621,17 @@ def _parse_params(pipeline: Any, texts: list[str]) -> dict[str, Any]:
 
 
 def _cmd_explain(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
-    from stepflow._surfaces.explain import explain
+    from stepflow._surfaces.explain import explain, explain_plan
 
-    pipeline, _ = _load(args.target)
-    result = explain(
-        pipeline, args.step, params=_parse_params(pipeline, args.params), config=config, pm=pm
-    )
+    pipeline, default_targets = _load(args.target)
+    params = _parse_params(pipeline, args.params)
+    result: Any
+    if args.step is None:
+        result = explain_plan(
+            pipeline, params=params, config=config, pm=pm, targets=default_targets or None
+        )
+    else:
+        result = explain(pipeline, args.step, params=params, config=config, pm=pm)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -589,7 +642,8 @@ def _cmd_explain(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager
 def _cmd_show(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
     from stepflow._surfaces.show import render
 
-    sys.stdout.write(render(_load(args.target)[0], args.format))
+    pipeline = _load(args.target)[0]
+    sys.stdout.write(render(pipeline, args.format, default_backend=config.default_backend))
     return ExitCode.OK
 
 

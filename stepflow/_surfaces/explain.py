@@ -1,4 +1,5 @@
-"""``stepflow explain TARGET STEP``: would STEP be reused, and if not, what changed?
+"""``stepflow explain TARGET [STEP]``: would STEP (or each step) be reused, and if not, what
+changed? ``stepflow run --dry-run`` prints the same plan.
 
 The prediction walks the step's ancestors the way a run would, using only the cache index:
 a step whose key is stored would be reused (its outputs' content hashes are known); a step
@@ -12,7 +13,8 @@ successful run, as the run records have them, and every verdict that rests on th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +24,17 @@ from stepflow._config import Config
 from stepflow._execution.backend import open_backends
 from stepflow._execution.references import resolve_references
 from stepflow._pipeline import Pipeline
-from stepflow._planning.cachekey import describe_value
-from stepflow._planning.reuse import decide
-from stepflow._pluginmanager import serializers_of
+from stepflow._planning.cachekey import describe_value, item_keys
+from stepflow._planning.reuse import NOT_STORED, REGENERATE, decide, earlier_results
+from stepflow._pluginmanager import datastore_kinds, serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO
+from stepflow._storage.hashing import hash_value
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.stores import open_datastore
 from stepflow.errors import UsageError
 
-__all__ = ["Explanation", "explain"]
+__all__ = ["Explanation", "PlanExplanation", "explain", "explain_plan"]
 
 
 @attrs.frozen
@@ -60,6 +63,43 @@ class Explanation:
         return "\n".join([head, *(f"  - {r}" for r in self.reasons)]) + "\n"
 
 
+@attrs.frozen
+class PlanExplanation:
+    """``stepflow explain TARGET`` and ``stepflow run --dry-run``: every selected step."""
+
+    pipeline: str
+    steps: tuple[Explanation, ...]
+    #: outputs taken from outside the run: output → where from (``--from``, stubs)
+    given: Mapping[str, str] = attrs.field(factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "steps": [e.to_dict() for e in self.steps],
+            "given": dict(self.given),
+        }
+
+    def text(self) -> str:
+        runs = sum(1 for e in self.steps if e.verdict == "run")
+        head = (
+            f"plan of pipeline {self.pipeline}: {runs} run, {len(self.steps) - runs} reuse "
+            f"(nothing has run)"
+        )
+        lines = [head]
+        for output, where in self.given.items():
+            lines.append(f"  given   {output}: {where}")
+        # What a cache=False step is assumed to make is said once, not under every step
+        # that rests on it.
+        assumed = list(dict.fromkeys(r for e in self.steps for r in e.reasons if _assumes(r)))
+        lines.extend(f"  note    {r}" for r in assumed)
+        width = max((len(e.step) for e in self.steps), default=0)
+        for e in self.steps:
+            reasons = [r for r in e.reasons if not _assumes(r)] or [""]
+            lines.append(f"  {e.verdict:<6}  {e.step:<{width}}  {reasons[0]}")
+            lines.extend(f"  {'':<6}  {'':<{width}}  {r}" for r in reasons[1:])
+        return "\n".join(lines) + "\n"
+
+
 def explain(
     pipeline: Pipeline,
     step: str,
@@ -74,9 +114,53 @@ def explain(
             f"pipeline {pipeline.name!r} has no step {step!r}; steps: {', '.join(pipeline.steps)}"
         )
     plan = pipeline.plan(params, targets=[step], default_backend=config.default_backend)
+    return _walk(plan, pipeline.name, config=config, pm=pm, focus=step).steps[-1]
+
+
+def explain_plan(
+    pipeline: Pipeline,
+    *,
+    params: Mapping[str, Any] | None,
+    config: Config,
+    pm: Any,
+    targets: Iterable[str] | None = None,
+    start: Iterable[str] | None = None,
+    regenerate: Collection[str] = (),
+    backends: Mapping[str, str] | None = None,
+    stubs: Mapping[str, Any] | None = None,
+) -> PlanExplanation:
+    """Predict, for every step a run would select, ``run`` or ``reuse`` and why.
+
+    Takes what ``Pipeline.run`` takes; ``regenerate`` is the set of steps forced to run
+    (already widened to their dependants). Nothing runs and nothing is written.
+    """
+    plan = pipeline.plan(
+        params,
+        targets=targets,
+        backends=backends,
+        default_backend=config.default_backend,
+        start=start,
+        stub=stubs,
+    )
+    return _walk(plan, pipeline.name, config=config, pm=pm, regenerate=regenerate)
+
+
+def _walk(
+    plan: Any,
+    pipeline: str,
+    *,
+    config: Config,
+    pm: Any,
+    regenerate: Collection[str] = (),
+    focus: str | None = None,
+) -> PlanExplanation:
+    """The verdicts of ``plan``'s steps, walked in order as a run would; only ``focus``
+    when given (its ancestors are walked, not explained)."""
     serializers = serializers_of(pm)
     backends = open_backends(plan, config, pm, workers=1, run_id="explain", check=False)
-    store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
+    store = open_datastore(
+        config.store, home=config.home, options=config.store_options, kinds=datastore_kinds(pm)
+    )
     try:
         # The versions a run would read now; a missing one is the run's own usage error.
         refs = resolve_references(plan, store)
@@ -88,6 +172,25 @@ def explain(
     io = ArtifactIO(store, serializers)
     try:
         hashes: dict[str, str | None] = {}
+        #: output → how to load its value, where it is stored (for fan-out item counts)
+        values: dict[str, Any] = {}
+        #: fan-out step → how many of its items would run, of how many
+        item_counts: dict[str, tuple[int, int]] = {}
+        given: dict[str, str] = {}
+        if plan.given:
+            earlier = earlier_results(plan, pipeline=pipeline, index=index, io=io)
+            for output in plan.given:
+                producer = plan.dag.producers[output]
+                if output in plan.stubs:
+                    hashes[output] = hash_value(plan.stubs[output])
+                    values[output] = functools.partial(_same, plan.stubs[output])
+                    given[output] = f"stubbed (step {producer!r} does not run)"
+                else:
+                    hashes[output] = earlier[output].content_hash
+                    values[output] = functools.partial(io.load, earlier[output])
+                    last = index.last(pipeline, producer)
+                    run = f" of run {last.run_id}" if last is not MISSING else ""
+                    given[output] = f"the earlier result{run} of step {producer!r} (--from)"
         why_run: dict[str, str] = {}
         verdicts: dict[str, tuple[str, CacheRecord | None, Any]] = {}
         #: cache=False step → the run whose outputs are assumed for it
@@ -100,13 +203,16 @@ def explain(
             rests_on[name] = {}
             for edge in edges:
                 producer = plan.dag.producers[edge]
-                rests_on[name].update(rests_on[producer])
+                rests_on[name].update(rests_on.get(producer, {}))
                 if producer in assumed:
                     rests_on[name][producer] = assumed[producer]
             unknown = [e for e in edges if hashes.get(e) is None]
             key = None
             record = None
-            if unknown:
+            if unknown and name in regenerate:
+                verdict = "run"
+                why_run[name] = REGENERATE
+            elif unknown:
                 verdict = "run"
                 why_run[name] = "inputs change"
             else:
@@ -120,6 +226,7 @@ def explain(
                     home=config.home,
                     index=index,
                     io=io,
+                    regenerate=regenerate,
                 )
                 key = decision.key
                 if decision.reuse:
@@ -127,46 +234,109 @@ def explain(
                 else:
                     verdict = "run"
                     why_run[name] = decision.reason
+                    foreach = spec.options.foreach
+                    if foreach is not None and foreach in values and decision.reason == NOT_STORED:
+                        item_counts[name] = _items_to_run(
+                            decision.key, foreach, values[foreach], index, io
+                        )
             verdicts[name] = (verdict, record, key)
-            earlier = (
-                _earlier_outputs(config.home, pipeline.name, name, key.digest)
+            earlier_run = (
+                _earlier_outputs(config.home, pipeline, name, key.digest)
                 if not spec.options.cache and key is not None
                 else None
             )
-            if earlier is not None and all(p.name in earlier[1] for p in spec.outputs):
-                assumed[name] = earlier[0]
-                record_hashes = earlier[1]
+            if earlier_run is not None and all(p.name in earlier_run[1] for p in spec.outputs):
+                assumed[name] = earlier_run[0]
+                record_hashes = earlier_run[1]
             elif record is not None:
                 record_hashes = {o: ref.content_hash for o, ref in record.outputs.items()}
+                for o, ref in record.outputs.items():
+                    values[o] = functools.partial(io.load, ref)
             else:
                 record_hashes = {}
             for port in spec.outputs:
                 hashes[port.name] = record_hashes.get(port.name)
-        verdict, record, key = verdicts[step]
-        if not plan.dag.steps[step].options.cache:
-            rests_on[step] = {}  # it runs whatever its inputs are
-        assumptions = _assumptions(rests_on[step])
-        if verdict == "reuse":
-            assert record is not None
-            return Explanation(
-                step,
-                "reuse",
-                (f"its key matches the result stored by run {record.run_id}", *assumptions),
-                record,
-                rests_on[step],
+        explained = [
+            _with_items(
+                _explanation(plan, step, verdicts, why_run, assumed, rests_on, index, pipeline),
+                item_counts.get(step),
             )
-        reasons = _reasons(plan, step, verdicts, why_run, assumed, index, pipeline.name)
-        return Explanation(
-            step,
-            "run",
-            tuple(reasons + assumptions),
-            _last(index, pipeline.name, step),
-            rests_on[step],
-        )
+            for step in ([focus] if focus is not None else plan.steps)
+        ]
+        return PlanExplanation(pipeline, tuple(explained), given)
     finally:
         index.close()
         for backend in backends.values():
             backend.close()
+
+
+def _explanation(
+    plan: Any,
+    step: str,
+    verdicts: Mapping[str, tuple[str, CacheRecord | None, Any]],
+    why_run: Mapping[str, str],
+    assumed: Mapping[str, str],
+    rests_on: dict[str, dict[str, str]],
+    index: CacheIndex,
+    pipeline: str,
+) -> Explanation:
+    verdict, record, _ = verdicts[step]
+    if not plan.dag.steps[step].options.cache:
+        rests_on[step] = {}  # it runs whatever its inputs are
+    assumptions = _assumptions(rests_on[step])
+    if verdict == "reuse":
+        assert record is not None
+        return Explanation(
+            step,
+            "reuse",
+            (f"its key matches the result stored by run {record.run_id}", *assumptions),
+            record,
+            rests_on[step],
+        )
+    if why_run.get(step) == REGENERATE:
+        reasons = ["asked to regenerate it (--regenerate, or a step it depends on)"]
+    else:
+        reasons = _reasons(plan, step, verdicts, why_run, assumed, index, pipeline)
+    return Explanation(
+        step,
+        "run",
+        tuple(reasons + assumptions),
+        _last(index, pipeline, step),
+        rests_on[step],
+    )
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _items_to_run(
+    key: Any, foreach: str, load: Any, index: CacheIndex, io: ArtifactIO
+) -> tuple[int, int] | None:
+    """For a fan-out step that would run: how many of its items have no stored result
+    (they would run), of how many; ``None`` when the list cannot be read."""
+    try:
+        items = list(load())
+    except Exception:  # explaining must not fail on a damaged object: it just knows less
+        return None
+    missing = 0
+    key_of = item_keys(key, foreach)
+    for item in items:
+        record = index.get(key_of(hash_value(item)).digest)
+        if record is MISSING or not all(io.available(r) for r in record.outputs.values()):
+            missing += 1
+    return missing, len(items)
+
+
+def _with_items(explanation: Explanation, counts: tuple[int, int] | None) -> Explanation:
+    if counts is None:
+        return explanation
+    missing, total = counts
+    note = (
+        f"{missing} of its {total} items would run (no stored result for their keys); "
+        f"the other {total - missing} would be reused"
+    )
+    return attrs.evolve(explanation, reasons=(*explanation.reasons, note))
 
 
 def _earlier_outputs(
@@ -188,6 +358,10 @@ def _earlier_outputs(
             records.close()
     except Exception:  # explaining must not fail on damaged records; it just knows less
         return None
+
+
+def _assumes(reason: str) -> bool:
+    return reason.startswith("assuming step ")
 
 
 def _assumptions(rests_on: Mapping[str, str]) -> list[str]:
@@ -220,7 +394,7 @@ def _reasons(
         producer = plan.dag.producers.get(port.name)
         if producer in assumed:
             continue  # its output is taken as last time's: the key below says the rest
-        if producer is not None and verdicts[producer][0] == "run":
+        if producer in verdicts and verdicts[producer][0] == "run":
             reasons.append(
                 f"input {port.name!r} comes from step {producer!r}, which would run "
                 f"({why_run[producer]}); if it makes identical output, {step!r} may still "

@@ -23,8 +23,17 @@ def _input_source(pipeline: Pipeline, step: str, name: str) -> dict[str, Any]:
     return {"kind": "param"}
 
 
-def as_dict(pipeline: Pipeline) -> dict[str, Any]:
-    """The graph as plain data (the ``--format json`` document)."""
+def _resources(spec: Any) -> dict[str, Any]:
+    res = spec.options.resources
+    return {k: getattr(res, k) for k in ("cpus", "memory", "gpus") if getattr(res, k) is not None}
+
+
+def as_dict(pipeline: Pipeline, *, default_backend: str = "local") -> dict[str, Any]:
+    """The graph as plain data (the ``--format json`` document).
+
+    Each step's ``backend`` is where it runs (its ``@step(backend=...)``, else
+    ``default_backend``); ``options.backend`` is what the decorator said, or ``null``.
+    """
     steps = []
     for name, spec in pipeline.steps.items():
         opts = spec.options
@@ -32,6 +41,9 @@ def as_dict(pipeline: Pipeline) -> dict[str, Any]:
             {
                 "name": name,
                 "function": f"{spec.ref.module}.{spec.ref.qualname}",
+                "backend": opts.backend or default_backend,
+                "env": _jsonable(dict(opts.env)),
+                "resources": _resources(spec),
                 "inputs": [
                     {
                         "name": p.name,
@@ -49,6 +61,8 @@ def as_dict(pipeline: Pipeline) -> dict[str, Any]:
                     "timeout": opts.timeout,
                     "cache": opts.cache,
                     "tags": list(opts.tags),
+                    "after": list(opts.after),
+                    "foreach": opts.foreach,
                 },
             }
         )
@@ -68,7 +82,16 @@ def as_dict(pipeline: Pipeline) -> dict[str, Any]:
             }
         )
     edges = [{"from": e.producer, "to": e.consumer, "output": e.output} for e in pipeline.dag.edges]
-    return {"pipeline": pipeline.name, "steps": steps, "edges": edges, "params": params}
+    # Ordering without data (``after=``) is kept apart from the data edges, which all carry
+    # an output.
+    order = [{"from": before, "to": after} for before, after in pipeline.dag.after]
+    return {
+        "pipeline": pipeline.name,
+        "steps": steps,
+        "edges": edges,
+        "after": order,
+        "params": params,
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -79,7 +102,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _text(pipeline: Pipeline) -> str:
+def _text(pipeline: Pipeline, *, default_backend: str = "local") -> str:
     lines = [f"pipeline {pipeline.name}: {len(pipeline.steps)} steps"]
     if pipeline.params:
         lines.append("")
@@ -118,12 +141,28 @@ def _text(pipeline: Pipeline) -> str:
             extra.append(f"timeout={spec.options.timeout:g}s")
         if not spec.options.cache:
             extra.append("cache=False")
+        if spec.options.env:
+            extra.append(f"env={dict(spec.options.env)!r}")
+        if _resources(spec):
+            extra.append(f"resources={_resources(spec)!r}")
+        if spec.options.foreach:
+            extra.append(f"foreach={spec.options.foreach}")
+        if spec.options.after:
+            extra.append(f"after={','.join(spec.options.after)}")
         tail = f"  [{', '.join(extra)}]" if extra else ""
         lines.append(f"  {name}({', '.join(ins)}) -> {outs}{tail}")
+    # Where each step runs: the steps that name no backend run on the default one.
+    where: dict[str, list[str]] = {}
+    for name, spec in pipeline.steps.items():
+        where.setdefault(spec.options.backend or default_backend, []).append(name)
+    lines.append("")
+    lines.append("backends:")
+    for backend, names in where.items():
+        lines.append(f"  {backend}: {', '.join(names)}")
     return "\n".join(lines) + "\n"
 
 
-def _dot(pipeline: Pipeline) -> str:
+def _dot(pipeline: Pipeline, *, default_backend: str = "local") -> str:
     # Every id is a quoted string, so DOT keywords (node, edge, graph, ...) are safe as names;
     # step and pipeline names are validated to ASCII, so json.dumps quotes them exactly.
     lines = [f"digraph {json.dumps(pipeline.name)} {{", "  rankdir=LR;", "  node [shape=box];"]
@@ -132,6 +171,8 @@ def _dot(pipeline: Pipeline) -> str:
     for e in pipeline.dag.edges:
         label = f" [label={json.dumps(e.output)}]" if e.output != e.producer else ""
         lines.append(f"  {json.dumps(e.producer)} -> {json.dumps(e.consumer)}{label};")
+    for before, after in pipeline.dag.after:
+        lines.append(f"  {json.dumps(before)} -> {json.dumps(after)} [style=dashed];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -141,7 +182,7 @@ def _mermaid_label(text: str) -> str:
     return '"' + text.replace('"', "#quot;") + '"'
 
 
-def _mermaid(pipeline: Pipeline) -> str:
+def _mermaid(pipeline: Pipeline, *, default_backend: str = "local") -> str:
     # Node ids are generated (n0, n1, ...) and names are quoted labels: a step named ``end``,
     # ``graph`` or ``subgraph`` is a Mermaid keyword and would break the chart as a bare id.
     ids = {name: f"n{i}" for i, name in enumerate(pipeline.steps)}
@@ -151,15 +192,18 @@ def _mermaid(pipeline: Pipeline) -> str:
     for e in pipeline.dag.edges:
         label = f"|{_mermaid_label(e.output)}|" if e.output != e.producer else ""
         lines.append(f"  {ids[e.producer]} -->{label} {ids[e.consumer]}")
+    for before, after in pipeline.dag.after:
+        lines.append(f"  {ids[before]} -.-> {ids[after]}")
     return "\n".join(lines) + "\n"
 
 
-def _json(pipeline: Pipeline) -> str:
-    return json.dumps(as_dict(pipeline), indent=2) + "\n"
+def _json(pipeline: Pipeline, *, default_backend: str = "local") -> str:
+    return json.dumps(as_dict(pipeline, default_backend=default_backend), indent=2) + "\n"
 
 
 FORMATS = {"text": _text, "dot": _dot, "mermaid": _mermaid, "json": _json}
 
 
-def render(pipeline: Pipeline, fmt: str = "text") -> str:
-    return FORMATS[fmt](pipeline)
+def render(pipeline: Pipeline, fmt: str = "text", *, default_backend: str = "local") -> str:
+    """``pipeline`` in format ``fmt``; steps naming no backend run on ``default_backend``."""
+    return FORMATS[fmt](pipeline, default_backend=default_backend)

@@ -15,7 +15,7 @@ import pytest
 import stepflow
 from stepflow import StepState
 from stepflow._config import load_config
-from stepflow._pluginmanager import make_plugin_manager
+from stepflow._pluginmanager import datastore_kinds, make_plugin_manager
 from stepflow._storage.records import RunRecords
 from stepflow._storage.stores import open_datastore
 from stepflow._surfaces.explain import explain
@@ -213,7 +213,7 @@ class TestDatasetInputs:
         version = stepflow.datasets.register("houses", houses_csv(7), home=stepflow_home)
         assert flow.totals.run(home=stepflow_home).ok
         log()
-        store = open_datastore(None, home=stepflow_home)
+        store = open_datastore(None, home=stepflow_home, kinds=datastore_kinds())
         store.delete(version.objects["houses.csv"].name)
         again = flow.totals.run(home=stepflow_home)
         assert again.ok and log() == []

@@ -222,7 +222,7 @@ class TestDamagedStore:
     def test_input_failing_again_after_recompute_fails_the_step(self, project, monkeypatch):
         """A store that damages an input again right after it was recomputed fails the
         consumer with a clear error instead of recomputing forever."""
-        from stepflow._execution import run as run_module
+        from stepflow._execution import commit as commit_module
         from stepflow._storage.datastore import CorruptedObjectError
 
         project.run()
@@ -232,7 +232,7 @@ class TestDamagedStore:
             raise CorruptedObjectError(f"object {self.content_hash} is corrupted")
 
         # Every input the step is handed fails its check, the way a damaged store does.
-        monkeypatch.setattr(run_module._Artifact, "load", always_bad)
+        monkeypatch.setattr(commit_module.Artifact, "load", always_bad)
         with pytest.warns(StepflowWarning, match="unusable"):
             result = project.pipeline("numbers", "scaled").run()
         assert result.steps["scaled"].state is StepState.FAILED

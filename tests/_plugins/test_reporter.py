@@ -117,3 +117,47 @@ def test_partial_line_from_a_step_is_ended_before_the_report(monkeypatch, stepfl
     lines = screen(_run_printing_pipeline(monkeypatch, Pipeline("p", [progress])))
     assert "50%" in lines
     assert any(line.startswith("progress ..") for line in lines)
+
+
+def test_a_builtin_plugin_configured_for_stepflow_run(monkeypatch, stepflow_home):
+    """The reporter comes with every plugin manager, like the other built-ins; it reports
+    only once the command line configured a ``stepflow run`` (a run from Python prints
+    nothing), and its durations are ``human_duration``'s."""
+    term = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", term)
+    monkeypatch.setattr(sys, "stderr", term)
+
+    @step
+    def one() -> int:
+        return 1
+
+    pm = make_plugin_manager(entrypoints=False)
+    assert pm.has_plugin("stepflow._plugins.terminal")
+    assert Pipeline("p", [one]).run(config=load_config(), plugin_manager=pm).ok
+    assert term.getvalue() == ""
+    config = load_config(options={"command": "run", "color": "no", "verbose": 0})
+    pm.hook.stepflow_configure(config=config)
+    try:
+        result = Pipeline("p", [one]).run(config=config, plugin_manager=pm)
+    finally:
+        pm.hook.stepflow_unconfigure(config=config)
+    shown = screen(term.getvalue())
+    assert any(line.startswith("one ") and line.endswith(" reused") for line in shown)
+    assert any(f"1 reused in {result.duration:.2f}s" in line for line in shown)
+    # Unconfigured again: the next run from Python prints nothing more.
+    before = term.getvalue()
+    Pipeline("p", [one]).run(config=load_config(), plugin_manager=pm)
+    assert term.getvalue() == before
+
+
+def test_durations_over_a_minute_read_as_minutes():
+    now = [0.0]
+    reporter = TerminalReporter(FakeTerminal(), clock=lambda: now[0])
+    info = RunInfo(run_id="r1", pipeline="p", steps=("a",), params={}, workers=1, fail_fast=False)
+    reporter.stepflow_run_start(run=info)
+    try:
+        reporter.stepflow_step_start(run=info, step="a", attempt=1)
+        now[0] = 125.0
+        assert reporter.status_text() == "[0/1] running a ... 2m05s"
+    finally:
+        reporter.close()

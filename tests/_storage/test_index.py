@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import sqlite3
 import subprocess
@@ -12,12 +13,16 @@ import time
 import pytest
 
 from stepflow import Pipeline
+from stepflow._pluginmanager import datastore_kinds
 from stepflow._sentinels import MISSING
+from stepflow._storage import stores
 from stepflow._storage.artifacts import ArtifactRef
 from stepflow._storage.datastore import LocalDatastore
 from stepflow._storage.index import CacheIndex, CacheRecord
-from stepflow._storage.stores import open_datastore
 from stepflow.errors import StepflowError, StepflowWarning, StorageError
+
+#: the store at a URL, opened with the kinds the installed plugins register
+open_datastore = functools.partial(stores.open_datastore, kinds=datastore_kinds())
 
 KEY = "ab" + "0" * 62
 OTHER = "cd" + "1" * 62

@@ -7,6 +7,7 @@ same bucket, which is how a second machine would see it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -22,13 +23,17 @@ import pytest
 
 from stepflow import Pipeline, StepState
 from stepflow._config import load_config
+from stepflow._pluginmanager import datastore_kinds
+from stepflow._storage import stores
 from stepflow._storage.artifacts import ArtifactIO
 from stepflow._storage.datastore import KEYED_HASH_DOC, ArtifactMissingError
 from stepflow._storage.index import CacheIndex
 from stepflow._storage.objectstore import FsspecDatastore
 from stepflow._storage.serializers import builtin_serializers
-from stepflow._storage.stores import open_datastore
 from stepflow.errors import StepflowWarning, StoreUnavailableError, UsageError
+
+#: the store at a URL, opened with the kinds the installed plugins register
+open_datastore = functools.partial(stores.open_datastore, kinds=datastore_kinds())
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NAME = "0123456789abcdef0123.pickle"

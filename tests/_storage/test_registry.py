@@ -7,17 +7,22 @@ the registry must keep all its state in the datastore, whatever kind it is.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import threading
 
 import pytest
 
+from stepflow._pluginmanager import datastore_kinds
+from stepflow._storage import stores
 from stepflow._storage.artifacts import ArtifactRef
 from stepflow._storage.datastore import LocalDatastore
 from stepflow._storage.registry import Registry
 from stepflow._storage.registry_records import DatasetVersion, check_alias, check_version
-from stepflow._storage.stores import open_datastore
 from stepflow.errors import NotRegisteredError, StepflowError, StorageError, UsageError
+
+#: the store at a URL, opened with the kinds the installed plugins register
+open_datastore = functools.partial(stores.open_datastore, kinds=datastore_kinds())
 
 
 @pytest.fixture(params=["local", "s3"])
