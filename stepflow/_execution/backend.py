@@ -39,6 +39,9 @@ class BackendContext:
     #: how many steps the run executes at once
     workers: int
     run_id: str
+    #: the steps of the run that use this backend (name → spec), so that ``check()`` can
+    #: prepare what they need before any step runs (build their images, say)
+    steps: Mapping[str, StepSpec] = attrs.field(factory=dict, kw_only=True)
 
 
 class Backend:
@@ -77,6 +80,14 @@ class Backend:
         It is called for every step, so compute it once.
         """
         return {}
+
+    def step_environment(self, spec: StepSpec) -> dict[str, str]:
+        """What results of step ``spec`` depend on here: ``environment()`` by default.
+
+        A backend whose environment differs per step (a step's own ``env`` image) overrides
+        this; the cache key and ``stepflow explain`` call it for every step.
+        """
+        return self.environment()
 
     def runs_inline(self, spec: StepSpec) -> bool:
         """True when ``spec`` may be called in the run loop's own process, skipping the worker."""
@@ -150,7 +161,8 @@ def open_backends(
             if factory is None:
                 users = [s for s, b in plan.backends.items() if b == name]
                 raise BackendUnavailableError(_unknown_backend(name, kind, users, kinds))
-            backend = factory(name, options, context)
+            steps = {s: plan.dag.steps[s] for s in plan.steps if plan.backends.get(s) == name}
+            backend = factory(name, options, attrs.evolve(context, steps=steps))
             backends[name] = backend
             if check:
                 backend.check()

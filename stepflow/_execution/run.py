@@ -373,7 +373,7 @@ class _Runner:
             inputs=inputs,
             references=self.references.get(name),
             serializers=self.serializers,
-            backend_env=self.backends[self.plan.backends[name]].environment(),
+            backend_env=self.backends[self.plan.backends[name]].step_environment(spec),
             home=self.config.home,
             index=self.index,
             io=self.io,
