@@ -143,8 +143,10 @@ def run_attempt(
         )
     finally:
         if lifeline is not None:
-            with contextlib.suppress(OSError):
-                lifeline.close()
+            # The SDK hands a SocketIO over the response's socket: close both.
+            for closing in (lifeline, getattr(lifeline, "_sock", None)):
+                with contextlib.suppress(OSError, AttributeError):
+                    closing.close()
         with contextlib.suppress(*docker_errors()):
             api.remove_container(name, force=True)
         shutil.rmtree(folder, ignore_errors=True)
