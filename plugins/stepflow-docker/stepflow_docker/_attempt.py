@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import shutil
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +36,10 @@ __all__ = ["Launch", "container_name", "run_attempt"]
 
 #: where the attempt folder (task and result files) is mounted in the container
 ATTEMPT_DIR = "/stepflow/attempt"
-#: where this process's stepflow package is mounted (on the container's PYTHONPATH)
+#: where a copy of this process's stepflow package is mounted (the container's PYTHONPATH)
 SOURCE_DIR = "/opt/stepflow/src"
+#: where the home's bytecode cache is mounted (``PYTHONPYCACHEPREFIX``)
+PYCACHE_DIR = "/opt/stepflow/pycache"
 
 
 @attrs.frozen
@@ -125,7 +128,10 @@ def run_attempt(
             api.start(container_id)  # already running when reattached
         if cancelled.is_set():
             api.stop(container_id, timeout=0)
+        follower = _follow(api, container_id) if task.echo else None
         state = _wait(api, container_id, timeout)
+        if follower is not None:
+            follower.join(timeout=5)
         if state is None:  # past its timeout: SIGTERM, then SIGKILL after stop_timeout
             api.stop(container_id, timeout=int(launch.stop_timeout))
             return TaskResult.timed_out(task, timeout, logs=_logs(api, container_id, task))
@@ -150,6 +156,20 @@ def run_attempt(
         with contextlib.suppress(*docker_errors()):
             api.remove_container(name, force=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _follow(api: Any, container_id: str) -> threading.Thread:
+    """Show what the step prints as it prints it, as a worker process does (on our fd 2,
+    beside the run's report, not through the run's own captured streams)."""
+
+    def copy() -> None:
+        with contextlib.suppress(*docker_errors(), OSError):
+            for chunk in api.logs(container_id, stream=True, follow=True):
+                os.write(2, chunk)
+
+    thread = threading.Thread(target=copy, name="stepflow-docker-logs", daemon=True)
+    thread.start()
+    return thread
 
 
 def _wait(api: Any, container_id: str, timeout: float | None) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from stepflow.errors import BackendUnavailableError
 
-__all__ = ["code_snapshot"]
+__all__ = ["code_snapshot", "stepflow_source"]
 
 #: snapshots kept beside the newest (older ones are removed when a new one is made)
 _KEEP = 8
@@ -67,3 +67,40 @@ def _prune(folders: Path, newest: Path) -> None:
     for old in entries[: max(0, len(entries) - _KEEP)]:
         if old != newest:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def stepflow_source(home: Path) -> tuple[Path, bool]:
+    """A copy of this process's ``stepflow`` package in the home, and whether it still needs
+    compiling; the folder holding it is mounted read-only on the container's ``PYTHONPATH``.
+
+    A copy, not the package itself, so that its bytecode can be compiled once by the
+    container's Python (next to the sources, where any Python looks for it): importing
+    stepflow from sources costs a container most of a second. One copy per content (paths,
+    sizes and modification times of the package's files).
+    """
+    import hashlib
+
+    import stepflow
+
+    package = Path(stepflow.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            stat = path.stat()
+            digest.update(
+                f"{path.relative_to(package)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
+    folders = home / "docker" / "stepflow"
+    dest = folders / digest.hexdigest()[:20]
+    if not (dest / "stepflow").is_dir():
+        folders.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = Path(tempfile.mkdtemp(dir=folders, prefix=".tmp-"))
+        shutil.copytree(package, tmp / "stepflow", ignore=shutil.ignore_patterns("__pycache__"))
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (dest / "stepflow").is_dir():
+                raise
+        _prune(folders, dest)
+    return dest, not (dest / ".compiled").exists()

@@ -270,6 +270,27 @@ class Images:
                     container.remove(force=True)
         return str(image.id)
 
+    def compile(self, image_id: str, folder: Path) -> None:
+        """Compile the Python files under ``folder`` with the image's Python, as the caller.
+
+        Best effort: a step only imports more slowly without the bytecode.
+        """
+        container = self.client.containers.create(
+            image_id,
+            [VENV_PYTHON, "-m", "compileall", "-q", "/stepflow-src"],
+            user=f"{os.getuid()}:{os.getgid()}",
+            volumes={str(folder): {"bind": "/stepflow-src", "mode": "rw"}},
+            network_mode="none",
+            labels={BUILD: "compile", **owner_labels()},
+        )
+        try:
+            container.start()
+            if container.wait()["StatusCode"] == 0:
+                (folder / ".compiled").touch()
+        finally:
+            with contextlib.suppress(*docker_errors()):
+                container.remove(force=True)
+
     def _run_once(self, image: str, command: list[str]) -> tuple[str, int]:
         container = self.client.containers.create(
             image, command, labels={BUILD: "probe", **owner_labels()}

@@ -45,7 +45,9 @@ class DockerBackend(Backend):
         #: step name → its environment, once built (``check``) or looked up (``explain``)
         self._built: dict[EnvSpec, Built | None] = {}
         self._code: Path | None = None
-        self._lock = threading.Lock()
+        self._source: Path | None = None
+        # Re-entrant: preparing a folder may open the client, under the same lock.
+        self._lock = threading.RLock()
         self._cancelled = threading.Event()
 
     # --- before any step ------------------------------------------------------------------
@@ -81,6 +83,7 @@ class DockerBackend(Backend):
             self._prepare(self._env_of(spec, name))
         if self._steps():
             self._code_folder()
+            self._stepflow_folder(self._prepare(self._env_of(next(iter(self._steps().values())))))
 
     @property
     def client(self) -> docker.DockerClient:
@@ -125,6 +128,18 @@ class DockerBackend(Backend):
                 self._code = code_snapshot(self.rootdir, self.home, config.store, self.name)
             return self._code
 
+    def _stepflow_folder(self, built: Built) -> Path:
+        """Our stepflow package, compiled once by the image's Python (see ``_code``)."""
+        from stepflow_docker._code import stepflow_source
+
+        with self._lock:
+            if self._source is None:
+                folder, compile_it = stepflow_source(self.home)
+                if compile_it:
+                    self.images.compile(built.image_id, folder)
+                self._source = folder
+            return self._source
+
     # --- the cache key --------------------------------------------------------------------
 
     def environment(self) -> dict[str, str]:
@@ -166,13 +181,12 @@ class DockerBackend(Backend):
         return run_attempt(self.client, task, launch, folder, timeout, self._cancelled)
 
     def _launch(self, built: Built, task: Task) -> Launch:
-        import stepflow
         from stepflow_docker._attempt import SOURCE_DIR, Launch
         from stepflow_docker._images import VENV_PYTHON
 
         code = self._code_folder()
         mounts: dict[str, tuple[str, str]] = {str(code): (str(self.rootdir), "ro")}
-        mounts[str(Path(stepflow.__file__).resolve().parent)] = (f"{SOURCE_DIR}/stepflow", "ro")
+        mounts[str(self._stepflow_folder(built))] = (SOURCE_DIR, "ro")
         if task.store_kind == "local":
             store = Path(task.store_uri).resolve()
             refs = store.parent / "refs"
