@@ -25,6 +25,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import shutil
 import ssl
 import sys
@@ -37,7 +38,7 @@ import attrs
 
 from stepflow.errors import BackendUnavailableError
 from stepflow_docker._engine import docker_errors
-from stepflow_docker._labels import BUILD, owner_labels
+from stepflow_docker._labels import BUILD, OWNER, owner_labels
 from stepflow_docker._spec import EnvSpec
 
 if TYPE_CHECKING:
@@ -47,7 +48,8 @@ __all__ = ["VENV_PYTHON", "Built", "Images"]
 
 #: the interpreter of every environment image
 VENV_PYTHON = "/opt/stepflow/venv/bin/python"
-_FORMAT = 1
+# 3: images keep neither the build's environment variables nor its labels
+_FORMAT = 3
 #: lines of a failed build's output shown in the error
 _TAIL = 25
 _PYTHON_PROBE = "import platform; print(platform.python_version())"
@@ -223,7 +225,6 @@ class Images:
         )
         with tempfile.TemporaryDirectory(prefix="stepflow-build-") as tmp:
             folder = Path(tmp)
-            (folder / "build.sh").write_text(script)
             (folder / "requirements.txt").write_text("".join(r + "\n" for r in requirements))
             (folder / "apt.txt").write_text("".join(p + "\n" for p in spec.apt))
             folder.chmod(0o755)
@@ -245,11 +246,14 @@ class Images:
                 value = os.environ.get(var, "")
                 if value.startswith(("http://", "https://")):
                     environment[var] = value
+            # Variables in the script, not the container: a committed image keeps the
+            # container's (PIP_CERT naming a file only the build had).
+            exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in environment.items())
+            (folder / "build.sh").write_text(exports + script)
             container = self.client.containers.create(
                 source,
                 ["sh", "/stepflow-build/build.sh"],
                 user="0:0",
-                environment=environment,
                 volumes=mounts,
                 labels={BUILD: tag, **owner_labels()},
             )
@@ -261,10 +265,16 @@ class Images:
                     raise BackendUnavailableError(
                         _failed_build(self.backend, tag, spec, code, output)
                     )
-                labels = {"io.stepflow.env": tag, "io.stepflow.spec": json.dumps(_spec_json(spec))}
-                changes = [f"LABEL {k}={json.dumps(v)}" for k, v in labels.items()]
+                # The engine merges the build container's labels into the image, and every
+                # container of the image would inherit them: blank the build's own.
+                labels = {
+                    BUILD: "",
+                    OWNER: "",
+                    "io.stepflow.env": tag,
+                    "io.stepflow.spec": json.dumps(_spec_json(spec)),
+                }
                 repository, name = tag.split(":")
-                image = container.commit(repository, name, changes=changes)
+                image = container.commit(repository, name, conf={"Labels": labels})
             finally:
                 with contextlib.suppress(*docker_errors()):
                     container.remove(force=True)
