@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+# Every folder made in the home is owner-only at each level (DESIGN.md section 7).
+from stepflow._storage.home import make_private_dirs
 from stepflow.backends import Task, TaskResult
 from stepflow_docker._engine import docker_errors
 from stepflow_docker._labels import ATTEMPT, RUN, STEP, owner_labels
@@ -75,7 +77,7 @@ def run_attempt(
     import docker.errors
 
     name = container_name(task)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(folder)
     # The container echoes the step's output to its own logs, so what a step printed before
     # it was stopped (timeout, cancel) is still there; the result holds the captured copy.
     (folder / "task.pkl").write_bytes(pickle.dumps(attrs.evolve(task, echo=True), protocol=5))

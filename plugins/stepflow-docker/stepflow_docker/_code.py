@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+# Every folder made in the home is owner-only at each level (DESIGN.md section 7).
+from stepflow._storage.home import make_private_dirs
 from stepflow.errors import BackendUnavailableError
 
 __all__ = ["code_snapshot", "stepflow_source"]
@@ -37,7 +39,7 @@ def code_snapshot(rootdir: Path, home: Path, store: str | None, backend: str) ->
             folders = home / "docker" / "code"
             dest = folders / snapshot_id
             if not dest.is_dir():
-                folders.mkdir(parents=True, exist_ok=True, mode=0o700)
+                make_private_dirs(folders)
                 tmp = Path(tempfile.mkdtemp(dir=folders, prefix=".tmp-"))
                 restore_snapshot(snapshot_id, datastore, tmp / "code")
                 try:
@@ -93,7 +95,7 @@ def stepflow_source(home: Path) -> tuple[Path, bool]:
     folders = home / "docker" / "stepflow"
     dest = folders / digest.hexdigest()[:20]
     if not (dest / "stepflow").is_dir():
-        folders.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(folders)
         tmp = Path(tempfile.mkdtemp(dir=folders, prefix=".tmp-"))
         shutil.copytree(package, tmp / "stepflow", ignore=shutil.ignore_patterns("__pycache__"))
         try:

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+# Every folder made in the home is owner-only at each level (DESIGN.md section 7).
+from stepflow._storage.home import make_private_dirs
 from stepflow.errors import BackendUnavailableError
 from stepflow_docker._engine import docker_errors
 from stepflow_docker._labels import BUILD, OWNER, owner_labels
@@ -202,7 +204,7 @@ class Images:
     @contextlib.contextmanager
     def _lock(self, tag: str) -> Iterator[None]:
         locks = self.folder / "locks"
-        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(locks)
         fd = os.open(locks / (tag.replace(":", "-") + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -416,7 +418,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh)

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Every folder made in the home is owner-only at each level (DESIGN.md section 7).
+from stepflow._storage.home import make_private_dirs
 from stepflow.backends import Backend, BackendContext, Task, TaskResult
 from stepflow.errors import BackendUnavailableError
 from stepflow_docker._spec import ENV_KEYS, EnvSpec, Options, parse_options, step_spec
@@ -191,7 +193,7 @@ class DockerBackend(Backend):
             store = Path(task.store_uri).resolve()
             refs = store.parent / "refs"
             for folder in (store, refs):
-                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+                make_private_dirs(folder)
                 mounts[str(folder)] = (str(folder), "rw")
                 self._mountpoint(code, folder)
         return Launch(
