@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 # Every folder made in the home is owner-only at each level (DESIGN.md section 7).
 from stepflow._storage.home import make_private_dirs
@@ -24,7 +26,13 @@ __all__ = ["code_snapshot", "stepflow_source"]
 _KEEP = 8
 
 
-def code_snapshot(rootdir: Path, home: Path, store: str | None, backend: str) -> Path:
+def code_snapshot(
+    rootdir: Path,
+    home: Path,
+    store: str | None,
+    backend: str,
+    store_options: Mapping[str, Any] | None = None,
+) -> Path:
     """The folder holding the snapshot of ``rootdir`` (made if needed)."""
     # Private modules of stepflow: this first-party plugin shares the snapshot format.
     from stepflow._storage.source import scan
@@ -33,7 +41,7 @@ def code_snapshot(rootdir: Path, home: Path, store: str | None, backend: str) ->
 
     try:
         found = scan(rootdir, home=home)
-        datastore = open_datastore(store, home=home)
+        datastore = open_datastore(store, home=home, options=store_options)
         try:
             snapshot_id = save_scan(found, datastore, home=home)
             folders = home / "docker" / "code"

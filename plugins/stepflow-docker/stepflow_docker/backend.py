@@ -127,7 +127,9 @@ class DockerBackend(Backend):
         with self._lock:
             if self._code is None:
                 config = self.context.config
-                self._code = code_snapshot(self.rootdir, self.home, config.store, self.name)
+                self._code = code_snapshot(
+                    self.rootdir, self.home, config.store, self.name, config.store_options
+                )
             return self._code
 
     def _stepflow_folder(self, built: Built) -> Path:
