@@ -348,6 +348,19 @@ def _failed_build(backend: str, tag: str, spec: EnvSpec, code: int, output: str)
     )
 
 
+_CORE_DEPENDENCIES = (
+    "pluggy",
+    "attrs",
+    "cloudpickle",
+    "diskcache",
+    "pandas",
+    "joblib",
+    "pyarrow",
+    "xxhash",
+    "pathspec",
+)
+
+
 def runtime_pins() -> tuple[str, ...]:
     """stepflow's own dependencies, at the versions installed here (``name==version``).
 
@@ -355,7 +368,14 @@ def runtime_pins() -> tuple[str, ...]:
     so the libraries that do it (cloudpickle, pandas, pyarrow, ...) must be the same.
     """
     pins = []
-    for requirement in importlib.metadata.requires("stepflow") or ():
+    try:
+        requirements = importlib.metadata.requires("stepflow") or []
+    except importlib.metadata.PackageNotFoundError:
+        # stepflow imported from a source folder without being installed: its dependencies
+        # as pyproject.toml lists them.
+        requirements = list(_CORE_DEPENDENCIES)
+    # numpy too: pandas and pyarrow need it, and it is in every DataFrame's pickle.
+    for requirement in [*requirements, "numpy"]:
         if "extra ==" in requirement:
             continue
         match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
@@ -365,8 +385,9 @@ def runtime_pins() -> tuple[str, ...]:
         try:
             pins.append(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
-            pins.append(requirement.split(";")[0].strip())
-    return tuple(sorted(pins))
+            if name != "numpy":  # not installed here: nothing to match
+                pins.append(requirement.split(";")[0].strip())
+    return tuple(sorted(set(pins)))
 
 
 def ca_bundle() -> str | None:
