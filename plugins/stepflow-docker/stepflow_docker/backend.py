@@ -252,7 +252,7 @@ class DockerBackend(Backend):
     # --- stopping -------------------------------------------------------------------------
 
     def cancel(self) -> None:
-        """Stop every container of this run (Ctrl-C, ``-x``); their steps come back cancelled."""
+        """Stop every container of this run (Ctrl-C, SIGTERM); their steps come back cancelled."""
         from stepflow_docker._engine import docker_errors
         from stepflow_docker._labels import RUN
 
