@@ -8,9 +8,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# From the top-level package, not stepflow.backends: every run collects the backend kinds
+# (this module is imported then), and a fully cached run must not import the task machinery.
+from stepflow import Backend, BackendContext
+
 # Every folder made in the home is owner-only at each level (DESIGN.md section 7).
 from stepflow._storage.home import make_private_dirs
-from stepflow.backends import Backend, BackendContext, Task, TaskResult
 from stepflow.errors import BackendUnavailableError
 from stepflow_docker._spec import ENV_KEYS, EnvSpec, Options, parse_options, step_spec
 
@@ -18,6 +21,7 @@ if TYPE_CHECKING:
     import docker
 
     from stepflow._authoring.step import StepSpec
+    from stepflow.backends import Task, TaskResult
     from stepflow_docker._attempt import Launch
     from stepflow_docker._images import Built, Images
 
@@ -172,6 +176,7 @@ class DockerBackend(Backend):
     # --- running --------------------------------------------------------------------------
 
     def execute(self, task: Task, *, timeout: float | None) -> TaskResult:
+        from stepflow.backends import TaskResult
         from stepflow_docker._attempt import container_name, run_attempt
 
         if self._cancelled.is_set():
