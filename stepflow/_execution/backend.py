@@ -62,6 +62,9 @@ class BackendContext:
     #: how many steps the whole run executes at once (1: one after another, in this thread);
     #: ``None``: the same as ``workers``
     run_workers: int | None = None
+    #: the steps of the run that use this backend (name → spec), so that ``check()`` can
+    #: prepare what they need before any step runs (build their images, say)
+    steps: Mapping[str, StepSpec] = attrs.field(factory=dict, kw_only=True)
 
 
 class Backend:
@@ -134,6 +137,14 @@ class Backend:
                 f"{honoured})"
             )
         return "; ".join(reasons) or None
+
+    def step_environment(self, spec: StepSpec) -> dict[str, str]:
+        """What results of step ``spec`` depend on here: ``environment()`` by default.
+
+        A backend whose environment differs per step (a step's own ``env`` image) overrides
+        this; the cache key and ``stepflow explain`` call it for every step.
+        """
+        return self.environment()
 
     def runs_inline(self, spec: StepSpec) -> bool:
         """True when ``spec`` may be called in the run loop's own process, skipping the worker."""
@@ -224,12 +235,14 @@ def open_backends(
             if factory is None:
                 users = [s for s, b in plan.backends.items() if b == name]
                 raise BackendUnavailableError(_unknown_backend(name, kind, users, kinds))
+            steps = {s: plan.dag.steps[s] for s in plan.steps if plan.backends.get(s) == name}
             context = BackendContext(
                 config=config,
                 workers=limits[name].slots,
                 run_id=run_id,
                 resources=limits[name].pools,
                 run_workers=run_workers,
+                steps=steps,
             )
             backends[name] = factory(name, options, context)
         if check:

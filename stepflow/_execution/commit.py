@@ -88,7 +88,7 @@ class RunOutputs:
             inputs=inputs,
             references=setup.references.get(name),
             serializers=setup.serializers,
-            backend_env=setup.backend_of(name).environment(),
+            backend_env=setup.backend_of(name).step_environment(spec),
             home=setup.config.home,
             index=self.index,
             io=self.io,

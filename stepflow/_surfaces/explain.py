@@ -222,7 +222,7 @@ def _walk(
                     inputs={e: hashes[e] for e in edges},  # type: ignore[misc]
                     references=refs.get(name),
                     serializers=serializers,
-                    backend_env=backends[plan.backends[name]].environment(),
+                    backend_env=backends[plan.backends[name]].step_environment(spec),
                     home=config.home,
                     index=index,
                     io=io,

@@ -1,0 +1,130 @@
+"""Containers end with their run: timeouts, Ctrl-C, kill -9 and the sweep; one build."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SLOW = """
+import signal, sys, time
+from stepflow import step
+
+@step
+def seconds(wait: float = 0.0) -> float:
+    return wait
+
+@step(backend="box", timeout="{timeout}")
+def slow(seconds: float) -> float:
+    def term(signum, frame):
+        print("got SIGTERM, ignoring it", flush=True)
+    if {ignore_term}:
+        signal.signal(signal.SIGTERM, term)
+    print("started", flush=True)
+    time.sleep(seconds)
+    print("finished", flush=True)
+    return seconds
+"""
+
+
+def _flow(timeout: str = "10m", ignore_term: bool = False) -> str:
+    return SLOW.format(timeout=timeout, ignore_term=ignore_term)
+
+
+def _wait_for(predicate, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"waited {seconds:g}s for {what}")
+
+
+def _running(containers, step: str):
+    found = [c for c in containers(step=step) if c.status == "running"]
+    return found[0] if found else None
+
+
+def test_kill_9_stops_the_container_and_the_next_run_sweeps_it(docker_client, project, containers):
+    """kill -9 of the run: its container stops by itself (the step never finishes), and the
+    next run removes it, then computes the step once."""
+    project.backend()
+    project.write("flow.py", _flow())
+    run = project.start("run", "flow.py", "--param", "wait=60")
+    try:
+        container = _wait_for(lambda: _running(containers, "slow"), 120, "the step's container")
+        labels = container.labels
+        assert container.name == f"stepflow-{labels['io.stepflow.run']}-slow-1"
+        assert labels["io.stepflow.step"] == "slow" and labels["io.stepflow.attempt"] == "1"
+        _wait_for(lambda: b"started" in container.logs(), 60, "the step to start")
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.kill()
+        run.communicate()
+    # The run's process is gone: the engine closed the container's stdin, the worker stopped.
+    _wait_for(
+        lambda: (container.reload(), container.status)[1] == "exited", 30, "the orphan to stop"
+    )
+    assert b"finished" not in container.logs()
+    assert containers(run_id=labels["io.stepflow.run"])  # left for the next run to sweep
+    again = project.run("run", "flow.py", "--param", "wait=0")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert containers(run_id=labels["io.stepflow.run"]) == []
+    assert re.search(r"slow \.+ ran", again.stdout), again.stdout
+
+
+def test_timeout_stops_then_kills(docker_client, project, containers):
+    """Past its timeout the step gets SIGTERM, then SIGKILL after stop_timeout; what it
+    printed is kept, and its container is removed."""
+    project.backend(stop_timeout=1)
+    project.write("flow.py", _flow(timeout="3s", ignore_term=True))
+    done = project.run("run", "flow.py", "--param", "wait=120")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ran past its timeout of 3s" in done.stdout
+    logs = project.run("logs", "last", "slow")
+    assert logs.returncode == 0, logs.stdout + logs.stderr
+    assert "started" in logs.stdout
+    assert "got SIGTERM, ignoring it" in logs.stdout  # stopped first ...
+    assert "finished" not in logs.stdout  # ... then killed
+    assert containers(step="slow") == []
+
+
+def test_ctrl_c_stops_every_container_of_the_run(docker_client, project, containers):
+    """SIGINT (Ctrl-C) stops the run's containers; the run exits 130 and leaves none."""
+    project.backend(stop_timeout=1)
+    project.write("flow.py", _flow())
+    run = project.start("run", "flow.py", "--param", "wait=60")
+    try:
+        container = _wait_for(lambda: _running(containers, "slow"), 120, "the step's container")
+        _wait_for(lambda: b"started" in container.logs(), 60, "the step to start")
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, out + err
+    assert containers(run_id=container.labels["io.stepflow.run"]) == []
+
+
+def test_two_runs_at_once_build_the_image_once(docker_client, project):
+    """Two runs that need the same new environment: one builds it, the other waits for it."""
+    requirement = "six==1.15.0"
+    spec = json.dumps({"requirements": [requirement], "apt": []})
+    for image in docker_client.images.list(filters={"label": f"io.stepflow.spec={spec}"}):
+        docker_client.images.remove(image.id, force=True)
+    project.backend(requirements=[requirement])
+    project.write("flow.py", _flow())
+    runs = [project.start("run", "flow.py") for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    for run, (out, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, out + err
+    builds = sum(err.count("building stepflow-env:") for _, err in outputs)
+    assert builds == 1, outputs
+    assert len(docker_client.images.list(filters={"label": f"io.stepflow.spec={spec}"})) == 1
+    assert os.path.isdir(project.home / "docker" / "locks")
