@@ -141,7 +141,7 @@ class Journal:
         try:
             self.records = open_records(run.config.home)
             self.records.mark_abandoned()
-            self.records.start_run(self._run_row())
+            self.records.start_run(self._run_row(), plan=self._plan())
         except Exception as exc:  # the run goes on without records (see _lost)
             self._lost(exc)
             return
@@ -206,6 +206,18 @@ class Journal:
             python_version=sys.version.split()[0],
             resumed_from=options.get("resume_from"),
         )
+
+    def _plan(self) -> dict[str, list[Any]]:
+        """What the run will run and the edges between, so the run's graph can be drawn
+        while it goes (``stepflow ui``)."""
+        plan = self.run.plan
+        selected = set(plan.steps)
+        edges = {
+            (e.producer, e.consumer): None
+            for e in plan.dag.edges
+            if e.producer in selected and e.consumer in selected
+        }
+        return {"steps": list(plan.steps), "edges": [list(pair) for pair in edges]}
 
     def _take_snapshot(self) -> None:
         config = self.run.config

@@ -261,6 +261,11 @@ class _Runner:
             producers={o: s for o, s in self.dag.producers.items() if s in self.reports},
             interrupted=interrupted,
             storage_errors=self.storage_errors,
+            edges=[
+                (e.producer, e.consumer)
+                for e in self.dag.edges
+                if e.producer in self.reports and e.consumer in self.reports
+            ],
         )
         return result
 

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: the schema this stepflow writes; ``_MIGRATIONS[n - 1]`` upgrades version ``n - 1`` to ``n``
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -133,12 +133,29 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX IF NOT EXISTS runs_running ON runs (host) WHERE state = 'running';
     """,
+    # 4: each run's plan (its steps and the edges between them), written when it starts, so
+    # a reader can draw the graph of a run still going (steps are recorded as they finish).
+    # A table of its own: listings of many runs never read it.
+    """
+    CREATE TABLE IF NOT EXISTS run_plans (
+        run_id TEXT PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+        steps TEXT NOT NULL,
+        edges TEXT NOT NULL
+    );
+    """,
 )
 
 _DELETE_STEP_ROWS = tuple(
     f"DELETE FROM {table} WHERE run_id = ? AND step = ?"  # noqa: S608 - fixed table names
     for table in ("step_io", "metrics", "logs")
 )
+
+#: the columns of ``runs``, in schema order
+_RUN_COLUMNS = (
+    "id pipeline target state started finished params secret_params targets workers host user"
+    " pid stepflow_version python_version git_commit git_dirty source_hash source_files"
+    " resumed_from counts tags"
+).split()
 
 #: run states; ``running`` only until the run says how it ended
 RUN_STATES = ("running", "succeeded", "failed", "interrupted")
@@ -462,7 +479,9 @@ class RunRecords:
 
     # --- writing ------------------------------------------------------------------------
 
-    def start_run(self, run: RunRow) -> None:
+    def start_run(self, run: RunRow, *, plan: Mapping[str, Any] | None = None) -> None:
+        """Record a run as it starts; ``plan``: ``{"steps": [...], "edges": [[a, b], ...]}``,
+        what it will run (see :meth:`plan`)."""
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO runs (id, pipeline, target, state, started, params, secret_params,"
@@ -486,6 +505,11 @@ class RunRecords:
                     run.resumed_from,
                 ),
             )
+            if plan is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO run_plans VALUES (?,?,?)",
+                    (run.id, json.dumps(list(plan["steps"])), json.dumps(list(plan["edges"]))),
+                )
 
     def write_steps(self, run_id: str, steps: Sequence[StepRow], *, replace: bool = False) -> None:
         """Record finished steps in one transaction.
@@ -626,6 +650,101 @@ class RunRecords:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [self._run_from(r) for r in self._db.execute(sql, args)]
+
+    def run_page(
+        self,
+        *,
+        pipeline: str | None = None,
+        state: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[RunRow], int]:
+        """One page of runs, newest first, and how many match in all; without their source
+        manifests (``source_files`` is ``None``), which a listing never shows.
+
+        :param tags: tag → value every run listed has (``{"schedule": "nightly"}``).
+        """
+        where, args = [], []
+        if pipeline is not None:
+            where.append("pipeline = ?")
+            args.append(pipeline)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        for key, value in (tags or {}).items():
+            where.append("json_extract(tags, ?) = ?")
+            args += ["$." + json.dumps(str(key)), value]
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        columns = ", ".join(
+            "NULL AS source_files" if c == "source_files" else c for c in _RUN_COLUMNS
+        )
+        rows = self._db.execute(
+            f"SELECT {columns} FROM runs{clause} ORDER BY started DESC, id DESC"  # noqa: S608
+            f" LIMIT {int(limit)} OFFSET {int(offset)}",
+            args,
+        ).fetchall()
+        total = self._db.execute(f"SELECT count(*) FROM runs{clause}", args).fetchone()[0]  # noqa: S608
+        return [self._run_from(r) for r in rows], int(total)
+
+    def pipelines(self) -> list[str]:
+        """The names of the pipelines that have runs recorded."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT pipeline FROM runs ORDER BY 1")]
+
+    def tag_values(self, tag: str) -> list[str]:
+        """The values runs were tagged with under ``tag`` (``schedule``: every schedule)."""
+        return [
+            r[0]
+            for r in self._db.execute(
+                "SELECT DISTINCT json_extract(tags, ?) AS v FROM runs WHERE v IS NOT NULL"
+                " ORDER BY 1",
+                ("$." + json.dumps(tag),),
+            )
+        ]
+
+    def changes(self, run_id: str | None = None) -> tuple[Any, ...]:
+        """A token that changes whenever a run (``run_id``, or any) starts, finishes or
+        records a step; cheap enough to poll every second."""
+        if run_id is None:
+            row = self._db.execute(
+                "SELECT count(*), max(started), max(finished),"
+                " (SELECT count(*) FROM runs WHERE state = 'running') FROM runs"
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT state, finished, source_hash IS NULL,"
+                " (SELECT count(*) FROM steps WHERE run_id = ?) FROM runs WHERE id = ?",
+                (run_id, run_id),
+            ).fetchone()
+        return tuple(row) if row is not None else ()
+
+    def plan(self, run_id: str) -> dict[str, list[Any]] | None:
+        """The run's plan as it started: ``{"steps": [...], "edges": [[producer, consumer],
+        ...]}``; ``None`` for a run recorded before plans were (schema 3 and older)."""
+        try:
+            row = self._db.execute(
+                "SELECT steps, edges FROM run_plans WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # an older schema opened read-only: no plans
+            return None
+        if row is None:
+            return None
+        return {"steps": json.loads(row["steps"]), "edges": json.loads(row["edges"])}
+
+    def metric_history(
+        self, pipeline: str, step: str, name: str, *, limit: int = 50
+    ) -> list[tuple[str, float, float | None]]:
+        """``(run id, run start, last value)`` of metric ``name`` of ``step`` in the last
+        ``limit`` runs of ``pipeline`` that logged it, oldest first."""
+        rows = self._db.execute(
+            "SELECT m.run_id, r.started, m.value FROM metrics m JOIN runs r ON r.id = m.run_id"
+            " WHERE r.pipeline = ? AND m.step = ? AND m.name = ?"
+            " AND m.rowid = (SELECT max(rowid) FROM metrics WHERE run_id = m.run_id"
+            " AND step = m.step AND name = m.name)"
+            " ORDER BY r.started DESC LIMIT ?",
+            (pipeline, step, name, int(limit)),
+        ).fetchall()
+        return [(r[0], r[1], r[2]) for r in reversed(rows)]
 
     def run(self, ref: str) -> RunRow:
         """A run by id, unique id prefix, ``last``, ``last~N`` (N runs before it) or
