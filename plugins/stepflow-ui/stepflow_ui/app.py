@@ -55,6 +55,10 @@ _CSP = (
 )
 
 
+class BadRequest(UsageError):
+    """A request's own values are wrong (an unknown filter value, a missing run to compare)."""
+
+
 class _Guard:
     """Token and host checks, and security headers on every answer."""
 
@@ -150,7 +154,7 @@ def make_app(
             try:
                 return fn(request, api)
             except (UsageError, NotRegisteredError) as exc:
-                status = 404
+                status = 400 if isinstance(exc, BadRequest) else 404
                 text = str(exc)
                 if "no run records" in text and request.url.path in ("/runs", "/api/runs"):
                     # A home nobody has run in yet: an empty listing, not an error.
@@ -180,10 +184,10 @@ def make_app(
             limit = min(max(int(p.get("limit", 50)), 1), 1000)
             offset = max(int(p.get("offset", 0)), 0)
         except ValueError:
-            raise UsageError("limit and offset must be whole numbers") from None
+            raise BadRequest("limit and offset must be whole numbers") from None
         state = p.get("state") or None
         if state is not None and state not in data.RUN_STATES:
-            raise UsageError(f"unknown run state {state!r}; states: {', '.join(data.RUN_STATES)}")
+            raise BadRequest(f"unknown run state {state!r}; states: {', '.join(data.RUN_STATES)}")
         return {
             "pipeline": p.get("pipeline") or None,
             "state": state,
@@ -250,7 +254,7 @@ def make_app(
     def compare_json(request: Request, api: ReadAPI) -> Response:
         a, b = request.query_params.get("a"), request.query_params.get("b")
         if not a or not b:
-            raise UsageError("give two runs: /api/compare?a=RUN&b=RUN")
+            raise BadRequest("give two runs: /api/compare?a=RUN&b=RUN")
         return JSONResponse(data.compare(api, a, b))
 
     def compare_html(request: Request, api: ReadAPI) -> Response:
@@ -353,11 +357,12 @@ def make_app(
 
         def look() -> tuple[str, str, bool] | None:
             now = _token(rid)
-            if now == seen[0]:
+            running = bool(now) and now[0] == "running"
+            if now == seen[0] and running:
                 return None
             seen[0] = now
-            running = bool(now) and now[0] == "running"
-            return ("change", "done" if not running else "run", not running)
+            # A run that ended (or never was) ends the stream: the page shows it as it is.
+            return ("change", "run" if running else "done", not running)
 
         return _stream(request, look)
 
