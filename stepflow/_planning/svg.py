@@ -212,28 +212,27 @@ def render_svg(
             f'{x2 - 1:.1f},{y2:.1f}" marker-end="url(#sf-arrow-{uid})"/>'
         )
     out.append("</g>")
+    default = "pending" if states else ""
     for step, (x, y, width) in placed.boxes.items():
-        state = states.get(step, "pending" if states else "")
+        state = states.get(step, default)
         note = notes.get(step, "")
-        sub = " \u00b7 ".join(part for part in (state, note) if part)
+        sub = f"{state} \u00b7 {note}" if state and note else (state or note)
         name = escape(step)
         link = href(step) if href is not None else None
-        group = (
-            f'<g class="sf-node sf-{escape(state) or "plain"}" data-step="{name}" '
-            f'data-state="{escape(state)}">'
-        )
+        st = escape(state)
+        group = f'<g class="sf-node sf-{st or "plain"}" data-step="{name}" data-state="{st}">'
         if link:
             out.append(f'<a href="{escape(link)}">')
         out.append(group)
-        tip = f"{step}: {sub}" if sub else step
-        out.append(f"<title>{escape(tip)}</title>")
+        out.append(f"<title>{name}: {escape(sub)}</title>" if sub else f"<title>{name}</title>")
         fill = "" if state else ' style="fill:#fff;stroke:#555"'
         out.append(
             f'<rect class="sf-box" x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" '
             f'height="{_NODE_H}" rx="5"{fill}/>'
         )
         text_y = y + (14 if sub else 22)
-        out.append(f'<text x="{x + 8:.1f}" y="{text_y:.1f}">{escape(_label(step))}</text>')
+        label = name if len(step) <= _MAX_CHARS else escape(_label(step))
+        out.append(f'<text x="{x + 8:.1f}" y="{text_y:.1f}">{label}</text>')
         if sub:
             out.append(
                 f'<text class="sf-sub" x="{x + 8:.1f}" y="{y + 28:.1f}">{escape(sub)}</text>'

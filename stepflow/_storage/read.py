@@ -240,15 +240,14 @@ class ReadAPI:
         inputs and outputs.
         """
         found = self.run(run)
-        rows = {s.name: s for s in self.records.steps(found.id)}
+        rows = {s["name"]: s for s in self.records.step_summaries(found.id)}
         plan = self.records.plan(found.id)
         if plan is None:
-            makers = {
-                io.name: s.name for s in rows.values() for io in s.io if io.direction == "out"
-            }
+            full = self.records.steps(found.id)
+            makers = {io.name: s.name for s in full for io in s.io if io.direction == "out"}
             edges = {
                 (makers[io.name], s.name): None
-                for s in rows.values()
+                for s in full
                 for io in s.io
                 if io.direction == "in" and makers.get(io.name) not in (None, s.name)
             }
@@ -256,28 +255,17 @@ class ReadAPI:
         upstream: dict[str, list[str]] = {}
         for producer, consumer in plan["edges"]:
             upstream.setdefault(consumer, []).append(producer)
+        planned = set(plan["steps"])
         steps = []
-        for name in [*plan["steps"], *(n for n in rows if n not in plan["steps"])]:
+        for name in [*plan["steps"], *(n for n in rows if n not in planned)]:
             row = rows.get(name)
             if row is not None:
-                steps.append(
-                    {
-                        "name": name,
-                        "state": row.state,
-                        "started": row.started,
-                        "finished": row.finished,
-                        "duration": row.duration,
-                        "attempts": row.attempts,
-                        "backend": row.backend,
-                        "reused_from": row.reused_from,
-                        "cache_key": row.cache_key,
-                    }
-                )
+                steps.append(row)
                 continue
             if found.state != "running":
                 state = "skipped"
             elif all(
-                u in rows and rows[u].state in ("ran", "reused") for u in upstream.get(name, [])
+                u in rows and rows[u]["state"] in ("ran", "reused") for u in upstream.get(name, [])
             ):
                 state = "running"
             else:
@@ -286,17 +274,18 @@ class ReadAPI:
         return {"run": found.id, "steps": steps, "edges": plan["edges"]}
 
     def step(self, run: str | RunRow, name: str) -> StepRow:
-        """One recorded step of a run.
+        """One recorded step of a run, with its inputs, outputs and metrics.
 
         :raises UsageError: the run has not recorded a step ``name`` (yet).
         """
         found = self.run(run)
-        steps = self.records.steps(found.id)
-        for row in steps:
-            if row.name == name:
-                return row
-        names = ", ".join(s.name for s in steps) or "none recorded yet"
-        raise UsageError(f"run {found.id} has recorded no step {name!r}; steps: {names}")
+        row = self.records.step(found.id, name)
+        if row is not None:
+            return row
+        names = ", ".join(s["name"] for s in self.records.step_summaries(found.id))
+        raise UsageError(
+            f"run {found.id} has recorded no step {name!r}; steps: {names or 'none recorded yet'}"
+        )
 
     def metric_history(
         self, pipeline: str, step: str, name: str, *, limit: int = 50

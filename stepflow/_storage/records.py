@@ -779,23 +779,55 @@ class RunRecords:
             raise UsageError(f"run id {ref!r} is ambiguous ({ids}); give more of it")
         return found[0]
 
+    def step_summaries(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's recorded steps in run order (as :meth:`steps`), each as a dict of its
+        name, state, times, attempts, backend, cache key and ``reused_from``: without inputs,
+        outputs, metrics or logs, so a run of thousands of steps is drawn at once."""
+        rows = self._db.execute(
+            "SELECT name, state, started, finished, duration, attempts, backend, cache_key,"
+            " reused_from FROM steps WHERE run_id = ? ORDER BY started IS NULL, started, rowid",
+            (run_id,),
+        )
+        return [dict(r) for r in rows]
+
+    def step(self, run_id: str, name: str) -> StepRow | None:
+        """One recorded step of the run, with its inputs, outputs and metrics; ``None`` when
+        it has not been recorded (yet)."""
+        found = self._step_rows(run_id, name)
+        return found[0] if found else None
+
     def steps(self, run_id: str) -> list[StepRow]:
         """The run's steps in run order: as they started (a reused step when it was reused),
         then the steps that never started (skipped) in the order they were recorded."""
+        return self._step_rows(run_id)
+
+    def _step_rows(self, run_id: str, name: str | None = None) -> list[StepRow]:
         # A skipped step has neither time; NULL sorts first in SQLite, which listed skipped
         # steps before everything that ran.
+        only = "" if name is None else " AND name = ?"
+        also = "" if name is None else " AND step = ?"
+        args = (run_id,) if name is None else (run_id, name)
         rows = self._db.execute(
-            "SELECT * FROM steps WHERE run_id = ? ORDER BY started IS NULL, started, rowid",
-            (run_id,),
+            f"SELECT * FROM steps WHERE run_id = ?{only}"  # noqa: S608 - fixed text
+            " ORDER BY started IS NULL, started, rowid",
+            args,
         ).fetchall()
         io: dict[str, list[StepIO]] = {}
         for r in self._db.execute(
-            "SELECT * FROM step_io WHERE run_id = ? ORDER BY rowid", (run_id,)
+            f"SELECT * FROM step_io WHERE run_id = ?{also} ORDER BY rowid",  # noqa: S608
+            args,
         ):
             io.setdefault(r["step"], []).append(
                 StepIO(r["direction"], r["name"], r["object"], r["content_hash"], r["size"])
             )
-        metrics = self.metrics(run_id)
+        metrics: dict[str, list[MetricRow]] = {}
+        for r in self._db.execute(
+            f"SELECT * FROM metrics WHERE run_id = ?{also} ORDER BY rowid",  # noqa: S608
+            args,
+        ):
+            metrics.setdefault(r["step"], []).append(
+                MetricRow(r["name"], r["value"], r["counter"], r["ts"])
+            )
         return [
             StepRow(
                 name=r["name"],
