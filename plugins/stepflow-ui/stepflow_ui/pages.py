@@ -14,6 +14,7 @@ from stepflow_ui.render import (
     badge,
     chart,
     esc,
+    iso,
     kv,
     page,
     pre,
@@ -123,7 +124,7 @@ def run_page(run: dict[str, Any], files: list[dict[str, Any]]) -> str:
         (
             f'<a href="/runs/{q(rid)}/steps/{q(s["name"])}">{esc(s["name"])}</a>',
             badge(s["state"]),
-            esc(s.get("started") or "-"),
+            iso(s.get("started")),
             seconds(s.get("duration")) if s["state"] in ("ran", "failed") else "-",
             esc(s.get("attempts", "")),
             esc(s.get("backend") or ""),
@@ -135,8 +136,8 @@ def run_page(run: dict[str, Any], files: list[dict[str, Any]]) -> str:
         [
             ("pipeline", esc(run["pipeline"])),
             ("state", badge(run["state"])),
-            ("started", esc(run["started"])),
-            ("finished", esc(run["finished"] or "-")),
+            ("started", iso(run["started"])),
+            ("finished", iso(run["finished"])),
             ("duration", seconds(run["duration"])),
             ("steps", _counts(run["counts"]) or "-"),
             ("workers", esc(run["workers"])),
@@ -234,7 +235,7 @@ def step_page(step: dict[str, Any], log: list[dict[str, Any]]) -> str:
         parts.append(
             kv(
                 [
-                    ("started", esc(step["started"] or "-")),
+                    ("started", iso(step["started"])),
                     ("duration", seconds(step["duration"])),
                     ("attempts", esc(step["attempts"])),
                     ("backend", esc(step["backend"] or "-")),
@@ -396,7 +397,7 @@ def datasets_page(items: list[dict[str, Any]]) -> str:
             f"v{esc(d['version'])}",
             esc(d["kind"]),
             esc(d["size"]),
-            esc(d["created"]),
+            iso(d["created"]),
             esc(d.get("description") or ""),
         )
         for d in items
@@ -424,7 +425,7 @@ def dataset_page(data: dict[str, Any]) -> str:
             esc(v["kind"]),
             f"<code>{esc(v['content_hash'][:16])}</code>",
             esc(v["size"]),
-            esc(v["created"]),
+            iso(v["created"]),
             _source(v["source"]),
             esc(v.get("description") or ""),
         )
@@ -445,7 +446,7 @@ def models_page(items: list[dict[str, Any]]) -> str:
             f"v{esc(m['version'])}",
             esc(m.get("type") or ""),
             esc(", ".join(m.get("aliases", []))),
-            esc(m["created"]),
+            iso(m["created"]),
         )
         for m in items
     ]
@@ -464,7 +465,7 @@ def model_page(data: dict[str, Any]) -> str:
             esc(", ".join(v.get("aliases", []))),
             esc(", ".join(f"{k}={val:g}" for k, val in v["metrics"].items())),
             esc(", ".join(f"{k}={val}" for k, val in v["tags"].items())),
-            esc(v["created"]),
+            iso(v["created"]),
             _source(v["source"]),
         )
         for v in reversed(data["versions"])

@@ -61,6 +61,14 @@ def when(ts: float | None) -> str:
     return f'<time datetime="{iso}">{time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))}</time>'
 
 
+def iso(text: str | None) -> str:
+    """An ISO 8601 time as ``2026-12-01 22:41:59``, the full time as its tooltip."""
+    if not text:
+        return "-"
+    shown = esc(text[:19].replace("T", " "))
+    return f'<time datetime="{esc(text)}" title="{esc(text)}">{shown}</time>'
+
+
 def seconds(value: float | None) -> str:
     if value is None:
         return "-"
