@@ -233,23 +233,61 @@ def model(api: ReadAPI, name: str) -> dict[str, Any]:
     }
 
 
-def _plain(value: Any) -> Any:
-    if attrs.has(type(value)):
-        return {k: _plain(v) for k, v in attrs.asdict(value, recurse=False).items()}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
 def published(api: ReadAPI) -> dict[str, Any]:
-    """Published pipelines and schedules, from the read API once it offers them
-    (``ReadAPI.published()`` and ``ReadAPI.schedules()``); empty lists before that."""
-    found: dict[str, Any] = {}
-    for kind in ("published", "schedules"):
-        lister = getattr(api, kind, None)
-        found[kind] = [_plain(x) for x in lister()] if callable(lister) else []
-    return found
+    """Published pipelines (each version) and schedules (with their next fire times and last
+    runs) of the home, once stepflow has publishing (``stepflow._storage.scheduledb``); empty
+    lists, with ``available`` false, before that.
+
+    A schedule's parameter value is shown only when the published version has a plain
+    default for it, or when it is an ``env:VAR`` reference; any other is ``***``.
+    """
+    try:
+        from stepflow._scheduling.schedules import schedule_info
+        from stepflow._storage.scheduledb import DB_NAME, ScheduleDB
+    except ImportError:
+        return {"available": False, "published": [], "schedules": []}
+    config = api.config
+    if not (config.home / DB_NAME).is_file():
+        return {"available": True, "published": [], "schedules": []}
+    with ScheduleDB(config.home) as db:
+        rows = list(db.published_list())
+        versions = {(r.name, r.version): r for r in rows}
+        names = [s.name for s in db.schedules()]
+    found = []
+    for r in rows:
+        spec = r.spec
+        found.append(
+            {
+                "name": r.name,
+                "version": r.version,
+                "ref": f"{r.name}@{r.version}",
+                "target": spec.get("target"),
+                "created": iso_time(r.created),
+                "description": r.description,
+                "content_hash": r.content_hash,
+                "params": dict(spec.get("params", {})),
+            }
+        )
+    schedules = []
+    for name in names:
+        info = schedule_info(name, config=config).to_dict()
+        ref = str(info.get("pipeline", ""))
+        pub_name, _, version = ref.partition("@")
+        pub = versions.get((pub_name, int(version))) if version.isdigit() else None
+        if pub is None:
+            same = [r for r in rows if r.name == pub_name]
+            pub = max(same, key=lambda r: r.version) if same else None
+        # Safe by default: a value is shown only for a parameter the published version
+        # shows a plain default of, or when it names an environment variable (env:VAR);
+        # a secret parameter without a default is not in the published defaults at all.
+        plain = {
+            p
+            for p, defaults in (pub.spec.get("params", {}) if pub else {}).items()
+            if "***" not in dict(defaults).values()
+        }
+        info["params"] = {
+            k: (v if k in plain or str(v).startswith("env:") else "***")
+            for k, v in dict(info.get("params") or {}).items()
+        }
+        schedules.append(info)
+    return {"available": True, "published": found, "schedules": schedules}

@@ -477,32 +477,62 @@ def model_page(data: dict[str, Any]) -> str:
     return page(f"Model {data['name']}", body, current="/models")
 
 
-def _generic(items: list[Any], empty: str, ident: str) -> str:
-    if not items:
-        return f'<p class="muted">{esc(empty)}</p>'
-    keys: list[str] = []
-    for item in items:
-        for k in item if isinstance(item, dict) else ["value"]:
-            if k not in keys and not k.startswith("_"):
-                keys.append(k)
-    rows = []
-    for item in items:
-        item = item if isinstance(item, dict) else {"value": item}
-        rows.append(
-            tuple(
-                esc(v if isinstance(v, str) else json.dumps(v, default=str))
-                for v in (item.get(k, "") for k in keys)
+def published_page(data: dict[str, Any]) -> str:
+    pubs = [
+        (
+            f"<b>{esc(p['ref'])}</b>",
+            esc(p.get("target") or ""),
+            iso(p.get("created")),
+            f"<code>{esc((p.get('content_hash') or '')[:12])}</code>",
+            esc(p.get("description") or ""),
+        )
+        for p in data["published"]
+    ]
+    scheds = []
+    for s in data["schedules"]:
+        upcoming = "<br>".join(
+            f"{esc(t['local'])} <span class=muted>({esc(t['utc'])})</span>"
+            for t in s.get("next", [])
+        )
+        last = "<br>".join(
+            f"{esc(t['tick'])} {badge(t['state'])} {_run_link(t.get('run_id'))}"
+            for t in s.get("last_runs", [])
+        )
+        params = ", ".join(f"{esc(k)}={esc(v)}" for k, v in s.get("params", {}).items())
+        runs = f'<a href="/runs?schedule={q(s["name"])}">runs</a>'
+        scheds.append(
+            (
+                f"<b>{esc(s['name'])}</b> {badge('paused') if s.get('paused') else ''}",
+                esc(s.get("pipeline")),
+                esc(s.get("describe")),
+                params or "-",
+                upcoming or "-",
+                (last or "-") + "<br>" + runs,
             )
         )
-    return table(keys, rows, id=ident)
-
-
-def published_page(data: dict[str, Any]) -> str:
+    if not data.get("available", True):
+        note = "publishing is not available in this stepflow"
+    else:
+        note = "no pipeline has been published from this home"
     body = (
         "<h2>Published pipelines</h2>"
-        + _generic(data["published"], "no pipeline has been published from this home", "published")
+        + (
+            table(
+                ["version", "target", "published", "content", "description"], pubs, id="published"
+            )
+            if pubs
+            else f'<p class="muted">{esc(note)}</p>'
+        )
         + "<h2>Schedules</h2>"
-        + _generic(data["schedules"], "no schedule exists in this home", "schedules")
+        + (
+            table(
+                ["schedule", "pipeline", "when", "parameters", "next fire times", "last runs"],
+                scheds,
+                id="schedules",
+            )
+            if scheds
+            else '<p class="muted">no schedule exists in this home</p>'
+        )
     )
     return page("Published pipelines and schedules", body, current="/published")
 
