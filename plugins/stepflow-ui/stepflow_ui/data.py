@@ -283,7 +283,7 @@ def published(api: ReadAPI) -> dict[str, Any]:
         plain = {
             p
             for p, defaults in (pub.spec.get("params", {}) if pub else {}).items()
-            if "***" not in dict(defaults).values()
+            if defaults and "***" not in dict(defaults).values()
         }
         info["params"] = {
             k: (v if k in plain or str(v).startswith("env:") else "***")
