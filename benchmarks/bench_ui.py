@@ -7,9 +7,10 @@ Builds one home with:
 - 10,000 more runs of three small pipelines written through the run records' own API (start,
   five steps, finish), in several states, a fifth of them tagged with a schedule;
 
-then times each page and API answer through the real ASGI application (Starlette's test
-client: every request opens the records read-only, queries, renders, answers), median of
-``--repeats``.
+then starts ``stepflow ui --port 0`` on that home, in its own process as a user would, and
+times each page and API answer over loopback HTTP (every request opens the records
+read-only, queries, renders and answers; the browser's own drawing is not counted), median
+of ``--repeats``.
 
     python benchmarks/bench_ui.py [--repeats 5]
 
@@ -23,7 +24,9 @@ import argparse
 import itertools
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,15 +100,30 @@ def write_runs(home: Path, count: int) -> None:
     records.close()
 
 
-def timed(client: object, url: str, repeats: int) -> tuple[float, int]:
+def timed(base: str, url: str, repeats: int) -> tuple[float, int]:
+    import urllib.request
+
     times, size = [], 0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        answer = client.get(url)  # type: ignore[attr-defined]
+        with urllib.request.urlopen(base + url) as answer:
+            body = answer.read()
         times.append(time.perf_counter() - t0)
-        assert answer.status_code == 200, (url, answer.text[:300])
-        size = len(answer.content)
+        size = len(body)
     return statistics.median(times), size
+
+
+def serve(home: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stepflow", "ui", "--port", "0", "--home", str(home)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    found = re.search(r"at (http://\S+)/ ", line)
+    assert found, line
+    return proc, found.group(1)
 
 
 def main() -> None:
@@ -113,11 +131,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runs", type=int, default=10_000)
     args = parser.parse_args()
-
-    from starlette.testclient import TestClient
-    from stepflow_ui.app import make_app
-
-    from stepflow._config import load_config
 
     with tempfile.TemporaryDirectory(prefix="stepflow-bench-ui-") as tmp:
         folder = Path(tmp)
@@ -134,7 +147,6 @@ def main() -> None:
         write_runs(home, args.runs)
         print(f"{args.runs:,} more runs recorded in {time.perf_counter() - t0:.1f} s")
 
-        app = make_app(load_config(home=home))
         rid = result.run_id
         pages = [
             ("runs page (newest 50 of all)", "/runs"),
@@ -153,10 +165,14 @@ def main() -> None:
         )
         print(f"| {'page':<34} | {'time':>8} | {'bytes':>10} |")
         print(f"|{'-' * 36}|{'-' * 10}|{'-' * 12}|")
-        with TestClient(app, base_url="http://127.0.0.1:8765") as client:
+        proc, base = serve(home)
+        try:
             for label, url in pages:
-                took, size = timed(client, url, args.repeats)
+                took, size = timed(base, url, args.repeats)
                 print(f"| {label:<34} | {took * 1000:6.0f}ms | {size:>10,} |")
+        finally:
+            proc.terminate()
+            proc.wait()
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def report(model: int, wait_for: str = "") -> str:
     # A run that waits until a file appears: the browser tests watch it while it goes.
     while wait_for and not Path(wait_for).exists():
         time.sleep(0.05)
+    print("report written")
     return f"total {model}"
 
 pipe = Pipeline("numbers", [raw, features, model, report])

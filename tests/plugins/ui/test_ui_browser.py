@@ -190,7 +190,13 @@ def test_a_run_started_while_the_page_is_open_appears_and_updates(
         )
         assert view.states()["report"] == "running"
         view.shot("run-live")
+        # the running step's own page waits for its log
+        step_view = _Page(browser)
+        step_view.page.goto(view.page.url + "/steps/report")
+        assert step_view.page.get_attribute("#log", "data-log")
         flag.write_text("go")
+        step_view.page.wait_for_selector("#log:has-text('report written')", timeout=30_000)
+        assert step_view.errors == []
         # No reload: the page follows the run to its end through server-sent events.
         view.page.wait_for_selector(
             '#dag g[data-step="report"][data-state="ran"]', state="attached", timeout=30_000

@@ -1,7 +1,8 @@
 // stepflow ui: live parts of a page. The body's data-live names a server-sent-events URL;
 // on each "change" the page is fetched again and its #live part swapped in place (with
 // htmx's ajax helper, so filters and links keep working). A step page's #log with a
-// data-log URL is filled as the step's log arrives.
+// data-log URL is filled as the step's log arrives. Filters swap #live through htmx and push
+// the new address, which the next refresh fetches.
 (function () {
   "use strict";
 
@@ -45,13 +46,6 @@
         });
         source.close();
       });
-    });
-    // Filters without a reload: htmx submits the form; keep the live stream's query in step.
-    document.body.addEventListener("htmx:pushedIntoHistory", function () {
-      var current = document.body.getAttribute("data-live");
-      if (current && current.indexOf("/events/runs") === 0 && current.split("?")[0] === "/events/runs") {
-        document.body.setAttribute("data-live", "/events/runs" + window.location.search);
-      }
     });
   }
 
