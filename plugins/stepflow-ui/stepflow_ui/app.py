@@ -48,6 +48,8 @@ __all__ = ["LOOPBACK_HOSTS", "make_app"]
 #: the host names a loopback-only UI answers to
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 _COOKIE = "stepflow_ui_token"
+#: an event stream that has not looked at the records yet
+_UNSEEN = object()
 _STATIC = Path(__file__).parent / "static"
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -118,6 +120,14 @@ class _Guard:
         await self.app(scope, receive, send_with_headers)
 
 
+def version_of(token: tuple[Any, ...] | None) -> str:
+    """A short text for a change token: pages carry the one they were made from, and their
+    event stream says "changed" at once when the records moved on meanwhile."""
+    import hashlib
+
+    return hashlib.blake2b(repr(token).encode(), digest_size=6).hexdigest()
+
+
 def _clean(value: Any) -> Any:
     """JSON-ready data without the page-only keys (``_ts``)."""
     if isinstance(value, dict):
@@ -162,7 +172,7 @@ def make_app(
                     return (
                         JSONResponse(_clean(empty))
                         if json_api
-                        else HTMLResponse(pages.runs_page(empty))
+                        else HTMLResponse(pages.runs_page(empty, version=version_of(None)))
                     )
                 if json_api:
                     return JSONResponse({"error": text}, status_code=status)
@@ -213,14 +223,18 @@ def make_app(
         return JSONResponse(_clean(data.runs(api, **_filters(request))))
 
     def runs_html(request: Request, api: ReadAPI) -> Response:
-        return HTMLResponse(pages.runs_page(data.runs(api, **_filters(request))))
+        # The token before the data: a change in between shows as one, never as none.
+        version = version_of(api.changes())
+        return HTMLResponse(pages.runs_page(data.runs(api, **_filters(request)), version=version))
 
     def run_json(request: Request, api: ReadAPI) -> Response:
         return JSONResponse(_clean(data.run(api, request.path_params["run"])))
 
     def run_html(request: Request, api: ReadAPI) -> Response:
-        run = data.run(api, request.path_params["run"])
-        return HTMLResponse(pages.run_page(run, api.source_files(run["id"])))
+        found = api.run(request.path_params["run"])
+        version = version_of(api.changes(found.id))
+        run = data.run(api, found.id)
+        return HTMLResponse(pages.run_page(run, api.source_files(run["id"]), version=version))
 
     def run_svg(request: Request, api: ReadAPI) -> Response:
         run = data.run(api, request.path_params["run"])
@@ -241,9 +255,11 @@ def make_app(
 
     def step_html(request: Request, api: ReadAPI) -> Response:
         p = request.path_params
-        step = data.step(api, p["run"], p["step"])
-        log = data.step_log(api, p["run"], p["step"]) if step["recorded"] else []
-        return HTMLResponse(pages.step_page(step, log))
+        found = api.run(p["run"])
+        version = version_of(api.changes(found.id))
+        step = data.step(api, found.id, p["step"])
+        log = data.step_log(api, found.id, p["step"]) if step["recorded"] else []
+        return HTMLResponse(pages.step_page(step, log, version=version))
 
     def log_json(request: Request, api: ReadAPI) -> Response:
         p = request.path_params
@@ -340,10 +356,17 @@ def make_app(
         )
 
     def runs_events(request: Request) -> Response:
-        seen = [_token(None)]
+        page_version = request.query_params.get("v")
+        seen: list[Any] = [_UNSEEN]
 
         def look() -> tuple[str, str, bool] | None:
             now = _token(None)
+            if seen[0] is _UNSEEN:
+                # The first look: against the version the page was made from.
+                seen[0] = now
+                if page_version is None or page_version == version_of(now):
+                    return None
+                return ("change", "runs", False)
             if now == seen[0]:
                 return None
             seen[0] = now
@@ -353,12 +376,18 @@ def make_app(
 
     def run_events(request: Request) -> Response:
         rid = request.path_params["run"]
-        seen = [_token(rid)]
+        page_version = request.query_params.get("v")
+        seen: list[Any] = [_UNSEEN]
 
         def look() -> tuple[str, str, bool] | None:
             now = _token(rid)
             running = bool(now) and now[0] == "running"
-            if now == seen[0] and running:
+            if seen[0] is _UNSEEN:
+                seen[0] = now
+                unchanged = page_version is None or page_version == version_of(now)
+                if unchanged and running:
+                    return None
+            elif now == seen[0] and running:
                 return None
             seen[0] = now
             # A run that ended (or never was) ends the stream: the page shows it as it is.
@@ -390,9 +419,14 @@ def make_app(
     def index(request: Request) -> Response:
         return RedirectResponse("/runs", status_code=307)
 
+    def favicon(request: Request) -> Response:
+        # Browsers ask for one after a page that names none (an API answer, an error).
+        return Response(status_code=204)
+
     html, api_ = (lambda fn: answer(fn, json_api=False)), (lambda fn: answer(fn, json_api=True))
     routes = [
         Route("/", index),
+        Route("/favicon.ico", favicon),
         Route("/runs", html(runs_html)),
         Route("/runs/{run}", html(run_html)),
         Route("/runs/{run}/graph.svg", html(run_svg)),

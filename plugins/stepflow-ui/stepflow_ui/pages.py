@@ -55,7 +55,8 @@ def _select(name: str, options: list[str], chosen: str | None, all_label: str) -
     return f'<label>{esc(name)} <select name="{esc(name)}">{"".join(opts)}</select></label>'
 
 
-def runs_page(data: dict[str, Any], *, path: str = "/runs") -> str:
+def runs_page(data: dict[str, Any], *, version: str = "") -> str:
+    """``version``: the records' change token the page was made from (see ``app``)."""
     f = data["filters"]
     form = (
         '<form class="filters" method="get" action="/runs" hx-get="/runs" hx-target="#live" '
@@ -97,7 +98,8 @@ def runs_page(data: dict[str, Any], *, path: str = "/runs") -> str:
         )
         + "</div>"
     )
-    return page("Runs", body, current="/runs", live="/events/runs" + query(**filters))
+    live = "/events/runs" + query(**filters, v=version)
+    return page("Runs", body, current="/runs", live=live)
 
 
 def dag_svg(run: dict[str, Any]) -> str:
@@ -118,7 +120,7 @@ def dag_svg(run: dict[str, Any]) -> str:
     )
 
 
-def run_page(run: dict[str, Any], files: list[dict[str, Any]]) -> str:
+def run_page(run: dict[str, Any], files: list[dict[str, Any]], *, version: str = "") -> str:
     rid = run["id"]
     step_rows = [
         (
@@ -195,7 +197,7 @@ def run_page(run: dict[str, Any], files: list[dict[str, Any]]) -> str:
         + "<h2>Compare</h2>"
         + compare
     )
-    live = f"/events/runs/{q(rid)}" if run["state"] == "running" else ""
+    live = f"/events/runs/{q(rid)}{query(v=version)}" if run["state"] == "running" else ""
     return page(f"Run {rid}", body, current="/runs", live=live)
 
 
@@ -221,7 +223,7 @@ def _io_rows(step: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
-def step_page(step: dict[str, Any], log: list[dict[str, Any]]) -> str:
+def step_page(step: dict[str, Any], log: list[dict[str, Any]], *, version: str = "") -> str:
     rid, name = step["run"], step["name"]
     nav = (
         f"<p>run {_run_link(rid)} · reads from "
@@ -301,7 +303,7 @@ def step_page(step: dict[str, Any], log: list[dict[str, Any]]) -> str:
         if text or streaming
         else '<pre id="log" class="muted">(nothing written)</pre>'
     )
-    live = f"/events/runs/{q(rid)}" if step["run_state"] == "running" else ""
+    live = f"/events/runs/{q(rid)}{query(v=version)}" if step["run_state"] == "running" else ""
     return page(f"Step {name}", '<div id="live">' + "".join(parts) + "</div>", live=live)
 
 

@@ -78,6 +78,12 @@ def ui_home(ui_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         assert not third.ok
     finally:
         sys.modules.pop("numbers_pipeline", None)
+    # The runs' code snapshots are stored by background threads: the pages show them.
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "stepflow-source":
+            thread.join()
     return home
 
 

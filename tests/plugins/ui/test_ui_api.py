@@ -204,8 +204,15 @@ def test_an_empty_home_lists_no_runs(tmp_path):
 
 
 def test_published_and_schedules_say_when_none_exist(ui_client):
+    import importlib.util
+
     page = ui_client.get("/published").text
-    assert "no pipeline has been published" in page and "no schedule exists" in page
+    if importlib.util.find_spec("stepflow._storage.scheduledb") is None:
+        assert "publishing is not available in this stepflow" in page
+        assert ui_client.get("/api/published").json()["available"] is False
+    else:
+        assert "no pipeline has been published" in page
+    assert "no schedule exists" in page
 
 
 def test_data_sets_and_models_with_versions_and_aliases(ui_home, ui_client, tmp_path):
@@ -256,3 +263,19 @@ def test_the_command_refuses_a_port_in_use(ui_project, capsys):
     finally:
         taken.close()
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_a_page_made_before_a_change_is_told_at_once(ui_client):
+    """The runs page carries the version of the records it was made from; its event stream
+    says "change" at once when they moved on before the stream opened (no update is lost
+    between the page and its stream)."""
+    page = ui_client.get("/runs").text
+    live = re.search(r'data-live="([^"]+)"', page).group(1).replace("&amp;", "&")
+    assert "v=" in live
+    with ui_client.stream("GET", live.replace("v=", "v=0")) as events:
+        for line in events.iter_lines():
+            if line.startswith("event:"):
+                assert line == "event: change"
+                break
+    finished = ui_client.get(f"/runs/{_runs(ui_client)['runs'][0]['id']}").text
+    assert "data-live" not in finished  # a run that ended is not followed

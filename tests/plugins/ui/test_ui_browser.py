@@ -86,6 +86,12 @@ class _Page:
         self.errors: list[str] = []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        #: every answer of 400 or more, with its address (the console line names none)
+        self.failed: list[str] = []
+        self.page.on(
+            "response",
+            lambda r: self.failed.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+        )
 
     def shot(self, name: str) -> None:
         folder = os.environ.get("STEPFLOW_UI_SCREENSHOTS")
@@ -128,14 +134,14 @@ def test_pages_load_without_console_errors(browser, ui_server):
         assert SECRET not in view.page.content(), path
         if name in ("runs", "run", "step", "compare"):
             view.shot(name)
-    assert view.errors == []
+    assert (view.errors, view.failed) == ([], [])
     # the runs page's filters work in the browser (htmx swaps the table, the URL follows)
     view.page.goto(ui_server + "/runs")
     view.page.select_option("select[name=state]", "failed")
     view.page.wait_for_url(re.compile(r"state=failed"))
     view.page.wait_for_selector("#runs tbody tr >> nth=0")
     view.page.wait_for_selector("#runs tbody tr:nth-child(2)", state="detached")
-    assert view.errors == []
+    assert (view.errors, view.failed) == ([], [])
 
 
 def test_the_graph_shows_the_states_of_a_real_run(browser, ui_server):
@@ -155,7 +161,7 @@ def test_the_graph_shows_the_states_of_a_real_run(browser, ui_server):
     view.page.click('#dag g[data-step="model"]')
     view.page.wait_for_url(re.compile(r"/steps/model$"))
     assert "bad token ***" in view.page.text_content("main")
-    assert view.errors == []
+    assert (view.errors, view.failed) == ([], [])
 
 
 def test_a_run_started_while_the_page_is_open_appears_and_updates(
@@ -196,7 +202,7 @@ def test_a_run_started_while_the_page_is_open_appears_and_updates(
         assert step_view.page.get_attribute("#log", "data-log")
         flag.write_text("go")
         step_view.page.wait_for_selector("#log:has-text('report written')", timeout=30_000)
-        assert step_view.errors == []
+        assert (step_view.errors, step_view.failed) == ([], [])
         # No reload: the page follows the run to its end through server-sent events.
         view.page.wait_for_selector(
             '#dag g[data-step="report"][data-state="ran"]', state="attached", timeout=30_000
@@ -209,7 +215,7 @@ def test_a_run_started_while_the_page_is_open_appears_and_updates(
         if run.poll() is None:
             run.kill()
             run.wait()
-    assert view.errors == []
+    assert (view.errors, view.failed) == ([], [])
 
 
 def _pythonpath(project: Path) -> str:
