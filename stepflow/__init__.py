@@ -13,6 +13,10 @@ _LAZY = {
     "errors": "stepflow.errors",
     "datasets": "stepflow.datasets",
     "models": "stepflow.models",
+    "published": "stepflow.published",
+    "schedules": "stepflow.schedules",
+    "publish": "stepflow.published",
+    "Recurrence": "stepflow._scheduling.recurrence",
     "context": "stepflow._execution.context",
     "StepContext": "stepflow._execution.context",
     "Dataset": "stepflow._authoring.markers",
@@ -43,10 +47,10 @@ _LAZY = {
 }
 
 #: public names that are modules, not attributes of one
-_MODULES = frozenset({"errors", "datasets", "models"})
+_MODULES = frozenset({"errors", "datasets", "models", "published", "schedules"})
 
 if TYPE_CHECKING:
-    from stepflow import datasets, errors, models
+    from stepflow import datasets, errors, models, published, schedules
     from stepflow._authoring.markers import Dataset, Model, Param, Secret
     from stepflow._authoring.step import Port, Resources, StepOptions, StepSpec, step
     from stepflow._execution.backend import Backend, BackendContext
@@ -54,10 +58,12 @@ if TYPE_CHECKING:
     from stepflow._execution.result import RunInfo, RunResult, StepReport, StepState
     from stepflow._execution.task import ArtifactRef, Task, TaskError, TaskResult
     from stepflow._pipeline import Pipeline
+    from stepflow._scheduling.recurrence import Recurrence
     from stepflow._storage.datastore import Datastore
     from stepflow._storage.hashing import Hasher, register_hasher
     from stepflow._storage.serializers import Serializer
     from stepflow.hookspecs import hookimpl
+    from stepflow.published import publish
 
 __all__ = [
     "ArtifactRef",
@@ -70,6 +76,7 @@ __all__ = [
     "Param",
     "Pipeline",
     "Port",
+    "Recurrence",
     "Resources",
     "RunInfo",
     "RunResult",
@@ -89,7 +96,10 @@ __all__ = [
     "errors",
     "hookimpl",
     "models",
+    "publish",
+    "published",
     "register_hasher",
+    "schedules",
     "step",
 ]
 

@@ -154,6 +154,10 @@ class Pipeline:
         :param backends: step name → backend name, overriding ``@step(backend=...)``.
         :param home: the stepflow home (default ``[tool.stepflow] home`` or ``.stepflow``).
         :param plugins: extra plugin modules to load (like ``-p``).
+        :param config: the configuration to use instead of loading it from the project.
+        :param plugin_manager: a plugin manager the caller made and configured (the command
+            line does); by default one is made, and its plugins' ``stepflow_configure`` and
+            ``stepflow_unconfigure`` are called before and after the run.
         :raises UsageError: unknown parameters, targets or steps; nothing has run.
         :raises BackendUnavailableError: a backend cannot be used; nothing has run.
         """
@@ -183,17 +187,32 @@ class Pipeline:
                     )
             # A regenerated step's dependants run again too, whatever early cutoff would say.
             forced = self._dag.descendants(names)
-        if plugin_manager is None:
-            from stepflow._storage.kept import kept_in_home
+        if plugin_manager is not None:
+            # The caller made the plugin manager (the command line): it configured it.
+            return run_plan(
+                plan,
+                pipeline=self.name,
+                config=config,
+                pm=plugin_manager,
+                workers=workers,
+                fail_fast=fail_fast,
+                regenerate=forced,
+            )
+        from stepflow._storage.kept import kept_in_home
 
-            plugin_manager = make_plugin_manager(config.plugins, keep=kept_in_home(config.home))
-        pm = plugin_manager
-        return run_plan(
-            plan,
-            pipeline=self.name,
-            config=config,
-            pm=pm,
-            workers=workers,
-            fail_fast=fail_fast,
-            regenerate=forced,
-        )
+        pm = make_plugin_manager(config.plugins, keep=kept_in_home(config.home))
+        # As the command line does: plugins read their own settings (``[tool.stepflow.NAME]``)
+        # in ``stepflow_configure``, and a run from Python must see them too.
+        pm.hook.stepflow_configure(config=config)
+        try:
+            return run_plan(
+                plan,
+                pipeline=self.name,
+                config=config,
+                pm=pm,
+                workers=workers,
+                fail_fast=fail_fast,
+                regenerate=forced,
+            )
+        finally:
+            pm.hook.stepflow_unconfigure(config=config)

@@ -189,6 +189,10 @@ def stepflow_addoption(parser: argparse.ArgumentParser, command: str) -> None:
 def stepflow_configure(config: Config) -> None:
     """Called once the configuration is loaded, before any pipeline is loaded or run.
 
+    The command line calls it once per invocation; ``Pipeline.run`` called from Python
+    calls it before each run (and ``stepflow_unconfigure`` after), unless it is given a
+    plugin manager that its caller configured.
+
     :param config: the merged configuration (``[tool.stepflow]``, ``STEPFLOW_*``
         variables, then command-line flags). Read plugin-specific keys from
         ``config.settings``.

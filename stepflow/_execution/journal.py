@@ -209,6 +209,8 @@ class Journal:
             stepflow_version=__version__,
             python_version=sys.version.split()[0],
             resumed_from=options.get("resume_from"),
+            # A scheduled run carries its schedule and tick (``stepflow run PUB --tick``).
+            tags=dict(options.get("run_tags") or {}),
         )
 
     def _plan(self) -> dict[str, list[Any]]:
@@ -298,7 +300,7 @@ class Journal:
         else:
             state = "succeeded"
         counts = {s.value: sum(1 for r in reports.values() if r.state is s) for s in StepState}
-        tags: dict[str, str] = {}
+        tags: dict[str, str] = dict(run.config.options.get("run_tags") or {})
         for fact in self.facts.values():
             tags.update(fact.tags)
         rows = self._take_pending()

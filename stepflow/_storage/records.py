@@ -486,7 +486,7 @@ class RunRecords:
             db.execute(
                 "INSERT INTO runs (id, pipeline, target, state, started, params, secret_params,"
                 " targets, workers, host, user, pid, stepflow_version, python_version,"
-                " resumed_from) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " resumed_from, tags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run.id,
                     run.pipeline,
@@ -503,6 +503,7 @@ class RunRecords:
                     run.stepflow_version,
                     run.python_version,
                     run.resumed_from,
+                    _json(dict(run.tags)),
                 ),
             )
             if plan is not None:

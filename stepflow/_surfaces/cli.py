@@ -211,6 +211,12 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
         help="resume the latest failed run (of TARGET's pipeline, if TARGET is given)",
     )
     run.add_argument(
+        "--tick",
+        metavar="SCHEDULE[@TIME]",
+        help="run a published pipeline as a tick of SCHEDULE (the one due now, or at TIME), "
+        "claiming it: a tick already run or running elsewhere is not run again",
+    )
+    run.add_argument(
         "--capture",
         choices=["tee", "quiet"],
         help="steps' output is always recorded; tee (default) also shows it as it happens, "
@@ -299,6 +305,10 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
     registrycmd.add_parsers(sub, _add_common)
     for name in ("datasets", "models"):
         sub.choices[name].set_defaults(handler=_cmd_registry)
+
+    from stepflow._surfaces import schedcmd
+
+    schedcmd.add_parsers(sub, _add_common)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -483,9 +493,6 @@ def _split_pairs(values: list[str], flag: str) -> dict[str, str]:
 def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) -> int:
     import attrs
 
-    from stepflow._plugins.reporter import TerminalReporter, use_color
-    from stepflow.errors import StorageWarning
-
     if args.resume or args.last_failed:
         from stepflow._surfaces.resume import prepare_resume
 
@@ -495,7 +502,22 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
         from stepflow.errors import UsageError
 
         raise UsageError("stepflow run needs a TARGET (module:pipeline), or --resume RUN")
-    pipeline, default_targets = _load(args.target, full_trace=args.full_trace)
+    if args.tick or (":" not in args.target and not args.target.endswith(".py")):
+        # Maybe a published name (NAME[@V]), run from its stored code; --tick claims a tick.
+        from stepflow._surfaces.schedcmd import run_published
+
+        return run_published(args, config, pm, _run_target)
+    return _run_target(args, config, pm, args.target)[0]
+
+
+def _run_target(
+    args: argparse.Namespace, config: Any, pm: pluggy.PluginManager, target: str
+) -> tuple[int, Any]:
+    """Run ``target``; returns the exit code and the ``RunResult``."""
+    from stepflow._plugins.reporter import TerminalReporter, use_color
+    from stepflow.errors import StorageWarning
+
+    pipeline, default_targets = _load(target, full_trace=args.full_trace)
     params = {**getattr(args, "resumed_params", {}), **_parse_params(pipeline, args.params)}
     if getattr(args, "resumed_params", None) is not None:
         from stepflow._surfaces.resume import check_resumed
@@ -529,10 +551,10 @@ def _cmd_run(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager) ->
         # After the summary line: the run's outcome is shown first, and stands.
         print(f"stepflow: error: {error}", file=sys.stderr)
     if result.interrupted:
-        return ExitCode.INTERRUPTED
+        return ExitCode.INTERRUPTED, result
     if not result.ok:
-        return ExitCode.STEP_FAILED
-    return ExitCode.STORAGE_ERROR if result.storage_errors else ExitCode.OK
+        return ExitCode.STEP_FAILED, result
+    return ExitCode.STORAGE_ERROR if result.storage_errors else ExitCode.OK, result
 
 
 def _parse_params(pipeline: Any, texts: list[str]) -> dict[str, Any]:

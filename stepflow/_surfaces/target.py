@@ -1,7 +1,8 @@
 """Resolve ``stepflow run TARGET`` to a ``Pipeline``.
 
 TARGET forms: ``package.module:pipeline``, ``path/to/file.py:pipeline``, or a module or file
-alone (every step in it). Published names (``NAME[@VERSION]``) arrive with publishing.
+alone (every step in it). Published names (``NAME[@VERSION]``) are resolved before this, by
+:mod:`stepflow._surfaces.schedcmd`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def load_target(text: str) -> tuple[Pipeline, list[str]]:
     if not _exists(module_part):
         raise TargetNotFoundError(
             f"TARGET {text!r}: no module or file named {module_part!r}; use "
-            f"package.module:pipeline, path/to/file.py:pipeline, or a module alone "
-            f"(publishing named pipelines is not available yet)"
+            f"package.module:pipeline, path/to/file.py:pipeline, a module alone, or a "
+            f"published name (`stepflow published list`)"
         )
     module = import_module_or_path(module_part)
     if not attr:
