@@ -49,6 +49,12 @@ pipe = Pipeline("numbers", [raw, features, model, report])
 
 
 @pytest.fixture
+def ui_secret() -> str:
+    """The value of the runs' ``Secret`` parameter (no page or answer may contain it)."""
+    return SECRET
+
+
+@pytest.fixture
 def ui_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project folder holding ``numbers.py``; the working directory while the test runs."""
     project = tmp_path / "project"

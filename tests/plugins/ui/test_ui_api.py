@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SECRET
-
 
 def _runs(client, **params):
     answer = client.get("/api/runs", params=params)
@@ -118,7 +116,7 @@ def test_compare_two_runs(ui_client):
     assert bad.status_code == 404 and "no run &#x27;nope&#x27;" in bad.text
 
 
-def test_no_page_or_answer_contains_the_secret(ui_client):
+def test_no_page_or_answer_contains_the_secret(ui_client, ui_secret):
     """Every page and API answer of every run and step, the logs and the failed step's error
     (which printed and raised with the token) included."""
     urls = ["/runs", "/api/runs", "/datasets", "/models", "/published", "/api/published"]
@@ -133,7 +131,7 @@ def test_no_page_or_answer_contains_the_secret(ui_client):
     for url in urls:
         answer = ui_client.get(url)
         assert answer.status_code == 200, (url, answer.text[:300])
-        assert SECRET not in answer.text, url
+        assert ui_secret not in answer.text, url
         seen_mask = seen_mask or "using token ***" in answer.text
     assert seen_mask  # the step printed the token, and its log shows it masked
     failed = _runs(ui_client, state="failed")["runs"][0]["id"]

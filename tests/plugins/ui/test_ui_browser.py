@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-from conftest import SECRET
-
 CHROMIUM = Path("/usr/bin/chromium")
 _URL = re.compile(r"at (http://\S+) ")
 
@@ -114,7 +112,7 @@ def _run_ids(base: str) -> list[str]:
         return [r["id"] for r in json.load(answer)["runs"]]
 
 
-def test_pages_load_without_console_errors(browser, ui_server):
+def test_pages_load_without_console_errors(browser, ui_server, ui_secret):
     ids = _run_ids(ui_server)
     view = _Page(browser)
     pages = {
@@ -131,7 +129,7 @@ def test_pages_load_without_console_errors(browser, ui_server):
         answer = view.page.goto(ui_server + path)
         assert answer is not None and answer.status == 200, path
         view.page.wait_for_load_state("networkidle")
-        assert SECRET not in view.page.content(), path
+        assert ui_secret not in view.page.content(), path
         if name in ("runs", "run", "step", "compare"):
             view.shot(name)
     assert (view.errors, view.failed) == ([], [])
@@ -165,7 +163,7 @@ def test_the_graph_shows_the_states_of_a_real_run(browser, ui_server):
 
 
 def test_a_run_started_while_the_page_is_open_appears_and_updates(
-    browser, ui_server, ui_home, ui_project, tmp_path
+    browser, ui_server, ui_home, ui_project, tmp_path, ui_secret
 ):
     view = _Page(browser)
     view.page.goto(ui_server + "/runs")
@@ -173,7 +171,7 @@ def test_a_run_started_while_the_page_is_open_appears_and_updates(
     flag = tmp_path / "go-on"
     code = (
         "import numbers_pipeline as m\n"
-        f"r = m.pipe.run(params={{'token': {SECRET!r}, 'n': 7, 'wait_for': {str(flag)!r}}})\n"
+        f"r = m.pipe.run(params={{'token': {ui_secret!r}, 'n': 7, 'wait_for': {str(flag)!r}}})\n"
         "assert r.ok, r.summary()\n"
     )
     run = subprocess.Popen(

@@ -8,11 +8,9 @@ import sys
 
 import pytest
 
-from conftest import SECRET
-
 
 @pytest.fixture
-def published_home(ui_home, ui_project):
+def published_home(ui_home, ui_project, ui_secret):
     pytest.importorskip("stepflow._storage.scheduledb", reason="publishing is not in this stepflow")
     import stepflow
 
@@ -27,13 +25,15 @@ def published_home(ui_home, ui_project):
         pipeline="numbers_pub",
         cron="30 1 * * *",
         time_zone="Europe/London",
-        params={"n": "3", "token": SECRET, "fail": "env:SHOULD_FAIL"},
+        params={"n": "3", "token": ui_secret, "fail": "env:SHOULD_FAIL"},
         home=ui_home,
     )
     return ui_home
 
 
-def test_published_versions_and_schedules_with_next_fire_times(published_home, ui_client):
+def test_published_versions_and_schedules_with_next_fire_times(
+    published_home, ui_client, ui_secret
+):
     found = ui_client.get("/api/published").json()
     assert found["available"] is True
     assert [(p["name"], p["version"]) for p in found["published"]] == [("numbers_pub", 1)]
@@ -46,4 +46,5 @@ def test_published_versions_and_schedules_with_next_fire_times(published_home, u
     page = ui_client.get("/published")
     assert "numbers_pub@1" in page.text and "nightly" in page.text
     assert 'href="/runs?schedule=nightly"' in page.text
-    assert SECRET not in page.text and SECRET not in ui_client.get("/api/published").text
+    assert ui_secret not in page.text
+    assert ui_secret not in ui_client.get("/api/published").text
