@@ -92,6 +92,22 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"<Pipeline {self.name!r}: {len(self.steps)} steps>"
 
+    # --- notebooks: the graph, drawn by the renderer of `show --format svg` and the UI ----
+
+    def _repr_svg_(self) -> str:
+        from stepflow._planning.svg import render_svg
+
+        edges = [(e.producer, e.consumer) for e in self._dag.edges]
+        return render_svg(list(self.steps), edges, title=f"pipeline {self.name}")
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        return (
+            f'<div class="stepflow-pipeline"><div>pipeline <b>{escape(self.name)}</b>: '
+            f"{len(self.steps)} steps</div>{self._repr_svg_()}</div>"
+        )
+
     # --- running ------------------------------------------------------------------------------
 
     def plan(

@@ -124,6 +124,10 @@ class Journal:
         self._flushed = time.monotonic()
         self._lock = threading.Lock()
         self.records: RunRecords | None = None
+        #: writes finished steps that no later step's finish wrote within a second, so a
+        #: reader (``stepflow ui``) sees a run's progress while a long step goes on
+        self._timer: threading.Timer | None = None
+        self._finished = False
 
     def _fact(self, name: str) -> _StepFacts:
         fact = self.facts.get(name)
@@ -143,7 +147,7 @@ class Journal:
         try:
             self.records = open_records(run.config.home)
             self.records.mark_abandoned()
-            self.records.start_run(self._run_row())
+            self.records.start_run(self._run_row(), plan=self._plan())
         except Exception as exc:  # the run goes on without records (see _lost)
             self._lost(exc)
             return
@@ -211,6 +215,20 @@ class Journal:
             tags=dict(options.get("run_tags") or {}),
         )
 
+    def _plan(self) -> dict[str, list[Any]]:
+        """What the run will run and the edges between, so the run's graph can be drawn
+        while it goes (``stepflow ui``)."""
+        plan = self.run.plan
+        selected = set(plan.steps)
+        edges = {
+            (e.producer, e.consumer): None
+            for e in plan.dag.edges
+            if e.producer in selected and e.consumer in selected
+        }
+        # Ordering without data (``after=[...]``) is drawn as an edge too.
+        edges.update({pair: None for pair in plan.dag.after if set(pair) <= selected})
+        return {"steps": list(plan.steps), "edges": [list(pair) for pair in edges]}
+
     def _take_snapshot(self) -> None:
         config = self.run.config
         try:
@@ -268,6 +286,7 @@ class Journal:
 
     def finish(self, *, interrupted: bool, crashed: bool = False) -> None:
         """Say how the run ended; ``crashed``: stepflow itself raised (recorded as failed)."""
+        self._stop_timer()
         if self.records is None:
             return
         run = self.run
@@ -366,12 +385,35 @@ class Journal:
             urgent = report.state is StepState.FAILED or (
                 time.monotonic() - self._flushed > _FLUSH_EVERY
             )
+            if not urgent and self._timer is None and not self._finished:
+                self._timer = threading.Timer(_FLUSH_EVERY, self._timed_flush)
+                self._timer.daemon = True
+                self._timer.start()
         if urgent:
             try:
                 self._flush()
             except Exception as exc:  # a missing snapshot must not fail the run
                 self._lost(exc)
         return report
+
+    def _timed_flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._finished:
+                return
+        try:
+            self._flush()
+        except Exception as exc:  # the run goes on without records (see _lost)
+            self._lost(exc)
+
+    def _stop_timer(self) -> None:
+        with self._lock:
+            self._finished = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            if timer is not threading.current_thread():
+                timer.join()  # a flush under way ends before the run's last write
 
     def _masked_error(self, error: StepFailedError) -> StepFailedError:
         """The error with secret values masked: it is shown, raised and recorded."""

@@ -106,6 +106,7 @@ class RunResult(Mapping[str, Any]):
         producers: Mapping[str, str] | None = None,
         interrupted: bool = False,
         storage_errors: Sequence[StorageError] = (),
+        edges: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.run_id = info.run_id
         self.pipeline = info.pipeline
@@ -119,6 +120,8 @@ class RunResult(Mapping[str, Any]):
         self._outputs = {name: _Output(loader) for name, loader in outputs.items()}
         #: output name → the step that makes it (whether or not it succeeded)
         self._producers = dict(producers or {})
+        #: (producer, consumer) pairs between the run's steps, to draw its graph
+        self._edges = tuple(edges)
 
     def __getitem__(self, name: str) -> Any:
         try:
@@ -186,6 +189,31 @@ class RunResult(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"<RunResult {self.pipeline!r} {self.run_id}: {self.summary()}>"
+
+    # --- notebooks: the graph with each step's state ----------------------------------------
+
+    def _repr_svg_(self) -> str:
+        from stepflow._planning.svg import render_svg
+
+        notes = {
+            name: f"{r.duration:.2f}s" for name, r in self.steps.items() if r.state is StepState.RAN
+        }
+        return render_svg(
+            list(self.steps),
+            self._edges,
+            states={name: r.state.value for name, r in self.steps.items()},
+            notes=notes,
+            title=f"run {self.run_id} of {self.pipeline}",
+        )
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        head = f"run <code>{escape(self.run_id)}</code> of <b>{escape(self.pipeline)}</b>"
+        return (
+            f'<div class="stepflow-run"><div>{head}: {escape(self.summary())}</div>'
+            f"{self._repr_svg_()}</div>"
+        )
 
 
 def assert_counts(

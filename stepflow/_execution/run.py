@@ -120,6 +120,12 @@ class _Runner:
             producers={o: s for o, s in self.dag.producers.items() if s in self.reports},
             interrupted=interrupted,
             storage_errors=outputs.storage_errors,
+            edges=[
+                (e.producer, e.consumer)
+                for e in self.dag.edges
+                if e.producer in self.reports and e.consumer in self.reports
+            ]
+            + [pair for pair in self.dag.after if set(pair) <= self.reports.keys()],
         )
 
     def _run_workers(self) -> int:

@@ -64,7 +64,7 @@ class CacheEntry:
 # --- opening -------------------------------------------------------------------------------
 
 
-def open_run_records(config: Config) -> RunRecords:
+def open_run_records(config: Config, *, mark_abandoned: bool = True) -> RunRecords:
     """The home's run records, opened read-only; a clear error when nothing was ever
     recorded there.
 
@@ -84,7 +84,7 @@ def open_run_records(config: Config) -> RunRecords:
         )
     records = RunRecords.read_only(path)
     host = socket.gethostname()
-    if any(r.host == host for r in records.runs(state="running")):
+    if mark_abandoned and any(r.host == host for r in records.runs(state="running")):
         # Only a writer can mark them; it is opened for that alone, so a home with nothing
         # running is never written to by a reader.
         try:
@@ -150,9 +150,18 @@ class ReadAPI:
     it as a context manager.
     """
 
-    def __init__(self, config: Config, *, pm: pluggy.PluginManager | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        pm: pluggy.PluginManager | None = None,
+        read_only: bool = False,
+    ) -> None:
         self.config = config
         self._pm = pm
+        #: never write to the run records, not even to mark runs whose process died
+        #: (the web UI: a reader that only shows)
+        self.read_only = read_only
         self._records: RunRecords | None = None
         self._store: Datastore | None = None
 
@@ -174,7 +183,7 @@ class ReadAPI:
     def records(self) -> RunRecords:
         """The run records, opened read-only; :class:`UsageError` when there are none."""
         if self._records is None:
-            self._records = open_run_records(self.config)
+            self._records = open_run_records(self.config, mark_abandoned=not self.read_only)
         return self._records
 
     # --- runs ---------------------------------------------------------------------------
@@ -189,6 +198,146 @@ class ReadAPI:
     ) -> list[RunRow]:
         """Runs, newest first, of ``pipeline`` in ``state`` started at or after ``since``."""
         return self.records.runs(pipeline=pipeline, state=state, since=since, limit=limit)
+
+    def run_page(
+        self,
+        *,
+        pipeline: str | None = None,
+        state: str | None = None,
+        schedule: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[RunRow], int]:
+        """One page of runs, newest first, of ``pipeline`` in ``state`` started by
+        ``schedule`` (runs tagged ``schedule``), and how many match in all. Listed runs
+        carry no source manifest (``source_files`` is ``None``)."""
+        tags = {"schedule": schedule} if schedule is not None else None
+        return self.records.run_page(
+            pipeline=pipeline, state=state, tags=tags, limit=limit, offset=offset
+        )
+
+    def pipelines(self) -> list[str]:
+        """The pipelines that have recorded runs."""
+        return self.records.pipelines()
+
+    def schedules_seen(self) -> list[str]:
+        """The schedules that started recorded runs (the runs' ``schedule`` tag)."""
+        return self.records.tag_values("schedule")
+
+    def changes(self, run: str | None = None) -> tuple[Any, ...]:
+        """A token that changes when any run (or run id ``run``) starts, records a step or
+        finishes: poll it, and query again only when it changed."""
+        return self.records.changes(run)
+
+    def run_graph(self, run: str | RunRow) -> dict[str, Any]:
+        """The run's graph as planned, with each step's state: ``{"steps": [{"name", "state",
+        "duration", "reused_from", ...}], "edges": [[producer, consumer], ...]}``.
+
+        A step not recorded yet is ``running`` when the run goes on and every step it reads
+        from is done (it is running, or ready to as soon as a worker is free), ``pending``
+        before that, and ``skipped`` in a run that ended without it. A run recorded before
+        plans were kept is drawn from its recorded steps, joined by the names of their
+        inputs and outputs.
+        """
+        found = self.run(run)
+        rows = {s["name"]: s for s in self.records.step_summaries(found.id)}
+        plan = self.records.plan(found.id)
+        if plan is None:
+            full = self.records.steps(found.id)
+            makers = {io.name: s.name for s in full for io in s.io if io.direction == "out"}
+            edges = {
+                (makers[io.name], s.name): None
+                for s in full
+                for io in s.io
+                if io.direction == "in" and makers.get(io.name) not in (None, s.name)
+            }
+            plan = {"steps": list(rows), "edges": [list(e) for e in edges]}
+        upstream: dict[str, list[str]] = {}
+        for producer, consumer in plan["edges"]:
+            upstream.setdefault(consumer, []).append(producer)
+        planned = set(plan["steps"])
+        steps = []
+        for name in [*plan["steps"], *(n for n in rows if n not in planned)]:
+            row = rows.get(name)
+            if row is not None:
+                steps.append(row)
+                continue
+            if found.state != "running":
+                state = "skipped"
+            elif all(
+                u in rows and rows[u]["state"] in ("ran", "reused") for u in upstream.get(name, [])
+            ):
+                state = "running"
+            else:
+                state = "pending"
+            steps.append({"name": name, "state": state})
+        return {"run": found.id, "steps": steps, "edges": plan["edges"]}
+
+    def step(self, run: str | RunRow, name: str) -> StepRow:
+        """One recorded step of a run, with its inputs, outputs and metrics.
+
+        :raises UsageError: the run has not recorded a step ``name`` (yet).
+        """
+        found = self.run(run)
+        row = self.records.step(found.id, name)
+        if row is not None:
+            return row
+        names = ", ".join(s["name"] for s in self.records.step_summaries(found.id))
+        raise UsageError(
+            f"run {found.id} has recorded no step {name!r}; steps: {names or 'none recorded yet'}"
+        )
+
+    def metric_history(
+        self, pipeline: str, step: str, name: str, *, limit: int = 50
+    ) -> list[tuple[str, float, float | None]]:
+        """``(run id, run start, last value)`` of a step's metric over the last ``limit``
+        runs of ``pipeline`` that logged it, oldest first."""
+        return self.records.metric_history(pipeline, step, name, limit=limit)
+
+    def source_files(self, run: str | RunRow) -> list[dict[str, Any]]:
+        """The files of the run's code snapshot, by path: ``path``, ``hash``, ``size``,
+        ``kind`` and whether the store holds its bytes (``stored``)."""
+        from stepflow._storage.source.store import snapshot_manifest
+
+        found = self.run(run)
+        if found.source_hash is None:
+            return []
+        manifest = snapshot_manifest(found.source_hash, self._datastore())
+        if manifest is None:
+            files = found.source_files or {}
+            return [
+                {"path": p, "hash": h, "size": None, "kind": "file", "stored": False}
+                for p, h in sorted(files.items())
+            ]
+        return [
+            {
+                "path": f.path,
+                "hash": f.hash,
+                "size": f.size,
+                "kind": f.kind,
+                "stored": f.left_out is None and f.kind == "file",
+            }
+            for f in manifest.files
+        ]
+
+    def source_file(self, run: str | RunRow, path: str) -> bytes:
+        """The bytes of one file of the run's code snapshot, checked against its hash.
+
+        :raises UsageError: the run has no snapshot, or no such stored file.
+        :raises SnapshotError: the stored file is damaged.
+        """
+        from stepflow._storage.source.store import _fetch, snapshot_manifest
+
+        found = self.run(run)
+        manifest = (
+            snapshot_manifest(found.source_hash, self._datastore()) if found.source_hash else None
+        )
+        if manifest is None:
+            raise UsageError(f"run {found.id} has no stored code snapshot")
+        for entry in manifest.files:
+            if entry.path == path and entry.kind == "file" and entry.left_out is None:
+                return _fetch(self._datastore(), entry)
+        raise UsageError(f"the code snapshot of run {found.id} stores no file {path!r}")
 
     def run(self, ref: str | RunRow) -> RunRow:
         """A run by id, unique id prefix, ``last``, ``last~N`` or ``last-failed``.
@@ -370,6 +519,19 @@ class ReadAPI:
         ``pipeline`` and ``step`` (``None``: any)."""
         records = self._all_cache_records()
         return sorted(matching(records, pipeline=pipeline, step=step), key=lambda r: r.created)
+
+    def cache_record(self, key: str) -> CacheRecord | None:
+        """The stored result of exactly cache key ``key`` (what went into the key, its
+        outputs), or ``None`` when none is stored (any more)."""
+        from stepflow._sentinels import MISSING
+        from stepflow._storage.index import CacheIndex
+
+        index = CacheIndex(self.config.home / "index", store=self._datastore())
+        try:
+            found = index.get(key)
+        finally:
+            index.close()
+        return None if found is MISSING else found
 
     def cache_entry(self, key_prefix: str) -> CacheEntry:
         """The stored result whose cache key is ``key_prefix`` or starts with it.

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: the schema this stepflow writes; ``_MIGRATIONS[n - 1]`` upgrades version ``n - 1`` to ``n``
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -133,12 +133,29 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX IF NOT EXISTS runs_running ON runs (host) WHERE state = 'running';
     """,
+    # 4: each run's plan (its steps and the edges between them), written when it starts, so
+    # a reader can draw the graph of a run still going (steps are recorded as they finish).
+    # A table of its own: listings of many runs never read it.
+    """
+    CREATE TABLE IF NOT EXISTS run_plans (
+        run_id TEXT PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+        steps TEXT NOT NULL,
+        edges TEXT NOT NULL
+    );
+    """,
 )
 
 _DELETE_STEP_ROWS = tuple(
     f"DELETE FROM {table} WHERE run_id = ? AND step = ?"  # noqa: S608 - fixed table names
     for table in ("step_io", "metrics", "logs")
 )
+
+#: the columns of ``runs``, in schema order
+_RUN_COLUMNS = (
+    "id pipeline target state started finished params secret_params targets workers host user"
+    " pid stepflow_version python_version git_commit git_dirty source_hash source_files"
+    " resumed_from counts tags"
+).split()
 
 #: run states; ``running`` only until the run says how it ended
 RUN_STATES = ("running", "succeeded", "failed", "interrupted")
@@ -462,7 +479,9 @@ class RunRecords:
 
     # --- writing ------------------------------------------------------------------------
 
-    def start_run(self, run: RunRow) -> None:
+    def start_run(self, run: RunRow, *, plan: Mapping[str, Any] | None = None) -> None:
+        """Record a run as it starts; ``plan``: ``{"steps": [...], "edges": [[a, b], ...]}``,
+        what it will run (see :meth:`plan`)."""
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO runs (id, pipeline, target, state, started, params, secret_params,"
@@ -487,6 +506,11 @@ class RunRecords:
                     _json(dict(run.tags)),
                 ),
             )
+            if plan is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO run_plans VALUES (?,?,?)",
+                    (run.id, json.dumps(list(plan["steps"])), json.dumps(list(plan["edges"]))),
+                )
 
     def write_steps(self, run_id: str, steps: Sequence[StepRow], *, replace: bool = False) -> None:
         """Record finished steps in one transaction.
@@ -628,6 +652,101 @@ class RunRecords:
             sql += f" LIMIT {int(limit)}"
         return [self._run_from(r) for r in self._db.execute(sql, args)]
 
+    def run_page(
+        self,
+        *,
+        pipeline: str | None = None,
+        state: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[RunRow], int]:
+        """One page of runs, newest first, and how many match in all; without their source
+        manifests (``source_files`` is ``None``), which a listing never shows.
+
+        :param tags: tag → value every run listed has (``{"schedule": "nightly"}``).
+        """
+        where, args = [], []
+        if pipeline is not None:
+            where.append("pipeline = ?")
+            args.append(pipeline)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        for key, value in (tags or {}).items():
+            where.append("json_extract(tags, ?) = ?")
+            args += ["$." + json.dumps(str(key)), value]
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        columns = ", ".join(
+            "NULL AS source_files" if c == "source_files" else c for c in _RUN_COLUMNS
+        )
+        rows = self._db.execute(
+            f"SELECT {columns} FROM runs{clause} ORDER BY started DESC, id DESC"  # noqa: S608
+            f" LIMIT {int(limit)} OFFSET {int(offset)}",
+            args,
+        ).fetchall()
+        total = self._db.execute(f"SELECT count(*) FROM runs{clause}", args).fetchone()[0]  # noqa: S608
+        return [self._run_from(r) for r in rows], int(total)
+
+    def pipelines(self) -> list[str]:
+        """The names of the pipelines that have runs recorded."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT pipeline FROM runs ORDER BY 1")]
+
+    def tag_values(self, tag: str) -> list[str]:
+        """The values runs were tagged with under ``tag`` (``schedule``: every schedule)."""
+        return [
+            r[0]
+            for r in self._db.execute(
+                "SELECT DISTINCT json_extract(tags, ?) AS v FROM runs WHERE v IS NOT NULL"
+                " ORDER BY 1",
+                ("$." + json.dumps(tag),),
+            )
+        ]
+
+    def changes(self, run_id: str | None = None) -> tuple[Any, ...]:
+        """A token that changes whenever a run (``run_id``, or any) starts, finishes or
+        records a step; cheap enough to poll every second."""
+        if run_id is None:
+            row = self._db.execute(
+                "SELECT count(*), max(started), max(finished),"
+                " (SELECT count(*) FROM runs WHERE state = 'running') FROM runs"
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT state, finished, source_hash IS NULL,"
+                " (SELECT count(*) FROM steps WHERE run_id = ?) FROM runs WHERE id = ?",
+                (run_id, run_id),
+            ).fetchone()
+        return tuple(row) if row is not None else ()
+
+    def plan(self, run_id: str) -> dict[str, list[Any]] | None:
+        """The run's plan as it started: ``{"steps": [...], "edges": [[producer, consumer],
+        ...]}``; ``None`` for a run recorded before plans were (schema 3 and older)."""
+        try:
+            row = self._db.execute(
+                "SELECT steps, edges FROM run_plans WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # an older schema opened read-only: no plans
+            return None
+        if row is None:
+            return None
+        return {"steps": json.loads(row["steps"]), "edges": json.loads(row["edges"])}
+
+    def metric_history(
+        self, pipeline: str, step: str, name: str, *, limit: int = 50
+    ) -> list[tuple[str, float, float | None]]:
+        """``(run id, run start, last value)`` of metric ``name`` of ``step`` in the last
+        ``limit`` runs of ``pipeline`` that logged it, oldest first."""
+        rows = self._db.execute(
+            "SELECT m.run_id, r.started, m.value FROM metrics m JOIN runs r ON r.id = m.run_id"
+            " WHERE r.pipeline = ? AND m.step = ? AND m.name = ?"
+            " AND m.rowid = (SELECT max(rowid) FROM metrics WHERE run_id = m.run_id"
+            " AND step = m.step AND name = m.name)"
+            " ORDER BY r.started DESC LIMIT ?",
+            (pipeline, step, name, int(limit)),
+        ).fetchall()
+        return [(r[0], r[1], r[2]) for r in reversed(rows)]
+
     def run(self, ref: str) -> RunRow:
         """A run by id, unique id prefix, ``last``, ``last~N`` (N runs before it) or
         ``last-failed``.
@@ -661,23 +780,55 @@ class RunRecords:
             raise UsageError(f"run id {ref!r} is ambiguous ({ids}); give more of it")
         return found[0]
 
+    def step_summaries(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's recorded steps in run order (as :meth:`steps`), each as a dict of its
+        name, state, times, attempts, backend, cache key and ``reused_from``: without inputs,
+        outputs, metrics or logs, so a run of thousands of steps is drawn at once."""
+        rows = self._db.execute(
+            "SELECT name, state, started, finished, duration, attempts, backend, cache_key,"
+            " reused_from FROM steps WHERE run_id = ? ORDER BY started IS NULL, started, rowid",
+            (run_id,),
+        )
+        return [dict(r) for r in rows]
+
+    def step(self, run_id: str, name: str) -> StepRow | None:
+        """One recorded step of the run, with its inputs, outputs and metrics; ``None`` when
+        it has not been recorded (yet)."""
+        found = self._step_rows(run_id, name)
+        return found[0] if found else None
+
     def steps(self, run_id: str) -> list[StepRow]:
         """The run's steps in run order: as they started (a reused step when it was reused),
         then the steps that never started (skipped) in the order they were recorded."""
+        return self._step_rows(run_id)
+
+    def _step_rows(self, run_id: str, name: str | None = None) -> list[StepRow]:
         # A skipped step has neither time; NULL sorts first in SQLite, which listed skipped
         # steps before everything that ran.
+        only = "" if name is None else " AND name = ?"
+        also = "" if name is None else " AND step = ?"
+        args = (run_id,) if name is None else (run_id, name)
         rows = self._db.execute(
-            "SELECT * FROM steps WHERE run_id = ? ORDER BY started IS NULL, started, rowid",
-            (run_id,),
+            f"SELECT * FROM steps WHERE run_id = ?{only}"  # noqa: S608 - fixed text
+            " ORDER BY started IS NULL, started, rowid",
+            args,
         ).fetchall()
         io: dict[str, list[StepIO]] = {}
         for r in self._db.execute(
-            "SELECT * FROM step_io WHERE run_id = ? ORDER BY rowid", (run_id,)
+            f"SELECT * FROM step_io WHERE run_id = ?{also} ORDER BY rowid",  # noqa: S608
+            args,
         ):
             io.setdefault(r["step"], []).append(
                 StepIO(r["direction"], r["name"], r["object"], r["content_hash"], r["size"])
             )
-        metrics = self.metrics(run_id)
+        metrics: dict[str, list[MetricRow]] = {}
+        for r in self._db.execute(
+            f"SELECT * FROM metrics WHERE run_id = ?{also} ORDER BY rowid",  # noqa: S608
+            args,
+        ):
+            metrics.setdefault(r["step"], []).append(
+                MetricRow(r["name"], r["value"], r["counter"], r["ts"])
+            )
         return [
             StepRow(
                 name=r["name"],

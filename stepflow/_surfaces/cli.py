@@ -241,7 +241,7 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
 
     show = sub.add_parser("show", help="show a pipeline's steps and graph")
     show.add_argument("target", metavar="TARGET")
-    show.add_argument("--format", choices=["text", "dot", "mermaid", "json"], default="text")
+    show.add_argument("--format", choices=["text", "dot", "mermaid", "json", "svg"], default="text")
     show.set_defaults(handler=_cmd_show)
     _add_common(show)
 

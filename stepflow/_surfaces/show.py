@@ -1,4 +1,4 @@
-"""Render a pipeline's graph as text, Graphviz dot, Mermaid or JSON (``stepflow show``)."""
+"""Render a pipeline's graph as text, Graphviz dot, Mermaid, JSON or SVG (``stepflow show``)."""
 
 from __future__ import annotations
 
@@ -201,7 +201,14 @@ def _json(pipeline: Pipeline, *, default_backend: str = "local") -> str:
     return json.dumps(as_dict(pipeline, default_backend=default_backend), indent=2) + "\n"
 
 
-FORMATS = {"text": _text, "dot": _dot, "mermaid": _mermaid, "json": _json}
+def _svg(pipeline: Pipeline) -> str:
+    from stepflow._planning.svg import render_svg
+
+    edges = [(e.producer, e.consumer) for e in pipeline.dag.edges]
+    return render_svg(list(pipeline.steps), edges, title=f"pipeline {pipeline.name}") + "\n"
+
+
+FORMATS = {"text": _text, "dot": _dot, "mermaid": _mermaid, "json": _json, "svg": _svg}
 
 
 def render(pipeline: Pipeline, fmt: str = "text", *, default_backend: str = "local") -> str:

@@ -50,3 +50,15 @@ def test_dot_quotes_every_id():
 
     text = render(Pipeline("demo", [node, edge]), "dot")
     assert '  "node" -> "edge";' in text
+
+
+def test_svg_is_the_shared_renderer_and_well_formed():
+    """``show --format svg`` draws every step and edge with the one renderer."""
+    import xml.etree.ElementTree as ET
+
+    text = render(_end_pipeline(), "svg")
+    root = ET.fromstring(text)
+    ns = "{http://www.w3.org/2000/svg}"
+    names = [g.get("data-step") for g in root.iter(f"{ns}g") if g.get("data-step")]
+    assert names == ["start", "end", "report"]
+    assert len([p for p in root.iter(f"{ns}path") if p.get("class") == "sf-edge"]) == 2
