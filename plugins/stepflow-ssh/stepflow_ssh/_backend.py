@@ -85,6 +85,8 @@ class SSHBackend(Backend):
         self._code_lock = threading.Lock()
         self._venvs: dict[tuple[str, ...], str] = {}
         self._venv_lock = threading.Lock()
+        #: attempt folders launched and not yet finished, killed by ``close`` if still there
+        self._inflight: set[str] = set()
         #: the host's answers once connected: workdir, Python, stepflow and packages
         self.hello: dict[str, Any] = {}
         self.workdir = ""
@@ -281,6 +283,11 @@ class SSHBackend(Backend):
         session = _Session(self, task)
         try:
             yield session
+        except BaseException:
+            # Its channel may be in the middle of a request (Ctrl-C): never reused.
+            if session.channel is not None:
+                session.channel.kill()
+            raise
         finally:
             session.close()
 
@@ -329,16 +336,18 @@ class SSHBackend(Backend):
                 "run": task.run_id,
             }
             payload = pickle.dumps(remote_task, protocol=5)
+            with self._pool_lock:
+                self._inflight.add(rel)
             # A launch that is retried after a dropped connection finds its folder there
             # (the claim) and starts nothing: it then follows the attempt already running.
             session.do(lambda ch: ch.call("launch", payload, dir=rel, spec=spec, client=client))
             outcome = self._follow(session, task, rel, timeout)
-            if isinstance(outcome, TaskResult):
-                session.do(lambda ch: ch.call("remove", dir=rel))
-                return outcome
-            result = self._collect(session, task, rel, outcome)
+            if not isinstance(outcome, TaskResult):
+                outcome = self._collect(session, task, rel, outcome)
             session.do(lambda ch: ch.call("remove", dir=rel))
-            return result
+            with self._pool_lock:
+                self._inflight.discard(rel)
+            return outcome
 
     def _python_for(self, session: _Session, task: Task) -> str:
         requirements = task.env.get("requirements") if self.opts.bootstrap else None
@@ -600,13 +609,23 @@ class SSHBackend(Backend):
         self._cancelled.set()
 
     def close(self) -> None:
+        """Kill the attempts still in flight (a run interrupted in the middle of a step),
+        then end the connections."""
         with self._pool_lock:
             idle, self._idle = self._idle, []
             busy = list(self._busy)
-        for channel in idle:
-            channel.close()
+            inflight, self._inflight = sorted(self._inflight), set()
         for channel in busy:
             channel.kill()
+        if inflight:
+            channel = idle.pop() if idle else self._open(self.python)
+            with contextlib.suppress(BackendError, OSError):
+                for rel in inflight:
+                    channel.call("kill", dir=rel, why="its run stopped")
+                    channel.call("remove", dir=rel)
+            channel.kill()
+        for channel in idle:
+            channel.close()
         self.transport.close()
         super().close()
 

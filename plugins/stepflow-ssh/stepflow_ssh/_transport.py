@@ -381,17 +381,20 @@ class Channel:
             elif header.get("size"):
                 body = _Reader(stdout, int(header["size"])).read()
         except (OSError, EOFError, ValueError) as exc:
+            why = self.why(exc)
             self.kill()
-            raise ConnectionLost(self.why(exc)) from None
+            raise ConnectionLost(why) from None
         if "error" in header:
             raise RemoteError(header["error"])
         return header, body
 
     def why(self, exc: BaseException) -> str:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             self.proc.wait(timeout=2)
-        self._stderr.seek(0)
-        err = self._stderr.read().decode(errors="replace").strip()
+        err = ""
+        with contextlib.suppress(OSError, ValueError):
+            self._stderr.seek(0)
+            err = self._stderr.read().decode(errors="replace").strip()
         code = self.proc.poll()
         said = f": {_tail(err)}" if err else ""
         return f"the connection ended (ssh exited with {code}){said}"

@@ -6,182 +6,11 @@ the one running the tests (stepflow installed). Each test gets a workdir of its 
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-SSHD = "/usr/sbin/sshd"
-
-
-class SSHServer:
-    """One ``sshd -D`` on 127.0.0.1, and what a client needs to reach it."""
-
-    def __init__(self, folder: Path, port: int, proc: subprocess.Popen[bytes]) -> None:
-        self.folder = folder
-        self.host = "127.0.0.1"
-        self.port = port
-        self.proc = proc
-        #: the client's private key, whose public half the server authorizes
-        self.identity = folder / "id_ed25519"
-        #: a known_hosts file that trusts the server's host key
-        self.known_hosts = folder / "known_hosts"
-        self.host_pub = (folder / "host_ed25519.pub").read_text().strip()
-
-    def options(self, workdir: Path | str, **extra: object) -> dict[str, object]:
-        """The backend table for this server (``python`` is the test session's own)."""
-        table: dict[str, object] = {
-            "plugin": "ssh",
-            "host": self.host,
-            "port": self.port,
-            "identity": str(self.identity),
-            "python": sys.executable,
-            "workdir": str(workdir),
-            "connect_timeout": 10,
-            "ssh_options": {
-                "UserKnownHostsFile": str(self.known_hosts),
-                "GlobalKnownHostsFile": "/dev/null",
-            },
-        }
-        table.update(extra)
-        return table
-
-    def pyproject(self, workdir: Path | str, name: str = "gpu", **extra: object) -> str:
-        """``pyproject.toml`` text configuring backend ``name`` on this server."""
-        return toml_tables({f"tool.stepflow.backends.{name}": self.options(workdir, **extra)})
-
-
-def toml_tables(tables: dict[str, dict[str, object]]) -> str:
-    """A small TOML writer for the tests' tables (strings, numbers, bools, lists, tables)."""
-    import json
-
-    def value(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)  # a TOML basic string is JSON's string syntax
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
-        raise TypeError(v)
-
-    out = []
-    for name, table in tables.items():
-        out.append(f"[{name}]")
-        out += [f"{json.dumps(k) if '.' in k else k} = {value(v)}" for k, v in table.items()]
-        out.append("")
-    return "\n".join(out)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "stepflow-test", "-f", str(path)],
-        check=True,
-        capture_output=True,
-    )
-
-
-def start_sshd(folder: Path, host_key: Path | None = None) -> SSHServer:
-    """Start ``sshd`` with a host key (new unless given) trusted by ``folder/known_hosts``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    if host_key is None:
-        host_key = folder / "host_ed25519"
-        _keygen(host_key)
-    else:
-        shutil.copy(host_key, folder / "host_ed25519")
-        shutil.copy(f"{host_key}.pub", folder / "host_ed25519.pub")
-        host_key = folder / "host_ed25519"
-        os.chmod(host_key, 0o600)
-    if not (folder / "id_ed25519").exists():
-        _keygen(folder / "id_ed25519")
-    (folder / "authorized_keys").write_text((folder / "id_ed25519.pub").read_text())
-    port = _free_port()
-    config = folder / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                "ListenAddress 127.0.0.1",
-                f"HostKey {host_key}",
-                f"PidFile {folder / 'sshd.pid'}",
-                f"AuthorizedKeysFile {folder / 'authorized_keys'}",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "PermitRootLogin prohibit-password",
-                # The fixture's folders live under /tmp, which is world-writable.
-                "StrictModes no",
-                "UsePAM no",
-                "MaxSessions 200",
-                "MaxStartups 200",
-                f"AllowUsers {_user()}",
-                "",
-            ]
-        )
-    )
-    pub = (folder / "host_ed25519.pub").read_text().split()
-    (folder / "known_hosts").write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    log = open(folder / "sshd.log", "wb")  # noqa: SIM115 - kept open by the server
-    proc = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(config), "-p", str(port)],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-    )
-    log.close()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sshd exited: {(folder / 'sshd.log').read_text()}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return SSHServer(folder, port, proc)
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"sshd did not listen: {(folder / 'sshd.log').read_text()}")
-
-
-def stop_sshd(server: SSHServer) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
-
-
-def _user() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
-def missing_ssh() -> str | None:
-    """Why this machine cannot run the real sshd tests, or ``None``."""
-    if not os.path.exists(SSHD):
-        return "no OpenSSH server: apt-get install openssh-server"
-    for tool in ("ssh", "ssh-keygen", "ssh-keyscan"):
-        if shutil.which(tool) is None:
-            return f"no {tool}: apt-get install openssh-client"
-    if os.geteuid() != 0 and not os.access("/run/sshd", os.W_OK):
-        return "sshd needs /run/sshd (run the tests as root, or create it)"
-    return None
+from ssh_testing import SSHServer, missing_ssh, start_sshd, stop_sshd, toml_tables
 
 
 @pytest.fixture(scope="session")
@@ -210,3 +39,19 @@ def sshd(_sshd_session: SSHServer | str, need) -> SSHServer:
 def remote_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workdir on the "host" of the test's own (not yet created: the backend makes it)."""
     return tmp_path_factory.mktemp("remote") / "work dir"
+
+
+@pytest.fixture
+def project(tmp_path: Path, sshd: SSHServer, remote_workdir: Path):
+    """Write ``pyproject.toml`` (backend ``gpu`` on the test sshd) and flow files."""
+
+    def make(flow: str, *, extra_tables: dict | None = None, **options: object) -> Path:
+        import textwrap
+
+        tables = {"tool.stepflow.backends.gpu": sshd.options(remote_workdir, **options)}
+        tables.update(extra_tables or {})
+        (tmp_path / "pyproject.toml").write_text(toml_tables(tables))
+        (tmp_path / "flow.py").write_text(textwrap.dedent(flow).lstrip("\n"))
+        return tmp_path
+
+    return make
