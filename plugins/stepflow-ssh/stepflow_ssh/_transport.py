@@ -29,7 +29,7 @@ __all__ = ["Channel", "ConnectionLost", "RemoteError", "Transport"]
 
 # Writes the agent into the workdir (once per content) with the host's Python; prints its path.
 _INSTALL_AGENT = """\
-import os, sys
+import json, os, sys
 work = os.path.abspath(os.path.expanduser(sys.argv[1]))
 todo = []
 path = work
@@ -46,7 +46,7 @@ if not os.path.isfile(agent):
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     os.replace(tmp, agent)
-print(agent)
+print(json.dumps(agent))
 """
 
 
@@ -201,7 +201,8 @@ class Transport:
                 f"backend {self.backend!r}: cannot write into workdir {workdir!r} on "
                 f"{self.where()} with {python}: {_tail(err)}"
             )
-        return done.stdout.decode().strip().splitlines()[-1]
+        # JSON: the path may hold any character, a newline included.
+        return str(json.loads(done.stdout.decode().strip().splitlines()[-1]))
 
     def channel(self, python: str, agent: str, workdir: str) -> Channel:
         argv = self.argv([python, agent, "serve", workdir])

@@ -48,7 +48,8 @@ def project(tmp_path: Path, sshd: SSHServer, remote_workdir: Path):
     def make(flow: str, *, extra_tables: dict | None = None, **options: object) -> Path:
         import textwrap
 
-        tables = {"tool.stepflow.backends.gpu": sshd.options(remote_workdir, **options)}
+        workdir = options.pop("workdir", remote_workdir)
+        tables = {"tool.stepflow.backends.gpu": sshd.options(workdir, **options)}
         tables.update(extra_tables or {})
         (tmp_path / "pyproject.toml").write_text(toml_tables(tables))
         (tmp_path / "flow.py").write_text(textwrap.dedent(flow).lstrip("\n"))

@@ -55,6 +55,10 @@ class SSHServer:
 def toml_tables(tables: dict[str, dict[str, object]]) -> str:
     """A small TOML writer for the tests' tables (strings, numbers, bools, lists, tables)."""
     import json
+    import re
+
+    def key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
 
     def value(v: object) -> str:
         if isinstance(v, bool):
@@ -66,13 +70,13 @@ def toml_tables(tables: dict[str, dict[str, object]]) -> str:
         if isinstance(v, list):
             return "[" + ", ".join(value(x) for x in v) + "]"
         if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+            return "{" + ", ".join(f"{key(k)} = {value(x)}" for k, x in v.items()) + "}"
         raise TypeError(v)
 
     out = []
     for name, table in tables.items():
         out.append(f"[{name}]")
-        out += [f"{json.dumps(k) if '.' in k else k} = {value(v)}" for k, v in table.items()]
+        out += [f"{key(k)} = {value(v)}" for k, v in table.items()]
         out.append("")
     return "\n".join(out)
 
