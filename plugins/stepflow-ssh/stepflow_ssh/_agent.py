@@ -210,10 +210,7 @@ class Server:
         tmp = self.path("code", f".tmp-{snapshot_id}-{os.getpid()}-{secrets.token_hex(4)}")
         os.mkdir(tmp, 0o700)
         try:
-            with tarfile.open(fileobj=payload, mode="r|") as tar:
-                # The "data" filter refuses absolute names, "..", links leading outside and
-                # device files, whatever the archive says.
-                tar.extractall(tmp, filter="data")
+            _extract(payload, tmp)
             for rel, digest in files.items():
                 full = os.path.join(tmp, rel)
                 if os.path.islink(full) or not os.path.isfile(full):
@@ -483,6 +480,40 @@ class _Limited:
     def drain(self) -> None:
         while self.left:
             self.read(min(self.left, _CHUNK))
+
+
+def _extract(stream: Any, dest: str) -> None:
+    """Unpack a tar stream of files and links into ``dest``, refusing any name or link that
+    would lead outside it (absolute, ``..``) and any other kind of member, whatever the
+    archive says (``tarfile``'s own filters are missing from older Pythons)."""
+    real_dest = os.path.realpath(dest)
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            name = member.name
+            parts = name.split("/")
+            if name.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in name:
+                raise AgentError(f"refused the archive member {name!r}")
+            parent = os.path.join(dest, *parts[:-1])
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            real_parent = os.path.realpath(parent)
+            if os.path.commonpath([real_parent, real_dest]) != real_dest:
+                raise AgentError(f"refused {name!r}: its folder leads outside the snapshot")
+            target = os.path.join(real_parent, parts[-1])
+            if member.isreg():
+                source = tar.extractfile(member)
+                assert source is not None
+                mode = 0o700 if member.mode & 0o100 else 0o600
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                with os.fdopen(os.open(target, flags, mode), "wb") as fh:
+                    shutil.copyfileobj(source, fh)
+            elif member.issym():
+                link = member.linkname
+                inside = os.path.normpath(os.path.join(*parts[:-1], link) if parts[:-1] else link)
+                if link.startswith("/") or inside == ".." or inside.startswith("../"):
+                    continue  # a link leading outside the snapshot is left out
+                os.symlink(link, target)
+            else:
+                raise AgentError(f"refused {name!r}: only files and links are unpacked")
 
 
 def _copy(src: IO[bytes] | _Limited, dst: IO[bytes], size: int) -> None:

@@ -6,6 +6,7 @@ import base64
 import functools
 import hashlib
 import importlib.metadata
+import io
 import os
 import re
 import tarfile
@@ -111,15 +112,14 @@ def _built() -> Wheel:
         record.append(f"{rel},sha256={digest},{len(data)}")
     record.append(f"{dist_info}/RECORD,,")
     entries.append((f"{dist_info}/RECORD", ("\n".join(record) + "\n").encode()))
-    buffer = tempfile.SpooledTemporaryFile()
+    buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         for rel, data in entries:
             info = zipfile.ZipInfo(rel, date_time=_EPOCH)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, data)
-    buffer.seek(0)
-    return Wheel(f"stepflow-{version}-py3-none-any.whl", buffer.read())
+    return Wheel(f"stepflow-{version}-py3-none-any.whl", buffer.getvalue())
 
 
 def _metadata(package: Path) -> tuple[list[str], str, str]:
