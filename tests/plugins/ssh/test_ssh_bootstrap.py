@@ -15,8 +15,9 @@ def test_the_wheel_is_the_running_stepflow():
     (so the host's virtualenv, keyed by its hash, is made once)."""
     import io
 
-    import stepflow
     from stepflow_ssh._ship import _built
+
+    import stepflow
 
     wheel = _built()
     assert wheel.name == f"stepflow-{stepflow.__version__}-py3-none-any.whl"
