@@ -95,12 +95,16 @@ def _read_json(path: str) -> Any:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not reaped yet, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError, IndexError):
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     return True
 
 
@@ -149,6 +153,10 @@ class Server:
         self.workdir = os.path.abspath(os.path.expanduser(workdir))
         _private_dirs(self.workdir)
         self.children: list[subprocess.Popen[bytes]] = []
+        #: supervisors forked from this agent, until they end
+        self.forked: list[int] = []
+        #: attempt folders were moved to ``trash`` and wait to be deleted
+        self.trash = False
 
     def path(self, *parts: str) -> str:
         """A path inside the workdir; every part is a plain name (no ``/``, no ``..``)."""
@@ -283,11 +291,19 @@ class Server:
         try:
             os.mkdir(folder, 0o700)  # the claim: only one launch can make the folder
         except FileExistsError:
-            return {"claimed": False}, ()
+            return {"claimed": False, **self.wait_status(folder, {})}, ()
         _atomic_write(os.path.join(folder, "task.pkl"), task)
         _atomic_write(os.path.join(folder, "spec.json"), json.dumps(req["spec"]).encode())
         _atomic_write(os.path.join(folder, "client.json"), json.dumps(req["client"]).encode())
         _atomic_write(os.path.join(folder, "lease"), b"")
+        if _same_python(req["spec"]["python"]):
+            self._fork_supervisor(folder)
+        else:
+            self._start_supervisor(folder)
+        # A short step is over within ``wait``: its status comes back with the launch.
+        return {"claimed": True, **self.wait_status(folder, req, final=True)}, ()
+
+    def _start_supervisor(self, folder: str) -> None:
         log = os.open(os.path.join(folder, "supervisor.log"), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             # A session of its own: it outlives this connection, and a dropped connection's
@@ -303,12 +319,53 @@ class Server:
         finally:
             os.close(log)
         self.children.append(child)
-        return {"claimed": True}, ()
+
+    def _fork_supervisor(self, folder: str) -> None:
+        """Start the supervisor as a fork of this agent, which has stepflow imported already:
+        a worker forked from it skips the interpreter's start and stepflow's imports (most
+        of a step's cost on the host). A session of its own, as the ``supervise`` command's
+        would be; this agent reaps it (``reap``) when it ends."""
+        _warm()
+        pid = os.fork()
+        if pid:
+            self.forked.append(pid)
+            return
+        code = 1
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            log = os.open(os.path.join(folder, "supervisor.log"), os.O_WRONLY | os.O_CREAT, 0o600)
+            os.dup2(devnull, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            # Nothing of the connection's pipes stays open in the attempt.
+            os.closerange(3, _max_fd())
+            code = supervise(folder, forked=True)
+        finally:
+            os._exit(code)
+
+    def reap(self) -> None:
+        """Collect the forked supervisors that ended (no zombies while the agent runs)."""
+        left = []
+        for pid in self.forked:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            if not done:
+                left.append(pid)
+        self.forked = left
+        self.children = [c for c in self.children if c.poll() is None]
 
     def op_poll(self, req: dict[str, Any], payload: IO[bytes]) -> tuple[dict[str, Any], Any]:
-        folder = self.attempt(req["dir"])
+        """The attempt's status and new log text, once the status differs from ``known``,
+        the log grew, or ``wait`` seconds passed; each poll renews the attempt's lease."""
+        return self.wait_status(self.attempt(req["dir"]), req), ()
+
+    def wait_status(self, folder: str, req: dict[str, Any], *, final: bool = False) -> Any:
         offsets = [int(o) for o in req.get("offsets", (0, 0))]
-        deadline = time.monotonic() + min(float(req.get("wait", 0)), 5.0)
+        started = time.monotonic()
+        deadline = started + min(float(req.get("wait", 0)), 5.0)
         known = req.get("known")
         lease = os.path.join(folder, "lease")
         while True:
@@ -317,7 +374,7 @@ class Server:
                 try:
                     age = time.time() - os.stat(folder).st_mtime
                 except FileNotFoundError:
-                    return {"status": {"state": "absent"}, "offsets": offsets}, ()
+                    return {"status": {"state": "absent"}, "offsets": offsets}
                 status = {"state": "claimed", "age": age}
             with contextlib.suppress(OSError):
                 os.utime(lease)  # the run is still following this attempt
@@ -331,14 +388,12 @@ class Server:
                         data = fh.read(_LOG_CHUNK)
                 offsets[i] += len(data)
                 texts.append(data.decode("utf-8", errors="replace"))
-            if (
-                status.get("state") != known
-                or any(texts)
-                or status.get("state") in FINAL
-                or time.monotonic() >= deadline
-            ):
-                return {"status": status, "offsets": offsets, "out": texts[0], "err": texts[1]}, ()
-            time.sleep(0.01 if time.monotonic() < deadline - 1 else 0.005)
+            state = status.get("state")
+            changed = not final and state != known
+            if changed or any(texts) or state in FINAL or time.monotonic() >= deadline:
+                return {"status": status, "offsets": offsets, "out": texts[0], "err": texts[1]}
+            # Quick at first (a short step ends within milliseconds), then gentler.
+            time.sleep(0.002 if time.monotonic() - started < 0.2 else 0.01)
 
     def op_printed(self, req: dict[str, Any], payload: IO[bytes]) -> tuple[dict[str, Any], Any]:
         """What the step printed (its captured output), and the worker's own stderr."""
@@ -357,23 +412,34 @@ class Server:
         return {"sizes": sizes, "size": sum(s for s in sizes if s > 0)}, _files(paths, sizes)
 
     def op_result(self, req: dict[str, Any], payload: IO[bytes]) -> tuple[dict[str, Any], Any]:
-        path = os.path.join(self.attempt(req["dir"]), "result.pkl")
+        """The pickled result; with ``remove``, the attempt's folder goes once it is read."""
+        folder = self.attempt(req["dir"])
         try:
-            size = os.stat(path).st_size
+            with open(os.path.join(folder, "result.pkl"), "rb") as fh:
+                data = fh.read()
         except FileNotFoundError:
             return {"present": False, "size": 0}, ()
-        return {"present": True, "size": size}, _files([path], [size])
+        if req.get("remove"):
+            self.discard(folder)
+        return {"present": True, "size": len(data)}, (data,)
+
+    def discard(self, folder: str) -> None:
+        """Move an attempt's folder out of the way now; it is deleted after the answer."""
+        trash = self.path("trash")
+        _private_dirs(trash)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(folder, os.path.join(trash, f"{os.getpid()}-{secrets.token_hex(6)}"))
+        self.trash = True
+        for parent in (os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))):
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)  # only when empty
 
     def op_kill(self, req: dict[str, Any], payload: IO[bytes]) -> tuple[dict[str, Any], Any]:
         folder = self.attempt(req["dir"])
         return {"status": kill_attempt(folder, req.get("why", "killed"))}, ()
 
     def op_remove(self, req: dict[str, Any], payload: IO[bytes]) -> tuple[dict[str, Any], Any]:
-        folder = self.attempt(req["dir"])
-        _rmtree(folder)
-        for parent in (os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))):
-            with contextlib.suppress(OSError):
-                os.rmdir(parent)  # only when empty
+        self.discard(self.attempt(req["dir"]))
         return {}, ()
 
     def op_attempts(self, req: dict[str, Any], payload: IO[bytes]) -> tuple[dict[str, Any], Any]:
@@ -458,7 +524,13 @@ class Server:
             for chunk in chunks:
                 stdout.write(chunk)
             stdout.flush()
-            self.children = [c for c in self.children if c.poll() is None]
+            self.reap()
+            if self.trash:
+                # After the answer: deleting is not on the step's path.
+                self.trash = False
+                trash = self.path("trash")
+                for name in os.listdir(trash):
+                    _rmtree(os.path.join(trash, name))
 
 
 class _Limited:
@@ -604,7 +676,78 @@ def kill_attempt(folder: str, why: str) -> dict[str, Any]:
         time.sleep(0.02)
 
 
-def supervise(folder: str) -> int:
+def _warm() -> None:
+    """Import, once in the agent, what every worker needs, so forks inherit it."""
+    import uuid  # noqa: F401
+
+    import cloudpickle  # noqa: F401 - a step sent by value
+
+    import stepflow.worker  # noqa: F401
+    from stepflow._storage.serializers import builtin_serializers
+
+    builtin_serializers()
+
+
+def _same_python(python: str) -> bool:
+    """Whether ``python`` is the interpreter running this agent."""
+    try:
+        return os.path.samefile(python, sys.executable)
+    except OSError:
+        return False
+
+
+def _max_fd() -> int:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if 0 < soft < 65536 else 65536
+
+
+class _Forked:
+    """The parts of ``Popen`` the supervisor uses, for a forked worker."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _fork_worker(folder: str, spec: dict[str, Any], env: dict[str, str], out: int, err: int,
+                 watch: int, lifeline: int) -> _Forked:  # fmt: skip
+    pid = os.fork()
+    if pid:
+        return _Forked(pid)
+    code = 1
+    try:
+        os.setsid()
+        os.close(lifeline)
+        os.environ.clear()
+        os.environ.update(env)
+        if spec.get("cwd"):
+            os.chdir(spec["cwd"])
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        code = work(folder)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def supervise(folder: str, *, forked: bool = False) -> int:
     spec = _read_json(os.path.join(folder, "spec.json"))
     me = os.getpid()
     held: list[Any] = []
@@ -633,16 +776,19 @@ def supervise(folder: str) -> int:
         out = os.open(os.path.join(folder, "stdout"), flags, 0o600)
         err = os.open(os.path.join(folder, "stderr"), flags, 0o600)
         try:
-            worker = subprocess.Popen(
-                [spec["python"], os.path.abspath(__file__), "work", folder],
-                cwd=spec.get("cwd") or None,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-                pass_fds=(watch,),
-            )
+            if forked:
+                worker: Any = _fork_worker(folder, spec, env, out, err, watch, lifeline)
+            else:
+                worker = subprocess.Popen(
+                    [spec["python"], os.path.abspath(__file__), "work", folder],
+                    cwd=spec.get("cwd") or None,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                    pass_fds=(watch,),
+                )
         except OSError as exc:
             write_status(folder, state="failed", supervisor=me, why=f"cannot start: {exc}")
             return 1
@@ -654,6 +800,7 @@ def supervise(folder: str) -> int:
         orphaned = False
         timeout = float(spec.get("orphan_timeout") or 120)
         check_at = 0.0
+        begun = time.monotonic()
         while worker.poll() is None:
             if os.path.exists(os.path.join(folder, "kill")):
                 _killpg(worker.pid)
@@ -663,7 +810,8 @@ def supervise(folder: str) -> int:
                 if _lease_age(folder) > timeout:
                     orphaned = True
                     _killpg(worker.pid)
-            time.sleep(0.02)
+            # Quick at first: a short step's end is noticed within milliseconds.
+            time.sleep(0.002 if now - begun < 0.2 else 0.02)
         # Whatever the step left running in its group goes with it.
         _killpg(worker.pid)
         os.close(lifeline)

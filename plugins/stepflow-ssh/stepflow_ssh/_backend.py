@@ -57,6 +57,8 @@ T = TypeVar("T")
 #: seconds a claimed attempt may stay without a status before it counts as never started
 _LAUNCH_GRACE = 30.0
 _POLL_WAIT = 0.5
+#: seconds a launch waits for its attempt to end before answering
+_LAUNCH_WAIT = 0.2
 
 
 class SSHBackend(Backend):
@@ -170,7 +172,11 @@ class SSHBackend(Backend):
                 channel.close()
                 channel = self._open(self.python)
                 hello = self._call(channel, "hello", packages=True)[0]
-            elif hello.get("stepflow") != stepflow.__version__:
+            else:
+                # The interpreter's own path: a worker forks from the agent when it runs the
+                # same one (see the agent's ``launch``).
+                self.python = str(hello["executable"])
+            if not opts.bootstrap and hello.get("stepflow") != stepflow.__version__:
                 found = f"stepflow {hello['stepflow']}" if hello.get("stepflow") else "no stepflow"
                 raise BackendUnavailableError(
                     f"backend {self.name!r}: {hello['executable']} on "
@@ -340,11 +346,20 @@ class SSHBackend(Backend):
                 self._inflight.add(rel)
             # A launch that is retried after a dropped connection finds its folder there
             # (the claim) and starts nothing: it then follows the attempt already running.
-            session.do(lambda ch: ch.call("launch", payload, dir=rel, spec=spec, client=client))
-            outcome = self._follow(session, task, rel, timeout)
+            # It waits a moment for the end: a short step's status comes back with it.
+            wait = min(_LAUNCH_WAIT, timeout) if timeout else _LAUNCH_WAIT
+            first = session.do(
+                lambda ch: ch.call(
+                    "launch", payload, dir=rel, spec=spec, client=client, wait=wait,
+                    logs=task.echo,
+                )[0]
+            )  # fmt: skip
+            outcome = self._follow(session, task, rel, timeout, first)
+            removed = False
             if not isinstance(outcome, TaskResult):
-                outcome = self._collect(session, task, rel, outcome)
-            session.do(lambda ch: ch.call("remove", dir=rel))
+                outcome, removed = self._collect(session, task, rel, outcome)
+            if not removed:
+                session.do(lambda ch: ch.call("remove", dir=rel))
             with self._pool_lock:
                 self._inflight.discard(rel)
             return outcome
@@ -461,14 +476,38 @@ class SSHBackend(Backend):
             )
 
     def _follow(
-        self, session: _Session, task: Task, rel: str, timeout: float | None
+        self,
+        session: _Session,
+        task: Task,
+        rel: str,
+        timeout: float | None,
+        first: dict[str, Any],
     ) -> dict[str, Any] | TaskResult:
         """Follow the attempt until it ends; its final status, or the result of a timeout,
-        a cancel or a lost attempt."""
+        a cancel or a lost attempt. ``first`` is what the launch answered."""
         offsets = [0, 0]
         known: str | None = None
         deadline: float | None = None
+        header: dict[str, Any] | None = first
         while True:
+            if header is not None:
+                offsets = header.get("offsets", offsets)
+                if task.echo:
+                    _echo(header.get("out", ""), header.get("err", ""))
+                status = header["status"]
+                known = state = status["state"]
+                if state == "running" and deadline is None and timeout is not None:
+                    # The timeout counts from the start of the worker, not while it waited
+                    # for GPU slots.
+                    deadline = time.monotonic() + timeout
+                if state in _agent.FINAL:
+                    return status
+                if state == "absent":
+                    return TaskResult.lost(task, f"lost its attempt folder {rel} on the host")
+                if state == "claimed" and status.get("age", 0) > _LAUNCH_GRACE:
+                    return TaskResult.lost(
+                        task, f"never started on the host: no supervisor took attempt {rel}"
+                    )
             if self._cancelled.is_set():
                 logs = self._stop(session, task, rel, "cancelled")
                 return TaskResult.cancelled(task, logs=logs)
@@ -484,23 +523,6 @@ class SSHBackend(Backend):
                     "poll", dir=rel, offsets=o, wait=w, known=k, logs=task.echo
                 )[0]
             )
-            offsets = header["offsets"]
-            if task.echo:
-                _echo(header.get("out", ""), header.get("err", ""))
-            status = header["status"]
-            known = state = status["state"]
-            if state == "running" and deadline is None and timeout is not None:
-                # The timeout counts from the start of the worker, not while it waited for
-                # GPU slots.
-                deadline = time.monotonic() + timeout
-            if state in _agent.FINAL:
-                return status
-            if state == "absent":
-                return TaskResult.lost(task, f"lost its attempt folder {rel} on the host")
-            if state == "claimed" and status.get("age", 0) > _LAUNCH_GRACE:
-                return TaskResult.lost(
-                    task, f"never started on the host: no supervisor took attempt {rel}"
-                )
 
     def _stop(self, session: _Session, task: Task, rel: str, why: str) -> dict[str, str]:
         """Kill the attempt's process group; what the step printed before."""
@@ -535,8 +557,9 @@ class SSHBackend(Backend):
 
     def _collect(
         self, session: _Session, task: Task, rel: str, status: dict[str, Any]
-    ) -> TaskResult:
-        """The result of an attempt that ended, its outputs brought into the local store."""
+    ) -> tuple[TaskResult, bool]:
+        """The result of an attempt that ended, its outputs brought into the local store, and
+        whether its folder on the host is gone already (it goes once its result is read)."""
         state = status["state"]
         if state != "done":
             logs, _ = self._printed(session, task, rel)
@@ -545,8 +568,8 @@ class SSHBackend(Backend):
                 "orphaned": "was killed on the host: its run stopped following it",
                 "failed": f"could not start on the host: {status.get('why')}",
             }.get(state, f"ended in state {state!r}")
-            return TaskResult.lost(task, why, logs=logs)
-        header, body = session.do(lambda ch: ch.call("result", dir=rel))
+            return TaskResult.lost(task, why, logs=logs), False
+        header, body = session.do(lambda ch: ch.call("result", dir=rel, remove=True))
         if not header.get("present"):
             logs, tail = self._printed(session, task, rel)
             code = status.get("code")
@@ -556,21 +579,23 @@ class SSHBackend(Backend):
                 else (f"exited with code {code}")
             )
             said = f"; its stderr ended with:\n{tail.strip()}" if tail.strip() else ""
-            return TaskResult.lost(task, f"on the host {how} before it answered{said}", logs=logs)
+            lost = TaskResult.lost(task, f"on the host {how} before it answered{said}", logs=logs)
+            return lost, False
         result = pickle.loads(body)  # noqa: S301 - written by our own worker on the host
         if not isinstance(result, TaskResult):
-            return TaskResult.failed(task, f"the host answered a {type(result).__name__}")
+            return TaskResult.failed(task, f"the host answered a {type(result).__name__}"), True
         if result.ok and task.store_kind == "local":
             damaged = session.do(lambda ch: self._pull_outputs(ch, task, result))
             if damaged:
-                return TaskResult.failed(
+                failed = TaskResult.failed(
                     task,
                     f"the output object(s) {', '.join(damaged)} of step {task.step!r} came "
                     f"back from {self.transport.where()} damaged (their bytes do not match "
                     f"the digests the worker recorded); nothing was stored",
                     logs=result.logs,
                 )
-        return result
+                return failed, True
+        return result, True
 
     def _pull_outputs(self, channel: Channel, task: Task, result: TaskResult) -> list[str]:
         """Bring the result's objects into the local store, each checked against its
