@@ -189,12 +189,7 @@ class Server:
         except ImportError:
             pass
         if req.get("packages"):
-            import importlib.metadata as metadata
-
-            for dist in metadata.distributions():
-                name = dist.metadata["Name"]
-                if name:
-                    found[name] = dist.version
+            found = _installed()
         return {
             "workdir": self.workdir,
             "python": platform.python_version(),
@@ -686,6 +681,25 @@ def _warm() -> None:
     from stepflow._storage.serializers import builtin_serializers
 
     builtin_serializers()
+
+
+def _installed() -> dict[str, str]:
+    """Distribution name -> version of what this interpreter imports, read from the names
+    of the ``*.dist-info`` folders (``NAME-VERSION.dist-info``): reading every METADATA file
+    through ``importlib.metadata`` took seconds in a large environment."""
+    found: dict[str, str] = {}
+    for folder in sys.path:
+        try:
+            entries = os.listdir(folder or ".")
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.endswith(".dist-info"):
+                name, sep, version = entry[: -len(".dist-info")].partition("-")
+                if sep:
+                    # The first one on sys.path is the one imported.
+                    found.setdefault(name.replace("_", "-").lower(), version)
+    return found
 
 
 def _same_python(python: str) -> bool:

@@ -66,7 +66,7 @@ def parse_options(name: str, options: Mapping[str, Any]) -> SSHOptions:
     def bad(option: str, why: str) -> BackendUnavailableError:
         return BackendUnavailableError(f"{where}: option {option} {why}")
 
-    unknown = sorted(set(options) - set(_FIELDS) - {"workers"})
+    unknown = sorted(set(options) - set(_FIELDS))
     if unknown:
         hints = []
         for key in unknown:

@@ -129,3 +129,25 @@ def test_the_next_run_kills_the_attempts_of_a_dead_run(
         wait_for(lambda pid=pid: not alive(pid), 10, f"process {pid} to die")
     assert len((folder / "runs.txt").read_text().splitlines()) == 1
     assert not list((remote_workdir / "attempts").rglob("status.json"))
+
+
+def test_an_unfollowed_attempt_kills_itself_after_orphan_timeout(
+    project, stepflow_runner, tmp_path_factory, remote_workdir
+):
+    """With no next run at all, an attempt whose run died stops once nobody renewed its
+    lease for ``orphan_timeout`` seconds (a run on another machine is found this way)."""
+    folder = tmp_path_factory.mktemp("shared")
+    root = project(SLOW.replace("TIMEOUT", "None"), orphan_timeout=2)
+    proc = _start(root, stepflow_runner.home, "--target", "slow", "--param", f"folder={folder}")
+    try:
+        wait_for(lambda: (folder / "pids.txt").exists(), what="the step to start")
+        proc.kill()
+        proc.wait()
+    finally:
+        proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    for pid in _pids(folder):
+        wait_for(lambda pid=pid: not alive(pid), 30, f"process {pid} to die")
+    (status,) = (remote_workdir / "attempts").rglob("status.json")
+    wait_for(lambda: '"orphaned"' in status.read_text(), 10, "the supervisor's final status")
