@@ -45,11 +45,11 @@ def main() -> None:
     steps, rounds = (10, 3) if args.quick else (30, 5)
 
     from ssh_testing import start_sshd, stop_sshd
+    from stepflow_ssh import SSHBackend
 
     from stepflow._config import load_config
     from stepflow._plugins.backends import ProcessBackend
     from stepflow.backends import BackendContext, Task
-    from stepflow_ssh import SSHBackend
 
     with tempfile.TemporaryDirectory(prefix="bench-ssh-") as tmp:
         base = Path(tmp)

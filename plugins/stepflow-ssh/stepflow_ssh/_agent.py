@@ -407,15 +407,13 @@ class Server:
         return {"sizes": sizes, "size": sum(s for s in sizes if s > 0)}, _files(paths, sizes)
 
     def op_result(self, req: dict[str, Any], payload: IO[bytes]) -> tuple[dict[str, Any], Any]:
-        """The pickled result; with ``remove``, the attempt's folder goes once it is read."""
+        """The pickled result, or ``present: false`` when the worker wrote none."""
         folder = self.attempt(req["dir"])
         try:
             with open(os.path.join(folder, "result.pkl"), "rb") as fh:
                 data = fh.read()
         except FileNotFoundError:
             return {"present": False, "size": 0}, ()
-        if req.get("remove"):
-            self.discard(folder)
         return {"present": True, "size": len(data)}, (data,)
 
     def discard(self, folder: str) -> None:

@@ -355,11 +355,9 @@ class SSHBackend(Backend):
                 )[0]
             )  # fmt: skip
             outcome = self._follow(session, task, rel, timeout, first)
-            removed = False
             if not isinstance(outcome, TaskResult):
-                outcome, removed = self._collect(session, task, rel, outcome)
-            if not removed:
-                session.do(lambda ch: ch.call("remove", dir=rel))
+                outcome = self._collect(session, task, rel, outcome)
+            session.do(lambda ch: ch.call("remove", dir=rel))
             with self._pool_lock:
                 self._inflight.discard(rel)
             return outcome
@@ -557,9 +555,8 @@ class SSHBackend(Backend):
 
     def _collect(
         self, session: _Session, task: Task, rel: str, status: dict[str, Any]
-    ) -> tuple[TaskResult, bool]:
-        """The result of an attempt that ended, its outputs brought into the local store, and
-        whether its folder on the host is gone already (it goes once its result is read)."""
+    ) -> TaskResult:
+        """The result of an attempt that ended, its outputs brought into the local store."""
         state = status["state"]
         if state != "done":
             logs, _ = self._printed(session, task, rel)
@@ -568,8 +565,10 @@ class SSHBackend(Backend):
                 "orphaned": "was killed on the host: its run stopped following it",
                 "failed": f"could not start on the host: {status.get('why')}",
             }.get(state, f"ended in state {state!r}")
-            return TaskResult.lost(task, why, logs=logs), False
-        header, body = session.do(lambda ch: ch.call("result", dir=rel, remove=True))
+            return TaskResult.lost(task, why, logs=logs)
+        # Not removed with the read: if the answer is lost with the connection, the result
+        # must still be there when it is asked for again.
+        header, body = session.do(lambda ch: ch.call("result", dir=rel))
         if not header.get("present"):
             logs, tail = self._printed(session, task, rel)
             code = status.get("code")
@@ -579,11 +578,10 @@ class SSHBackend(Backend):
                 else (f"exited with code {code}")
             )
             said = f"; its stderr ended with:\n{tail.strip()}" if tail.strip() else ""
-            lost = TaskResult.lost(task, f"on the host {how} before it answered{said}", logs=logs)
-            return lost, False
+            return TaskResult.lost(task, f"on the host {how} before it answered{said}", logs=logs)
         result = pickle.loads(body)  # noqa: S301 - written by our own worker on the host
         if not isinstance(result, TaskResult):
-            return TaskResult.failed(task, f"the host answered a {type(result).__name__}"), True
+            return TaskResult.failed(task, f"the host answered a {type(result).__name__}")
         if result.ok and task.store_kind == "local":
             damaged = session.do(lambda ch: self._pull_outputs(ch, task, result))
             if damaged:
@@ -594,8 +592,8 @@ class SSHBackend(Backend):
                     f"the digests the worker recorded); nothing was stored",
                     logs=result.logs,
                 )
-                return failed, True
-        return result, True
+                return failed
+        return result
 
     def _pull_outputs(self, channel: Channel, task: Task, result: TaskResult) -> list[str]:
         """Bring the result's objects into the local store, each checked against its
