@@ -761,6 +761,10 @@ def _fork_worker(folder: str, spec: dict[str, Any], env: dict[str, str], out: in
 
 def supervise(folder: str, *, forked: bool = False) -> int:
     spec = _read_json(os.path.join(folder, "spec.json"))
+    if spec.get("env"):
+        # The variables may be credentials (forward_env): kept in memory only from now on.
+        kept = {k: v for k, v in spec.items() if k != "env"}
+        _atomic_write(os.path.join(folder, "spec.json"), json.dumps(kept).encode())
     me = os.getpid()
     held: list[Any] = []
     locks: list[int] = []

@@ -159,23 +159,30 @@ def test_secrets_travel_in_owner_only_files_never_on_command_lines(
             folder = Path(os.environ["STEPFLOW_SSH_ATTEMPT"])
             modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir()}
             modes["."] = oct(stat.S_IMODE(folder.stat().st_mode))
-            return f"{len(token)} {sorted(modes.items())}"
+            forwarded = os.environ["FWD_TOKEN"]
+            on_disk = any(forwarded in p.read_text(errors="replace")
+                          for p in folder.iterdir() if p.is_file())
+            return f"{len(token)} {len(forwarded)} {on_disk} {sorted(modes.items())}"
 
         @step
         def report(use: str) -> None:
             print("USE", use)
-        """
+        """,
+        forward_env=["FWD_TOKEN"],
     )
+    forwarded = "fwd-credential-93ab"
     env = {
         "PATH": f"{wrappers}{os.pathsep}{os.environ['PATH']}",
         "API_TOKEN": secret,
+        "FWD_TOKEN": forwarded,
     }
     out = stepflow_runner.run("run", "flow.py", "--param", "token=env:API_TOKEN", env=env)
     text = out.stdout + out.stderr
     assert out.ret == 0, text
     (line,) = [x for x in text.splitlines() if x.startswith("USE ")]
-    assert line.startswith(f"USE {len(secret)} ")
-    modes = eval(line.split(" ", 2)[2])
+    # Forwarded variables reach the step, and stay in memory only once it runs.
+    assert line.startswith(f"USE {len(secret)} {len(forwarded)} False ")
+    modes = eval(line.split(" ", 4)[4])  # our own step's repr of a list
     # The task file (parameters, secrets) is gone once the worker read it; the files written
     # beside it the same way are owner-only.
     assert "task.pkl" not in dict(modes)
@@ -184,9 +191,11 @@ def test_secrets_travel_in_owner_only_files_never_on_command_lines(
     assert all(mode in ("0o600", "0o700") for _, mode in modes)
     assert log.exists() and log.read_text(), "the wrapper saw the ssh commands"
     assert secret not in log.read_text()
+    assert forwarded not in log.read_text()
     for path in Path(remote_workdir).rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+            assert forwarded.encode() not in path.read_bytes(), path
     assert secret not in text
     mode = stat.S_IMODE(os.stat(remote_workdir).st_mode)
     assert mode == 0o700
