@@ -669,8 +669,14 @@ def kill_attempt(folder: str, why: str) -> dict[str, Any]:
         time.sleep(0.02)
 
 
+_warmed: list[bool] = []
+
+
 def _warm() -> None:
     """Import, once in the agent, what every worker needs, so forks inherit it."""
+    if _warmed:
+        return
+    _warmed.append(True)
     import uuid  # noqa: F401
 
     import cloudpickle  # noqa: F401 - a step sent by value
@@ -679,6 +685,11 @@ def _warm() -> None:
     from stepflow._storage.serializers import builtin_serializers
 
     builtin_serializers()
+    # What is imported now is shared with every fork; kept out of the collector's sight, the
+    # forks' collections do not write to (and so copy) those pages.
+    import gc
+
+    gc.freeze()
 
 
 def _installed() -> dict[str, str]:
