@@ -199,3 +199,31 @@ def test_secrets_travel_in_owner_only_files_never_on_command_lines(
     assert secret not in text
     mode = stat.S_IMODE(os.stat(remote_workdir).st_mode)
     assert mode == 0o700
+
+
+def test_attempt_folders_never_leave_their_level():
+    """Step names are identifiers (stepflow refuses others), but the attempt's folder name is
+    made safe whatever it gets: one plain name per level, different names kept apart."""
+    from stepflow_ssh._backend import attempt_dir
+
+    from stepflow._authoring.step import StepRef
+    from stepflow.backends import Task
+
+    def folder(run: str, step: str) -> str:
+        task = Task(
+            run_id=run, step=step, attempt=2, ref=StepRef("m", "f"), inputs={}, params={},
+            store_uri="/tmp/x",
+        )  # fmt: skip
+        return attempt_dir(task)
+
+    assert folder("20261201-120000-abcdef", "train") == "attempts/20261201-120000-abcdef/train/2"
+    names = set()
+    for hostile in [*HOSTILE, "../..", "a/b", "/etc", ".", "", "x" * 500]:
+        rel = folder(hostile, hostile)
+        parts = rel.split("/")
+        assert len(parts) == 4 and parts[0] == "attempts" and parts[3] == "2", rel
+        for part in parts[1:3]:
+            assert part not in ("", ".", "..") and len(part) <= 100, rel
+            assert all(c.isalnum() or c in "_-" for c in part), rel
+        names.add(rel)
+    assert len(names) == len(HOSTILE) + 6
