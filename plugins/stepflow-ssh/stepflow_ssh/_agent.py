@@ -155,6 +155,10 @@ class Server:
         self.children: list[subprocess.Popen[bytes]] = []
         #: supervisors forked from this agent, until they end
         self.forked: list[int] = []
+        #: a forked process waiting to supervise the next attempt: (pid, its pipe)
+        self.standby: tuple[int, int] | None = None
+        #: attempts are forked from this agent (their worker runs its Python)
+        self.forking = False
         #: attempt folders were moved to ``trash`` and wait to be deleted
         self.trash = False
 
@@ -292,6 +296,7 @@ class Server:
         _atomic_write(os.path.join(folder, "client.json"), json.dumps(req["client"]).encode())
         _atomic_write(os.path.join(folder, "lease"), b"")
         if _same_python(req["spec"]["python"]):
+            self.forking = True
             self._fork_supervisor(folder)
         else:
             self._start_supervisor(folder)
@@ -319,25 +324,60 @@ class Server:
         """Start the supervisor as a fork of this agent, which has stepflow imported already:
         a worker forked from it skips the interpreter's start and stepflow's imports (most
         of a step's cost on the host). A session of its own, as the ``supervise`` command's
-        would be; this agent reaps it (``reap``) when it ends."""
+        would be; this agent reaps it (``reap``) when it ends.
+
+        The fork is made ahead: after each launch the agent forks a standby that waits on a
+        pipe for the next attempt's folder, so a launch only writes to that pipe.
+        """
+        standby, self.standby = self.standby, None
+        if standby is None:
+            standby = self._fork_standby()
+        pid, pipe = standby
+        os.write(pipe, folder.encode() + b"\n")
+        os.close(pipe)
+        self.forked.append(pid)
+
+    def _fork_standby(self) -> tuple[int, int]:
+        """A forked process, in a session of its own, that becomes the supervisor of the
+        attempt whose folder it reads from its pipe (or exits when the pipe closes unused)."""
         _warm()
+        read, write = os.pipe()
         pid = os.fork()
         if pid:
-            self.forked.append(pid)
-            return
+            os.close(read)
+            return pid, write
         code = 1
         try:
             os.setsid()
             devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            # Nothing of the connection's pipes stays open here: the agent's end of the
+            # session must close when the agent exits.
+            os.closerange(3, read)
+            os.closerange(read + 1, _max_fd())
+            # The worker is forked ahead too, and waits for its attempt in turn.
+            worker = _prefork_worker()
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = os.read(read, 4096)
+                if not chunk:
+                    os._exit(0)  # the agent ended without a next attempt
+                data += chunk
+            os.close(read)
+            folder = data[:-1].decode()
             log = os.open(os.path.join(folder, "supervisor.log"), os.O_WRONLY | os.O_CREAT, 0o600)
-            os.dup2(devnull, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
-            # Nothing of the connection's pipes stays open in the attempt.
-            os.closerange(3, _max_fd())
-            code = supervise(folder, forked=True)
+            os.close(log)
+            code = supervise(folder, forked=True, worker=worker)
         finally:
             os._exit(code)
+
+    def prepare(self) -> None:
+        """Between requests: fork the next standby supervisor, when forking is in use."""
+        if self.standby is None and self.forking:
+            self.standby = self._fork_standby()
 
     def reap(self) -> None:
         """Collect the forked supervisors that ended (no zombies while the agent runs)."""
@@ -518,6 +558,7 @@ class Server:
                 stdout.write(chunk)
             stdout.flush()
             self.reap()
+            self.prepare()
             if self.trash:
                 # After the answer: deleting is not on the step's path.
                 self.trash = False
@@ -770,7 +811,80 @@ def _fork_worker(folder: str, spec: dict[str, Any], env: dict[str, str], out: in
         os._exit(code)
 
 
-def supervise(folder: str, *, forked: bool = False) -> int:
+class _Prepared:
+    """A worker forked ahead, in a session of its own, waiting for its attempt."""
+
+    def __init__(self, pid: int, go: int, watch: int, lifeline: int) -> None:
+        self.pid = pid
+        #: the pipe that sends it its attempt (closing it unused makes it exit)
+        self.go = go
+        #: the lifeline pipe: it holds the read end, its supervisor the write end
+        self.watch = watch
+        self.lifeline = lifeline
+
+    def start(self, folder: str, env: dict[str, str], cwd: str | None) -> _Forked:
+        env = dict(env, STEPFLOW_WORKER_LIFELINE=str(self.watch))
+        os.write(self.go, json.dumps({"folder": folder, "env": env, "cwd": cwd}).encode())
+        self.discard()
+        return _Forked(self.pid)
+
+    def discard(self) -> None:
+        """Close this side's ends (once: a closed descriptor's number may be reused)."""
+        for fd in (self.go, self.watch):
+            if fd >= 0:
+                os.close(fd)
+        self.go = self.watch = -1
+
+
+def _prefork_worker() -> _Prepared:
+    watch, lifeline = os.pipe()
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(go_read)
+        return _Prepared(pid, go_write, watch, lifeline)
+    code = 1
+    try:
+        # Its own group from the start: killing the group always reaches it.
+        os.setsid()
+        os.close(go_write)
+        os.close(lifeline)
+        data = b""
+        while chunk := os.read(go_read, 1 << 16):
+            data += chunk
+        os.close(go_read)
+        if not data:
+            os._exit(0)  # its supervisor ended without starting it
+        order = json.loads(data)
+        folder = order["folder"]
+        os.environ.clear()
+        os.environ.update(order["env"])
+        if order.get("cwd"):
+            os.chdir(order["cwd"])
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        os.dup2(os.open(os.path.join(folder, "stdout"), flags, 0o600), 1)
+        os.dup2(os.open(os.path.join(folder, "stderr"), flags, 0o600), 2)
+        code = work(folder)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def supervise(folder: str, *, forked: bool = False, worker: _Prepared | None = None) -> int:
+    try:
+        return _supervise(folder, forked=forked, prepared=worker)
+    finally:
+        if worker is not None:
+            worker.discard()
+
+
+def _supervise(folder: str, *, forked: bool, prepared: _Prepared | None) -> int:
     spec = _read_json(os.path.join(folder, "spec.json"))
     if spec.get("env"):
         # The variables may be credentials (forward_env): kept in memory only from now on.
@@ -797,6 +911,10 @@ def supervise(folder: str, *, forked: bool = False) -> int:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in held)
         env["STEPFLOW_SSH_ATTEMPT"] = folder
         # The worker dies if this supervisor dies (stepflow.worker's lifeline pipe).
+        if prepared is not None:
+            lifeline = prepared.lifeline
+            worker: Any = prepared.start(folder, env, spec.get("cwd"))
+            return _follow_worker(folder, spec, worker, lifeline, held)
         watch, lifeline = os.pipe()
         env["STEPFLOW_WORKER_LIFELINE"] = str(watch)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
@@ -804,7 +922,7 @@ def supervise(folder: str, *, forked: bool = False) -> int:
         err = os.open(os.path.join(folder, "stderr"), flags, 0o600)
         try:
             if forked:
-                worker: Any = _fork_worker(folder, spec, env, out, err, watch, lifeline)
+                worker = _fork_worker(folder, spec, env, out, err, watch, lifeline)
             else:
                 worker = subprocess.Popen(
                     [spec["python"], os.path.abspath(__file__), "work", folder],
@@ -823,37 +941,50 @@ def supervise(folder: str, *, forked: bool = False) -> int:
             os.close(watch)
             os.close(out)
             os.close(err)
-        write_status(folder, state="running", supervisor=me, pgid=worker.pid, gpus=held)
-        orphaned = False
-        timeout = float(spec.get("orphan_timeout") or 120)
-        check_at = 0.0
-        begun = time.monotonic()
-        while worker.poll() is None:
-            if os.path.exists(os.path.join(folder, "kill")):
-                _killpg(worker.pid)
-            now = time.monotonic()
-            if now >= check_at:
-                check_at = now + 1
-                if _lease_age(folder) > timeout:
-                    orphaned = True
-                    _killpg(worker.pid)
-            # Quick at first: a short step's end is noticed within milliseconds.
-            time.sleep(0.002 if now - begun < 0.2 else 0.02)
-        # Whatever the step left running in its group goes with it.
-        _killpg(worker.pid)
-        os.close(lifeline)
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(folder, "task.pkl"))  # it holds the step's secrets
-        state = "orphaned" if orphaned else "done"
-        if os.path.exists(os.path.join(folder, "kill")):
-            state = "killed"
-        write_status(
-            folder, state=state, supervisor=me, pgid=worker.pid, gpus=held, code=worker.returncode
-        )
-        return 0
+        return _follow_worker(folder, spec, worker, lifeline, held)
     finally:
         for fd in locks:
             os.close(fd)
+
+
+def _follow_worker(
+    folder: str, spec: dict[str, Any], worker: Any, lifeline: int, held: list[Any]
+) -> int:
+    """Record the running worker, stop it when the attempt is killed or abandoned, and
+    record how it ended."""
+    write_status(folder, state="running", supervisor=os.getpid(), pgid=worker.pid, gpus=held)
+    orphaned = False
+    timeout = float(spec.get("orphan_timeout") or 120)
+    check_at = 0.0
+    begun = time.monotonic()
+    while worker.poll() is None:
+        if os.path.exists(os.path.join(folder, "kill")):
+            _killpg(worker.pid)
+        now = time.monotonic()
+        if now >= check_at:
+            check_at = now + 1
+            if _lease_age(folder) > timeout:
+                orphaned = True
+                _killpg(worker.pid)
+        # Quick at first: a short step's end is noticed within milliseconds.
+        time.sleep(0.002 if now - begun < 0.2 else 0.02)
+    # Whatever the step left running in its group goes with it.
+    _killpg(worker.pid)
+    os.close(lifeline)
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(folder, "task.pkl"))  # it holds the step's secrets
+    state = "orphaned" if orphaned else "done"
+    if os.path.exists(os.path.join(folder, "kill")):
+        state = "killed"
+    write_status(
+        folder,
+        state=state,
+        supervisor=os.getpid(),
+        pgid=worker.pid,
+        gpus=held,
+        code=worker.returncode,
+    )
+    return 0
 
 
 def _lease_age(folder: str) -> float:

@@ -131,7 +131,7 @@ class Transport:
         return done.returncode == 0
 
     def start_master(self) -> None:
-        """Start the ControlMaster (``ssh -M -N -f``) unless it runs; raise with the reason.
+        """Start the ControlMaster unless it runs; raise with the reason.
 
         :raises BackendUnavailableError: unreachable host, refused login or a host key that
             is unknown or changed (with its fingerprint and the command to trust it).
@@ -139,7 +139,10 @@ class Transport:
         with self._lock:
             if self.master_running():
                 return
-            argv = [*self.base_argv(master=True), "-N", "-f", "--", self.options.host]
+            # With a command (not -N) the master goes to the background once connected and
+            # then honours ControlPersist: it ends a minute after its last session, so a run
+            # killed with -9 leaves no connection behind for long.
+            argv = [*self.base_argv(master=True), "--", self.options.host, "true"]
             self.commands.append(list(argv))
             timeout = self.options.connect_timeout
             # Its output goes to a file: the master lives on in the background, and would

@@ -183,22 +183,25 @@ def missing_ssh() -> str | None:
     return None
 
 
-def masters(port: int) -> list[int]:
-    """The pids of the ssh ControlMaster processes connected to ``port``."""
+def masters() -> list[int]:
+    """The pids of the SSH backend's ControlMaster processes on this machine.
+
+    A master started with ControlPersist goes to the background and renames itself
+    ``ssh: CONTROL_PATH [mux]``; the backend's control paths are ``stepflow-ssh-*`` folders
+    in the temporary folder.
+    """
+    import tempfile
+
+    prefix = f"ssh: {tempfile.gettempdir()}/stepflow-ssh-".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if (
-            argv
-            and argv[0] == b"ssh"
-            and b"ControlMaster=yes" in argv
-            and str(port).encode() in argv
-        ):
+        if cmdline.startswith(prefix) and b"[mux]" in cmdline:
             found.append(int(entry))
     return found
 

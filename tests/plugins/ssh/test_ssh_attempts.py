@@ -61,7 +61,7 @@ def test_killing_the_control_master_mid_step_runs_the_step_once(
     proc = _start(root, stepflow_runner.home, "--target", "slow", "--param", f"folder={folder}")
     try:
         wait_for(lambda: (folder / "pids.txt").exists(), what="the step to start")
-        killed = masters(sshd.port)
+        killed = masters()
         assert killed, "the run has a ControlMaster"
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
@@ -72,7 +72,7 @@ def test_killing_the_control_master_mid_step_runs_the_step_once(
     assert proc.returncode == 0, out
     assert "1 ran" in out
     assert len((folder / "runs.txt").read_text().splitlines()) == 1
-    assert not any(pid in masters(sshd.port) for pid in killed)
+    assert not any(pid in masters() for pid in killed)
 
 
 def test_a_timeout_leaves_no_remote_process(project, stepflow_runner, tmp_path_factory):
