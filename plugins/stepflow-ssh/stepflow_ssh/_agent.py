@@ -17,6 +17,10 @@ or run a step import the host's stepflow. The backend starts it through ``ssh`` 
 ``python AGENT work ATTEMPT_DIR``
     The worker: runs the pickled task with the host's stepflow and writes the result.
 
+When the worker's Python is the agent's own, neither command starts an interpreter: the
+agent forks a standby supervisor ahead of time (stepflow imported), which forks its worker at
+once, and a launch hands the standby its attempt folder through a pipe.
+
 The workdir's layout (all folders owner-only)::
 
     agent-<hash>.py            this file
