@@ -299,7 +299,7 @@ class Server:
         _atomic_write(os.path.join(folder, "spec.json"), json.dumps(req["spec"]).encode())
         _atomic_write(os.path.join(folder, "client.json"), json.dumps(req["client"]).encode())
         _atomic_write(os.path.join(folder, "lease"), b"")
-        if _same_python(req["spec"]["python"]):
+        if req["spec"].get("fork"):
             self.forking = True
             self._fork_supervisor(folder)
         else:
@@ -754,14 +754,6 @@ def _installed() -> dict[str, str]:
                     # The first one on sys.path is the one imported.
                     found.setdefault(name.replace("_", "-").lower(), version)
     return found
-
-
-def _same_python(python: str) -> bool:
-    """Whether ``python`` is the interpreter running this agent."""
-    try:
-        return os.path.samefile(python, sys.executable)
-    except OSError:
-        return False
 
 
 def _max_fd() -> int:

@@ -172,10 +172,6 @@ class SSHBackend(Backend):
                 channel.close()
                 channel = self._open(self.python)
                 hello = self._call(channel, "hello", packages=True)[0]
-            else:
-                # The interpreter's own path: a worker forks from the agent when it runs the
-                # same one (see the agent's ``launch``).
-                self.python = str(hello["executable"])
             if not opts.bootstrap and hello.get("stepflow") != stepflow.__version__:
                 found = f"stepflow {hello['stepflow']}" if hello.get("stepflow") else "no stepflow"
                 raise BackendUnavailableError(
@@ -329,6 +325,8 @@ class SSHBackend(Backend):
             rel = attempt_dir(task)
             spec = {
                 "python": python,
+                # The agent runs self.python: a worker of the same Python is forked from it.
+                "fork": python == self.python,
                 "cwd": self._remote_cwd(code),
                 "gpus": task.resources.gpus or 0,
                 "lent": list(self.opts.gpus),

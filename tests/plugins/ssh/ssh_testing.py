@@ -28,6 +28,8 @@ class SSHServer:
         #: a known_hosts file that trusts the server's host key
         self.known_hosts = folder / "known_hosts"
         self.host_pub = (folder / "host_ed25519.pub").read_text().strip()
+        #: the host's Python: this interpreter, importing the stepflow under test
+        self.python = host_python(folder)
 
     def options(self, workdir: Path | str, **extra: object) -> dict[str, object]:
         """The backend table for this server (``python`` is the test session's own)."""
@@ -36,7 +38,7 @@ class SSHServer:
             "host": self.host,
             "port": self.port,
             "identity": str(self.identity),
-            "python": sys.executable,
+            "python": str(self.python),
             "workdir": str(workdir),
             "connect_timeout": 10,
             "ssh_options": {
@@ -50,6 +52,27 @@ class SSHServer:
     def pyproject(self, workdir: Path | str, name: str = "gpu", **extra: object) -> str:
         """``pyproject.toml`` text configuring backend ``name`` on this server."""
         return toml_tables({f"tool.stepflow.backends.{name}": self.options(workdir, **extra)})
+
+
+def host_python(folder: Path) -> Path:
+    """A Python for the "host" that imports the same stepflow as the tests do.
+
+    The tests' interpreter may have another stepflow installed (an editable install of
+    another checkout) than the one under test, found through ``PYTHONPATH``, which ``ssh``
+    does not pass on. The wrapper puts a folder holding only ``stepflow`` on the path: the
+    host sees no other file of this checkout.
+    """
+    import stepflow
+
+    root = folder / "host-site"
+    root.mkdir(exist_ok=True)
+    link = root / "stepflow"
+    if not link.exists():
+        link.symlink_to(Path(stepflow.__file__).resolve().parent, target_is_directory=True)
+    wrapper = folder / "python"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{root}" exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
 
 
 def toml_tables(tables: dict[str, dict[str, object]]) -> str:
