@@ -18,12 +18,28 @@ The transport is the system OpenSSH client, so ``~/.ssh/config``, the agent, Pro
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import stepflow
-from stepflow_ssh._backend import SSHBackend
+
+if TYPE_CHECKING:
+    from stepflow_ssh._backend import SSHBackend
 
 __all__ = ["SSHBackend"]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "SSHBackend":
+        from stepflow_ssh._backend import SSHBackend
+
+        return SSHBackend
+    raise AttributeError(f"module 'stepflow_ssh' has no attribute {name!r}")
+
+
 @stepflow.hookimpl
-def stepflow_backend_types() -> dict[str, type[SSHBackend]]:
+def stepflow_backend_types() -> dict[str, Any]:
+    # Imported here: loading the plugin (every stepflow command does) stays cheap, and a
+    # fully cached rerun imports none of the step machinery.
+    from stepflow_ssh._backend import SSHBackend
+
     return {"ssh": SSHBackend}
