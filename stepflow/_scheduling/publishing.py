@@ -151,7 +151,9 @@ def publish(
     check_published_name(name)
     target = _resolve_target(pipeline, target, config.rootdir)
     module_file = _module_file(pipeline)
-    store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
+    store = open_datastore(
+        config.store, home=config.home, options=config.store_options, kinds=_kinds(config, pm)
+    )
     try:
         snapshot = store_snapshot(config.rootdir, store, home=config.home)
     finally:
@@ -221,7 +223,9 @@ def checkout(
         return folder
     make_private_dirs(folder.parent)
     partial = Path(tempfile.mkdtemp(prefix=f".{found.snapshot}.", dir=folder.parent))
-    store = open_datastore(config.store, home=config.home, options=config.store_options, pm=pm)
+    store = open_datastore(
+        config.store, home=config.home, options=config.store_options, kinds=_kinds(config, pm)
+    )
     try:
         restore_snapshot(found.snapshot, store, partial, force=True)
         try:
@@ -349,3 +353,11 @@ def _package_versions(module_file: str | None) -> dict[str, str]:
             except metadata.PackageNotFoundError:
                 continue
     return out
+
+
+def _kinds(config: Any, pm: Any) -> Any:
+    """The datastore kinds to open the project's store with (``pm``'s plugins when given)."""
+    from stepflow._pluginmanager import datastore_kinds
+    from stepflow._storage.kept import kept_in_home
+
+    return datastore_kinds(pm, plugins=config.plugins, keep=kept_in_home(config.home))
