@@ -41,6 +41,7 @@ def test_quick_chain_prints_each_ratio_against_its_budget(tmp_path: Path) -> Non
         if line.startswith("| 20-step chain")
     }
     assert set(rows) == {
+        "20-step chain, cached rerun, fresh process, after imports",
         "20-step chain, first run",
         "20-step chain, first run (again)",
         "20-step chain, cached rerun, fresh process",
