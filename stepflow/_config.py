@@ -4,7 +4,6 @@ then explicit arguments (the command line)."""
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -73,6 +72,8 @@ def load_config(
     pyproject = find_pyproject(start.resolve())
     table: dict[str, Any] = {}
     if pyproject is not None:
+        import tomllib  # only where there is a file to read
+
         try:
             with open(pyproject, "rb") as fh:
                 data = tomllib.load(fh)

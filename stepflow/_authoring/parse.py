@@ -23,7 +23,6 @@ import numbers
 import operator
 import os
 import pathlib
-import shlex
 import types
 import typing
 from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
@@ -370,6 +369,8 @@ def _cli_fix(name: str, annotation: object) -> str:
     desc = _describe(annotation)
     if not desc.examples:
         return f"pass {desc.text}, as in --param {name}=VALUE"
+    import shlex  # an error message's only: not on every run's imports
+
     return f"pass {desc.text} such as --param {name}={shlex.quote(_cli_text(desc.examples[0]))}"
 
 

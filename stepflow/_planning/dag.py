@@ -8,7 +8,6 @@ with that name (an edge); a ``Param[T]`` or defaulted parameter (a pipeline para
 from __future__ import annotations
 
 import collections.abc
-import difflib
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -163,6 +162,8 @@ def _after_pairs(specs: Mapping[str, StepSpec]) -> list[tuple[str, str]]:
     for spec in specs.values():
         for name in spec.options.after:
             if name not in specs:
+                import difflib  # error paths only: not on every run's imports
+
                 close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.6)
                 hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
                 raise PipelineDefinitionError(
@@ -178,6 +179,8 @@ def _after_pairs(specs: Mapping[str, StepSpec]) -> list[tuple[str, str]]:
 def _foreach_unproduced(
     spec: StepSpec, port: Port, outputs: Mapping[str, tuple[str, Port]]
 ) -> PipelineDefinitionError:
+    import difflib  # error paths only: not on every run's imports
+
     close = difflib.get_close_matches(port.name, list(outputs), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return PipelineDefinitionError(
@@ -310,6 +313,8 @@ def _missing_input(
     outputs: Mapping[str, tuple[str, Port]],
     compatible: Compatible,
 ) -> MissingInputError:
+    import difflib  # error paths only: not on every run's imports
+
     close = difflib.get_close_matches(port.name, list(outputs), n=3, cutoff=0.6)
     lines = [
         f"step {spec.name!r} parameter {port.name!r} matches no step output, has no default "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -208,6 +207,8 @@ def _resolve_target(dag: DAG, target: str) -> str:
 
 
 def _unknown_message(what: str, name: str, known: list[str], flag: str = "--param") -> str:
+    import difflib  # error paths only: not on every run's imports
+
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     text = f"unknown {what} {name!r}"
     if close:

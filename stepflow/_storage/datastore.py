@@ -20,7 +20,6 @@ import contextlib
 import itertools
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -175,7 +174,9 @@ class Datastore:
         return key
 
     def _new_secret_key(self) -> bytes:
-        return secrets.token_bytes(KEYED_HASH_SIZE)
+        # What secrets.token_bytes does, without importing secrets (hmac, base64, random):
+        # this module is on every run's path and the key is made once per store.
+        return os.urandom(KEYED_HASH_SIZE)
 
 
 _TMP_IDS = itertools.count()

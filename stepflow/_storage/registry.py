@@ -23,7 +23,6 @@ when ``stepflow cache prune`` runs.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import time
@@ -147,6 +146,8 @@ class Registry:
     def _not_found(self, kind: str, name: str) -> NotRegisteredError:
         names = self._names(kind)
         text = f"no {kind} named {name!r} is registered in {self.store.uri}"
+        import difflib  # error paths only: not on every run's imports
+
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
         if close:
             text += f"; did you mean {' or '.join(repr(c) for c in close)}?"
