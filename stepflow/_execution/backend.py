@@ -9,7 +9,7 @@ name configured instances (``plugin = "KIND"`` plus the kind's own options).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -218,12 +218,10 @@ def open_backends(
         backends already opened are closed again.
     """
     from stepflow._execution.placement import check_placement, limits_of, run_workers_of
-    from stepflow._pluginmanager import backend_types
 
-    # Checked, and a kind two plugins give is an error naming both.
-    kinds = backend_types(pm)
     names = list(dict.fromkeys(plan.backends.values()))
     tables = {name: dict(config.backends.get(name, {"plugin": name})) for name in names}
+    kinds = _Kinds(pm, needed={str(table.get("plugin", "")) for table in tables.values()})
     limits = {name: limits_of(name, tables[name], workers) for name in names}
     run_workers = run_workers_of(workers, limits.values())
     backends: dict[str, Backend] = {}
@@ -254,6 +252,45 @@ def open_backends(
             backend.close()
         raise
     return backends
+
+
+class _Kinds(Mapping[str, Any]):
+    """The installed backend kinds, collected from every plugin only when a kind the
+    built-in plugin lacks is wanted (a step on another kind, or an error listing them all).
+
+    Collecting them imports every backend plugin's module (and its SDK): a run on the
+    built-in backends alone, a fully cached rerun above all, pays for none of them. The
+    collection checks that no two plugins give one kind (a ``PluginError`` naming both).
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, *, needed: set[str]) -> None:
+        self._pm = pm
+        self._all: dict[str, Any] | None = None
+        # The built-in plugin's own answer, through the plugin manager (not imported: it
+        # sits in a layer above this one).
+        plugin = pm.get_plugin("stepflow._plugins.backends")
+        builtin = dict(plugin.stepflow_backend_types()) if plugin is not None else {}
+        self._builtin = builtin
+        if not needed <= builtin.keys():
+            self._load()
+
+    def _load(self) -> dict[str, Any]:
+        if self._all is None:
+            from stepflow._pluginmanager import backend_types
+
+            self._all = backend_types(self._pm)
+        return self._all
+
+    def __getitem__(self, kind: str) -> Any:
+        if self._all is None and kind in self._builtin:
+            return self._builtin[kind]
+        return self._load()[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
 
 
 def _unknown_backend(name: str, kind: str, users: list[str], kinds: Mapping[str, Any]) -> str:

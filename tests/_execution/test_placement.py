@@ -128,8 +128,11 @@ class TestRefusals:
         assert not (tmp_path / "ran").exists()
 
     def test_without_a_configured_backend_the_installed_kinds_are_named(
-        self, make_module, tmp_path
+        self, make_module, tmp_path, monkeypatch
     ):
+        # Away from the checkout, whose pyproject.toml configures a docker backend for the
+        # example (that one could run the step, and would be named instead).
+        monkeypatch.chdir(tmp_path)
         make_module("placement_plugin", PLUGIN)
         mod = make_module("refused2", self.FLOW.format(marker=str(tmp_path / "ran")))
         with pytest.raises(BackendUnavailableError, match=r"installed kinds that could: .*imagey"):

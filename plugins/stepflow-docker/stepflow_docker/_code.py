@@ -35,13 +35,14 @@ def code_snapshot(
 ) -> Path:
     """The folder holding the snapshot of ``rootdir`` (made if needed)."""
     # Private modules of stepflow: this first-party plugin shares the snapshot format.
+    from stepflow._pluginmanager import datastore_kinds
     from stepflow._storage.source import scan
     from stepflow._storage.source.store import restore_snapshot, save_scan
     from stepflow._storage.stores import open_datastore
 
     try:
         found = scan(rootdir, home=home)
-        datastore = open_datastore(store, home=home, options=store_options)
+        datastore = open_datastore(store, home=home, options=store_options, kinds=datastore_kinds())
         try:
             snapshot_id = save_scan(found, datastore, home=home)
             folders = home / "docker" / "code"
