@@ -43,7 +43,7 @@ NOT_OURS = {"benchmarks.md", "how-to/write-a-plugin.md"}
 
 # Pages another branch adds while this one is merged: links to them may land first, and they
 # run like any page once they are here. Drop a name once its page is on main.
-LANDING = {"how-to/run-steps-on-a-gpu-host.md"}
+LANDING: set[str] = set()
 
 # Documents whose readers run each Python block by itself (pasted into a fresh interpreter or
 # saved as a script), so no block may lean on names an earlier block defined.
