@@ -201,10 +201,11 @@ def _json(pipeline: Pipeline, *, default_backend: str = "local") -> str:
     return json.dumps(as_dict(pipeline, default_backend=default_backend), indent=2) + "\n"
 
 
-def _svg(pipeline: Pipeline) -> str:
+def _svg(pipeline: Pipeline, *, default_backend: str = "local") -> str:
     from stepflow._planning.svg import render_svg
 
-    edges = [(e.producer, e.consumer) for e in pipeline.dag.edges]
+    # ``after=[...]`` orderings are drawn as edges too; backends are not drawn.
+    edges = [(e.producer, e.consumer) for e in pipeline.dag.edges] + list(pipeline.dag.after)
     return render_svg(list(pipeline.steps), edges, title=f"pipeline {pipeline.name}") + "\n"
 
 
