@@ -199,6 +199,13 @@ class DockerBackend(Backend):
         if task.store_kind == "local":
             store = Path(task.store_uri).resolve()
             refs = store.parent / "refs"
+            # The home itself is an empty folder of the caller's: the engine would make the
+            # mount points' parents as root, and the worker refuses a home another user owns.
+            stub = self.home / "docker" / "home"
+            for folder in (stub / store.name, stub / "refs"):
+                make_private_dirs(folder)
+            mounts[str(stub)] = (str(store.parent), "rw")
+            self._mountpoint(code, store.parent)
             for folder in (store, refs):
                 make_private_dirs(folder)
                 mounts[str(folder)] = (str(folder), "rw")

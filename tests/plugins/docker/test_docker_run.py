@@ -165,6 +165,9 @@ def _run_forked_as(uid: int, gid: int, flow: Path, project, tmp_path: Path) -> d
             os.setuid(uid)
             os.chdir(project.path)
             result = pipeline.run(config=load_config(project.path, home=project.home))
+            failed = result.steps["inside"].error
+            if failed is not None:
+                raise RuntimeError(f"{failed}")
             os.write(write, json.dumps(result["inside"]).encode())
             code = 0
         except BaseException as exc:
