@@ -65,3 +65,25 @@ def _snapshot_threads_end_with_their_test() -> Iterator[None]:
     for thread in threading.enumerate():
         if thread.name == "stepflow-source":
             thread.join(timeout=60)
+
+
+@pytest.fixture(autouse=True)
+def _modules_of_temporary_folders_end_with_their_test(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """Forget the modules a test imported from its temporary folders (``flow.py``...), so a
+    later test's module of the same name is imported from its own folder, not found in
+    ``sys.modules`` from an earlier test."""
+    import sys
+    import tempfile
+
+    yield
+    # pytest's folders and the ones tests make with tempfile (they lie under both).
+    bases = (str(tmp_path_factory.getbasetemp()), tempfile.gettempdir() + "/")
+    # Never the project's own modules or installed ones: a checkout (and its venv) may
+    # itself lie under the temporary folder.
+    kept = (str(CHECKOUT_HOME.parent) + "/", sys.prefix + "/", sys.base_prefix + "/")
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None) or ""
+        if file.startswith(bases) and not file.startswith(kept):
+            del sys.modules[name]
