@@ -154,7 +154,7 @@ def test_bad_options_name_the_option_and_the_fix(tmp_path, options, message):
     gc.collect()
 
 
-def test_a_missing_cluster_package_says_what_to_install(tmp_path):
+def test_a_missing_cluster_package_says_what_to_install(tmp_path, need):
     """A cluster class from a package that is not installed names the package to install."""
     import importlib.util
 
@@ -165,7 +165,7 @@ def test_a_missing_cluster_package_says_what_to_install(tmp_path):
     from stepflow.errors import BackendUnavailableError
 
     if importlib.util.find_spec("dask_jobqueue") is not None:
-        pytest.skip("dask-jobqueue is installed here")
+        need("dask-jobqueue is installed here: this test needs it absent")
     context = BackendContext(config=Config(rootdir=tmp_path, home=tmp_path), workers=1, run_id="r")
     backend = DaskBackend("hpc", {"cluster": "dask_jobqueue.SLURMCluster"}, context)
     with pytest.raises(BackendUnavailableError, match=r"pip install dask-jobqueue"):

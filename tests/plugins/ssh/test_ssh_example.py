@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -12,8 +13,11 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "house_prices"
 
 
 @pytest.mark.slow
-def test_local_preparation_feeds_a_remote_training_step(sshd, stepflow_runner, remote_workdir):
-    pytest.importorskip("sklearn")
+def test_local_preparation_feeds_a_remote_training_step(
+    sshd, stepflow_runner, remote_workdir, need
+):
+    if importlib.util.find_spec("sklearn") is None:
+        need("scikit-learn is not installed (pip install -e '.[test]')")
     root = stepflow_runner.path
     shutil.copytree(EXAMPLE, root / "house_prices", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "pyproject.toml").write_text(

@@ -72,10 +72,10 @@ def _python_without_stepflow() -> str | None:
     return None
 
 
-def test_a_host_python_without_stepflow_suggests_bootstrap(project, stepflow_runner):
+def test_a_host_python_without_stepflow_suggests_bootstrap(project, stepflow_runner, need):
     python = _python_without_stepflow()
     if python is None:
-        pytest.skip("no Python of this version without stepflow on this machine")
+        need("no Python of this version without stepflow on this machine")
     project(QUICK, python=python)
     out = stepflow_runner.run("run", "flow.py")
     assert out.ret == 2, out.stdout + out.stderr

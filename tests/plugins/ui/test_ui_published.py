@@ -11,7 +11,6 @@ import pytest
 
 @pytest.fixture
 def published_home(ui_home, ui_project, ui_secret):
-    pytest.importorskip("stepflow._storage.scheduledb", reason="publishing is not in this stepflow")
     import stepflow
 
     sys.modules.pop("numbers_pipeline", None)
