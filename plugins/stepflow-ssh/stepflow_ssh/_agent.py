@@ -46,8 +46,8 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any, NoReturn
 
 #: the states in which an attempt's supervisor has finished
 FINAL = ("done", "killed", "orphaned", "failed")
@@ -778,24 +778,20 @@ class _Forked:
         return self.returncode
 
 
-def _fork_worker(folder: str, spec: dict[str, Any], env: dict[str, str], out: int, err: int,
-                 watch: int, lifeline: int) -> _Forked:  # fmt: skip
-    pid = os.fork()
-    if pid:
-        return _Forked(pid)
+def _become(env: dict[str, str], cwd: str | None) -> None:
+    """A forked child takes the attempt's environment and working folder."""
+    os.environ.clear()
+    os.environ.update(env)
+    if cwd:
+        os.chdir(cwd)
+
+
+def _run_child(body: Callable[[], int]) -> NoReturn:
+    """Run a forked child's ``body`` and end the process with its exit code, whatever
+    happens: a forked child must never return into the agent's own loop."""
     code = 1
     try:
-        os.setsid()
-        os.close(lifeline)
-        os.environ.clear()
-        os.environ.update(env)
-        if spec.get("cwd"):
-            os.chdir(spec["cwd"])
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(out, 1)
-        os.dup2(err, 2)
-        code = work(folder)
+        code = body()
     except BaseException:
         import traceback
 
@@ -805,6 +801,25 @@ def _fork_worker(folder: str, spec: dict[str, Any], env: dict[str, str], out: in
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _fork_worker(folder: str, spec: dict[str, Any], env: dict[str, str], out: int, err: int,
+                 watch: int, lifeline: int) -> _Forked:  # fmt: skip
+    pid = os.fork()
+    if pid:
+        return _Forked(pid)
+
+    def child() -> int:
+        os.setsid()
+        os.close(lifeline)
+        _become(env, spec.get("cwd"))
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        return work(folder)
+
+    _run_child(child)
 
 
 class _Prepared:
@@ -839,8 +854,8 @@ def _prefork_worker() -> _Prepared:
     if pid:
         os.close(go_read)
         return _Prepared(pid, go_write, watch, lifeline)
-    code = 1
-    try:
+
+    def child() -> int:
         # Its own group from the start: killing the group always reaches it.
         os.setsid()
         os.close(go_write)
@@ -853,23 +868,13 @@ def _prefork_worker() -> _Prepared:
             os._exit(0)  # its supervisor ended without starting it
         order = json.loads(data)
         folder = order["folder"]
-        os.environ.clear()
-        os.environ.update(order["env"])
-        if order.get("cwd"):
-            os.chdir(order["cwd"])
+        _become(order["env"], order.get("cwd"))
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         os.dup2(os.open(os.path.join(folder, "stdout"), flags, 0o600), 1)
         os.dup2(os.open(os.path.join(folder, "stderr"), flags, 0o600), 2)
-        code = work(folder)
-    except BaseException:
-        import traceback
+        return work(folder)
 
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+    _run_child(child)
 
 
 def supervise(folder: str, *, forked: bool = False, worker: _Prepared | None = None) -> int:
