@@ -118,7 +118,8 @@ def run_attempt(
     outputs: dict[str, ArtifactRef] = {}
     for name, value in values.items():
         try:
-            outputs[name] = io.save(value, hash_value(value))
+            # Inline when small: the caller commits the bytes inside the step's index record.
+            outputs[name] = io.save(value, hash_value(value), inline=True)
         except Exception as exc:
             # Only the line naming the problem: the frames are stepflow's own.
             error = attrs.evolve(

@@ -198,7 +198,8 @@ class RunOutputs:
 
         A missing object needs nothing: the next run's availability check misses. A
         corrupted one keeps its size and passes that check, so its index entry is dropped
-        here, and the object too, which makes it a miss for every home sharing the store.
+        here, and the object too, which makes it a miss for every home sharing the store
+        (an output kept inline in the record goes with the record).
         """
         artifact = self.artifacts[output]
         try:
@@ -209,7 +210,7 @@ class RunOutputs:
             if key is not None:
                 # A fresh handle: the run's own may have been closed since the run ended.
                 CacheIndex(self.setup.config.home / "index", store=self.io.store).delete(key.digest)
-            if artifact.ref is not None:
+            if artifact.ref is not None and not artifact.ref.inline:
                 self.io.store.delete(artifact.ref.name)
             raise CorruptedObjectError(
                 f"output {output!r} of step {producer!r} cannot be loaded: {exc}. Its stored "

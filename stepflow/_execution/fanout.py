@@ -47,7 +47,11 @@ if TYPE_CHECKING:
 __all__ = ["run_foreach"]
 
 #: items whose results are stored together, in one object per output, and committed in one
-#: index transaction: a file per small result cost more than the work of most items
+#: index transaction: a file per small result cost more than the work of most items. A
+#: batch stays a file even when it is small: kept inline, its bytes would be copied into
+#: each of its items' records, and pickling each item's result on its own cost more than the
+#: one file a batch saves. (Items run by workers come back one by one, each result inline
+#: in its own record when small, as any step's output.)
 _BATCH = 512
 #: the record component that says where an item's results are in its batch's objects
 PART = "part"
@@ -319,7 +323,8 @@ class _FanOut:
         for port in self.spec.outputs:
             result = [item.values[port.name] for item in positions]
             try:
-                made[port.name] = self.io.save(result, hash_value(result))
+                # Committed in the step's record: inline there when small.
+                made[port.name] = self.io.save(result, hash_value(result), inline=True)
             except StorageError:
                 raise
             except Exception as exc:

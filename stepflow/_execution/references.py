@@ -222,7 +222,11 @@ def _register_output(
         return latest
     value = out.load()
     if is_dataframe(value) and out.ref is not None:
-        content = table_content(out.ref)
+        from stepflow._storage.artifacts import ArtifactIO
+
+        # A version outlives the cache entry: a small output kept inline in its index
+        # record is written out as the object file the version refers to.
+        content = table_content(ArtifactIO(store, serializers).materialize(out.ref))
     elif is_dataframe(value) or isinstance(value, Path):
         content = dataset_content(store, serializers, value)
     else:

@@ -2,7 +2,10 @@
 
 The index is the one commit point: an output becomes visible to later runs only when its
 record is written here, after its objects are safely in the datastore. Records are plain
-dicts on disk, so a newer stepflow can read what an older one wrote.
+dicts on disk, so a newer stepflow can read what an older one wrote. An output under 32 KiB
+has no object: its bytes are inside the record (``ArtifactRef.data``), committed in the same
+transaction, checked against the same digest before a load. A record that cannot be read
+back (a damaged row) is a miss, and is dropped.
 
 When the datastore is ``shared`` (an object store other machines read), each record is also
 written to it as a JSON document ``index/<key[:2]>/<key>.json``, after the local commit; a
@@ -12,8 +15,10 @@ the same store so reuses results made elsewhere. A local store pays nothing for 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import pickle
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -33,6 +38,14 @@ __all__ = ["CacheIndex", "CacheRecord", "NullIndex"]
 
 #: bump when the record layout changes; older records are then ignored (a miss)
 RECORD_VERSION = 1
+#: a record holding an output's bytes (``ArtifactRef.data``): a version of its own, so that
+#: an older stepflow, which would not know where the bytes are, ignores it (a miss) while
+#: it still reads the records without one
+INLINE_RECORD_VERSION = 2
+_READABLE = (RECORD_VERSION, INLINE_RECORD_VERSION)
+#: how large a record diskcache keeps inside its SQLite row (its default, 32 KiB, would
+#: move a record holding an output of almost 32 KiB to a file of its own)
+_ROW_MAX = 1 << 22
 
 
 @attrs.frozen
@@ -55,35 +68,58 @@ class CacheRecord:
         return sum(ref.size for ref in self.outputs.values())
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as the index stores it; an inline output's ``data`` is ``bytes``
+        (``to_doc`` gives the JSON form)."""
         # Spelled out: attrs.asdict(recurse=True) took longer than storing the record.
+        outputs: dict[str, dict[str, Any]] = {}
+        version = RECORD_VERSION
+        for name, ref in self.outputs.items():
+            out = outputs[name] = {
+                "name": ref.name,
+                "content_hash": ref.content_hash,
+                "serializer": ref.serializer,
+                "size": ref.size,
+                "digest": ref.digest,
+            }
+            if ref.data is not None:
+                out["data"] = ref.data
+                version = INLINE_RECORD_VERSION
         return {
             "key": self.key,
             "step": self.step,
             "pipeline": self.pipeline,
             "run_id": self.run_id,
             "created": self.created,
-            "outputs": {
-                name: {
-                    "name": ref.name,
-                    "content_hash": ref.content_hash,
-                    "serializer": ref.serializer,
-                    "size": ref.size,
-                    "digest": ref.digest,
-                }
-                for name, ref in self.outputs.items()
-            },
+            "outputs": outputs,
             "components": {k: dict(v) for k, v in self.components.items()},
             "param_values": dict(self.param_values),
-            "version": RECORD_VERSION,
+            "version": version,
         }
+
+    def to_doc(self) -> bytes:
+        """The record as a JSON document (inline bytes in base64), for a shared store."""
+        data = self.to_dict()
+        for out in data["outputs"].values():
+            if "data" in out:
+                out["data"] = base64.b64encode(out["data"]).decode("ascii")
+        return json.dumps(data, sort_keys=True).encode()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CacheRecord | None:
-        if not isinstance(data, Mapping) or data.get("version") != RECORD_VERSION:
+        if not isinstance(data, Mapping) or data.get("version") not in _READABLE:
             return None
         fields = {k: v for k, v in data.items() if k != "version"}
-        fields["outputs"] = {k: ArtifactRef(**v) for k, v in fields["outputs"].items()}
+        fields["outputs"] = {k: _ref(v) for k, v in fields["outputs"].items()}
         return cls(**fields)
+
+
+def _ref(data: Mapping[str, Any]) -> ArtifactRef:
+    inline = data.get("data")
+    if isinstance(inline, str):  # from a JSON document
+        data = {**data, "data": base64.b64decode(inline, validate=True)}
+    elif inline is not None and not isinstance(inline, bytes):
+        raise TypeError(f"inline bytes of output {data.get('name')!r} are a {type(inline)}")
+    return ArtifactRef(**data)
 
 
 # Keys are strings: diskcache stores those as they are, while tuples would be pickled (and
@@ -98,6 +134,18 @@ def _last(pipeline: str) -> str:
     return f"last:{pipeline}"
 
 
+#: what reading a damaged record raises (unpickling it, or making a record of it)
+_DAMAGED = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    EOFError,
+    ImportError,
+    pickle.UnpicklingError,
+)
+
 #: the folder of shared index documents in a ``shared`` datastore
 SHARED_PREFIX = "index"
 
@@ -111,7 +159,7 @@ def _parse_doc(raw: bytes, key: str | None = None) -> CacheRecord | None:
     record version, or (when ``key`` is given) about another key."""
     try:
         record = CacheRecord.from_dict(json.loads(raw))
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except _DAMAGED:
         return None
     if record is None or (key is not None and record.key != key):
         return None
@@ -132,10 +180,21 @@ class _Open:
     recorded.
     """
 
-    __slots__ = ("_cache", "_error", "_thread", "directory", "existed", "file_id", "records")
+    __slots__ = (
+        "_cache",
+        "_error",
+        "_held",
+        "_thread",
+        "directory",
+        "existed",
+        "file_id",
+        "records",
+    )
 
-    #: records kept per home at most (about 1 KB each)
+    #: records kept per home at most (about 1 KB each, plus the outputs kept inline)
     MAX_RECORDS = 4096
+    #: inline output bytes kept in those records at most
+    MAX_INLINE_BYTES = 32 << 20
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -143,6 +202,8 @@ class _Open:
         #: whether the database was there before this process opened it
         self.existed = (directory / "cache.db").exists()
         self.records: dict[str, CacheRecord] = {}
+        #: inline output bytes held in ``records``
+        self._held = 0
         self._cache: Any = None
         self._error: BaseException | None = None
         # Not a daemon: the process waits for it rather than stopping it mid-write.
@@ -158,7 +219,11 @@ class _Open:
             # never expire, so the query for expired ones that each write would run finds
             # nothing (one SQLite statement of five per stored result).
             cache = diskcache.Cache(
-                str(self.directory), eviction_policy="none", cull_limit=0, timeout=60
+                str(self.directory),
+                eviction_policy="none",
+                cull_limit=0,
+                timeout=60,
+                disk_min_file_size=_ROW_MAX,
             )
             # diskcache makes cache.db (and its -wal, -shm) with the umask's mode.
             make_private_sqlite(self.directory / "cache.db")
@@ -185,9 +250,12 @@ class _Open:
             self._cache.close()
 
     def remember(self, record: CacheRecord) -> None:
-        if len(self.records) >= self.MAX_RECORDS:
+        held = sum(len(ref.data) for ref in record.outputs.values() if ref.data is not None)
+        if len(self.records) >= self.MAX_RECORDS or self._held + held > self.MAX_INLINE_BYTES:
             self.records.clear()
+            self._held = 0
         self.records[record.key] = record
+        self._held += held
 
 
 def _unreadable(directory: Path, exc: BaseException) -> StepflowError:
@@ -264,14 +332,28 @@ class CacheIndex:
             return record
         if quick and self._open.opening and not self._open.existed and not self._shared:
             return MISSING
-        data = self._cache.get(_result(key), default=MISSING)
+        try:
+            data = self._cache.get(_result(key), default=MISSING)
+            record = None if data is MISSING else CacheRecord.from_dict(data)
+        except _DAMAGED:
+            # A damaged row (it cannot be unpickled, or holds no record): a miss, and
+            # dropped, so that the step's next result takes its place.
+            self._drop_damaged(key)
+            return MISSING
         if data is MISSING:
             return self._get_shared(key) if self._shared else MISSING
-        record = CacheRecord.from_dict(data)
         if record is None:
             return MISSING
         self._open.remember(record)
         return record
+
+    def _drop_damaged(self, key: str) -> None:
+        try:
+            with writing(self.path, "the removal of a damaged cache-index entry"):
+                self._cache.delete(_result(key))
+        except StepflowError as exc:
+            # Rewritten anyway when the step's new result is committed.
+            warnings.warn(StepflowWarning(str(exc)), stacklevel=3)
 
     def _get_shared(self, key: str) -> CacheRecord | Any:
         """The store's record for ``key``, kept locally once found (results never change
@@ -326,9 +408,8 @@ class CacheIndex:
 
     def _share(self, record: CacheRecord) -> None:
         assert self.store is not None
-        data = json.dumps(record.to_dict(), sort_keys=True).encode()
         try:
-            self.store.put_doc(_doc(record.key), data)
+            self.store.put_doc(_doc(record.key), record.to_doc())
         except StoreUnavailableError as exc:
             # The local commit stands (nothing computed is lost); only sharing failed.
             warnings.warn(
@@ -379,8 +460,11 @@ class CacheIndex:
         """The records in this home's index (not the shared ones: see ``shared_records``)."""
         for entry in list(self._cache.iterkeys()):
             if isinstance(entry, str) and entry.startswith("result:"):
-                data = self._cache.get(entry, default=MISSING)
-                record = None if data is MISSING else CacheRecord.from_dict(data)
+                try:
+                    data = self._cache.get(entry, default=MISSING)
+                    record = None if data is MISSING else CacheRecord.from_dict(data)
+                except _DAMAGED:
+                    continue  # dropped when a run looks it up
                 if record is not None:
                     yield record
 

@@ -57,7 +57,8 @@ class CacheEntry:
     """A stored result, and which of its outputs' objects are still in the store."""
 
     record: CacheRecord
-    #: output name → whether its object is in the store
+    #: output name → whether its object is in the store (for an output kept inline in
+    #: the record: whether its bytes still match their digest)
     present: Mapping[str, bool]
 
 
@@ -108,8 +109,9 @@ def all_cache_records(index: CacheIndex) -> list[CacheRecord]:
 
 
 def referenced_objects(records: Iterable[CacheRecord]) -> set[str]:
-    """The object names the outputs of ``records`` refer to."""
-    return {ref.name for r in records for ref in r.outputs.values()}
+    """The object names the outputs of ``records`` refer to (not those kept inline in a
+    record: they read no object)."""
+    return {ref.name for r in records for ref in r.outputs.values() if ref.data is None}
 
 
 def matching(
@@ -548,8 +550,13 @@ class ReadAPI:
         found = [r for r in self._all_cache_records() if r.key.startswith(wanted)]
         if len(found) == 1:
             record = found[0]
+            from stepflow._storage.artifacts import inline_intact
+
             store = self._datastore()
-            present = {out: store.exists(ref.name) for out, ref in record.outputs.items()}
+            present = {
+                out: inline_intact(ref) if ref.inline else store.exists(ref.name)
+                for out, ref in record.outputs.items()
+            }
             return CacheEntry(record, present)
         if not found:
             raise UsageError(

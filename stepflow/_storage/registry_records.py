@@ -64,12 +64,18 @@ def check_version(version: object) -> int:
     return version
 
 
+#: what a registry version records of an object (a registered object is always a file of
+#: the store, never bytes kept inline in a cache record: see ``ArtifactIO.materialize``)
+_REF_FIELDS = ("name", "content_hash", "serializer", "size", "digest")
+
+
 def _ref_to_dict(ref: ArtifactRef) -> dict[str, Any]:
-    return attrs.asdict(ref)
+    assert not ref.inline, "registered objects are files (ArtifactIO.materialize)"
+    return {f: getattr(ref, f) for f in _REF_FIELDS}
 
 
 def _ref_from_dict(data: Mapping[str, Any]) -> ArtifactRef:
-    return ArtifactRef(**{f.name: data[f.name] for f in attrs.fields(ArtifactRef)})
+    return ArtifactRef(**{f: data[f] for f in _REF_FIELDS})
 
 
 @attrs.frozen

@@ -2,7 +2,10 @@
 
 A serializer works on files, not bytes, so a 400 MB DataFrame is never held twice in memory:
 the datastore gives ``dump`` a temporary path in the right folder, renames the file once it is
-complete, and later hands the final path to ``load``.
+complete, and later hands the final path to ``load``. A serializer that can also write
+through a file object (``inline``: ``npy`` and ``cloudpickle``) lets a small output stay in
+memory while it is written, and live inside its cache-index record when it ends up under
+32 KiB (``stepflow._storage.artifacts``); a larger one moves on to its file as it grows.
 
 Built-ins, tried in this order (:func:`builtin_serializers`):
 
@@ -37,7 +40,7 @@ import sys
 import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from stepflow.errors import StepflowError
 
@@ -105,6 +108,21 @@ class Serializer:
 
     def load(self, path: Path) -> Any:
         """Read the value stored at ``path`` by :meth:`dump`."""
+        raise NotImplementedError
+
+    #: ``True`` when the serializer also implements :meth:`write` and :meth:`loads`: a small
+    #: output (under 32 KiB) is then kept inside its cache-index record, not in a file of
+    #: its own (DESIGN.md section 2)
+    inline: bool = False
+
+    def write(self, value: Any, fh: BinaryIO) -> None:
+        """Write ``value`` through the binary file object ``fh`` (only ``fh.write`` is
+        there), the same bytes :meth:`dump` would write to a file. For ``inline``
+        serializers."""
+        raise NotImplementedError
+
+    def loads(self, data: bytes) -> Any:
+        """Read the value from the bytes :meth:`write` wrote. For ``inline`` serializers."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -590,6 +608,21 @@ class NumpySerializer(Serializer):
         with open(path, "wb") as fh:
             np.save(fh, value, allow_pickle=False)
 
+    inline = True
+
+    def write(self, value: Any, fh: BinaryIO) -> None:
+        import numpy as np
+
+        np.save(fh, value, allow_pickle=False)
+
+    def loads(self, data: bytes) -> Any:
+        import io
+
+        import numpy as np
+
+        # A copy, as the memory map is copy-on-write: a step changing it changes its own.
+        return np.load(io.BytesIO(data), allow_pickle=False)
+
     def load(self, path: Path) -> Any:
         import numpy as np
 
@@ -701,3 +734,14 @@ class CloudpickleSerializer(Serializer):
         with open(path, "rb") as fh:
             # Only files whose hash matched the index entry get here (DESIGN.md section 7).
             return pickle.load(fh)  # noqa: S301
+
+    inline = True
+
+    def write(self, value: Any, fh: BinaryIO) -> None:
+        import cloudpickle
+
+        cloudpickle.dump(value, fh, protocol=5)
+
+    def loads(self, data: bytes) -> Any:
+        # Only bytes whose hash matched the index entry get here (DESIGN.md section 7).
+        return pickle.loads(data)  # noqa: S301

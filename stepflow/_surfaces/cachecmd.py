@@ -119,9 +119,16 @@ def format_record(record: CacheRecord, present: dict[str, bool]) -> str:
         "outputs:",
     ]
     for out, ref in record.outputs.items():
-        missing = "" if present.get(out, True) else "  MISSING from the store (a rerun remakes it)"
+        if ref.inline:
+            where = f"inline in the cache index ({ref.name})"
+            missing = "" if present.get(out, True) else "  DAMAGED (a rerun remakes it)"
+        else:
+            where = f"object {ref.name}"
+            missing = (
+                "" if present.get(out, True) else "  MISSING from the store (a rerun remakes it)"
+            )
         lines.append(
-            f"  {out}: {human_size(ref.size)}, {ref.serializer}, object {ref.name}, "
+            f"  {out}: {human_size(ref.size)}, {ref.serializer}, {where}, "
             f"content hash {ref.content_hash}{missing}"
         )
     # What `stepflow explain` compares, part by part.
@@ -214,7 +221,10 @@ def prune(
             # store's records refer to now is kept too.
             keep |= referenced_objects(index.shared_records())
         objects = [n for n in store.names() if n not in keep]
-        freed = sum(store.size(n) for n in objects)
+        # Outputs kept inline go with their records.
+        freed = sum(store.size(n) for n in objects) + sum(
+            ref.size for r in doomed for ref in r.outputs.values() if ref.inline
+        )
         if not dry_run:
             for name in objects:
                 store.delete(name)
@@ -228,8 +238,12 @@ def prune(
 
 
 def record_dict(record: CacheRecord) -> dict[str, Any]:
-    """A stored result as its ``--json`` form (times in ISO 8601)."""
-    return iso_times(record.to_dict(), "created")
+    """A stored result as its ``--json`` form (times in ISO 8601); each output says whether
+    it is kept ``inline`` in the index (its bytes are not shown)."""
+    data = record.to_dict()
+    for out in data["outputs"].values():
+        out["inline"] = out.pop("data", None) is not None
+    return iso_times(data, "created")
 
 
 def format_records(records: list[CacheRecord]) -> str:

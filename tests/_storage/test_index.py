@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import attrs
 import pytest
 
 from stepflow import Pipeline
@@ -284,13 +285,93 @@ class TestOpening:
 
 def test_record_dict_holds_every_field_and_round_trips():
     """to_dict is written out by hand for speed: it must still cover every field."""
-    import attrs
-
     rec = record()
     expected = attrs.asdict(rec, recurse=True)
     expected["version"] = 1
+    for out in expected["outputs"].values():
+        assert out.pop("data") is None  # only an inline output has its bytes in the record
     assert rec.to_dict() == expected
     assert CacheRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+
+
+# --- outputs kept inside their records ----------------------------------------------------
+
+
+def inline_record(key: str = KEY, data: bytes = b"\x80\x05K*.") -> CacheRecord:
+    from stepflow._storage.hashing import hash_bytes
+
+    ref = ArtifactRef(f"{'e' * 32}.cloudpickle", "e" * 32, "cloudpickle", len(data), "")
+    ref = attrs.evolve(ref, digest=hash_bytes(data), data=data)
+    return attrs.evolve(record(key), outputs={"model": ref})
+
+
+class TestInlineRecords:
+    def test_the_bytes_round_trip_through_the_index(self, tmp_path):
+        rec = inline_record()
+        CacheIndex(tmp_path / "index").put(rec)
+        assert rec.to_dict()["version"] == 2  # an older stepflow ignores it: a miss
+        # A fresh process reads it back from SQLite, bytes included.
+        found = _get_in_new_process(tmp_path / "index", KEY)
+        assert found == rec.outputs["model"].data
+
+    def test_a_record_of_almost_32_kib_stays_in_its_row(self, tmp_path):
+        """diskcache moves a value of 32 KiB or more to a file of its own by default."""
+        rec = inline_record(data=b"x" * (32 * 1024 - 1))
+        index = CacheIndex(tmp_path / "index")
+        index.put(rec)
+        assert [p.name for p in (tmp_path / "index").rglob("*.val")] == []
+        assert index.get(KEY) == rec
+
+    def test_the_shared_document_holds_the_bytes_in_base64(self, homes):
+        a, b, store = homes
+        rec = inline_record(data=bytes(range(256)))
+        a.put(rec)
+        doc = json.loads(store.get_doc(doc_path(KEY)))
+        assert doc["outputs"]["model"]["data"] != ""  # readable JSON, not raw bytes
+        assert b.get(KEY) == rec
+
+    def test_a_document_with_damaged_base64_is_a_miss(self, homes):
+        a, b, store = homes
+        a.put(inline_record())
+        doc = json.loads(store.get_doc(doc_path(KEY)))
+        doc["outputs"]["model"]["data"] = "not base64!"
+        store.put_doc(doc_path(KEY), json.dumps(doc).encode())
+        assert b.get(KEY) is MISSING
+
+    def test_a_row_that_cannot_be_unpickled_is_a_miss_and_dropped(self, tmp_path):
+        index = CacheIndex(tmp_path / "index")
+        index.put(inline_record())
+        index._open.records.clear()  # as a fresh process would, read it from SQLite
+        with sqlite3.connect(index.path) as db:
+            (value,) = db.execute("SELECT value FROM Cache WHERE key = ?", (f"result:{KEY}",))
+            db.execute(
+                "UPDATE Cache SET value = ? WHERE key = ?",
+                (value[0][: len(value[0]) // 2], f"result:{KEY}"),
+            )
+        assert index.get(KEY) is MISSING
+        assert index._cache.get(f"result:{KEY}") is None  # dropped
+        assert list(index.records()) == []
+
+    def test_records_kept_in_process_are_bounded_by_their_bytes(self, tmp_path, monkeypatch):
+        from stepflow._storage import index as index_module
+
+        monkeypatch.setattr(index_module._Open, "MAX_INLINE_BYTES", 100)
+        index = CacheIndex(tmp_path / "index")
+        index.put(inline_record(KEY, b"a" * 60))
+        index.put(inline_record(OTHER, b"b" * 60))
+        assert list(index._open.records) == [OTHER]
+
+
+def _get_in_new_process(folder, key: str) -> bytes:
+    code = (
+        "import sys; from stepflow._storage.index import CacheIndex\n"
+        "rec = CacheIndex(__import__('pathlib').Path(sys.argv[1])).get(sys.argv[2])\n"
+        "sys.stdout.buffer.write(rec.outputs['model'].data)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(folder), key], capture_output=True, check=True
+    )
+    return done.stdout
 
 
 # --- storage faults -----------------------------------------------------------------------

@@ -17,6 +17,9 @@ One attempt, from the run's side:
 5. the outputs come back by name and are checked against their digests before they enter
    the local store.
 
+Inputs and outputs under 32 KiB are kept inline (``ArtifactRef.data``): they travel inside
+the task and its result, and are never copied as objects.
+
 A run whose process died leaves attempts whose lease is no longer renewed: their supervisor
 kills them after ``orphan_timeout``, and the next run's ``check()`` kills at once those of a
 dead run of this machine.
@@ -599,7 +602,14 @@ class SSHBackend(Backend):
         from stepflow._storage.hashing import hash_file
         from stepflow.worker import open_store
 
-        refs = {r.name: r for r in (*result.outputs.values(), *result.files.values())}
+        # An output kept inline came back inside the result: nothing to fetch.
+        refs = {
+            r.name: r
+            for r in (*result.outputs.values(), *result.files.values())
+            if not r.inline
+        }
+        if not refs:
+            return []
         store = open_store(task)
         wanted = sorted(n for n in refs if not _has(store, n, refs[n].size))
         if not wanted:
@@ -700,7 +710,8 @@ def _has(store: Any, name: str, size: int) -> bool:
 
 
 def _input_refs(task: Task) -> list[Any]:
-    refs = list(task.inputs.values())
+    """The objects a task reads from the store (an input kept inline travels in the task)."""
+    refs = [ref for ref in task.inputs.values() if not ref.inline]
     for version in task.references.values():
         obj = getattr(version, "object", None)
         if obj is not None:
