@@ -604,9 +604,7 @@ class SSHBackend(Backend):
 
         # An output kept inline came back inside the result: nothing to fetch.
         refs = {
-            r.name: r
-            for r in (*result.outputs.values(), *result.files.values())
-            if not r.inline
+            r.name: r for r in (*result.outputs.values(), *result.files.values()) if not r.inline
         }
         if not refs:
             return []
