@@ -67,6 +67,11 @@ class CacheRecord:
     def size(self) -> int:
         return sum(ref.size for ref in self.outputs.values())
 
+    @property
+    def inline(self) -> bool:
+        """Whether an output's bytes are inside this record (``ArtifactRef.data``)."""
+        return any(ref.data is not None for ref in self.outputs.values())
+
     def to_dict(self) -> dict[str, Any]:
         """The record as the index stores it; an inline output's ``data`` is ``bytes``
         (``to_doc`` gives the JSON form)."""
@@ -175,9 +180,9 @@ class _Open:
     exactly), so a process may keep the ones it has seen: a fully cached rerun in the same
     process then reads no SQLite at all. Dropping a record from the index (``delete``,
     prune) in this process drops it here too. One dropped by another process may still be
-    used from here, which is harmless: each use checks that the objects are in the store,
-    and each load checks their digests, so a kept record can only ever give the result it
-    recorded.
+    used from here, which is harmless: each use checks that the objects are in the store
+    (for an output kept inline, that the record's row is still in the index), and each load
+    checks their digests, so a kept record can only ever give the result it recorded.
     """
 
     __slots__ = (
@@ -329,7 +334,11 @@ class CacheIndex:
         """
         record = self._open.records.get(key)
         if record is not None:
-            return record
+            # An output kept inline has no object whose absence would make a record pruned
+            # by another process a miss: its row is looked for instead (one indexed read).
+            if not record.inline or _result(key) in self._cache:
+                return record
+            self._open.records.pop(key, None)
         if quick and self._open.opening and not self._open.existed and not self._shared:
             return MISSING
         try:

@@ -7,9 +7,11 @@ same bucket, which is how a second machine would see it.
 
 from __future__ import annotations
 
+import base64
 import functools
 import importlib
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -24,10 +26,10 @@ import pytest
 from stepflow import Pipeline, StepState
 from stepflow._config import load_config
 from stepflow._pluginmanager import datastore_kinds
-from stepflow._storage import stores
+from stepflow._storage import artifacts, stores
 from stepflow._storage.artifacts import ArtifactIO
 from stepflow._storage.datastore import KEYED_HASH_DOC, ArtifactMissingError
-from stepflow._storage.index import CacheIndex
+from stepflow._storage.index import CacheIndex, _doc
 from stepflow._storage.objectstore import FsspecDatastore
 from stepflow._storage.serializers import builtin_serializers
 from stepflow.errors import StepflowWarning, StoreUnavailableError, UsageError
@@ -337,6 +339,22 @@ class TestOpening:
             open_datastore("gs://bucket/p", home=tmp_path)
 
 
+def tamper(s3_server, record, output: str) -> None:
+    """Invert every byte of ``output`` of ``record`` in the bucket: its object, or its
+    bytes inside the shared record (still a valid document)."""
+    fs = s3_server.fs()
+    ref = record.outputs[output]
+    if ref.inline:
+        remote = f"{s3_server.bucket}/stepflow/refs/{_doc(record.key)}"
+        doc = json.loads(fs.cat_file(remote))
+        data = base64.b64decode(doc["outputs"][output]["data"])
+        doc["outputs"][output]["data"] = base64.b64encode(bytes(b ^ 0xFF for b in data)).decode()
+        fs.pipe_file(remote, json.dumps(doc).encode())
+        return
+    remote = f"{s3_server.bucket}/stepflow/objects/{ref.name[:2]}/{ref.name[2:]}"
+    fs.pipe_file(remote, bytes(b ^ 0xFF for b in fs.cat_file(remote)))
+
+
 class TestPipelines:
     CHAIN = """
         import os
@@ -344,16 +362,16 @@ class TestPipelines:
         from stepflow import Param, step
 
         @step
-        def numbers(calls: Param[str], n: int = 5) -> list:
+        def numbers(calls: Param[str], n: int = 5, pad: int = 0) -> list:
             with open(calls, "a") as fh:
                 fh.write("numbers\\n")
-            return list(range(n))
+            return list(range(n)) + (["." * pad] if pad else [])
 
         @step
         def total(numbers: list, calls: Param[str]) -> int:
             with open(calls, "a") as fh:
                 fh.write("total\\n")
-            return sum(numbers)
+            return sum(x for x in numbers if isinstance(x, int))
 
         @step
         def pid(total: int) -> int:
@@ -364,14 +382,17 @@ class TestPipelines:
         mod = make_module(name, textwrap.dedent(self.CHAIN))
         return Pipeline("chain", [mod.numbers, mod.total, mod.pid])
 
+    @pytest.mark.parametrize("pad", [0, 40_000], ids=["inline", "object"])
     @pytest.mark.parametrize("workers", [1, 2])
-    def test_run_and_reuse(self, s3_server, make_module, tmp_path, workers):
+    def test_run_and_reuse(self, s3_server, make_module, tmp_path, workers, pad):
         """Outputs land in the bucket (from worker processes too), records are shared, and
-        a rerun reuses everything."""
-        pipe = self.chain(make_module, f"s3_chain_{workers}")
+        a rerun reuses everything, also from another home. Outputs under 32 KiB are kept
+        inside the shared records: only the padded list is an object."""
+        pipe = self.chain(make_module, f"s3_chain_{workers}_{pad}")
         calls = tmp_path / "calls.txt"
+        params = {"calls": str(calls), "pad": pad}
         config = project_config(tmp_path / "project", s3_server, tmp_path / "home")
-        first = pipe.run({"calls": str(calls)}, config=config, workers=workers)
+        first = pipe.run(params, config=config, workers=workers)
         assert first.ok and first["total"] == 10
         assert {s.state for s in first.steps.values()} == {StepState.RAN}
         if workers > 1:
@@ -379,30 +400,36 @@ class TestPipelines:
 
             assert first["pid"] != os.getpid()
         fs = s3_server.fs()
-        assert len(fs.find(f"{s3_server.bucket}/stepflow/objects")) == 3
+        assert len(fs.find(f"{s3_server.bucket}/stepflow/objects")) == (1 if pad else 0)
         assert len(fs.find(f"{s3_server.bucket}/stepflow/refs/index")) == 3
         assert not (tmp_path / "home" / "objects").exists()
 
-        second = pipe.run({"calls": str(calls)}, config=config, workers=workers)
+        second = pipe.run(params, config=config, workers=workers)
         assert {s.state for s in second.steps.values()} == {StepState.REUSED}
         assert second["total"] == 10
+        other = project_config(tmp_path / "project", s3_server, tmp_path / "other")
+        third = pipe.run(params, config=other, workers=workers, regenerate=["pid"])
+        assert third.steps["total"].state is StepState.REUSED
+        assert third.steps["pid"].state is StepState.RAN  # loaded 'total' from the record
+        assert third["numbers"][:5] == [0, 1, 2, 3, 4]
         assert calls.read_text().split() == ["numbers", "total"]
 
-    def test_tampered_input_is_recomputed(self, s3_server, make_module, tmp_path):
-        """A damaged object in the bucket is a miss for the home that loads it: its producer
-        runs again, and the consumer gets the right value."""
-        pipe = self.chain(make_module, "s3_chain_t")
-        params = {"calls": str(tmp_path / "calls.txt")}
+    @pytest.mark.parametrize("pad", [0, 40_000], ids=["inline", "object"])
+    def test_tampered_input_is_recomputed(self, s3_server, make_module, tmp_path, pad):
+        """A damaged object in the bucket (or damaged bytes inside a shared record) is a
+        miss for the home that loads it: its producer runs again, and the consumer gets the
+        right value."""
+        pipe = self.chain(make_module, f"s3_chain_t{pad}")
+        params = {"calls": str(tmp_path / "calls.txt"), "pad": pad}
         config_a = project_config(tmp_path / "project", s3_server, tmp_path / "a")
         assert pipe.run(params, config=config_a).ok
         index = CacheIndex(tmp_path / "a" / "index")
         try:
-            ref = index.last("chain", "numbers").outputs["numbers"]
+            record = index.last("chain", "numbers")
         finally:
             index.close()
-        remote = f"{s3_server.bucket}/stepflow/objects/{ref.name[:2]}/{ref.name[2:]}"
-        fs = s3_server.fs()
-        fs.pipe_file(remote, bytes(b ^ 0xFF for b in fs.cat_file(remote)))
+        assert record.outputs["numbers"].inline is not bool(pad)
+        tamper(s3_server, record, "numbers")
 
         config_b = project_config(tmp_path / "project", s3_server, tmp_path / "b")
         with pytest.warns(StepflowWarning, match="'numbers'.*unusable"):
@@ -416,24 +443,41 @@ class TestPipelines:
             "total",
         ]
 
-    def test_damaged_final_result_is_dropped_for_every_home(self, s3_server, make_module, tmp_path):
+    @pytest.mark.parametrize("stored", ["inline", "file"])
+    def test_damaged_final_result_is_dropped_for_every_home(
+        self, s3_server, make_module, tmp_path, monkeypatch, stored
+    ):
         """A reused result whose object in the bucket is damaged is dropped from the index
-        (this home's and the shared one) when the user loads it, and computed again."""
-        pipe = self.chain(make_module, "s3_chain_f")
+        (this home's and the shared one) when the user loads it, and computed again. Damaged
+        bytes inside the shared record are dropped alike; the home that made them keeps
+        its own, intact copy."""
+        if stored == "file":
+            monkeypatch.setattr(artifacts, "INLINE_LIMIT", 0)
+        pipe = self.chain(make_module, f"s3_chain_f_{stored}")
         params = {"calls": str(tmp_path / "calls.txt")}
         config_a = project_config(tmp_path / "project", s3_server, tmp_path / "a")
         assert pipe.run(params, config=config_a).ok
         index = CacheIndex(tmp_path / "a" / "index")
-        ref = index.last("chain", "total").outputs["total"]
-        remote = f"{s3_server.bucket}/stepflow/objects/{ref.name[:2]}/{ref.name[2:]}"
-        fs = s3_server.fs()
-        fs.pipe_file(remote, bytes(b ^ 0xFF for b in fs.cat_file(remote)))
+        record = index.last("chain", "total")
+        assert record.outputs["total"].inline is (stored == "inline")
+        tamper(s3_server, record, "total")
 
         config_b = project_config(tmp_path / "project", s3_server, tmp_path / "b")
         result = pipe.run(params, config=config_b, targets=["total"])
         assert result.steps["total"].state is StepState.REUSED
         with pytest.raises(ArtifactMissingError, match=r"corrupted.*dropped"):
             result["total"]
+        assert s3_server.fs().find(f"{s3_server.bucket}/stepflow/refs/{_doc(record.key)}") == []
+        if stored == "inline":
+            # Home a's own row holds the bytes it made, intact: reused, and right.
+            again = pipe.run(params, config=config_a, targets=["total"])
+            assert again.steps["total"].state is StepState.REUSED and again["total"] == 10
+            again = pipe.run(params, config=config_b, targets=["total"])
+            assert again.steps["total"].state is StepState.RAN and again["total"] == 10
+            third = pipe.run(params, config=config_b, targets=["total"])
+            assert third.steps["total"].state is StepState.REUSED and third["total"] == 10
+            assert (tmp_path / "calls.txt").read_text().split() == ["numbers", "total", "total"]
+            return
         # The damaged object is gone, so the other home's own record of it is a miss too.
         with pytest.warns(StepflowWarning, match="'total' is incomplete"):
             again = pipe.run(params, config=config_a, targets=["total"])
