@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -232,3 +233,58 @@ def stoppable_s3_server(s3_server: S3Server, tmp_path: Path) -> Iterator[S3Serve
         yield S3Server(process.endpoint_url, _new_bucket(process.endpoint_url), process)
     finally:
         process.stop()
+
+
+# --- damaging stored results (outputs in object files, or inside their index records) -----
+
+
+def _damaged(data: bytes, how: str) -> bytes:
+    if how == "flip":
+        return data[:-2] + bytes([data[-2] ^ 0xFF]) + data[-1:]  # same size, other bytes
+    assert how == "truncate", how
+    return data[:3]
+
+
+def damage_record(home: Path, record: Any, how: str, output: str | None = None) -> None:
+    """Damage the outputs of cache ``record`` of ``home`` (or only ``output``) where they
+    are: in their object files, or inside the index row itself. ``how``: ``flip`` one byte,
+    ``truncate`` to 3 bytes, or ``delete`` (an inline output's bytes are the row: it goes)."""
+    from stepflow._storage.index import CacheIndex
+
+    index = CacheIndex(home / "index")
+    row = record.to_dict()
+    for name, ref in record.outputs.items():
+        if output is not None and name != output:
+            continue
+        if ref.inline:
+            if how == "delete":
+                index.delete(record.key)
+                return
+            row["outputs"][name]["data"] = _damaged(ref.data, how)
+            index._cache.set(f"result:{record.key}", row)
+            # This process keeps the records it read: it must read the damaged row back.
+            index._open.records.clear()
+            continue
+        path = home / "objects" / ref.name[:2] / ref.name[2:]
+        if how == "delete":
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            path.write_bytes(_damaged(path.read_bytes(), how))
+
+
+@pytest.fixture(params=["inline", "file"])
+def stored(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where small outputs live: inside their cache-index records (the default), or in object
+    files (the inline limit lowered to 0 in this process, where the results to damage are
+    made), so that each damage test covers both."""
+    if request.param == "file":
+        from stepflow._storage import artifacts
+
+        monkeypatch.setattr(artifacts, "INLINE_LIMIT", 0)
+    return str(request.param)
+
+
+@pytest.fixture
+def damage() -> Callable[..., None]:
+    """``damage(home, record, how, output=None)``: see ``damage_record``."""
+    return damage_record

@@ -240,20 +240,19 @@ class TestFailures:
         # The others finished and are stored: a rerun does not run them again.
         assert report.items == {"ran": 2, "failed": 1}
 
-    def test_damaged_list_is_made_again(self, fan, stepflow_home, tmp_path):
-        """A stored list that fails its check when the fan-out reads it makes its producer
-        run again; the items then run from the good list."""
+    def test_damaged_list_is_made_again(self, fan, stepflow_home, tmp_path, stored, damage):
+        """A stored list that fails its check when the fan-out reads it (in its object
+        file, or inside its index record) makes its producer run again; the items then run
+        from the good list."""
         from stepflow._storage.index import CacheIndex
 
         calls = tmp_path / "calls"
         pipe = Pipeline("p", [fan.chunks, fan.scored])
         pipe.run({"calls": str(calls)})
         record = CacheIndex(stepflow_home / "index").last("p", "chunks")
-        name = record.outputs["chunks"].name
-        stored = next(stepflow_home.rglob(name[2:]))  # objects live as <ab>/<cdef...>
-        data = bytearray(stored.read_bytes())
-        data[-2] ^= 0xFF  # same size, different bytes: only the digest check sees it
-        stored.write_bytes(bytes(data))
+        assert record.outputs["chunks"].inline is (stored == "inline")
+        # Same size, different bytes: only the digest check sees it.
+        damage(stepflow_home, record, "flip")
         with pytest.warns(
             UserWarning, match=r"stored output 'chunks' of step 'chunks' is unusable"
         ):

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from stepflow import Pipeline, StepState
-from stepflow._storage import artifacts
 from stepflow._storage.datastore import ArtifactMissingError
 from stepflow._storage.index import CacheIndex
 from stepflow.errors import StepflowWarning
@@ -169,10 +168,10 @@ class TestReuse:
         _, calls = project.run(regenerate=["scaled"])
         assert sorted(calls) == ["always", "scaled", "total"]
 
-    def test_lazy_loading(self, project, stored):
+    def test_lazy_loading(self, project, stored, damage):
         """A fully cached rerun loads no data: a damaged object is noticed only on access."""
         project.run()
-        damage_all("flip")  # same size, different bytes
+        damage_all(damage, "flip")  # same size, different bytes
         result = project.pipeline("numbers", "scaled", "total").run()
         assert states(result) == {"numbers": "reused", "scaled": "reused", "total": "reused"}
         assert project.calls() == []
@@ -186,70 +185,29 @@ class TestReuse:
         assert result["scaled"] == [0, 2, 4, 6] and result["label"] == "even"
 
 
-@pytest.fixture(params=["inline", "file"])
-def stored(request, monkeypatch):
-    """Where the flow's small outputs live: inside their cache-index records (the default),
-    or in object files (the inline limit lowered to 0 in this process, where the damaged
-    results are made), so that every damage test covers both."""
-    if request.param == "file":
-        monkeypatch.setattr(artifacts, "INLINE_LIMIT", 0)
-    return request.param
-
-
-def _damaged(data: bytes, how: str) -> bytes:
-    if how == "flip":
-        return data[:-1] + bytes([data[-1] ^ 0xFF])  # same size, other bytes
-    assert how == "truncate"
-    return data[:3]
-
-
-def damage_record(index: CacheIndex, record, how: str, output: str | None = None) -> None:
-    """Damage the outputs of ``record`` (or only ``output``) where they are: in its object
-    files, or inside the index row itself. ``how``: ``flip`` one byte, ``truncate`` to 3
-    bytes, or ``delete`` (an inline output's bytes are the row: the row goes)."""
+def damage_all(damage, how: str) -> None:
+    """Damage every stored output (the ``damage`` fixture of conftest.py)."""
     home = Path(os.environ["STEPFLOW_HOME"])
-    row = record.to_dict()
-    for name, ref in record.outputs.items():
-        if output is not None and name != output:
-            continue
-        if ref.inline:
-            if how == "delete":
-                index.delete(record.key)
-                return
-            row["outputs"][name]["data"] = _damaged(ref.data, how)
-            index._cache.set(f"result:{record.key}", row)
-            # This process keeps the records it read: it must read the damaged row back.
-            index._open.records.clear()
-            continue
-        path = home / "objects" / ref.name[:2] / ref.name[2:]
-        if how == "delete":
-            path.unlink(missing_ok=True)
-        elif path.exists():
-            path.write_bytes(_damaged(path.read_bytes(), how))
+    for record in list(CacheIndex(home / "index").records()):
+        damage(home, record, how)
 
 
-def damage_all(how: str) -> None:
-    """Damage every stored output (see ``damage_record``)."""
-    index = CacheIndex(Path(os.environ["STEPFLOW_HOME"]) / "index")
-    for record in list(index.records()):
-        damage_record(index, record, how)
-
-
-def flip_output(step: str, output: str | None = None) -> None:
+def flip_output(damage, step: str, output: str | None = None) -> None:
     """Flip one byte of ``step``'s last stored output (same size), in its object file or
     inside its index record."""
-    index = CacheIndex(Path(os.environ["STEPFLOW_HOME"]) / "index")
-    damage_record(index, index.last("flow", step), "flip", output or step)
+    home = Path(os.environ["STEPFLOW_HOME"])
+    record = CacheIndex(home / "index").last("flow", step)
+    damage(home, record, "flip", output or step)
 
 
 class TestDamagedStore:
     @pytest.mark.parametrize("workers", [1, 2])
-    def test_corrupted_input_is_recomputed(self, project, workers, stored):
+    def test_corrupted_input_is_recomputed(self, project, workers, stored, damage):
         """A consumer that must run and finds its stored input corrupted recomputes it, in
         the run's process or in a worker, in that same run; the repaired result is then
         reused, never the damaged one."""
         project.run()
-        flip_output("numbers")
+        flip_output(damage, "numbers")
         project.scale = 5  # scaled must run, and its input 'numbers' is damaged
         with pytest.warns(StepflowWarning, match="'numbers'.*unusable"):
             result = project.pipeline().run(workers=workers)
@@ -280,11 +238,11 @@ class TestDamagedStore:
         assert "failed its check again" in str(result.steps["scaled"].error)
         assert project.calls() == ["numbers"]
 
-    def test_corrupted_final_result_is_dropped_when_loaded(self, project, stored):
+    def test_corrupted_final_result_is_dropped_when_loaded(self, project, stored, damage):
         """A reused result that fails its check when the user loads it is dropped from the
         index: the next run computes it again instead of reporting it reused forever."""
         project.run()
-        flip_output("total")
+        flip_output(damage, "total")
         result = project.pipeline("numbers", "scaled", "total").run()
         assert states(result)["total"] == "reused"
         with pytest.raises(ArtifactMissingError, match=r"corrupted.*dropped"):
@@ -295,11 +253,11 @@ class TestDamagedStore:
         third = project.pipeline("numbers", "scaled", "total").run()
         assert states(third)["total"] == "reused" and third["total"] == 12
 
-    def test_missing_object_is_a_miss(self, project, stored):
+    def test_missing_object_is_a_miss(self, project, stored, damage):
         """A result whose object was deleted is recomputed, with a warning (an inline
         output's bytes go with its record: then the record is missing, a plain miss)."""
         project.run()
-        damage_all("delete")
+        damage_all(damage, "delete")
         if stored == "file":
             with pytest.warns(StepflowWarning, match="incomplete"):
                 result = project.pipeline().run()
@@ -328,10 +286,10 @@ class TestDamagedStore:
         _, calls = project.run()
         assert calls == ["always"]  # and the new results are reused again
 
-    def test_truncated_object(self, project, stored):
+    def test_truncated_object(self, project, stored, damage):
         """A truncated object (or inline output) fails the size check: a miss, recomputed."""
         project.run()
-        damage_all("truncate")
+        damage_all(damage, "truncate")
         with pytest.warns(StepflowWarning, match="incomplete"):
             result = project.pipeline().run()
         assert result["total"] == 12 and len(project.calls()) == 6
