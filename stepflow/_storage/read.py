@@ -567,20 +567,25 @@ class ReadAPI:
         raise UsageError(f"cache key {wanted!r} is ambiguous ({keys}); give more of it")
 
     def cache_summary(self) -> dict[str, Any]:
-        """The home, its store, and how many results, objects and bytes it holds."""
+        """The home, its store, and how many results, objects and bytes it holds (``bytes``
+        counts the objects and the outputs kept inline in the records, ``inline_bytes``
+        the latter)."""
         records = self._all_cache_records()
         store = self._datastore()
         referenced = referenced_objects(records)
         names = list(store.names())
         sizes = {n: store.size(n) for n in names}
+        inline = [ref.size for r in records for ref in r.outputs.values() if ref.inline]
         return {
             "home": str(self.config.home),
             "store": store.uri,
             "shared": store.shared,
             "results": len(records),
             "objects": len(names),
-            "bytes": sum(sizes.values()),
+            "bytes": sum(sizes.values()) + sum(inline),
             "unreferenced_objects": sum(1 for n in names if n not in referenced),
+            "inline_outputs": len(inline),
+            "inline_bytes": sum(inline),
             "pipelines": sorted({r.pipeline for r in records}),
         }
 

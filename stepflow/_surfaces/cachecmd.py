@@ -294,7 +294,7 @@ def run_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManag
         print(json.dumps(info, indent=2))
     else:
         for key, value in info.items():
-            shown = f"{value} ({human_size(value)})" if key == "bytes" else value
+            shown = f"{value} ({human_size(value)})" if key.endswith("bytes") else value
             print(f"{key}: {shown}")
     return 0
 

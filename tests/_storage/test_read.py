@@ -189,11 +189,13 @@ class TestCache:
         config, _ = home
         summary = api.cache_summary()
         assert summary["home"] == str(config.home)
+        # Small outputs live inside their records: no object files.
         assert (summary["results"], summary["objects"], summary["unreferenced_objects"]) == (
             4,
-            4,
+            0,
             0,
         )
+        assert summary["inline_outputs"] == 4 and summary["bytes"] == summary["inline_bytes"] > 0
         assert summary["pipelines"] == ["flows"]
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime
 import json
 
+#: a list this long is over 32 KiB once pickled: an object file, not bytes inside its record
+BIG = 20_000
+
 FLOW = """
 from stepflow import Secret, step
 import helpers
@@ -190,24 +193,40 @@ class TestExplainAfterCacheFalse:
 
 class TestCacheCommands:
     def test_ls_info_prune(self, stepflow_runner):
-        """ls lists results, info counts them, prune --all empties the store."""
+        """ls lists results, info counts them, prune --all empties the store. The two
+        lists are objects (over 32 KiB); the total is kept inside its record."""
         _project(stepflow_runner)
-        stepflow_runner.run("run", "flow.py")
+        stepflow_runner.run("run", "flow.py", "--param", f"n={BIG}")
         rows = json.loads(stepflow_runner.run("cache", "ls", "--json").stdout)
         assert sorted(r["step"] for r in rows) == ["numbers", "scaled", "total"]
         assert all("s3cr3t" not in json.dumps(r) for r in rows)
+        assert {r["step"]: r["outputs"][r["step"]]["inline"] for r in rows} == {
+            "numbers": False,
+            "scaled": False,
+            "total": True,
+        }
         assert_iso_utc(rows[0]["created"])
         text = stepflow_runner.run("cache", "ls", "--step", "total").stdout
         assert "total" in text and "numbers" not in text
         info = json.loads(stepflow_runner.run("cache", "info", "--json").stdout)
-        assert info["results"] == 3 and info["objects"] == 3 and info["bytes"] > 0
+        assert info["results"] == 3 and info["objects"] == 2 and info["inline_outputs"] == 1
+        assert info["bytes"] > info["inline_bytes"] > 0
         dry = stepflow_runner.run("cache", "prune", "--all", "--dry-run")
-        assert "would remove 3 results and 3 objects" in dry.stdout
+        assert "would remove 3 results and 2 objects" in dry.stdout
         assert json.loads(stepflow_runner.run("cache", "info", "--json").stdout)["results"] == 3
         out = stepflow_runner.run("cache", "prune", "--all")
-        assert "removed 3 results and 3 objects" in out.stdout
+        assert "removed 3 results and 2 objects" in out.stdout
         info = json.loads(stepflow_runner.run("cache", "info", "--json").stdout)
-        assert info["results"] == 0 and info["objects"] == 0
+        assert info["results"] == 0 and info["objects"] == 0 and info["inline_outputs"] == 0
+        stepflow_runner.run("run", "flow.py", "--param", f"n={BIG}").fnmatch_lines(["*3 ran in*"])
+
+    def test_prune_by_pipeline_drops_inline_outputs_with_their_records(self, stepflow_runner):
+        """Pruning small results removes no object (there is none) and counts their bytes."""
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        out = stepflow_runner.run("cache", "prune", "--pipeline", "flow")
+        out.fnmatch_lines(["removed 3 results and 0 objects (* B)"])
+        assert "(0 B)" not in out.stdout
         stepflow_runner.run("run", "flow.py").fnmatch_lines(["*3 ran in*"])
 
     def test_info_of_one_result(self, stepflow_runner):
@@ -219,13 +238,15 @@ class TestCacheCommands:
         assert_iso_utc(row["created"])
         out = stepflow_runner.run("cache", "info", row["key"][:6])
         assert out.ret == 0
+        assert stored["inline"] is True and "data" not in stored  # its bytes are not shown
         out.fnmatch_lines(
             [
                 f"key: {row['key']}",
                 "step: total",
                 f"run: {row['run_id']}",
                 "outputs:",
-                f"  total: * B, {stored['serializer']}, object {stored['name']}, content hash *",
+                f"  total: * B, {stored['serializer']}, inline in the cache index "
+                f"({stored['name']}), content hash *",
                 "code:",
                 "  flow.total: *",
                 "inputs:",
@@ -243,14 +264,36 @@ class TestCacheCommands:
     def test_info_of_one_result_says_a_missing_object(self, stepflow_runner):
         """A result whose object was deleted is shown with its output marked missing."""
         _project(stepflow_runner)
-        stepflow_runner.run("run", "flow.py")
-        (row,) = json.loads(stepflow_runner.run("cache", "ls", "--step", "total", "--json").stdout)
-        name = row["outputs"]["total"]["name"]
+        stepflow_runner.run("run", "flow.py", "--param", f"n={BIG}")
+        (row,) = json.loads(stepflow_runner.run("cache", "ls", "--step", "scaled", "--json").stdout)
+        name = row["outputs"]["scaled"]["name"]
         (stepflow_runner.home / "objects" / name[:2] / name[2:]).unlink()
         out = stepflow_runner.run("cache", "info", row["key"])
-        out.fnmatch_lines(["  total: *MISSING from the store*"])
+        out.fnmatch_lines(["  scaled: *, object *MISSING from the store*"])
         data = json.loads(stepflow_runner.run("cache", "info", row["key"], "--json").stdout)
-        assert data["present"] == {"total": False}
+        assert data["present"] == {"scaled": False}
+
+    def test_info_of_one_result_says_damaged_inline_bytes(self, stepflow_runner, damage):
+        """An output kept inline whose bytes fail their digest is shown as damaged; a run
+        that needs it computes it again."""
+        from stepflow._storage.index import CacheIndex
+
+        _project(stepflow_runner)
+        stepflow_runner.run("run", "flow.py")
+        listed = stepflow_runner.run("cache", "ls", "--step", "numbers", "--json")
+        (row,) = json.loads(listed.stdout)
+        record = CacheIndex(stepflow_runner.home / "index").get(row["key"])
+        damage(stepflow_runner.home, record, "flip")
+        out = stepflow_runner.run("cache", "info", row["key"])
+        out.fnmatch_lines(["  numbers: *, inline in the cache index (*)*DAMAGED*"])
+        data = json.loads(stepflow_runner.run("cache", "info", row["key"], "--json").stdout)
+        assert data["present"] == {"numbers": False}
+        # scaled must run (a new factor) and reads the damaged list: numbers runs again.
+        rerun = stepflow_runner.run("run", "flow.py", "--param", "factor=3")
+        assert rerun.ret == 0 and "'numbers' is unusable" in rerun.stderr
+        rerun.fnmatch_lines(["numbers *ran*", "scaled *ran*", "total *ran*"])
+        again = stepflow_runner.run("run", "flow.py", "--param", "factor=3")
+        again.fnmatch_lines(["*3 reused in*"])
 
     def test_info_of_a_bad_key(self, stepflow_runner):
         """Too short, not hex, or matching nothing: a usage error that says what to give."""
