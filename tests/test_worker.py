@@ -342,3 +342,43 @@ def test_a_step_that_cannot_travel_fails_with_the_reason(make_module, stepflow_h
     error = str(result.steps["locked"].error)
     assert "cannot be imported by name in a worker process" in error
     assert "Define it at the top level of a module" in error
+
+
+INLINE = """
+import os
+from stepflow import step
+
+@step
+def small() -> int:
+    return os.getpid()
+
+@step
+def big() -> bytes:
+    return b"x" * 100_000
+
+@step
+def both(small: int, big: bytes) -> tuple:
+    return small, len(big), os.getpid()
+"""
+
+
+class TestInlineOutputs:
+    def test_small_outputs_come_back_inside_the_result(self, make_module, stepflow_home):
+        """A worker keeps an output under 32 KiB in memory and sends its bytes back in its
+        result; the run commits them inside the index record. Only the large output is an
+        object file, and a consumer in another worker gets the small one inside its task."""
+        from stepflow._storage.index import CacheIndex
+
+        mod = make_module("inline_flow", INLINE)
+        pipe = Pipeline("inline", [mod.small, mod.big, mod.both])
+        result = pipe.run(workers=2)
+        assert result.ok, result.summary()
+        small_pid, size, both_pid = result["both"]
+        assert size == 100_000 and os.getpid() not in (small_pid, both_pid)
+        index = CacheIndex(stepflow_home / "index")
+        refs = {s: index.last("inline", s).outputs[s] for s in ("small", "big", "both")}
+        assert {s: r.inline for s, r in refs.items()} == {"small": True, "big": False, "both": True}
+        objects = [p for p in (stepflow_home / "objects").rglob("*") if p.is_file()]
+        assert [p.parent.name + p.name for p in objects] == [refs["big"].name]
+        again = pipe.run(workers=2)
+        assert again.count(StepState.REUSED) == 3 and again["both"] == result["both"]

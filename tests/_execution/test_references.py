@@ -6,6 +6,9 @@ exactly which steps ran.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -328,6 +331,43 @@ class TestRegisteredOutputs:
         version = stepflow.datasets.get("report_file", home=stepflow_home)
         assert (version.kind, version.filename) == ("file", "report.csv")
         assert stepflow.datasets.load("report_file", home=stepflow_home)["score"].tolist() == [8]
+
+    def test_a_small_frame_kept_inline_is_registered_as_an_object(self, make_module, stepflow_home):
+        """A small frame Parquet cannot hold exactly is pickled and kept inside its index
+        record; registered, it becomes an object file of the store, so the version outlives
+        the cache entry (a prune keeps it: the registry pins it)."""
+        module = make_module(
+            "inline_reg",
+            """
+            from typing import Annotated
+            import pandas as pd
+            from stepflow import Dataset, Pipeline, step
+
+            @step
+            def mixed() -> Annotated[pd.DataFrame, Dataset("mixed")]:
+                return pd.DataFrame({"a": [1, "two"]})  # mixed types: no Parquet
+
+            pipe = Pipeline("p", [mixed])
+            """,
+        )
+        result = module.pipe.run(home=stepflow_home)
+        assert result.ok, result.summary()
+        from stepflow._storage.index import CacheIndex
+
+        ref = CacheIndex(stepflow_home / "index").last("p", "mixed").outputs["mixed"]
+        assert ref.inline and ref.serializer == "cloudpickle"
+        version = stepflow.datasets.get("mixed", home=stepflow_home)
+        assert version.objects["table"] == ref.without_data()
+        assert (stepflow_home / "objects" / ref.name[:2] / ref.name[2:]).is_file()
+        prune = subprocess.run(
+            [sys.executable, "-m", "stepflow", "cache", "prune", "--all"],
+            env={**os.environ, "STEPFLOW_HOME": str(stepflow_home)},
+            capture_output=True,
+            text=True,
+        )
+        assert prune.returncode == 0, prune.stderr
+        loaded = stepflow.datasets.load("mixed", home=stepflow_home)
+        assert loaded["a"].tolist() == [1, "two"]
 
     def test_failed_run_registers_nothing(self, make_module, stepflow_home):
         module = make_module(
