@@ -49,9 +49,9 @@ __all__ = ["run_foreach"]
 #: items whose results are stored together, in one object per output, and committed in one
 #: index transaction: a file per small result cost more than the work of most items. A
 #: batch stays a file even when it is small: kept inline, its bytes would be copied into
-#: each of its items' records, and pickling each item's result on its own cost more than the
-#: one file a batch saves. (Items run by workers come back one by one, each result inline
-#: in its own record when small, as any step's output.)
+#: each of its items' records, or each item's result pickled on its own (up to 512 pickles)
+#: to save the one file per batch. (Items run by workers come back one by one, each result
+#: inline in its own record when small, as any step's output.)
 _BATCH = 512
 #: the record component that says where an item's results are in its batch's objects
 PART = "part"
