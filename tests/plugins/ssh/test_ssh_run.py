@@ -12,8 +12,9 @@ import json, os, sys
 from stepflow import step
 
 @step
-def numbers() -> list:
-    return list(range(10))
+def numbers(pad: int = 0) -> list:
+    # Zeros change no sum; 20,000 of them make the list an object (over 32 KiB).
+    return list(range(10)) + [0] * pad
 
 @step(backend="gpu")
 def where(numbers: list, k: int = 1) -> dict:
@@ -68,14 +69,14 @@ def test_code_and_inputs_are_uploaded_only_when_missing(project, stepflow_runner
     """A second run with another parameter sends neither the code nor the input again; a
     code edit sends a new snapshot next to the old one."""
     root = project(FLOW)
-    assert stepflow_runner.run("run", "flow.py").ret == 0
+    assert stepflow_runner.run("run", "flow.py", "--param", "pad=20000").ret == 0
     (code,) = _code_dirs(remote_workdir)
     objects = sorted((remote_workdir / "store" / "objects").rglob("*"))
     files = [p for p in objects if p.is_file()]
     assert files, "the input went into the host's store"
     before = {p: p.stat().st_mtime_ns for p in files} | {code: code.stat().st_ino}
 
-    out = stepflow_runner.run("run", "flow.py", "--param", "k=2")
+    out = stepflow_runner.run("run", "flow.py", "--param", "k=2", "--param", "pad=20000")
     assert out.ret == 0, out.stdout + out.stderr
     assert _report(out.stdout)["total"] == 90
     assert _code_dirs(remote_workdir) == [code]
@@ -85,6 +86,25 @@ def test_code_and_inputs_are_uploaded_only_when_missing(project, stepflow_runner
     out = stepflow_runner.run("run", "flow.py")
     assert out.ret == 0, out.stdout + out.stderr
     assert len(_code_dirs(remote_workdir)) == 2
+
+
+def test_small_inputs_and_outputs_travel_inside_task_and_result(
+    project, stepflow_runner, remote_workdir
+):
+    """Under 32 KiB, the input goes inside the task and the output comes back inside the
+    result: neither store gets an object, and the results are reused."""
+    project(FLOW)
+    out = stepflow_runner.run("run", "flow.py")
+    assert out.ret == 0, out.stdout + out.stderr
+    assert _report(out.stdout)["total"] == 45
+    remote_objects = remote_workdir / "store" / "objects"
+    assert [p for p in remote_objects.rglob("*") if p.is_file()] == []
+    local_objects = stepflow_runner.home / "objects"
+    assert [p for p in local_objects.rglob("*") if p.is_file()] == []
+    again = stepflow_runner.run("run", "flow.py", "--regenerate", "report")
+    assert again.ret == 0, again.stdout + again.stderr
+    assert _report(again.stdout)["total"] == 45  # 'where' read back from its record
+    again.fnmatch_lines(["*1 ran, 2 reused*"])
 
 
 def test_an_output_damaged_on_the_way_back_is_not_stored(sshd, remote_workdir, tmp_path):
