@@ -44,8 +44,13 @@ def objects(s3) -> set[str]:
     return {p.split("/")[-2] + p.split("/")[-1] for p in found}
 
 
+def per_result(stored: str) -> int:
+    """Objects per result: small outputs kept inside their records have none."""
+    return 1 if stored == "file" else 0
+
+
 class TestSharedStore:
-    def test_ls_and_info_in_another_home(self, s3_server, tmp_path, two_pipelines):
+    def test_ls_and_info_in_another_home(self, s3_server, tmp_path, two_pipelines, stored):
         p1, _ = two_pipelines
         a = config_for(tmp_path, s3_server, "a")
         assert p1.run(config=a).ok
@@ -55,10 +60,13 @@ class TestSharedStore:
         assert {r.pipeline for r in records} == {"p1"}
         info = cachecmd.cache_info(b)
         assert info["shared"] is True and info["store"] == s3_server.url()
-        assert info["results"] == 2 and info["objects"] == 2
+        assert info["results"] == 2 and info["objects"] == 2 * per_result(stored)
+        assert info["inline_outputs"] == 2 - 2 * per_result(stored)
         assert info["unreferenced_objects"] == 0
 
-    def test_prune_keeps_what_other_homes_records_need(self, s3_server, tmp_path, two_pipelines):
+    def test_prune_keeps_what_other_homes_records_need(
+        self, s3_server, tmp_path, two_pipelines, stored
+    ):
         """Home B prunes its pipeline: its shared records and objects go; the objects of
         home A's records, which B's own index never saw, stay, and A still reuses them."""
         p1, p2 = two_pipelines
@@ -67,10 +75,10 @@ class TestSharedStore:
         assert p1.run(config=a).ok
         before = objects(s3_server)
         assert p2.run({"offset": 100}, config=b).ok
-        assert len(objects(s3_server)) == 4
+        assert len(objects(s3_server)) == 4 * per_result(stored)
 
         report = cachecmd.prune(b, pipeline="p2")
-        assert (report.removed_results, report.removed_objects) == (2, 2)
+        assert (report.removed_results, report.removed_objects) == (2, 2 * per_result(stored))
         assert objects(s3_server) == before
         assert {r.pipeline for r in cachecmd.list_records(b)} == {"p1"}
         assert {r.pipeline for r in cachecmd.list_records(a)} == {"p1"}
@@ -79,34 +87,43 @@ class TestSharedStore:
         assert {s.state for s in rerun.steps.values()} == {StepState.REUSED}
 
     def test_prune_everything_then_the_other_home_recomputes(
-        self, s3_server, tmp_path, two_pipelines
+        self, s3_server, tmp_path, two_pipelines, stored
     ):
         """A result pruned through another home is a miss (with a warning), never a wrong
-        answer: home A's local record points at objects that are gone, so it recomputes."""
+        answer: home A's local record points at objects that are gone, so it recomputes.
+        A record of A that holds its outputs' bytes is whole: A reuses it, rightly."""
         p1, _ = two_pipelines
         a = config_for(tmp_path, s3_server, "a")
         assert p1.run(config=a).ok
         report = cachecmd.prune(config_for(tmp_path, s3_server, "b"), older_than=0.0)
-        assert (report.removed_results, report.removed_objects) == (2, 2)
+        assert (report.removed_results, report.removed_objects) == (2, 2 * per_result(stored))
         assert objects(s3_server) == set()
         assert s3_server.fs().find(f"{s3_server.bucket}/stepflow/refs/index") == []
 
-        with pytest.warns(StepflowWarning, match="incomplete"):
+        if stored == "file":
+            with pytest.warns(StepflowWarning, match="incomplete"):
+                rerun = p1.run(config=a)
+            assert {s.state for s in rerun.steps.values()} == {StepState.RAN}
+        else:
             rerun = p1.run(config=a)
+            assert {s.state for s in rerun.steps.values()} == {StepState.REUSED}
         assert rerun.ok and rerun["doubled"] == [0, 2, 4, 6]
-        assert {s.state for s in rerun.steps.values()} == {StepState.RAN}
 
-    def test_dry_run_changes_nothing(self, s3_server, tmp_path, two_pipelines):
+    def test_dry_run_changes_nothing(self, s3_server, tmp_path, two_pipelines, stored):
         p1, _ = two_pipelines
         a = config_for(tmp_path, s3_server, "a")
         assert p1.run(config=a).ok
         before = objects(s3_server)
         report = cachecmd.prune(a, older_than=0.0, dry_run=True)
-        assert (report.removed_results, report.removed_objects, report.dry_run) == (2, 2, True)
+        expected = (2, 2 * per_result(stored), True)
+        assert (report.removed_results, report.removed_objects, report.dry_run) == expected
         assert objects(s3_server) == before
         assert len(cachecmd.list_records(config_for(tmp_path, s3_server, "b"))) == 2
 
-    def test_pinned_objects_survive(self, s3_server, tmp_path, two_pipelines):
+    def test_pinned_objects_survive(self, s3_server, tmp_path, two_pipelines, monkeypatch):
+        from stepflow._storage import artifacts
+
+        monkeypatch.setattr(artifacts, "INLINE_LIMIT", 0)  # objects, to pin
         p1, _ = two_pipelines
         a = config_for(tmp_path, s3_server, "a")
         assert p1.run(config=a).ok

@@ -188,13 +188,15 @@ def test_dask_workers_share_results_through_an_s3_store(
     stepflow_runner, s3_server, write_project, tmp_path_factory
 ):
     """With an object store, the workers of a ``LocalCluster`` read their inputs from and
-    write their outputs to the bucket; another home on the same bucket reuses them all."""
+    write their outputs to the bucket; another home on the same bucket reuses them all. The
+    padded list (over 32 KiB) is an object; the small total comes back inside its result and
+    lives inside its shared record."""
     flow = """
         from stepflow import step
 
         @step(backend="cluster")
         def numbers() -> list[int]:
-            return list(range(10))
+            return list(range(10)) + [0] * 20_000
 
         @step(backend="cluster")
         def total(numbers: list[int]) -> int:
@@ -207,7 +209,9 @@ def test_dask_workers_share_results_through_an_s3_store(
     assert out.ret == 0, out.stdout + out.stderr
     out.fnmatch_lines(["*2 ran in*"])
     objects = s3_server.fs().find(f"{s3_server.bucket}/stepflow/objects")
-    assert len(objects) >= 2, objects
+    assert len(objects) == 1, objects
+    records = s3_server.fs().find(f"{s3_server.bucket}/stepflow/refs/index")
+    assert len(records) == 2, records
     other_home = tmp_path_factory.mktemp("other-home")
     again = stepflow_runner.run("run", "flow.py", env={"STEPFLOW_HOME": str(other_home)})
     assert again.ret == 0, again.stdout + again.stderr

@@ -110,9 +110,11 @@ def test_requirements_and_image_are_in_the_key(docker_client, project):
 def test_store_files_belong_to_the_caller(docker_client, project, tmp_path, need):
     """Outputs written in the container belong to the user who ran stepflow. Run as root,
     the test makes that user another uid: a forked child of this process (its interpreter
-    may not be reachable by other users) drops to uid 4242 and runs the pipeline."""
+    may not be reachable by other users) drops to uid 4242 and runs the pipeline. The
+    output is padded past 32 KiB, so that the container writes it as a file (a smaller one
+    comes back inside the result)."""
     project.backend()
-    project.write("flow.py", FLOW)
+    project.write("flow.py", FLOW.replace('"double": number * 2,', '"pad": "." * 40_000,'))
     if os.getuid() != 0:
         done = project.run("run", "flow.py")
         assert done.returncode == 0, done.stdout + done.stderr
