@@ -29,6 +29,7 @@ import attrs
 
 from stepflow._storage.faults import is_storage_fault, storage_error, writing
 from stepflow._storage.home import check_home, make_private_dirs, make_private_sqlite
+from stepflow._storage.sqlitebusy import while_busy
 from stepflow.errors import StorageError, UsageError
 
 __all__ = [
@@ -368,6 +369,9 @@ class RunRecords:
         make_private_sqlite(path)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout = 30000")
+        while_busy(self._set_up)
+
+    def _set_up(self) -> None:
         # A new file starts in rollback-journal mode, and its switch to WAL is a write of its
         # header: without syncs (4 fdatasyncs less for a new home). Only a power failure in
         # that moment could hurt, and then only a database that holds nothing yet; for an
