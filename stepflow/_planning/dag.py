@@ -77,25 +77,23 @@ class DAG:
 
     def ancestors(self, names: Iterable[str]) -> set[str]:
         """``names`` and every step they depend on, transitively."""
-        seen: set[str] = set()
-        stack = list(names)
-        while stack:
-            name = stack.pop()
-            if name not in seen:
-                seen.add(name)
-                stack.extend(self.upstream[name])
-        return seen
+        return _reachable(names, self.upstream)
 
     def descendants(self, names: Iterable[str]) -> set[str]:
         """``names`` and every step that depends on them, transitively."""
-        seen: set[str] = set()
-        stack = list(names)
-        while stack:
-            name = stack.pop()
-            if name not in seen:
-                seen.add(name)
-                stack.extend(self.downstream[name])
-        return seen
+        return _reachable(names, self.downstream)
+
+
+def _reachable(names: Iterable[str], edges: Mapping[str, Iterable[str]]) -> set[str]:
+    """``names`` and every step reached from them through ``edges``, transitively."""
+    seen: set[str] = set()
+    stack = list(names)
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            stack.extend(edges[name])
+    return seen
 
 
 Compatible = Callable[[Any, Any], bool]
