@@ -48,9 +48,8 @@ def add_parser(
 
 
 def run_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager) -> int:
-    from stepflow._pluginmanager import datastore_kinds
     from stepflow._storage.source.store import SnapshotError, restore_snapshot, snapshot_manifest
-    from stepflow._storage.stores import open_datastore
+    from stepflow._storage.stores import open_configured_store
     from stepflow._surfaces.runscmd import open_existing
     from stepflow.errors import UsageError
 
@@ -66,9 +65,7 @@ def run_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManag
             f"run {run.id} has no code snapshot: it ran with record_source = false, or was "
             f"stopped before its snapshot was taken"
         )
-    store = open_datastore(
-        config.store, home=config.home, options=config.store_options, kinds=datastore_kinds(pm)
-    )
+    store = open_configured_store(config, pm)
     try:
         if args.to:
             try:
