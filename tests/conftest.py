@@ -83,11 +83,14 @@ class S3Server:
     def url(self, prefix: str = "stepflow") -> str:
         return f"s3://{self.bucket}/{prefix}"
 
-    def pyproject(self, prefix: str = "stepflow") -> str:
-        """A ``pyproject.toml`` whose ``[tool.stepflow]`` stores everything on this server."""
+    def pyproject(
+        self, prefix: str = "stepflow", *, store: str | None = None, endpoint_url: str | None = None
+    ) -> str:
+        """A ``pyproject.toml`` whose ``[tool.stepflow]`` stores everything on this server
+        (or at ``store``, through ``endpoint_url``, to test what goes wrong there)."""
         return (
-            f'[tool.stepflow]\nstore = "{self.url(prefix)}"\n\n'
-            f'[tool.stepflow.store_options]\nendpoint_url = "{self.endpoint_url}"\n'
+            f'[tool.stepflow]\nstore = "{store or self.url(prefix)}"\n\n'
+            f'[tool.stepflow.store_options]\nendpoint_url = "{endpoint_url or self.endpoint_url}"\n'
         )
 
     def fs(self):
