@@ -11,6 +11,7 @@ from types import ModuleType
 import pytest
 
 RESOURCES = Path(__file__).parent / "resources"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture
@@ -48,6 +49,19 @@ def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[cal
     yield make
     for name in names:
         sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def hp() -> Iterator[ModuleType]:
+    """The house-prices example's ``house_prices.pipeline`` module, imported as the CLI
+    imports it (``examples/`` on ``sys.path``), fresh for each test module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(EXAMPLES))
+        for name in [n for n in sys.modules if n.split(".")[0] == "house_prices"]:
+            mp.delitem(sys.modules, name)
+        yield importlib.import_module("house_prices.pipeline")
+        for name in [n for n in sys.modules if n.split(".")[0] == "house_prices"]:
+            del sys.modules[name]
 
 
 # --- a real S3-compatible server on loopback (moto), for the object-store datastore ----------
