@@ -31,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from stepflow._humanize import close_names, did_you_mean
 from stepflow._storage.artifacts import ArtifactRef
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.faults import writing
@@ -146,11 +147,9 @@ class Registry:
     def _not_found(self, kind: str, name: str) -> NotRegisteredError:
         names = self._names(kind)
         text = f"no {kind} named {name!r} is registered in {self.store.uri}"
-        import difflib  # error paths only: not on every run's imports
-
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+        close = close_names(name, names)
         if close:
-            text += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+            text += f"; {did_you_mean(close)}"
         plural = "data sets" if kind == "data set" else "models"
         text += f"\nregistered {plural}: {', '.join(names) or 'none'}"
         return NotRegisteredError(text, kind=kind, name=name, available=names)
