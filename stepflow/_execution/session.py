@@ -49,13 +49,12 @@ def registry_session(
             source,
         )
         return
-    from stepflow._config import load_config
+    from stepflow._config import config_or_load
     from stepflow._pluginmanager import make_plugin_manager, serializers_of
     from stepflow._storage.kept import kept_in_home
     from stepflow._storage.stores import open_configured_store
 
-    if config is None:
-        config = load_config(home=home)
+    config = config_or_load(home, config)
     pm = make_plugin_manager(config.plugins, keep=kept_in_home(config.home))
     store = open_configured_store(config, pm)
     try:
