@@ -27,7 +27,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -46,6 +46,9 @@ from stepflow._storage.registry_records import (
     check_version,
 )
 from stepflow.errors import NotRegisteredError, StepflowError, UsageError
+
+if TYPE_CHECKING:
+    from stepflow._storage.registry_content import DatasetContent
 
 __all__ = [
     "DatasetVersion",
@@ -232,6 +235,25 @@ class Registry:
             build,
         )
         return attrs.evolve(DatasetVersion.from_dict(data), new=made)
+
+    def add_content(
+        self,
+        name: str,
+        content: DatasetContent,
+        *,
+        description: str | None = None,
+        source: Mapping[str, Any] | None = None,
+    ) -> DatasetVersion:
+        """``add_dataset`` of content already stored (``dataset_content``, ``table_content``)."""
+        return self.add_dataset(
+            name,
+            kind=content.kind,
+            content_hash=content.content_hash,
+            size=content.size,
+            objects=content.objects,
+            description=description,
+            source=source,
+        )
 
     # --- models ---------------------------------------------------------------------------
 
