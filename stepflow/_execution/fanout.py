@@ -323,11 +323,10 @@ class _FanOut:
             except StorageError:
                 raise
             except Exception as exc:
-                raise StepFailedError(
+                raise self._broke(
                     f"output {port.name!r} of step {self.name!r} (the list of the items' "
-                    f"results) could not be stored: {type(exc).__name__}: {exc}",
-                    step=self.name,
-                    exc_type=type(exc).__name__,
+                    "results) could not be stored",
+                    exc,
                 ) from exc
             values[port.name] = result
         self.steps.outputs.made(made, values)
@@ -341,12 +340,7 @@ class _FanOut:
             try:
                 shared = self._shared_inputs()
             except Exception as exc:
-                error = StepFailedError(
-                    f"the inputs of step {self.name!r} could not be loaded: "
-                    f"{type(exc).__name__}: {exc}",
-                    step=self.name,
-                    exc_type=type(exc).__name__,
-                )
+                error = self._broke(f"the inputs of step {self.name!r} could not be loaded", exc)
                 for item in todo:
                     item.error = error
                 return
@@ -530,11 +524,10 @@ class _FanOut:
         try:
             result = _run_task(self.backend, task)
         except Exception as exc:
-            return StepFailedError(
+            return self._broke(
                 f"backend {self.backend.name!r} failed to run item {item.index} of step "
-                f"{self.name!r}: {type(exc).__name__}: {exc}",
-                step=self.name,
-                exc_type=type(exc).__name__,
+                f"{self.name!r}",
+                exc,
             )
         if (result.step, result.attempt) != (task_step, attempt) or result.run_id not in (
             "",
@@ -557,6 +550,13 @@ class _FanOut:
 
     def _error(self, error: TaskError) -> StepFailedError:
         return step_error(self.name, error)
+
+    def _broke(self, what: str, exc: Exception) -> StepFailedError:
+        """The step's failure when ``what`` went wrong around its code (loading, running,
+        storing) with ``exc``, which the message names."""
+        return StepFailedError(
+            f"{what}: {type(exc).__name__}: {exc}", step=self.name, exc_type=type(exc).__name__
+        )
 
     # --- committing -----------------------------------------------------------------------
 
@@ -591,11 +591,10 @@ class _FanOut:
             except StorageError:
                 raise
             except Exception as exc:
-                error = StepFailedError(
+                error = self._broke(
                     f"the results of {len(batch)} item(s) of step {self.name!r} could not be "
-                    f"stored: {type(exc).__name__}: {exc}",
-                    step=self.name,
-                    exc_type=type(exc).__name__,
+                    "stored",
+                    exc,
                 )
                 for item in batch:
                     item.error, item.outputs = error, None

@@ -194,18 +194,11 @@ def observe(trigger: Mapping[str, Any], *, config: Config) -> str | None:
     """What a data trigger sees now: ``dataset:NAME@vN`` or ``change:<digest>`` (``None``:
     nothing there yet)."""
     if trigger["kind"] == "dataset":
-        from stepflow._pluginmanager import datastore_kinds
-        from stepflow._storage.kept import kept_in_home
         from stepflow._storage.registry import Registry
-        from stepflow._storage.stores import open_datastore
+        from stepflow._storage.stores import open_configured_store
         from stepflow.errors import NotRegisteredError
 
-        store = open_datastore(
-            config.store,
-            home=config.home,
-            options=config.store_options,
-            kinds=datastore_kinds(plugins=config.plugins, keep=kept_in_home(config.home)),
-        )
+        store = open_configured_store(config)
         try:
             latest = Registry(store).dataset(trigger["name"])
         except NotRegisteredError:

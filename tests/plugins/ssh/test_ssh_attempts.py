@@ -51,6 +51,19 @@ def _pids(folder: Path) -> list[int]:
     return [int(p) for p in (folder / "pids.txt").read_text().split()]
 
 
+def _kill_mid_step(root: Path, home: Path, folder: Path) -> None:
+    """``stepflow run`` of the slow step, killed (-9) once the step runs on the host."""
+    proc = _start(root, home, "--target", "slow", "--param", f"folder={folder}")
+    try:
+        wait_for(lambda: (folder / "pids.txt").exists(), what="the step to start")
+        proc.kill()
+        proc.wait()
+    finally:
+        proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def test_killing_the_control_master_mid_step_runs_the_step_once(
     project, sshd, stepflow_runner, tmp_path_factory
 ):
@@ -112,15 +125,7 @@ def test_the_next_run_kills_the_attempts_of_a_dead_run(
     check finds that its run is dead and kills it before any step runs."""
     folder = tmp_path_factory.mktemp("shared")
     root = project(SLOW.replace("TIMEOUT", "None"))
-    proc = _start(root, stepflow_runner.home, "--target", "slow", "--param", f"folder={folder}")
-    try:
-        wait_for(lambda: (folder / "pids.txt").exists(), what="the step to start")
-        proc.kill()
-        proc.wait()
-    finally:
-        proc.kill()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    _kill_mid_step(root, stepflow_runner.home, folder)
     pids = _pids(folder)
     assert all(alive(pid) for pid in pids), "detached: the attempt outlives its run's process"
     out = stepflow_runner.run("run", "flow.py", "--target", "quick")
@@ -138,15 +143,7 @@ def test_an_unfollowed_attempt_kills_itself_after_orphan_timeout(
     lease for ``orphan_timeout`` seconds (a run on another machine is found this way)."""
     folder = tmp_path_factory.mktemp("shared")
     root = project(SLOW.replace("TIMEOUT", "None"), orphan_timeout=2)
-    proc = _start(root, stepflow_runner.home, "--target", "slow", "--param", f"folder={folder}")
-    try:
-        wait_for(lambda: (folder / "pids.txt").exists(), what="the step to start")
-        proc.kill()
-        proc.wait()
-    finally:
-        proc.kill()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    _kill_mid_step(root, stepflow_runner.home, folder)
     for pid in _pids(folder):
         wait_for(lambda pid=pid: not alive(pid), 30, f"process {pid} to die")
     (status,) = (remote_workdir / "attempts").rglob("status.json")
