@@ -221,7 +221,10 @@ class _FanOut:
         try:
             value = artifact.load(self.io)
         except ArtifactMissingError as exc:
-            failure = self.steps._recompute(self.foreach, str(exc))
+            from stepflow._execution.flow import drive
+
+            # In the fan-out's own thread: it may wait as long as the producer runs.
+            failure = drive(self.steps._recompute(self.foreach, str(exc)), self.steps.cancelled)
             if failure is not None:
                 raise StepFailedError(
                     f"input {self.foreach!r} had to be recomputed and its step failed: {failure}",
@@ -525,10 +528,11 @@ class _FanOut:
             resources=self.spec.options.resources,
             timeout=self.spec.options.timeout,
         )
-        from stepflow._execution.step import _run_task
+        from stepflow._execution.flow import drive
+        from stepflow._execution.step import run_task
 
         try:
-            result = _run_task(self.backend, task)
+            result = drive(run_task(self.backend, task), self.steps.cancelled)
         except Exception as exc:
             return StepFailedError(
                 f"backend {self.backend.name!r} failed to run item {item.index} of step "

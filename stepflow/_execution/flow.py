@@ -1,0 +1,101 @@
+"""A step's work as a generator that hands back every wait, so no thread need sit in it.
+
+``StepRunner.flow`` is a generator: it does the step's own work (look up, build the task,
+commit) when resumed, and ``yield``s whatever it must wait for instead of waiting:
+
+- a backend's ``concurrent.futures.Future`` (``yield from wait_for(future)``): resumed once
+  the future is done;
+- a ``Delay`` before a retry: resumed after it, or as soon as the run is cancelled;
+- a ``Blocking`` call that may wait long on something outside the run (another process's
+  lease on a key): the driver calls it where waiting is harmless and resumes the flow with
+  its outcome.
+
+Its return value is the step's report. ``drive`` runs a flow to the end in the calling
+thread, waiting where it yields (the sequential run, and everything that is not the parallel
+run loop); ``schedule.run_parallel`` resumes flows on a few dispatch threads when what they
+wait for is done, so a step waiting on a backend's future holds no thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import attrs
+
+__all__ = ["Blocking", "Delay", "Flow", "Request", "call", "drive", "pause", "wait_for"]
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Delay:
+    """Resume the flow after ``seconds``, or as soon as the run is cancelled."""
+
+    seconds: float
+
+
+@attrs.frozen
+class Blocking:
+    """Call ``fn`` where a long wait holds up nothing else; resume with a done future of it."""
+
+    fn: Callable[[], Any]
+    #: called with ``fn``'s result when the flow was closed before it got it (the run
+    #: stopped meanwhile): gives back what ``fn`` took
+    undo: Callable[[Any], None] | None = None
+
+
+#: what a flow yields
+Request = Future[Any] | Delay | Blocking
+#: a step's work, returning ``T`` (its report)
+Flow = Generator[Request, Any, T]
+
+
+def wait_for(future: Future[T]) -> Generator[Request, Any, T]:
+    """``result = yield from wait_for(future)``: the future's result, raising what it raises."""
+    yield future
+    return future.result()
+
+
+def pause(seconds: float) -> Generator[Request, Any, None]:
+    """``yield from pause(s)``: wait ``seconds``, or less when the run is cancelled."""
+    yield Delay(seconds)
+
+
+def call(
+    fn: Callable[[], T], undo: Callable[[T], None] | None = None
+) -> Generator[Request, Any, T]:
+    """``value = yield from call(fn)``: ``fn()``, called where waiting is harmless."""
+    done: Future[T] = yield Blocking(fn, undo)
+    return done.result()
+
+
+def drive(flow: Generator[Request, Any, T], cancelled: threading.Event) -> T:
+    """Run ``flow`` to its end in this thread, waiting wherever it yields."""
+    answer: Any = None
+    try:
+        while True:
+            request = flow.send(answer)
+            answer = None
+            if isinstance(request, Delay):
+                cancelled.wait(request.seconds)
+            elif isinstance(request, Blocking):
+                answer = called(request.fn)
+            # A backend's future: the flow's ``future.result()`` waits for it, in this thread.
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        # A Ctrl-C while waiting here: the flow's ``finally`` blocks run (leases given back).
+        flow.close()
+
+
+def called(fn: Callable[[], T]) -> Future[T]:
+    """A done future of ``fn()``: its result, or the exception it raised."""
+    future: Future[T] = Future()
+    try:
+        future.set_result(fn())
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
