@@ -87,8 +87,9 @@ def run_parallel(run: Steps, placement: Placement) -> None:
 
 
 #: how many dispatch threads resume the steps that wait on a backend's futures: their work
-#: in this process (look-ups, hashing, commits) holds the GIL, so more would not go faster
-_LIGHT_THREADS = min(32, (os.cpu_count() or 1) + 4)
+#: in this process (look-ups, hashing, commits) mostly holds the GIL, so a few more than the
+#: cores (for what waits on a store or the records) is all that goes faster
+_LIGHT_THREADS = min(16, (os.cpu_count() or 1) + 4)
 
 
 @attrs.define(eq=False)
