@@ -13,21 +13,41 @@ commit) when resumed, and ``yield``s whatever it must wait for instead of waitin
 Its return value is the step's report. ``drive`` runs a flow to the end in the calling
 thread, waiting where it yields (the sequential run, and everything that is not the parallel
 run loop); ``schedule.run_parallel`` resumes flows on a few dispatch threads when what they
-wait for is done, so a step waiting on a backend's future holds no thread.
+wait for is done, so a step waiting on a backend's future holds no thread. ``drive_all`` runs
+many flows in the calling thread at once (a fan-out's items on an engine with futures).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
-from collections.abc import Callable, Generator
-from concurrent.futures import Future
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, TypeVar
 
 import attrs
 
-__all__ = ["Blocking", "Delay", "Flow", "Request", "call", "drive", "pause", "wait_for"]
+__all__ = [
+    "Blocking",
+    "Delay",
+    "Flow",
+    "Request",
+    "call",
+    "drive",
+    "drive_all",
+    "pause",
+    "wait_for",
+]
 
 T = TypeVar("T")
+K = TypeVar("K")
+
+#: seconds between ``drive_all``'s looks at whether the run was cancelled, while a flow waits
+#: out a retry's delay
+_CANCEL_POLL = 0.1
 
 
 @attrs.frozen
@@ -89,6 +109,72 @@ def drive(flow: Generator[Request, Any, T], cancelled: threading.Event) -> T:
     finally:
         # A Ctrl-C while waiting here: the flow's ``finally`` blocks run (leases given back).
         flow.close()
+
+
+def drive_all(
+    flows: Iterable[tuple[K, Generator[Request, Any, T]]],
+    *,
+    at_once: int,
+    cancelled: threading.Event,
+    done: Callable[[K, T], None],
+) -> None:
+    """Run ``flows`` (each with a key) to their ends in this thread, up to ``at_once`` at a
+    time, resuming each when what it waits for is done; ``done(key, value)`` as each ends.
+
+    Flows are taken from ``flows`` only as others end. A ``Blocking`` call is made here.
+    """
+    source = iter(flows)
+    #: (key, flow, answer) to resume now
+    ready: deque[tuple[K, Generator[Request, Any, T], Any]] = deque()
+    waiting: dict[Future[Any], tuple[K, Generator[Request, Any, T]]] = {}
+    delays: list[tuple[float, int, K, Generator[Request, Any, T]]] = []
+    ties = itertools.count()
+    in_flight = 0
+    try:
+        while True:
+            while in_flight < at_once and (started := next(source, None)) is not None:
+                ready.append((*started, None))
+                in_flight += 1
+            if cancelled.is_set():
+                ready.extend((key, flow, None) for _, _, key, flow in delays)
+                delays.clear()
+            if ready:
+                key, flow, answer = ready.popleft()
+                try:
+                    request = flow.send(answer)
+                except StopIteration as stop:
+                    in_flight -= 1
+                    done(key, stop.value)
+                    continue
+                if isinstance(request, Future):
+                    waiting[request] = (key, flow)
+                elif isinstance(request, Delay):
+                    when = time.monotonic() + request.seconds
+                    heapq.heappush(delays, (when, next(ties), key, flow))
+                else:
+                    ready.append((key, flow, called(request.fn)))
+                continue
+            if not in_flight:
+                return
+            timeout = None
+            if delays:
+                # Looks at ``cancelled`` now and then: a retry waits no longer once it is set.
+                timeout = min(_CANCEL_POLL, max(0.0, delays[0][0] - time.monotonic()))
+            finished, _ = wait(waiting, timeout=timeout, return_when=FIRST_COMPLETED)
+            for future in finished:
+                ready.append((*waiting.pop(future), None))
+            now = time.monotonic()
+            while delays and delays[0][0] <= now:
+                _, _, key, flow = heapq.heappop(delays)
+                ready.append((key, flow, None))
+    finally:
+        # Stopped early (Ctrl-C, an error of stepflow's): end the flows where they wait.
+        for _, flow, _ in ready:
+            flow.close()
+        for _, flow in waiting.values():
+            flow.close()
+        for _, _, _, flow in delays:
+            flow.close()
 
 
 def called(fn: Callable[[], T]) -> Future[T]:

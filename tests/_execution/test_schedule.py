@@ -201,3 +201,43 @@ def test_ctrl_c_interrupts_the_steps_in_flight_and_cancels_the_backend(
     assert finished, "the next run waited for a lease the interrupted run kept"
     assert finished[0].ok and finished[0]["total"] == 3
     assert finished[0].steps["a"].state is StepState.RAN
+
+
+FAN = """
+import time
+from pathlib import Path
+from stepflow import step
+
+@step
+def items(n: int = {n}) -> list[int]:
+    return list(range(n))
+
+@step(backend="gathering", foreach="items", retries=1, retry_delay=0.05, timeout=2)
+def squared(items: int, marker: str = {marker!r}) -> int:
+    if items == 3 and not Path(marker).exists():
+        Path(marker).write_text("failed once")
+        raise ConnectionError("item 3 fails its first attempt")
+    if items == 5:
+        time.sleep(60)
+    return items * items
+"""
+
+
+def test_a_fan_out_waits_on_its_items_futures_from_one_thread(
+    backend, make_module, tmp_path, stepflow_home
+):
+    """The items of a fan-out on a backend with futures are all in flight at once, waited
+    on from one thread; an item is retried, one past its timeout fails alone."""
+    n = 24
+    mod = make_module("fan_on_futures", FAN.format(n=n, marker=str(tmp_path / "marker")))
+    config = _config(tmp_path, workers=n, gather=n)
+    result = Pipeline("p", [mod.items, mod.squared]).run(workers=2, config=config)
+    report = result.steps["squared"]
+    assert report.state is StepState.FAILED
+    assert isinstance(report.error, StepTimeoutError) and "(item 5)" in str(report.error)
+    assert report.items == {"ran": n - 1, "failed": 1}
+    gathering = backend.INSTANCES[-1]
+    ((held, threads),) = gathering.samples
+    assert held == n, "the fan-out did not have every item in flight at once"
+    assert len(threads) < n, threads
+    assert gathering.submitted.count("squared.3#1") == gathering.submitted.count("squared.3#2") == 1
