@@ -9,6 +9,7 @@ thread of its own runs the tasks in a worker process and completes the futures.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,49 @@ def test_a_fan_out_waits_on_its_items_futures_from_one_thread(
     assert held == n, "the fan-out did not have every item in flight at once"
     assert len(threads) < n, threads
     assert gathering.submitted.count("squared.3#1") == gathering.submitted.count("squared.3#2") == 1
+
+
+def test_a_step_another_run_is_computing_waits_off_the_dispatch_threads(
+    backend, make_module, tmp_path, stepflow_home
+):
+    """Single flight: a second run finds the step's lease taken by a first run that is
+    computing it, waits for it on a thread set aside for such waits, and reuses its result;
+    meanwhile its other steps go on."""
+    started = tmp_path / "started"
+    mod = make_module(
+        "single_flight_on_futures",
+        f"""
+        import time
+        from pathlib import Path
+        from stepflow import step
+
+        @step(backend="gathering")
+        def shared() -> int:
+            Path({str(started)!r}).write_text("yes")
+            time.sleep(2)
+            return 7
+
+        @step(backend="gathering", cache=False)
+        def other() -> int:
+            return 8
+        """,
+    )
+    first: list = []
+    thread = threading.Thread(
+        target=lambda: first.append(
+            Pipeline("p", [mod.shared]).run(workers=2, config=_config(tmp_path, workers=2))
+        )
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline and thread.is_alive(), "the first run never started"
+        time.sleep(0.02)
+    second = Pipeline("p", [mod.shared, mod.other]).run(
+        workers=2, config=_config(tmp_path, workers=2)
+    )
+    thread.join(timeout=60)
+    assert first[0].steps["shared"].state is StepState.RAN
+    assert second.steps["shared"].state is StepState.REUSED
+    assert second["shared"] == 7 and second["other"] == 8
+    assert "shared#1" not in backend.INSTANCES[-1].submitted
