@@ -3,8 +3,8 @@
 ``StepRunner.flow`` is a generator: it does the step's own work (look up, build the task,
 commit) when resumed, and ``yield``s whatever it must wait for instead of waiting:
 
-- a backend's ``concurrent.futures.Future`` (``yield from wait_for(future)``): resumed once
-  the future is done;
+- a backend's future (``yield from wait_for(future)``): a ``concurrent.futures.Future``, or
+  anything with ``result()`` and ``add_done_callback()``; resumed once it is done;
 - a ``Delay`` before a retry: resumed after it, or as soon as the run is cancelled;
 - a ``Blocking`` call that may wait long on something outside the run (another process's
   lease on a key): the driver calls it where waiting is harmless and resumes the flow with
@@ -19,13 +19,15 @@ many flows in the calling thread at once (a fan-out's items on an engine with fu
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import attrs
@@ -126,7 +128,9 @@ def drive_all(
     source = iter(flows)
     #: (key, flow, answer) to resume now
     ready: deque[tuple[K, Generator[Request, Any, T], Any]] = deque()
-    waiting: dict[Future[Any], tuple[K, Generator[Request, Any, T]]] = {}
+    #: flows whose future is done, put by the futures' callbacks (from any thread)
+    woken: queue.SimpleQueue[tuple[K, Generator[Request, Any, T]]] = queue.SimpleQueue()
+    waiting: dict[int, Generator[Request, Any, T]] = {}
     delays: list[tuple[float, int, K, Generator[Request, Any, T]]] = []
     ties = itertools.count()
     in_flight = 0
@@ -146,13 +150,14 @@ def drive_all(
                     in_flight -= 1
                     done(key, stop.value)
                     continue
-                if isinstance(request, Future):
-                    waiting[request] = (key, flow)
-                elif isinstance(request, Delay):
+                if isinstance(request, Delay):
                     when = time.monotonic() + request.seconds
                     heapq.heappush(delays, (when, next(ties), key, flow))
-                else:
+                elif isinstance(request, Blocking):
                     ready.append((key, flow, called(request.fn)))
+                else:
+                    waiting[id(flow)] = flow
+                    request.add_done_callback(lambda _, k=key, f=flow: woken.put((k, f)))
                 continue
             if not in_flight:
                 return
@@ -160,9 +165,12 @@ def drive_all(
             if delays:
                 # Looks at ``cancelled`` now and then: a retry waits no longer once it is set.
                 timeout = min(_CANCEL_POLL, max(0.0, delays[0][0] - time.monotonic()))
-            finished, _ = wait(waiting, timeout=timeout, return_when=FIRST_COMPLETED)
-            for future in finished:
-                ready.append((*waiting.pop(future), None))
+            with contextlib.suppress(queue.Empty):
+                ready.append((*woken.get(timeout=timeout), None))
+                while True:
+                    ready.append((*woken.get_nowait(), None))
+            for _, flow, _ in ready:
+                waiting.pop(id(flow), None)
             now = time.monotonic()
             while delays and delays[0][0] <= now:
                 _, _, key, flow = heapq.heappop(delays)
@@ -171,7 +179,7 @@ def drive_all(
         # Stopped early (Ctrl-C, an error of stepflow's): end the flows where they wait.
         for _, flow, _ in ready:
             flow.close()
-        for _, flow in waiting.values():
+        for flow in waiting.values():
             flow.close()
         for _, _, _, flow in delays:
             flow.close()

@@ -243,17 +243,21 @@ class _Loop:
 
     def _wait(self, flight: _Flight, request: Any) -> None:
         flight.running = False
-        if isinstance(request, Future):
-            self._follow(flight, request)
-        elif isinstance(request, Delay):
+        if isinstance(request, Delay):
             flight.pending = request
             when = time.monotonic() + request.seconds
             heapq.heappush(self.delays, (when, next(self._ties), flight))
         elif isinstance(request, Blocking):
             flight.blocking = request
             self._follow(flight, self.side.submit(request.fn))
+        elif callable(getattr(request, "add_done_callback", None)):
+            # A backend's future: a ``concurrent.futures.Future``, or one of its engine's.
+            self._follow(flight, request)
         else:
-            raise TypeError(f"step {flight.name!r} waits on {request!r}, which is not a request")
+            raise TypeError(
+                f"backend of step {flight.name!r} gave {request!r} from submit(), which is not "
+                f"a future (it has no add_done_callback); return a concurrent.futures.Future"
+            )
 
     def _finish(self, flight: _Flight, report: StepReport) -> None:
         run = self.run_

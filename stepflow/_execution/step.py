@@ -391,6 +391,11 @@ def run_task(backend: Backend, task: Task) -> Generator[Request, Any, TaskResult
     from concurrent.futures import CancelledError
 
     future = backend.submit(task)
+    if not callable(getattr(future, "add_done_callback", None)):
+        raise TypeError(
+            f"submit() returned {type(future).__name__}, not a future; return a "
+            f"concurrent.futures.Future of the task's TaskResult"
+        )
     try:
         return (yield from wait_for(future))
     except CancelledError:

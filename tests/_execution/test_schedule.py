@@ -288,3 +288,43 @@ def test_a_step_another_run_is_computing_waits_off_the_dispatch_threads(
     assert second.steps["shared"].state is StepState.REUSED
     assert second["shared"] == 7 and second["other"] == 8
     assert "shared#1" not in backend.INSTANCES[-1].submitted
+
+
+NOT_A_FUTURE = """
+import stepflow
+from stepflow.worker import execute_task
+
+class Eager(stepflow.Backend):
+    \"\"\"A common mistake: submit() answers the result itself instead of a future of it.\"\"\"
+
+    kind = "eager"
+
+    def submit(self, task):
+        return execute_task(task)
+
+@stepflow.hookimpl
+def stepflow_backend_types():
+    return {"eager": Eager}
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["sequential", "parallel"])
+def test_submit_that_returns_no_future_fails_the_step_saying_so(
+    make_module, stepflow_home, workers
+):
+    make_module("eager_backend", NOT_A_FUTURE)
+    mod = make_module(
+        "on_eager",
+        """
+        from stepflow import step
+
+        @step(backend="eager")
+        def answer() -> int:
+            return 42
+        """,
+    )
+    result = Pipeline("p", [mod.answer]).run(workers=workers, plugins=["eager_backend"])
+    error = str(result.steps["answer"].error)
+    assert result.steps["answer"].state is StepState.FAILED
+    assert "backend 'eager' failed to run step 'answer'" in error
+    assert "submit() returned TaskResult, not a future" in error
