@@ -4,7 +4,7 @@ other processes (``stepflow ui``).
 A run publishes each attempt that has been running for a moment here, then removes it once
 the step's record (and its log) is written::
 
-    <home>/live/<run>/owner                    "HOST PID" of the run's process
+    <home>/live/<run>/.owner                   "HOST PID" of the run's process
     <home>/live/<run>/<step>/name              the step's name as given
     <home>/live/<run>/<step>/<attempt>/stdout  what it printed, secrets already masked
     <home>/live/<run>/<step>/<attempt>/stderr
@@ -13,11 +13,11 @@ the step's record (and its log) is written::
 
 A step folder that exists for a run whose process is alive means the step is in flight.
 Folder names are made safe from any step name (``_safe``): only ``[A-Za-z0-9_-]`` are kept
-as they are, so no name can climb out of the area or collide with ``owner``; a long name is
+as they are, so no name can climb out of the area or collide with ``.owner``; a long name is
 cut and completed by a hash. The files hold masked text only: the run masks secret values
 before anything reaches the home, as it does for the recorded log.
 
-Leftovers of a run whose process died (``kill -9``) are ignored by readers (the ``owner``
+Leftovers of a run whose process died (``kill -9``) are ignored by readers (the ``.owner``
 is checked, as the run records check a run's pid) and removed by the next run that
 publishes here. This module writes nothing by itself: the run's process calls the writers
 (``stepflow._execution.live``), readers only read.
@@ -35,6 +35,7 @@ from pathlib import Path
 
 __all__ = [
     "LIVE_DIR",
+    "OWNER",
     "STREAMS",
     "attempt_dir",
     "live_log",
@@ -50,6 +51,8 @@ __all__ = [
 
 #: the live area's folder under the home
 LIVE_DIR = "live"
+#: the file naming a run's process: no step name's folder can be called so (``_safe``)
+OWNER = ".owner"
 #: the files of an attempt folder, in the order they are shown
 STREAMS = ("stdout", "stderr", "log")
 #: the longest folder name made from a step name (a file name is at most 255 bytes)
@@ -93,9 +96,9 @@ def make_run_dir(home: Path, run_id: str) -> Path:
     from stepflow._storage.home import atomic_write, make_private_dirs
 
     path = run_dir(home, run_id)
-    if not (path / "owner").is_file():
+    if not (path / OWNER).is_file():
         make_private_dirs(path)
-        atomic_write(path / "owner", f"{socket.gethostname()} {os.getpid()}\n".encode())
+        atomic_write(path / OWNER, f"{socket.gethostname()} {os.getpid()}\n".encode())
     return path
 
 
@@ -146,7 +149,7 @@ def owner_alive(folder: Path) -> bool | None:
     """Whether the process that owns a run's live folder is alive: ``None`` when that cannot
     be told (no owner file yet, or another host's run)."""
     try:
-        host, _, pid = (folder / "owner").read_text().strip().rpartition(" ")
+        host, _, pid = (folder / OWNER).read_text().strip().rpartition(" ")
     except OSError:
         return None
     if host != socket.gethostname() or not pid.isdigit():
