@@ -320,7 +320,8 @@ def _log(step: dict[str, Any], log: list[dict[str, Any]]) -> str:
         f"[{esc(e['stream'])} #{esc(e['attempt'])}] {esc(e['text'])}</span>"
         for e in log
     )
-    return head + f'<pre id="log" data-log="{esc(log_url)}">{text}</pre>'
+    follow = f' data-log="{esc(log_url)}"' if log_url else ""
+    return head + f'<pre id="log"{follow}>{text}</pre>'
 
 
 def _step_link(rid: str, name: str) -> str:
