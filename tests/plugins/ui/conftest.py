@@ -44,6 +44,9 @@ def report(model: int, token: Secret[str], wait_for: str = "") -> str:
     print("report uses", token, flush=True)
     while wait_for and not Path(wait_for).exists():
         time.sleep(0.05)
+    print("report halfway", flush=True)
+    while wait_for and not Path(wait_for + ".2").exists():
+        time.sleep(0.05)
     print("report written")
     return f"total {model}"
 

@@ -53,8 +53,14 @@ class _LiveRun:
         self.flag = flag
         self.id = ""
 
-    def finish(self) -> None:
+    def go_on(self, to: str = "end") -> None:
+        """Let ``report`` go on: to its second part (``"halfway"``) or to its end."""
         self.flag.touch()
+        if to == "end":
+            Path(f"{self.flag}.2").touch()
+
+    def finish(self) -> None:
+        self.go_on()
         assert self.proc.wait(timeout=60) == 0
 
 
@@ -78,7 +84,7 @@ def live_run(ui_home, ui_project, tmp_path, ui_secret, client) -> Iterator[_Live
         run.id = _wait_for(report_running)
         yield run
     finally:
-        run.flag.touch()
+        run.go_on()
         if run.proc.poll() is None:
             run.proc.kill()
             run.proc.wait()
@@ -126,12 +132,21 @@ def test_a_running_steps_log_shows_before_it_finishes_then_the_recorded_one(
                 event = line[len("event: ") :]
             elif line.startswith("data: "):
                 seen.append((event, json.loads(line[len("data: ") :])))
-                if event == "live":
-                    live_run.flag.touch()  # the step goes on once its lines were streamed
+                texts = "".join(e["text"] for e in seen[-1][1]["entries"])
+                # The step goes on once its lines were streamed: to a new line, which the
+                # stream brings while the step still runs, then to its end.
+                if event == "live" and seen[-1][1]["reset"]:
+                    live_run.go_on("halfway")
+                elif event == "live" and "report halfway" in texts:
+                    live_run.go_on()
     assert ui_secret not in json.dumps(seen)
     first_event, first = seen[0]
     assert first_event == "live" and first["reset"] is True
     assert first["entries"][0]["text"].startswith("report starts\n")
+    halfway = [
+        e for kind, found in seen if kind == "live" and not found["reset"] for e in found["entries"]
+    ]
+    assert halfway and halfway[0] == {"attempt": 1, "stream": "stdout", "text": "report halfway\n"}
     last_event, last = seen[-1]
     assert last_event == "log" and last["state"] == "ran"
     assert "report written\n" in "".join(e["text"] for e in last["entries"])
