@@ -145,14 +145,29 @@ class _TextSource:
 class LiveAttempt:
     """One attempt in flight, and what of its output is published."""
 
+    __slots__ = (
+        "began",
+        "ended",
+        "fds",
+        "folder",
+        "home",
+        "lock",
+        "number",
+        "pending",
+        "run_id",
+        "secrets",
+        "source",
+        "step",
+    )
+
     def __init__(
         self, home: Path, run_id: str, step: str, number: int, secrets: tuple[str, ...]
     ) -> None:
-        self.home = home
+        self.home = home if isinstance(home, Path) else Path(home)
         self.run_id = run_id
         self.step = step
         self.number = number
-        self.secrets = tuple(s for s in secrets if s)
+        self.secrets = tuple(s for s in secrets if s) if secrets else ()
         self.began = time.monotonic()
         self.source: Any = None
         #: the attempt's folder once it has one
@@ -243,9 +258,12 @@ class _Publisher:
     def end(self, live: LiveAttempt) -> None:
         with self.lock:
             self.attempts.pop((live.run_id, live.step, live.number), None)
-        live.copy(final=True)
-        live.ended = True
-        live.close()
+            # Under the lock that ``_publish`` sets a folder under: from here on, an attempt
+            # without a folder never gets one (most attempts: nothing more to do).
+            live.ended = True
+        if live.folder is not None:
+            live.copy(final=True)
+            live.close()
 
     def find(self, task: Task) -> LiveAttempt | None:
         with self.lock:
@@ -287,10 +305,12 @@ class _Publisher:
             if live.ended:
                 return
             self.published.setdefault(key, set()).add(live.step)
-        with live.lock:
-            live.folder = folder
+            with live.lock:
+                live.folder = folder
 
     def recorded(self, home: Path, run_id: str, steps: list[str]) -> None:
+        if not self.published:
+            return  # no attempt ran long enough to be published (most runs)
         with self.lock:
             published = self.published.get((home, run_id))
             done = [s for s in steps if published and s in published]
@@ -304,6 +324,8 @@ class _Publisher:
             area.remove_steps(home, run_id, done)
 
     def run_ended(self, home: Path, run_id: str) -> None:
+        if not self.published:
+            return
         with self.lock:
             published = self.published.pop((home, run_id), None)
         if published is not None:
@@ -315,26 +337,34 @@ class _Publisher:
 _PUBLISHER = _Publisher()
 
 
-@contextlib.contextmanager
-def attempt(
-    home: Path,
-    run_id: str,
-    step: str,
-    number: int,
-    *,
-    secrets: tuple[str, ...] = (),
-    captured: Captured | None = None,
-) -> Iterator[LiveAttempt]:
+class attempt:
     """Publish attempt ``number`` of ``step`` while the block runs; what it prints is read
-    from ``captured`` (a step in this process) unless a backend names another source."""
-    live = LiveAttempt(Path(home), run_id, step, number, secrets)
-    if captured is not None:
-        live.source = _CapturedSource(captured)
-    _PUBLISHER.begin(live)
-    try:
-        yield live
-    finally:
-        _PUBLISHER.end(live)
+    from ``captured`` (a step in this process) unless a backend names another source.
+
+    A class rather than a generator: it runs for every attempt of every run."""
+
+    __slots__ = ("live",)
+
+    def __init__(
+        self,
+        home: Path,
+        run_id: str,
+        step: str,
+        number: int,
+        *,
+        secrets: tuple[str, ...] = (),
+        captured: Captured | None = None,
+    ) -> None:
+        self.live = LiveAttempt(home, run_id, step, number, secrets)
+        if captured is not None:
+            self.live.source = _CapturedSource(captured)
+
+    def __enter__(self) -> LiveAttempt:
+        _PUBLISHER.begin(self.live)
+        return self.live
+
+    def __exit__(self, *exc: object) -> None:
+        _PUBLISHER.end(self.live)
 
 
 @contextlib.contextmanager
