@@ -303,6 +303,10 @@ def fd_output(directory: Path, captured: Captured) -> Iterator[None]:
             data = _read_fd(fd)
             if data:
                 captured.write(stream, data.decode("utf-8", errors="replace"))
+                # Emptied now, not when the next step starts: whoever follows these files
+                # while the next step loads (the run publishing them live) must never see
+                # this step's output as the next one's.
+                os.ftruncate(fd, 0)
 
 
 class _Echo:

@@ -160,6 +160,8 @@ def test_a_step_log_is_published_while_it_runs_and_gone_once_recorded(run_of, ba
     run.open("talk")
     # `after` starts: `talk` is recorded (within a second), its live copy is gone
     _wait_for(lambda: "after starts" in run.log("after"))
+    # the same worker process ran `talk` before: none of its output is taken for `after`'s
+    assert run.log("after") == "[stdout #1] after starts\n"
     _wait_for(lambda: run.states() == {"talk": "ran", "after": "running"})
     _wait_for(lambda: run.read(lambda api, r: api.live_log(r, "talk")) is None)
     recorded = run.read(lambda api, r: api.step_log(r, "talk"))
