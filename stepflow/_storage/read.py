@@ -226,8 +226,14 @@ class ReadAPI:
 
     def changes(self, run: str | None = None) -> tuple[Any, ...]:
         """A token that changes when any run (or run id ``run``) starts, records a step or
-        finishes: poll it, and query again only when it changed."""
-        return self.records.changes(run)
+        finishes, and, for a running ``run``, when a step starts or stops being in flight
+        (``live_steps``): poll it, and query again only when it changed."""
+        token = self.records.changes(run)
+        if run is not None and token and token[0] == "running":
+            from stepflow._storage.live import live_steps
+
+            token = (*token, tuple(sorted(live_steps(self.config.home, run).items())))
+        return token
 
     def run_graph(self, run: str | RunRow) -> dict[str, Any]:
         """The run's graph as planned, with each step's state: ``{"steps": [{"name", "state",

@@ -100,3 +100,29 @@ def test_a_run_folder_without_owner_shows_nothing(tmp_path):
     live.make_step_dir(tmp_path, "r", "step", 1)
     assert live.live_steps(tmp_path, "r") == {}
     assert live.sweep(tmp_path, keep="other") == []
+
+
+def test_the_read_api_sees_steps_in_flight_and_their_changes(tmp_path):
+    """A running run's change token moves when a step starts or stops being in flight, with
+    no new record (a page following the run redraws its graph)."""
+    import time
+
+    from stepflow._config import load_config
+    from stepflow._storage.read import ReadAPI
+    from stepflow._storage.records import RunRecords, RunRow
+
+    records = RunRecords(tmp_path / "runs.db")
+    records.start_run(RunRow(id="r1", pipeline="p", state="running", started=time.time()))
+    records.close()
+    with ReadAPI(load_config(home=tmp_path), read_only=True) as api:
+        before = api.changes("r1")
+        _publish(tmp_path, "r1", "train", text="epoch 1\n")
+        running = api.changes("r1")
+        assert running != before
+        assert api.live_steps("r1") == {"train": 1}
+        assert [(e.attempt, e.stream, e.text) for e in api.live_log("r1", "train")] == [
+            (1, "stdout", "epoch 1\n")
+        ]
+        live.remove_steps(tmp_path, "r1", ["train"])
+        assert api.changes("r1") == before
+        assert api.live_log("r1", "train") is None
