@@ -62,9 +62,10 @@ class _FileSource:
     """Files ``stdout`` and ``stderr`` in a folder, which a process appends to."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
+        self.directory = directory
         self.offsets = {"stdout": 0, "stderr": 0}
-        self.decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in self.offsets}
+        #: made on the first read: most attempts end before anything is read
+        self.decoders: dict[str, Any] = {}
 
     def read(self, final: bool = False) -> dict[str, str]:
         found = {}
@@ -78,7 +79,10 @@ class _FileSource:
             except OSError:
                 continue
             self.offsets[stream] = offset + len(data)
-            text = self.decoders[stream].decode(data, final)
+            decoder = self.decoders.get(stream)
+            if decoder is None:
+                decoder = self.decoders[stream] = codecs.getincrementaldecoder("utf-8")("replace")
+            text = decoder.decode(data, final)
             if text:
                 found[stream] = text
         return found
@@ -377,13 +381,14 @@ def follow_output(task: Task, directory: os.PathLike[str] | str) -> Iterator[Non
     if live is None:
         yield
         return
-    source = _FileSource(Path(directory))
+    source = _FileSource(directory if isinstance(directory, Path) else Path(directory))
     with live.lock:
         live.source = source
     try:
         yield
     finally:
-        live.copy()
+        if live.folder is not None:
+            live.copy()
         with live.lock:
             if live.source is source:
                 live.source = None
