@@ -119,17 +119,23 @@ class StepRunner:
         """Run step ``name``'s attempts until one succeeds, retries run out, or the run is
         cancelled; commit what the successful one made under ``key``."""
         if self.dag.steps[name].options.foreach is not None:
+            from stepflow._execution import live
             from stepflow._execution.fanout import run_foreach
 
-            if holds_a_thread(self.setup.backend_of(name), self.dag.steps[name]):
-                return run_foreach(self, name, key)
-            # Its items wait on the backend's futures from one thread of the fan-out's own.
-            return (yield from call(lambda: run_foreach(self, name, key)))
+            # Shown running while its items go (their output is recorded item by item).
+            setup = self.setup
+            with live.attempt(setup.config.home, setup.run_id, name, 1):
+                if holds_a_thread(setup.backend_of(name), self.dag.steps[name]):
+                    return run_foreach(self, name, key)
+                # Its items wait on the backend's futures from one thread of the fan-out's own.
+                return (yield from call(lambda: run_foreach(self, name, key)))
         # Imported here: a fully cached run never makes a step context.
+        from stepflow._execution import live
         from stepflow._execution.capture import step_output
         from stepflow._execution.context import activate
 
         setup = self.setup
+        home = setup.config.home
         pm = setup.pm
         spec = self.dag.steps[name]
         backend = setup.backend_of(name)
@@ -148,6 +154,15 @@ class StepRunner:
                 with (
                     activate(ctx),
                     step_output(echo=setup.echo, secrets=setup.secret_values) as captured,
+                    # What it prints so far, for `stepflow ui` (the home's live area).
+                    live.attempt(
+                        home,
+                        setup.run_id,
+                        name,
+                        attempt,
+                        secrets=setup.secret_values,
+                        captured=captured,
+                    ),
                 ):
                     error = yield from self._attempt(name, backend, attempt)
             except _BadInput as bad:

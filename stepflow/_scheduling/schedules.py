@@ -21,6 +21,7 @@ unless ``allow``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import uuid
@@ -321,12 +322,15 @@ def schedule_info(
     after: datetime | str | None = None,
     count: int = 5,
     runs: int = 5,
+    db: ScheduleDB | None = None,
 ) -> ScheduleInfo:
+    """What ``stepflow schedule show`` says of schedule ``name``; ``db``: read it from this
+    open database (a read-only one, say) instead of opening the home's."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise UsageError(f"--count must be a whole number >= 0, got {count!r}")
-    with ScheduleDB(config.home) as db:
-        row = db.schedule(name)
-        ticks = tuple(db.ticks(row.id, limit=runs))
+    with contextlib.nullcontext(db) if db is not None else ScheduleDB(config.home) as opened:
+        row = opened.schedule(name)
+        ticks = tuple(opened.ticks(row.id, limit=runs))
     rule = None if row.rule is None else rule_from_dict(dict(row.rule))
     upcoming: tuple[datetime, ...] = ()
     if rule is not None:
