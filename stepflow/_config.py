@@ -12,7 +12,7 @@ import attrs
 
 from stepflow.errors import UsageError
 
-__all__ = ["Config", "find_pyproject", "load_config"]
+__all__ = ["Config", "config_or_load", "find_pyproject", "load_config"]
 
 _BOOL_TEXT = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
@@ -54,6 +54,12 @@ def find_pyproject(start: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def config_or_load(home: str | os.PathLike[str] | None, config: Config | None) -> Config:
+    """``config`` when given, else the project's configuration with ``home``: what the
+    Python API's functions taking ``home=`` and ``config=`` use."""
+    return config if config is not None else load_config(home=home)
 
 
 def load_config(

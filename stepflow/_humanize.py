@@ -2,7 +2,8 @@
 
 One of each: every layer that shows a size, a timestamp or a duration, or reads a duration a
 user wrote (``@step(timeout=...)``, ``--param every=1h30m``, ``--older-than 7d``), goes through
-this module, so that they agree everywhere.
+this module, so that they agree everywhere; so does every message that suggests the name a
+misspelt one meant (``did you mean 'train'?``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
     "DURATION_UNITS",
     "NOT_FINITE",
+    "close_names",
+    "did_you_mean",
     "human_age",
     "human_duration",
     "human_size",
@@ -179,6 +182,23 @@ def parse_seconds(text: str) -> float:
     if not math.isfinite(seconds):
         raise ValueError(NOT_FINITE)
     return sign * seconds
+
+
+def close_names(name: str, choices: Iterable[str]) -> list[str]:
+    """Up to three of ``choices`` that ``name`` may be a misspelling of, closest first.
+
+    >>> close_names("trian", ["train", "test", "rain"])
+    ['train', 'rain']
+    """
+    import difflib  # error paths only: not on every run's imports
+
+    return difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+
+
+def did_you_mean(names: Sequence[str]) -> str:
+    """``"did you mean 'a' or 'b'?"`` for ``names`` (from :func:`close_names`); ``""`` for
+    none."""
+    return f"did you mean {' or '.join(repr(n) for n in names)}?" if names else ""
 
 
 def type_name(annotation: object, *, qualified: bool = True) -> str:

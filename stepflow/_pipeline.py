@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -211,18 +212,18 @@ class Pipeline:
             start=start,
             stub=stub,
         )
-        forced = self.regenerated(regenerate, plan)
+        run = functools.partial(
+            run_plan,
+            plan,
+            pipeline=self.name,
+            config=config,
+            workers=workers,
+            fail_fast=fail_fast,
+            regenerate=self.regenerated(regenerate, plan),
+        )
         if plugin_manager is not None:
             # The caller made the plugin manager (the command line): it configured it.
-            return run_plan(
-                plan,
-                pipeline=self.name,
-                config=config,
-                pm=plugin_manager,
-                workers=workers,
-                fail_fast=fail_fast,
-                regenerate=forced,
-            )
+            return run(pm=plugin_manager)
         from stepflow._storage.kept import kept_in_home
 
         pm = make_plugin_manager(config.plugins, keep=kept_in_home(config.home))
@@ -230,14 +231,6 @@ class Pipeline:
         # in ``stepflow_configure``, and a run from Python must see them too.
         pm.hook.stepflow_configure(config=config)
         try:
-            return run_plan(
-                plan,
-                pipeline=self.name,
-                config=config,
-                pm=pm,
-                workers=workers,
-                fail_fast=fail_fast,
-                regenerate=forced,
-            )
+            return run(pm=pm)
         finally:
             pm.hook.stepflow_unconfigure(config=config)

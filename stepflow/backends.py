@@ -23,12 +23,16 @@ and brings the ``TaskResult`` back (see ``docs/how-to/write-a-backend.md``)::
 - ``read_frame``, ``write_frame``: the frame codec of ``python -m stepflow.worker --serve``.
 - ``user_sys_path()``: the import paths of the user's code, without this interpreter's
   standard library and site-packages (what ``Task.sys_path`` holds).
+- ``follow_output(task, directory)``, ``publish_output(task, stream, text)``: show what a
+  step prints while it runs (``stepflow ui``), from files a worker writes or from text the
+  backend receives; the run masks secrets. ``WorkerProcess`` does it by itself.
 """
 
 from __future__ import annotations
 
 from stepflow._execution.backend import Backend, BackendContext
 from stepflow._execution.frames import read_frame, write_frame
+from stepflow._execution.live import follow_output, publish_output
 from stepflow._execution.pool import WorkerPool, WorkerProcess, worker_argv, worker_env
 from stepflow._execution.task import ArtifactRef, Task, TaskError, TaskResult, user_sys_path
 
@@ -41,6 +45,8 @@ __all__ = [
     "TaskResult",
     "WorkerPool",
     "WorkerProcess",
+    "follow_output",
+    "publish_output",
     "read_frame",
     "user_sys_path",
     "worker_argv",

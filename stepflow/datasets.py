@@ -69,14 +69,8 @@ def register(
             source = {"kind": "path", "path": str(Path(path_or_dataframe).expanduser().resolve())}
         if session.source["kind"] == "run":
             source.update({k: v for k, v in session.source.items() if k != "kind"})
-        return Registry(session.store).add_dataset(
-            name,
-            kind=content.kind,
-            content_hash=content.content_hash,
-            size=content.size,
-            objects=content.objects,
-            description=description,
-            source=source,
+        return Registry(session.store).add_content(
+            name, content, description=description, source=source
         )
 
 

@@ -14,6 +14,7 @@ import builtins
 import os
 from typing import TYPE_CHECKING
 
+from stepflow._config import config_or_load
 from stepflow._scheduling.publishing import PublishedPipeline, get_published
 from stepflow._scheduling.publishing import publish as _publish
 
@@ -24,14 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["PublishedPipeline", "get", "list", "publish", "versions"]
 
 _Home = str | os.PathLike[str] | None
-
-
-def _config(home: _Home, config: Config | None) -> Config:
-    if config is not None:
-        return config
-    from stepflow._config import load_config
-
-    return load_config(home=home)
 
 
 def publish(
@@ -51,7 +44,9 @@ def publish(
     :raises UsageError: a bad name, or a pipeline that is not a module-level name of its
         module inside the project folder.
     """
-    found, _ = _publish(pipeline, name=name, description=description, config=_config(home, config))
+    found, _ = _publish(
+        pipeline, name=name, description=description, config=config_or_load(home, config)
+    )
     return found
 
 
@@ -62,7 +57,7 @@ def get(
 
     :raises UsageError: no such name or version; the message lists what exists.
     """
-    return get_published(name, version, config=_config(home, config))
+    return get_published(name, version, config=config_or_load(home, config))
 
 
 def versions(
@@ -71,7 +66,7 @@ def versions(
     """Every version of ``name``, oldest first."""
     from stepflow._storage.scheduledb import ScheduleDB
 
-    with ScheduleDB(_config(home, config).home) as db:
+    with ScheduleDB(config_or_load(home, config).home) as db:
         return [PublishedPipeline.from_row(r) for r in db.published_versions(name)]
 
 
@@ -79,5 +74,5 @@ def list(*, home: _Home = None, config: Config | None = None) -> builtins.list[P
     """The latest version of every published pipeline, by name."""
     from stepflow._storage.scheduledb import ScheduleDB
 
-    with ScheduleDB(_config(home, config).home) as db:
+    with ScheduleDB(config_or_load(home, config).home) as db:
         return [PublishedPipeline.from_row(r) for r in db.published_list()]

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from stepflow._config import config_or_load
 from stepflow._scheduling.recurrence import CronRule, Recurrence
 from stepflow._scheduling.schedules import ScheduleInfo, create_schedule, make_trigger
 from stepflow._scheduling.schedules import schedule_info as _info
@@ -41,14 +42,6 @@ __all__ = [
 ]
 
 _Home = str | os.PathLike[str] | None
-
-
-def _config(home: _Home, config: Config | None) -> Config:
-    if config is not None:
-        return config
-    from stepflow._config import load_config
-
-    return load_config(home=home)
 
 
 def create(
@@ -84,7 +77,7 @@ def create(
         rule = CronRule(cron, time_zone=time_zone)
     if rule is not None and not isinstance(rule, Recurrence | CronRule):
         raise UsageError(f"recurrence must be a stepflow.Recurrence, got {type(rule).__name__}")
-    conf = _config(home, config)
+    conf = config_or_load(home, config)
     create_schedule(
         name,
         pipeline=pipeline,
@@ -110,17 +103,17 @@ def get(
 ) -> ScheduleInfo:
     """A schedule, its next ``count`` fire times after ``after`` (default now) and its last
     ticks."""
-    return _info(name, config=_config(home, config), after=after, count=count)
+    return _info(name, config=config_or_load(home, config), after=after, count=count)
 
 
 def list(*, home: _Home = None, config: Config | None = None) -> builtins.list[ScheduleRow]:
-    with ScheduleDB(_config(home, config).home) as db:
+    with ScheduleDB(config_or_load(home, config).home) as db:
         return db.schedules()
 
 
 def pause(name: str, *, home: _Home = None, config: Config | None = None) -> ScheduleRow:
     """Stop claiming ticks; fire times while paused are not run later."""
-    with ScheduleDB(_config(home, config).home) as db:
+    with ScheduleDB(config_or_load(home, config).home) as db:
         return db.set_paused(name, True)
 
 
@@ -128,10 +121,10 @@ def resume(name: str, *, home: _Home = None, config: Config | None = None) -> Sc
     """Claim ticks again, from now on."""
     import time
 
-    with ScheduleDB(_config(home, config).home) as db:
+    with ScheduleDB(config_or_load(home, config).home) as db:
         return db.set_paused(name, False, cursor=time.time())
 
 
 def delete(name: str, *, home: _Home = None, config: Config | None = None) -> ScheduleRow:
-    with ScheduleDB(_config(home, config).home) as db:
+    with ScheduleDB(config_or_load(home, config).home) as db:
         return db.delete_schedule(name)

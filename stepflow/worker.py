@@ -12,7 +12,9 @@ only transport. Two modes:
 
 ``python -m stepflow.worker TASK_FILE RESULT_FILE``
     Run the pickled task in ``TASK_FILE`` and write the pickled result to ``RESULT_FILE``
-    (for transports that move files more easily than pipes).
+    (for transports that move files more easily than pipes). With ``STEPFLOW_WORKER_OUTPUT``
+    set to a folder, the step's stdout and stderr are captured in files there as it runs
+    (``stepflow.backends.follow_output`` shows them while it does).
 
 In Python, ``execute_task(task)`` does the work of one task in the current process: it
 loads the inputs from the datastore (verified), runs the step, and stores the outputs.
@@ -293,8 +295,15 @@ def main(argv: list[str] | None = None) -> int:
         with open(argv[0], "rb") as fh:
             task = pickle.load(fh)  # noqa: S301 - written by our own parent
         sys.stdout, sys.stderr = _unbuffered(1), _unbuffered(2)
-        with tempfile.TemporaryDirectory(prefix="stepflow-output-") as output_dir:
-            result = execute_task(task, Path(output_dir))
+        given = os.environ.pop(OUTPUT_ENV, "")
+        if given:
+            # A folder the backend reads while the step runs (a container's mounted attempt
+            # folder), to show what it prints as it prints it.
+            os.makedirs(given, mode=0o700, exist_ok=True)
+            result = execute_task(task, Path(given))
+        else:
+            with tempfile.TemporaryDirectory(prefix="stepflow-output-") as output_dir:
+                result = execute_task(task, Path(output_dir))
         with open(argv[1], "wb") as fh:
             pickle.dump(result, fh, protocol=5)
         return 0

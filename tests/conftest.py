@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 RESOURCES = Path(__file__).parent / "resources"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture
@@ -51,6 +52,19 @@ def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[cal
         sys.modules.pop(name, None)
 
 
+@pytest.fixture(scope="module")
+def hp() -> Iterator[ModuleType]:
+    """The house-prices example's ``house_prices.pipeline`` module, imported as the CLI
+    imports it (``examples/`` on ``sys.path``), fresh for each test module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(EXAMPLES))
+        for name in [n for n in sys.modules if n.split(".")[0] == "house_prices"]:
+            mp.delitem(sys.modules, name)
+        yield importlib.import_module("house_prices.pipeline")
+        for name in [n for n in sys.modules if n.split(".")[0] == "house_prices"]:
+            del sys.modules[name]
+
+
 # --- a real S3-compatible server on loopback (moto), for the object-store datastore ----------
 
 # Runs in its own process: the test session's `filterwarnings = error` and its threads stay
@@ -84,11 +98,14 @@ class S3Server:
     def url(self, prefix: str = "stepflow") -> str:
         return f"s3://{self.bucket}/{prefix}"
 
-    def pyproject(self, prefix: str = "stepflow") -> str:
-        """A ``pyproject.toml`` whose ``[tool.stepflow]`` stores everything on this server."""
+    def pyproject(
+        self, prefix: str = "stepflow", *, store: str | None = None, endpoint_url: str | None = None
+    ) -> str:
+        """A ``pyproject.toml`` whose ``[tool.stepflow]`` stores everything on this server
+        (or at ``store``, through ``endpoint_url``, to test what goes wrong there)."""
         return (
-            f'[tool.stepflow]\nstore = "{self.url(prefix)}"\n\n'
-            f'[tool.stepflow.store_options]\nendpoint_url = "{self.endpoint_url}"\n'
+            f'[tool.stepflow]\nstore = "{store or self.url(prefix)}"\n\n'
+            f'[tool.stepflow.store_options]\nendpoint_url = "{endpoint_url or self.endpoint_url}"\n'
         )
 
     def fs(self):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,18 +21,6 @@ AMES_CSV = REPO / ".." / "shared" / "data" / "AmesHousing.csv"
 
 # A smaller model keeps the tests quick; the documented default (200) is run on the real data.
 QUICK = {"n_estimators": 60}
-
-
-@pytest.fixture(scope="module")
-def hp():
-    """The example's ``house_prices.pipeline`` module, imported as the CLI imports it."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(EXAMPLES))
-        for name in [n for n in sys.modules if n.split(".")[0] == "house_prices"]:
-            mp.delitem(sys.modules, name)
-        yield importlib.import_module("house_prices.pipeline")
-        for name in [n for n in sys.modules if n.split(".")[0] == "house_prices"]:
-            del sys.modules[name]
 
 
 @pytest.fixture

@@ -160,12 +160,15 @@ class Backend:
     def submit(self, task: Task) -> Future[TaskResult]:
         """Start ``task`` and return a future of its result, with ``task.timeout``.
 
-        For engines that have futures of their own (Dask), which override this so a step in
-        flight needs no thread of the backend's. The default runs ``execute`` on a pool of
-        ``context.workers`` threads that ``close()`` shuts down. The run loop calls ``submit``
-        for a backend that overrides it and waits for the future; for one that does not, it
-        calls ``execute`` directly, which is the same without a thread hand-over. A future
-        cancelled (by ``cancel()``) reports the step cancelled.
+        For engines that have futures of their own (Dask), which override this to hand the
+        task over and return at once: the run loop then holds no thread for a step in
+        flight, and takes the step up again on one of a few dispatch threads when the future
+        is done (through ``add_done_callback``, which may be called on any thread). So
+        ``submit`` must not wait (for the step, or a free slot). The default runs ``execute``
+        on a pool of ``context.workers`` threads that ``close()`` shuts down; for a backend
+        that does not override ``submit``, the run loop calls ``execute`` on a thread of its
+        own per step in flight instead, which is the same without a thread hand-over. A
+        future cancelled (by ``cancel()``) reports the step cancelled.
         """
         with _executor_lock:
             executor: ThreadPoolExecutor | None = self.__dict__.get("_submit_executor")

@@ -40,6 +40,7 @@ __all__ = [
     "Captured",
     "capturing",
     "fd_output",
+    "inline_directory",
     "inline_fd_output",
     "read_output",
     "set_echo_sink",
@@ -302,6 +303,10 @@ def fd_output(directory: Path, captured: Captured) -> Iterator[None]:
             data = _read_fd(fd)
             if data:
                 captured.write(stream, data.decode("utf-8", errors="replace"))
+                # Emptied now, not when the next step starts: whoever follows these files
+                # while the next step loads (the run publishing them live) must never see
+                # this step's output as the next one's.
+                os.ftruncate(fd, 0)
 
 
 class _Echo:
@@ -402,7 +407,7 @@ _fd_lock = threading.Lock()
 _inline_dir: Path | None = None
 
 
-def _inline_directory() -> Path:
+def inline_directory() -> Path:
     """A private folder for the in-process steps' output files, made once per process."""
     global _inline_dir
     # Made once: its files stay open (``_open_files``), so a cleaner removing it later is harmless.
@@ -427,7 +432,7 @@ def inline_fd_output() -> Iterator[None]:
         yield
         return
     try:
-        with fd_output(_inline_directory(), captured):
+        with fd_output(inline_directory(), captured):
             yield
     finally:
         _fd_lock.release()

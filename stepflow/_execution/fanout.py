@@ -21,7 +21,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,9 @@ import attrs
 from stepflow._execution.attempt import run_attempt, step_error
 from stepflow._execution.capture import inline_fd_output, step_output
 from stepflow._execution.context import activate
+from stepflow._execution.flow import Flow, drive, drive_all, pause
 from stepflow._execution.result import StepReport, StepState
+from stepflow._execution.step import overrides_submit, run_task
 from stepflow._planning.cachekey import CacheKey, describe_value, item_keys
 from stepflow._sentinels import MISSING
 from stepflow._storage.datastore import ArtifactMissingError
@@ -225,7 +227,8 @@ class _FanOut:
         try:
             value = artifact.load(self.io)
         except ArtifactMissingError as exc:
-            failure = self.steps._recompute(self.foreach, str(exc))
+            # In the fan-out's own thread: it may wait as long as the producer runs.
+            failure = drive(self.steps._recompute(self.foreach, str(exc)), self.steps.cancelled)
             if failure is not None:
                 raise StepFailedError(
                     f"input {self.foreach!r} had to be recomputed and its step failed: {failure}",
@@ -328,11 +331,10 @@ class _FanOut:
             except StorageError:
                 raise
             except Exception as exc:
-                raise StepFailedError(
+                raise self._broke(
                     f"output {port.name!r} of step {self.name!r} (the list of the items' "
-                    f"results) could not be stored: {type(exc).__name__}: {exc}",
-                    step=self.name,
-                    exc_type=type(exc).__name__,
+                    "results) could not be stored",
+                    exc,
                 ) from exc
             values[port.name] = result
         self.steps.outputs.made(made, values)
@@ -346,12 +348,7 @@ class _FanOut:
             try:
                 shared = self._shared_inputs()
             except Exception as exc:
-                error = StepFailedError(
-                    f"the inputs of step {self.name!r} could not be loaded: "
-                    f"{type(exc).__name__}: {exc}",
-                    step=self.name,
-                    exc_type=type(exc).__name__,
-                )
+                error = self._broke(f"the inputs of step {self.name!r} could not be loaded", exc)
                 for item in todo:
                     item.error = error
                 return
@@ -363,11 +360,20 @@ class _FanOut:
 
         stored = {e: self.steps.outputs.stored(e) for e in self.edges}
         func = by_value(self.spec)
-        attempt_fn = functools.partial(self._remote_attempt, stored, func)
+        attempt_flow = functools.partial(self._remote_attempt, stored, func)
         # As many items in flight as the backend has slots (its table's ``workers``, else
         # the run's); its own pool of processes, containers or hosts bounds them too.
         context = getattr(self.backend, "context", None)
         slots = max(1, getattr(context, "workers", 0) or self.setup.workers)
+        if overrides_submit(self.backend):
+            # An engine with futures: this thread waits on all the items' futures at once.
+            drive_all(
+                ((item, self._run_item(item, attempt_flow)) for item in self._started(todo)),
+                at_once=slots,
+                cancelled=self.steps.cancelled,
+                done=lambda item, _: self._done(item),
+            )
+            return
         pool = ThreadPoolExecutor(slots, thread_name_prefix=f"stepflow-{self.name}")
         running: dict[Future[None], _Item] = {}
         queue = list(todo)
@@ -378,7 +384,8 @@ class _FanOut:
                     if self._stopped():
                         self._cancel(item)
                         continue
-                    running[pool.submit(self._run_item, item, attempt_fn)] = item
+                    flow = self._run_item(item, attempt_flow)
+                    running[pool.submit(drive, flow, self.steps.cancelled)] = item
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -388,6 +395,14 @@ class _FanOut:
                     self._done(item)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _started(self, todo: list[_Item]) -> Iterator[_Item]:
+        """The items to start, in order; once the run stops, the rest did not run."""
+        for item in todo:
+            if self._stopped():
+                self._cancel(item)
+            else:
+                yield item
 
     def _inline_items(self, todo: list[_Item], shared: Mapping[str, Any]) -> None:
         """The items in this process, one after another.
@@ -412,7 +427,7 @@ class _FanOut:
                     if self._stopped():
                         self._cancel(item)
                         continue
-                    self._run_item(item, attempt)
+                    drive(self._run_item(item, attempt), self.steps.cancelled)
                     self._done(item)
         finally:
             self.steps.journal.attempt_output(self.name, 1, whole, ctx)
@@ -444,13 +459,16 @@ class _FanOut:
             exc_type="KeyboardInterrupt",
         )
 
-    def _run_item(self, item: _Item, attempt_fn: Any) -> None:
-        """Attempts at one item until one succeeds, retries run out or the run stops."""
+    def _run_item(self, item: _Item, attempt_fn: Any) -> Flow[None]:
+        """Attempts at one item until one succeeds, retries run out or the run stops;
+        ``attempt_fn(item, attempt)`` is a flow, or (in this process) a plain call."""
         options = self.spec.options
         attempt = 1
         while True:
             item.attempts = attempt
             error = attempt_fn(item, attempt)
+            if isinstance(error, Generator):
+                error = yield from error
             if error is None:
                 item.error = None
                 item.ran = True
@@ -459,7 +477,8 @@ class _FanOut:
             if attempt > options.retries or self._stopped():
                 return
             delay = min(options.retry_delay * 2 ** (attempt - 1), _MAX_RETRY_DELAY)
-            if self.steps.cancelled.wait(delay):
+            yield from pause(delay)
+            if self._stopped():
                 return
             attempt += 1
 
@@ -492,7 +511,7 @@ class _FanOut:
 
     def _remote_attempt(
         self, stored: Mapping[str, ArtifactRef], func: bytes, item: _Item, attempt: int
-    ) -> StepFailedError | None:
+    ) -> Flow[StepFailedError | None]:
         from stepflow._execution.task import Task
 
         setup = self.setup
@@ -530,16 +549,13 @@ class _FanOut:
             resources=self.spec.options.resources,
             timeout=self.spec.options.timeout,
         )
-        from stepflow._execution.step import _run_task
-
         try:
-            result = _run_task(self.backend, task)
+            result = yield from run_task(self.backend, task)
         except Exception as exc:
-            return StepFailedError(
+            return self._broke(
                 f"backend {self.backend.name!r} failed to run item {item.index} of step "
-                f"{self.name!r}: {type(exc).__name__}: {exc}",
-                step=self.name,
-                exc_type=type(exc).__name__,
+                f"{self.name!r}",
+                exc,
             )
         if (result.step, result.attempt) != (task_step, attempt) or result.run_id not in (
             "",
@@ -562,6 +578,13 @@ class _FanOut:
 
     def _error(self, error: TaskError) -> StepFailedError:
         return step_error(self.name, error)
+
+    def _broke(self, what: str, exc: Exception) -> StepFailedError:
+        """The step's failure when ``what`` went wrong around its code (loading, running,
+        storing) with ``exc``, which the message names."""
+        return StepFailedError(
+            f"{what}: {type(exc).__name__}: {exc}", step=self.name, exc_type=type(exc).__name__
+        )
 
     # --- committing -----------------------------------------------------------------------
 
@@ -596,11 +619,10 @@ class _FanOut:
             except StorageError:
                 raise
             except Exception as exc:
-                error = StepFailedError(
+                error = self._broke(
                     f"the results of {len(batch)} item(s) of step {self.name!r} could not be "
-                    f"stored: {type(exc).__name__}: {exc}",
-                    step=self.name,
-                    exc_type=type(exc).__name__,
+                    "stored",
+                    exc,
                 )
                 for item in batch:
                     item.error, item.outputs = error, None

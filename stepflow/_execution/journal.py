@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from stepflow._execution import live
 from stepflow._execution.result import StepReport, StepState
 from stepflow._storage.faults import is_storage_fault, storage_error
 from stepflow._storage.records import (
@@ -287,6 +288,12 @@ class Journal:
     def finish(self, *, interrupted: bool, crashed: bool = False) -> None:
         """Say how the run ended; ``crashed``: stepflow itself raised (recorded as failed)."""
         self._stop_timer()
+        try:
+            self._finish(interrupted=interrupted, crashed=crashed)
+        finally:
+            live.run_ended(self.run.config.home, self.run.run_id)
+
+    def _finish(self, *, interrupted: bool, crashed: bool) -> None:
         if self.records is None:
             return
         run = self.run
@@ -493,3 +500,5 @@ class Journal:
         rows = self._take_pending()
         if rows and self.records is not None:
             self.records.write_steps(self.run.run_id, rows)
+            # Their logs are readable from the records now: the live copies go.
+            live.recorded(self.run.config.home, self.run.run_id, [r.name for r in rows])

@@ -39,6 +39,7 @@ from stepflow._execution.frames import (
     frame_length,
     version_mismatch,
 )
+from stepflow._execution.live import follow_output
 from stepflow._execution.task import Task, TaskResult, user_sys_path
 from stepflow.errors import BackendError
 
@@ -124,8 +125,13 @@ class WorkerProcess:
         """Send ``task`` and wait for its result; kill the worker if ``timeout`` passes.
 
         Never raises for a step or a worker that fails: a timeout, a lost worker or a worker
-        of another version comes back as a failed ``TaskResult``.
+        of another version comes back as a failed ``TaskResult``. What the step prints is
+        published as it prints it (``stepflow ui``), from the worker's output files.
         """
+        with follow_output(task, self.output_dir):
+            return self._execute(task, timeout)
+
+    def _execute(self, task: Task, timeout: float | None) -> TaskResult:
         assert self.proc.stdin is not None
         # A step's timeout starts when the worker can take it, not while Python starts.
         try:

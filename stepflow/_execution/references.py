@@ -234,11 +234,4 @@ def _register_output(
             f"it is a {type(value).__module__}.{type(value).__qualname__}; a registered "
             f"output must be a pandas DataFrame or a pathlib.Path to a file or folder"
         )
-    return registry.add_dataset(
-        name,
-        kind=content.kind,
-        content_hash=content.content_hash,
-        size=content.size,
-        objects=content.objects,
-        source=source,
-    )
+    return registry.add_content(name, content, source=source)

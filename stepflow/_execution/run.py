@@ -22,13 +22,14 @@ from stepflow._execution.journal import Journal, RunFacts
 from stepflow._execution.result import RunResult, StepReport, StepState
 from stepflow._execution.schedule import run_parallel, run_sequential
 from stepflow._execution.setup import RunSetup, new_run_id, open_run
-from stepflow._execution.step import StepRunner
+from stepflow._execution.step import StepRunner, holds_a_thread
 from stepflow.errors import StepFailedError
 
 if TYPE_CHECKING:
     import pluggy
 
     from stepflow._config import Config
+    from stepflow._execution.flow import Flow
     from stepflow._planning.plan import Plan
 
 __all__ = ["new_run_id", "run_plan"]
@@ -138,6 +139,12 @@ class _Runner:
 
     def run_step(self, name: str) -> StepReport:
         return self.steps.run_step(name)
+
+    def flow(self, name: str) -> Flow[StepReport]:
+        return self.steps.flow(name)
+
+    def holds_a_thread(self, name: str) -> bool:
+        return holds_a_thread(self.setup.backend_of(name), self.dag.steps[name])
 
     def finish(self, report: StepReport) -> None:
         if report.name in self.reports:

@@ -49,17 +49,14 @@ def registry_session(
             source,
         )
         return
-    from stepflow._config import load_config
-    from stepflow._pluginmanager import datastore_kinds, make_plugin_manager, serializers_of
+    from stepflow._config import config_or_load
+    from stepflow._pluginmanager import make_plugin_manager, serializers_of
     from stepflow._storage.kept import kept_in_home
-    from stepflow._storage.stores import open_datastore
+    from stepflow._storage.stores import open_configured_store
 
-    if config is None:
-        config = load_config(home=home)
+    config = config_or_load(home, config)
     pm = make_plugin_manager(config.plugins, keep=kept_in_home(config.home))
-    store = open_datastore(
-        config.store, home=config.home, options=config.store_options, kinds=datastore_kinds(pm)
-    )
+    store = open_configured_store(config, pm)
     try:
         yield Session(store, tuple(serializers_of(pm)), config.home, {"kind": "api"})
     finally:

@@ -17,12 +17,12 @@ import attrs
 
 from stepflow._execution.backend import Backend, open_backends
 from stepflow._execution.result import RunInfo
-from stepflow._pluginmanager import datastore_kinds, serializers_of
+from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
 from stepflow._storage.home import check_home, make_private_dirs
 from stepflow._storage.index import CacheIndex
-from stepflow._storage.stores import open_datastore
+from stepflow._storage.stores import open_configured_store
 
 if TYPE_CHECKING:
     import pluggy
@@ -80,13 +80,7 @@ class RunSetup:
     def open_store(self) -> Datastore:
         """A handle of its own on the run's datastore, for work that may outlive the run's
         (the code snapshot, stored in the background)."""
-        config = self.config
-        return open_datastore(
-            config.store,
-            home=config.home,
-            options=config.store_options,
-            kinds=datastore_kinds(self.pm),
-        )
+        return open_configured_store(self.config, self.pm)
 
 
 def open_run(
@@ -108,9 +102,7 @@ def open_run(
     check_home(config.home)  # before anything is made there
     make_private_dirs(config.home)
     serializers = tuple(serializers_of(pm))
-    store = open_datastore(
-        config.store, home=config.home, options=config.store_options, kinds=datastore_kinds(pm)
-    )
+    store = open_configured_store(config, pm)
     has_references = any(
         port.reference is not None
         for name in plan.steps

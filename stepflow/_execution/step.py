@@ -4,6 +4,11 @@ A step is reused when its key finds a usable stored result; otherwise it holds t
 lease (single flight across runs) and runs, in the run's own process when its backend allows
 it, else as a ``Task`` on its backend. An input that fails verification makes its producer run
 again, once; a failed attempt is retried after a growing delay, unless the run is cancelled.
+
+The step's work is a generator (``flow``, see ``flow.py``) that yields what it waits for (a
+backend's future, a retry's delay, another process's lease) instead of waiting: the parallel
+run loop resumes it when that is done, so a step in flight on a backend with futures of its
+own holds no thread. ``run_step`` drives it to the end in the calling thread.
 """
 
 from __future__ import annotations
@@ -12,18 +17,20 @@ import functools
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from stepflow._execution.flow import Flow, Request, call, drive, pause, wait_for
 from stepflow._execution.result import StepReport, StepState
 from stepflow._planning.reuse import CACHE_OFF, REGENERATE, look_up
 from stepflow._sentinels import MISSING
 from stepflow._storage.hashing import UnhashableValueError, hash_value
-from stepflow._storage.locks import key_lock
+from stepflow._storage.locks import KeyLease
 from stepflow.errors import StepFailedError, StepflowWarning
 
 if TYPE_CHECKING:
     # Only a step that runs needs these: a fully cached run never imports them.
+    from stepflow._authoring.step import StepSpec
     from stepflow._execution.backend import Backend
     from stepflow._execution.capture import Captured
     from stepflow._execution.commit import RunOutputs
@@ -34,7 +41,7 @@ if TYPE_CHECKING:
     from stepflow._planning.cachekey import CacheKey
     from stepflow._storage.index import CacheRecord
 
-__all__ = ["StepRunner"]
+__all__ = ["StepRunner", "holds_a_thread", "overrides_submit", "run_task"]
 
 _MAX_RETRY_DELAY = 60.0
 #: value types whose hash is exact, so an in-place change is detected without false alarms
@@ -71,7 +78,12 @@ class StepRunner:
         self.ran_after_all = ran_after_all
 
     def run_step(self, name: str) -> StepReport:
-        """Reuse or run step ``name``; never raises for the step's own failure."""
+        """Reuse or run step ``name`` in this thread; never raises for the step's own failure."""
+        return drive(self.flow(name), self.cancelled)
+
+    def flow(self, name: str) -> Flow[StepReport]:
+        """Reuse or run step ``name``, yielding what it waits for (see ``flow.py``); returns
+        its report and never raises for the step's own failure."""
         outputs = self.outputs
         # Quick: a brand-new index still being created holds nothing; if another run made
         # the result meanwhile, it holds the lease, and the look after waiting finds it.
@@ -80,33 +92,50 @@ class StepRunner:
             assert decision.record is not None
             return self._reuse(name, decision.record)
         if decision.reason in (CACHE_OFF, REGENERATE):
-            return self.execute(name, decision.key)
+            return (yield from self.execute(name, decision.key))
         key = decision.key
-        with key_lock(self.setup.config.home, key.digest) as waited:
+        lease = KeyLease(self.setup.config.home, key.digest)
+        waited = not lease.try_take()
+        if waited:
+            # Another holder may keep it for as long as its step runs: wait off the
+            # dispatch threads. Should the run stop first, the lease is given back at once.
+            yield from call(lease.take, undo=lambda _: lease.give_back())
+        try:
             if waited:
                 # Another run computed it while we waited: use theirs (single flight).
                 decision = outputs.usable(look_up(key, index=outputs.index, io=outputs.io))
                 if decision.reuse:
                     assert decision.record is not None
                     return self._reuse(name, decision.record)
-            return self.execute(name, key)
+            return (yield from self.execute(name, key))
+        finally:
+            lease.give_back()
 
     def _reuse(self, name: str, record: CacheRecord) -> StepReport:
         self.journal.reused(name, record)
         return self.outputs.reuse(name, record)
 
-    def execute(self, name: str, key: CacheKey) -> StepReport:
+    def execute(self, name: str, key: CacheKey) -> Flow[StepReport]:
         """Run step ``name``'s attempts until one succeeds, retries run out, or the run is
         cancelled; commit what the successful one made under ``key``."""
         if self.dag.steps[name].options.foreach is not None:
+            from stepflow._execution import live
             from stepflow._execution.fanout import run_foreach
 
-            return run_foreach(self, name, key)
+            # Shown running while its items go (their output is recorded item by item).
+            setup = self.setup
+            with live.attempt(setup.config.home, setup.run_id, name, 1):
+                if holds_a_thread(setup.backend_of(name), self.dag.steps[name]):
+                    return run_foreach(self, name, key)
+                # Its items wait on the backend's futures from one thread of the fan-out's own.
+                return (yield from call(lambda: run_foreach(self, name, key)))
         # Imported here: a fully cached run never makes a step context.
+        from stepflow._execution import live
         from stepflow._execution.capture import step_output
         from stepflow._execution.context import activate
 
         setup = self.setup
+        home = setup.config.home
         pm = setup.pm
         spec = self.dag.steps[name]
         backend = setup.backend_of(name)
@@ -125,8 +154,17 @@ class StepRunner:
                 with (
                     activate(ctx),
                     step_output(echo=setup.echo, secrets=setup.secret_values) as captured,
+                    # What it prints so far, for `stepflow ui` (the home's live area).
+                    live.attempt(
+                        home,
+                        setup.run_id,
+                        name,
+                        attempt,
+                        secrets=setup.secret_values,
+                        captured=captured,
+                    ),
                 ):
-                    error = self._attempt(name, backend, attempt)
+                    error = yield from self._attempt(name, backend, attempt)
             except _BadInput as bad:
                 if bad.output in recomputed:
                     error = StepFailedError(
@@ -138,7 +176,7 @@ class StepRunner:
                     )
                     return StepReport(name, StepState.FAILED, backend=backend.name, error=error)
                 recomputed.add(bad.output)
-                failure = self._recompute(bad.output, str(bad))
+                failure = yield from self._recompute(bad.output, str(bad))
                 if failure is None:
                     continue
                 error = StepFailedError(
@@ -174,11 +212,12 @@ class StepRunner:
                 return report
             delay = min(spec.options.retry_delay * 2 ** (attempt - 1), _MAX_RETRY_DELAY)
             pm.hook.stepflow_step_retry(run=setup.info, report=report, delay=delay)
-            if self.cancelled.wait(delay):
+            yield from pause(delay)
+            if self.cancelled.is_set():
                 return report
             attempt += 1
 
-    def _recompute(self, output: str, detail: str) -> StepFailedError | None:
+    def _recompute(self, output: str, detail: str) -> Flow[StepFailedError | None]:
         """Run the producer of a stored output that failed verification again."""
         producer = self.dag.producers[output]
         warnings.warn(
@@ -190,7 +229,7 @@ class StepRunner:
         )
         key = self.outputs.keys.get(producer) or self.outputs.decide(producer).key
         self.outputs.forget(key)
-        report = self.execute(producer, key)
+        report = yield from self.execute(producer, key)
         if report.error is None:
             self.ran_after_all(report)
         return report.error
@@ -212,7 +251,7 @@ class StepRunner:
 
     # --- one attempt --------------------------------------------------------------------
 
-    def _attempt(self, name: str, backend: Backend, attempt: int) -> StepFailedError | None:
+    def _attempt(self, name: str, backend: Backend, attempt: int) -> Flow[StepFailedError | None]:
         """Run one attempt; store its outputs and return ``None``, or return the error."""
         spec = self.dag.steps[name]
         params = self.plan.step_params[name]
@@ -240,7 +279,7 @@ class StepRunner:
             )
             outputs.made(outcome.outputs, outcome.values)
             return _failure(name, outcome.error)
-        return self._remote_attempt(name, backend, attempt, edges, refs)
+        return (yield from self._remote_attempt(name, backend, attempt, edges, refs))
 
     def _remote_attempt(
         self,
@@ -249,7 +288,7 @@ class StepRunner:
         attempt: int,
         edges: list[str],
         refs: Mapping[str, Any],
-    ) -> StepFailedError | None:
+    ) -> Flow[StepFailedError | None]:
         from stepflow._execution.task import Task, by_value
 
         setup = self.setup
@@ -278,7 +317,7 @@ class StepRunner:
             hasher_plugins=self._hasher_plugins,
         )
         try:
-            result = _run_task(backend, task)
+            result = yield from run_task(backend, task)
         except Exception as exc:
             return StepFailedError(
                 f"backend {backend.name!r} failed to run step {name!r}: "
@@ -344,19 +383,36 @@ class StepRunner:
                 artifact.value = MISSING
 
 
-def _run_task(backend: Backend, task: Task) -> TaskResult:
-    """``task``'s result from ``backend``: through its own ``submit`` when it has one (an
-    engine with futures), else ``execute`` in this thread (the default ``submit`` would only
-    hand it to another thread)."""
+def overrides_submit(backend: Backend) -> bool:
+    """Whether ``backend`` has futures of its own (it overrides ``Backend.submit``)."""
     from stepflow._execution.backend import Backend
 
-    if type(backend).submit is Backend.submit:
+    return type(backend).submit is not Backend.submit
+
+
+def holds_a_thread(backend: Backend, spec: StepSpec) -> bool:
+    """Whether step ``spec`` keeps a thread busy while it runs on ``backend``: in this
+    process, or in a backend's blocking ``execute``; not while it waits on ``submit``'s
+    future."""
+    return not overrides_submit(backend) or backend.runs_inline(spec)
+
+
+def run_task(backend: Backend, task: Task) -> Generator[Request, Any, TaskResult]:
+    """``task``'s result from ``backend``: through its own ``submit`` when it has one (an
+    engine with futures), yielding the future; else ``execute`` in this thread (the default
+    ``submit`` would only hand it to another thread)."""
+    if not overrides_submit(backend):
         return backend.execute(task, timeout=task.timeout)
     from concurrent.futures import CancelledError
 
     future = backend.submit(task)
+    if not callable(getattr(future, "add_done_callback", None)):
+        raise TypeError(
+            f"submit() returned {type(future).__name__}, not a future; return a "
+            f"concurrent.futures.Future of the task's TaskResult"
+        )
     try:
-        return future.result()
+        return (yield from wait_for(future))
     except CancelledError:
         from stepflow._execution.task import TaskResult
 

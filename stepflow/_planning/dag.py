@@ -77,25 +77,23 @@ class DAG:
 
     def ancestors(self, names: Iterable[str]) -> set[str]:
         """``names`` and every step they depend on, transitively."""
-        seen: set[str] = set()
-        stack = list(names)
-        while stack:
-            name = stack.pop()
-            if name not in seen:
-                seen.add(name)
-                stack.extend(self.upstream[name])
-        return seen
+        return _reachable(names, self.upstream)
 
     def descendants(self, names: Iterable[str]) -> set[str]:
         """``names`` and every step that depends on them, transitively."""
-        seen: set[str] = set()
-        stack = list(names)
-        while stack:
-            name = stack.pop()
-            if name not in seen:
-                seen.add(name)
-                stack.extend(self.downstream[name])
-        return seen
+        return _reachable(names, self.downstream)
+
+
+def _reachable(names: Iterable[str], edges: Mapping[str, Iterable[str]]) -> set[str]:
+    """``names`` and every step reached from them through ``edges``, transitively."""
+    seen: set[str] = set()
+    stack = list(names)
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            stack.extend(edges[name])
+    return seen
 
 
 Compatible = Callable[[Any, Any], bool]
@@ -162,10 +160,10 @@ def _after_pairs(specs: Mapping[str, StepSpec]) -> list[tuple[str, str]]:
     for spec in specs.values():
         for name in spec.options.after:
             if name not in specs:
-                import difflib  # error paths only: not on every run's imports
+                from stepflow._humanize import close_names, did_you_mean  # error paths only
 
-                close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.6)
-                hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+                close = close_names(name, specs)
+                hint = f"{did_you_mean(close)} " if close else ""
                 raise PipelineDefinitionError(
                     f"step {spec.name!r} has after=[{name!r}], but the pipeline has no step "
                     f"{name!r}; {hint}add that step to the pipeline or drop it from after=[...]"
@@ -179,10 +177,10 @@ def _after_pairs(specs: Mapping[str, StepSpec]) -> list[tuple[str, str]]:
 def _foreach_unproduced(
     spec: StepSpec, port: Port, outputs: Mapping[str, tuple[str, Port]]
 ) -> PipelineDefinitionError:
-    import difflib  # error paths only: not on every run's imports
+    from stepflow._humanize import close_names, did_you_mean  # error paths only
 
-    close = difflib.get_close_matches(port.name, list(outputs), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    close = close_names(port.name, outputs)
+    hint = f"; {did_you_mean(close)}" if close else ""
     return PipelineDefinitionError(
         f"step {spec.name!r} has foreach={port.name!r}, but no step of the pipeline produces "
         f"{port.name!r}{hint}\nforeach runs over a list made by another step: add the step "
@@ -313,15 +311,15 @@ def _missing_input(
     outputs: Mapping[str, tuple[str, Port]],
     compatible: Compatible,
 ) -> MissingInputError:
-    import difflib  # error paths only: not on every run's imports
+    from stepflow._humanize import close_names, did_you_mean  # error paths only
 
-    close = difflib.get_close_matches(port.name, list(outputs), n=3, cutoff=0.6)
+    close = close_names(port.name, outputs)
     lines = [
         f"step {spec.name!r} parameter {port.name!r} matches no step output, has no default "
         f"and is not a Param[...] or a Dataset/Model reference"
     ]
     if close:
-        lines.append(f"did you mean {' or '.join(repr(c) for c in close)}?")
+        lines.append(did_you_mean(close))
     # Every producer whose declared type fits, not only an exact match: two steps producing
     # DataFrames are both candidates, and naming one would hide the other. Only a suggestion:
     # choosing between them is the user's call, never a silent edge.

@@ -207,12 +207,12 @@ def _resolve_target(dag: DAG, target: str) -> str:
 
 
 def _unknown_message(what: str, name: str, known: list[str], flag: str = "--param") -> str:
-    import difflib  # error paths only: not on every run's imports
+    from stepflow._humanize import close_names, did_you_mean  # error paths only
 
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    close = close_names(name, known)
     text = f"unknown {what} {name!r}"
     if close:
-        text += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        text += f"; {did_you_mean(close)}"
     text += f"\navailable: {', '.join(sorted(known)) or 'none'}"
     if flag == "--param":
         text += "\n(see `stepflow show TARGET` for the pipeline's parameters)"

@@ -17,17 +17,10 @@ if TYPE_CHECKING:
 @hookimpl
 def stepflow_cache_pinned(config: Config) -> set[str]:
     """The object names of every version of every registered data set and model."""
-    from stepflow._pluginmanager import datastore_kinds
-    from stepflow._storage.kept import kept_in_home
     from stepflow._storage.registry import Registry
-    from stepflow._storage.stores import open_datastore
+    from stepflow._storage.stores import open_configured_store
 
-    store = open_datastore(
-        config.store,
-        home=config.home,
-        options=config.store_options,
-        kinds=datastore_kinds(plugins=config.plugins, keep=kept_in_home(config.home)),
-    )
+    store = open_configured_store(config)
     try:
         return Registry(store).pinned()
     finally:

@@ -146,14 +146,12 @@ def publish(
     """
     from stepflow import __version__
     from stepflow._storage.source.store import store_snapshot
-    from stepflow._storage.stores import open_datastore
+    from stepflow._storage.stores import open_configured_store
 
     check_published_name(name)
     target = _resolve_target(pipeline, target, config.rootdir)
     module_file = _module_file(pipeline)
-    store = open_datastore(
-        config.store, home=config.home, options=config.store_options, kinds=_kinds(config, pm)
-    )
+    store = open_configured_store(config, pm)
     try:
         snapshot = store_snapshot(config.rootdir, store, home=config.home)
     finally:
@@ -216,16 +214,14 @@ def checkout(
 
     from stepflow._storage.home import make_private_dirs
     from stepflow._storage.source.store import restore_snapshot
-    from stepflow._storage.stores import open_datastore
+    from stepflow._storage.stores import open_configured_store
 
     folder = config.home / "published" / "code" / found.snapshot
     if folder.is_dir():
         return folder
     make_private_dirs(folder.parent)
     partial = Path(tempfile.mkdtemp(prefix=f".{found.snapshot}.", dir=folder.parent))
-    store = open_datastore(
-        config.store, home=config.home, options=config.store_options, kinds=_kinds(config, pm)
-    )
+    store = open_configured_store(config, pm)
     try:
         restore_snapshot(found.snapshot, store, partial, force=True)
         try:
@@ -353,11 +349,3 @@ def _package_versions(module_file: str | None) -> dict[str, str]:
             except metadata.PackageNotFoundError:
                 continue
     return out
-
-
-def _kinds(config: Any, pm: Any) -> Any:
-    """The datastore kinds to open the project's store with (``pm``'s plugins when given)."""
-    from stepflow._pluginmanager import datastore_kinds
-    from stepflow._storage.kept import kept_in_home
-
-    return datastore_kinds(pm, plugins=config.plugins, keep=kept_in_home(config.home))

@@ -21,6 +21,7 @@ unless ``allow``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import uuid
@@ -194,18 +195,11 @@ def observe(trigger: Mapping[str, Any], *, config: Config) -> str | None:
     """What a data trigger sees now: ``dataset:NAME@vN`` or ``change:<digest>`` (``None``:
     nothing there yet)."""
     if trigger["kind"] == "dataset":
-        from stepflow._pluginmanager import datastore_kinds
-        from stepflow._storage.kept import kept_in_home
         from stepflow._storage.registry import Registry
-        from stepflow._storage.stores import open_datastore
+        from stepflow._storage.stores import open_configured_store
         from stepflow.errors import NotRegisteredError
 
-        store = open_datastore(
-            config.store,
-            home=config.home,
-            options=config.store_options,
-            kinds=datastore_kinds(plugins=config.plugins, keep=kept_in_home(config.home)),
-        )
+        store = open_configured_store(config)
         try:
             latest = Registry(store).dataset(trigger["name"])
         except NotRegisteredError:
@@ -328,12 +322,15 @@ def schedule_info(
     after: datetime | str | None = None,
     count: int = 5,
     runs: int = 5,
+    db: ScheduleDB | None = None,
 ) -> ScheduleInfo:
+    """What ``stepflow schedule show`` says of schedule ``name``; ``db``: read it from this
+    open database (a read-only one, say) instead of opening the home's."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise UsageError(f"--count must be a whole number >= 0, got {count!r}")
-    with ScheduleDB(config.home) as db:
-        row = db.schedule(name)
-        ticks = tuple(db.ticks(row.id, limit=runs))
+    with contextlib.nullcontext(db) if db is not None else ScheduleDB(config.home) as opened:
+        row = opened.schedule(name)
+        ticks = tuple(opened.ticks(row.id, limit=runs))
     rule = None if row.rule is None else rule_from_dict(dict(row.rule))
     upcoming: tuple[datetime, ...] = ()
     if rule is not None:

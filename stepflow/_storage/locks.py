@@ -26,7 +26,7 @@ from pathlib import Path
 
 from stepflow._storage.home import make_private_dirs, make_private_file, shared_home
 
-__all__ = ["LEASE_FILE", "key_lock"]
+__all__ = ["LEASE_FILE", "KeyLease", "key_lock"]
 
 #: the lease file's name in the home
 LEASE_FILE = "leases"
@@ -154,26 +154,88 @@ def _leave(key: str, queue: _KeyQueue, *, held: bool) -> None:
             del _queues[key]
 
 
+class KeyLease:
+    """The lease for one key in a home, taken in two steps: ``try_take`` never waits, so a
+    caller that must not block (the run loop's few dispatch threads) waits with ``take``
+    elsewhere only when another holder has it. ``key_lock`` is the same as a ``with`` block.
+
+    Its holder may give it back from another thread than the one that took it.
+    """
+
+    __slots__ = ("_file", "_key", "_path", "_queue")
+
+    def __init__(self, home: Path, key: str) -> None:
+        self._path = home / LEASE_FILE
+        self._key = key
+        self._queue: _KeyQueue | None = None
+        self._file: _LeaseFile | None = None
+
+    def try_take(self) -> bool:
+        """Take the lease if nobody holds it now; ``False`` (holding nothing) otherwise."""
+        key = self._key
+        queue = _join(key)
+        if not queue.lock.acquire(blocking=False):
+            _leave(key, queue, held=False)
+            return False
+        try:
+            lease_file = _open(self._path)
+        except BaseException:
+            _leave(key, queue, held=True)
+            raise
+        try:
+            fcntl.lockf(lease_file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _offset(key))
+        except BaseException as exc:
+            _release(lease_file)
+            _leave(key, queue, held=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        self._queue, self._file = queue, lease_file
+        return True
+
+    def take(self) -> bool:
+        """Wait until the lease is this holder's; ``True`` if another holder (thread or
+        process) had to be waited for."""
+        key = self._key
+        queue = _join(key)
+        held = False
+        try:
+            waited = not queue.lock.acquire(blocking=False)
+            if waited:
+                queue.lock.acquire()
+            held = True
+            lease_file = _open(self._path)
+            try:
+                waited = _lock_record(lease_file.fd, _offset(key)) or waited
+            except BaseException:
+                _release(lease_file)
+                raise
+        except BaseException:
+            _leave(key, queue, held=held)
+            raise
+        self._queue, self._file = queue, lease_file
+        return waited
+
+    def give_back(self) -> None:
+        """Give the lease back (nothing when not held)."""
+        queue, lease_file = self._queue, self._file
+        if queue is None or lease_file is None:
+            return
+        self._queue = self._file = None
+        try:
+            fcntl.lockf(lease_file.fd, fcntl.LOCK_UN, 1, _offset(self._key))
+        finally:
+            _release(lease_file)
+            _leave(self._key, queue, held=True)
+
+
 @contextlib.contextmanager
 def key_lock(home: Path, key: str) -> Iterator[bool]:
     """Hold the lease for ``key`` in ``home``; yields ``True`` if another holder (thread or
     process) had to be waited for."""
-    queue = _join(key)
-    held = False
+    lease = KeyLease(home, key)
+    waited = lease.take()
     try:
-        waited = not queue.lock.acquire(blocking=False)
-        if waited:
-            queue.lock.acquire()
-        held = True
-        lease_file = _open(home / LEASE_FILE)
-        try:
-            offset = _offset(key)
-            waited = _lock_record(lease_file.fd, offset) or waited
-            try:
-                yield waited
-            finally:
-                fcntl.lockf(lease_file.fd, fcntl.LOCK_UN, 1, offset)
-        finally:
-            _release(lease_file)
+        yield waited
     finally:
-        _leave(key, queue, held=held)
+        lease.give_back()

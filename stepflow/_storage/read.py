@@ -228,21 +228,28 @@ class ReadAPI:
 
     def changes(self, run: str | None = None) -> tuple[Any, ...]:
         """A token that changes when any run (or run id ``run``) starts, records a step or
-        finishes: poll it, and query again only when it changed."""
-        return self.records.changes(run)
+        finishes, and, for a running ``run``, when a step starts or stops being in flight
+        (``live_steps``): poll it, and query again only when it changed."""
+        token = self.records.changes(run)
+        if run is not None and token and token[0] == "running":
+            from stepflow._storage.live import live_steps
+
+            token = (*token, tuple(sorted(live_steps(self.config.home, run).items())))
+        return token
 
     def run_graph(self, run: str | RunRow) -> dict[str, Any]:
         """The run's graph as planned, with each step's state: ``{"steps": [{"name", "state",
         "duration", "reused_from", ...}], "edges": [[producer, consumer], ...]}``.
 
-        A step not recorded yet is ``running`` when the run goes on and every step it reads
-        from is done (it is running, or ready to as soon as a worker is free), ``pending``
-        before that, and ``skipped`` in a run that ended without it. A run recorded before
-        plans were kept is drawn from its recorded steps, joined by the names of their
-        inputs and outputs.
+        A step not recorded yet is ``running`` while the run's process publishes it in the
+        home's live area (it has been in flight for a moment: ``live_steps``), ``pending``
+        otherwise while the run goes on, and ``skipped`` in a run that ended without it. A
+        run recorded before plans were kept is drawn from its recorded steps, joined by the
+        names of their inputs and outputs.
         """
         found = self.run(run)
         rows = {s["name"]: s for s in self.records.step_summaries(found.id)}
+        in_flight = self.live_steps(found) if found.state == "running" else {}
         plan = self.records.plan(found.id)
         if plan is None:
             full = self.records.steps(found.id)
@@ -254,9 +261,6 @@ class ReadAPI:
                 if io.direction == "in" and makers.get(io.name) not in (None, s.name)
             }
             plan = {"steps": list(rows), "edges": [list(e) for e in edges]}
-        upstream: dict[str, list[str]] = {}
-        for producer, consumer in plan["edges"]:
-            upstream.setdefault(consumer, []).append(producer)
         planned = set(plan["steps"])
         steps = []
         for name in [*plan["steps"], *(n for n in rows if n not in planned)]:
@@ -266,9 +270,7 @@ class ReadAPI:
                 continue
             if found.state != "running":
                 state = "skipped"
-            elif all(
-                u in rows and rows[u]["state"] in ("ran", "reused") for u in upstream.get(name, [])
-            ):
+            elif name in in_flight:
                 state = "running"
             else:
                 state = "pending"
@@ -374,6 +376,31 @@ class ReadAPI:
             # A fan-out step's items write streams ``item N stdout``: ``stdout`` takes them too.
             if stream is None or entry[2] == stream or entry[2].endswith(f" {stream}")
         ]
+
+    def live_steps(self, run: str | RunRow) -> dict[str, int]:
+        """The steps of a running run in flight now, each with its latest attempt, as the
+        run's process publishes them (``stepflow._storage.live``); empty for a run that
+        ended or whose process died."""
+        from stepflow._storage.live import live_steps
+
+        found = self.run(run)
+        if found.state != "running":
+            return {}
+        return live_steps(self.config.home, found.id)
+
+    def live_log(self, run: str | RunRow, step: str) -> list[LogEntry] | None:
+        """What step ``step`` has printed so far while it runs (secrets masked by the run),
+        attempt by attempt; ``None`` when it is not in flight (its log is then recorded, or
+        it has not started, or it is too young to be published)."""
+        from stepflow._storage.live import live_log
+
+        found = self.run(run)
+        if found.state != "running":
+            return None
+        entries = live_log(self.config.home, found.id, step)
+        if entries is None:
+            return None
+        return [LogEntry(step, attempt, stream, text) for attempt, stream, text in entries]
 
     def metrics(self, run: str | RunRow, step: str | None = None) -> dict[str, list[MetricRow]]:
         """Step name → its metrics in the order they were logged (only ``step``'s if given)."""

@@ -29,6 +29,7 @@ import attrs
 
 from stepflow._storage.faults import is_storage_fault, storage_error, writing
 from stepflow._storage.home import check_home, make_private_dirs, make_private_sqlite
+from stepflow._storage.sqlitebusy import while_busy
 from stepflow.errors import StorageError, UsageError
 
 __all__ = [
@@ -300,6 +301,32 @@ _shared_lock = threading.Lock()
 _SHARED_MAX = 4
 
 
+def _run_filter(
+    *,
+    pipeline: str | None = None,
+    state: str | None = None,
+    since: float | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> tuple[str, list[Any]]:
+    """The ``WHERE`` clause (``""`` for none) and its arguments that pick the runs of a
+    listing: of ``pipeline``, in ``state``, started at ``since`` or later, tagged ``tags``."""
+    where: list[str] = []
+    args: list[Any] = []
+    if pipeline is not None:
+        where.append("pipeline = ?")
+        args.append(pipeline)
+    if state is not None:
+        where.append("state = ?")
+        args.append(state)
+    if since is not None:
+        where.append("started >= ?")
+        args.append(since)
+    for key, value in (tags or {}).items():
+        where.append("json_extract(tags, ?) = ?")
+        args += ["$." + json.dumps(str(key)), value]
+    return (" WHERE " + " AND ".join(where)) if where else "", args
+
+
 class RunRecords:
     """The run-record database of one stepflow home."""
 
@@ -368,6 +395,9 @@ class RunRecords:
         make_private_sqlite(path)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout = 30000")
+        while_busy(self._set_up)
+
+    def _set_up(self) -> None:
         # A new file starts in rollback-journal mode, and its switch to WAL is a write of its
         # header: without syncs (4 fdatasyncs less for a new home). Only a power failure in
         # that moment could hurt, and then only a database that holds nothing yet; for an
@@ -634,20 +664,8 @@ class RunRecords:
         limit: int | None = None,
     ) -> list[RunRow]:
         """Runs, newest first."""
-        where, args = [], []
-        if pipeline is not None:
-            where.append("pipeline = ?")
-            args.append(pipeline)
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        if since is not None:
-            where.append("started >= ?")
-            args.append(since)
-        sql = "SELECT * FROM runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started DESC, id DESC"
+        clause, args = _run_filter(pipeline=pipeline, state=state, since=since)
+        sql = f"SELECT * FROM runs{clause} ORDER BY started DESC, id DESC"  # noqa: S608
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [self._run_from(r) for r in self._db.execute(sql, args)]
@@ -666,17 +684,7 @@ class RunRecords:
 
         :param tags: tag → value every run listed has (``{"schedule": "nightly"}``).
         """
-        where, args = [], []
-        if pipeline is not None:
-            where.append("pipeline = ?")
-            args.append(pipeline)
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        for key, value in (tags or {}).items():
-            where.append("json_extract(tags, ?) = ?")
-            args += ["$." + json.dumps(str(key)), value]
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        clause, args = _run_filter(pipeline=pipeline, state=state, tags=tags)
         columns = ", ".join(
             "NULL AS source_files" if c == "source_files" else c for c in _RUN_COLUMNS
         )

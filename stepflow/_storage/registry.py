@@ -27,10 +27,11 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from stepflow._humanize import close_names, did_you_mean
 from stepflow._storage.artifacts import ArtifactRef
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.faults import writing
@@ -45,6 +46,9 @@ from stepflow._storage.registry_records import (
     check_version,
 )
 from stepflow.errors import NotRegisteredError, StepflowError, UsageError
+
+if TYPE_CHECKING:
+    from stepflow._storage.registry_content import DatasetContent
 
 __all__ = [
     "DatasetVersion",
@@ -146,11 +150,9 @@ class Registry:
     def _not_found(self, kind: str, name: str) -> NotRegisteredError:
         names = self._names(kind)
         text = f"no {kind} named {name!r} is registered in {self.store.uri}"
-        import difflib  # error paths only: not on every run's imports
-
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+        close = close_names(name, names)
         if close:
-            text += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+            text += f"; {did_you_mean(close)}"
         plural = "data sets" if kind == "data set" else "models"
         text += f"\nregistered {plural}: {', '.join(names) or 'none'}"
         return NotRegisteredError(text, kind=kind, name=name, available=names)
@@ -233,6 +235,25 @@ class Registry:
             build,
         )
         return attrs.evolve(DatasetVersion.from_dict(data), new=made)
+
+    def add_content(
+        self,
+        name: str,
+        content: DatasetContent,
+        *,
+        description: str | None = None,
+        source: Mapping[str, Any] | None = None,
+    ) -> DatasetVersion:
+        """``add_dataset`` of content already stored (``dataset_content``, ``table_content``)."""
+        return self.add_dataset(
+            name,
+            kind=content.kind,
+            content_hash=content.content_hash,
+            size=content.size,
+            objects=content.objects,
+            description=description,
+            source=source,
+        )
 
     # --- models ---------------------------------------------------------------------------
 

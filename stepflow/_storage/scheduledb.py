@@ -192,13 +192,25 @@ def _zombie(pid: int) -> bool:
 
 
 class ScheduleDB:
-    """The schedule database of one stepflow home."""
+    """The schedule database of one stepflow home.
 
-    def __init__(self, home: Path) -> None:
+    ``read_only=True`` opens it for a reader that only shows (``stepflow ui``): nothing is
+    created, migrated or written, and no file of the home is touched. A home without the
+    database reads as empty. A database no writer has open (no ``-wal`` file beside it) is
+    read whole into memory, so that SQLite makes no ``-wal``/``-shm`` file for the reader;
+    one a writer has open is read through an SQLite ``mode=ro`` connection. A write through
+    a read-only handle raises ``UsageError``.
+    """
+
+    def __init__(self, home: Path, *, read_only: bool = False) -> None:
         home = Path(home)
         check_home(home)
-        make_private_dirs(home)
         self.path = home / DB_NAME
+        self.read_only = read_only
+        if read_only:
+            self._db = self._open_read_only()
+            return
+        make_private_dirs(home)
         try:
             self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
             make_private_sqlite(self.path)
@@ -223,6 +235,28 @@ class ScheduleDB:
                 raise storage_error(exc, path=self.path, what="the schedules") from exc
             raise
 
+    def _open_read_only(self) -> sqlite3.Connection:
+        try:
+            db = _read_only_connection(self.path)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            if is_storage_fault(exc):
+                raise storage_error(exc, path=self.path, what="the schedules") from exc
+            raise
+        if version > SCHEMA_VERSION:
+            db.close()
+            raise UsageError(
+                f"{self.path} was written by a newer stepflow (schema {version}, this one "
+                f"knows {SCHEMA_VERSION}); upgrade stepflow to read it"
+            )
+        if version < SCHEMA_VERSION:
+            # Never written (or older): read as empty, in memory, without touching the file.
+            db.close()
+            db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            db.executescript(_SCHEMA)
+        db.row_factory = sqlite3.Row
+        return db
+
     def close(self) -> None:
         self._db.close()
 
@@ -235,6 +269,11 @@ class ScheduleDB:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, the database lock taken up front."""
+        if self.read_only:
+            raise UsageError(
+                f"{self.path} is open read-only here (a reader such as `stepflow ui`); "
+                f"change schedules with `stepflow publish` / `stepflow schedule`"
+            )
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -590,6 +629,30 @@ class ScheduleDB:
                 (owner,),
             )
             return cur.rowcount
+
+
+def _read_only_connection(path: Path) -> sqlite3.Connection:
+    """A connection that reads ``path`` and writes nothing beside it (see ``ScheduleDB``)."""
+    if not path.is_file():
+        return sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    if not Path(f"{path}-wal").exists():
+        # No writer has it open: it is whole in the file. Read into memory, as a rollback-
+        # journal database (bytes 18-19 of the header say WAL, which memory cannot hold).
+        data = bytearray(path.read_bytes())
+        if len(data) >= 100 and data[18] == data[19] == 2:
+            data[18] = data[19] = 1
+        db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        try:
+            if data:
+                db.deserialize(bytes(data))
+            db.execute("PRAGMA user_version").fetchone()
+            return db
+        except sqlite3.Error:
+            db.close()  # changed while it was read: read it through SQLite instead
+    uri = path.resolve().as_uri() + "?mode=ro"
+    db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout = 30000")
+    return db
 
 
 def _json(value: Any) -> str:

@@ -19,12 +19,10 @@ import attrs
 
 from stepflow._config import Config
 from stepflow._humanize import human_age, human_size, human_time, iso_times
-from stepflow._pluginmanager import datastore_kinds
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.index import CacheIndex, CacheRecord
-from stepflow._storage.kept import kept_in_home
 from stepflow._storage.read import ReadAPI, all_cache_records, matching, referenced_objects
-from stepflow._storage.stores import open_datastore
+from stepflow._storage.stores import open_configured_store
 from stepflow._surfaces.table import Column, table
 from stepflow.errors import UsageError
 
@@ -56,12 +54,7 @@ def parse_size(text: str) -> int:
 
 
 def _open(config: Config) -> tuple[CacheIndex, Datastore]:
-    store = open_datastore(
-        config.store,
-        home=config.home,
-        options=config.store_options,
-        kinds=datastore_kinds(plugins=config.plugins, keep=kept_in_home(config.home)),
-    )
+    store = open_configured_store(config)
     return CacheIndex(config.home / "index", store=store), store
 
 

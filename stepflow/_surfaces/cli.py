@@ -11,7 +11,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import pluggy
@@ -50,7 +50,18 @@ def _plugin_args(argv: Sequence[str]) -> list[str]:
     return names
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+class AddCommon(Protocol):
+    """What the command modules (``runscmd``, ``registrycmd``, ...) are handed to finish
+    each command's parser: ``_add_common``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *, with_json: bool = False) -> None: ...
+
+
+def _add_common(parser: argparse.ArgumentParser, *, with_json: bool = False) -> None:
+    """The options every command takes (``-p``, ``--home``), after ``--json`` (print JSON)
+    on a command that can print its answer as JSON (``with_json``)."""
+    if with_json:
+        parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument(
         "-p",
         dest="plugins",
@@ -258,9 +269,8 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
     explain.add_argument(
         "--param", dest="params", action="append", default=[], metavar="NAME=VALUE"
     )
-    explain.add_argument("--json", action="store_true", help="print JSON")
     explain.set_defaults(handler=_cmd_explain)
-    _add_common(explain)
+    _add_common(explain, with_json=True)
 
     cache = sub.add_parser("cache", help="list, inspect and prune stored results")
     cache.set_defaults(handler=_cmd_cache)
@@ -273,8 +283,7 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     cache_ls.add_argument("--pipeline", help="only this pipeline's results")
     cache_ls.add_argument("--step", help="only this step's results")
-    cache_ls.add_argument("--json", action="store_true", help="print JSON")
-    _add_common(cache_ls)
+    _add_common(cache_ls, with_json=True)
     cache_info = cache_sub.add_parser(
         "info",
         help="sizes and counts of the store, or one stored result",
@@ -288,8 +297,7 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
         nargs="?",
         help="a cache key, or a unique prefix of one (4 or more hex digits) as `cache ls` shows it",
     )
-    cache_info.add_argument("--json", action="store_true", help="print JSON")
-    _add_common(cache_info)
+    _add_common(cache_info, with_json=True)
     cache_prune = cache_sub.add_parser(
         "prune",
         help="remove stored results by age, pipeline or size budget",
@@ -301,8 +309,7 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
     cache_prune.add_argument("--pipeline", help="remove this pipeline's results")
     cache_prune.add_argument("--all", action="store_true", help="remove every result")
     cache_prune.add_argument("--dry-run", action="store_true", help="only say what would go")
-    cache_prune.add_argument("--json", action="store_true", help="print JSON")
-    _add_common(cache_prune)
+    _add_common(cache_prune, with_json=True)
 
     from stepflow._surfaces import runscmd
 
@@ -311,9 +318,8 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
         sub.choices[name].set_defaults(handler=_cmd_runs)
 
     plugins = sub.add_parser("plugins", help="list the plugins loaded and what they provide")
-    plugins.add_argument("--json", action="store_true", help="print JSON")
     plugins.set_defaults(handler=_cmd_plugins)
-    _add_common(plugins)
+    _add_common(plugins, with_json=True)
 
     from stepflow._surfaces import registrycmd
 

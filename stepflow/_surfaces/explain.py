@@ -26,12 +26,12 @@ from stepflow._execution.references import resolve_references
 from stepflow._pipeline import Pipeline
 from stepflow._planning.cachekey import describe_value, item_keys
 from stepflow._planning.reuse import NOT_STORED, REGENERATE, decide, earlier_results
-from stepflow._pluginmanager import datastore_kinds, serializers_of
+from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO
 from stepflow._storage.hashing import hash_value
 from stepflow._storage.index import CacheIndex, CacheRecord
-from stepflow._storage.stores import open_datastore
+from stepflow._storage.stores import open_configured_store
 from stepflow.errors import UsageError
 
 __all__ = ["Explanation", "PlanExplanation", "explain", "explain_plan"]
@@ -158,9 +158,7 @@ def _walk(
     when given (its ancestors are walked, not explained)."""
     serializers = serializers_of(pm)
     backends = open_backends(plan, config, pm, workers=1, run_id="explain", check=False)
-    store = open_datastore(
-        config.store, home=config.home, options=config.store_options, kinds=datastore_kinds(pm)
-    )
+    store = open_configured_store(config, pm)
     try:
         # The versions a run would read now; a missing one is the run's own usage error.
         refs = resolve_references(plan, store)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from stepflow._humanize import human_size, human_time, iso_times
@@ -20,13 +20,12 @@ if TYPE_CHECKING:
     from stepflow._config import Config
     from stepflow._storage.read import ReadAPI
     from stepflow._storage.registry import DatasetVersion, ModelVersion
+    from stepflow._surfaces.cli import AddCommon
 
 __all__ = ["add_parsers", "run_command"]
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction, add_common: Callable[[argparse.ArgumentParser], None]
-) -> None:
+def add_parsers(sub: argparse._SubParsersAction, add_common: AddCommon) -> None:
     datasets = sub.add_parser("datasets", help="register, list and show versioned data sets")
     ds_sub = datasets.add_subparsers(dest="datasets_command", metavar="ACTION", required=True)
     register = ds_sub.add_parser(
@@ -38,11 +37,9 @@ def add_parsers(
     register.add_argument("name", metavar="NAME")
     register.add_argument("path", metavar="PATH", help="a file or a folder")
     register.add_argument("--description", help="what this version holds")
-    register.add_argument("--json", action="store_true", help="print JSON")
-    add_common(register)
+    add_common(register, with_json=True)
     ls = ds_sub.add_parser("list", help="every data set and its latest version")
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    add_common(ls)
+    add_common(ls, with_json=True)
     show = ds_sub.add_parser("show", help="a data set's versions, or one version in detail")
     show.add_argument("name", metavar="NAME")
     show.add_argument(
@@ -52,21 +49,18 @@ def add_parsers(
         metavar="N",
         help="this version (default: latest)",
     )
-    show.add_argument("--json", action="store_true", help="print JSON")
-    add_common(show)
+    add_common(show, with_json=True)
 
     models = sub.add_parser("models", help="list and show registered models; move aliases")
     md_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     mls = md_sub.add_parser("list", help="every model, its latest version and aliases")
-    mls.add_argument("--json", action="store_true", help="print JSON")
-    add_common(mls)
+    add_common(mls, with_json=True)
     mshow = md_sub.add_parser(
         "show", help="a model's versions: metrics, tags, aliases and source run"
     )
     mshow.add_argument("name", metavar="NAME")
     mshow.add_argument("--version", dest="number", type=int, metavar="N", help="only this version")
-    mshow.add_argument("--json", action="store_true", help="print JSON")
-    add_common(mshow)
+    add_common(mshow, with_json=True)
     alias = md_sub.add_parser(
         "alias",
         help="point an alias (such as production) at a version",
@@ -77,8 +71,7 @@ def add_parsers(
     alias.add_argument("alias", metavar="ALIAS")
     # dest: "version" is the top-level --version flag's
     alias.add_argument("number", type=int, metavar="VERSION")
-    alias.add_argument("--json", action="store_true", help="print JSON")
-    add_common(alias)
+    add_common(alias, with_json=True)
 
 
 def run_command(args: argparse.Namespace, config: Config) -> int:

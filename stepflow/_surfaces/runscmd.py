@@ -12,7 +12,7 @@ import datetime
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from stepflow._humanize import human_duration, human_time, iso_time, iso_times
@@ -22,13 +22,12 @@ if TYPE_CHECKING:
     from stepflow._config import Config
     from stepflow._storage.read import ReadAPI
     from stepflow._storage.records import RunRecords, RunRow, StepRow
+    from stepflow._surfaces.cli import AddCommon
 
 __all__ = ["add_parsers", "run_command"]
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction, add_common: Callable[[argparse.ArgumentParser], None]
-) -> None:
+def add_parsers(sub: argparse._SubParsersAction, add_common: AddCommon) -> None:
     runs = sub.add_parser("runs", help="list, show and compare recorded runs")
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
 
@@ -39,21 +38,18 @@ def add_parsers(
     )
     ls.add_argument("--since", metavar="WHEN", help="an age (7d, 12h, 30m) or a date (2026-11-20)")
     ls.add_argument("--limit", type=int, default=50, metavar="N", help="at most N runs (50)")
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    add_common(ls)
+    add_common(ls, with_json=True)
 
     show = runs_sub.add_parser("show", help="a run's steps, parameters, metrics and source")
     show.add_argument("run", metavar="RUN", help="a run id, a unique prefix of it, last or last~N")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    add_common(show)
+    add_common(show, with_json=True)
 
     compare = runs_sub.add_parser(
         "compare", help="what differs between two runs: parameters, metrics, steps, source"
     )
     compare.add_argument("run_a", metavar="RUN")
     compare.add_argument("run_b", metavar="RUN")
-    compare.add_argument("--json", action="store_true", help="print JSON")
-    add_common(compare)
+    add_common(compare, with_json=True)
 
     lineage = runs_sub.add_parser(
         "lineage",
@@ -62,8 +58,7 @@ def add_parsers(
         "or RUN:OUTPUT for an output of a recorded run.",
     )
     lineage.add_argument("artifact", metavar="ARTIFACT")
-    lineage.add_argument("--json", action="store_true", help="print JSON")
-    add_common(lineage)
+    add_common(lineage, with_json=True)
 
     from stepflow._surfaces import sourcecmd
 
@@ -73,8 +68,7 @@ def add_parsers(
     logs.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
     logs.add_argument("step", metavar="STEP", nargs="?", help="only this step")
     logs.add_argument("--stream", choices=["stdout", "stderr", "log"], help="only this stream")
-    logs.add_argument("--json", action="store_true", help="print JSON")
-    add_common(logs)
+    add_common(logs, with_json=True)
 
 
 def open_existing(config: Config) -> RunRecords:

@@ -17,13 +17,12 @@ if TYPE_CHECKING:
 
     from stepflow._config import Config
     from stepflow._scheduling.publishing import PublishedPipeline
+    from stepflow._surfaces.cli import AddCommon
 
 __all__ = ["add_parsers", "published_target", "run_command"]
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[Any], add_common: Callable[[argparse.ArgumentParser], None]
-) -> None:
+def add_parsers(sub: argparse._SubParsersAction[Any], add_common: AddCommon) -> None:
     publish = sub.add_parser(
         "publish",
         help="publish a pipeline as a named, numbered version",
@@ -35,14 +34,12 @@ def add_parsers(
     publish.add_argument("target", metavar="TARGET", help="module:pipeline or file.py:pipeline")
     publish.add_argument("--name", required=True, help="the published name")
     publish.add_argument("--description", help="what this version is")
-    publish.add_argument("--json", action="store_true", help="print JSON")
-    add_common(publish)
+    add_common(publish, with_json=True)
 
     published = sub.add_parser("published", help="list and show published pipelines")
     pub_sub = published.add_subparsers(dest="published_command", metavar="ACTION", required=True)
     pub_list = pub_sub.add_parser("list", help="the latest version of each published pipeline")
-    pub_list.add_argument("--json", action="store_true", help="print JSON")
-    add_common(pub_list)
+    add_common(pub_list, with_json=True)
     pub_show = pub_sub.add_parser("show", help="one published pipeline and its versions")
     pub_show.add_argument("name", metavar="NAME")
     # dest: the top-level --version (print stepflow's version) owns args.version
@@ -53,8 +50,7 @@ def add_parsers(
         metavar="V",
         help="this version (default: latest)",
     )
-    pub_show.add_argument("--json", action="store_true", help="print JSON")
-    add_common(pub_show)
+    add_common(pub_show, with_json=True)
 
     schedule = sub.add_parser("schedule", help="create, show and manage schedules")
     sched_sub = schedule.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
@@ -109,19 +105,16 @@ def add_parsers(
     create.add_argument("--on-change", metavar="PATH", help="run when files under PATH change")
     create.add_argument("--poll", type=float, metavar="SECONDS", help="data trigger poll (60)")
     create.add_argument("--description", help="what the schedule is for")
-    create.add_argument("--json", action="store_true", help="print JSON")
-    add_common(create)
+    add_common(create, with_json=True)
     sched_list = sched_sub.add_parser("list", help="every schedule")
-    sched_list.add_argument("--json", action="store_true", help="print JSON")
-    add_common(sched_list)
+    add_common(sched_list, with_json=True)
     show = sched_sub.add_parser(
         "show", help="a schedule: its next fire times (local and UTC) and last runs"
     )
     show.add_argument("name", metavar="NAME")
     show.add_argument("--after", metavar="ISO-TIME", help="fire times after this (default now)")
     show.add_argument("--count", type=int, default=5, metavar="N")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    add_common(show)
+    add_common(show, with_json=True)
     for action, text in (
         ("pause", "stop claiming ticks"),
         ("resume", "claim ticks again, from now on"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +19,12 @@ if TYPE_CHECKING:
     from stepflow._config import Config
     from stepflow._storage.records import RunRow
     from stepflow._storage.source.store import SnapshotFile
+    from stepflow._surfaces.cli import AddCommon
 
 __all__ = ["add_parser", "run_command"]
 
 
-def add_parser(
-    runs_sub: argparse._SubParsersAction, add_common: Callable[[argparse.ArgumentParser], None]
-) -> None:
+def add_parser(runs_sub: argparse._SubParsersAction, add_common: AddCommon) -> None:
     source = runs_sub.add_parser(
         "source",
         help="list the files of a run's code snapshot, or write them into a folder",
@@ -43,14 +41,12 @@ def add_parser(
         help="with --to: write into a folder that is not empty (files not in the snapshot are "
         "left alone)",
     )
-    source.add_argument("--json", action="store_true", help="print JSON")
-    add_common(source)
+    add_common(source, with_json=True)
 
 
 def run_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager) -> int:
-    from stepflow._pluginmanager import datastore_kinds
     from stepflow._storage.source.store import SnapshotError, restore_snapshot, snapshot_manifest
-    from stepflow._storage.stores import open_datastore
+    from stepflow._storage.stores import open_configured_store
     from stepflow._surfaces.runscmd import open_existing
     from stepflow.errors import UsageError
 
@@ -66,9 +62,7 @@ def run_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManag
             f"run {run.id} has no code snapshot: it ran with record_source = false, or was "
             f"stopped before its snapshot was taken"
         )
-    store = open_datastore(
-        config.store, home=config.home, options=config.store_options, kinds=datastore_kinds(pm)
-    )
+    store = open_configured_store(config, pm)
     try:
         if args.to:
             try:

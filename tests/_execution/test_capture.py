@@ -99,7 +99,8 @@ def test_router_behaves_like_a_text_stream() -> None:
 
 def test_fd_output_captures_descriptors_and_child_processes(tmp_path) -> None:
     """``fd_output`` sees what bypasses ``sys.stdout``: raw writes to fd 1 and 2 and child
-    processes; the files keep it for ``read_output``; the descriptors are restored."""
+    processes; the files hold it while the step runs (``read_output``, after a kill) and are
+    emptied when it ends; the descriptors are restored."""
     import os
     import subprocess
 
@@ -114,10 +115,13 @@ def test_fd_output_captures_descriptors_and_child_processes(tmp_path) -> None:
                 [sys.executable, "-c", "import sys; print('child err s3cret', file=sys.stderr)"],
                 check=True,
             )
+            while_running = read_output(tmp_path, ("s3cret",))
     texts = captured.texts(("s3cret",))
     assert texts["stdout"].splitlines() == ["from python", "raw fd 1", "from a child"]
     assert texts["stderr"] == "child err ***\n"
-    assert read_output(tmp_path, ("s3cret",)) == texts
+    assert while_running == texts
+    # emptied: whoever follows the files never takes this step's output for the next one's
+    assert read_output(tmp_path) == {}
     assert not captured.fd_level
 
 

@@ -181,3 +181,49 @@ def test_another_spelling_of_the_home_does_not_drop_held_leases(tmp_path):
         assert probe(home, KEY) == "held"
         assert probe(home, OTHER) == "free"
     assert probe(home, KEY) == "free"
+
+
+class TestKeyLease:
+    """The two-step lease the parallel run loop takes: try without waiting, wait elsewhere."""
+
+    def test_try_take_never_waits_for_another_thread(self, tmp_path):
+        lease = locks.KeyLease(tmp_path, KEY)
+        assert lease.try_take() is True
+        other = locks.KeyLease(tmp_path, KEY)
+        assert other.try_take() is False  # held here: refused at once, nothing taken
+        assert locks.KeyLease(tmp_path, OTHER).try_take() is True
+        lease.give_back()
+        assert other.try_take() is True
+        other.give_back()
+        other.give_back()  # not held any more: nothing to do
+
+    def test_try_take_never_waits_for_another_process(self, tmp_path):
+        with holder(tmp_path, KEY, 60):
+            lease = locks.KeyLease(tmp_path, KEY)
+            assert lease.try_take() is False
+        # The holder was killed: free again, and nothing of the refused try is left.
+        assert lease.try_take() is True
+        lease.give_back()
+        with key_lock(tmp_path, KEY) as waited:
+            assert waited is False
+
+    def test_take_waits_and_another_thread_gives_back(self, tmp_path):
+        """A lease taken in one thread is given back from another (the loop resumes a step
+        on whichever dispatch thread is free)."""
+        first = locks.KeyLease(tmp_path, KEY)
+        assert first.try_take()
+        second = locks.KeyLease(tmp_path, KEY)
+        waited: list[bool] = []
+        waiter = threading.Thread(target=lambda: waited.append(second.take()))
+        waiter.start()
+        time.sleep(0.2)
+        assert waited == []  # still waiting
+        threading.Thread(target=first.give_back).start()
+        waiter.join(timeout=30)
+        assert waited == [True]
+        threading.Thread(target=second.give_back).start()
+        deadline = time.monotonic() + 30
+        while not (free := locks.KeyLease(tmp_path, KEY)).try_take():
+            assert time.monotonic() < deadline, "the lease was not given back"
+            time.sleep(0.01)
+        free.give_back()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import importlib
-import importlib.util
 import json
 import os
 import socket
@@ -37,7 +35,6 @@ from stepflow.errors import StepflowWarning, StoreUnavailableError, UsageError
 #: the store at a URL, opened with the kinds the installed plugins register
 open_datastore = functools.partial(stores.open_datastore, kinds=datastore_kinds())
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NAME = "0123456789abcdef0123.pickle"
 
 
@@ -600,16 +597,6 @@ class TestStoreLostMidRun:
 @pytest.mark.slow
 class TestSecondHome:
     QUICK = {"n_estimators": 60}
-
-    @pytest.fixture
-    def hp(self, monkeypatch):
-        """The house-prices example's pipeline module, imported as the CLI imports it."""
-        monkeypatch.syspath_prepend(str(EXAMPLES))
-        for name in [n for n in sys.modules if n.split(".")[0] == "house_prices"]:
-            monkeypatch.delitem(sys.modules, name)
-        yield importlib.import_module("house_prices.pipeline")
-        for name in [n for n in sys.modules if n.split(".")[0] == "house_prices"]:
-            del sys.modules[name]
 
     def test_example_reused_from_another_home(self, s3_server, hp, tmp_path):
         """The house-prices training pipeline run in home A (two workers) is reused by a

@@ -39,14 +39,7 @@ def home(tmp_path):
 
 
 def register(store, name, value):
-    content = dataset_content(store, SERIALIZERS, value)
-    return Registry(store).add_dataset(
-        name,
-        kind=content.kind,
-        content_hash=content.content_hash,
-        size=content.size,
-        objects=content.objects,
-    )
+    return Registry(store).add_content(name, dataset_content(store, SERIALIZERS, value))
 
 
 def load(version, want, store, home):

@@ -152,3 +152,54 @@ def test_unknown_and_duplicate_schedule(db):
         db.schedule("x")
     with pytest.raises(UsageError, match="exists already"):
         db.add_schedule(db.schedule("nightly"))
+
+
+def _files(folder):
+    """Every file under ``folder`` with its size and modification time."""
+    return {
+        p.relative_to(folder): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+class TestReadOnly:
+    """``ScheduleDB(home, read_only=True)``: for a reader that only shows (``stepflow ui``)."""
+
+    def test_a_home_without_schedules_reads_empty_and_stays_so(self, tmp_path):
+        home = tmp_path / "home"
+        home.mkdir(mode=0o700)
+        with ScheduleDB(home, read_only=True) as db:
+            assert db.schedules() == [] and db.published_list() == []
+        assert list(home.iterdir()) == []
+
+    def test_reads_what_a_closed_writer_left_without_touching_a_file(self, db, tmp_path):
+        db.publish("p", "h1", {"target": "f.py:p"}, None)
+        db.close()
+        home = tmp_path / "home"
+        before = _files(home)
+        assert not (home / "schedules.db-wal").exists()  # no writer has it open
+        with ScheduleDB(home, read_only=True) as reader:
+            assert [s.name for s in reader.schedules()] == ["nightly"]
+            assert reader.published("p").version == 1
+        assert _files(home) == before
+
+    def test_sees_what_an_open_writer_committed(self, db, tmp_path):
+        db.publish("p", "h1", {"target": "f.py:p"}, None)  # the writer stays open
+        with ScheduleDB(tmp_path / "home", read_only=True) as reader:
+            assert reader.published("p").content_hash == "h1"
+            db.publish("p", "h2", {"target": "f.py:p"}, None)
+            assert reader.published("p").version == 2
+
+    def test_writes_are_refused_with_a_clear_error(self, db, tmp_path):
+        with (
+            ScheduleDB(tmp_path / "home", read_only=True) as reader,
+            pytest.raises(UsageError, match="open read-only here"),
+        ):
+            reader.set_paused("nightly", True)
+        assert db.schedule("nightly").paused is False
+
+    def test_a_newer_schema_is_refused(self, db, tmp_path):
+        with db.transaction() as tx:
+            tx.execute("PRAGMA user_version = 99")
+        with pytest.raises(UsageError, match="newer stepflow"):
+            ScheduleDB(tmp_path / "home", read_only=True)

@@ -19,24 +19,10 @@ def total(numbers: list[int]) -> int:
 """
 
 
-def configure(runner, store: str, endpoint_url: str) -> None:
-    (runner.path / "pyproject.toml").write_text(
-        textwrap.dedent(
-            f"""\
-            [tool.stepflow]
-            store = "{store}"
-
-            [tool.stepflow.store_options]
-            endpoint_url = "{endpoint_url}"
-            """
-        )
-    )
-
-
 class TestSharedStore:
     def test_second_home_reuses_and_prunes(self, stepflow_runner, s3_server, tmp_path_factory):
         stepflow_runner.makepyfile(flow=FLOW)
-        configure(stepflow_runner, s3_server.url(), s3_server.endpoint_url)
+        (stepflow_runner.path / "pyproject.toml").write_text(s3_server.pyproject())
         first = stepflow_runner.run("run", "flow.py")
         assert first.ret == 0, first.stderr
         first.fnmatch_lines(["*2 ran in*"])
@@ -73,7 +59,7 @@ class TestSharedStore:
                 """
             )
         )
-        configure(stepflow_runner, s3_server.url(), s3_server.endpoint_url)
+        (stepflow_runner.path / "pyproject.toml").write_text(s3_server.pyproject())
         args = ("run", "flow.py", "--param", "token=env:API_TOKEN")
         env = {"API_TOKEN": "s3cr3t-value"}
         first = stepflow_runner.run(*args, env=env)
@@ -97,7 +83,9 @@ class TestErrors:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         stepflow_runner.makepyfile(flow=FLOW)
-        configure(stepflow_runner, s3_server.url(), f"http://127.0.0.1:{port}")
+        (stepflow_runner.path / "pyproject.toml").write_text(
+            s3_server.pyproject(endpoint_url=f"http://127.0.0.1:{port}")
+        )
         out = stepflow_runner.run("run", "flow.py")
         assert out.ret == 2
         assert f"store {s3_server.url()} at http://127.0.0.1:{port}" in out.stderr
@@ -105,7 +93,9 @@ class TestErrors:
 
     def test_missing_bucket(self, stepflow_runner, s3_server):
         stepflow_runner.makepyfile(flow=FLOW)
-        configure(stepflow_runner, "s3://no-such-bucket/x", s3_server.endpoint_url)
+        (stepflow_runner.path / "pyproject.toml").write_text(
+            s3_server.pyproject(store="s3://no-such-bucket/x")
+        )
         out = stepflow_runner.run("cache", "info")
         assert out.ret == 2
         assert "bucket 'no-such-bucket' does not exist" in out.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 
@@ -14,20 +13,6 @@ from stepflow import step
 def answer() -> int:
     return {value}
 """
-
-
-def configure(runner, store: str, endpoint_url: str) -> None:
-    (runner.path / "pyproject.toml").write_text(
-        textwrap.dedent(
-            f"""\
-            [tool.stepflow]
-            store = "{store}"
-
-            [tool.stepflow.store_options]
-            endpoint_url = "{endpoint_url}"
-            """
-        )
-    )
 
 
 def run_ids(runner) -> list[str]:
@@ -94,7 +79,7 @@ def test_a_missing_file_names_the_file_and_the_run(stepflow_runner, tmp_path_fac
 
 @pytest.mark.slow
 def test_restores_from_an_s3_store(stepflow_runner, s3_server, tmp_path_factory):
-    configure(stepflow_runner, s3_server.url(), s3_server.endpoint_url)
+    (stepflow_runner.path / "pyproject.toml").write_text(s3_server.pyproject())
     first = edit_and_run_twice(stepflow_runner)
     assert len(s3_server.fs().find(f"{s3_server.bucket}/stepflow/refs/source/snapshots")) == 2
     assert not (stepflow_runner.home / "refs" / "source").exists()

@@ -27,7 +27,8 @@ import attrs
 
 # Every folder made in the home is owner-only at each level (DESIGN.md section 7).
 from stepflow._storage.home import make_private_dirs
-from stepflow.backends import Task, TaskResult
+from stepflow.backends import Task, TaskResult, follow_output
+from stepflow.worker import OUTPUT_ENV
 from stepflow_docker._engine import docker_errors
 from stepflow_docker._labels import ATTEMPT, RUN, STEP, owner_labels
 
@@ -103,7 +104,9 @@ def run_attempt(
             f"{ATTEMPT_DIR}/result.pkl",
         ],
         user=f"{os.getuid()}:{os.getgid()}",
-        environment=dict(launch.environment),
+        # The worker captures the step's output in the mounted attempt folder, where the
+        # run follows it while the step runs (``stepflow ui``).
+        environment={**launch.environment, OUTPUT_ENV: f"{ATTEMPT_DIR}/output"},
         working_dir=launch.working_dir,
         labels={
             RUN: task.run_id,
@@ -131,7 +134,8 @@ def run_attempt(
         if cancelled.is_set():
             api.stop(container_id, timeout=0)
         follower = _follow(api, container_id) if task.echo else None
-        state = _wait(api, container_id, timeout)
+        with follow_output(task, folder / "output"):
+            state = _wait(api, container_id, timeout)
         if follower is not None:
             follower.join(timeout=5)
         if state is None:  # past its timeout: SIGTERM, then SIGKILL after stop_timeout

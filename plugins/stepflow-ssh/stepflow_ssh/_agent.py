@@ -90,6 +90,33 @@ def _atomic_write(path: str, data: bytes) -> None:
         raise
 
 
+def _live_texts(folder: str, offsets: Any) -> tuple[list[str], list[int] | None]:
+    """New text of the worker's captured ``output/stdout`` and ``output/stderr`` from
+    ``offsets`` (``None``: not asked for), cut after the last whole UTF-8 character."""
+    if not isinstance(offsets, list | tuple) or len(offsets) != 2:
+        return ["", ""], None
+    texts, ends = [], []
+    for i, stream in enumerate(("stdout", "stderr")):
+        start = int(offsets[i])
+        data = b""
+        with contextlib.suppress(OSError), open(os.path.join(folder, "output", stream), "rb") as fh:
+            fh.seek(start)
+            data = fh.read(_LOG_CHUNK)
+        # A character cut by the chunk's end waits for the next poll.
+        for back in range(min(3, len(data)) + 1):
+            try:
+                text = data[: len(data) - back].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            data = data[: len(data) - back]
+            break
+        else:
+            text = data.decode("utf-8", errors="replace")
+        texts.append(text)
+        ends.append(start + len(data))
+    return texts, ends
+
+
 def _read_json(path: str) -> Any:
     try:
         with open(path, "rb") as fh:
@@ -427,10 +454,19 @@ class Server:
                         data = fh.read(_LOG_CHUNK)
                 offsets[i] += len(data)
                 texts.append(data.decode("utf-8", errors="replace"))
+            # What the step printed so far, as its worker captures it (``live``: the run shows
+            # it while the step runs, and masks its secrets).
+            live, live_offsets = _live_texts(folder, req.get("live"))
             state = status.get("state")
             changed = not final and state != known
-            if changed or any(texts) or state in FINAL or time.monotonic() >= deadline:
-                return {"status": status, "offsets": offsets, "out": texts[0], "err": texts[1]}
+            # New live text answers at most four times a second: a step that prints a lot
+            # must not turn the poll into a stream of round trips.
+            live_due = any(live) and time.monotonic() - started >= 0.25
+            if changed or any(texts) or live_due or state in FINAL or time.monotonic() >= deadline:
+                found = {"status": status, "offsets": offsets, "out": texts[0], "err": texts[1]}
+                if live_offsets is not None:
+                    found.update(live=live, live_offsets=live_offsets)
+                return found
             # Quick at first (a short step ends within milliseconds), then gentler.
             time.sleep(0.002 if time.monotonic() - started < 0.2 else 0.01)
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 import stepflow
-from stepflow.backends import Backend, BackendContext, Task, TaskResult
+from stepflow.backends import Backend, BackendContext, Task, TaskResult, publish_output
 from stepflow.errors import BackendError, BackendUnavailableError
 from stepflow_ssh import _agent
 from stepflow_ssh._options import SSHOptions, parse_options
@@ -352,7 +352,7 @@ class SSHBackend(Backend):
             first = session.do(
                 lambda ch: ch.call(
                     "launch", payload, dir=rel, spec=spec, client=client, wait=wait,
-                    logs=task.echo,
+                    logs=task.echo, live=[0, 0],
                 )[0]
             )  # fmt: skip
             outcome = self._follow(session, task, rel, timeout, first)
@@ -485,6 +485,8 @@ class SSHBackend(Backend):
         """Follow the attempt until it ends; its final status, or the result of a timeout,
         a cancel or a lost attempt. ``first`` is what the launch answered."""
         offsets = [0, 0]
+        #: how far the step's captured output was read (shown live by `stepflow ui`)
+        live = [0, 0]
         known: str | None = None
         deadline: float | None = None
         header: dict[str, Any] | None = first
@@ -493,6 +495,11 @@ class SSHBackend(Backend):
                 offsets = header.get("offsets", offsets)
                 if task.echo:
                     _echo(header.get("out", ""), header.get("err", ""))
+                if "live_offsets" in header:
+                    live = header["live_offsets"]
+                    # The run masks the secrets before anything is shown.
+                    for stream, text in zip(("stdout", "stderr"), header["live"], strict=True):
+                        publish_output(task, stream, text)
                 status = header["status"]
                 known = state = status["state"]
                 if state == "running" and deadline is None and timeout is not None:
@@ -518,8 +525,8 @@ class SSHBackend(Backend):
                     return TaskResult.timed_out(task, timeout, logs=logs)
                 wait = min(wait, left)
             header = session.do(
-                lambda ch, w=wait, k=known, o=list(offsets): ch.call(
-                    "poll", dir=rel, offsets=o, wait=w, known=k, logs=task.echo
+                lambda ch, w=wait, k=known, o=list(offsets), v=list(live): ch.call(
+                    "poll", dir=rel, offsets=o, wait=w, known=k, logs=task.echo, live=v
                 )[0]
             )
 

@@ -258,14 +258,14 @@ def make_app(
         found = api.run(p["run"])
         version = version_of(api.changes(found.id))
         step = data.step(api, found.id, p["step"])
-        log = data.step_log(api, found.id, p["step"]) if step["recorded"] else []
-        return HTMLResponse(pages.step_page(step, log, version=version))
+        return HTMLResponse(
+            pages.step_page(step, data.any_log(api, found.id, p["step"], step), version=version)
+        )
 
     def log_json(request: Request, api: ReadAPI) -> Response:
         p = request.path_params
         step = data.step(api, p["run"], p["step"])
-        entries = data.step_log(api, p["run"], p["step"]) if step["recorded"] else []
-        return JSONResponse(entries)
+        return JSONResponse(data.any_log(api, p["run"], p["step"], step))
 
     def compare_json(request: Request, api: ReadAPI) -> Response:
         a, b = request.query_params.get("a"), request.query_params.get("b")
@@ -396,23 +396,41 @@ def make_app(
         return _stream(request, look)
 
     def log_events(request: Request) -> Response:
+        """A step's log as it grows: ``live`` events while it runs (the first, ``reset``,
+        with everything printed so far; then each new piece of each attempt's stream), then
+        one ``log`` event with the recorded log, which ends the stream."""
         p = request.path_params
-        sent = [0]
+        #: (attempt, stream) → characters sent; ``None`` before the first live event
+        sent: list[dict[tuple[int, str], int] | None] = [None]
 
         def look() -> tuple[str, str, bool] | None:
             api = read_api()
             try:
                 step = data.step(api, p["run"], p["step"])
-                if not step["recorded"]:
-                    return None
-                entries = data.step_log(api, p["run"], p["step"])
+                if step["recorded"] or step["run_state"] != "running":
+                    entries = data.step_log(api, p["run"], p["step"]) if step["recorded"] else []
+                    final = {"entries": entries, "state": step["state"]}
+                    return ("log", json.dumps(final), True)
+                found = data.live_log(api, p["run"], p["step"])
             except UsageError:
                 return None
             finally:
                 api.close()
-            fresh = entries[sent[0] :]
-            sent[0] = len(entries)
-            return ("log", json.dumps({"entries": fresh, "state": step["state"]}), True)
+            if found is None:
+                return None
+            reset = sent[0] is None
+            known = sent[0] = {} if reset else sent[0]
+            assert known is not None
+            fresh = []
+            for entry in found:
+                key = (entry["attempt"], entry["stream"])
+                text = entry["text"][known.get(key, 0) :]
+                known[key] = len(entry["text"])
+                if text or reset:
+                    fresh.append({**entry, "text": text})
+            if not fresh and not reset:
+                return None
+            return ("live", json.dumps({"entries": fresh, "reset": reset}), False)
 
         return _stream(request, look)
 

@@ -190,6 +190,24 @@ def step_log(api: ReadAPI, ref: str, name: str) -> list[dict[str, Any]]:
     ]
 
 
+def live_log(api: ReadAPI, ref: str, name: str) -> list[dict[str, Any]] | None:
+    """What a step in flight has printed so far (secrets masked by its run), ``None`` when
+    the run does not publish it (not started, too young to be shown, or over)."""
+    entries = api.live_log(ref, name)
+    if entries is None:
+        return None
+    return [{"attempt": e.attempt, "stream": e.stream, "text": e.text} for e in entries]
+
+
+def any_log(api: ReadAPI, ref: str, name: str, step: dict[str, Any]) -> list[dict[str, Any]]:
+    """The step's recorded log, or while it runs what it has printed so far."""
+    if step["recorded"]:
+        return step_log(api, ref, name)
+    if step["state"] == "running":
+        return live_log(api, ref, name) or []
+    return []
+
+
 def compare(api: ReadAPI, a: str, b: str) -> dict[str, Any]:
     return api.compare(a, b)
 
@@ -249,10 +267,11 @@ def published(api: ReadAPI) -> dict[str, Any]:
     config = api.config
     if not (config.home / DB_NAME).is_file():
         return {"available": True, "published": [], "schedules": []}
-    with ScheduleDB(config.home) as db:
+    # Read-only, as the run records: the UI writes nothing to the home.
+    with ScheduleDB(config.home, read_only=True) as db:
         rows = list(db.published_list())
         versions = {(r.name, r.version): r for r in rows}
-        names = [s.name for s in db.schedules()]
+        infos = [schedule_info(s.name, config=config, db=db).to_dict() for s in db.schedules()]
     found = []
     for r in rows:
         spec = r.spec
@@ -269,8 +288,7 @@ def published(api: ReadAPI) -> dict[str, Any]:
             }
         )
     schedules = []
-    for name in names:
-        info = schedule_info(name, config=config).to_dict()
+    for info in infos:
         ref = str(info.get("pipeline", ""))
         pub_name, _, version = ref.partition("@")
         pub = versions.get((pub_name, int(version))) if version.isdigit() else None

@@ -294,17 +294,34 @@ def step_page(step: dict[str, Any], log: list[dict[str, Any]], *, version: str =
                     ["name", "value"], [(esc(k), esc(v)) for k, v in step["logged_params"].items()]
                 )
             )
-    parts.append("<h2>Log</h2>")
-    text = "".join(f"[{e['stream']} #{e['attempt']}] {e['text']}" for e in log)
+    live = f"/events/runs/{q(rid)}{query(v=version)}" if step["run_state"] == "running" else ""
+    # The log stays outside #live: the page's refresh on a run change must not undo what its
+    # own stream has added meanwhile.
+    return page(
+        f"Step {name}",
+        '<div id="live">' + "".join(parts) + "</div>" + _log(step, log),
+        live=live,
+    )
+
+
+def _log(step: dict[str, Any], log: list[dict[str, Any]]) -> str:
+    """The step's log: the recorded one, or what it has printed so far while it runs (each
+    attempt's stream in a part of its own, which the page's stream extends line by line)."""
+    rid, name = step["run"], step["name"]
     streaming = step["state"] in ("running", "pending")
     log_url = f"/events/runs/{q(rid)}/steps/{q(name)}/log" if streaming else ""
-    parts.append(
-        f'<pre id="log" data-log="{esc(log_url)}">{esc(text) or ""}</pre>'
-        if text or streaming
-        else '<pre id="log" class="muted">(nothing written)</pre>'
+    head = "<h2>Log</h2>" + (
+        '<p class="muted" id="log-note">so far: the step has not finished</p>' if streaming else ""
     )
-    live = f"/events/runs/{q(rid)}{query(v=version)}" if step["run_state"] == "running" else ""
-    return page(f"Step {name}", '<div id="live">' + "".join(parts) + "</div>", live=live)
+    if not log and not streaming:
+        return head + '<pre id="log" class="muted">(nothing written)</pre>'
+    text = "".join(
+        f'<span data-part="{esc(e["attempt"])} {esc(e["stream"])}">'
+        f"[{esc(e['stream'])} #{esc(e['attempt'])}] {esc(e['text'])}</span>"
+        for e in log
+    )
+    follow = f' data-log="{esc(log_url)}"' if log_url else ""
+    return head + f'<pre id="log"{follow}>{text}</pre>'
 
 
 def _step_link(rid: str, name: str) -> str:

@@ -128,3 +128,32 @@ def test_two_runs_at_once_build_the_image_once(docker_client, project):
     assert builds == 1, outputs
     assert len(docker_client.images.list(filters={"label": f"io.stepflow.spec={spec}"})) == 1
     assert os.path.isdir(project.home / "docker" / "locks")
+
+
+def _live_log(home, step: str) -> str:
+    from stepflow._config import load_config
+    from stepflow._storage.read import ReadAPI
+
+    try:
+        with ReadAPI(load_config(home=home), read_only=True) as api:
+            entries = api.live_log("last", step) or []
+    except Exception:  # no run recorded yet
+        return ""
+    return "".join(f"[{e.stream} #{e.attempt}] {e.text}" for e in entries)
+
+
+def test_what_a_step_prints_is_shown_while_its_container_runs(docker_client, project):
+    """The worker in the container captures into the mounted attempt folder, which the run
+    follows from the host: `stepflow ui` shows the step's first line before it ends."""
+    project.backend()
+    project.write("flow.py", _flow())
+    run = project.start("run", "flow.py", "--param", "wait=60")
+    try:
+        log = _wait_for(lambda: _live_log(project.home, "slow"), 240, "the step's live log")
+        assert log == "[stdout #1] started\n"
+        run.send_signal(signal.SIGINT)
+        run.communicate(timeout=120)
+    finally:
+        run.kill()
+        run.communicate()
+    assert not (project.home / "live").exists()

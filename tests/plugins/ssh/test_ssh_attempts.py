@@ -51,6 +51,19 @@ def _pids(folder: Path) -> list[int]:
     return [int(p) for p in (folder / "pids.txt").read_text().split()]
 
 
+def _kill_mid_step(root: Path, home: Path, folder: Path) -> None:
+    """``stepflow run`` of the slow step, killed (-9) once the step runs on the host."""
+    proc = _start(root, home, "--target", "slow", "--param", f"folder={folder}")
+    try:
+        wait_for(lambda: (folder / "pids.txt").exists(), what="the step to start")
+        proc.kill()
+        proc.wait()
+    finally:
+        proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def test_killing_the_control_master_mid_step_runs_the_step_once(
     project, sshd, stepflow_runner, tmp_path_factory
 ):
@@ -112,15 +125,7 @@ def test_the_next_run_kills_the_attempts_of_a_dead_run(
     check finds that its run is dead and kills it before any step runs."""
     folder = tmp_path_factory.mktemp("shared")
     root = project(SLOW.replace("TIMEOUT", "None"))
-    proc = _start(root, stepflow_runner.home, "--target", "slow", "--param", f"folder={folder}")
-    try:
-        wait_for(lambda: (folder / "pids.txt").exists(), what="the step to start")
-        proc.kill()
-        proc.wait()
-    finally:
-        proc.kill()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    _kill_mid_step(root, stepflow_runner.home, folder)
     pids = _pids(folder)
     assert all(alive(pid) for pid in pids), "detached: the attempt outlives its run's process"
     out = stepflow_runner.run("run", "flow.py", "--target", "quick")
@@ -138,16 +143,73 @@ def test_an_unfollowed_attempt_kills_itself_after_orphan_timeout(
     lease for ``orphan_timeout`` seconds (a run on another machine is found this way)."""
     folder = tmp_path_factory.mktemp("shared")
     root = project(SLOW.replace("TIMEOUT", "None"), orphan_timeout=2)
-    proc = _start(root, stepflow_runner.home, "--target", "slow", "--param", f"folder={folder}")
-    try:
-        wait_for(lambda: (folder / "pids.txt").exists(), what="the step to start")
-        proc.kill()
-        proc.wait()
-    finally:
-        proc.kill()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    _kill_mid_step(root, stepflow_runner.home, folder)
     for pid in _pids(folder):
         wait_for(lambda pid=pid: not alive(pid), 30, f"process {pid} to die")
     (status,) = (remote_workdir / "attempts").rglob("status.json")
     wait_for(lambda: '"orphaned"' in status.read_text(), 10, "the supervisor's final status")
+
+
+PRINTING = """
+import time
+from pathlib import Path
+from stepflow import Secret, step
+
+@step(backend="gpu")
+def chatty(token: Secret[str], folder: str = "") -> str:
+    print("remote line one", flush=True)
+    print("token", token, flush=True)
+    while not (Path(folder) / "go").exists():
+        time.sleep(0.05)
+    print("remote last line", flush=True)
+    return "done"
+"""
+
+
+def _live_log(home: Path, step: str) -> str:
+    from stepflow._config import load_config
+    from stepflow._storage.read import ReadAPI
+
+    try:
+        with ReadAPI(load_config(home=home), read_only=True) as api:
+            entries = api.live_log("last", step) or []
+    except Exception:  # no run recorded yet
+        return ""
+    return "".join(f"[{e.stream} #{e.attempt}] {e.text}" for e in entries)
+
+
+def test_what_a_remote_step_prints_is_shown_while_it_runs(
+    project, stepflow_runner, tmp_path_factory
+):
+    """The follower's polls bring the step's captured output as it grows: `stepflow ui`
+    shows it while the step still runs on the host, the secret masked by the run."""
+    folder = tmp_path_factory.mktemp("shared")
+    root = project(PRINTING)
+    secret = "ssh-live-secret-42"
+    env = dict(os.environ, STEPFLOW_HOME=str(stepflow_runner.home), SSH_TOKEN=secret)
+    argv = ["run", "flow.py", "--param", f"folder={folder}", "--param", "token=env:SSH_TOKEN"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stepflow", *argv],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        home = stepflow_runner.home
+        wait_for(
+            lambda: seen.append(_live_log(home, "chatty")) or "token ***" in seen[-1],
+            what="the remote step's first lines",
+        )
+        assert seen[-1] == "[stdout #1] remote line one\ntoken ***\n"
+        (folder / "go").touch()
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        (folder / "go").touch()
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0, out
+    assert all(secret not in text for text in seen)
+    assert not (stepflow_runner.home / "live").exists()

@@ -37,9 +37,15 @@ def model(features: list[int], token: Secret[str], fail: bool = False) -> int:
     return sum(features)
 
 @step
-def report(model: int, wait_for: str = "") -> str:
-    # A run that waits until a file appears: the browser tests watch it while it goes.
+def report(model: int, token: Secret[str], wait_for: str = "") -> str:
+    # A run that waits until a file appears: the tests watch it while it goes, its first
+    # lines (the token among them) printed already.
+    print("report starts", flush=True)
+    print("report uses", token, flush=True)
     while wait_for and not Path(wait_for).exists():
+        time.sleep(0.05)
+    print("report halfway", flush=True)
+    while wait_for and not Path(wait_for + ".2").exists():
         time.sleep(0.05)
     print("report written")
     return f"total {model}"

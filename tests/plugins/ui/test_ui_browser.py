@@ -194,12 +194,21 @@ def test_a_run_started_while_the_page_is_open_appears_and_updates(
         )
         assert view.states()["report"] == "running"
         view.shot("run-live")
-        # the running step's own page waits for its log
+        # the running step's own page shows what it printed so far, and follows it line by
+        # line while it still runs, then shows the recorded log
         step_view = _Page(browser)
         step_view.page.goto(view.page.url + "/steps/report")
         assert step_view.page.get_attribute("#log", "data-log")
+        assert "report uses ***" in step_view.page.text_content("#log")
+        assert ui_secret not in step_view.page.content()
         flag.write_text("go")
+        step_view.page.wait_for_selector("#log:has-text('report halfway')", timeout=30_000)
+        assert step_view.page.locator("#log-note").count() == 1  # still running
+        step_view.shot("step-live")
+        Path(f"{flag}.2").write_text("go")
         step_view.page.wait_for_selector("#log:has-text('report written')", timeout=30_000)
+        step_view.page.wait_for_selector("#log-note", state="detached", timeout=30_000)
+        assert ui_secret not in step_view.page.content()
         assert (step_view.errors, step_view.failed) == ([], [])
         # No reload: the page follows the run to its end through server-sent events.
         view.page.wait_for_selector(
@@ -210,6 +219,7 @@ def test_a_run_started_while_the_page_is_open_appears_and_updates(
         view.page.wait_for_selector("main dl .badge.s-succeeded", timeout=30_000)
     finally:
         flag.touch()
+        Path(f"{flag}.2").touch()
         if run.poll() is None:
             run.kill()
             run.wait()

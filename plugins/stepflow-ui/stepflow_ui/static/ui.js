@@ -36,14 +36,45 @@
         }
       });
     });
-    var log = document.getElementById("log");
+    followLog(document.getElementById("log"));
+  }
+
+  // A step's log while it runs: "live" events add each attempt's new output to that
+  // attempt's stream (the first one, "reset", brings everything printed so far), then one
+  // "log" event brings the recorded log and ends the stream.
+  function followLog(log) {
     var logUrl = log && log.getAttribute("data-log");
     follow(logUrl, function (source) {
+      function part(attempt, stream) {
+        var key = attempt + " " + stream;
+        var found = null;
+        log.querySelectorAll("span[data-part]").forEach(function (el) {
+          if (el.getAttribute("data-part") === key) found = el;
+        });
+        if (!found) {
+          found = document.createElement("span");
+          found.setAttribute("data-part", key);
+          found.textContent = "[" + stream + " #" + attempt + "] ";
+          log.appendChild(found);
+        }
+        return found;
+      }
+      source.addEventListener("live", function (event) {
+        var found = JSON.parse(event.data);
+        if (found.reset) log.textContent = "";
+        found.entries.forEach(function (e) {
+          part(e.attempt, e.stream).appendChild(document.createTextNode(e.text));
+        });
+      });
       source.addEventListener("log", function (event) {
         var found = JSON.parse(event.data);
+        log.textContent = "";
         found.entries.forEach(function (e) {
-          log.textContent += "[" + e.stream + " #" + e.attempt + "] " + e.text;
+          part(e.attempt, e.stream).appendChild(document.createTextNode(e.text));
         });
+        if (!found.entries.length) log.textContent = "(nothing written)";
+        var note = document.getElementById("log-note");
+        if (note) note.remove();
         source.close();
       });
     });
