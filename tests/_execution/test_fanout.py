@@ -297,6 +297,22 @@ class TestWorkers:
         assert len(pids) == 8
         assert len(set(pids)) == 2
 
+    def test_worker_items_are_kept_inside_their_own_records(self, fan, stepflow_home, tmp_path):
+        """Items run in worker processes come back one by one, each small result inside its
+        own index record (no object file at all here); a longer list reuses them."""
+        from stepflow._storage.index import CacheIndex
+
+        calls = tmp_path / "calls"
+        pipe = Pipeline("p", [fan.chunks, fan.scored])
+        assert pipe.run({"items": "5,6,7", "calls": str(calls)}, workers=2).ok
+        records = [r for r in CacheIndex(stepflow_home / "index").records() if r.step == "scored"]
+        assert len(records) == 4  # three items and the whole list
+        assert all(ref.inline for r in records for ref in r.outputs.values())
+        assert [p for p in (stepflow_home / "objects").rglob("*") if p.is_file()] == []
+        again = pipe.run({"items": "5,6,7,8", "calls": str(calls)}, workers=2)
+        assert again["scored"] == [50, 60, 70, 80]
+        assert again.steps["scored"].items == {"ran": 1, "reused": 3}
+
     def test_results_match_inline(self, fan, stepflow_home, tmp_path):
         result = Pipeline("p", [fan.chunks, fan.scored, fan.total]).run(
             {"items": "5,6,7"}, workers=2
