@@ -295,9 +295,15 @@ class WorkerPool:
                 if worker.alive:
                     self._busy.add(worker)
                     return worker
-            worker = WorkerProcess(self.argv, self._env)
-            self._busy.add(worker)
-            return worker
+        # Started outside the lock: threads that each need a new worker (the first tasks of a
+        # run with --workers 8) start theirs at the same time, not one after another.
+        worker = WorkerProcess(self.argv, self._env)
+        with self._lock:
+            if not self._closed:
+                self._busy.add(worker)
+                return worker
+        worker.kill()  # closed or cancelled meanwhile: this one was never seen by either
+        raise RuntimeError("worker pool is closed")
 
     def _release(self, worker: WorkerProcess) -> None:
         with self._lock:
