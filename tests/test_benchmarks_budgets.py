@@ -45,6 +45,7 @@ def test_quick_chain_prints_each_ratio_against_its_budget(tmp_path: Path) -> Non
         "20-step chain, first run",
         "20-step chain, first run (again)",
         "20-step chain, cached rerun, fresh process",
+        "20-step chain, cached rerun, fresh process, after every import",
     }
     rerun = rows["20-step chain, cached rerun, fresh process"]
     # figure, stepflow, plain, joblib, stepflow / plain, stepflow / joblib, budget, verdict
@@ -53,6 +54,9 @@ def test_quick_chain_prints_each_ratio_against_its_budget(tmp_path: Path) -> Non
     assert re.fullmatch(r"\d+\.\d\dx", rerun[5]), rerun
     assert rerun[6] == "<= 1.0x joblib"
     assert rerun[7] == "-"  # quick workloads give no verdict
+    # The rerun with every module imported first has its joblib column and ratio too.
+    warm = rows["20-step chain, cached rerun, fresh process, after every import"]
+    assert re.fullmatch(r"\d+(\.\d+)? (ms|s)", warm[3]) and re.fullmatch(r"\d+\.\d\dx", warm[5])
     assert "load average" in done.stdout and "commit" in done.stdout
     # Nothing is left behind: every home and cache folder was under the temporary folder.
     assert not any(tmp_path.iterdir())

@@ -107,11 +107,17 @@ class _StepFacts:
 
 
 def _user() -> str | None:
-    import getpass
-
+    """``getpass.getuser()``, spelled out: importing getpass (and termios with it) cost more
+    than the rest of a run's set-up of its records."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        user = os.environ.get(name)
+        if user:
+            return user
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError, OSError):  # no pwd module (Windows), or no entry
         return None
 
 

@@ -47,6 +47,8 @@ __all__ = ["WorkerPool", "WorkerProcess", "worker_argv", "worker_env"]
 
 #: seconds a new worker may take to import stepflow and say it is ready
 _START_TIMEOUT = 120.0
+#: seconds a closed worker may take to exit before it is killed
+_CLOSE_WAIT = 5.0
 
 
 def worker_argv(python: str | os.PathLike[str] | None = None) -> list[str]:
@@ -219,13 +221,22 @@ class WorkerProcess:
 
     def close(self) -> None:
         """Ask the worker to finish (stdin closed), then make sure it is gone."""
+        self.ask_to_finish()
+        self.wait_gone(time.monotonic() + _CLOSE_WAIT)
+
+    def ask_to_finish(self) -> None:
+        """Close the worker's stdin: it finishes its current task, if any, then exits."""
         if self.proc.stdin is not None:
             try:
                 self.proc.stdin.close()
             except OSError:
                 pass
+
+    def wait_gone(self, deadline: float) -> None:
+        """Wait until ``deadline`` (``time.monotonic``) for the worker to exit, then kill
+        whatever is left of its process group and remove its output folder."""
         try:
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
         self.kill()
@@ -290,9 +301,15 @@ class WorkerPool:
                 if worker.alive:
                     self._busy.add(worker)
                     return worker
-            worker = WorkerProcess(self.argv, self._env)
-            self._busy.add(worker)
-            return worker
+        # Started outside the lock: threads that each need a new worker (the first tasks of a
+        # run with --workers 8) start theirs at the same time, not one after another.
+        worker = WorkerProcess(self.argv, self._env)
+        with self._lock:
+            if not self._closed:
+                self._busy.add(worker)
+                return worker
+        worker.kill()  # closed or cancelled meanwhile: this one was never seen by either
+        raise RuntimeError("worker pool is closed")
 
     def _release(self, worker: WorkerProcess) -> None:
         with self._lock:
@@ -317,7 +334,13 @@ class WorkerPool:
             self._closed = True
             idle, self._idle = self._idle, []
             busy = list(self._busy)
+        # All asked first, then waited for: each takes a while to exit (its interpreter
+        # shuts down), and one after another that was 8 x 0.1-0.2 s at the end of every
+        # run with --workers 8. Within one deadline, as one worker's close has.
         for worker in idle:
-            worker.close()
+            worker.ask_to_finish()
+        deadline = time.monotonic() + _CLOSE_WAIT
+        for worker in idle:
+            worker.wait_gone(deadline)
         for worker in busy:
             worker.kill()

@@ -8,7 +8,6 @@ name, so ``stepflow explain`` can say exactly which one changed.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import platform
 from collections.abc import Callable, Mapping
@@ -91,6 +90,10 @@ def make_key(
             # A keyed hash: without the store's key, a cache key cannot be used to guess
             # the secret offline.
             assert secret_key is not None
+            # Imported here: hashlib loads OpenSSL (about 8 ms), which a run without secret
+            # parameters never needs.
+            import hashlib
+
             digest = hashlib.blake2b(digest.encode(), key=secret_key, digest_size=16).hexdigest()
         param_hashes[name] = digest
     components = {

@@ -72,10 +72,9 @@ def open_run_records(config: Config, *, mark_abandoned: bool = True) -> RunRecor
     Runs of this host whose process died are marked ``interrupted`` first, as every reader
     of the records expects.
     """
-    import socket
     import sqlite3
 
-    from stepflow._storage.records import RunRecords
+    from stepflow._storage.records import RunRecords, host_name
 
     path = config.home / "runs.db"
     if not path.is_file():
@@ -84,7 +83,7 @@ def open_run_records(config: Config, *, mark_abandoned: bool = True) -> RunRecor
             f"pipeline first, or point --home / STEPFLOW_HOME at the right folder"
         )
     records = RunRecords.read_only(path)
-    host = socket.gethostname()
+    host = host_name()
     if mark_abandoned and any(r.host == host for r in records.runs(state="running")):
         # Only a writer can mark them; it is opened for that alone, so a home with nothing
         # running is never written to by a reader.

@@ -41,6 +41,7 @@ import attrs
 
 from stepflow._storage.faults import is_storage_fault, storage_error
 from stepflow._storage.home import check_home, make_private_dirs, make_private_sqlite
+from stepflow._storage.sqlitebusy import while_busy
 from stepflow.errors import UsageError
 
 __all__ = [
@@ -216,24 +217,27 @@ class ScheduleDB:
             make_private_sqlite(self.path)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA busy_timeout = 30000")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise UsageError(
-                    f"{self.path} was written by a newer stepflow (schema {version}, this one "
-                    f"knows {SCHEMA_VERSION}); upgrade stepflow to read it"
-                )
-            if version < SCHEMA_VERSION:
-                with self.transaction() as db:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            while_busy(self._set_up)
         except sqlite3.Error as exc:
             if is_storage_fault(exc):
                 raise storage_error(exc, path=self.path, what="the schedules") from exc
             raise
+
+    def _set_up(self) -> None:
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise UsageError(
+                f"{self.path} was written by a newer stepflow (schema {version}, this one "
+                f"knows {SCHEMA_VERSION}); upgrade stepflow to read it"
+            )
+        if version < SCHEMA_VERSION:
+            with self.transaction() as db:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _open_read_only(self) -> sqlite3.Connection:
         try:

@@ -334,3 +334,18 @@ def test_a_deleted_home_is_not_written_through_stale_handles(flow, tmp_path: Pat
     recs = _records(home)
     assert [r.id for r in recs.runs()] == [again.run_id]
     recs.close()
+
+
+@pytest.mark.parametrize("user_env", [{"USER": "someone-else"}, {}])
+def test_the_run_user_is_what_getpass_says(monkeypatch, user_env):
+    """The journal reads the user as ``getpass.getuser()`` does, without importing it:
+    the environment first (LOGNAME, USER, LNAME, USERNAME), then the password database."""
+    import getpass
+
+    from stepflow._execution.journal import _user
+
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in user_env.items():
+        monkeypatch.setenv(name, value)
+    assert _user() == getpass.getuser()

@@ -133,6 +133,46 @@ def test_timed_out_result(steps, tmp_path):
     assert result.run_id == "run1"
 
 
+# A worker that, once its stdin closes, notes it, then exits only when the test says so.
+SLOW_TO_EXIT = """
+import os, sys, time
+log, go = sys.argv[1], sys.argv[2]
+sys.stdin.buffer.read()
+with open(log, "a") as fh:
+    fh.write(f"eof {os.getpid()}\\n")
+while not os.path.exists(go):
+    time.sleep(0.01)
+with open(log, "a") as fh:
+    fh.write(f"exit {os.getpid()}\\n")
+"""
+
+
+def test_close_asks_every_idle_worker_before_waiting_for_any(tmp_path):
+    """``WorkerPool.close`` closes every idle worker's stdin first, then waits for them
+    all: none waits for another to exit first, so none is killed for running out of time."""
+    import threading
+
+    log, go = tmp_path / "log", tmp_path / "go"
+    pool = WorkerPool(3, [sys.executable, "-c", SLOW_TO_EXIT, str(log), str(go)])
+    workers = [pool._acquire() for _ in range(3)]
+    for worker in workers:
+        pool._release(worker)
+    closing = threading.Thread(target=pool.close)
+    closing.start()
+    try:
+        # Every worker sees its stdin closed while the others still run (one after another,
+        # the first would have to exit, or be killed after 5 s, before the next is asked).
+        while not (log.exists() and log.read_text().count("eof") == 3):
+            assert closing.is_alive(), log.read_text() if log.exists() else "no worker saw EOF"
+            closing.join(0.02)
+    finally:
+        go.touch()
+        closing.join()
+    lines = log.read_text().split("\n")
+    assert sorted(line.split()[0] for line in lines if line) == ["eof"] * 3 + ["exit"] * 3
+    assert not any(worker.alive for worker in workers)
+
+
 def _site_dirs() -> list[str]:
     paths = sysconfig.get_paths()
     return [paths["stdlib"], paths["purelib"], paths["platlib"]]

@@ -474,6 +474,41 @@ class TestProcesses:
         assert "stepflow._execution.invoke" in first[1]  # the check sees imports when they happen
         assert run() == ["['reused', 'reused']", "[]"]
 
+    def test_fully_cached_rerun_outside_git_imports_no_socket_hashlib_or_subprocess(
+        self, tmp_path, stepflow_home
+    ):
+        """Outside a git repository a fully cached rerun (built-in plugins only: an installed
+        plugin may need them) imports none of the modules it has no use for: socket (the
+        host name), hashlib (secret parameters), getpass (the user), subprocess (git)."""
+        (tmp_path / "flow.py").write_text(
+            "from stepflow import step\n\n@step\ndef numbers() -> list:\n    return [1, 2]\n"
+        )
+        code = (
+            "import sys\n"
+            "import flow\n"
+            "from stepflow import Pipeline\n"
+            "from stepflow._pluginmanager import make_plugin_manager\n"
+            "pm = make_plugin_manager(entrypoints=False)\n"
+            "result = Pipeline.from_module(flow).run(plugin_manager=pm)\n"
+            "print(sorted(r.state.value for r in result.steps.values()))\n"
+            "unused = ('socket', 'hashlib', 'getpass', 'subprocess')\n"
+            "print(sorted(m for m in unused if m in sys.modules))\n"
+        )
+        env = dict(os.environ, STEPFLOW_HOME=str(stepflow_home))
+        env["GIT_CEILING_DIRECTORIES"] = str(tmp_path.parent)
+        env.pop("GIT_DIR", None)
+        env.pop("GIT_WORK_TREE", None)
+
+        def run() -> list[str]:
+            done = subprocess.run(
+                [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout.splitlines()
+
+        assert run()[0] == "['ran']"
+        assert run() == ["['reused']", "[]"]
+
     def test_helper_edited_between_processes(self, tmp_path, stepflow_home):
         """Runs in separate processes share code analysis through the home, and an edit to a
         helper module between them (same size, same modification time) still reruns exactly

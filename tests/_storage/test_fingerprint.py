@@ -1002,6 +1002,44 @@ class TestReuseWithinAProcess:
         flow.f.__code__ = flow.g.__code__
         assert fingerprint(flow.f).digest != before.digest
 
+    def test_steps_keyed_at_once_analyse_their_file_once(self, load, monkeypatch, tmp_path):
+        """Eight threads fingerprinting functions of one file at the same time (steps keyed
+        with --workers 8) parse it once, and get what one thread alone gets."""
+        import threading
+
+        from stepflow._storage.fingerprint import _store
+
+        source = "\n".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(8))
+        flow = load(flow=source)
+        analysed = []
+        real = _store._analyse
+
+        def counting(*args):
+            analysed.append(args[0])
+            time.sleep(0.2)  # a slow parse: every other thread asks for the file meanwhile
+            return real(*args)
+
+        monkeypatch.setattr(_store, "_analyse", counting)
+        start = threading.Barrier(8)
+        found = {}
+
+        def key(i):
+            start.wait()
+            found[i] = fingerprint(getattr(flow, f"f{i}"), cache_dir=tmp_path / "fp")
+
+        threads = [threading.Thread(target=key, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert analysed == [flow.__file__]
+        assert len(list((tmp_path / "fp").glob("src-*.json"))) == 1
+        from stepflow._storage import fingerprint as module
+
+        module._results.clear()
+        _store._files.clear()
+        assert found == {i: fingerprint(getattr(flow, f"f{i}")) for i in range(8)}
+
 
 def _digests_in_fresh_processes(name: str) -> set[str]:
     """The digests of ``flow.<name>`` in two fresh processes with different hash seeds."""

@@ -553,10 +553,17 @@ class TestStoreLostMidRun:
     def run(self, server, make_module, tmp_path, workers: int, pad: int = 40_000, **kwargs):
         mod = make_module(f"s3_lost_{workers}_{pad}", textwrap.dedent(self.FLOW))
         pipe = Pipeline("lost", [mod.numbers, mod.total, mod.after])
-        config = project_config(tmp_path / "project", server, tmp_path / "home")
-        # The code snapshot, uploaded in a thread of its own, could be cut short too; what
-        # it then says (a warning in that thread) is not this test's subject.
-        config = attrs.evolve(config, settings={**config.settings, "record_source": False})
+        root = tmp_path / "project"
+        root.mkdir()
+        # No source snapshot: it is stored from a thread of its own, which warns when the
+        # store this test kills is gone, at a moment the test cannot wait for (before or
+        # after the test ends, as the run's other work happens to take).
+        text = server.pyproject().replace(
+            "[tool.stepflow]\n", "[tool.stepflow]\nrecord_source = false\n", 1
+        )
+        (root / "pyproject.toml").write_text(text)
+        config = load_config(root, home=tmp_path / "home", environ={})
+        assert config.settings["record_source"] is False
         params = {"server_pid": server._process.proc.pid, "pad": pad}
         return pipe.run(params, config=config, workers=workers, **kwargs)
 

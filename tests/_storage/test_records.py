@@ -126,6 +126,18 @@ def test_the_check_for_abandoned_runs_reads_only_runs_marked_running(
     assert records.mark_abandoned() == []
 
 
+def test_a_run_is_recorded_under_the_host_name_socket_gives(records: RunRecords) -> None:
+    """``host_name`` avoids importing socket, and must agree with it: other readers (the
+    UI, the scheduler, plugins) compare hosts through ``socket.gethostname()``."""
+    import socket
+
+    from stepflow._storage.records import host_name
+
+    assert host_name() == socket.gethostname()
+    records.start_run(_run("r1", host=None))
+    assert records.run("r1").host == socket.gethostname()
+
+
 def test_last_outputs_of_a_step_with_a_given_key(records: RunRecords) -> None:
     """What a step made when it last ran, and succeeded, with the same cache key."""
     out = "out"

@@ -622,12 +622,68 @@ def test_not_a_repository(project, git):
 def test_git_not_installed(project, tmp_path, monkeypatch):
     """Without git on PATH both facts are None; nothing crashes."""
     write(project, {"main.py": ""})
+    (project / ".git").mkdir()  # looks like a repository: git would be started
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     snap = snapshot(project)
     assert (snap.git_commit, snap.git_dirty) == (None, None)
     assert set(snap.files) == {"main.py"}
+
+
+def _spy_on_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put a ``git`` first on PATH that notes each start in a file, then runs the real git."""
+    real = shutil.which("git")
+    folder = tmp_path / "spy-bin"
+    folder.mkdir()
+    started = tmp_path / "git-started"
+    spy = folder / "git"
+    spy.write_text(f'#!/bin/sh\necho "$@" >> "{started}"\nexec "{real}" "$@"\n')
+    spy.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return started
+
+
+def test_git_is_not_started_outside_a_repository(project, git, tmp_path, monkeypatch):
+    """No ``.git`` from the project up and no GIT_DIR: the facts are None without starting
+    git; once the folder is a repository, git is asked again."""
+    started = _spy_on_git(tmp_path, monkeypatch)
+    write(project, {"main.py": ""})
+    snap = snapshot(project)
+    assert (snap.git_commit, snap.git_dirty) == (None, None)
+    assert not started.exists()
+    git(project, "init", "-q")
+    assert git_facts(project) == (None, True)
+    assert "status" in started.read_text()
+
+
+def test_a_git_file_counts_as_a_repository(tmp_path, git, monkeypatch):
+    """A linked work tree has a ``.git`` file, not a folder: its facts are still read."""
+    repo = tmp_path / "repo"
+    write(repo, {"main.py": ""})
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "first")
+    git(repo, "worktree", "add", "-q", str(tmp_path / "linked"))
+    linked = tmp_path / "linked"
+    assert (linked / ".git").is_file()
+    started = _spy_on_git(tmp_path, monkeypatch)
+    assert git_facts(linked) == (git(repo, "rev-parse", "HEAD"), False)
+    assert started.exists()
+
+
+def test_git_dir_in_the_environment_is_followed(tmp_path, project, git, monkeypatch):
+    """GIT_DIR points git at a repository elsewhere: git is asked even with no ``.git``."""
+    repo = tmp_path / "repo"
+    write(repo, {"main.py": ""})
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "first")
+    head = git(repo, "rev-parse", "HEAD")
+    write(project, {"main.py": ""})
+    monkeypatch.setenv("GIT_DIR", str(repo / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(project))
+    assert git_facts(project) == (head, False)
 
 
 # --- records and diffs ---------------------------------------------------------------------------

@@ -497,6 +497,22 @@ class TestMisc:
         for command in ("run", "show", "plugins"):
             assert command in out.stdout
 
+    def test_help_imports_no_traceback_module(self):
+        """``stepflow --help`` must start fast: the traceback module (only for ``--full-trace``
+        on a pipeline that fails to import) is not loaded for it."""
+        code = (
+            "import sys\n"
+            "from stepflow._surfaces.cli import main\n"
+            "try:\n"
+            "    main(['--help'])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print('traceback' in sys.modules, file=sys.stderr)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert "usage: stepflow" in done.stdout
+        assert done.stderr.strip() == "False"
+
     def test_version(self, stepflow_runner):
         """``--version`` prints the installed version."""
         out = stepflow_runner.run("--version")

@@ -6,6 +6,7 @@ import contextvars
 import linecache
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -191,6 +192,8 @@ def _store_at(folder: str | os.PathLike[str]) -> _Store:
 
 #: filename -> its analysis, for as long as linecache holds the same text
 _files: dict[str, _FileIndex] = {}
+#: held while a file's analysis is read from the store, made or saved (see _file_index)
+_FILES_LOCK = threading.Lock()
 
 
 def _file_index(filename: str, module_globals: Mapping[str, Any] | None) -> _FileIndex | None:
@@ -202,15 +205,25 @@ def _file_index(filename: str, module_globals: Mapping[str, Any] | None) -> _Fil
     store = _active_store.get()
     found = _files.get(filename)
     # linecache replaces the list when the file changes, so identity says "same text".
-    if found is None or found.lines is not lines:
-        text = "".join(lines)
-        digest = _text_digest(text)
-        found = store.source(digest, lines) if store is not None else None
-        if found is None:
-            found = _analyse(filename, text, lines, digest)
+    if (
+        found is not None
+        and found.lines is lines
+        and (store is None or store.folder in found.saved)
+    ):
+        return found
+    # Steps keyed in parallel (--workers) ask for the same file at once: one thread reads or
+    # analyses it while the others wait for its result, rather than each parsing it again.
+    with _FILES_LOCK:
+        found = _files.get(filename)
+        if found is None or found.lines is not lines:
+            text = "".join(lines)
+            digest = _text_digest(text)
+            found = store.source(digest, lines) if store is not None else None
             if found is None:
-                return None
-        _files[filename] = found
-    if store is not None and store.folder not in found.saved:
-        store.save_source(found)
+                found = _analyse(filename, text, lines, digest)
+                if found is None:
+                    return None
+            _files[filename] = found
+        if store is not None and store.folder not in found.saved:
+            store.save_source(found)
     return found

@@ -50,7 +50,8 @@ Git
     first commit) and the dirty flag (any change or untracked file in the work tree, the stepflow
     home excepted), from the same moment. It runs with a timeout and without taking git's
     optional locks, so it never blocks a ``git commit`` running beside it. Without git, outside
-    a repository, or on any git error, both facts are ``None``.
+    a repository, or on any git error, both facts are ``None``; when no folder from the project
+    up has a ``.git`` and no ``GIT_DIR``/``GIT_WORK_TREE`` is set, git is not even started.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ import json
 import os
 import stat
 import struct
-import subprocess
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -293,6 +293,11 @@ def git_facts(rootdir: Path, *, exclude: tuple[str, ...] = ()) -> tuple[str | No
 
     ``exclude`` lists paths relative to ``rootdir`` whose changes do not make the tree dirty.
     """
+    if not _may_be_in_git(rootdir):
+        # Outside any repository git would only say so: no process started for that.
+        return None, None
+    import subprocess  # here: 9 ms to import, and only needed inside a repository
+
     argv = ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=normal", "--"]
     argv += [":/", *(f":(exclude,literal){path}" for path in exclude)]
     # No optional locks: status would otherwise refresh and rewrite the index, racing with a
@@ -322,6 +327,25 @@ def git_facts(rootdir: Path, *, exclude: tuple[str, ...] = ()) -> tuple[str | No
         elif line and not line.startswith(b"#"):
             dirty = True
     return commit, dirty
+
+
+def _may_be_in_git(rootdir: Path) -> bool:
+    """``False`` only when ``git status`` in ``rootdir`` can only fail for want of a
+    repository: no ``.git`` (folder or file, as a worktree or submodule has) in ``rootdir``
+    or any folder above it, by its path as given or resolved, and no ``GIT_DIR`` or
+    ``GIT_WORK_TREE`` telling git where to look instead. Erring towards ``True`` is safe:
+    git then decides, as before."""
+    if any(name in os.environ for name in ("GIT_DIR", "GIT_WORK_TREE")):
+        return True
+    seen: set[str] = set()
+    for start in (os.path.abspath(rootdir), os.path.realpath(rootdir)):
+        folder = start
+        while folder not in seen:
+            seen.add(folder)
+            if os.path.lexists(os.path.join(folder, ".git")):
+                return True
+            folder = os.path.dirname(folder)
+    return False
 
 
 # --- walking the folder ---------------------------------------------------------------------
