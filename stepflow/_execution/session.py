@@ -50,9 +50,9 @@ def registry_session(
         )
         return
     from stepflow._config import config_or_load
+    from stepflow._execution.store import open_configured_store
     from stepflow._pluginmanager import make_plugin_manager, serializers_of
     from stepflow._storage.kept import kept_in_home
-    from stepflow._storage.stores import open_configured_store
 
     config = config_or_load(home, config)
     pm = make_plugin_manager(config.plugins, keep=kept_in_home(config.home))

@@ -17,12 +17,12 @@ import attrs
 
 from stepflow._execution.backend import Backend, open_backends
 from stepflow._execution.result import RunInfo
+from stepflow._execution.store import open_configured_store
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
 from stepflow._storage.home import check_home, make_private_dirs
 from stepflow._storage.index import CacheIndex
-from stepflow._storage.stores import open_configured_store
 
 if TYPE_CHECKING:
     import pluggy

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 @hookimpl
 def stepflow_cache_pinned(config: Config) -> set[str]:
     """The object names of every version of every registered data set and model."""
+    from stepflow._execution.store import open_configured_store
     from stepflow._storage.registry import Registry
-    from stepflow._storage.stores import open_configured_store
 
     store = open_configured_store(config)
     try:

@@ -145,8 +145,8 @@ def publish(
     :raises TargetNotFoundError: the target names no pipeline.
     """
     from stepflow import __version__
+    from stepflow._execution.store import open_configured_store
     from stepflow._storage.source.store import store_snapshot
-    from stepflow._storage.stores import open_configured_store
 
     check_published_name(name)
     target = _resolve_target(pipeline, target, config.rootdir)
@@ -212,9 +212,9 @@ def checkout(
     import shutil
     import tempfile
 
+    from stepflow._execution.store import open_configured_store
     from stepflow._storage.home import make_private_dirs
     from stepflow._storage.source.store import restore_snapshot
-    from stepflow._storage.stores import open_configured_store
 
     folder = config.home / "published" / "code" / found.snapshot
     if folder.is_dir():

@@ -195,8 +195,8 @@ def observe(trigger: Mapping[str, Any], *, config: Config) -> str | None:
     """What a data trigger sees now: ``dataset:NAME@vN`` or ``change:<digest>`` (``None``:
     nothing there yet)."""
     if trigger["kind"] == "dataset":
+        from stepflow._execution.store import open_configured_store
         from stepflow._storage.registry import Registry
-        from stepflow._storage.stores import open_configured_store
         from stepflow.errors import NotRegisteredError
 
         store = open_configured_store(config)

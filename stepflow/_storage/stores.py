@@ -12,18 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.home import check_home
 from stepflow.errors import PluginError, UsageError
 
-if TYPE_CHECKING:
-    import pluggy
-
-    from stepflow._config import Config
-
-__all__ = ["DatastoreKinds", "open_configured_store", "open_datastore", "store_kind"]
+__all__ = ["DatastoreKinds", "open_datastore", "store_kind"]
 
 #: ``kinds(kind)``: the registered datastore factories, ``{kind: (plugin, factory)}``, among
 #: which the one for ``kind`` (the caller may look further for a kind it lacks)
@@ -68,19 +63,3 @@ def open_datastore(
             plugin=plugin,
         )
     return store
-
-
-def open_configured_store(config: Config, pm: pluggy.PluginManager | None = None) -> Datastore:
-    """The datastore ``config`` names (its ``store`` and ``store_options``, in its home).
-
-    Its kinds are those of ``pm``'s plugins when given; without, the built-in ones, then
-    those of the plugins ``config`` names (what ``datastore_kinds`` says).
-    """
-    from stepflow._pluginmanager import datastore_kinds
-    from stepflow._storage.kept import kept_in_home
-
-    if pm is not None:
-        kinds = datastore_kinds(pm)
-    else:
-        kinds = datastore_kinds(plugins=config.plugins, keep=kept_in_home(config.home))
-    return open_datastore(config.store, home=config.home, options=config.store_options, kinds=kinds)

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from stepflow._config import Config
+from stepflow._execution.store import open_configured_store
 from stepflow._humanize import human_age, human_size, human_time, iso_times
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.index import CacheIndex, CacheRecord
 from stepflow._storage.read import ReadAPI, all_cache_records, matching, referenced_objects
-from stepflow._storage.stores import open_configured_store
 from stepflow._surfaces.table import Column, table
 from stepflow.errors import UsageError
 

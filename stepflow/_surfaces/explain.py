@@ -23,6 +23,7 @@ import attrs
 from stepflow._config import Config
 from stepflow._execution.backend import open_backends
 from stepflow._execution.references import resolve_references
+from stepflow._execution.store import open_configured_store
 from stepflow._pipeline import Pipeline
 from stepflow._planning.cachekey import describe_value, item_keys
 from stepflow._planning.reuse import NOT_STORED, REGENERATE, decide, earlier_results
@@ -31,7 +32,6 @@ from stepflow._sentinels import MISSING
 from stepflow._storage.artifacts import ArtifactIO
 from stepflow._storage.hashing import hash_value
 from stepflow._storage.index import CacheIndex, CacheRecord
-from stepflow._storage.stores import open_configured_store
 from stepflow.errors import UsageError
 
 __all__ = ["Explanation", "PlanExplanation", "explain", "explain_plan"]

@@ -45,8 +45,8 @@ def add_parser(runs_sub: argparse._SubParsersAction, add_common: AddCommon) -> N
 
 
 def run_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager) -> int:
+    from stepflow._execution.store import open_configured_store
     from stepflow._storage.source.store import SnapshotError, restore_snapshot, snapshot_manifest
-    from stepflow._storage.stores import open_configured_store
     from stepflow._surfaces.runscmd import open_existing
     from stepflow.errors import UsageError
 
