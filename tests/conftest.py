@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -305,3 +306,25 @@ def stored(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 def damage() -> Callable[..., None]:
     """``damage(home, record, how, output=None)``: see ``damage_record``."""
     return damage_record
+
+
+@pytest.fixture
+def wait_for():
+    """``wait_for(predicate, timeout=60, what=...)``: poll ``predicate`` until it returns
+    something true and return that; fail naming ``what`` once ``timeout`` seconds passed.
+
+    For tests that watch another process (a run, a container, a remote attempt): they wait
+    on what it leaves behind, never on a fixed sleep.
+    """
+
+    def wait(predicate, timeout: float = 60.0, what: str = "a condition"):
+        deadline = time.monotonic() + timeout
+        while True:
+            found = predicate()
+            if found:
+                return found
+            if time.monotonic() > deadline:
+                pytest.fail(f"waited {timeout:g} s for {what}")
+            time.sleep(0.05)
+
+    return wait

@@ -58,16 +58,6 @@ pipe = Pipeline("talking", [talk, after])
 """
 
 
-def _wait_for(what: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = what()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class _Run:
     """A run of ``talking`` in a process of its own, and what a reader sees of it."""
 
@@ -132,7 +122,7 @@ def run_of(tmp_path: Path, stepflow_home: Path) -> Iterator[Callable[..., _Run]]
 
 
 @pytest.mark.parametrize("backend", ["local", "process"])
-def test_a_step_log_is_published_while_it_runs_and_gone_once_recorded(run_of, backend):
+def test_a_step_log_is_published_while_it_runs_and_gone_once_recorded(run_of, backend, wait_for):
     """In the run's own process (``local``) and in a worker process (``process``): the first
     lines show while the step still runs, the secret never does (not even split across two
     writes), the step is ``running`` exactly while in flight, and its live copy goes once its
@@ -147,23 +137,23 @@ def test_a_step_log_is_published_while_it_runs_and_gone_once_recorded(run_of, ba
 
         return check
 
-    _wait_for(log_has("the token is ***"))
+    wait_for(log_has("the token is ***"))
     assert "[stdout #1] line one\n" in seen[-1]
     assert run.states() == {"talk": "running", "after": "pending"}
-    _wait_for(lambda: (run.gates / "half").exists())
+    wait_for(lambda: (run.gates / "half").exists())
     time.sleep(3 * live.POLL)  # copies happen while half of the secret is written
     seen.append(run.log("talk"))
     run.open("rest")
-    _wait_for(log_has("*** end\n"))
-    _wait_for(log_has("[stderr #1] to stderr\n"))
+    wait_for(log_has("*** end\n"))
+    wait_for(log_has("[stderr #1] to stderr\n"))
     assert all(SECRET not in s and SECRET[:6] not in s for s in seen)
     run.open("talk")
     # `after` starts: `talk` is recorded (within a second), its live copy is gone
-    _wait_for(lambda: "after starts" in run.log("after"))
+    wait_for(lambda: "after starts" in run.log("after"))
     # the same worker process ran `talk` before: none of its output is taken for `after`'s
     assert run.log("after") == "[stdout #1] after starts\n"
-    _wait_for(lambda: run.states() == {"talk": "ran", "after": "running"})
-    _wait_for(lambda: run.read(lambda api, r: api.live_log(r, "talk")) is None)
+    wait_for(lambda: run.states() == {"talk": "ran", "after": "running"})
+    wait_for(lambda: run.read(lambda api, r: api.live_log(r, "talk")) is None)
     recorded = run.read(lambda api, r: api.step_log(r, "talk"))
     assert "the token is ***" in "".join(e.text for e in recorded)
     run.open("after")
@@ -197,12 +187,12 @@ def stepflow_backend_types():
 """
 
 
-def test_a_backend_publishes_what_it_receives(run_of, tmp_path):
+def test_a_backend_publishes_what_it_receives(run_of, tmp_path, wait_for):
     """``stepflow.backends.publish_output``: a backend that gets a step's output as it comes
     (a log stream) has it shown live, through the same masking."""
     (tmp_path / "chatty_plugin.py").write_text(textwrap.dedent(PLUGIN))
     run = run_of("'chatty'", ", plugins=['chatty_plugin']")
-    _wait_for(lambda: "[stdout #1] queued on the chatty engine\n" in run.log("talk"))
+    wait_for(lambda: "[stdout #1] queued on the chatty engine\n" in run.log("talk"))
     assert run.states()["talk"] == "running"
     run.open("chatty")
     run.finish()
@@ -223,7 +213,7 @@ def test_a_short_attempt_writes_nothing(tmp_path):
     assert not (tmp_path / LIVE_DIR).exists()
 
 
-def test_a_long_attempt_gets_a_folder_with_its_masked_lines(tmp_path):
+def test_a_long_attempt_gets_a_folder_with_its_masked_lines(tmp_path, wait_for):
     from stepflow._execution.capture import capturing, step_output
 
     secrets = ("hunter2",)
@@ -234,7 +224,7 @@ def test_a_long_attempt_gets_a_folder_with_its_masked_lines(tmp_path):
     ):
         print("pass hunter2")
         print("partial line", end="")
-        _wait_for(lambda: a.folder is not None and (a.folder / "stdout").exists())
+        wait_for(lambda: a.folder is not None and (a.folder / "stdout").exists())
         assert (a.folder / "stdout").read_text() == "pass ***\n"
     # the end of the attempt publishes the rest; the run's end removes it all
     assert (a.folder / "stdout").read_text() == "pass ***\npartial line"

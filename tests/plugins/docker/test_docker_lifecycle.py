@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import time
 
 import pytest
 
@@ -37,39 +36,31 @@ def _flow(timeout: str = "10m", ignore_term: bool = False) -> str:
     return SLOW.format(timeout=timeout, ignore_term=ignore_term)
 
 
-def _wait_for(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"waited {seconds:g}s for {what}")
-
-
 def _running(containers, step: str):
     found = [c for c in containers(step=step) if c.status == "running"]
     return found[0] if found else None
 
 
-def test_kill_9_stops_the_container_and_the_next_run_sweeps_it(docker_client, project, containers):
+def test_kill_9_stops_the_container_and_the_next_run_sweeps_it(
+    docker_client, project, containers, wait_for
+):
     """kill -9 of the run: its container stops by itself (the step never finishes), and the
     next run removes it, then computes the step once."""
     project.backend()
     project.write("flow.py", _flow())
     run = project.start("run", "flow.py", "--param", "wait=60")
     try:
-        container = _wait_for(lambda: _running(containers, "slow"), 120, "the step's container")
+        container = wait_for(lambda: _running(containers, "slow"), 120, "the step's container")
         labels = container.labels
         assert container.name == f"stepflow-{labels['io.stepflow.run']}-slow-1"
         assert labels["io.stepflow.step"] == "slow" and labels["io.stepflow.attempt"] == "1"
-        _wait_for(lambda: b"started" in container.logs(), 60, "the step to start")
+        wait_for(lambda: b"started" in container.logs(), 60, "the step to start")
         run.send_signal(signal.SIGKILL)
     finally:
         run.kill()
         run.communicate()
     # The run's process is gone: the engine closed the container's stdin, the worker stopped.
-    _wait_for(
+    wait_for(
         lambda: (container.reload(), container.status)[1] == "exited", 30, "the orphan to stop"
     )
     assert b"finished" not in container.logs()
@@ -96,14 +87,14 @@ def test_timeout_stops_then_kills(docker_client, project, containers):
     assert containers(step="slow") == []
 
 
-def test_ctrl_c_stops_every_container_of_the_run(docker_client, project, containers):
+def test_ctrl_c_stops_every_container_of_the_run(docker_client, project, containers, wait_for):
     """SIGINT (Ctrl-C) stops the run's containers; the run exits 130 and leaves none."""
     project.backend(stop_timeout=1)
     project.write("flow.py", _flow())
     run = project.start("run", "flow.py", "--param", "wait=60")
     try:
-        container = _wait_for(lambda: _running(containers, "slow"), 120, "the step's container")
-        _wait_for(lambda: b"started" in container.logs(), 60, "the step to start")
+        container = wait_for(lambda: _running(containers, "slow"), 120, "the step's container")
+        wait_for(lambda: b"started" in container.logs(), 60, "the step to start")
         run.send_signal(signal.SIGINT)
         out, err = run.communicate(timeout=60)
     finally:
@@ -130,26 +121,16 @@ def test_two_runs_at_once_build_the_image_once(docker_client, project):
     assert os.path.isdir(project.home / "docker" / "locks")
 
 
-def _live_log(home, step: str) -> str:
-    from stepflow._config import load_config
-    from stepflow._storage.read import ReadAPI
-
-    try:
-        with ReadAPI(load_config(home=home), read_only=True) as api:
-            entries = api.live_log("last", step) or []
-    except Exception:  # no run recorded yet
-        return ""
-    return "".join(f"[{e.stream} #{e.attempt}] {e.text}" for e in entries)
-
-
-def test_what_a_step_prints_is_shown_while_its_container_runs(docker_client, project):
+def test_what_a_step_prints_is_shown_while_its_container_runs(
+    docker_client, project, wait_for, live_log
+):
     """The worker in the container captures into the mounted attempt folder, which the run
     follows from the host: `stepflow ui` shows the step's first line before it ends."""
     project.backend()
     project.write("flow.py", _flow())
     run = project.start("run", "flow.py", "--param", "wait=60")
     try:
-        log = _wait_for(lambda: _live_log(project.home, "slow"), 240, "the step's live log")
+        log = wait_for(lambda: live_log(project.home, "slow"), 240, "the step's live log")
         assert log == "[stdout #1] started\n"
         run.send_signal(signal.SIGINT)
         run.communicate(timeout=120)

@@ -166,20 +166,8 @@ def chatty(token: Secret[str], folder: str = "") -> str:
 """
 
 
-def _live_log(home: Path, step: str) -> str:
-    from stepflow._config import load_config
-    from stepflow._storage.read import ReadAPI
-
-    try:
-        with ReadAPI(load_config(home=home), read_only=True) as api:
-            entries = api.live_log("last", step) or []
-    except Exception:  # no run recorded yet
-        return ""
-    return "".join(f"[{e.stream} #{e.attempt}] {e.text}" for e in entries)
-
-
 def test_what_a_remote_step_prints_is_shown_while_it_runs(
-    project, stepflow_runner, tmp_path_factory
+    project, stepflow_runner, tmp_path_factory, live_log
 ):
     """The follower's polls bring the step's captured output as it grows: `stepflow ui`
     shows it while the step still runs on the host, the secret masked by the run."""
@@ -200,7 +188,7 @@ def test_what_a_remote_step_prints_is_shown_while_it_runs(
     try:
         home = stepflow_runner.home
         wait_for(
-            lambda: seen.append(_live_log(home, "chatty")) or "token ***" in seen[-1],
+            lambda: seen.append(live_log(home, "chatty")) or "token ***" in seen[-1],
             what="the remote step's first lines",
         )
         assert seen[-1] == "[stdout #1] remote line one\ntoken ***\n"

@@ -10,23 +10,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-
-def _wait_for(what: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = what()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -67,7 +56,7 @@ class _LiveRun:
 
 
 @pytest.fixture
-def live_run(ui_home, ui_project, tmp_path, ui_secret, client) -> Iterator[_LiveRun]:
+def live_run(ui_home, ui_project, tmp_path, ui_secret, client, wait_for) -> Iterator[_LiveRun]:
     """A run of ``numbers`` whose last step, ``report``, has printed its first lines and
     waits for a file."""
     run = _LiveRun(ui_home, ui_project, tmp_path / "go-on", ui_secret)
@@ -83,7 +72,7 @@ def live_run(ui_home, ui_project, tmp_path, ui_secret, client) -> Iterator[_Live
             settled = states.get("report") == "running" and states.get("model") == "ran"
             return runs[0]["id"] if settled else None
 
-        run.id = _wait_for(report_running)
+        run.id = wait_for(report_running)
         yield run
     finally:
         run.go_on()
