@@ -17,7 +17,7 @@ import stepflow
 from stepflow import Pipeline, Secret, step
 
 @step
-def data(n: int = 4) -> list[int]:
+def data(n: int = 20_000) -> list[int]:  # past 32 KiB pickled: an object file, not inline
     print("loading", n)
     return list(range(n))
 
