@@ -6,6 +6,7 @@ They live at the repository root so that they apply to the package's doctests as
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,12 @@ def _home_state() -> tuple[int, int] | None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_checkout_home_key] = _home_state()
+    # A suite started in the background by a non-interactive shell (`cmd &`, as a CI script
+    # may) inherits Ctrl-C ignored, and every process it starts would too: the tests that
+    # interrupt a run (a real SIGINT, or `_thread.interrupt_main`) would wait for nothing.
+    # Children then get the default again (an exec resets a handled signal, not an ignored one).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
