@@ -63,7 +63,10 @@ def sweep(client: docker.DockerClient, attempts: Path) -> list[str]:
 
     host = socket.gethostname()
     removed = []
-    for container in client.containers.list(all=True, filters={"label": OWNER}):
+    # ignore_removed: another run sweeping at the same moment may remove a container
+    # between the listing and its inspection (a 404 that failed the run's check).
+    listed = client.containers.list(all=True, filters={"label": OWNER}, ignore_removed=True)
+    for container in listed:
         parts = container.labels.get(OWNER, "").rsplit(":", 2)
         if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue

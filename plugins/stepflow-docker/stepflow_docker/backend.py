@@ -273,7 +273,7 @@ class DockerBackend(Backend):
             return
         try:
             running = self._client.containers.list(
-                filters={"label": f"{RUN}={self.context.run_id}"}
+                filters={"label": f"{RUN}={self.context.run_id}"}, ignore_removed=True
             )
         except docker_errors():
             return

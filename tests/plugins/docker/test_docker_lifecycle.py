@@ -138,3 +138,43 @@ def test_what_a_step_prints_is_shown_while_its_container_runs(
         run.kill()
         run.communicate()
     assert not (project.home / "live").exists()
+
+
+def test_runs_sweeping_at_once_all_succeed(docker_client, tmp_path):
+    """Runs that start together each sweep the dead runs' containers: one removing a container
+    another has just listed must not fail the other (its listing inspects each container)."""
+    import socket
+    import threading
+
+    import docker
+    from stepflow_docker._labels import OWNER, sweep
+
+    dead = f"{socket.gethostname()}:999999999:0"  # no such pid: a dead run
+    made = [
+        docker_client.containers.create(
+            "stepflow-test-base:bookworm", "true", labels={OWNER: dead, "io.stepflow.test": "1"}
+        )
+        for _ in range(40)
+    ]
+    errors, removed = [], []
+
+    def one_run(client) -> None:
+        try:
+            removed.extend(sweep(client, tmp_path / "attempts"))
+        except Exception as exc:  # what a run's check would have failed on
+            errors.append(exc)
+
+    # Each run has its own client; they start one after another while the first removes,
+    # so later ones list containers that go before they inspect them.
+    clients = [docker.from_env() for _ in range(4)]
+    threads = [threading.Thread(target=one_run, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+        thread.join(timeout=0.1)
+    for thread in threads:
+        thread.join()
+    for client in clients:
+        client.close()
+    assert errors == []
+    assert {c.name for c in made} <= set(removed)
+    assert docker_client.containers.list(all=True, filters={"label": "io.stepflow.test"}) == []
