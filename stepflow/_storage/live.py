@@ -29,9 +29,10 @@ import contextlib
 import hashlib
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
+
+from stepflow._storage.records import host_name
 
 __all__ = [
     "LIVE_DIR",
@@ -98,7 +99,7 @@ def make_run_dir(home: Path, run_id: str) -> Path:
     path = run_dir(home, run_id)
     if not (path / OWNER).is_file():
         make_private_dirs(path)
-        atomic_write(path / OWNER, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        atomic_write(path / OWNER, f"{host_name()} {os.getpid()}\n".encode())
     return path
 
 
@@ -152,7 +153,7 @@ def owner_alive(folder: Path) -> bool | None:
         host, _, pid = (folder / OWNER).read_text().strip().rpartition(" ")
     except OSError:
         return None
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != host_name() or not pid.isdigit():
         return None
     try:
         os.kill(int(pid), 0)
