@@ -38,6 +38,7 @@ __all__ = [
     "LiveAttempt",
     "attempt",
     "follow_output",
+    "masked",
     "publish_output",
     "recorded",
     "run_ended",
@@ -193,15 +194,9 @@ class LiveAttempt:
             for stream, text in new.items():
                 self.pending[stream] = self.pending.get(stream, "") + text
             for stream, text in list(self.pending.items()):
-                cut = len(text) if final else _cut(text, self.secrets)
-                if cut:
-                    self._append(stream, self._mask(text[:cut]))
-                    self.pending[stream] = text[cut:]
-
-    def _mask(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+                shown, self.pending[stream] = masked(text, self.secrets, final=final)
+                if shown:
+                    self._append(stream, shown)
 
     def _append(self, stream: str, text: str) -> None:
         from stepflow._storage.home import private_opener
@@ -221,6 +216,18 @@ class LiveAttempt:
         for fd in fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def masked(text: str, secrets: tuple[str, ...], *, final: bool = False) -> tuple[str, str]:
+    """``text`` as two parts: what may be shown now, secret values masked, and the rest,
+    held back until more text comes (all of it is shown when ``final``). For a backend that
+    masks a step's output before it leaves the machine the step runs on (Dask)."""
+    cut = len(text) if final else _cut(text, secrets)
+    shown = text[:cut]
+    for secret in secrets:
+        if secret:
+            shown = shown.replace(secret, "***")
+    return shown, text[cut:]
 
 
 def _cut(text: str, secrets: tuple[str, ...]) -> int:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from stepflow import Resources, StepSpec
     from stepflow._config import Config
+    from stepflow_dask._live import LiveRelay
 
 __all__ = ["DaskAttempt", "DaskBackend", "attempt_key", "dask_resources"]
 
@@ -170,6 +171,10 @@ class DaskBackend(Backend):
         #: the resources each worker offers, as last asked of the scheduler
         self._offers: list[dict[str, float]] | None = None
         self._stopped = False
+        #: publishes the attempts' output as their Dask workers send it, and the topic they
+        #: send it under (``None``: not listening, the log shows when the attempt ends)
+        self._relay: LiveRelay | None = None
+        self._live_topic: str | None = None
 
     # --- connecting -----------------------------------------------------------------------
 
@@ -191,8 +196,24 @@ class DaskBackend(Backend):
         """
         with self._lock:
             if self._client is None:
-                self._client = self._connect()
+                client = self._connect()
+                self._listen(client)
+                self._client = client
             return self._client
+
+    def _listen(self, client: distributed.Client) -> None:
+        """Receive what the attempts print while they run (``_live``): events of a topic
+        named after this client, which the scheduler clears once the client has gone
+        (``distributed.scheduler.events-cleanup-delay``, an hour by default)."""
+        from stepflow_dask._live import LiveRelay
+
+        self._relay = LiveRelay(self._attempts, self._state)
+        try:
+            client.subscribe_topic(client.id, self._relay)
+        except Exception:  # a client that cannot subscribe shows the log at the end only
+            self._relay = None
+            return
+        self._live_topic = client.id
 
     def _connect(self) -> distributed.Client:
         try:
@@ -441,6 +462,7 @@ class DaskBackend(Backend):
             dask_future = client.submit(
                 _remote.run_attempt,
                 task,
+                self._live_topic,
                 key=key,
                 pure=False,
                 retries=0,
@@ -458,6 +480,8 @@ class DaskBackend(Backend):
         with self._state:
             if isinstance(attempt, DaskAttempt):
                 self._attempts.pop(attempt.key, None)
+                if self._relay is not None:
+                    self._relay.seen.pop(attempt.key, None)
 
     def execute(self, task: Task, *, timeout: float | None) -> TaskResult:
         """``submit(task)`` and wait for its result (the step's ``timeout`` applies on the

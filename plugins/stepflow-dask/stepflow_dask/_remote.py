@@ -13,7 +13,8 @@ kills that attempt's process group. If the Dask worker process itself dies, its 
 workers die with it (their lifeline pipe closes; see ``stepflow.backends.WorkerProcess``).
 
 Only step metadata comes back through Dask (output references, logs, metrics): the data goes
-through the run's datastore.
+through the run's datastore. What the step prints while it runs goes to the run's client as
+Dask events (``_live``).
 """
 
 from __future__ import annotations
@@ -59,11 +60,12 @@ _stopped: set[str] = set()
 _watcher: threading.Thread | None = None
 
 
-def run_attempt(task: Task) -> TaskResult:
+def run_attempt(task: Task, live: str | None = None) -> TaskResult:
     """The Dask task of one attempt: run ``task`` in a serving worker and return its result.
 
-    Never raises for the step's own failure: errors, timeouts and a lost worker come back as
-    a failed ``TaskResult``, as from any backend.
+    With ``live`` (a topic of the run's client), what the step prints is sent as it prints
+    it, as events of that topic (``_live``). Never raises for the step's own failure: errors,
+    timeouts and a lost worker come back as a failed ``TaskResult``, as from any backend.
     """
     from distributed import get_worker
 
@@ -75,7 +77,13 @@ def run_attempt(task: Task) -> TaskResult:
         _start_watcher()
         _lock.notify_all()
     try:
-        result = proc.execute(task, task.timeout)
+        if live is None:
+            result = proc.execute(task, task.timeout)
+        else:
+            from stepflow_dask._live import follow
+
+            with follow(key, live, dask_worker, proc.output_dir, task):
+                result = proc.execute(task, task.timeout)
     except (OSError, ValueError) as exc:
         # The watcher closed the worker's pipes while this thread was reading them.
         result = TaskResult.lost(task, f"could not be read ({type(exc).__name__}: {exc})")
