@@ -246,3 +246,12 @@ def test_a_long_attempt_gets_a_folder_with_its_masked_lines(tmp_path, wait_for):
 )
 def test_the_cut_never_splits_a_line_or_a_secret(text, secrets, cut):
     assert live._cut(text, secrets) == cut
+
+
+def test_masked_shows_whole_lines_masked_and_holds_back_the_rest():
+    """``live.masked``, which a backend masking on the machine the step runs on (Dask) uses:
+    the same cut and the same masking as the run's own copies."""
+    secrets = ("hunter2",)
+    assert live.masked("a hunter2\nb hun", secrets) == ("a ***\n", "b hun")
+    assert live.masked("b hunter2 c", secrets, final=True) == ("b *** c", "")
+    assert live.masked("", secrets) == ("", "")

@@ -157,8 +157,10 @@ def follow(key: str, topic: str, worker: Worker, folder: Path, task: Task) -> It
             _follows.pop(key, None)
         if followed.looked:
             # What was held back (a last line without its end); the stepflow worker empties
-            # the files when the step ends, so nothing new is read here.
-            followed.look(final=True)
+            # the files when the step ends, so nothing new is read here. The live view's
+            # trouble must never cost the attempt its result.
+            with contextlib.suppress(Exception):
+                followed.look(final=True)
 
 
 def _run() -> None:
@@ -176,7 +178,9 @@ def _run() -> None:
         now = time.monotonic()
         for followed in follows:
             if now - followed.began >= POLL:
-                followed.look()
+                # One attempt's trouble must not end the thread that follows the others.
+                with contextlib.suppress(Exception):
+                    followed.look()
 
 
 class LiveRelay:
