@@ -463,6 +463,7 @@ class DaskBackend(Backend):
                 _remote.run_attempt,
                 task,
                 self._live_topic,
+                _remote.process_origin(),
                 key=key,
                 pure=False,
                 retries=0,

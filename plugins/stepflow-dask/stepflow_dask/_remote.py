@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import os
 import platform
 import sys
 import threading
@@ -39,6 +40,7 @@ __all__ = [
     "close_idle",
     "describe",
     "interpreter",
+    "process_origin",
     "run_attempt",
 ]
 
@@ -60,12 +62,17 @@ _stopped: set[str] = set()
 _watcher: threading.Thread | None = None
 
 
-def run_attempt(task: Task, live: str | None = None) -> TaskResult:
+def run_attempt(
+    task: Task, live: str | None = None, origin: tuple[str, int] | None = None
+) -> TaskResult:
     """The Dask task of one attempt: run ``task`` in a serving worker and return its result.
 
     With ``live`` (a topic of the run's client), what the step prints is sent as it prints
-    it, as events of that topic (``_live``). Never raises for the step's own failure: errors,
-    timeouts and a lost worker come back as a failed ``TaskResult``, as from any backend.
+    it, as events of that topic (``_live``), unless this is the run's own process
+    (``origin``: its host and process id; a ``LocalCluster(processes=False)``), where the
+    serving worker's output files are followed by the run itself. Never raises for the
+    step's own failure: errors, timeouts and a lost worker come back as a failed
+    ``TaskResult``, as from any backend.
     """
     from distributed import get_worker
 
@@ -77,7 +84,7 @@ def run_attempt(task: Task, live: str | None = None) -> TaskResult:
         _start_watcher()
         _lock.notify_all()
     try:
-        if live is None:
+        if live is None or origin == process_origin():
             result = proc.execute(task, task.timeout)
         else:
             from stepflow_dask._live import follow
@@ -97,6 +104,11 @@ def run_attempt(task: Task, live: str | None = None) -> TaskResult:
         # Killed by the watcher, not lost: say so rather than "killed by signal 9".
         return TaskResult.cancelled(task, logs=result.logs)
     return result
+
+
+def process_origin() -> tuple[str, int]:
+    """This process, as ``run_attempt``'s ``origin`` names the run's: host and process id."""
+    return platform.node(), os.getpid()
 
 
 def describe(task: Task) -> dict[str, Any]:

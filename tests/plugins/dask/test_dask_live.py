@@ -168,3 +168,52 @@ def test_a_step_printing_a_lot_is_coalesced_not_flooding_the_scheduler(
     assert len(text) < 20 * CHUNK, len(text)
     assert events and all(len(e.get("stdout", "")) <= CHUNK + 100 for e in events)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+THREADS = """
+    import time
+    from pathlib import Path
+    from stepflow import Secret, step
+
+    def wait(folder, name):
+        while not (Path(folder) / name).exists():
+            time.sleep(0.05)
+
+    @step(backend="threads", cache=False)
+    def chatty(token: Secret[str], folder: str = "") -> int:
+        print("one", flush=True)
+        wait(folder, "go-1")
+        print("two", token, flush=True)
+        wait(folder, "go-2")
+        return 2
+    """
+
+
+def test_dask_workers_in_the_runs_own_process_show_each_line_once(
+    stepflow_runner, write_project, release, wait_for, live_log
+):
+    """A ``LocalCluster(processes=False)``: the Dask worker is a thread of the run's process,
+    where the run follows the step's output files itself; the worker sends no events, so no
+    line is shown twice."""
+    home = stepflow_runner.home
+    backends = """
+        [tool.stepflow.backends.threads]
+        plugin = "dask"
+        cluster = "dask.distributed.LocalCluster"
+        cluster_options = { processes = false, n_workers = 1, threads_per_worker = 1 }
+        """
+    write_project(stepflow_runner.path, backends, THREADS)
+    proc = _start(stepflow_runner.path, home, release)
+    try:
+        wait_for(lambda: "one\n" in live_log(home, "chatty"), 120, "the first line, live")
+        (release / "go-1").touch()
+        text = wait_for(
+            lambda: (t := live_log(home, "chatty")) and "two" in t and t, 60, "the second line"
+        )
+        (release / "go-2").touch()
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0, out
+    assert text == "[stdout #1] one\ntwo ***\n"
