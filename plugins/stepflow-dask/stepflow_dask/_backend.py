@@ -523,6 +523,11 @@ class DaskBackend(Backend):
 
             with contextlib.suppress(Exception):
                 client.run(_remote.close_idle, on_error="ignore")
+            if self._live_topic is not None:
+                # Before leaving: the scheduler logs the client's departure under its topic,
+                # and writing that to a client already gone is an error in its log.
+                with contextlib.suppress(Exception):
+                    client.unsubscribe_topic(self._live_topic)
             with contextlib.suppress(Exception):
                 client.close()
         self._close_cluster()

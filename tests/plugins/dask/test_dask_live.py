@@ -95,6 +95,8 @@ def test_what_a_dask_step_prints_is_shown_while_it_runs(
     retry's lines come under its own attempt; the live area is gone after the run."""
     home = stepflow_runner.home
     write_project(stepflow_runner.path, _backends(dask_cluster), RETRIED)
+    scheduler_log = dask_cluster.folder / "scheduler.log"
+    logged = scheduler_log.stat().st_size
     proc = _start(stepflow_runner.path, home, release)
     seen: list[str] = []
 
@@ -121,6 +123,10 @@ def test_what_a_dask_step_prints_is_shown_while_it_runs(
     assert not (home / "live").exists()
     logs = stepflow_runner.run("logs", "last", "chatty")
     assert "dask last line" in logs.stdout, logs.stdout + logs.stderr
+    # The run left the topic before it left: the scheduler never wrote to a closed client.
+    with open(scheduler_log, "rb") as fh:
+        fh.seek(logged)
+        assert b"Closed comm" not in fh.read()
 
 
 FLOOD = """
