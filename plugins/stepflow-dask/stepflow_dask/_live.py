@@ -75,7 +75,8 @@ class _Follow:
         self.offsets = dict.fromkeys(STREAMS, 0)
         self.sent = dict.fromkeys(STREAMS, 0)
         self.pending = dict.fromkeys(STREAMS, "")
-        self.decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in STREAMS}
+        #: made on the first look: most attempts end before it
+        self.decoders: dict[str, Any] = {}
         #: one look at a time: the thread's, or the last one in the task's thread
         self.lock = threading.Lock()
 
@@ -106,7 +107,10 @@ class _Follow:
             fh.seek(offset)
             data = fh.read(_READ)
         self.offsets[stream] = offset + len(data)
-        text = self.pending[stream] + self.decoders[stream].decode(data, final)
+        decoder = self.decoders.get(stream)
+        if decoder is None:
+            decoder = self.decoders[stream] = codecs.getincrementaldecoder("utf-8")("replace")
+        text = self.pending[stream] + decoder.decode(data, final)
         from stepflow._execution.live import masked
 
         shown, self.pending[stream] = masked(text, self.secrets, final=final)
