@@ -8,6 +8,7 @@ live area (through the UI's reader, ``ReadAPI.live_log``): the lines arrived whi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,9 +30,11 @@ def _backends(cluster) -> str:
         """
 
 
-def _start(root: Path, home: Path, folder: Path) -> subprocess.Popen[str]:
+@contextlib.contextmanager
+def _running(root: Path, home: Path, folder: Path) -> Iterator[subprocess.Popen[str]]:
+    """``stepflow run flow.py`` in a process of its own, killed if the block fails."""
     argv = ["run", "flow.py", "--param", f"folder={folder}", "--param", "token=env:DASK_TOKEN"]
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "stepflow", *argv],
         cwd=root,
         env={**os.environ, "STEPFLOW_HOME": str(home), "DASK_TOKEN": SECRET},
@@ -39,6 +42,19 @@ def _start(root: Path, home: Path, folder: Path) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _finish(proc: subprocess.Popen[str], gate: Path) -> None:
+    """Release the step by creating ``gate``; the run must then succeed."""
+    gate.touch()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
 
 
 @pytest.fixture
@@ -97,25 +113,19 @@ def test_what_a_dask_step_prints_is_shown_while_it_runs(
     write_project(stepflow_runner.path, _backends(dask_cluster), RETRIED)
     scheduler_log = dask_cluster.folder / "scheduler.log"
     logged = scheduler_log.stat().st_size
-    proc = _start(stepflow_runner.path, home, release)
     seen: list[str] = []
 
     def shows(text: str) -> bool:
         seen.append(live_log(home, "chatty"))
         return text in seen[-1]
 
-    try:
+    with _running(stepflow_runner.path, home, release) as proc:
         wait_for(lambda: shows("token ***\n"), 120, "the first attempt's lines, live")
         assert seen[-1] == "[stdout #1] dask line one\ntoken ***\n"
         (release / "go-1").touch()
         wait_for(lambda: shows("[stdout #2] second attempt\n"), 120, "the retry's line, live")
         events = _live_events(dask_cluster)
-        (release / "go-2").touch()
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-        proc.communicate()
-    assert proc.returncode == 0, out
+        _finish(proc, release / "go-2")
     assert all(SECRET not in text for text in seen)
     first = [e for e in events if e["stepflow-live"].endswith("-chatty-1")]
     assert "".join(e.get("stdout", "") for e in first) == "dask line one\ntoken ***\n", events
@@ -155,20 +165,14 @@ def test_a_step_printing_a_lot_is_coalesced_not_flooding_the_scheduler(
 
     home = stepflow_runner.home
     write_project(stepflow_runner.path, _backends(dask_cluster), FLOOD)
-    proc = _start(stepflow_runner.path, home, release)
-    try:
+    with _running(stepflow_runner.path, home, release) as proc:
         text = wait_for(
             lambda: (t := live_log(home, "flood")) and "after the flood" in t and t,
             120,
             "the line printed after the flood, live",
         )
         events = [e for e in _live_events(dask_cluster) if "flood" in e["stepflow-live"]]
-        (release / "go-1").touch()
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-        proc.communicate()
-    assert proc.returncode == 0, out
+        _finish(proc, release / "go-1")
     assert "token *** after the flood\n" in text
     assert "characters of stdout not shown live]" in text
     assert len(text) < 20 * CHUNK, len(text)
@@ -209,17 +213,11 @@ def test_dask_workers_in_the_runs_own_process_show_each_line_once(
         cluster_options = { processes = false, n_workers = 1, threads_per_worker = 1 }
         """
     write_project(stepflow_runner.path, backends, THREADS)
-    proc = _start(stepflow_runner.path, home, release)
-    try:
+    with _running(stepflow_runner.path, home, release) as proc:
         wait_for(lambda: "one\n" in live_log(home, "chatty"), 120, "the first line, live")
         (release / "go-1").touch()
         text = wait_for(
             lambda: (t := live_log(home, "chatty")) and "two" in t and t, 60, "the second line"
         )
-        (release / "go-2").touch()
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-        proc.communicate()
-    assert proc.returncode == 0, out
+        _finish(proc, release / "go-2")
     assert text == "[stdout #1] one\ntwo ***\n"
