@@ -176,6 +176,7 @@ elif tool == "stepflow":
         if not r.ok:
             raise SystemExit(r.summary())
         out["states"] = sorted({str(s.state) for s in r.steps.values()})
+        out["step_seconds"] = sum(s.duration or 0.0 for s in r.steps.values())
 elif tool == "joblib":
     import joblib
     mem = joblib.Memory(place, verbose=0)
@@ -371,6 +372,41 @@ def chain_figures(b: Bench, s: Sizes, repeats: int, peers: list[str]) -> list[Fi
     return [first, half, rerun, bare, ran]
 
 
+ONE_STEP = """
+from stepflow import Pipeline, step
+
+@step
+def one() -> int:
+    return 1
+
+pipe = Pipeline("one", [one])
+"""
+
+
+def fixed_figures(b: Bench, repeats: int) -> list[Figure]:
+    """DESIGN's "a run's fixed cost (a brand-new home included) under 20 ms": a 1-step
+    pipeline's first run in a brand-new home, every module imported before the clock, less
+    the step's own reported duration."""
+    fixed = Figure(
+        "a run's fixed cost: 1-step first run, brand-new home, after every import",
+        "< 20 ms",
+        0.02,
+    )
+    fixed.note = (
+        "the step's reported duration (its call, output capture and commit) is taken off; "
+        "what is left is the run's set-up, records, index and home"
+    )
+    warm = b.place("warm")
+    b.phase("stepflow", "one", warm)
+    modules = b.phase("stepflow", "one", b.place("warm"), list_modules=True)["modules"]
+    for _ in range(repeats):
+        got = b.phase("stepflow", "one", b.place("stepflow"), framework=modules)
+        if got["states"] != ["ran"]:
+            raise SystemExit(f"the 1-step first run did not run its step: {got}")
+        fixed.stepflow.append(after_imports(got) - float(got["step_seconds"]))
+    return [fixed]
+
+
 def after_imports(found: dict) -> float:
     return float(found["seconds"]) - float(found["imports"])
 
@@ -480,6 +516,7 @@ def write_code(code: Path, s: Sizes) -> None:
     files = {
         "chain_plain.py": chain_plain(s.chain),
         "flow_chain.py": chain_flow(s.chain),
+        "flow_one.py": ONE_STEP,
         "frame_plain.py": frame_plain(s.rows),
         "flow_frame.py": frame_flow(s.rows),
         "fan_plain.py": FAN_PLAIN,
@@ -568,6 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures: list[Figure] = []
         if "chain" in groups:
             figures += chain_figures(bench, sizes, repeats, peers)
+            figures += fixed_figures(bench, repeats)
         if "frame" in groups:
             figures += frame_figures(bench, sizes, repeats, peers)
         if "foreach" in groups:

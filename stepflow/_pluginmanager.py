@@ -134,12 +134,31 @@ class _PluginManager(pluggy.PluginManager):
         return list(self._dists)
 
     def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
+        if _not_a_function(plugin, name):
+            return None
         opts = super().parse_hookimpl_opts(plugin, name)
         if opts is None and name.startswith("stepflow_"):
             method = getattr(plugin, name, None)
             if inspect.isroutine(method):
                 opts = {}
         return opts
+
+    def parse_hookspec_opts(self, module_or_class: Any, name: str) -> Any:
+        if _not_a_function(module_or_class, name):
+            return None
+        return super().parse_hookspec_opts(module_or_class, name)
+
+
+def _not_a_function(namespace: object, name: str) -> bool:
+    """Whether ``name`` of a module is plainly no hook: not a function in its namespace.
+
+    pluggy looks up every name of a plugin (its imports too) with ``inspect.getattr_static``,
+    which cost more than the rest of making the plugin manager; a module's own dict says
+    the same for the names that are not functions. Anything else is left to pluggy.
+    """
+    if not isinstance(namespace, types.ModuleType):
+        return False
+    return not inspect.isroutine(namespace.__dict__.get(name))
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:

@@ -57,6 +57,14 @@ def test_quick_chain_prints_each_ratio_against_its_budget(tmp_path: Path) -> Non
     # The rerun with every module imported first has its joblib column and ratio too.
     warm = rows["20-step chain, cached rerun, fresh process, after every import"]
     assert re.fullmatch(r"\d+(\.\d+)? (ms|s)", warm[3]) and re.fullmatch(r"\d+\.\d\dx", warm[5])
+    # A run's fixed cost, measured with the chain's first runs, against its own budget.
+    fixed = next(
+        [c.strip() for c in line.split("|")[1:-1]]
+        for line in done.stdout.splitlines()
+        if line.startswith("| a run's fixed cost")
+    )
+    assert re.fullmatch(r"-?\d+(\.\d+)? (ms|s)", fixed[1]), fixed
+    assert fixed[6] == "< 20 ms"
     assert "load average" in done.stdout and "commit" in done.stdout
     # Nothing is left behind: every home and cache folder was under the temporary folder.
     assert not any(tmp_path.iterdir())

@@ -650,3 +650,25 @@ class TestStepReportMetrics:
         plugin.SEEN.clear()
         pipeline.run(home=home, plugins=["fakeplugin_metrics"])
         assert plugin.SEEN["trained"] == []  # reused: nothing was logged this time
+
+
+def test_module_plugins_and_specs_are_read_as_pluggy_reads_them() -> None:
+    """The plugin manager skips names that are not functions without pluggy's
+    ``getattr_static``: every name of every built-in plugin and of the hook specifications
+    gives what pluggy's own parsing gives."""
+    import importlib
+
+    pm = make_plugin_manager(entrypoints=False, builtins=False)
+    plain = pluggy.PluginManager("stepflow")
+    modules = [hookspecs, *(importlib.import_module(n) for n in BUILTIN_PLUGINS)]
+    hooks = 0
+    for module in modules:
+        for name in dir(module):
+            spec = pm.parse_hookspec_opts(module, name)
+            assert spec == plain.parse_hookspec_opts(module, name), name
+            impl = pm.parse_hookimpl_opts(module, name)
+            if impl is None or not name.startswith("stepflow_"):
+                # Undecorated ``stepflow_*`` functions are hooks here (see _PluginManager).
+                assert impl == plain.parse_hookimpl_opts(module, name), name
+            hooks += spec is not None or impl is not None
+    assert hooks > 20

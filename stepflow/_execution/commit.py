@@ -79,6 +79,9 @@ class RunOutputs:
         setup = self.setup
         spec = self.plan.dag.steps[name]
         producers = self.plan.dag.producers
+        # The records of the pipeline's latest results, read together the first time: an
+        # unchanged step then finds its record without a query of its own.
+        self.index.read_last(setup.pipeline)
         inputs = {
             p.name: self.artifacts[p.name].content_hash for p in spec.inputs if p.name in producers
         }

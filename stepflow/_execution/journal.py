@@ -135,6 +135,9 @@ class Journal:
         #: reader (``stepflow ui``) sees a run's progress while a long step goes on
         self._timer: threading.Timer | None = None
         self._finished = False
+        #: steps whose attempts started and that have not finished: only while one runs
+        #: can finished steps wait long for their write (a reused step runs no attempt)
+        self._in_flight: set[str] = set()
 
     def _fact(self, name: str) -> _StepFacts:
         fact = self.facts.get(name)
@@ -337,6 +340,12 @@ class Journal:
         fact = self._fact(name)
         if fact.started is None:
             fact.started = time.time()
+        with self._lock:
+            self._in_flight.add(name)
+            # Steps finished before this one started are written within a second, should
+            # it run long.
+            if self._pending:
+                self._arm_timer()
 
     def attempt_output(
         self, name: str, attempt: int, captured: Captured | None, ctx: StepContext
@@ -393,21 +402,30 @@ class Journal:
         row = self._row(report, fact)
         with self._lock:
             self._pending.append(row)
+            self._in_flight.discard(report.name)
             # Written within a second, so a run killed outright loses at most that much of
             # its record; batching keeps the cost per step far below a commit each.
             urgent = report.state is StepState.FAILED or (
                 time.monotonic() - self._flushed > _FLUSH_EVERY
             )
-            if not urgent and self._timer is None and not self._finished:
-                self._timer = threading.Timer(_FLUSH_EVERY, self._timed_flush)
-                self._timer.daemon = True
-                self._timer.start()
+            if not urgent and self._in_flight:
+                # Another step is running, and may run long: the timer writes this one.
+                # (Without one, the next step to finish or start writes it or arms it:
+                # a fully cached rerun starts no timer thread.)
+                self._arm_timer()
         if urgent:
             try:
                 self._flush()
             except Exception as exc:  # a missing snapshot must not fail the run
                 self._lost(exc)
         return report
+
+    def _arm_timer(self) -> None:
+        """Write the pending steps in a second, unless done before (called locked)."""
+        if self._timer is None and not self._finished:
+            self._timer = threading.Timer(_FLUSH_EVERY, self._timed_flush)
+            self._timer.daemon = True
+            self._timer.start()
 
     def _timed_flush(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -211,6 +212,12 @@ class _Open:
         self._held = 0
         self._cache: Any = None
         self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if self.existed:
+            # An index set up before opens in about a millisecond (``_open_existing``):
+            # less than starting a thread, which waits until the thread runs.
+            self._open()
+            return
         # Not a daemon: the process waits for it rather than stopping it mid-write.
         self._thread = threading.Thread(target=self._open, name="stepflow-index-open")
         self._thread.start()
@@ -219,17 +226,9 @@ class _Open:
         try:
             import diskcache
 
-            # No eviction: dropping a record is the job of `stepflow cache prune`, never a
-            # side effect of a size limit the user did not set. No culling either: records
-            # never expire, so the query for expired ones that each write would run finds
-            # nothing (one SQLite statement of five per stored result).
-            cache = diskcache.Cache(
-                str(self.directory),
-                eviction_policy="none",
-                cull_limit=0,
-                timeout=60,
-                disk_min_file_size=_ROW_MAX,
-            )
+            cache = _open_existing(self.directory) if self.existed else None
+            if cache is None:
+                cache = diskcache.Cache(str(self.directory), timeout=60, **_SETTINGS)
             # diskcache makes cache.db (and its -wal, -shm) with the umask's mode.
             make_private_sqlite(self.directory / "cache.db")
             self.file_id = _file_id(self.directory / "cache.db")
@@ -244,13 +243,15 @@ class _Open:
     @property
     def cache(self) -> Any:
         if self._cache is None:
-            self._thread.join()
+            if self._thread is not None:
+                self._thread.join()
             if self._error is not None:
                 raise _unreadable(self.directory, self._error)
         return self._cache
 
     def close(self) -> None:
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self._cache is not None:
             self._cache.close()
 
@@ -261,6 +262,75 @@ class _Open:
             self._held = 0
         self.records[record.key] = record
         self._held += held
+
+
+#: the diskcache settings of the index. No eviction: dropping a record is the job of `stepflow
+#: cache prune`, never a side effect of a size limit the user did not set. No culling either:
+#: records never expire, so the query for expired ones that each write would run finds
+#: nothing (one SQLite statement of five per stored result).
+_SETTINGS: dict[str, Any] = {
+    "eviction_policy": "none",
+    "cull_limit": 0,
+    "disk_min_file_size": _ROW_MAX,
+}
+#: what diskcache's set-up makes in a database (the ``sqlite_master`` names), tag index off
+_SCHEMA = frozenset(
+    {
+        "Settings",
+        "sqlite_autoindex_Settings_1",
+        "Cache",
+        "Cache_key_raw",
+        "Cache_expire_time",
+        "Settings_count_insert",
+        "Settings_count_delete",
+        "Settings_size_insert",
+        "Settings_size_update",
+        "Settings_size_delete",
+    }
+)
+
+
+def _open_existing(directory: Path) -> Any:
+    """The ``diskcache.Cache`` of an index set up before, without diskcache's own set-up; or
+    ``None`` when the database is not exactly what that set-up would leave (then the caller
+    runs it).
+
+    ``diskcache.Cache(...)`` rewrites every setting, one write transaction each, and then
+    closes its connection and opens another. In a fresh process the first write makes
+    SQLite start a new write-ahead log, with an fsync of it and of its folder, and the close
+    checkpoints it, with two more fsyncs, and deletes it. A fully cached rerun writes
+    nothing else to the index, yet paid those four fsyncs, each waiting behind whatever the
+    disk still had to write (a 400 MB output just made: 50 ms to a second each, measured).
+    When the settings and tables are already those the set-up writes, it would change
+    nothing: this sets up the same object by reading them only (tested against diskcache's
+    own set-up, attribute by attribute).
+    """
+    import diskcache
+
+    cache = diskcache.Cache.__new__(diskcache.Cache)
+    cache._directory = str(directory)
+    cache._timeout = 60
+    cache._local = threading.local()
+    cache._txn_id = None
+    try:
+        # The connection applies the stored ``sqlite_*`` pragmas (as for every thread's).
+        sql = cache._sql
+        stored = dict(sql("SELECT key, value FROM Settings").fetchall())
+        names = {row[0] for row in sql("SELECT name FROM sqlite_master").fetchall()}
+        wanted = {**diskcache.DEFAULT_SETTINGS, **stored, **_SETTINGS}
+        if names != _SCHEMA or any(stored.get(k, MISSING) != v for k, v in wanted.items()):
+            cache.close()
+            return None
+        cache._disk = diskcache.Disk(
+            str(directory), **{k[5:]: v for k, v in wanted.items() if k.startswith("disk_")}
+        )
+        for key, value in stored.items():
+            setattr(cache, key, value)
+        ((cache._page_size,),) = sql("PRAGMA page_size").fetchall()
+    except Exception:  # diskcache's own set-up runs instead, and reports what is wrong
+        cache.close()
+        return None
+    return cache
 
 
 def _unreadable(directory: Path, exc: BaseException) -> StepflowError:
@@ -309,6 +379,26 @@ def _diskcache(directory: Path) -> _Open:
         return opened
 
 
+def _fetch_many(cache: Any, names: list[str]) -> list[tuple[str, Any]]:
+    """``(name, value)`` of each of ``names`` that ``cache`` holds, as ``cache.get`` reads
+    them (its quick path, for a cache without statistics or eviction), in a few queries.
+    A value that cannot be read back is left out (``get`` of it says what is wrong)."""
+    found: list[tuple[str, Any]] = []
+    now = time.time()
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
+        marks = ", ".join("?" * len(chunk))  # the values are parameters
+        query = f"SELECT key, mode, filename, value FROM Cache WHERE key IN ({marks})"  # noqa: S608
+        query += " AND raw = 1 AND (expire_time IS NULL OR expire_time > ?)"
+        rows = cache._sql(query, (*chunk, now)).fetchall()
+        for name, mode, filename, value in rows:
+            try:
+                found.append((name, cache.disk.fetch(mode, filename, value, False)))
+            except (OSError, *_DAMAGED):
+                continue
+    return found
+
+
 class CacheIndex:
     """Cache key → ``CacheRecord``, plus the last record of each (pipeline, step)."""
 
@@ -320,6 +410,10 @@ class CacheIndex:
         self._open = _diskcache(directory)
         #: the index's database file, named in errors
         self.path = directory / "cache.db"
+        #: records read by ``read_last`` for this handle's run, taken by ``get``
+        self._read_ahead: dict[str, CacheRecord] = {}
+        self._read_for: set[str] = set()
+        self._read_lock = threading.Lock()
 
     @property
     def _cache(self) -> Any:
@@ -332,6 +426,11 @@ class CacheIndex:
         once (nothing can be in it yet). Only for a caller that takes the key's lease next
         and looks again, without ``quick``, if it had to wait for it.
         """
+        record = self._read_ahead.pop(key, None)
+        if record is not None:
+            # Read moments ago, in this run (``read_last``), like a lookup of its own.
+            self._open.remember(record)
+            return record
         record = self._open.records.get(key)
         if record is not None:
             # An output kept inline has no object whose absence would make a record pruned
@@ -355,6 +454,44 @@ class CacheIndex:
             return MISSING
         self._open.remember(record)
         return record
+
+    def read_last(self, pipeline: str) -> None:
+        """Read the records of ``pipeline``'s latest results in one query, for ``get``.
+
+        A rerun with nothing changed looks up exactly these keys, one ``get`` (one SQLite
+        query) a step; reading them together saves those queries. Only what the index
+        holds is read: a key not among them (a step whose inputs or code changed) and a
+        row that cannot be read back (damaged) are left to ``get``, which looks them up
+        itself (and drops a damaged row). Each is taken once, by the first ``get`` of its
+        key; ``delete`` drops it. Once per pipeline and handle; nothing for a brand-new
+        index still being made (it holds nothing) or a shared store's (its misses look in
+        the store).
+        """
+        with self._read_lock:
+            if pipeline in self._read_for:
+                return
+            self._read_for.add(pipeline)
+            if self._shared or (self._open.opening and not self._open.existed):
+                return
+            cache = self._cache
+            if cache.statistics or cache.eviction_policy != "none":
+                return  # diskcache's lookups would also count or touch the rows
+            try:
+                keys = [k for k in self._last_keys(pipeline).values() if isinstance(k, str)]
+                rows = _fetch_many(cache, [_result(k) for k in keys])
+            except _DAMAGED:
+                return  # an unreadable pointer: each step looks itself up
+            except Exception as exc:
+                if is_storage_fault(exc):
+                    return  # a locked index, say: each step's own lookup says so
+                raise
+            for name, data in rows:
+                try:
+                    record = CacheRecord.from_dict(data)
+                except _DAMAGED:
+                    continue
+                if record is not None and _result(record.key) == name:
+                    self._read_ahead[record.key] = record
 
     def _drop_damaged(self, key: str) -> None:
         try:
@@ -459,6 +596,7 @@ class CacheIndex:
 
     def delete(self, key: str) -> None:
         self._open.records.pop(key, None)
+        self._read_ahead.pop(key, None)
         with writing(self.path, "the removal of a cache-index entry"):
             self._cache.delete(_result(key))
         if self._shared:
@@ -506,6 +644,9 @@ class NullIndex:
         return None
 
     def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
+        return None
+
+    def read_last(self, pipeline: str) -> None:
         return None
 
     def last(self, pipeline: str, step: str) -> Any:

@@ -349,3 +349,92 @@ def test_the_run_user_is_what_getpass_says(monkeypatch, user_env):
     for name, value in user_env.items():
         monkeypatch.setenv(name, value)
     assert _user() == getpass.getuser()
+
+
+def test_a_fully_cached_rerun_starts_no_flush_timer(
+    make_module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reused steps run no attempt, so nothing can keep their rows waiting long: the run's
+    end writes them, and no timer thread is started (its start waited for the thread)."""
+    import threading
+
+    mod = make_module(
+        "cached_no_timer",
+        "from stepflow import Pipeline, step\n\n@step\ndef a() -> int:\n    return 1\n\n"
+        "@step\ndef b(a: int) -> int:\n    return a + 1\n\npipe = Pipeline('p', [a, b])\n",
+    )
+    mod.pipe.run(home=tmp_path)
+    started: list[object] = []
+    timer = threading.Timer
+
+    def counting(*args: Any, **kwargs: Any) -> threading.Timer:
+        started.append(args)
+        return timer(*args, **kwargs)
+
+    monkeypatch.setattr(threading, "Timer", counting)
+    # However slow this machine: no step is written before the end for being late.
+    monkeypatch.setattr("stepflow._execution.journal._FLUSH_EVERY", 3600.0)
+    result = mod.pipe.run(home=tmp_path)
+    assert {r.state.value for r in result.steps.values()} == {"reused"}
+    assert started == []
+    recs = _records(tmp_path)
+    assert len(recs.steps(recs.run("last").id)) == 2
+    recs.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_finished_steps_are_recorded_while_a_long_step_runs(
+    make_module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """A reader (``stepflow ui``) sees the steps finished so far while a later one runs."""
+    import threading
+    import time
+
+    go = tmp_path / "go"
+    mod = make_module(
+        f"long_step_flow_{workers}",
+        textwrap.dedent(
+            f"""
+            import time
+            from pathlib import Path
+            from stepflow import Pipeline, step
+
+            @step
+            def quick() -> int:
+                return 1
+
+            @step
+            def other() -> int:
+                return 2
+
+            @step
+            def long(quick: int) -> int:
+                deadline = time.monotonic() + 60
+                while not Path({str(go)!r}).exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                return quick
+
+            pipe = Pipeline("p", [quick, other, long])
+            """
+        ),
+    )
+    monkeypatch.setattr("stepflow._execution.journal._FLUSH_EVERY", 0.3)
+    runner = threading.Thread(target=lambda: mod.pipe.run(home=tmp_path, workers=workers))
+    runner.start()
+    seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not {"quick", "other"} <= seen:
+            time.sleep(0.05)
+            if not (tmp_path / "runs.db").exists():
+                continue
+            recs = RunRecords.read_only(tmp_path / "runs.db")
+            try:
+                runs = recs.runs(limit=1)
+                seen = {s.name for s in recs.steps(runs[0].id)} if runs else set()
+            finally:
+                recs.close()
+        assert {"quick", "other"} <= seen and "long" not in seen
+    finally:
+        go.write_text("")
+        runner.join(60)

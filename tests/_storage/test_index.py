@@ -432,3 +432,155 @@ def test_an_index_on_a_read_only_home_names_the_path(tmp_path, monkeypatch) -> N
     with pytest.raises(StorageError, match="read-only") as caught:
         index.touch_many([("p", "model", KEY)])
     assert caught.value.path == str(tmp_path / "index" / "cache.db")
+
+
+class TestOpeningAnExistingIndex:
+    """An index set up before opens by reading only (``index._open_existing``): diskcache's
+    own set-up rewrote every setting and checkpointed, four fsyncs in a fresh process."""
+
+    def test_gives_the_cache_diskcache_would(self, tmp_path):
+        import diskcache
+
+        from stepflow._storage import index as index_module
+
+        CacheIndex(tmp_path / "index").put(record())
+        fast = index_module._open_existing(tmp_path / "index")
+        full = diskcache.Cache(str(tmp_path / "index"), timeout=60, **index_module._SETTINGS)
+        try:
+            assert fast is not None
+            skip = {"_local"}
+            assert {k: v for k, v in vars(fast).items() if k not in skip} == {
+                k: v for k, v in vars(full).items() if k not in skip and k != "_disk"
+            } | {"_disk": fast._disk}
+            assert vars(fast._disk) == vars(full._disk)
+            assert fast.get(f"result:{KEY}") == full.get(f"result:{KEY}")
+        finally:
+            fast.close()
+            full.close()
+
+    def test_a_database_set_up_otherwise_gets_diskcaches_set_up(self, tmp_path):
+        import diskcache
+
+        from stepflow._storage import index as index_module
+
+        diskcache.Cache(str(tmp_path / "index")).close()  # diskcache's default settings
+        assert index_module._open_existing(tmp_path / "index") is None
+        sqlite3.connect(str(tmp_path / "index" / "cache.db")).execute(
+            "CREATE TABLE Extra (x)"
+        ).connection.close()
+        CacheIndex(tmp_path / "other").put(record())
+        sqlite3.connect(str(tmp_path / "other" / "cache.db")).execute(
+            "CREATE TABLE Extra (x)"
+        ).connection.close()
+        assert index_module._open_existing(tmp_path / "other") is None
+
+    def test_a_fresh_process_writes_nothing_to_it(self, tmp_path):
+        import os
+
+        path = tmp_path / "index"
+
+        def in_a_process(code: str) -> str:
+            opening = (
+                "from pathlib import Path; from stepflow._storage.index import CacheIndex; "
+                f"i = CacheIndex(Path({str(path)!r})); "
+            )
+            done = subprocess.run(
+                [sys.executable, "-c", opening + code], capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout.strip()
+
+        # Made by another process, which closed it (nobody holds it open now).
+        in_a_process(_RECORD_CODE + "i.put(record)")
+        db = path / "cache.db"
+        os.utime(db, ns=(10**18, 10**18))
+        assert in_a_process(f"print(i.get({KEY!r}).step)") == "model"
+        # diskcache's set-up rewrote every setting, and checkpointed them into the file.
+        assert db.stat().st_mtime_ns == 10**18
+
+
+class TestReadingTheLastResultsTogether:
+    """``read_last``: a pipeline's latest records in one query, taken by ``get``."""
+
+    def queries(self, index: CacheIndex, keys: list[str]) -> tuple[list, list[str]]:
+        statements: list[str] = []
+        index._cache._con.set_trace_callback(statements.append)
+        try:
+            found = [index.get(k) for k in keys]
+        finally:
+            index._cache._con.set_trace_callback(None)
+        return found, statements
+
+    def test_an_unchanged_step_finds_its_record_without_a_query(self, tmp_path):
+        index = CacheIndex(tmp_path / "index")
+        made = [record(KEY, "model"), record(OTHER, "evaluation")]
+        for one in made:
+            index.put(one)
+        reader = CacheIndex(tmp_path / "index")
+        reader._open.records.clear()  # nothing kept in this process: a fresh one
+        reader.read_last("training")
+        found, statements = self.queries(reader, [KEY, OTHER])
+        assert found == made
+        assert statements == []
+        # Taken once: a second lookup (of a record not kept in process) asks the index.
+        reader._open.records.clear()
+        assert self.queries(reader, [KEY])[1]
+
+    def test_a_damaged_row_is_a_miss_and_dropped(self, tmp_path):
+        index = CacheIndex(tmp_path / "index")
+        index.put(record(KEY, "model"))
+        index.put(record(OTHER, "evaluation"))
+        db = sqlite3.connect(str(index.path))
+        db.execute("UPDATE Cache SET value = X'80ff00' WHERE key = ?", (f"result:{KEY}",))
+        db.commit()
+        db.close()
+        index._open.records.clear()
+        index.read_last("training")
+        assert KEY not in index._read_ahead and OTHER in index._read_ahead
+        assert index.get(KEY) is MISSING
+        assert f"result:{KEY}" not in index._cache  # dropped, for the next result
+        assert index.get(OTHER).key == OTHER
+
+    def test_a_key_committed_after_the_read_is_found(self, tmp_path):
+        """Another run makes a step's new key after this run read the latest ones: this
+        run's lookup of that key, not among them, asks the index and finds it."""
+        index = CacheIndex(tmp_path / "index")
+        index.put(record(KEY, "model"))
+        index._open.records.clear()
+        index.read_last("training")
+        other_run = CacheIndex(tmp_path / "index")
+        newer = record(OTHER, "model")
+        other_run.put(newer)
+        assert index.last("training", "model") == newer
+        assert index.get(OTHER) == newer
+        assert index.get(KEY).key == KEY
+
+    def test_a_record_deleted_after_the_read_is_a_miss(self, tmp_path):
+        index = CacheIndex(tmp_path / "index")
+        index.put(record(KEY, "model"))
+        index._open.records.clear()
+        index.read_last("training")
+        index.delete(KEY)  # an output failed its check: the result is dropped
+        assert index.get(KEY) is MISSING
+
+    def test_nothing_is_read_for_another_pipeline_or_twice(self, tmp_path):
+        index = CacheIndex(tmp_path / "index")
+        index.put(record(KEY, "model"))
+        index._open.records.clear()
+        index.read_last("another")
+        assert index._read_ahead == {}
+        index.read_last("training")
+        assert set(index._read_ahead) == {KEY}
+        index.get(KEY)
+        index.read_last("training")  # once per pipeline and handle
+        assert index._read_ahead == {}
+
+
+#: a process's code making ``record()`` (the process imports no test module)
+_RECORD_CODE = (
+    "import time; from stepflow._storage.artifacts import ArtifactRef; "
+    "from stepflow._storage.index import CacheRecord; "
+    f"ref = ArtifactRef({'e' * 32 + '.joblib'!r}, {'e' * 32!r}, 'joblib', 123, {'f' * 32!r}); "
+    f"record = CacheRecord(key={KEY!r}, step='model', pipeline='training', "
+    "run_id='run-1', created=time.time(), outputs={'model': ref}); "
+)
