@@ -225,8 +225,8 @@ def test_browsing_every_page_writes_nothing_to_the_home(client, ui_home):
 @pytest.mark.xfail(
     strict=True,
     reason="known gap: a fresh `stepflow ui` process still writes to the home (the CLI's "
-    "entry-point cache in fingerprints/, diskcache's settings in index/cache.db when it "
-    "opens the index, and SQLite's -wal/-shm beside runs.db for a mode=ro reader)",
+    "entry-point cache in fingerprints/, and SQLite's -wal/-shm files that a reader of a "
+    "write-ahead-log database makes beside runs.db, and beside index/cache.db until it closes)",
 )
 def test_a_fresh_ui_process_writes_nothing_to_the_home(client, ui_home, ui_project):
     """The same, with `stepflow ui` in a process of its own on a home nothing has open."""
