@@ -25,15 +25,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
-
-import attrs
 
 from stepflow._execution.flow import Blocking, Delay, Flow
 from stepflow._execution.result import StepReport, StepState
+from stepflow._slotted import Slotted
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from stepflow._execution.placement import Placement
     from stepflow._planning.plan import Plan
 
@@ -92,9 +92,12 @@ def run_parallel(run: Steps, placement: Placement) -> None:
 _LIGHT_THREADS = min(16, (os.cpu_count() or 1) + 4)
 
 
-@attrs.define(eq=False)
-class _Flight:
+class _Flight(Slotted):
     """One step in flight."""
+
+    __slots__ = ("name", "flow", "context", "pool", "pending", "running", "blocking", "closed")
+    __eq__ = object.__eq__  # compared and hashed by identity
+    __hash__ = object.__hash__
 
     name: str
     flow: Flow[StepReport]
@@ -105,11 +108,31 @@ class _Flight:
     pool: ThreadPoolExecutor
     #: what it waits for: a dispatch thread's future while it runs there (``running``), a
     #: backend's future, a ``Blocking`` call's future, or a ``Delay``
-    pending: Any = None
-    running: bool = False
+    pending: Any
+    running: bool
     #: the ``Blocking`` request whose call it waits on
-    blocking: Blocking | None = None
-    closed: bool = False
+    blocking: Blocking | None
+    closed: bool
+
+    def __init__(
+        self,
+        name: str,
+        flow: Flow[StepReport],
+        context: contextvars.Context,
+        pool: ThreadPoolExecutor,
+        pending: Any = None,
+        running: bool = False,
+        blocking: Blocking | None = None,
+        closed: bool = False,
+    ) -> None:
+        self.name = name
+        self.flow = flow
+        self.context = context
+        self.pool = pool
+        self.pending = pending
+        self.running = running
+        self.blocking = blocking
+        self.closed = closed
 
     def resume(self, answer: Any) -> tuple[bool, Any]:
         """Run the flow on to its next wait: ``(False, request)``, or ``(True, report)``."""
@@ -146,7 +169,10 @@ class _Loop:
         self.delays: list[tuple[float, int, _Flight]] = []
         self._ties = itertools.count()
         # Threads are made on demand, when none is idle: a run whose steps wait on futures
-        # makes a few, however many slots it has.
+        # makes a few, however many slots it has. (Imported here: a run of one step at a
+        # time never needs it.)
+        from concurrent.futures import ThreadPoolExecutor
+
         slots = placement.slots
         self.busy = ThreadPoolExecutor(slots, thread_name_prefix="stepflow-dispatch")
         self.light = ThreadPoolExecutor(

@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from stepflow._slotted import Frozen
 from stepflow._storage.faults import is_storage_fault, storage_error, writing
 from stepflow._storage.home import check_home, make_private_dirs, make_private_sqlite
 from stepflow._storage.sqlitebusy import while_busy
@@ -224,34 +225,107 @@ class StepRow:
     logs: Sequence[tuple[int, str, str]] = ()
 
 
-@attrs.frozen
-class RunRow:
+class RunRow(Frozen):
     """One run, as recorded."""
+
+    __slots__ = (
+        "id",
+        "pipeline",
+        "state",
+        "started",
+        "target",
+        "finished",
+        "params",
+        "secret_params",
+        "targets",
+        "workers",
+        "host",
+        "user",
+        "pid",
+        "stepflow_version",
+        "python_version",
+        "git_commit",
+        "git_dirty",
+        "source_hash",
+        "source_files",
+        "resumed_from",
+        "counts",
+        "tags",
+    )
 
     id: str
     pipeline: str
     state: str
     started: float
-    target: str | None = None
-    finished: float | None = None
+    target: str | None
+    finished: float | None
     #: parameter name → ``{"json": value}`` or ``{"text": str(value)}``; secrets are absent
-    params: Mapping[str, Any] = attrs.field(factory=dict)
-    secret_params: Sequence[str] = ()
-    targets: Sequence[str] = ()
-    workers: int = 1
-    host: str | None = None
-    user: str | None = None
-    pid: int | None = None
-    stepflow_version: str | None = None
-    python_version: str | None = None
-    git_commit: str | None = None
-    git_dirty: bool | None = None
-    source_hash: str | None = None
+    params: Mapping[str, Any]
+    secret_params: Sequence[str]
+    targets: Sequence[str]
+    workers: int
+    host: str | None
+    user: str | None
+    pid: int | None
+    stepflow_version: str | None
+    python_version: str | None
+    git_commit: str | None
+    git_dirty: bool | None
+    source_hash: str | None
     #: the source manifest (path → content hash), for ``runs compare`` and ``--resume``
-    source_files: Mapping[str, str] | None = None
-    resumed_from: str | None = None
-    counts: Mapping[str, int] = attrs.field(factory=dict)
-    tags: Mapping[str, str] = attrs.field(factory=dict)
+    source_files: Mapping[str, str] | None
+    resumed_from: str | None
+    counts: Mapping[str, int]
+    tags: Mapping[str, str]
+
+    def __init__(
+        self,
+        id: str,
+        pipeline: str,
+        state: str,
+        started: float,
+        target: str | None = None,
+        finished: float | None = None,
+        params: Mapping[str, Any] | None = None,
+        secret_params: Sequence[str] = (),
+        targets: Sequence[str] = (),
+        workers: int = 1,
+        host: str | None = None,
+        user: str | None = None,
+        pid: int | None = None,
+        stepflow_version: str | None = None,
+        python_version: str | None = None,
+        git_commit: str | None = None,
+        git_dirty: bool | None = None,
+        source_hash: str | None = None,
+        source_files: Mapping[str, str] | None = None,
+        resumed_from: str | None = None,
+        counts: Mapping[str, int] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "id", id)
+        init(self, "pipeline", pipeline)
+        init(self, "state", state)
+        init(self, "started", started)
+        init(self, "target", target)
+        init(self, "finished", finished)
+        init(self, "params", {} if params is None else params)
+        init(self, "secret_params", secret_params)
+        init(self, "targets", targets)
+        init(self, "workers", workers)
+        init(self, "host", host)
+        init(self, "user", user)
+        init(self, "pid", pid)
+        init(self, "stepflow_version", stepflow_version)
+        init(self, "python_version", python_version)
+        init(self, "git_commit", git_commit)
+        init(self, "git_dirty", git_dirty)
+        init(self, "source_hash", source_hash)
+        init(self, "source_files", source_files)
+        init(self, "resumed_from", resumed_from)
+        init(self, "counts", {} if counts is None else counts)
+        init(self, "tags", {} if tags is None else tags)
 
     @property
     def duration(self) -> float | None:
@@ -264,12 +338,21 @@ class RunRow:
         return shown
 
     def to_dict(self, *, with_files: bool = False) -> dict[str, Any]:
-        data = attrs.asdict(self)
+        data = {name: _plain(getattr(self, name)) for name in self.__slots__}
         data["params"] = self.display_params()
         data["duration"] = self.duration
         if not with_files:
             data.pop("source_files")
         return data
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with its collections copied, as ``attrs.asdict`` did."""
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return type(value)([_plain(v) for v in value])
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    return value
 
 
 def encode_params(params: Mapping[str, Any], secret: Iterable[str]) -> dict[str, Any]:
