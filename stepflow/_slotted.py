@@ -65,3 +65,23 @@ class Frozen(Slotted):
         skip = self._unhashed
         fields = [getattr(self, n) for n in self.__slots__ if n not in skip]
         return hash((type(self).__qualname__, *fields))
+
+
+#: what a frozen class's ``__init__`` sets its fields with (its own ``__setattr__`` refuses)
+set_field = object.__setattr__
+
+
+def as_dict(value: Slotted) -> dict[str, Any]:
+    """``value``'s fields as a dict, as ``attrs.asdict`` gave them: slotted values inside as
+    dicts too, collections copied with their types kept."""
+    return {name: _plain(getattr(value, name)) for name in value.__slots__}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Slotted):
+        return as_dict(value)
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return type(value)([_plain(v) for v in value])
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    return value

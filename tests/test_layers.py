@@ -3,8 +3,8 @@
 Every module of ``stepflow/`` lives in exactly one layer. Bottom to top:
 
 1. **infrastructure** -- ``errors``, ``_sentinels``, ``_slotted``, ``_version``, ``_humanize``,
-   ``_config``, ``hookspecs``, ``_pluginmanager``: imports no other layer. The plugin manager names the
-   built-in plugins by module path (strings), it does not import them.
+   ``_config``, ``hookspecs``, ``_pluginmanager``: imports no other layer. The plugin manager
+   names the built-in plugins by module path (strings), it does not import them.
 2. **storage** -- ``_storage/``: datastore, serializers, cache index, run records, registries.
 3. **authoring** -- ``_authoring/``: ``@step``, markers, parsing. Imports only infrastructure
    (storage sits beside it, not under it: authoring "talks to nothing below").

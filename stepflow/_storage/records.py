@@ -24,9 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
-
-from stepflow._slotted import Frozen
+from stepflow._slotted import Frozen, as_dict, set_field
 from stepflow._storage.faults import is_storage_fault, storage_error, writing
 from stepflow._storage.home import check_home, make_private_dirs, make_private_sqlite
 from stepflow._storage.sqlitebusy import while_busy
@@ -178,9 +176,10 @@ _RUN_COLUMNS = (
 RUN_STATES = ("running", "succeeded", "failed", "interrupted")
 
 
-@attrs.frozen
-class StepIO:
+class StepIO(Frozen):
     """An input, output or logged file of a step: which object, with which content."""
+
+    __slots__ = ("direction", "name", "object", "content_hash", "size")
 
     #: ``"in"``, ``"out"`` or ``"file"`` (``log_artifact``)
     direction: str
@@ -188,41 +187,135 @@ class StepIO:
     name: str
     object: str | None
     content_hash: str | None
-    size: int | None = None
+    size: int | None
+
+    def __init__(
+        self,
+        direction: str,
+        name: str,
+        object: str | None,
+        content_hash: str | None,
+        size: int | None = None,
+    ) -> None:
+        init = set_field  # not object.__setattr__: a field is named ``object``
+        init(self, "direction", direction)
+        init(self, "name", name)
+        init(self, "object", object)
+        init(self, "content_hash", content_hash)
+        init(self, "size", size)
 
 
-@attrs.frozen
-class MetricRow:
+class MetricRow(Frozen):
+    __slots__ = ("name", "value", "counter", "ts")
+
     name: str
     value: float | None
-    counter: int | None = None
-    ts: float | None = None
+    counter: int | None
+    ts: float | None
+
+    def __init__(
+        self,
+        name: str,
+        value: float | None,
+        counter: int | None = None,
+        ts: float | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "name", name)
+        init(self, "value", value)
+        init(self, "counter", counter)
+        init(self, "ts", ts)
 
 
-@attrs.frozen
-class StepRow:
+class StepRow(Frozen):
     """One step of one run, as recorded."""
+
+    __slots__ = (
+        "name",
+        "state",
+        "started",
+        "finished",
+        "duration",
+        "attempts",
+        "backend",
+        "cache_key",
+        "reused_from",
+        "reason",
+        "error_type",
+        "error",
+        "traceback",
+        "params",
+        "tags",
+        "io",
+        "metrics",
+        "logs",
+    )
 
     name: str
     state: str
-    started: float | None = None
-    finished: float | None = None
-    duration: float = 0.0
-    attempts: int = 0
-    backend: str | None = None
-    cache_key: str | None = None
+    started: float | None
+    finished: float | None
+    duration: float
+    attempts: int
+    backend: str | None
+    cache_key: str | None
     #: for a reused step, the run that made the result
-    reused_from: str | None = None
-    reason: str | None = None
-    error_type: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    params: Mapping[str, str] = attrs.field(factory=dict)
-    tags: Mapping[str, str] = attrs.field(factory=dict)
-    io: Sequence[StepIO] = ()
-    metrics: Sequence[MetricRow] = ()
+    reused_from: str | None
+    reason: str | None
+    error_type: str | None
+    error: str | None
+    traceback: str | None
+    params: Mapping[str, str]
+    tags: Mapping[str, str]
+    io: Sequence[StepIO]
+    metrics: Sequence[MetricRow]
     #: (attempt, stream, text)
-    logs: Sequence[tuple[int, str, str]] = ()
+    logs: Sequence[tuple[int, str, str]]
+
+    def __init__(
+        self,
+        name: str,
+        state: str,
+        started: float | None = None,
+        finished: float | None = None,
+        duration: float = 0.0,
+        attempts: int = 0,
+        backend: str | None = None,
+        cache_key: str | None = None,
+        reused_from: str | None = None,
+        reason: str | None = None,
+        error_type: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        io: Sequence[StepIO] = (),
+        metrics: Sequence[MetricRow] = (),
+        logs: Sequence[tuple[int, str, str]] = (),
+    ) -> None:
+        init = object.__setattr__
+        init(self, "name", name)
+        init(self, "state", state)
+        init(self, "started", started)
+        init(self, "finished", finished)
+        init(self, "duration", duration)
+        init(self, "attempts", attempts)
+        init(self, "backend", backend)
+        init(self, "cache_key", cache_key)
+        init(self, "reused_from", reused_from)
+        init(self, "reason", reason)
+        init(self, "error_type", error_type)
+        init(self, "error", error)
+        init(self, "traceback", traceback)
+        init(self, "params", {} if params is None else params)
+        init(self, "tags", {} if tags is None else tags)
+        init(self, "io", io)
+        init(self, "metrics", metrics)
+        init(self, "logs", logs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, its rows as dicts (as ``attrs.asdict`` gave them)."""
+        return as_dict(self)
 
 
 class RunRow(Frozen):
@@ -338,21 +431,12 @@ class RunRow(Frozen):
         return shown
 
     def to_dict(self, *, with_files: bool = False) -> dict[str, Any]:
-        data = {name: _plain(getattr(self, name)) for name in self.__slots__}
+        data = as_dict(self)
         data["params"] = self.display_params()
         data["duration"] = self.duration
         if not with_files:
             data.pop("source_files")
         return data
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with its collections copied, as ``attrs.asdict`` did."""
-    if isinstance(value, (tuple, list, set, frozenset)):
-        return type(value)([_plain(v) for v in value])
-    if isinstance(value, dict):
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    return value
 
 
 def encode_params(params: Mapping[str, Any], secret: Iterable[str]) -> dict[str, Any]:
