@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import queue
 import threading
 import time
 from collections import deque
@@ -142,6 +141,8 @@ def drive_all(
 
     Flows are taken from ``flows`` only as others end. A ``Blocking`` call is made here.
     """
+    import queue  # here: a run that drives one flow at a time (``drive``) never needs it
+
     source = iter(flows)
     #: (key, flow, answer) to resume now
     ready: deque[tuple[K, Generator[Request, Any, T], Any]] = deque()

@@ -21,7 +21,6 @@ import contextvars
 import heapq
 import itertools
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -155,6 +154,10 @@ class _Loop:
     dispatch thread when what it waits for is done, and finishes steps in plan order."""
 
     def __init__(self, run: Steps, placement: Placement) -> None:
+        # Imported here: a run of one step at a time (``run_sequential``) needs neither.
+        import queue
+        from concurrent.futures import ThreadPoolExecutor
+
         self.run_ = run
         self.placement = placement
         plan = run.plan
@@ -169,10 +172,7 @@ class _Loop:
         self.delays: list[tuple[float, int, _Flight]] = []
         self._ties = itertools.count()
         # Threads are made on demand, when none is idle: a run whose steps wait on futures
-        # makes a few, however many slots it has. (Imported here: a run of one step at a
-        # time never needs it.)
-        from concurrent.futures import ThreadPoolExecutor
-
+        # makes a few, however many slots it has.
         slots = placement.slots
         self.busy = ThreadPoolExecutor(slots, thread_name_prefix="stepflow-dispatch")
         self.light = ThreadPoolExecutor(
@@ -233,6 +233,8 @@ class _Loop:
         if self.delays:
             timeout = max(0.0, self.delays[0][0] - time.monotonic())
         events = []
+        import queue  # imported already (``__init__``): a dictionary look-up
+
         try:
             events.append(self.events.get(timeout=timeout))
             while True:

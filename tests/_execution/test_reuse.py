@@ -515,11 +515,12 @@ class TestProcesses:
     ):
         """A fully cached rerun on one worker imports none of what only a step that runs, a
         parallel run or a shared store needs: the key leases (``stepflow._storage.locks``,
-        ``fcntl``), ``concurrent.futures`` (thread pools) and ``base64`` (inline bytes in a
-        shared store's documents). And the value classes it defines on its way are slotted
-        classes, not attrs classes (attrs compiles each one's methods when it is defined,
-        about a millisecond a class in every fresh process): only those listed here stay
-        attrs classes (public or STYLE-listed ones, and the record rows ``runs`` dumps)."""
+        ``fcntl``), ``concurrent.futures`` and ``queue`` (a parallel run's threads), and
+        ``base64`` (inline bytes in a shared store's documents). And the value classes it
+        defines on its way are slotted classes, not attrs classes (attrs compiles each one's
+        methods when it is defined, about a millisecond a class in every fresh process):
+        only those listed here stay attrs classes (public or STYLE-listed ones, and the run
+        configuration the CLI evolves)."""
         (tmp_path / "flow.py").write_text(
             "from stepflow import step\n\n@step\ndef numbers() -> list:\n    return [1, 2]\n"
         )
@@ -532,7 +533,8 @@ class TestProcesses:
             "pm = make_plugin_manager(entrypoints=False)\n"
             "result = Pipeline.from_module(flow).run(plugin_manager=pm, workers=1)\n"
             "print(sorted(r.state.value for r in result.steps.values()))\n"
-            "unused = ('stepflow._storage.locks', 'fcntl', 'concurrent.futures', 'base64')\n"
+            "unused = ('stepflow._storage.locks', 'fcntl', 'concurrent.futures', 'queue',\n"
+            "    'base64')\n"
             "print(sorted(m for m in unused if m in sys.modules))\n"
             "late = [m for m in sys.modules if m.startswith('stepflow') and m not in before]\n"
             "print(sorted(f'{m}.{n}' for m in late for n, c in vars(sys.modules[m]).items()\n"
@@ -558,10 +560,6 @@ class TestProcesses:
             "stepflow._execution.result.StepReport",
             "stepflow._planning.cachekey.CacheKey",
             "stepflow._storage.artifacts.ArtifactRef",
-            "stepflow._storage.datastore.LocalDatastore",
-            "stepflow._storage.records.MetricRow",
-            "stepflow._storage.records.StepIO",
-            "stepflow._storage.records.StepRow",
         }
         assert set(ast.literal_eval(classes)) - still_attrs == set()
 
