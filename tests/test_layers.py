@@ -2,9 +2,9 @@
 
 Every module of ``stepflow/`` lives in exactly one layer. Bottom to top:
 
-1. **infrastructure** -- ``errors``, ``_sentinels``, ``_version``, ``_humanize``, ``_config``,
-   ``hookspecs``, ``_pluginmanager``: imports no other layer. The plugin manager names the
-   built-in plugins by module path (strings), it does not import them.
+1. **infrastructure** -- ``errors``, ``_sentinels``, ``_slotted``, ``_version``, ``_humanize``,
+   ``_config``, ``hookspecs``, ``_pluginmanager``: imports no other layer. The plugin manager
+   names the built-in plugins by module path (strings), it does not import them.
 2. **storage** -- ``_storage/``: datastore, serializers, cache index, run records, registries.
 3. **authoring** -- ``_authoring/``: ``@step``, markers, parsing. Imports only infrastructure
    (storage sits beside it, not under it: authoring "talks to nothing below").
@@ -44,6 +44,7 @@ LAYERS = (
 LAYER_OF = {
     "stepflow.errors": "infrastructure",
     "stepflow._sentinels": "infrastructure",
+    "stepflow._slotted": "infrastructure",
     "stepflow._version": "infrastructure",
     "stepflow._humanize": "infrastructure",
     "stepflow._config": "infrastructure",

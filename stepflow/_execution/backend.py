@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -19,6 +18,8 @@ from stepflow._authoring.step import Resources
 from stepflow.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     import pluggy
 
     from stepflow._authoring.step import StepSpec
@@ -170,6 +171,8 @@ class Backend:
         own per step in flight instead, which is the same without a thread hand-over. A
         future cancelled (by ``cancel()``) reports the step cancelled.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
         with _executor_lock:
             executor: ThreadPoolExecutor | None = self.__dict__.get("_submit_executor")
             if executor is None:

@@ -22,15 +22,17 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-import attrs
+from stepflow._slotted import Frozen
+
+if TYPE_CHECKING:
+    # Imported where a future is made: a fully cached run with one worker makes none.
+    from concurrent.futures import Future
 
 __all__ = [
     "Blocking",
@@ -52,25 +54,39 @@ K = TypeVar("K")
 _CANCEL_POLL = 0.1
 
 
-@attrs.frozen
-class Delay:
+class Delay(Frozen):
     """Resume the flow after ``seconds``, or as soon as the run is cancelled."""
+
+    __slots__ = ("seconds",)
 
     seconds: float
 
+    def __init__(self, seconds: float) -> None:
+        object.__setattr__(self, "seconds", seconds)
 
-@attrs.frozen
-class Blocking:
+
+class Blocking(Frozen):
     """Call ``fn`` where a long wait holds up nothing else; resume with a done future of it."""
+
+    __slots__ = ("fn", "undo")
 
     fn: Callable[[], Any]
     #: called with ``fn``'s result when the flow was closed before it got it (the run
     #: stopped meanwhile): gives back what ``fn`` took
-    undo: Callable[[Any], None] | None = None
+    undo: Callable[[Any], None] | None
+
+    def __init__(
+        self,
+        fn: Callable[[], Any],
+        undo: Callable[[Any], None] | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "fn", fn)
+        init(self, "undo", undo)
 
 
 #: what a flow yields
-Request = Future[Any] | Delay | Blocking
+Request: TypeAlias = "Future[Any] | Delay | Blocking"
 #: a step's work, returning ``T`` (its report)
 Flow = Generator[Request, Any, T]
 
@@ -125,6 +141,8 @@ def drive_all(
 
     Flows are taken from ``flows`` only as others end. A ``Blocking`` call is made here.
     """
+    import queue  # here: a run that drives one flow at a time (``drive``) never needs it
+
     source = iter(flows)
     #: (key, flow, answer) to resume now
     ready: deque[tuple[K, Generator[Request, Any, T], Any]] = deque()
@@ -187,6 +205,8 @@ def drive_all(
 
 def called(fn: Callable[[], T]) -> Future[T]:
     """A done future of ``fn()``: its result, or the exception it raised."""
+    from concurrent.futures import Future
+
     future: Future[T] = Future()
     try:
         future.set_result(fn())

@@ -21,6 +21,7 @@ import attrs
 
 from stepflow._execution import live
 from stepflow._execution.result import StepReport, StepState
+from stepflow._slotted import Frozen, Slotted
 from stepflow._storage.faults import is_storage_fault, storage_error
 from stepflow._storage.records import (
     MetricRow,
@@ -65,12 +66,26 @@ class Output(Protocol):
     ref: ArtifactRef | None
 
 
-@attrs.frozen
-class RunFacts:
+class RunFacts(Frozen):
     """What the journal reads of a run: exactly this, and nothing else of the run loop.
 
     The mappings are the run loop's own, read as they fill while the run goes on.
     """
+
+    __slots__ = (
+        "run_id",
+        "pipeline",
+        "plan",
+        "config",
+        "workers",
+        "secret_values",
+        "reports",
+        "outputs",
+        "keys",
+        "references",
+        "bookkeeping_failed",
+        "open_store",
+    )
 
     run_id: str
     pipeline: str
@@ -91,19 +106,69 @@ class RunFacts:
     bookkeeping_failed: Callable[[StorageError], None]
     #: opens a datastore of its own for the code snapshot (the run's may be closed before
     #: the snapshot is stored); ``None``: the snapshot's files are not stored
-    open_store: Callable[[], Datastore] | None = None
+    open_store: Callable[[], Datastore] | None
+
+    def __init__(
+        self,
+        run_id: str,
+        pipeline: str,
+        plan: Plan,
+        config: Config,
+        workers: int,
+        secret_values: tuple[str, ...],
+        reports: Mapping[str, StepReport],
+        outputs: Mapping[str, Output],
+        keys: Mapping[str, CacheKey],
+        references: Mapping[str, Mapping[str, Any]],
+        bookkeeping_failed: Callable[[StorageError], None],
+        open_store: Callable[[], Datastore] | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "run_id", run_id)
+        init(self, "pipeline", pipeline)
+        init(self, "plan", plan)
+        init(self, "config", config)
+        init(self, "workers", workers)
+        init(self, "secret_values", secret_values)
+        init(self, "reports", reports)
+        init(self, "outputs", outputs)
+        init(self, "keys", keys)
+        init(self, "references", references)
+        init(self, "bookkeeping_failed", bookkeeping_failed)
+        init(self, "open_store", open_store)
 
 
-@attrs.define
-class _StepFacts:
-    started: float | None = None
-    logs: list[tuple[int, str, str]] = attrs.field(factory=list)
-    last_logs: dict[str, str] = attrs.field(factory=dict)
-    metrics: tuple[Any, ...] = ()
-    params: dict[str, str] = attrs.field(factory=dict)
-    tags: dict[str, str] = attrs.field(factory=dict)
-    files: dict[str, Any] = attrs.field(factory=dict)
-    reused: CacheRecord | None = None
+class _StepFacts(Slotted):
+    __slots__ = ("started", "logs", "last_logs", "metrics", "params", "tags", "files", "reused")
+
+    started: float | None
+    logs: list[tuple[int, str, str]]
+    last_logs: dict[str, str]
+    metrics: tuple[Any, ...]
+    params: dict[str, str]
+    tags: dict[str, str]
+    files: dict[str, Any]
+    reused: CacheRecord | None
+
+    def __init__(
+        self,
+        started: float | None = None,
+        logs: list[tuple[int, str, str]] | None = None,
+        last_logs: dict[str, str] | None = None,
+        metrics: tuple[Any, ...] = (),
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+        files: dict[str, Any] | None = None,
+        reused: CacheRecord | None = None,
+    ) -> None:
+        self.started = started
+        self.logs = [] if logs is None else logs
+        self.last_logs = {} if last_logs is None else last_logs
+        self.metrics = metrics
+        self.params = {} if params is None else params
+        self.tags = {} if tags is None else tags
+        self.files = {} if files is None else files
+        self.reused = reused
 
 
 def _user() -> str | None:

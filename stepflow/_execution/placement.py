@@ -16,8 +16,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
+from stepflow._slotted import Frozen
 from stepflow.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -31,16 +30,28 @@ __all__ = ["Limits", "Placement", "check_placement", "limits_of", "run_workers_o
 _RESOURCE_KEYS = ("cpus", "memory", "gpus")
 
 
-@attrs.frozen
-class Limits:
+class Limits(Frozen):
     """What one backend lends the run at once."""
+
+    __slots__ = ("slots", "pools", "explicit_slots")
 
     #: steps in flight at once
     slots: int
     #: resource → capacity (memory in bytes)
-    pools: Mapping[str, float] = attrs.field(factory=dict)
+    pools: Mapping[str, float]
     #: whether the table set ``workers`` itself
-    explicit_slots: bool = False
+    explicit_slots: bool
+
+    def __init__(
+        self,
+        slots: int,
+        pools: Mapping[str, float] | None = None,
+        explicit_slots: bool = False,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "slots", slots)
+        init(self, "pools", {} if pools is None else pools)
+        init(self, "explicit_slots", explicit_slots)
 
 
 def limits_of(name: str, table: Mapping[str, Any], default_workers: int) -> Limits:

@@ -21,19 +21,18 @@ import contextvars
 import heapq
 import itertools
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
-
-import attrs
 
 from stepflow._execution.flow import Blocking, Delay, Flow
 from stepflow._execution.result import StepReport, StepState
+from stepflow._slotted import Slotted
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from stepflow._execution.placement import Placement
     from stepflow._planning.plan import Plan
 
@@ -92,9 +91,12 @@ def run_parallel(run: Steps, placement: Placement) -> None:
 _LIGHT_THREADS = min(16, (os.cpu_count() or 1) + 4)
 
 
-@attrs.define(eq=False)
-class _Flight:
+class _Flight(Slotted):
     """One step in flight."""
+
+    __slots__ = ("name", "flow", "context", "pool", "pending", "running", "blocking", "closed")
+    __eq__ = object.__eq__  # compared and hashed by identity
+    __hash__ = object.__hash__
 
     name: str
     flow: Flow[StepReport]
@@ -105,11 +107,31 @@ class _Flight:
     pool: ThreadPoolExecutor
     #: what it waits for: a dispatch thread's future while it runs there (``running``), a
     #: backend's future, a ``Blocking`` call's future, or a ``Delay``
-    pending: Any = None
-    running: bool = False
+    pending: Any
+    running: bool
     #: the ``Blocking`` request whose call it waits on
-    blocking: Blocking | None = None
-    closed: bool = False
+    blocking: Blocking | None
+    closed: bool
+
+    def __init__(
+        self,
+        name: str,
+        flow: Flow[StepReport],
+        context: contextvars.Context,
+        pool: ThreadPoolExecutor,
+        pending: Any = None,
+        running: bool = False,
+        blocking: Blocking | None = None,
+        closed: bool = False,
+    ) -> None:
+        self.name = name
+        self.flow = flow
+        self.context = context
+        self.pool = pool
+        self.pending = pending
+        self.running = running
+        self.blocking = blocking
+        self.closed = closed
 
     def resume(self, answer: Any) -> tuple[bool, Any]:
         """Run the flow on to its next wait: ``(False, request)``, or ``(True, report)``."""
@@ -132,6 +154,10 @@ class _Loop:
     dispatch thread when what it waits for is done, and finishes steps in plan order."""
 
     def __init__(self, run: Steps, placement: Placement) -> None:
+        # Imported here: a run of one step at a time (``run_sequential``) needs neither.
+        import queue
+        from concurrent.futures import ThreadPoolExecutor
+
         self.run_ = run
         self.placement = placement
         plan = run.plan
@@ -207,6 +233,8 @@ class _Loop:
         if self.delays:
             timeout = max(0.0, self.delays[0][0] - time.monotonic())
         events = []
+        import queue  # imported already (``__init__``): a dictionary look-up
+
         try:
             events.append(self.events.get(timeout=timeout))
             while True:

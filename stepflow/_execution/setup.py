@@ -13,13 +13,12 @@ import os
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from stepflow._execution.backend import Backend, open_backends
 from stepflow._execution.result import RunInfo
 from stepflow._execution.store import open_configured_store
 from stepflow._pluginmanager import serializers_of
 from stepflow._sentinels import MISSING
+from stepflow._slotted import Frozen
 from stepflow._storage.artifacts import ArtifactIO, ArtifactRef
 from stepflow._storage.home import check_home, make_private_dirs
 from stepflow._storage.index import CacheIndex
@@ -41,9 +40,31 @@ def new_run_id() -> str:
     return f"{now}-{os.urandom(3).hex()}"  # secrets.token_hex(3), without its imports
 
 
-@attrs.frozen(eq=False)
-class RunSetup:
+class RunSetup(Frozen):
     """What a run works with, fixed for its whole length."""
+
+    __slots__ = (
+        "run_id",
+        "pipeline",
+        "plan",
+        "config",
+        "pm",
+        "workers",
+        "fail_fast",
+        "regenerate",
+        "info",
+        "serializers",
+        "io",
+        "index",
+        "backends",
+        "references",
+        "has_references",
+        "echo",
+        "secret_values",
+        "given",
+    )
+    __eq__ = object.__eq__  # compared and hashed by identity
+    __hash__ = object.__hash__
 
     run_id: str
     pipeline: str
@@ -72,7 +93,48 @@ class RunSetup:
     secret_values: tuple[str, ...]
     #: outputs the run takes from outside (``plan.given``): output → ``(stored result, value
     #: in memory or MISSING)``, from earlier results (``--from``) or stubs
-    given: Mapping[str, tuple[ArtifactRef, Any]] = attrs.field(factory=dict)
+    given: Mapping[str, tuple[ArtifactRef, Any]]
+
+    def __init__(
+        self,
+        run_id: str,
+        pipeline: str,
+        plan: Plan,
+        config: Config,
+        pm: pluggy.PluginManager,
+        workers: int,
+        fail_fast: bool,
+        regenerate: frozenset[str],
+        info: RunInfo,
+        serializers: tuple[Serializer, ...],
+        io: ArtifactIO,
+        index: CacheIndex,
+        backends: Mapping[str, Backend],
+        references: Mapping[str, Mapping[str, Any]],
+        has_references: bool,
+        echo: bool,
+        secret_values: tuple[str, ...],
+        given: Mapping[str, tuple[ArtifactRef, Any]] | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "run_id", run_id)
+        init(self, "pipeline", pipeline)
+        init(self, "plan", plan)
+        init(self, "config", config)
+        init(self, "pm", pm)
+        init(self, "workers", workers)
+        init(self, "fail_fast", fail_fast)
+        init(self, "regenerate", regenerate)
+        init(self, "info", info)
+        init(self, "serializers", serializers)
+        init(self, "io", io)
+        init(self, "index", index)
+        init(self, "backends", backends)
+        init(self, "references", references)
+        init(self, "has_references", has_references)
+        init(self, "echo", echo)
+        init(self, "secret_values", secret_values)
+        init(self, "given", {} if given is None else given)
 
     def backend_of(self, step: str) -> Backend:
         return self.backends[self.plan.backends[step]]

@@ -25,7 +25,6 @@ from stepflow._execution.result import StepReport, StepState
 from stepflow._planning.reuse import CACHE_OFF, REGENERATE, look_up
 from stepflow._sentinels import MISSING
 from stepflow._storage.hashing import UnhashableValueError, hash_value
-from stepflow._storage.locks import KeyLease
 from stepflow.errors import StepFailedError, StepflowWarning
 
 if TYPE_CHECKING:
@@ -93,6 +92,8 @@ class StepRunner:
             return self._reuse(name, decision.record)
         if decision.reason in (CACHE_OFF, REGENERATE):
             return (yield from self.execute(name, decision.key))
+        from stepflow._storage.locks import KeyLease  # only a step that runs takes a lease
+
         key = decision.key
         lease = KeyLease(self.setup.config.home, key.digest)
         waited = not lease.try_take()

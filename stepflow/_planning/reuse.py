@@ -16,6 +16,7 @@ import attrs
 
 from stepflow._planning.cachekey import CacheKey, plan_key
 from stepflow._sentinels import MISSING
+from stepflow._slotted import Frozen
 
 if TYPE_CHECKING:
     from stepflow._authoring.step import StepSpec
@@ -46,9 +47,10 @@ REGENERATE = "regenerate"
 NOT_STORED = "no stored result for its current key"
 
 
-@attrs.frozen
-class Decision:
+class Decision(Frozen):
     """Whether a step would be reused, and on what grounds."""
+
+    __slots__ = ("key", "record", "available", "reason")
 
     key: CacheKey
     #: what the index holds for ``key``; ``None`` when nothing is stored, or when it was
@@ -58,6 +60,15 @@ class Decision:
     available: bool
     #: why the step runs; empty when it is reused
     reason: str
+
+    def __init__(
+        self, key: CacheKey, record: CacheRecord | None, available: bool, reason: str
+    ) -> None:
+        init = object.__setattr__
+        init(self, "key", key)
+        init(self, "record", record)
+        init(self, "available", available)
+        init(self, "reason", reason)
 
     @property
     def reuse(self) -> bool:

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 import attrs
 
 from stepflow._humanize import human_size
+from stepflow._slotted import Slotted
 from stepflow._storage.datastore import ArtifactMissingError, CorruptedObjectError, Datastore
 from stepflow._storage.faults import is_known_fault, storage_error
 from stepflow._storage.hashing import hash_bytes, hash_file, hash_value
@@ -72,12 +73,17 @@ def inline_intact(ref: ArtifactRef) -> bool:
     return ref.data is not None and hash_bytes(ref.data) == ref.digest
 
 
-@attrs.define
-class ArtifactIO:
+class ArtifactIO(Slotted):
     """Reads and writes artifacts of one datastore with a list of serializers."""
+
+    __slots__ = ("store", "serializers")
 
     store: Datastore
     serializers: Sequence[Serializer]
+
+    def __init__(self, store: Datastore, serializers: Sequence[Serializer]) -> None:
+        self.store = store
+        self.serializers = serializers
 
     def _serializer(self, name: str) -> Serializer:
         for serializer in self.serializers:

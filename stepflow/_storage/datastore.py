@@ -25,8 +25,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
-
 from stepflow._storage.home import atomic_write, make_private_dirs, make_private_file
 from stepflow.errors import StepflowError
 
@@ -209,24 +207,47 @@ def _known_folders(root: Path) -> set[Path]:
     return known[1]
 
 
-@attrs.define
 class LocalDatastore(Datastore):
-    """A datastore in a local folder (``<home>/objects`` by default)."""
+    """A datastore in a local folder (``<home>/objects`` by default).
 
-    root: Path = attrs.field(converter=Path)
-    kind: str = "local"
+    Written by hand, not with attrs: every run opens one, and attrs would compile its
+    methods in every fresh process (see ``stepflow/_slotted.py``).
+    """
+
+    __slots__ = ("root", "kind", "docs_root", "_folders")
+
+    root: Path
+    kind: str
     #: where documents live (default: ``refs`` beside ``root``)
-    docs_root: Path = attrs.field(
-        converter=Path,
-        default=attrs.Factory(lambda self: self.root.parent / "refs", takes_self=True),
-    )
-
+    docs_root: Path
     #: object folders known to exist (no mkdir per write), shared by the instances of one
     #: process on the same root folder (see ``_known_folders``)
-    _folders: set[Path] = attrs.field(init=False, repr=False, eq=False)
+    _folders: set[Path]
 
-    def __attrs_post_init__(self) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        kind: str = "local",
+        docs_root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.kind = kind
+        self.docs_root = self.root.parent / "refs" if docs_root is None else Path(docs_root)
         self._folders = _known_folders(self.root)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__qualname__}(root={self.root!r}, kind={self.kind!r}, "
+            f"docs_root={self.docs_root!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        mine = (self.root, self.kind, self.docs_root)
+        return mine == (other.root, other.kind, other.docs_root)  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as it was with attrs.define
 
     @property
     def uri(self) -> str:  # type: ignore[override]

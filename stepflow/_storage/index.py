@@ -15,7 +15,6 @@ the same store so reuses results made elsewhere. A local store pays nothing for 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import pickle
@@ -26,9 +25,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from stepflow._sentinels import MISSING
+from stepflow._slotted import Frozen
 from stepflow._storage.artifacts import ArtifactRef
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.faults import is_known_fault, is_storage_fault, storage_error, writing
@@ -49,9 +47,19 @@ _READABLE = (RECORD_VERSION, INLINE_RECORD_VERSION)
 _ROW_MAX = 1 << 22
 
 
-@attrs.frozen
-class CacheRecord:
+class CacheRecord(Frozen):
     """What a step produced for one cache key, and what went into that key."""
+
+    __slots__ = (
+        "key",
+        "step",
+        "pipeline",
+        "run_id",
+        "created",
+        "outputs",
+        "components",
+        "param_values",
+    )
 
     key: str
     step: str
@@ -60,9 +68,30 @@ class CacheRecord:
     created: float
     outputs: Mapping[str, ArtifactRef]
     #: ``{"code": {...}, "inputs": {...}, "params": {...}, "env": {...}}``, for ``explain``
-    components: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+    components: Mapping[str, Mapping[str, str]]
     #: readable parameter values (secrets masked), for ``explain``
-    param_values: Mapping[str, str] = attrs.field(factory=dict)
+    param_values: Mapping[str, str]
+
+    def __init__(
+        self,
+        key: str,
+        step: str,
+        pipeline: str,
+        run_id: str,
+        created: float,
+        outputs: Mapping[str, ArtifactRef],
+        components: Mapping[str, Mapping[str, str]] | None = None,
+        param_values: Mapping[str, str] | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "key", key)
+        init(self, "step", step)
+        init(self, "pipeline", pipeline)
+        init(self, "run_id", run_id)
+        init(self, "created", created)
+        init(self, "outputs", outputs)
+        init(self, "components", {} if components is None else components)
+        init(self, "param_values", {} if param_values is None else param_values)
 
     @property
     def size(self) -> int:
@@ -104,6 +133,8 @@ class CacheRecord:
 
     def to_doc(self) -> bytes:
         """The record as a JSON document (inline bytes in base64), for a shared store."""
+        import base64  # only a shared store's documents carry inline bytes as text
+
         data = self.to_dict()
         for out in data["outputs"].values():
             if "data" in out:
@@ -122,6 +153,8 @@ class CacheRecord:
 def _ref(data: Mapping[str, Any]) -> ArtifactRef:
     inline = data.get("data")
     if isinstance(inline, str):  # from a JSON document
+        import base64
+
         data = {**data, "data": base64.b64decode(inline, validate=True)}
     elif inline is not None and not isinstance(inline, bytes):
         raise TypeError(f"inline bytes of output {data.get('name')!r} are a {type(inline)}")

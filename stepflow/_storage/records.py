@@ -24,8 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
-
+from stepflow._slotted import Frozen, as_dict, set_field
 from stepflow._storage.faults import is_storage_fault, storage_error, writing
 from stepflow._storage.home import check_home, make_private_dirs, make_private_sqlite
 from stepflow._storage.sqlitebusy import while_busy
@@ -177,9 +176,10 @@ _RUN_COLUMNS = (
 RUN_STATES = ("running", "succeeded", "failed", "interrupted")
 
 
-@attrs.frozen
-class StepIO:
+class StepIO(Frozen):
     """An input, output or logged file of a step: which object, with which content."""
+
+    __slots__ = ("direction", "name", "object", "content_hash", "size")
 
     #: ``"in"``, ``"out"`` or ``"file"`` (``log_artifact``)
     direction: str
@@ -187,71 +187,238 @@ class StepIO:
     name: str
     object: str | None
     content_hash: str | None
-    size: int | None = None
+    size: int | None
+
+    def __init__(
+        self,
+        direction: str,
+        name: str,
+        object: str | None,
+        content_hash: str | None,
+        size: int | None = None,
+    ) -> None:
+        init = set_field  # not object.__setattr__: a field is named ``object``
+        init(self, "direction", direction)
+        init(self, "name", name)
+        init(self, "object", object)
+        init(self, "content_hash", content_hash)
+        init(self, "size", size)
 
 
-@attrs.frozen
-class MetricRow:
+class MetricRow(Frozen):
+    __slots__ = ("name", "value", "counter", "ts")
+
     name: str
     value: float | None
-    counter: int | None = None
-    ts: float | None = None
+    counter: int | None
+    ts: float | None
+
+    def __init__(
+        self,
+        name: str,
+        value: float | None,
+        counter: int | None = None,
+        ts: float | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "name", name)
+        init(self, "value", value)
+        init(self, "counter", counter)
+        init(self, "ts", ts)
 
 
-@attrs.frozen
-class StepRow:
+class StepRow(Frozen):
     """One step of one run, as recorded."""
+
+    __slots__ = (
+        "name",
+        "state",
+        "started",
+        "finished",
+        "duration",
+        "attempts",
+        "backend",
+        "cache_key",
+        "reused_from",
+        "reason",
+        "error_type",
+        "error",
+        "traceback",
+        "params",
+        "tags",
+        "io",
+        "metrics",
+        "logs",
+    )
 
     name: str
     state: str
-    started: float | None = None
-    finished: float | None = None
-    duration: float = 0.0
-    attempts: int = 0
-    backend: str | None = None
-    cache_key: str | None = None
+    started: float | None
+    finished: float | None
+    duration: float
+    attempts: int
+    backend: str | None
+    cache_key: str | None
     #: for a reused step, the run that made the result
-    reused_from: str | None = None
-    reason: str | None = None
-    error_type: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    params: Mapping[str, str] = attrs.field(factory=dict)
-    tags: Mapping[str, str] = attrs.field(factory=dict)
-    io: Sequence[StepIO] = ()
-    metrics: Sequence[MetricRow] = ()
+    reused_from: str | None
+    reason: str | None
+    error_type: str | None
+    error: str | None
+    traceback: str | None
+    params: Mapping[str, str]
+    tags: Mapping[str, str]
+    io: Sequence[StepIO]
+    metrics: Sequence[MetricRow]
     #: (attempt, stream, text)
-    logs: Sequence[tuple[int, str, str]] = ()
+    logs: Sequence[tuple[int, str, str]]
+
+    def __init__(
+        self,
+        name: str,
+        state: str,
+        started: float | None = None,
+        finished: float | None = None,
+        duration: float = 0.0,
+        attempts: int = 0,
+        backend: str | None = None,
+        cache_key: str | None = None,
+        reused_from: str | None = None,
+        reason: str | None = None,
+        error_type: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        io: Sequence[StepIO] = (),
+        metrics: Sequence[MetricRow] = (),
+        logs: Sequence[tuple[int, str, str]] = (),
+    ) -> None:
+        init = object.__setattr__
+        init(self, "name", name)
+        init(self, "state", state)
+        init(self, "started", started)
+        init(self, "finished", finished)
+        init(self, "duration", duration)
+        init(self, "attempts", attempts)
+        init(self, "backend", backend)
+        init(self, "cache_key", cache_key)
+        init(self, "reused_from", reused_from)
+        init(self, "reason", reason)
+        init(self, "error_type", error_type)
+        init(self, "error", error)
+        init(self, "traceback", traceback)
+        init(self, "params", {} if params is None else params)
+        init(self, "tags", {} if tags is None else tags)
+        init(self, "io", io)
+        init(self, "metrics", metrics)
+        init(self, "logs", logs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, its rows as dicts (as ``attrs.asdict`` gave them)."""
+        return as_dict(self)
 
 
-@attrs.frozen
-class RunRow:
+class RunRow(Frozen):
     """One run, as recorded."""
+
+    __slots__ = (
+        "id",
+        "pipeline",
+        "state",
+        "started",
+        "target",
+        "finished",
+        "params",
+        "secret_params",
+        "targets",
+        "workers",
+        "host",
+        "user",
+        "pid",
+        "stepflow_version",
+        "python_version",
+        "git_commit",
+        "git_dirty",
+        "source_hash",
+        "source_files",
+        "resumed_from",
+        "counts",
+        "tags",
+    )
 
     id: str
     pipeline: str
     state: str
     started: float
-    target: str | None = None
-    finished: float | None = None
+    target: str | None
+    finished: float | None
     #: parameter name → ``{"json": value}`` or ``{"text": str(value)}``; secrets are absent
-    params: Mapping[str, Any] = attrs.field(factory=dict)
-    secret_params: Sequence[str] = ()
-    targets: Sequence[str] = ()
-    workers: int = 1
-    host: str | None = None
-    user: str | None = None
-    pid: int | None = None
-    stepflow_version: str | None = None
-    python_version: str | None = None
-    git_commit: str | None = None
-    git_dirty: bool | None = None
-    source_hash: str | None = None
+    params: Mapping[str, Any]
+    secret_params: Sequence[str]
+    targets: Sequence[str]
+    workers: int
+    host: str | None
+    user: str | None
+    pid: int | None
+    stepflow_version: str | None
+    python_version: str | None
+    git_commit: str | None
+    git_dirty: bool | None
+    source_hash: str | None
     #: the source manifest (path → content hash), for ``runs compare`` and ``--resume``
-    source_files: Mapping[str, str] | None = None
-    resumed_from: str | None = None
-    counts: Mapping[str, int] = attrs.field(factory=dict)
-    tags: Mapping[str, str] = attrs.field(factory=dict)
+    source_files: Mapping[str, str] | None
+    resumed_from: str | None
+    counts: Mapping[str, int]
+    tags: Mapping[str, str]
+
+    def __init__(
+        self,
+        id: str,
+        pipeline: str,
+        state: str,
+        started: float,
+        target: str | None = None,
+        finished: float | None = None,
+        params: Mapping[str, Any] | None = None,
+        secret_params: Sequence[str] = (),
+        targets: Sequence[str] = (),
+        workers: int = 1,
+        host: str | None = None,
+        user: str | None = None,
+        pid: int | None = None,
+        stepflow_version: str | None = None,
+        python_version: str | None = None,
+        git_commit: str | None = None,
+        git_dirty: bool | None = None,
+        source_hash: str | None = None,
+        source_files: Mapping[str, str] | None = None,
+        resumed_from: str | None = None,
+        counts: Mapping[str, int] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "id", id)
+        init(self, "pipeline", pipeline)
+        init(self, "state", state)
+        init(self, "started", started)
+        init(self, "target", target)
+        init(self, "finished", finished)
+        init(self, "params", {} if params is None else params)
+        init(self, "secret_params", secret_params)
+        init(self, "targets", targets)
+        init(self, "workers", workers)
+        init(self, "host", host)
+        init(self, "user", user)
+        init(self, "pid", pid)
+        init(self, "stepflow_version", stepflow_version)
+        init(self, "python_version", python_version)
+        init(self, "git_commit", git_commit)
+        init(self, "git_dirty", git_dirty)
+        init(self, "source_hash", source_hash)
+        init(self, "source_files", source_files)
+        init(self, "resumed_from", resumed_from)
+        init(self, "counts", {} if counts is None else counts)
+        init(self, "tags", {} if tags is None else tags)
 
     @property
     def duration(self) -> float | None:
@@ -264,7 +431,7 @@ class RunRow:
         return shown
 
     def to_dict(self, *, with_files: bool = False) -> dict[str, Any]:
-        data = attrs.asdict(self)
+        data = as_dict(self)
         data["params"] = self.display_params()
         data["duration"] = self.duration
         if not with_files:

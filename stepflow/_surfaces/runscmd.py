@@ -241,9 +241,7 @@ def _run_dict(run: RunRow) -> dict[str, Any]:
 
 
 def _step_dict(step: StepRow) -> dict[str, Any]:
-    import attrs
-
-    data = iso_times(attrs.asdict(step), "started", "finished")
+    data = iso_times(step.to_dict(), "started", "finished")
     data.pop("logs", None)
     data["metrics"] = [{**m, "ts": iso_time(m["ts"])} for m in data["metrics"]]
     return data

@@ -6,6 +6,7 @@ exactly which steps ran.
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import subprocess
@@ -508,6 +509,59 @@ class TestProcesses:
 
         assert run()[0] == "['ran']"
         assert run() == ["['reused']", "[]"]
+
+    def test_fully_cached_rerun_imports_nothing_only_a_running_step_needs(
+        self, tmp_path, stepflow_home
+    ):
+        """A fully cached rerun on one worker imports none of what only a step that runs, a
+        parallel run or a shared store needs: the key leases (``stepflow._storage.locks``,
+        ``fcntl``), ``concurrent.futures`` and ``queue`` (a parallel run's threads), and
+        ``base64`` (inline bytes in a shared store's documents). And the value classes it
+        defines on its way are slotted classes, not attrs classes (attrs compiles each one's
+        methods when it is defined, about a millisecond a class in every fresh process):
+        only those listed here stay attrs classes (public or STYLE-listed ones, and the run
+        configuration the CLI evolves)."""
+        (tmp_path / "flow.py").write_text(
+            "from stepflow import step\n\n@step\ndef numbers() -> list:\n    return [1, 2]\n"
+        )
+        code = (
+            "import sys\n"
+            "import flow\n"
+            "from stepflow import Pipeline\n"
+            "from stepflow._pluginmanager import make_plugin_manager\n"
+            "before = set(sys.modules)\n"
+            "pm = make_plugin_manager(entrypoints=False)\n"
+            "result = Pipeline.from_module(flow).run(plugin_manager=pm, workers=1)\n"
+            "print(sorted(r.state.value for r in result.steps.values()))\n"
+            "unused = ('stepflow._storage.locks', 'fcntl', 'concurrent.futures', 'queue',\n"
+            "    'base64')\n"
+            "print(sorted(m for m in unused if m in sys.modules))\n"
+            "late = [m for m in sys.modules if m.startswith('stepflow') and m not in before]\n"
+            "print(sorted(f'{m}.{n}' for m in late for n, c in vars(sys.modules[m]).items()\n"
+            "    if isinstance(c, type) and c.__module__ == m and hasattr(c, '__attrs_attrs__')))\n"
+        )
+        env = dict(os.environ, STEPFLOW_HOME=str(stepflow_home))
+        env["GIT_CEILING_DIRECTORIES"] = str(tmp_path.parent)
+
+        def run() -> list[str]:
+            done = subprocess.run(
+                [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout.splitlines()
+
+        assert run()[0] == "['ran']"
+        states, imported, classes = run()
+        assert (states, imported) == ("['reused']", "[]")
+        still_attrs = {
+            "stepflow._config.Config",
+            "stepflow._execution.backend.BackendContext",
+            "stepflow._execution.result.RunInfo",
+            "stepflow._execution.result.StepReport",
+            "stepflow._planning.cachekey.CacheKey",
+            "stepflow._storage.artifacts.ArtifactRef",
+        }
+        assert set(ast.literal_eval(classes)) - still_attrs == set()
 
     def test_helper_edited_between_processes(self, tmp_path, stepflow_home):
         """Runs in separate processes share code analysis through the home, and an edit to a

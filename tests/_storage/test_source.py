@@ -776,8 +776,8 @@ def test_diff_of_two_snapshots(project):
 class CountingStore(LocalDatastore):
     """A local store that counts the documents written to it."""
 
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.puts: list[str] = []
 
     def put_doc(self, path, data, *, exclusive=False, sync=True):

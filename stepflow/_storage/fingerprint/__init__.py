@@ -83,8 +83,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import attrs
-
+from stepflow._slotted import Frozen
 from stepflow._storage.fingerprint._graph import _Graph, _Piece
 from stepflow._storage.fingerprint._source import _ALGORITHM, _hash
 from stepflow._storage.fingerprint._store import _active_store, _store_at
@@ -93,15 +92,21 @@ from stepflow._storage.fingerprint._witnesses import _MISSING, _still_valid, _Wi
 __all__ = ["Fingerprint", "fingerprint"]
 
 
-@attrs.frozen
-class Fingerprint:
+class Fingerprint(Frozen):
     """The code fingerprint of a step function."""
+
+    __slots__ = ("digest", "parts")
+    _unhashed = frozenset(("parts",))
 
     #: hex digest of everything below, the value that goes into the cache key
     digest: str
     #: qualified name -> digest of each piece that went in (a version for ``dist:`` and
     #: ``python:`` pieces), in discovery order starting with the function itself
-    parts: Mapping[str, str] = attrs.field(converter=dict, hash=False)
+    parts: Mapping[str, str]
+
+    def __init__(self, digest: str, parts: Mapping[str, str]) -> None:
+        object.__setattr__(self, "digest", digest)
+        object.__setattr__(self, "parts", dict(parts))
 
 
 #: id(func) -> (func, witnesses, fingerprint); holding func keeps its id from being reused

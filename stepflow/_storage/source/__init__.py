@@ -67,9 +67,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import xxhash
 
+from stepflow._slotted import Frozen
 from stepflow._storage.hashing import hash_bytes, hash_file
 from stepflow._storage.home import atomic_write
 from stepflow.errors import StepflowError, StepflowWarning, UsageError
@@ -123,20 +123,35 @@ class SourceRecordError(StepflowError, ValueError):
     """A stored source snapshot does not have the shape :meth:`SourceSnapshot.from_dict` reads."""
 
 
-@attrs.frozen
-class SourceSnapshot:
+class SourceSnapshot(Frozen):
     """What a run's project folder held, and where it stood in git."""
+
+    __slots__ = ("content_hash", "files", "git_commit", "git_dirty")
+    _unhashed = frozenset(("files",))
 
     #: hex digest over the sorted (path, file hash) pairs of ``files``
     content_hash: str
     #: relative posix path -> 32-hex xxh3_128 digest of the file's bytes (a symlink: of its
     #: target text, tagged so that it differs from a file holding that text)
-    files: Mapping[str, str] = attrs.field(converter=dict, hash=False)
+    files: Mapping[str, str]
     #: ``HEAD``'s commit id; ``None`` outside a repository, without git, or before any commit
-    git_commit: str | None = None
+    git_commit: str | None
     #: whether the work tree differs from ``HEAD`` (untracked files count); ``None`` outside a
     #: repository or without git
-    git_dirty: bool | None = None
+    git_dirty: bool | None
+
+    def __init__(
+        self,
+        content_hash: str,
+        files: Mapping[str, str],
+        git_commit: str | None = None,
+        git_dirty: bool | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "content_hash", content_hash)
+        init(self, "files", dict(files))
+        init(self, "git_commit", git_commit)
+        init(self, "git_dirty", git_dirty)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""
@@ -184,13 +199,25 @@ class SourceSnapshot:
         return cls(data["content_hash"], files, data.get("git_commit"), data.get("git_dirty"))
 
 
-@attrs.frozen
-class SourceDiff:
+class SourceDiff(Frozen):
     """How two source manifests differ; each field is a sorted tuple of paths."""
 
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
+    __slots__ = ("added", "removed", "changed")
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+
+    def __init__(
+        self,
+        added: tuple[str, ...] = (),
+        removed: tuple[str, ...] = (),
+        changed: tuple[str, ...] = (),
+    ) -> None:
+        init = object.__setattr__
+        init(self, "added", added)
+        init(self, "removed", removed)
+        init(self, "changed", changed)
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed)
@@ -238,15 +265,28 @@ def snapshot(rootdir: Path, *, home: Path | None = None) -> SourceSnapshot:
     return scan(rootdir, home=home).snapshot
 
 
-@attrs.frozen
-class Scan:
+class Scan(Frozen):
     """A snapshot with what storing it needs: where the project is and each file's stat."""
+
+    __slots__ = ("snapshot", "root", "stats")
+    _unhashed = frozenset(("stats",))
 
     snapshot: SourceSnapshot
     root: Path
     #: relative posix path -> the ``lstat`` taken when the file was hashed (absent for the
     #: entries that are ``UNREADABLE``)
-    stats: Mapping[str, os.stat_result] = attrs.field(hash=False)
+    stats: Mapping[str, os.stat_result]
+
+    def __init__(
+        self,
+        snapshot: SourceSnapshot,
+        root: Path,
+        stats: Mapping[str, os.stat_result],
+    ) -> None:
+        init = object.__setattr__
+        init(self, "snapshot", snapshot)
+        init(self, "root", root)
+        init(self, "stats", stats)
 
 
 def scan(rootdir: Path, *, home: Path | None = None) -> Scan:

@@ -58,9 +58,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from stepflow._humanize import human_size
+from stepflow._slotted import Frozen
 from stepflow._storage.datastore import Datastore
 from stepflow._storage.faults import writing
 from stepflow._storage.hashing import hash_bytes
@@ -95,21 +94,41 @@ class SnapshotError(StepflowError):
     """A stored snapshot is missing, damaged, or cannot be restored where asked."""
 
 
-@attrs.frozen
-class SnapshotFile:
+class SnapshotFile(Frozen):
     """One entry of a stored snapshot's manifest."""
+
+    __slots__ = ("path", "hash", "size", "kind", "executable", "link", "left_out")
 
     path: str
     #: the hash the run recorded (``"unreadable"`` for a file that could not be read)
     hash: str
-    size: int | None = None
+    size: int | None
     #: ``"file"`` or ``"link"``
-    kind: str = "file"
-    executable: bool = False
+    kind: str
+    executable: bool
     #: a link's target text
-    link: str | None = None
+    link: str | None
     #: why the file's bytes were not stored; ``None`` when they were
-    left_out: str | None = None
+    left_out: str | None
+
+    def __init__(
+        self,
+        path: str,
+        hash: str,
+        size: int | None = None,
+        kind: str = "file",
+        executable: bool = False,
+        link: str | None = None,
+        left_out: str | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "path", path)
+        init(self, "hash", hash)
+        init(self, "size", size)
+        init(self, "kind", kind)
+        init(self, "executable", executable)
+        init(self, "link", link)
+        init(self, "left_out", left_out)
 
     def to_dict(self) -> dict[str, Any]:
         data = {"hash": self.hash, "size": self.size, "kind": self.kind}
@@ -122,14 +141,28 @@ class SnapshotFile:
         return data
 
 
-@attrs.frozen
-class SnapshotManifest:
+class SnapshotManifest(Frozen):
     """What a stored snapshot holds; ``id`` is its ``content_hash``."""
+
+    __slots__ = ("id", "files", "git_commit", "git_dirty")
 
     id: str
     files: tuple[SnapshotFile, ...]
-    git_commit: str | None = None
-    git_dirty: bool | None = None
+    git_commit: str | None
+    git_dirty: bool | None
+
+    def __init__(
+        self,
+        id: str,
+        files: tuple[SnapshotFile, ...],
+        git_commit: str | None = None,
+        git_dirty: bool | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "id", id)
+        init(self, "files", files)
+        init(self, "git_commit", git_commit)
+        init(self, "git_dirty", git_dirty)
 
     def to_json(self) -> bytes:
         data = {
@@ -375,14 +408,26 @@ def check_name(path: str) -> str:
     return path
 
 
-@attrs.frozen
-class Restored:
+class Restored(Frozen):
     """What :func:`restore_snapshot` did."""
+
+    __slots__ = ("manifest", "written", "skipped")
 
     manifest: SnapshotManifest
     written: int
     #: path -> why it was not restored (left out when stored, or a link pointing outside)
     skipped: Mapping[str, str]
+
+    def __init__(
+        self,
+        manifest: SnapshotManifest,
+        written: int,
+        skipped: Mapping[str, str],
+    ) -> None:
+        init = object.__setattr__
+        init(self, "manifest", manifest)
+        init(self, "written", written)
+        init(self, "skipped", skipped)
 
 
 def restore_snapshot(
