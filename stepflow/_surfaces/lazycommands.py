@@ -61,17 +61,17 @@ class _Parsers(dict[str, Any]):
     def get(self, name: str, default: Any = None) -> Any:
         return self[name] if name in self else default
 
-    def values(self) -> list[argparse.ArgumentParser]:  # type: ignore[override]
+    def values(self) -> list[argparse.ArgumentParser]:
         return [self[name] for name in list(self)]
 
-    def items(self) -> list[tuple[str, argparse.ArgumentParser]]:  # type: ignore[override]
+    def items(self) -> list[tuple[str, argparse.ArgumentParser]]:
         return [(name, self[name]) for name in list(self)]
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(dict.keys(self)))
 
 
-class LazySubParsersAction(argparse._SubParsersAction):  # type: ignore[type-arg]
+class LazySubParsersAction(argparse._SubParsersAction):
     """``add_subparsers()`` of a parser that registered it as its ``("action", "parsers")``;
     ``add_parser`` works as usual, ``add_lazy`` lists a command now and builds it later."""
 
@@ -82,7 +82,7 @@ class LazySubParsersAction(argparse._SubParsersAction):  # type: ignore[type-arg
 
     @property
     def parsers(self) -> _Parsers:
-        return self._name_parser_map  # type: ignore[return-value]
+        return self._name_parser_map
 
     def add_lazy(self, name: str, *, help: str, build: Build, aliases: Sequence[str] = ()) -> None:
         """List command ``name`` (and its ``aliases``) with ``help``; ``build(self)`` adds its
@@ -120,4 +120,4 @@ class LazySubParsersAction(argparse._SubParsersAction):  # type: ignore[type-arg
         parser = dict.__getitem__(self.parsers, name)
         if parser is _DEFERRED:
             raise RuntimeError(f"{build!r} did not add the parser of command {name!r}")
-        return parser  # type: ignore[no-any-return]
+        return parser
