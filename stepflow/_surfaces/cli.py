@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
-import json
 import os
 import sys
 import warnings
@@ -726,6 +725,8 @@ def _cmd_explain(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager
     else:
         result = explain(pipeline, args.step, params=params, config=config, pm=pm)
     if args.json:
+        import json  # here: `stepflow --help` needs no json
+
         print(json.dumps(result.to_dict(), indent=2))
     else:
         sys.stdout.write(result.text())
@@ -768,6 +769,8 @@ def _cmd_plugins(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager
             }
         )
     if args.json:
+        import json
+
         print(json.dumps(rows, indent=2))
         return ExitCode.OK
     for row in rows:
