@@ -117,7 +117,7 @@ def build_parser(
     def finish(subparser: argparse.ArgumentParser, names: list[str]) -> None:
         _add_common_to_leaves(subparser)
         for name in names:
-            pm.hook.stepflow_addoption(parser=subparser, command=name)
+            _add_plugin_options(pm, subparser, name)
 
     if isinstance(sub, LazySubParsersAction):
         sub.parsers.finish = finish
@@ -158,6 +158,32 @@ def _add_plugin_commands(
             if name not in before:
                 owners[name] = plugin
     return owners
+
+
+def _add_plugin_options(
+    pm: pluggy.PluginManager, parser: argparse.ArgumentParser, command: str
+) -> None:
+    """Every plugin's ``stepflow_addoption`` for ``command``.
+
+    :raises PluginError: a plugin adds an option the command has already; it is named.
+    """
+    try:
+        pm.hook.stepflow_addoption(parser=parser, command=command)
+    except argparse.ArgumentError as exc:
+        from stepflow.errors import PluginError
+
+        # The plugin whose implementation raised: its function is on the traceback.
+        impls = pm.hook.stepflow_addoption.get_hookimpls()
+        owners = {impl.function.__code__: impl.plugin_name for impl in impls}
+        plugin, tb = None, exc.__traceback__
+        while tb is not None:
+            plugin = owners.get(tb.tb_frame.f_code, plugin)
+            tb = tb.tb_next
+        raise PluginError(
+            f"plugin {plugin or '?'!r}: stepflow_addoption(command={command!r}): {exc}; "
+            f"give the option another name, or block the plugin with -p no:NAME",
+            plugin=plugin,
+        ) from None
 
 
 def _add_common_to_leaves(parser: argparse.ArgumentParser) -> None:

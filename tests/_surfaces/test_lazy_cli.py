@@ -20,6 +20,7 @@ from stepflow._config import load_config
 from stepflow._pluginmanager import make_plugin_manager
 from stepflow._surfaces import cli
 from stepflow._surfaces.lazycommands import LazySubParsersAction
+from stepflow.errors import PluginError
 
 #: the modules that build or run the built-in commands (none is needed to list them)
 COMMAND_MODULES = (
@@ -237,6 +238,32 @@ class TestOnlyWhatRuns:
         assert choices.get("run") is parsers["run"] and choices.get("nope") is None
         assert "--home" in parsers["hi"]._option_string_actions
         assert sorted(recorder.addoption_calls) == sorted(parsers)
+
+
+class Clash:
+    """A plugin whose option for ``run`` is one ``run`` has already."""
+
+    @stepflow.hookimpl
+    def stepflow_addoption(self, parser: argparse.ArgumentParser, command: str) -> None:
+        if command == "run":
+            parser.add_argument("--workers")
+
+
+class TestPluginOptionClash:
+    def test_the_plugin_is_named_for_the_command_it_breaks(self):
+        """An option clash is a ``PluginError`` naming the plugin, the command and the fix
+        (it was argparse's traceback for every command); other commands still work."""
+        pm = make_plugin_manager(load_config().plugins)
+        pm.register(Clash(), name="clash")
+        with pytest.raises(PluginError) as caught:
+            cli.build_parser(pm).parse_args(["run", "f.py:p"])
+        assert caught.value.plugin == "clash"
+        assert str(caught.value) == (
+            "plugin 'clash': stepflow_addoption(command='run'): argument --workers: "
+            "conflicting option string: --workers; give the option another name, or block the "
+            "plugin with -p no:NAME"
+        )
+        assert cli.build_parser(pm).parse_args(["show", "f.py:p"]).target == "f.py:p"
 
 
 class TestLazySubParsers:
