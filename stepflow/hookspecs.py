@@ -174,7 +174,8 @@ def stepflow_addoption(parser: argparse.ArgumentParser, command: str) -> None:
         ``config.options``.
     :param command: the sub-command's name (``"run"``, ``"show"``, ...).
 
-    Called once per sub-command when the command line is built.
+    Called once per sub-command when its parser is built: for the command that runs (or
+    whose ``--help`` is shown), as the other commands' parsers are not built.
 
     Use in plugins::
 

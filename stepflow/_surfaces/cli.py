@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
-import json
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
+
+from stepflow._surfaces.lazycommands import LazySubParsersAction
 
 if TYPE_CHECKING:
     import pluggy
@@ -72,7 +73,16 @@ def _add_common(parser: argparse.ArgumentParser, *, with_json: bool = False) -> 
     parser.add_argument("--home", help="the stepflow home folder (default: .stepflow)")
 
 
-def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    pm: pluggy.PluginManager | None = None, *, lazy: bool = True
+) -> argparse.ArgumentParser:
+    """The ``stepflow`` parser: the built-in commands, and with ``pm`` the plugins' ones.
+
+    ``lazy``: a built-in command's parser is built (importing its module) when it is first
+    looked up, which parsing does for the command given only, and so is the part plugins
+    add to every command (``-p``, ``--home``, ``stepflow_addoption``). Without ``lazy``,
+    every parser is built at once (the command line before it was lazy; tests compare the two).
+    """
     parser = argparse.ArgumentParser(
         prog="stepflow",
         description="Run machine-learning pipelines made of plain Python functions.",
@@ -80,6 +90,8 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
         epilog="Plugins can add commands: `stepflow plugins` lists them, and "
         "`stepflow -p MODULE --help` shows them here.",
     )
+    if lazy:
+        parser.register("action", "parsers", LazySubParsersAction)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument(
         "-p",
@@ -94,17 +106,24 @@ def build_parser(pm: pluggy.PluginManager | None = None) -> argparse.ArgumentPar
     if pm is None:
         # The fast path (``stepflow --help``): no plugins loaded, the built-in commands only.
         add_builtin_commands(sub)
-    else:
-        from stepflow._surfaces import commands
+        return parser
+    from stepflow._surfaces import commands
 
-        if pm.get_plugin(commands.PLUGIN_NAME) is None:
-            pm.register(commands, name=commands.PLUGIN_NAME)
-        owners = _add_plugin_commands(sub, pm)
-        parser.set_defaults(command_plugins=owners)
+    if pm.get_plugin(commands.PLUGIN_NAME) is None:
+        pm.register(commands, name=commands.PLUGIN_NAME)
+    owners = _add_plugin_commands(sub, pm)
+    parser.set_defaults(command_plugins=owners)
+
+    def finish(subparser: argparse.ArgumentParser, names: list[str]) -> None:
+        _add_common_to_leaves(subparser)
+        for name in names:
+            _add_plugin_options(pm, subparser, name)
+
+    if isinstance(sub, LazySubParsersAction):
+        sub.parsers.finish = finish
+    else:
         for subparser in {id(p): p for p in sub.choices.values()}.values():
-            _add_common_to_leaves(subparser)
-        for name, subparser in sub.choices.items():
-            pm.hook.stepflow_addoption(parser=subparser, command=name)
+            finish(subparser, [name for name, p in sub.choices.items() if p is subparser])
     return parser
 
 
@@ -141,6 +160,32 @@ def _add_plugin_commands(
     return owners
 
 
+def _add_plugin_options(
+    pm: pluggy.PluginManager, parser: argparse.ArgumentParser, command: str
+) -> None:
+    """Every plugin's ``stepflow_addoption`` for ``command``.
+
+    :raises PluginError: a plugin adds an option the command has already; it is named.
+    """
+    try:
+        pm.hook.stepflow_addoption(parser=parser, command=command)
+    except argparse.ArgumentError as exc:
+        from stepflow.errors import PluginError
+
+        # The plugin whose implementation raised: its function is on the traceback.
+        impls = pm.hook.stepflow_addoption.get_hookimpls()
+        owners = {impl.function.__code__: impl.plugin_name for impl in impls}
+        plugin, tb = None, exc.__traceback__
+        while tb is not None:
+            plugin = owners.get(tb.tb_frame.f_code, plugin)
+            tb = tb.tb_next
+        raise PluginError(
+            f"plugin {plugin or '?'!r}: stepflow_addoption(command={command!r}): {exc}; "
+            f"give the option another name, or block the plugin with -p no:NAME",
+            plugin=plugin,
+        ) from None
+
+
 def _add_common_to_leaves(parser: argparse.ArgumentParser) -> None:
     """``-p`` and ``--home`` on every command a plugin added (and its sub-commands)."""
     children = [
@@ -155,9 +200,7 @@ def _add_common_to_leaves(parser: argparse.ArgumentParser) -> None:
             _add_common_to_leaves(child)
 
 
-def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
-    """The built-in commands, each with its ``handler``; registered through the
-    ``stepflow_add_commands`` hook (``stepflow._surfaces.commands``) like a plugin's."""
+def _add_run(sub: argparse._SubParsersAction[Any]) -> None:
     run = sub.add_parser("run", help="run a pipeline", description="Run a pipeline.")
     run.add_argument(
         "target",
@@ -249,12 +292,16 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
     run.set_defaults(handler=_cmd_run)
     _add_common(run)
 
+
+def _add_show(sub: argparse._SubParsersAction[Any]) -> None:
     show = sub.add_parser("show", help="show a pipeline's steps and graph")
     show.add_argument("target", metavar="TARGET")
     show.add_argument("--format", choices=["text", "dot", "mermaid", "json", "svg"], default="text")
     show.set_defaults(handler=_cmd_show)
     _add_common(show)
 
+
+def _add_explain(sub: argparse._SubParsersAction[Any]) -> None:
     explain = sub.add_parser(
         "explain",
         help="say whether a step (or each step) would be reused, and what changed if not",
@@ -271,6 +318,8 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
     explain.set_defaults(handler=_cmd_explain)
     _add_common(explain, with_json=True)
 
+
+def _add_cache(sub: argparse._SubParsersAction[Any]) -> None:
     cache = sub.add_parser("cache", help="list, inspect and prune stored results")
     cache.set_defaults(handler=_cmd_cache)
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
@@ -310,25 +359,87 @@ def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
     cache_prune.add_argument("--dry-run", action="store_true", help="only say what would go")
     _add_common(cache_prune, with_json=True)
 
-    from stepflow._surfaces import runscmd
 
-    runscmd.add_parsers(sub, _add_common)
-    for name in ("runs", "logs"):
-        sub.choices[name].set_defaults(handler=_cmd_runs)
-
+def _add_plugins(sub: argparse._SubParsersAction[Any]) -> None:
     plugins = sub.add_parser("plugins", help="list the plugins loaded and what they provide")
     plugins.set_defaults(handler=_cmd_plugins)
     _add_common(plugins, with_json=True)
 
+
+def _add_runs(sub: argparse._SubParsersAction[Any]) -> None:
+    from stepflow._surfaces import runscmd
+
+    runscmd.add_runs(sub, _add_common).set_defaults(handler=_cmd_runs)
+
+
+def _add_logs(sub: argparse._SubParsersAction[Any]) -> None:
+    from stepflow._surfaces import runscmd
+
+    runscmd.add_logs(sub, _add_common).set_defaults(handler=_cmd_runs)
+
+
+def _add_datasets(sub: argparse._SubParsersAction[Any]) -> None:
     from stepflow._surfaces import registrycmd
 
-    registrycmd.add_parsers(sub, _add_common)
-    for name in ("datasets", "models"):
-        sub.choices[name].set_defaults(handler=_cmd_registry)
+    registrycmd.add_datasets(sub, _add_common).set_defaults(handler=_cmd_registry)
 
-    from stepflow._surfaces import schedcmd
 
-    schedcmd.add_parsers(sub, _add_common)
+def _add_models(sub: argparse._SubParsersAction[Any]) -> None:
+    from stepflow._surfaces import registrycmd
+
+    registrycmd.add_models(sub, _add_common).set_defaults(handler=_cmd_registry)
+
+
+def _schedcmd_adds(name: str) -> Callable[[argparse._SubParsersAction[Any]], None]:
+    """The function that adds ``schedcmd``'s command ``name`` (imported only then)."""
+
+    def add(sub: argparse._SubParsersAction[Any]) -> None:
+        from stepflow._surfaces import schedcmd
+
+        schedcmd.ADDS[name](sub, _add_common).set_defaults(handler=schedcmd.run_command)
+
+    add.__qualname__ = f"_add_{name}"
+    return add
+
+
+#: The built-in commands in the order ``stepflow --help`` lists them: the name, the one-line
+#: help that listing shows, and the function that adds the command's parser (and imports its
+#: module) when the command runs or its own help is asked for. Each function gives
+#: ``add_parser`` the same help; ``tests/_surfaces/test_lazy_cli.py`` checks that this table
+#: and the parsers it builds agree with the parsers built one by one.
+BUILTIN_COMMANDS: tuple[tuple[str, str, Callable[[argparse._SubParsersAction[Any]], None]], ...] = (
+    ("run", "run a pipeline", _add_run),
+    ("show", "show a pipeline's steps and graph", _add_show),
+    (
+        "explain",
+        "say whether a step (or each step) would be reused, and what changed if not",
+        _add_explain,
+    ),
+    ("cache", "list, inspect and prune stored results", _add_cache),
+    ("runs", "list, show and compare recorded runs", _add_runs),
+    ("logs", "print what a run's steps wrote (stdout, stderr, logging)", _add_logs),
+    ("plugins", "list the plugins loaded and what they provide", _add_plugins),
+    ("datasets", "register, list and show versioned data sets", _add_datasets),
+    ("models", "list and show registered models; move aliases", _add_models),
+    ("publish", "publish a pipeline as a named, numbered version", _schedcmd_adds("publish")),
+    ("published", "list and show published pipelines", _schedcmd_adds("published")),
+    ("schedule", "create, show and manage schedules", _schedcmd_adds("schedule")),
+    ("scheduler", "the scheduling daemon", _schedcmd_adds("scheduler")),
+)
+
+
+def add_builtin_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """The built-in commands, each with its ``handler``; registered through the
+    ``stepflow_add_commands`` hook (``stepflow._surfaces.commands``) like a plugin's.
+
+    Into the sub-parsers of :func:`build_parser` they go listed only, each parser built when
+    it is first looked up; into any other sub-parsers, built at once.
+    """
+    for name, text, add in BUILTIN_COMMANDS:
+        if isinstance(sub, LazySubParsersAction):
+            sub.add_lazy(name, help=text, build=add)
+        else:
+            add(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -640,6 +751,8 @@ def _cmd_explain(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager
     else:
         result = explain(pipeline, args.step, params=params, config=config, pm=pm)
     if args.json:
+        import json  # here: `stepflow --help` needs no json
+
         print(json.dumps(result.to_dict(), indent=2))
     else:
         sys.stdout.write(result.text())
@@ -682,6 +795,8 @@ def _cmd_plugins(args: argparse.Namespace, config: Any, pm: pluggy.PluginManager
             }
         )
     if args.json:
+        import json
+
         print(json.dumps(rows, indent=2))
         return ExitCode.OK
     for row in rows:

@@ -22,10 +22,11 @@ if TYPE_CHECKING:
     from stepflow._storage.registry import DatasetVersion, ModelVersion
     from stepflow._surfaces.cli import AddCommon
 
-__all__ = ["add_parsers", "run_command"]
+__all__ = ["add_datasets", "add_models", "run_command"]
 
 
-def add_parsers(sub: argparse._SubParsersAction, add_common: AddCommon) -> None:
+def add_datasets(sub: argparse._SubParsersAction, add_common: AddCommon) -> argparse.ArgumentParser:
+    """``stepflow datasets``'s parser and its actions'; returns it."""
     datasets = sub.add_parser("datasets", help="register, list and show versioned data sets")
     ds_sub = datasets.add_subparsers(dest="datasets_command", metavar="ACTION", required=True)
     register = ds_sub.add_parser(
@@ -50,7 +51,11 @@ def add_parsers(sub: argparse._SubParsersAction, add_common: AddCommon) -> None:
         help="this version (default: latest)",
     )
     add_common(show, with_json=True)
+    return datasets
 
+
+def add_models(sub: argparse._SubParsersAction, add_common: AddCommon) -> argparse.ArgumentParser:
+    """``stepflow models``'s parser and its actions'; returns it."""
     models = sub.add_parser("models", help="list and show registered models; move aliases")
     md_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     mls = md_sub.add_parser("list", help="every model, its latest version and aliases")
@@ -72,6 +77,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_common: AddCommon) -> None:
     # dest: "version" is the top-level --version flag's
     alias.add_argument("number", type=int, metavar="VERSION")
     add_common(alias, with_json=True)
+    return models
 
 
 def run_command(args: argparse.Namespace, config: Config) -> int:

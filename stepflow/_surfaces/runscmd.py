@@ -24,10 +24,11 @@ if TYPE_CHECKING:
     from stepflow._storage.records import RunRecords, RunRow, StepRow
     from stepflow._surfaces.cli import AddCommon
 
-__all__ = ["add_parsers", "run_command"]
+__all__ = ["add_logs", "add_runs", "run_command"]
 
 
-def add_parsers(sub: argparse._SubParsersAction, add_common: AddCommon) -> None:
+def add_runs(sub: argparse._SubParsersAction, add_common: AddCommon) -> argparse.ArgumentParser:
+    """``stepflow runs``'s parser and its actions'; returns it."""
     runs = sub.add_parser("runs", help="list, show and compare recorded runs")
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
 
@@ -63,12 +64,17 @@ def add_parsers(sub: argparse._SubParsersAction, add_common: AddCommon) -> None:
     from stepflow._surfaces import sourcecmd
 
     sourcecmd.add_parser(runs_sub, add_common)
+    return runs
 
+
+def add_logs(sub: argparse._SubParsersAction, add_common: AddCommon) -> argparse.ArgumentParser:
+    """``stepflow logs``'s parser; returns it."""
     logs = sub.add_parser("logs", help="print what a run's steps wrote (stdout, stderr, logging)")
     logs.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
     logs.add_argument("step", metavar="STEP", nargs="?", help="only this step")
     logs.add_argument("--stream", choices=["stdout", "stderr", "log"], help="only this stream")
     add_common(logs, with_json=True)
+    return logs
 
 
 def open_existing(config: Config) -> RunRecords:

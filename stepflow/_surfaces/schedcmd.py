@@ -19,10 +19,12 @@ if TYPE_CHECKING:
     from stepflow._scheduling.publishing import PublishedPipeline
     from stepflow._surfaces.cli import AddCommon
 
-__all__ = ["add_parsers", "published_target", "run_command"]
+__all__ = ["ADDS", "published_target", "run_command"]
 
 
-def add_parsers(sub: argparse._SubParsersAction[Any], add_common: AddCommon) -> None:
+def _add_publish(
+    sub: argparse._SubParsersAction[Any], add_common: AddCommon
+) -> argparse.ArgumentParser:
     publish = sub.add_parser(
         "publish",
         help="publish a pipeline as a named, numbered version",
@@ -35,7 +37,12 @@ def add_parsers(sub: argparse._SubParsersAction[Any], add_common: AddCommon) -> 
     publish.add_argument("--name", required=True, help="the published name")
     publish.add_argument("--description", help="what this version is")
     add_common(publish, with_json=True)
+    return publish
 
+
+def _add_published(
+    sub: argparse._SubParsersAction[Any], add_common: AddCommon
+) -> argparse.ArgumentParser:
     published = sub.add_parser("published", help="list and show published pipelines")
     pub_sub = published.add_subparsers(dest="published_command", metavar="ACTION", required=True)
     pub_list = pub_sub.add_parser("list", help="the latest version of each published pipeline")
@@ -51,7 +58,12 @@ def add_parsers(sub: argparse._SubParsersAction[Any], add_common: AddCommon) -> 
         help="this version (default: latest)",
     )
     add_common(pub_show, with_json=True)
+    return published
 
+
+def _add_schedule(
+    sub: argparse._SubParsersAction[Any], add_common: AddCommon
+) -> argparse.ArgumentParser:
     schedule = sub.add_parser("schedule", help="create, show and manage schedules")
     sched_sub = schedule.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
     create = sched_sub.add_parser(
@@ -133,7 +145,12 @@ def add_parsers(sub: argparse._SubParsersAction[Any], add_common: AddCommon) -> 
     export.add_argument("--format", required=True, choices=["cron", "systemd"])
     export.add_argument("-o", "--output", metavar="DIR", help="write the systemd files into DIR")
     add_common(export)
+    return schedule
 
+
+def _add_scheduler(
+    sub: argparse._SubParsersAction[Any], add_common: AddCommon
+) -> argparse.ArgumentParser:
     scheduler = sub.add_parser("scheduler", help="the scheduling daemon")
     daemon_sub = scheduler.add_subparsers(dest="scheduler_command", metavar="ACTION", required=True)
     serve = daemon_sub.add_parser(
@@ -155,9 +172,17 @@ def add_parsers(sub: argparse._SubParsersAction[Any], add_common: AddCommon) -> 
         help="how late a fire time still runs with --catchup none (600)",
     )
     add_common(serve)
+    return scheduler
 
-    for name in ("publish", "published", "schedule", "scheduler"):
-        sub.choices[name].set_defaults(handler=run_command)
+
+#: each command's parser-adding function; each returns the command's parser (the caller sets
+#: its handler, :func:`run_command`)
+ADDS: dict[str, Callable[[argparse._SubParsersAction[Any], AddCommon], argparse.ArgumentParser]] = {
+    "publish": _add_publish,
+    "published": _add_published,
+    "schedule": _add_schedule,
+    "scheduler": _add_scheduler,
+}
 
 
 def run_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager) -> int:
