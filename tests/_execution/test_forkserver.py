@@ -226,7 +226,7 @@ def test_busy_worker_killed_by_timeout_takes_its_children(steps, tmp_path, monke
     monkeypatch.setenv("HOLD_FILE", str(tmp_path / "hold"))
     pool = WorkerPool(1)
     try:
-        result = pool.execute(task_for(steps.hold.spec, tmp_path), 1.0)
+        result = pool.execute(task_for(steps.hold.spec, tmp_path), 3.0)
     finally:
         pool.close()
     assert result.error is not None and result.error.timed_out
@@ -258,8 +258,13 @@ def test_kill_9_of_the_run_ends_forked_workers_and_the_fork_server(steps, tmp_pa
     env = {**os.environ, "HOLD_FILE": str(tmp_path / "hold")}
     run = subprocess.Popen([sys.executable, "-c", RUN_AND_HOLD, str(tmp_path)], env=env)
     try:
-        _wait_until(lambda: len(list(tmp_path.glob("hold.*"))) == 2, "both steps to start")
-        pids = [tuple(map(int, f.read_text().split())) for f in tmp_path.glob("hold.*")]
+
+        def held() -> list[tuple[int, ...]]:
+            return [tuple(map(int, f.read_text().split())) for f in tmp_path.glob("hold.*")]
+
+        # A file may exist before its pids are written.
+        _wait_until(lambda: [len(p) for p in held()] == [2, 2], "both steps to start")
+        pids = held()
         workers = [pid for pid, _ in pids]
         (zygote,) = {ppid for _, ppid in pids}
         assert zygote != run.pid and _alive(zygote)
