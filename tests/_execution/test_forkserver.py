@@ -280,10 +280,26 @@ def test_kill_9_of_the_run_ends_forked_workers_and_the_fork_server(steps, tmp_pa
             run.wait()
 
 
+# A fork server that has started a thread: it must refuse to fork.
+THREADED_FORK_SERVER = """
+import sys, threading
+threading.Thread(target=threading.Event().wait, daemon=True).start()
+from stepflow._execution.forkserver import serve
+if serve(int(sys.argv[1])):
+    raise SystemExit("forked with a thread running")
+"""
+
+
 def test_pool_starts_workers_when_the_fork_server_cannot_start(steps, tmp_path):
-    """A fork server that exits at once, or whose program does not exist: the pool starts
-    its workers as any command, and does not try the fork server again."""
-    for argv in ([sys.executable, "-c", "raise SystemExit(1)"], [str(tmp_path / "no-python")]):
+    """A fork server that exits at once, whose program does not exist, or that refuses to
+    fork because it has a thread: the pool starts its workers as any command, and does not
+    try the fork server again."""
+    why = []
+    for argv in (
+        [sys.executable, "-c", "raise SystemExit(1)"],
+        [str(tmp_path / "no-python")],
+        [sys.executable, "-c", THREADED_FORK_SERVER],
+    ):
         pool = WorkerPool(1)
         pool._forks = ForkServer(pool._env, argv)
         try:
@@ -295,6 +311,10 @@ def test_pool_starts_workers_when_the_fork_server_cannot_start(steps, tmp_path):
             pool.close()
         assert first["ppid"] == second["ppid"] == os.getpid()
         assert first["sid"] == first["pid"]
+        assert pool._forks.proc is None or pool._forks.proc.poll() is not None
+        why.append(pool._forks.broken)
+    assert "did not start" in why[1]
+    assert "it has more than one thread" in why[2]
 
 
 def test_pool_bypasses_a_fork_server_that_died(steps, tmp_path):
