@@ -156,7 +156,8 @@ class ForkServer:
     def spawn(self, env: Mapping[str, str], lifeline: int, timeout: float = 120.0) -> ForkedProcess:
         """Fork a serving worker with environment ``env`` and the lifeline pipe's read end.
 
-        :raises ForkServerError: no worker was forked; the fork server forks no more.
+        :raises ForkServerError: no worker was forked; ``broken`` says when the fork server
+            forks no more.
         """
         with self._lock:
             if self.broken is not None:
@@ -164,10 +165,15 @@ class ForkServer:
             if self._sock is None:
                 self._start()
             assert self._sock is not None
+            try:
+                # The run's working directory, passed open: the worker enters it even when
+                # it has no path any more, as a started worker inherits it.
+                cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:  # this worker only; the next may fork again
+                raise ForkServerError(f"cannot open the working directory: {exc}") from exc
             stdin_r, stdin_w = os.pipe()
             stdout_r, stdout_w = os.pipe()
             status_r, status_w = os.pipe()
-            cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
             try:
                 body = pickle.dumps(dict(env), protocol=5)
                 self._sock.settimeout(timeout)
