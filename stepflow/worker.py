@@ -1,7 +1,7 @@
 """Execute step tasks: ``python -m stepflow.worker``.
 
 Every backend except the in-process one runs steps through this module, so a new backend is
-only transport. Two modes:
+only transport. Three modes:
 
 ``python -m stepflow.worker --serve``
     Say ``READY`` with this worker's stepflow and Python versions (the run refuses a worker

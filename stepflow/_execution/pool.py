@@ -110,7 +110,7 @@ class WorkerProcess:
             try:
                 return fork_server.spawn(env, watch)
             except ForkServerError:
-                pass  # started as any command below; the fork server forks no more
+                pass  # started as any command below
         return subprocess.Popen(
             self.argv,
             stdin=subprocess.PIPE,
