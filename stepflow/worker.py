@@ -1,7 +1,7 @@
 """Execute step tasks: ``python -m stepflow.worker``.
 
 Every backend except the in-process one runs steps through this module, so a new backend is
-only transport. Two modes:
+only transport. Three modes:
 
 ``python -m stepflow.worker --serve``
     Say ``READY`` with this worker's stepflow and Python versions (the run refuses a worker
@@ -9,6 +9,11 @@ only transport. Two modes:
     write framed results to stdout until stdin closes (the protocol is in
     ``stepflow._execution.frames``). The step's own prints go to stderr so they cannot
     corrupt the protocol.
+
+``python -m stepflow.worker --fork-server FD``
+    The fork server of a ``WorkerPool`` (``stepflow._execution.forkserver``): import what a
+    worker needs once, then fork each new ``--serve`` worker when the run asks on the Unix
+    socket ``FD``. Imports no user code.
 
 ``python -m stepflow.worker TASK_FILE RESULT_FILE``
     Run the pickled task in ``TASK_FILE`` and write the pickled result to ``RESULT_FILE``
@@ -278,8 +283,29 @@ def die_with_parent() -> None:
     threading.Thread(target=watch, name="stepflow-lifeline", daemon=True).start()
 
 
+def _preload() -> None:
+    """Import in the fork server what each worker's first task would import: stepflow's own
+    modules and their libraries only (a user's module is imported afresh by each worker)."""
+    import uuid  # noqa: F401
+
+    import cloudpickle  # noqa: F401 - steps sent by value
+
+    from stepflow._pluginmanager import datastore_kinds
+    from stepflow._storage import stores  # noqa: F401
+
+    datastore_kinds()("local")  # the built-in storage plugin, which opens the local store
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--fork-server" and argv[1].isdigit():
+        from stepflow._execution.forkserver import serve as serve_forks
+
+        _preload()
+        if not serve_forks(int(argv[1])):
+            os._exit(0)  # the run is gone or done; nothing of this process needs tidying
+        # A forked child, set up as a fresh ``--serve`` worker would be: serve like one.
+        argv = ["--serve"]
     die_with_parent()
     if argv == ["--serve"]:
         # Keep the protocol on a private copy of fd 1, and send the step's prints (fd 1) to

@@ -194,7 +194,8 @@ from stepflow import step
 def _work(name):
     # A child process of the step too: it must die with the run as well.
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    Path(f"{name}.pids").write_text(f"{os.getpid()} {child.pid}")
+    # The worker's parent too: the fork server that forked it, which must die with the run.
+    Path(f"{name}.pids").write_text(f"{os.getpid()} {child.pid} {os.getppid()}")
     time.sleep(600)
     return 1
 
@@ -282,7 +283,7 @@ class TestNoOrphans:
     )
     def test_kill_9_of_the_run_kills_its_workers(self, slow_run, args, names):
         """After ``kill -9`` of ``stepflow run`` no worker (parallel, or the one a step with
-        a timeout uses) and no process a step started goes on computing."""
+        a timeout uses), no process a step started and no fork server goes on computing."""
         start, pids = slow_run
         proc = start(*args, names=names)
         proc.kill()

@@ -12,6 +12,12 @@ so no step goes on computing (and writing results) behind a run that no longer e
 Both classes are public, as ``stepflow.backends.WorkerProcess`` and ``WorkerPool``: a backend
 that runs steps with another interpreter (a virtualenv, ``docker exec``, ``ssh host python``)
 gives them its own ``argv`` and ``env``.
+
+A pool of default workers (``worker_argv()``: this interpreter) forks them from a fork server
+(``stepflow._execution.forkserver``), started with its first worker: one interpreter start
+instead of one per worker. Each forked worker is what a started one is (its own session, the
+lifeline, the environment, the version check); if the fork server cannot start or dies, the
+pool starts its workers as any other command.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from stepflow._execution.capture import read_output
+from stepflow._execution.forkserver import ForkedProcess, ForkServer, ForkServerError
 from stepflow._execution.frames import (
     HEADER,
     OUTPUT_ENV,
@@ -61,10 +68,18 @@ class WorkerProcess:
 
     ``argv`` starts a serving worker (``worker_argv()``, or that command behind a transport
     such as ``ssh host``), with the environment ``env`` (default: ``worker_env()``). The
-    process starts at once; ``execute`` sends it one task at a time.
+    process starts at once; ``execute`` sends it one task at a time. With ``fork_server``
+    (for ``worker_argv()`` only) it is forked from there, or started with ``argv`` when the
+    fork server cannot.
     """
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        fork_server: ForkServer | None = None,
+    ) -> None:
         self.argv = list(argv)
         # Only this process holds the write end (os.pipe is not inherited by other workers).
         watch, self._lifeline = os.pipe()
@@ -75,15 +90,9 @@ class WorkerProcess:
         # printed survives when the worker is killed (timeout, crash).
         self.output_dir = Path(tempfile.mkdtemp(prefix="stepflow-worker-"))
         full_env[OUTPUT_ENV] = str(self.output_dir)
+        self.proc: subprocess.Popen[bytes] | ForkedProcess
         try:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                env=full_env,
-                start_new_session=True,
-                pass_fds=(watch,),
-            )
+            self.proc = self._start(full_env, watch, fork_server)
         except BaseException:
             os.close(self._lifeline)
             shutil.rmtree(self.output_dir, ignore_errors=True)
@@ -93,6 +102,23 @@ class WorkerProcess:
         self._ready = False
         #: the worker's ready frame once it said it (its stepflow and Python versions)
         self.hello: dict[str, str] = {}
+
+    def _start(
+        self, env: dict[str, str], watch: int, fork_server: ForkServer | None
+    ) -> subprocess.Popen[bytes] | ForkedProcess:
+        if fork_server is not None:
+            try:
+                return fork_server.spawn(env, watch)
+            except ForkServerError:
+                pass  # started as any command below
+        return subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+            pass_fds=(watch,),
+        )
 
     @property
     def alive(self) -> bool:
@@ -191,6 +217,8 @@ class WorkerProcess:
         code = self.proc.wait()
         logs = self._printed(task) if self._ready else {}
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        if getattr(self.proc, "status_lost", False):
+            how = "ended (its exit status was lost with the fork server that started it)"
         return TaskResult.lost(
             task,
             f"{how} before it answered (out of memory, os._exit() or a crash in native code?)",
@@ -279,6 +307,8 @@ class WorkerPool:
         self._closed = False
         self._cancelled = False
         self._env = dict(worker_env() if env is None else env)
+        # Forked, when they run this interpreter; started lazily with the first worker.
+        self._forks = ForkServer(self._env) if self.argv == worker_argv() else None
 
     def execute(self, task: Task, timeout: float | None) -> TaskResult:
         """Run ``task`` on an idle worker (or a new one); see ``WorkerProcess.execute``."""
@@ -303,7 +333,7 @@ class WorkerPool:
                     return worker
         # Started outside the lock: threads that each need a new worker (the first tasks of a
         # run with --workers 8) start theirs at the same time, not one after another.
-        worker = WorkerProcess(self.argv, self._env)
+        worker = WorkerProcess(self.argv, self._env, fork_server=self._forks)
         with self._lock:
             if not self._closed:
                 self._busy.add(worker)
@@ -327,6 +357,8 @@ class WorkerPool:
             self._idle = []
         for worker in workers:
             worker.kill()
+        if self._forks is not None:
+            self._forks.close()
 
     def close(self) -> None:
         """Let idle workers finish, kill busy ones; the pool takes no more tasks."""
@@ -344,3 +376,6 @@ class WorkerPool:
             worker.wait_gone(deadline)
         for worker in busy:
             worker.kill()
+        # Last: the workers' exit codes come from the fork server.
+        if self._forks is not None:
+            self._forks.close()
