@@ -224,18 +224,8 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _wait_until(predicate, what: str, deadline: float = 60.0) -> None:
-    import time
-
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            pytest.fail(f"still waiting after {deadline:g}s: {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture
-def slow_run(tmp_path, stepflow_home):
+def slow_run(tmp_path, stepflow_home, wait_for):
     """Start ``stepflow run slow.py``; yields (process, pids of the steps and their children).
 
     Whatever happens in the test, every process it started is killed afterwards."""
@@ -255,7 +245,7 @@ def slow_run(tmp_path, stepflow_home):
         )
         started.append(proc)
         files = [tmp_path / f"{n}.pids" for n in names]
-        _wait_until(lambda: all(f.exists() and f.read_text() for f in files), "steps to start")
+        wait_for(lambda: all(f.exists() and f.read_text() for f in files), what="steps to start")
         for f in files:
             pids.extend(int(p) for p in f.read_text().split())
         return proc
@@ -281,23 +271,23 @@ class TestNoOrphans:
     @pytest.mark.parametrize(
         ("args", "names"), [(("--workers", "2"), ("one", "two")), ((), ("one",))]
     )
-    def test_kill_9_of_the_run_kills_its_workers(self, slow_run, args, names):
+    def test_kill_9_of_the_run_kills_its_workers(self, slow_run, args, names, wait_for):
         """After ``kill -9`` of ``stepflow run`` no worker (parallel, or the one a step with
         a timeout uses), no process a step started and no fork server goes on computing."""
         start, pids = slow_run
         proc = start(*args, names=names)
         proc.kill()
         proc.wait()
-        _wait_until(lambda: not any(_alive(p) for p in pids), f"processes {pids} to die")
+        wait_for(lambda: not any(_alive(p) for p in pids), what=f"processes {pids} to die")
 
-    def test_sigterm_cancels_like_ctrl_c(self, slow_run, stepflow_home, tmp_path):
+    def test_sigterm_cancels_like_ctrl_c(self, slow_run, stepflow_home, tmp_path, wait_for):
         """``kill -TERM`` of ``stepflow run --workers 2`` stops the workers and their
         children, prints the report, records the run ``interrupted`` and exits with 130."""
         start, pids = slow_run
         proc = start("--workers", "2")
         proc.terminate()
         proc.wait(timeout=120)
-        _wait_until(lambda: not any(_alive(p) for p in pids), f"processes {pids} to die")
+        wait_for(lambda: not any(_alive(p) for p in pids), what=f"processes {pids} to die")
         stdout, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130, stderr
         assert "step 'one' was interrupted" in stdout

@@ -14,14 +14,11 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
 from stepflow._execution.forkserver import ForkServer
 from stepflow._execution.pool import WorkerPool, WorkerProcess, worker_argv
-from stepflow._execution.task import Task
 from stepflow._version import __version__
 
 STEPS = """
@@ -69,19 +66,6 @@ def steps(make_module):
     return make_module("fork_steps", STEPS)
 
 
-def task_for(spec, tmp_path: Path) -> Task:
-    return Task(
-        run_id="run1",
-        step=spec.name,
-        attempt=1,
-        ref=spec.ref,
-        inputs={},
-        params={},
-        store_uri=str(tmp_path / "store"),
-        sys_path=(str(tmp_path),),
-    )
-
-
 def info(result) -> dict:
     assert result.error is not None
     assert "INFO=" in result.error.message, result.error.message
@@ -96,19 +80,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_until(predicate, what: str, deadline: float = 60.0) -> None:
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            pytest.fail(f"still waiting after {deadline:g}s: {what}")
-        time.sleep(0.02)
-
-
 def _own_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith("STEPFLOW_WORKER_")}
 
 
-def test_default_workers_are_forked_each_in_its_own_session(steps, tmp_path):
+def test_default_workers_are_forked_each_in_its_own_session(steps, tmp_path, task_for):
     """Two workers of a default pool are children of one fork server (not of this
     process), each the leader of its own session and process group, and each says this
     stepflow's version; the fork server is in a session of its own too."""
@@ -118,7 +94,7 @@ def test_default_workers_are_forked_each_in_its_own_session(steps, tmp_path):
         for worker in workers:
             assert worker.wait_ready()
             assert worker.hello["stepflow"] == __version__
-        found = [info(w.execute(task_for(steps.info.spec, tmp_path), None)) for w in workers]
+        found = [info(w.execute(task_for(steps.info.spec), None)) for w in workers]
         for worker in workers:
             pool._release(worker)
         assert pool._forks is not None and pool._forks.proc is not None
@@ -135,24 +111,24 @@ def test_default_workers_are_forked_each_in_its_own_session(steps, tmp_path):
     assert not _alive(zygote), "the fork server outlived its closed pool"
 
 
-def test_forked_worker_has_what_a_started_worker_has(steps, tmp_path, monkeypatch):
+def test_forked_worker_has_what_a_started_worker_has(steps, tmp_path, monkeypatch, task_for):
     """Environment, ``sys.path``, working directory (this process's at the fork, not the
     fork server's), ``sys.argv`` and ``__main__``: the same in a forked worker as in a
     worker started as a new interpreter."""
     pool = WorkerPool(1)
     try:
-        pool.execute(task_for(steps.info.spec, tmp_path), None)  # the fork server runs
+        pool.execute(task_for(steps.info.spec), None)  # the fork server runs
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         monkeypatch.chdir(elsewhere)
         pool._idle[0].kill()  # the next task gets a new worker, forked from here
-        forked = info(pool.execute(task_for(steps.info.spec, tmp_path), None))
+        forked = info(pool.execute(task_for(steps.info.spec), None))
         zygote = pool._forks.proc.pid
     finally:
         pool.close()
     started_worker = WorkerProcess(worker_argv(), pool._env)
     try:
-        started = info(started_worker.execute(task_for(steps.info.spec, tmp_path), None))
+        started = info(started_worker.execute(task_for(steps.info.spec), None))
     finally:
         started_worker.close()
     assert forked["ppid"] == zygote and started["ppid"] == os.getpid()
@@ -164,7 +140,7 @@ def test_forked_worker_has_what_a_started_worker_has(steps, tmp_path, monkeypatc
     assert forked["main"] == started["main"] == "stepflow.worker"
 
 
-def test_lost_forked_worker_says_its_signal_or_exit_code(steps, tmp_path):
+def test_lost_forked_worker_says_its_signal_or_exit_code(steps, tmp_path, task_for):
     """The exit code of a forked worker reaches the pool through the fork server: a worker
     killed by a signal, or one that exits, is reported as a started one is."""
     messages = {}
@@ -174,7 +150,7 @@ def test_lost_forked_worker_says_its_signal_or_exit_code(steps, tmp_path):
     ):
         try:
             messages[how] = [
-                pool.execute(task_for(s.spec, tmp_path), None).error.message
+                pool.execute(task_for(s.spec), None).error.message
                 for s in (steps.terminated, steps.exit3)
             ]
         finally:
@@ -184,12 +160,12 @@ def test_lost_forked_worker_says_its_signal_or_exit_code(steps, tmp_path):
     assert "exited with code 3 before it answered" in messages["forked"][1]
 
 
-def test_custom_argv_pool_starts_its_workers(steps, tmp_path):
+def test_custom_argv_pool_starts_its_workers(steps, tmp_path, task_for):
     """A pool with its own command (another interpreter, a transport) starts processes:
     no fork server, its workers are children of this process."""
     pool = WorkerPool(1, ["env", *worker_argv()])
     try:
-        found = info(pool.execute(task_for(steps.info.spec, tmp_path), None))
+        found = info(pool.execute(task_for(steps.info.spec), None))
     finally:
         pool.close()
     assert pool._forks is None
@@ -197,20 +173,17 @@ def test_custom_argv_pool_starts_its_workers(steps, tmp_path):
     assert found["sid"] == found["pid"]
 
 
-def test_changed_user_module_is_imported_fresh_by_each_forked_worker(steps, tmp_path):
+def test_changed_user_module_is_imported_fresh_by_each_forked_worker(steps, tmp_path, task_for):
     """The fork server imports no user module: a worker forked after the module changed
     imports the new one, and only workers ever imported it."""
     pool = WorkerPool(1)
     try:
-        first = info(pool.execute(task_for(steps.info.spec, tmp_path), None))
+        first = info(pool.execute(task_for(steps.info.spec), None))
         source = tmp_path / "fork_steps.py"
         # Another size as well as another content: a cached .pyc is checked on both.
         source.write_text(source.read_text().replace("VERSION = 1", "VERSION = 22"))
-        assert (
-            "exited with code 3"
-            in pool.execute(task_for(steps.exit3.spec, tmp_path), None).error.message
-        )
-        second = info(pool.execute(task_for(steps.info.spec, tmp_path), None))
+        assert "exited with code 3" in pool.execute(task_for(steps.exit3.spec), None).error.message
+        second = info(pool.execute(task_for(steps.info.spec), None))
         zygote = pool._forks.proc.pid
     finally:
         pool.close()
@@ -221,19 +194,21 @@ def test_changed_user_module_is_imported_fresh_by_each_forked_worker(steps, tmp_
     assert {first["pid"], second["pid"]} <= importers
 
 
-def test_busy_worker_killed_by_timeout_takes_its_children(steps, tmp_path, monkeypatch):
+def test_busy_worker_killed_by_timeout_takes_its_children(
+    steps, tmp_path, monkeypatch, task_for, wait_for
+):
     """A forked worker's process group is its own: the timeout kills the step's process."""
     monkeypatch.setenv("HOLD_FILE", str(tmp_path / "hold"))
     pool = WorkerPool(1)
     try:
-        result = pool.execute(task_for(steps.hold.spec, tmp_path), 3.0)
+        result = pool.execute(task_for(steps.hold.spec), 3.0)
     finally:
         pool.close()
     assert result.error is not None and result.error.timed_out
     (held,) = tmp_path.glob("hold.*")
     pid, ppid = map(int, held.read_text().split())
     assert ppid != os.getpid()
-    _wait_until(lambda: not _alive(pid), f"worker {pid} to die")
+    wait_for(lambda: not _alive(pid), what=f"worker {pid} to die")
 
 
 RUN_AND_HOLD = """
@@ -252,7 +227,7 @@ threading.Event().wait()
 """
 
 
-def test_kill_9_of_the_run_ends_forked_workers_and_the_fork_server(steps, tmp_path):
+def test_kill_9_of_the_run_ends_forked_workers_and_the_fork_server(steps, tmp_path, wait_for):
     """``kill -9`` of the run's process: its forked workers die (lifeline) and so does the
     fork server (its socket closes); nothing is left."""
     env = {**os.environ, "HOLD_FILE": str(tmp_path / "hold")}
@@ -263,16 +238,16 @@ def test_kill_9_of_the_run_ends_forked_workers_and_the_fork_server(steps, tmp_pa
             return [tuple(map(int, f.read_text().split())) for f in tmp_path.glob("hold.*")]
 
         # A file may exist before its pids are written.
-        _wait_until(lambda: [len(p) for p in held()] == [2, 2], "both steps to start")
+        wait_for(lambda: [len(p) for p in held()] == [2, 2], what="both steps to start")
         pids = held()
         workers = [pid for pid, _ in pids]
         (zygote,) = {ppid for _, ppid in pids}
         assert zygote != run.pid and _alive(zygote)
         run.kill()
         run.wait()
-        _wait_until(
+        wait_for(
             lambda: not any(_alive(p) for p in [*workers, zygote]),
-            f"workers {workers} and fork server {zygote} to die",
+            what=f"workers {workers} and fork server {zygote} to die",
         )
     finally:
         if run.poll() is None:
@@ -290,7 +265,7 @@ if serve(int(sys.argv[1])):
 """
 
 
-def test_pool_starts_workers_when_the_fork_server_cannot_start(steps, tmp_path):
+def test_pool_starts_workers_when_the_fork_server_cannot_start(steps, tmp_path, task_for):
     """A fork server that exits at once, whose program does not exist, or that refuses to
     fork because it has a thread: the pool starts its workers as any command, and does not
     try the fork server again."""
@@ -303,10 +278,10 @@ def test_pool_starts_workers_when_the_fork_server_cannot_start(steps, tmp_path):
         pool = WorkerPool(1)
         pool._forks = ForkServer(pool._env, argv)
         try:
-            first = info(pool.execute(task_for(steps.info.spec, tmp_path), None))
+            first = info(pool.execute(task_for(steps.info.spec), None))
             assert pool._forks.broken is not None
             pool._idle[0].kill()
-            second = info(pool.execute(task_for(steps.info.spec, tmp_path), None))
+            second = info(pool.execute(task_for(steps.info.spec), None))
         finally:
             pool.close()
         assert first["ppid"] == second["ppid"] == os.getpid()
@@ -317,25 +292,25 @@ def test_pool_starts_workers_when_the_fork_server_cannot_start(steps, tmp_path):
     assert "it has more than one thread" in why[2]
 
 
-def test_pool_bypasses_a_fork_server_that_died(steps, tmp_path):
+def test_pool_bypasses_a_fork_server_that_died(steps, tmp_path, task_for):
     """``kill -9`` of the fork server: the workers it forked go on serving; one that then
     ends says its exit code was lost with the fork server; new workers are started."""
     pool = WorkerPool(1)
     try:
-        first = info(pool.execute(task_for(steps.info.spec, tmp_path), None))
+        first = info(pool.execute(task_for(steps.info.spec), None))
         zygote = pool._forks.proc
         assert first["ppid"] == zygote.pid
         os.kill(zygote.pid, signal.SIGKILL)
         zygote.wait()
-        again = info(pool.execute(task_for(steps.info.spec, tmp_path), None))
+        again = info(pool.execute(task_for(steps.info.spec), None))
         assert again["pid"] == first["pid"]
-        lost = pool.execute(task_for(steps.exit3.spec, tmp_path), None).error.message
+        lost = pool.execute(task_for(steps.exit3.spec), None).error.message
         assert "exit status was lost with the fork server" in lost
         done = threading.Event()
         results = []
 
         def run() -> None:
-            results.append(pool.execute(task_for(steps.info.spec, tmp_path), None))
+            results.append(pool.execute(task_for(steps.info.spec), None))
             done.set()
 
         threading.Thread(target=run, daemon=True).start()
@@ -347,7 +322,9 @@ def test_pool_bypasses_a_fork_server_that_died(steps, tmp_path):
     assert pool._forks.broken is not None
 
 
-def test_fork_server_imports_no_step_and_serves_several_pools_of_one_process(steps, tmp_path):
+def test_fork_server_imports_no_step_and_serves_several_pools_of_one_process(
+    steps, tmp_path, task_for
+):
     """Two runs in one process (two pools): each has its own fork server, gone with its
     pool, and a module changed between them is imported fresh."""
     versions, zygotes = [], []
@@ -356,9 +333,7 @@ def test_fork_server_imports_no_step_and_serves_several_pools_of_one_process(ste
         source.write_text(textwrap.dedent(STEPS).replace("VERSION = 1", f"VERSION = {version}"))
         pool = WorkerPool(1)
         try:
-            versions.append(
-                info(pool.execute(task_for(steps.info.spec, tmp_path), None))["version"]
-            )
+            versions.append(info(pool.execute(task_for(steps.info.spec), None))["version"])
             zygotes.append(pool._forks.proc.pid)
         finally:
             pool.close()

@@ -7,12 +7,11 @@ import platform
 import sys
 import sysconfig
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from stepflow._execution.pool import WorkerPool, WorkerProcess, worker_argv, worker_env
-from stepflow._execution.task import Task, user_sys_path
+from stepflow._execution.task import user_sys_path
 from stepflow._version import __version__
 from stepflow.errors import BackendError
 
@@ -47,20 +46,7 @@ def steps(make_module):
     return make_module("pool_steps", textwrap.dedent(STEPS))
 
 
-def task_for(spec, tmp_path: Path) -> Task:
-    return Task(
-        run_id="run1",
-        step=spec.name,
-        attempt=1,
-        ref=spec.ref,
-        inputs={},
-        params={},
-        store_uri=str(tmp_path / "store"),
-        sys_path=(str(tmp_path),),
-    )
-
-
-def test_worker_of_another_version_is_refused_naming_both(steps, tmp_path):
+def test_worker_of_another_version_is_refused_naming_both(steps, tmp_path, task_for):
     """A worker that says another stepflow and Python version is a ``BackendError`` naming
     both versions and its interpreter, not a lost worker."""
     worker = WorkerProcess([sys.executable, "-c", OLD_WORKER])
@@ -72,7 +58,7 @@ def test_worker_of_another_version_is_refused_naming_both(steps, tmp_path):
     assert not worker.alive
 
     result = WorkerProcess([sys.executable, "-c", OLD_WORKER]).execute(
-        task_for(steps.marked.spec, tmp_path), None
+        task_for(steps.marked.spec), None
     )
     assert result.error is not None
     assert result.error.exc_type == "stepflow.errors.BackendError"
@@ -90,26 +76,26 @@ def test_real_worker_says_its_versions(tmp_path):
         worker.close()
 
 
-def test_pool_workers_get_the_env_given(steps, tmp_path):
+def test_pool_workers_get_the_env_given(steps, tmp_path, task_for):
     """``WorkerPool(size, argv, env)`` starts its workers with that environment."""
     env = {**worker_env(), "STEPFLOW_TEST_MARK": "from-the-pool"}
     pool = WorkerPool(1, worker_argv(), env)
     try:
-        result = pool.execute(task_for(steps.marked.spec, tmp_path), None)
+        result = pool.execute(task_for(steps.marked.spec), None)
     finally:
         pool.close()
     assert result.error is not None
     assert "MARK=from-the-pool" in result.error.message
 
 
-def test_cancelled_task_says_so(steps, tmp_path):
+def test_cancelled_task_says_so(steps, tmp_path, task_for):
     """A task whose worker ``cancel`` killed comes back cancelled, not as a crashed worker."""
     import threading
 
     pool = WorkerPool(1)
     results = []
     thread = threading.Thread(
-        target=lambda: results.append(pool.execute(task_for(steps.sleepy.spec, tmp_path), None))
+        target=lambda: results.append(pool.execute(task_for(steps.sleepy.spec), None))
     )
     thread.start()
     # Cancel once the worker has the task: its process is busy.
@@ -122,10 +108,10 @@ def test_cancelled_task_says_so(steps, tmp_path):
     assert result.error.message == "step 'sleepy' was cancelled before it finished"
 
 
-def test_timed_out_result(steps, tmp_path):
+def test_timed_out_result(steps, tmp_path, task_for):
     pool = WorkerPool(1)
     try:
-        result = pool.execute(task_for(steps.sleepy.spec, tmp_path), 0.5)
+        result = pool.execute(task_for(steps.sleepy.spec), 0.5)
     finally:
         pool.close()
     assert result.error is not None and result.error.timed_out
