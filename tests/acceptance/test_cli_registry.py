@@ -32,11 +32,39 @@ scoring = Pipeline("scoring", [scored])
 """
 
 
+def _project(runner):
+    runner.makepyfile(flow=FLOW)
+    (runner.path / "houses.csv").write_text("price\n100\n200\n")
+    return runner
+
+
 @pytest.fixture
 def project(stepflow_runner):
-    stepflow_runner.makepyfile(flow=FLOW)
-    (stepflow_runner.path / "houses.csv").write_text("price\n100\n200\n")
-    return stepflow_runner
+    return _project(stepflow_runner)
+
+
+@pytest.fixture(scope="class")
+def shared_project(tmp_path_factory):
+    """A project and home of their own for one class's bad-input cases, which all start from
+    the same state (each exits 2 and changes nothing): made once instead of once per case."""
+    from stepflow.testing import StepflowRunner
+
+    project = tmp_path_factory.mktemp("project")
+    return _project(StepflowRunner(project, tmp_path_factory.mktemp("stepflow-home")))
+
+
+@pytest.fixture(scope="class")
+def registered(shared_project):
+    """Data set ``houses`` v1 registered, once for a class's cases."""
+    assert shared_project.run("datasets", "register", "houses", "houses.csv").ret == 0
+    return shared_project
+
+
+@pytest.fixture(scope="class")
+def trained(shared_project):
+    """Model ``Scaler`` v1 registered by a training run, once for a class's cases."""
+    assert shared_project.run("run", "flow.py:training").ret == 0
+    return shared_project
 
 
 def json_out(outcome):
@@ -121,9 +149,8 @@ class TestDatasets:
         ],
         ids=["missing-path", "bad-name", "unknown", "unknown-version", "bad-version"],
     )
-    def test_bad_input_exits_2(self, project, args, message):
-        project.run("datasets", "register", "houses", "houses.csv")
-        out = project.run(*args)
+    def test_bad_input_exits_2(self, registered, args, message):
+        out = registered.run(*args)
         assert out.ret == 2
         out.fnmatch_lines([message], stream="stderr")
 
@@ -183,9 +210,8 @@ class TestModels:
         ],
         ids=["unknown-version", "reserved-alias", "unknown-model", "show-version"],
     )
-    def test_bad_input_exits_2(self, project, args, message):
-        project.run("run", "flow.py:training")
-        out = project.run(*args)
+    def test_bad_input_exits_2(self, trained, args, message):
+        out = trained.run(*args)
         assert out.ret == 2
         out.fnmatch_lines([message], stream="stderr")
 

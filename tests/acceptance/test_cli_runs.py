@@ -41,6 +41,20 @@ def project(stepflow_runner):
     return stepflow_runner
 
 
+@pytest.fixture(scope="module")
+def ran_once(tmp_path_factory):
+    """A project and home of their own with one run of ``flow.py:pipe``, made once for the
+    bad-input cases, which all start from that state (each exits 2 and changes nothing)."""
+    from stepflow.testing import StepflowRunner
+
+    runner = StepflowRunner(
+        tmp_path_factory.mktemp("project"), tmp_path_factory.mktemp("stepflow-home")
+    )
+    runner.makepyfile(flow=FLOW)
+    assert runner.run("run", "flow.py:pipe").ret == 0
+    return runner
+
+
 def assert_iso_utc(value: object) -> None:
     """``--json`` times are ISO 8601 strings with an explicit UTC offset, not epoch floats."""
     assert isinstance(value, str), value
@@ -201,9 +215,8 @@ def test_last_failed_and_source_changes(project) -> None:
         (("run",), "needs a TARGET"),
     ],
 )
-def test_bad_input_is_a_usage_error(project, args, message) -> None:
-    project.run("run", "flow.py:pipe")
-    out = project.run(*args)
+def test_bad_input_is_a_usage_error(ran_once, args, message) -> None:
+    out = ran_once.run(*args)
     assert out.ret == 2
     assert message in out.stderr
 

@@ -57,12 +57,26 @@ def ok(out):
     return out
 
 
+def _publish(runner):
+    runner.makepyfile(flow=FLOW)
+    ok(runner.run("publish", "flow.py:pipe", "--name", "stamp"))
+    return runner
+
+
 @pytest.fixture
 def published(stepflow_runner):
     """``flow.py:pipe`` published as ``stamp``."""
-    stepflow_runner.makepyfile(flow=FLOW)
-    ok(stepflow_runner.run("publish", "flow.py:pipe", "--name", "stamp"))
-    return stepflow_runner
+    return _publish(stepflow_runner)
+
+
+@pytest.fixture(scope="class")
+def published_for_mistakes(tmp_path_factory):
+    """``published``, made once for a class's bad-input cases (a publish is a process of
+    its own, seconds each): every case exits 2 and stores nothing, so they can share it."""
+    from stepflow.testing import StepflowRunner
+
+    project = tmp_path_factory.mktemp("project")
+    return _publish(StepflowRunner(project, tmp_path_factory.mktemp("stepflow-home")))
 
 
 def runs(runner) -> list[dict]:
@@ -170,8 +184,8 @@ class TestPublish:
             (["published", "show", "zzz"], "*no pipeline named 'zzz' is published*"),
         ],
     )
-    def test_bad_input(self, published, args, message):
-        out = published.run(*args)
+    def test_bad_input(self, published_for_mistakes, args, message):
+        out = published_for_mistakes.run(*args)
         assert out.ret == 2, out.stderr
         out.fnmatch_lines([f"stepflow: error: {message}"], stream="stderr")
 
@@ -195,12 +209,13 @@ class TestScheduleCommands:
             (["--frequency", "day", "--start", "soon"], "start 'soon' is not an ISO 8601*"),
         ],
     )
-    def test_bad_input_exit_2_nothing_stored(self, published, args, message):
+    def test_bad_input_exit_2_nothing_stored(self, published_for_mistakes, args, message):
         """Each mistake is named; exit 2; no schedule is stored."""
-        out = published.run("schedule", "create", "s", "--pipeline", "stamp", *args)
+        runner = published_for_mistakes
+        out = runner.run("schedule", "create", "s", "--pipeline", "stamp", *args)
         assert out.ret == 2, out.stdout + out.stderr
         out.fnmatch_lines([f"stepflow: error: {message}"], stream="stderr")
-        assert json.loads(ok(published.run("schedule", "list", "--json")).stdout) == []
+        assert json.loads(ok(runner.run("schedule", "list", "--json")).stdout) == []
 
     def test_unknown_pipeline(self, stepflow_runner):
         out = stepflow_runner.run(

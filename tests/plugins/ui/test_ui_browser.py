@@ -21,14 +21,19 @@ CHROMIUM = Path("/usr/bin/chromium")
 _URL = re.compile(r"at (http://\S+) ")
 
 
-@pytest.fixture
-def browser(need: Any) -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def _chromium() -> Iterator[Any]:
+    """One headless chromium for the module's tests (starting Playwright's driver and the
+    browser took seconds per test), or why there is none. Each test browses in contexts of
+    its own (cookies, storage, listeners), closed when it ends."""
     if not CHROMIUM.exists():
-        need("no /usr/bin/chromium: apt-get install chromium")
+        yield "no /usr/bin/chromium: apt-get install chromium"
+        return
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        need("playwright is not installed: pip install playwright (no browser download)")
+        yield "playwright is not installed: pip install playwright (no browser download)"
+        return
     with sync_playwright() as p:
         launched = p.chromium.launch(
             executable_path=str(CHROMIUM),
@@ -45,6 +50,18 @@ def browser(need: Any) -> Iterator[Any]:
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture
+def browser(_chromium: Any, need: Any) -> Iterator[Any]:
+    """The module's chromium (skips without it, fails under CI=true); the contexts a test
+    opened are closed after it, so no page of one test lives on into the next."""
+    if isinstance(_chromium, str):
+        need(_chromium)
+    assert not _chromium.contexts, "a context of an earlier test is still open"
+    yield _chromium
+    for context in _chromium.contexts:
+        context.close()
 
 
 @pytest.fixture
