@@ -481,32 +481,13 @@ class TestProcesses:
         """Outside a git repository a fully cached rerun (built-in plugins only: an installed
         plugin may need them) imports none of the modules it has no use for: socket (the
         host name), hashlib (secret parameters), getpass (the user), subprocess (git)."""
-        (tmp_path / "flow.py").write_text(
-            "from stepflow import step\n\n@step\ndef numbers() -> list:\n    return [1, 2]\n"
-        )
-        code = (
-            "import sys\n"
-            "import flow\n"
-            "from stepflow import Pipeline\n"
-            "from stepflow._pluginmanager import make_plugin_manager\n"
-            "pm = make_plugin_manager(entrypoints=False)\n"
-            "result = Pipeline.from_module(flow).run(plugin_manager=pm)\n"
-            "print(sorted(r.state.value for r in result.steps.values()))\n"
+        run = _one_step_run(
+            tmp_path,
+            stepflow_home,
+            "",
             "unused = ('socket', 'hashlib', 'getpass', 'subprocess')\n"
-            "print(sorted(m for m in unused if m in sys.modules))\n"
+            "print(sorted(m for m in unused if m in sys.modules))\n",
         )
-        env = dict(os.environ, STEPFLOW_HOME=str(stepflow_home))
-        env["GIT_CEILING_DIRECTORIES"] = str(tmp_path.parent)
-        env.pop("GIT_DIR", None)
-        env.pop("GIT_WORK_TREE", None)
-
-        def run() -> list[str]:
-            done = subprocess.run(
-                [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
-            )
-            assert done.returncode == 0, done.stderr
-            return done.stdout.splitlines()
-
         assert run()[0] == "['ran']"
         assert run() == ["['reused']", "[]"]
 
@@ -521,35 +502,18 @@ class TestProcesses:
         methods when it is defined, about a millisecond a class in every fresh process):
         only those listed here stay attrs classes (public or STYLE-listed ones, and the run
         configuration the CLI evolves)."""
-        (tmp_path / "flow.py").write_text(
-            "from stepflow import step\n\n@step\ndef numbers() -> list:\n    return [1, 2]\n"
-        )
-        code = (
-            "import sys\n"
-            "import flow\n"
-            "from stepflow import Pipeline\n"
-            "from stepflow._pluginmanager import make_plugin_manager\n"
-            "before = set(sys.modules)\n"
-            "pm = make_plugin_manager(entrypoints=False)\n"
-            "result = Pipeline.from_module(flow).run(plugin_manager=pm, workers=1)\n"
-            "print(sorted(r.state.value for r in result.steps.values()))\n"
+        run = _one_step_run(
+            tmp_path,
+            stepflow_home,
+            ", workers=1",
             "unused = ('stepflow._storage.locks', 'fcntl', 'concurrent.futures', 'queue',\n"
             "    'base64')\n"
             "print(sorted(m for m in unused if m in sys.modules))\n"
             "late = [m for m in sys.modules if m.startswith('stepflow') and m not in before]\n"
             "print(sorted(f'{m}.{n}' for m in late for n, c in vars(sys.modules[m]).items()\n"
-            "    if isinstance(c, type) and c.__module__ == m and hasattr(c, '__attrs_attrs__')))\n"
+            "    if isinstance(c, type) and c.__module__ == m\n"
+            "    and hasattr(c, '__attrs_attrs__')))\n",
         )
-        env = dict(os.environ, STEPFLOW_HOME=str(stepflow_home))
-        env["GIT_CEILING_DIRECTORIES"] = str(tmp_path.parent)
-
-        def run() -> list[str]:
-            done = subprocess.run(
-                [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
-            )
-            assert done.returncode == 0, done.stderr
-            return done.stdout.splitlines()
-
         assert run()[0] == "['ran']"
         states, imported, classes = run()
         assert (states, imported) == ("['reused']", "[]")
@@ -685,3 +649,36 @@ class TestProcesses:
             text=True,
         )
         assert float(check.stdout.strip()) == expected, check.stderr
+
+
+def _one_step_run(tmp_path: Path, home: Path, run_args: str, report: str):
+    """``run()``: a fresh process that runs a one-step pipeline with the built-in plugins only
+    (``Pipeline.run(plugin_manager=pm<run_args>)``), outside any git repository, and prints
+    the steps' states, then what ``report`` prints (``before``: the modules imported before
+    the run); returns its printed lines."""
+    (tmp_path / "flow.py").write_text(
+        "from stepflow import step\n\n@step\ndef numbers() -> list:\n    return [1, 2]\n"
+    )
+    code = (
+        "import sys\n"
+        "import flow\n"
+        "from stepflow import Pipeline\n"
+        "from stepflow._pluginmanager import make_plugin_manager\n"
+        "before = set(sys.modules)\n"
+        "pm = make_plugin_manager(entrypoints=False)\n"
+        f"result = Pipeline.from_module(flow).run(plugin_manager=pm{run_args})\n"
+        "print(sorted(r.state.value for r in result.steps.values()))\n" + report
+    )
+    env = dict(os.environ, STEPFLOW_HOME=str(home))
+    env["GIT_CEILING_DIRECTORIES"] = str(tmp_path.parent)
+    env.pop("GIT_DIR", None)
+    env.pop("GIT_WORK_TREE", None)
+
+    def run() -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    return run
