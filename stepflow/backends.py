@@ -26,13 +26,15 @@ and brings the ``TaskResult`` back (see ``docs/how-to/write-a-backend.md``)::
 - ``follow_output(task, directory)``, ``publish_output(task, stream, text)``: show what a
   step prints while it runs (``stepflow ui``), from files a worker writes or from text the
   backend receives; the run masks secrets. ``WorkerProcess`` does it by itself.
+- ``masked(text, task.secret_values, final=)``: the run's masking rule, for a backend that
+  must mask before output leaves the machine a step runs on.
 """
 
 from __future__ import annotations
 
 from stepflow._execution.backend import Backend, BackendContext
 from stepflow._execution.frames import read_frame, write_frame
-from stepflow._execution.live import follow_output, publish_output
+from stepflow._execution.live import follow_output, masked, publish_output
 from stepflow._execution.pool import WorkerPool, WorkerProcess, worker_argv, worker_env
 from stepflow._execution.task import ArtifactRef, Task, TaskError, TaskResult, user_sys_path
 
@@ -46,6 +48,7 @@ __all__ = [
     "WorkerPool",
     "WorkerProcess",
     "follow_output",
+    "masked",
     "publish_output",
     "read_frame",
     "user_sys_path",

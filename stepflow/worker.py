@@ -174,7 +174,7 @@ def execute_task(task: Task, output_dir: Path | None = None) -> TaskResult:
         )
     except Exception as exc:
         return _internal(task, exc, start, f"the worker could not prepare step {task.step!r}")
-    secrets = tuple(str(task.params[n]) for n in task.secret_params if str(task.params.get(n, "")))
+    secrets = task.secret_values
     home = Path(task.home) if task.home else None
     ctx = StepContext(
         run_id=task.run_id,

@@ -202,9 +202,7 @@ class WorkerProcess:
 
     def _printed(self, task: Task) -> dict[str, str]:
         """What the step of ``task`` printed before its worker died (call after it is dead)."""
-        secrets = tuple(
-            str(task.params[n]) for n in task.secret_params if str(task.params.get(n, ""))
-        )
+        secrets = task.secret_values
         return read_output(self.output_dir, secrets)
 
     def _timed_out(self, task: Task, timeout: float | None) -> TaskResult:

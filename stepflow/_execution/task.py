@@ -72,6 +72,11 @@ class Task:
     #: that read them) are the ones the run's own process would compute
     hasher_plugins: tuple[str, ...] = ()
 
+    @property
+    def secret_values(self) -> tuple[str, ...]:
+        """The non-empty values of the ``secret_params``, as text: what masking hides."""
+        return tuple(str(self.params[n]) for n in self.secret_params if str(self.params.get(n, "")))
+
 
 @attrs.frozen
 class TaskError:

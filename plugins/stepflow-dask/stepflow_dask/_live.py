@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepflow.backends import Task, publish_output
+from stepflow.backends import Task, masked, publish_output
 
 if TYPE_CHECKING:
     from distributed import Worker
@@ -111,8 +111,6 @@ class _Follow:
         if decoder is None:
             decoder = self.decoders[stream] = codecs.getincrementaldecoder("utf-8")("replace")
         text = self.pending[stream] + decoder.decode(data, final)
-        from stepflow._execution.live import masked
-
         shown, self.pending[stream] = masked(text, self.secrets, final=final)
         if len(shown) > CHUNK:
             # Masked first, cut after: a cut never reveals part of a secret.
@@ -147,7 +145,7 @@ def follow(key: str, topic: str, worker: Worker, folder: Path, task: Task) -> It
     ``stdout`` and ``stderr``), secrets masked, as events of ``topic``; the last look is
     taken when the block ends."""
     global _thread
-    secrets = tuple(str(task.params[n]) for n in task.secret_params if str(task.params.get(n, "")))
+    secrets = task.secret_values
     followed = _Follow(key, topic, worker, folder, secrets)
     with _lock:
         _follows[key] = followed

@@ -205,7 +205,7 @@ def _why(api: Any, container_id: str, state: Mapping[str, Any]) -> str:
 
 def _logs(api: Any, container_id: str, task: Task) -> dict[str, str]:
     """What the step printed, from the container's logs, secrets masked."""
-    secrets = [str(task.params[n]) for n in task.secret_params if str(task.params.get(n, ""))]
+    secrets = task.secret_values
     logs = {}
     for stream in ("stdout", "stderr"):
         try:

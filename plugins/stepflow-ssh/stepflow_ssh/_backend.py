@@ -551,9 +551,7 @@ class SSHBackend(Backend):
                 ch.call("printed", dir=rel, sink=sink)
 
             session.do(fetch)
-            secrets = tuple(
-                str(task.params[n]) for n in task.secret_params if str(task.params.get(n, ""))
-            )
+            secrets = task.secret_values
             logs = read_output(Path(tmp), secrets)
             worker = Path(tmp, "worker-stderr")
             tail = worker.read_text(errors="replace")[-2000:] if worker.exists() else ""
